@@ -1,0 +1,103 @@
+"""Clean: a model file's bytes in, a manifest out, tensors into the store.
+
+The format is detected from the content, never from the file name:
+
+* a manifest passes through unchanged, so clean(clean(x)) == clean(x);
+* ``PK\\x03\\x04`` is tried as a torch zip;
+* a plausible safetensors header is tried as safetensors;
+* anything else, or any file whose structure turns out to be broken part way
+  through, is stored as one opaque object with a warning. Nothing is lost:
+  the bytes consumed so far are rebuilt from the skeleton and the objects
+  already written, and the rest of the input follows them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .formats.base import CleanContext, NotThisFormat, ParsedFile
+from .formats.safetensors_file import looks_like_safetensors, parse_safetensors
+from .formats.source import Readable, Source, TruncatedError
+from .formats.torch_zip import ZIP_MAGIC, parse_torch_zip
+from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
+from .splice import SkeletonTooLargeError, write_spliced
+from .store.local import LocalStore
+
+__all__ = ["clean", "Warn"]
+
+Warn = Callable[[str], None]
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"git-theta: warning: {message}", file=sys.stderr, flush=True)
+
+
+def clean(raw: Readable, store: LocalStore, path: str = "<stdin>", warn: Warn = _stderr_warning) -> bytes:
+    """Store the content read from ``raw`` and return its manifest bytes."""
+    source = Source(raw)
+    ctx = CleanContext(source, store)
+    head = source.peek(16)
+    try:
+        if looks_like_manifest(head):
+            passthrough = _read_manifest(ctx)
+            if passthrough is not None:
+                return passthrough
+            raise NotThisFormat("looks like a manifest but is not a valid one")
+        if head.startswith(ZIP_MAGIC):
+            parsed = parse_torch_zip(ctx)
+        elif looks_like_safetensors(head):
+            parsed = parse_safetensors(ctx)
+        else:
+            raise NotThisFormat("neither a torch zip archive nor a safetensors file")
+    except (NotThisFormat, TruncatedError, SkeletonTooLargeError) as exc:
+        warn(f"{path}: {exc}; stored as one opaque object")
+        parsed = _store_opaque(ctx)
+    return _manifest_for(ctx, parsed).render()
+
+
+def _read_manifest(ctx: CleanContext) -> bytes | None:
+    """The whole input, if it is a valid manifest; otherwise None (bytes stay in the skeleton)."""
+    ctx.source.copy_to(ctx.layout.add_skeleton, MAX_MANIFEST_BYTES + 1, allow_short=True)
+    data = bytes(ctx.layout.skeleton)
+    if len(data) > MAX_MANIFEST_BYTES:
+        return None
+    try:
+        Manifest.parse(data)
+    except ManifestError:
+        return None
+    return data
+
+
+def _store_opaque(ctx: CleanContext) -> ParsedFile:
+    """Turn everything, consumed or not, into one U8 object spliced over the whole file."""
+    layout = ctx.layout
+    writer = ctx.store.unsized_writer()
+    try:
+        write_spliced(layout.skeleton, layout.splices, ctx.store, writer.write)
+        ctx.source.copy_rest(writer.write)
+    except BaseException:
+        writer.abort()
+        raise
+    oid = writer.commit()
+    size = ctx.source.position
+    layout.skeleton = bytearray()
+    layout.splices = []
+    layout.size = 0
+    if size:
+        layout.add_splice(size, oid)
+    return ParsedFile("opaque")
+
+
+def _manifest_for(ctx: CleanContext, parsed: ParsedFile) -> Manifest:
+    size, sha256 = ctx.source.finish()
+    skeleton_oid = ctx.store.write_bytes(ctx.layout.skeleton)
+    return Manifest(
+        format=parsed.format,
+        size=size,
+        sha256=sha256,
+        skeleton=skeleton_oid,
+        metrics=parsed.metrics,
+        tensors=parsed.tensors,
+        splices=ctx.layout.splices,
+    )

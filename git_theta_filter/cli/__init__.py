@@ -1,0 +1,58 @@
+"""``git-theta``: the command line. Each command is a thin module over the core."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+from .. import __version__
+from ._errors import exit_code_for, report_error
+
+__all__ = ["main", "COMMANDS"]
+
+# name -> module in this package; each module has register(subparsers) and run(args) -> int.
+COMMANDS = {
+    "install": "install",
+    "uninstall": "install",
+    "track": "track",
+    "untrack": "track",
+    "ls-files": "ls_files",
+    "du": "du",
+    "fsck": "fsck",
+    "filter-process": "filter_process",
+    "hook": "hook",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="git theta",
+        description="Version PyTorch model files in Git: byte-exact, deduplicated per tensor.",
+    )
+    parser.add_argument("--version", action="version", version=f"git-theta-filter {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    for module_name in dict.fromkeys(COMMANDS.values()):
+        import_module(f".{module_name}", __name__).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+    except Exception as exc:  # the one place errors become messages
+        report_error(exc)
+        return exit_code_for(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The one place that turns exceptions into messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import ThetaError
+
+__all__ = ["format_error", "report_error", "exit_code_for"]
+
+
+def format_error(exc: BaseException, path: str | None = None) -> str:
+    """One line: what failed, where, and the command that fixes it."""
+    message = str(exc) if isinstance(exc, ThetaError) else f"{type(exc).__name__}: {exc}"
+    if path and path not in message:
+        message = f"{path}: {message}"
+    hint = getattr(exc, "hint", None)
+    if hint:
+        message = f"{message}; {hint}"
+    return f"git-theta: error: {message}"
+
+
+def report_error(exc: BaseException, path: str | None = None) -> None:
+    print(format_error(exc, path), file=sys.stderr, flush=True)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return exc.exit_code if isinstance(exc, ThetaError) else 1

@@ -1,0 +1,55 @@
+"""``git theta filter-process``: the long-running filter git starts (filter.theta.process)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..clean import clean
+from ..filter_protocol import serve
+from ..gitrepo import GitRepo
+from ..hooks import hooks_installed, install_hooks
+from ..pktline import PktLineReader, PktLineWriter, open_stdio_streams
+from ..smudge import SmudgePlan, prepare_smudge
+from ..store.local import LocalStore
+from ._errors import report_error
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "filter-process",
+        help="the filter git runs (not for direct use)",
+        description="Speak git's long-running filter protocol on stdin/stdout. Git starts this "
+        "through filter.theta.process. Set GIT_THETA_SKIP_SMUDGE=1 to check manifests out as they are.",
+    )
+    p.set_defaults(run=run)
+
+
+class ThetaFilter:
+    """Clean and smudge against one repository's store."""
+
+    def __init__(self, store: LocalStore, skip_smudge: bool) -> None:
+        self.store = store
+        self.skip_smudge = skip_smudge
+
+    def clean(self, pathname: str, content: PktLineReader) -> bytes:
+        return clean(content, self.store, pathname)
+
+    def prepare_smudge(self, pathname: str, content: bytes) -> SmudgePlan:
+        if self.skip_smudge:
+            return SmudgePlan(pathname, self.store, None, passthrough=content)
+        return prepare_smudge(content, self.store, pathname)
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = GitRepo.discover()
+    if repo.worktree is not None and not hooks_installed(repo):
+        # As git-lfs does: any repository the filter runs in gets the hooks,
+        # so a fresh clone pushes its tensors with no extra step.
+        for line in install_hooks(repo):
+            print(f"git-theta: {line}", file=sys.stderr)
+    stdin, stdout = open_stdio_streams()
+    handler = ThetaFilter(repo.store(), os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1")
+    serve(PktLineReader(stdin), PktLineWriter(stdout), handler, report_error)
+    return 0

@@ -1,0 +1,57 @@
+"""``git theta install`` / ``git theta uninstall``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..gitrepo import GitRepo, NotARepositoryError
+from ..installation import install, uninstall
+
+
+def _add_scope(parser: argparse.ArgumentParser, default_help: str) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--global", dest="scope", action="store_const", const="global", help=f"~/.gitconfig {default_help}")
+    scope.add_argument("--local", dest="scope", action="store_const", const="local", help="this repository's .git/config")
+    scope.add_argument("--system", dest="scope", action="store_const", const="system", help="the system gitconfig")
+    parser.set_defaults(scope="global")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "install",
+        help="configure the theta filter and install hooks",
+        description="Write filter.theta.process and filter.theta.required=true to git config, "
+        "and install the hooks from hooks/ into the current repository (if in one). "
+        "Existing hooks are kept and run after ours.",
+    )
+    _add_scope(p, "(default)")
+    p.add_argument("--skip-hooks", action="store_true", help="do not install hooks into the current repository")
+    p.set_defaults(run=run_install)
+
+    p = subparsers.add_parser(
+        "uninstall",
+        help="remove the theta filter configuration and hooks",
+        description="Remove the filter.theta section at the chosen scope, and our hooks from the "
+        "current repository, restoring any hook they had chained.",
+    )
+    _add_scope(p, "(default)")
+    p.set_defaults(run=run_uninstall)
+
+
+def _repo_or_none() -> GitRepo | None:
+    try:
+        return GitRepo.discover()
+    except NotARepositoryError:
+        return None
+
+
+def run_install(args: argparse.Namespace) -> int:
+    for line in install(args.scope, _repo_or_none(), with_hooks=not args.skip_hooks):
+        print(line)
+    return 0
+
+
+def run_uninstall(args: argparse.Namespace) -> int:
+    for line in uninstall(args.scope, _repo_or_none()):
+        print(line)
+    return 0

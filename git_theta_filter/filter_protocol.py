@@ -1,0 +1,126 @@
+"""Git's long-running filter protocol (``filter.<driver>.process``), version 2.
+
+Git's contract (gitattributes(5), "Long Running Filter Process"), all in pkt-lines:
+
+* Handshake. Git sends ``git-filter-client``, ``version=2``, flush; the filter
+  answers ``git-filter-server``, ``version=2``, flush. Git sends its
+  capabilities (``capability=clean``, ``capability=smudge``, ...), flush; the
+  filter answers with the subset it supports, flush.
+* Each request: ``command=clean|smudge``, ``pathname=<path>`` and possibly
+  more ``key=value`` lines, flush, the content packets, flush. The filter
+  reads the whole request before answering.
+* Each response: ``status=success``, flush, the content packets, flush, then
+  a second status list; an empty one (just flush) keeps "success", and
+  ``status=error`` there marks the file failed even after content was sent.
+  ``status=error`` in the first list fails this file without content;
+  ``status=abort`` would stop Git sending the command at all.
+
+This module is the state machine only; what clean and smudge do is the
+handler's business. stdout belongs to Git: logs go to stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from .errors import ThetaError
+from .pktline import PktLineError, PktLineReader, PktLineWriter
+
+__all__ = ["FilterHandler", "SmudgeOutput", "ProtocolError", "serve", "CAPABILITIES"]
+
+CAPABILITIES = ("clean", "smudge")
+
+
+class ProtocolError(ThetaError):
+    """Git sent something the protocol does not allow."""
+
+
+class SmudgeOutput(Protocol):
+    def write(self, write: Callable[[memoryview], object]) -> None: ...
+
+
+class FilterHandler(Protocol):
+    def clean(self, pathname: str, content: PktLineReader) -> bytes: ...
+
+    def prepare_smudge(self, pathname: str, content: bytes) -> SmudgeOutput: ...
+
+
+Report = Callable[[BaseException, str], None]
+
+
+def _handshake(reader: PktLineReader, writer: PktLineWriter) -> set[str]:
+    welcome = reader.read_text_list()
+    if not welcome or welcome[0] != "git-filter-client" or "version=2" not in welcome[1:]:
+        raise ProtocolError(f"unexpected handshake {welcome!r}")
+    writer.write_text_list(["git-filter-server", "version=2"])
+    offered = {line.removeprefix("capability=") for line in reader.read_text_list() if line.startswith("capability=")}
+    supported = [c for c in CAPABILITIES if c in offered]
+    writer.write_text_list([f"capability={c}" for c in supported])
+    return set(supported)
+
+
+def _read_all_content(reader: PktLineReader) -> bytes:
+    reader.start_content()
+    chunks = bytearray()
+    buffer = bytearray(1 << 16)
+    while count := reader.readinto(buffer):
+        chunks += memoryview(buffer)[:count]
+    return bytes(chunks)
+
+
+def serve(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report) -> None:
+    """Handshake, then answer requests until Git closes the pipe."""
+    capabilities = _handshake(reader, writer)
+    while True:
+        try:
+            header_lines = reader.read_text_list()
+        except EOFError:
+            return
+        headers = dict(line.partition("=")[::2] for line in header_lines)
+        command, pathname = headers.get("command"), headers.get("pathname", "")
+        if command not in capabilities:
+            _read_all_content(reader)
+            report(ProtocolError(f"unsupported command {command!r}"), pathname)
+            writer.write_text_list(["status=error"])
+        elif command == "clean":
+            _serve_clean(reader, writer, handler, report, pathname)
+        else:
+            _serve_smudge(reader, writer, handler, report, pathname)
+
+
+def _serve_clean(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
+    reader.start_content()
+    try:
+        result = handler.clean(pathname, reader)
+        reader.drain_content()
+    except PktLineError:
+        raise
+    except Exception as exc:
+        reader.drain_content()
+        report(exc, pathname)
+        writer.write_text_list(["status=error"])
+        return
+    writer.write_text_list(["status=success"])
+    writer.write_content(result)
+    writer.flush_packet()
+    writer.write_text_list([])
+
+
+def _serve_smudge(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
+    content = _read_all_content(reader)
+    try:
+        output = handler.prepare_smudge(pathname, content)
+    except Exception as exc:
+        report(exc, pathname)
+        writer.write_text_list(["status=error"])
+        return
+    writer.write_text_list(["status=success"])
+    try:
+        output.write(writer.write_content)
+    except Exception as exc:
+        report(exc, pathname)
+        writer.flush_packet()
+        writer.write_text_list(["status=error"])
+        return
+    writer.flush_packet()
+    writer.write_text_list([])

@@ -1,0 +1,1 @@
+"""Model file formats, detected by content: bytes in, skeleton + tensor objects out."""

@@ -1,0 +1,55 @@
+"""What every format parser gets and gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ThetaError
+from ..manifest import TensorEntry
+from ..splice import LayoutBuilder
+from ..store.local import LocalStore
+from ..store.object_format import object_dtype_for
+from .source import Source
+
+__all__ = ["NotThisFormat", "ParsedFile", "CleanContext"]
+
+
+class NotThisFormat(ThetaError):
+    """The bytes do not follow the format the parser expected; the file is stored opaque."""
+
+
+@dataclass
+class ParsedFile:
+    format: str
+    tensors: list[TensorEntry] = field(default_factory=list)
+    metrics: dict[str, int | float | bool] = field(default_factory=dict)
+
+
+class CleanContext:
+    """The source being cleaned, the layout being recorded, and the store objects go to."""
+
+    def __init__(self, source: Source, store: LocalStore) -> None:
+        self.source = source
+        self.store = store
+        self.layout = LayoutBuilder()
+
+    def keep(self, size: int, what: str) -> bytes:
+        """Move the next ``size`` bytes into the skeleton and return them."""
+        data = self.source.read_exact(size, what)
+        self.layout.add_skeleton(data)
+        return data
+
+    def store_payload(self, dtype: str, shape: tuple[int, ...], nbytes: int) -> str:
+        """Stream the next ``nbytes`` into a new object and splice it into the layout."""
+        object_dtype = object_dtype_for(dtype)
+        if object_dtype != dtype:
+            shape = (nbytes,)
+        writer = self.store.writer(object_dtype, shape, nbytes)
+        try:
+            self.source.copy_to(writer.write, nbytes)
+        except BaseException:
+            writer.abort()
+            raise
+        oid = writer.commit()
+        self.layout.add_splice(nbytes, oid)
+        return oid

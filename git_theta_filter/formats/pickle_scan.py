@@ -1,0 +1,285 @@
+"""Read the structure of a torch ``data.pkl`` without executing it.
+
+``pickle.load`` would call whatever the pickle names, which is how a model file
+runs an attacker's code. Here an :class:`pickle.Unpickler` resolves every
+global through :meth:`_StructureUnpickler.find_class`, which only ever returns
+our own inert stand-ins, and ``persistent_load`` returns a record of the
+storage instead of loading it. The result is the object graph made of plain
+containers, :class:`TensorRef`/:class:`StorageRef` records and
+:class:`ForeignObject` placeholders, from which we take:
+
+* tensors, named by their key path (``model.fc1.weight``);
+* storages: key, dtype and size in bytes;
+* scalar leaves (int, float, bool) as metrics;
+* every global the pickle names that is not on the allowlist.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..dtypes import TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, dtype_by_name
+from ..errors import ThetaError
+
+__all__ = [
+    "PickleScanError",
+    "StorageRef",
+    "TensorRef",
+    "ForeignObject",
+    "PickleScan",
+    "scan_pickle",
+    "ALLOWED_GLOBALS",
+]
+
+# A list of more scalars than this is an id list (e.g. optimizer param ids), not metrics.
+MAX_METRIC_SEQUENCE = 8
+# Bounds the walk over a hostile object graph built from a small pickle.
+MAX_NODES = 5_000_000
+
+
+class PickleScanError(ThetaError):
+    """data.pkl could not be read as a torch checkpoint structure."""
+
+
+@dataclass(eq=False)
+class StorageRef:
+    """One ``data/<key>`` record as data.pkl describes it."""
+
+    key: str
+    dtype: str
+    nbytes: int
+    untyped: bool
+
+
+@dataclass(eq=False)
+class TensorRef:
+    storage: StorageRef
+    dtype: str
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def is_whole_storage(self) -> bool:
+        """True when the tensor is exactly its storage's bytes, in order."""
+        expected_stride = []
+        step = 1
+        for dim in reversed(self.shape):
+            expected_stride.append(step)
+            step *= dim
+        contiguous = tuple(reversed(expected_stride)) == self.stride or math.prod(self.shape) <= 1
+        nbytes = math.prod(self.shape) * dtype_by_name(self.dtype).itemsize
+        return self.offset == 0 and contiguous and nbytes == self.storage.nbytes
+
+
+class ForeignObject:
+    """Stands in for anything built from a global that is not on the allowlist."""
+
+    def __init__(self, qualname: str, args: tuple = ()) -> None:
+        self.qualname = qualname
+        self.args = args
+        self.state: Any = None
+        self.items: dict = {}
+        self.list: list = []
+
+    # The pickle opcodes BUILD, SETITEM(S) and APPEND(S) call these.
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.list.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.list.extend(values)
+
+
+def _foreign_class(qualname: str) -> type:
+    """A fresh inert class per global, since NEWOBJ requires a real class."""
+
+    def new(cls, *args: Any, **kwargs: Any) -> ForeignObject:
+        return ForeignObject.__new__(cls)
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        ForeignObject.__init__(self, qualname, args)
+
+    return type("Foreign", (ForeignObject,), {"__new__": new, "__init__": init, "__module__": __name__})
+
+
+@dataclass(frozen=True)
+class _DType:
+    name: str
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> TensorRef:
+    if not isinstance(storage, StorageRef):
+        raise PickleScanError("tensor rebuilt from something that is not a storage")
+    return _tensor(storage, storage.dtype, offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, _grad: Any, _hooks: Any, dtype: Any, *_rest: Any) -> TensorRef:
+    if not isinstance(storage, StorageRef) or not isinstance(dtype, _DType):
+        raise PickleScanError("bad _rebuild_tensor_v3 arguments")
+    return _tensor(storage, dtype.name, offset, size, stride)
+
+
+def _tensor(storage: StorageRef, dtype: str, offset: Any, size: Any, stride: Any) -> TensorRef:
+    ints = (offset, *size, *stride)
+    if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride):
+        raise PickleScanError("tensor with a bad offset, size or stride")
+    tensor = TensorRef(storage, dtype, offset, tuple(size), tuple(stride))
+    if not tensor.is_whole_storage:
+        itemsize = dtype_by_name(dtype).itemsize
+        last = offset + sum((d - 1) * s for d, s in zip(size, stride)) if math.prod(size) else -1
+        if (last + 1) * itemsize > storage.nbytes:
+            raise PickleScanError(f"tensor reaches past the end of storage {storage.key}")
+    return tensor
+
+
+def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
+    return data
+
+
+# The globals a plain state_dict checkpoint uses, mapped to inert equivalents.
+ALLOWED_GLOBALS: dict[str, Any] = {
+    "collections.OrderedDict": collections.OrderedDict,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    **{f"torch.{name}": _DType(dtype) for name, dtype in TORCH_DTYPE_NAMES.items()},
+    **{f"torch.{name}": ("storage-type", dtype) for name, dtype in TORCH_STORAGE_TYPES.items()},
+    "torch.storage.UntypedStorage": ("storage-type", "U8"),
+}
+
+
+class _StructureUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.storages: dict[str, StorageRef] = {}
+        self.foreign_globals: set[str] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualname = f"{module}.{name}"
+        if qualname in ALLOWED_GLOBALS:
+            return ALLOWED_GLOBALS[qualname]
+        self.foreign_globals.add(qualname)
+        return _foreign_class(qualname)
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        # torch: ("storage", <storage type>, "<key>", "<location>", <numel>)
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise PickleScanError(f"unknown persistent id {pid!r:.80}")
+        _, storage_type, key, _location, numel = pid
+        if not (isinstance(storage_type, tuple) and storage_type[0] == "storage-type"):
+            raise PickleScanError(f"storage {key!r} has an unknown type")
+        if not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise PickleScanError("storage with a bad key or size")
+        dtype = storage_type[1]
+        nbytes = numel * dtype_by_name(dtype).itemsize
+        known = self.storages.get(key)
+        if known is not None:
+            if known.nbytes != nbytes:
+                raise PickleScanError(f"storage {key!r} is named with two sizes")
+            return known
+        ref = StorageRef(key, dtype, nbytes, untyped=storage_type is ALLOWED_GLOBALS["torch.storage.UntypedStorage"])
+        self.storages[key] = ref
+        return ref
+
+
+@dataclass
+class PickleScan:
+    tensors: list[tuple[str, TensorRef | StorageRef]] = field(default_factory=list)
+    storages: dict[str, StorageRef] = field(default_factory=dict)
+    scalars: dict[str, int | float | bool] = field(default_factory=dict)
+    foreign_globals: set[str] = field(default_factory=set)
+
+
+def _key_text(key: Any) -> str | None:
+    if isinstance(key, (str, int)) and not isinstance(key, bool):
+        return str(key)
+    return None
+
+
+def _children(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            text = _key_text(key)
+            if text is not None:
+                yield text, value
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield str(index), value
+    elif isinstance(node, ForeignObject):
+        # Hyper-parameters and module attributes live in the state, e.g. a
+        # Lightning checkpoint's argparse.Namespace.
+        yield from _children(node.items)
+        for index, value in enumerate(node.list):
+            yield str(index), value
+        if isinstance(node.state, dict):
+            yield from _children(node.state)
+        elif isinstance(node.state, tuple):
+            for part in node.state:
+                if isinstance(part, dict):
+                    yield from _children(part)
+        for index, value in enumerate(node.args):
+            yield f"args.{index}", value
+
+
+def _walk(root: Any, scan: PickleScan) -> None:
+    """Depth-first over the graph; a shared container is entered once."""
+    seen: set[int] = set()
+    used_names: set[str] = set()
+    stack: list[tuple[str, Any, bool]] = [("", root, False)]
+    nodes = 0
+
+    def unique(name: str) -> str:
+        name = name or "."
+        candidate, n = name, 1
+        while candidate in used_names:
+            n += 1
+            candidate = f"{name}#{n}"
+        used_names.add(candidate)
+        return candidate
+
+    while stack:
+        path, node, in_long_sequence = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise PickleScanError(f"more than {MAX_NODES} objects")
+        if isinstance(node, (TensorRef, StorageRef)):
+            scan.tensors.append((unique(path), node))
+        elif isinstance(node, bool) or (isinstance(node, (int, float)) and not in_long_sequence):
+            if path and not (isinstance(node, int) and abs(node) > 2**63):
+                scan.scalars[unique(path)] = node
+        elif isinstance(node, (dict, list, tuple, ForeignObject)):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            long_sequence = isinstance(node, (list, tuple)) and len(node) > MAX_METRIC_SEQUENCE
+            children = list(_children(node))
+            for key, child in reversed(children):
+                stack.append((f"{path}.{key}" if path else key, child, long_sequence))
+
+
+def scan_pickle(data: bytes) -> PickleScan:
+    """The structure of a torch data.pkl; raises :class:`PickleScanError` if it is not one."""
+    unpickler = _StructureUnpickler(data)
+    try:
+        root = unpickler.load()
+    except PickleScanError:
+        raise
+    except RecursionError:
+        raise PickleScanError("nested too deeply") from None
+    except Exception as exc:  # any malformed pickle: it is data, not our bug
+        raise PickleScanError(f"unreadable pickle ({type(exc).__name__}: {exc})") from None
+    scan = PickleScan(storages=unpickler.storages, foreign_globals=unpickler.foreign_globals)
+    _walk(root, scan)
+    return scan

@@ -1,0 +1,110 @@
+"""A forward-only byte source for the clean path, with peek and whole-file hashing.
+
+Format parsers pull bytes from here; nothing ever seeks back. Every byte is
+hashed exactly once, as it arrives, so the manifest's whole-file sha256 costs
+no second pass. Memory is one fixed chunk buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Protocol
+
+from ..errors import ThetaError
+
+__all__ = ["Source", "TruncatedError", "Readable", "CHUNK"]
+
+CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview) -> int: ...
+
+
+class TruncatedError(ThetaError):
+    """The content ended before the structure said it would."""
+
+
+class Source:
+    def __init__(self, raw: Readable, chunk: int = CHUNK) -> None:
+        self._raw = raw
+        self._buffer = bytearray(chunk)
+        self._view = memoryview(self._buffer)
+        self._start = 0  # first unconsumed byte in the buffer
+        self._end = 0  # end of valid bytes in the buffer
+        self._eof = False
+        self._hash = hashlib.sha256()
+        self.position = 0  # bytes consumed so far = offset in the file
+
+    def _fill(self) -> bool:
+        """Read more bytes behind the unconsumed ones; False at end of input."""
+        if self._eof:
+            return False
+        if self._start:
+            remaining = self._end - self._start
+            self._buffer[:remaining] = self._view[self._start : self._end]
+            self._start, self._end = 0, remaining
+        if self._end == len(self._buffer):
+            return True
+        count = self._raw.readinto(self._view[self._end :])
+        if not count:
+            self._eof = True
+            return False
+        self._hash.update(self._view[self._end : self._end + count])
+        self._end += count
+        return True
+
+    def peek(self, size: int) -> bytes:
+        """Up to ``size`` upcoming bytes (fewer only at end of input), not consumed."""
+        if size > len(self._buffer):
+            raise ValueError("peek larger than the buffer")
+        while self._end - self._start < size and self._fill():
+            pass
+        return bytes(self._view[self._start : min(self._end, self._start + size)])
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer only at end of input."""
+        parts = bytearray()
+        self.copy_to(parts.extend, size, allow_short=True)
+        return bytes(parts)
+
+    def read_exact(self, size: int, what: str = "data") -> bytes:
+        data = self.read(size)
+        if len(data) != size:
+            raise TruncatedError(f"file ends inside {what} at offset {self.position}")
+        return data
+
+    def copy_to(self, write: Callable[[memoryview], object], size: int, *, allow_short: bool = False) -> int:
+        """Hand the next ``size`` bytes to ``write`` in chunk-sized views."""
+        left = size
+        while left:
+            if self._start == self._end and not self._fill():
+                if allow_short:
+                    break
+                raise TruncatedError(f"file ends {left} bytes early at offset {self.position}")
+            take = min(left, self._end - self._start)
+            write(self._view[self._start : self._start + take])
+            self._start += take
+            self.position += take
+            left -= take
+        return size - left
+
+    def copy_rest(self, write: Callable[[memoryview], object]) -> int:
+        """Hand every remaining byte to ``write``; returns how many."""
+        total = 0
+        while self._start < self._end or self._fill():
+            take = self._end - self._start
+            write(self._view[self._start : self._end])
+            self._start = self._end
+            self.position += take
+            total += take
+        return total
+
+    def at_eof(self) -> bool:
+        return self._start == self._end and not self._fill()
+
+    def finish(self) -> tuple[int, str]:
+        """Consume nothing more; return (total size, sha256) once input is exhausted."""
+        if not self.at_eof():
+            raise ThetaError("finish() called before the end of input")
+        return self.position, self._hash.hexdigest()

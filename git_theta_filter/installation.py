@@ -1,0 +1,97 @@
+"""``git theta install/uninstall/track/untrack``: git config, hooks and .gitattributes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .gitrepo import GitRepo, run_git, filter_command
+from .hooks import install_hooks, uninstall_hooks
+
+__all__ = ["ATTRIBUTES", "install", "uninstall", "track", "untrack", "tracked_patterns"]
+
+ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
+
+
+def _scope_args(scope: str, repo: GitRepo | None) -> tuple[list[str], Path | None]:
+    if scope == "local":
+        if repo is None:
+            raise ValueError("--local needs a repository")
+        return ["--local"], repo.cwd
+    return [f"--{scope}"], repo.cwd if repo else None
+
+
+def install(scope: str, repo: GitRepo | None, with_hooks: bool = True) -> list[str]:
+    """Write the filter configuration at ``scope``; install hooks when inside a repository."""
+    args, cwd = _scope_args(scope, repo)
+    run_git(["config", *args, "filter.theta.process", f"{filter_command()} filter-process"], cwd=cwd)
+    run_git(["config", *args, "filter.theta.required", "true"], cwd=cwd)
+    changes = [f"configured filter.theta ({scope})"]
+    if repo is not None and with_hooks:
+        changes += install_hooks(repo)
+    return changes
+
+
+def uninstall(scope: str, repo: GitRepo | None) -> list[str]:
+    args, cwd = _scope_args(scope, repo)
+    run_git(["config", *args, "--remove-section", "filter.theta"], cwd=cwd, check=False)
+    changes = [f"removed filter.theta ({scope})"]
+    if repo is not None:
+        changes += uninstall_hooks(repo)
+    return changes
+
+
+def _attributes_file(repo: GitRepo) -> Path:
+    if repo.worktree is None:
+        raise ValueError("track needs a work tree")
+    return repo.worktree / ".gitattributes"
+
+
+def _line_pattern(line: str) -> str | None:
+    """The pattern of a .gitattributes line that routes files through theta."""
+    parts = line.split()
+    if len(parts) >= 2 and not parts[0].startswith("#") and "filter=theta" in parts[1:]:
+        return parts[0]
+    return None
+
+
+def tracked_patterns(repo: GitRepo) -> list[str]:
+    path = _attributes_file(repo)
+    if not path.exists():
+        return []
+    return [p for line in path.read_text().splitlines() if (p := _line_pattern(line))]
+
+
+def track(repo: GitRepo, patterns: list[str]) -> list[str]:
+    """Add ``<pattern> filter=theta diff=theta merge=theta -text`` lines; make sure hooks exist."""
+    path = _attributes_file(repo)
+    existing = set(tracked_patterns(repo))
+    text = path.read_text() if path.exists() else ""
+    changes = []
+    for pattern in patterns:
+        if pattern in existing:
+            changes.append(f"{pattern!r} is already tracked")
+            continue
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += f"{pattern} {ATTRIBUTES}\n"
+        existing.add(pattern)
+        changes.append(f"tracking {pattern!r}")
+    path.write_text(text)
+    changes += install_hooks(repo)
+    return changes
+
+
+def untrack(repo: GitRepo, patterns: list[str]) -> list[str]:
+    path = _attributes_file(repo)
+    if not path.exists():
+        return [f"{p!r} was not tracked" for p in patterns]
+    kept, changes = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        pattern = _line_pattern(line)
+        if pattern in patterns:
+            changes.append(f"untracked {pattern!r}")
+        else:
+            kept.append(line)
+    path.write_text("".join(kept))
+    changes += [f"{p!r} was not tracked" for p in patterns if not any(p in c for c in changes)]
+    return changes

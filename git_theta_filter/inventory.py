@@ -1,0 +1,159 @@
+"""What the store holds and what history needs: ls-files, du and fsck."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pygit2
+
+from .errors import ThetaError
+from .gitrepo import GitRepo
+from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, read_manifest_blob, tree_manifests
+from .manifest import Manifest
+from .store.local import LocalStore
+
+__all__ = ["FileEntry", "list_files", "DiskUsage", "disk_usage", "FsckReport", "fsck"]
+
+
+@dataclass
+class FileEntry:
+    path: str
+    format: str
+    tensors: int
+    size: int
+    added_bytes: int
+    missing_objects: int
+
+
+def _object_bytes(store: LocalStore, manifest: Manifest, oids: set[str]) -> int:
+    """Stored bytes of ``oids``: file sizes when present, payload lengths when not."""
+    lengths = manifest.payload_lengths()
+    return sum(store.size(oid) or lengths.get(oid, 0) for oid in oids)
+
+
+def _previous_version(git: pygit2.Repository, path: str, current_blob: str) -> Manifest | None:
+    """The version of ``path`` before ``current_blob``, following HEAD's first parents."""
+    if git.head_is_unborn:
+        return None
+    commit = git.head.peel(pygit2.Commit)
+    while True:
+        try:
+            blob_id = str(commit.tree[path].id)
+        except KeyError:
+            return None
+        if blob_id != current_blob:
+            return read_manifest_blob(git, blob_id)
+        if not commit.parents:
+            return None
+        commit = commit.parents[0]
+
+
+def list_files(repo: GitRepo) -> list[FileEntry]:
+    """The tracked model files in the index, with what each version added to the store."""
+    git = open_pygit2(repo)
+    store = repo.store()
+    entries = []
+    for ref in index_manifests(repo, git):
+        manifest = ref.manifest
+        previous = _previous_version(git, ref.path, ref.blob_id)
+        new_oids = manifest.object_ids() - (previous.object_ids() if previous else set())
+        entries.append(
+            FileEntry(
+                path=ref.path,
+                format=manifest.format,
+                tensors=len(manifest.tensors),
+                size=manifest.size,
+                added_bytes=_object_bytes(store, manifest, new_oids),
+                missing_objects=sum(not store.has(oid) for oid in manifest.object_ids()),
+            )
+        )
+    return entries
+
+
+def _all_tips(git: pygit2.Repository) -> list[pygit2.Oid]:
+    tips = []
+    for name in git.references:
+        try:
+            target = git.references[name].peel(pygit2.Commit)
+        except (pygit2.InvalidSpecError, ValueError, KeyError):
+            continue
+        tips.append(target.id)
+    return tips
+
+
+def referenced_manifests(repo: GitRepo, all_refs: bool, git: pygit2.Repository | None = None) -> list[ManifestRef]:
+    """Manifests of the index plus HEAD, or plus every ref's history."""
+    git = git or open_pygit2(repo)
+    found: dict[str, ManifestRef] = {ref.blob_id: ref for ref in index_manifests(repo, git)}
+    if all_refs:
+        found.update(reachable_manifests(git, _all_tips(git)))
+    elif not git.head_is_unborn:
+        for ref in tree_manifests(git, git.head.peel(pygit2.Commit).tree):
+            found.setdefault(ref.blob_id, ref)
+    return list(found.values())
+
+
+@dataclass
+class DiskUsage:
+    file_versions: int
+    logical_bytes: int
+    referenced_objects: int
+    referenced_bytes: int
+    missing_objects: int
+    store_objects: int
+    store_bytes: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.referenced_bytes if self.referenced_bytes else 0.0
+
+
+def disk_usage(repo: GitRepo) -> DiskUsage:
+    refs = referenced_manifests(repo, all_refs=True)
+    store = repo.store()
+    lengths: dict[str, int] = {}
+    for ref in refs:
+        lengths.update(ref.manifest.payload_lengths())
+    sizes = {oid: store.size(oid) for oid in lengths}
+    all_stored = {oid: store.size(oid) or 0 for oid in store.iter_oids()}
+    return DiskUsage(
+        file_versions=len(refs),
+        logical_bytes=sum(ref.manifest.size for ref in refs),
+        referenced_objects=len(lengths),
+        referenced_bytes=sum(size for size in sizes.values() if size is not None),
+        missing_objects=sum(size is None for size in sizes.values()),
+        store_objects=len(all_stored),
+        store_bytes=sum(all_stored.values()),
+    )
+
+
+@dataclass
+class FsckReport:
+    checked: int = 0
+    corrupt: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt and not self.missing
+
+
+def fsck(repo: GitRepo, all_refs: bool, on_progress: Callable[[int, int], None] | None = None) -> FsckReport:
+    """Re-hash every stored object, and look for the objects that manifests need."""
+    store = repo.store()
+    report = FsckReport()
+    oids = list(store.iter_oids())
+    present = set(oids)
+    for oid in oids:
+        try:
+            store.verify(oid)
+        except ThetaError as exc:
+            report.corrupt[oid] = getattr(exc, "reason", str(exc))
+        report.checked += 1
+        if on_progress:
+            on_progress(report.checked, len(oids))
+    for ref in referenced_manifests(repo, all_refs):
+        for oid in sorted(ref.manifest.object_ids() - present):
+            report.missing.setdefault(oid, []).append(ref.path)
+    return report

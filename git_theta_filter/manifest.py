@@ -1,0 +1,352 @@
+"""The manifest: the small text file that Git stores in place of a model file.
+
+The format is specified in ``docs/manifest.md``; this module is its only
+reader and writer. Parsing is strict: a manifest is the security boundary for
+history written by other people, so every field is checked before anything is
+allocated or any file is opened.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .dtypes import DTYPES, dtype_by_name
+from .errors import ThetaError
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "MAX_MANIFEST_BYTES",
+    "FORMATS",
+    "ManifestError",
+    "TensorEntry",
+    "Splice",
+    "Manifest",
+    "looks_like_manifest",
+    "encode_name",
+    "decode_name",
+    "format_metric",
+]
+
+MAGIC = b"git-theta-manifest "
+VERSION = 1
+MAX_MANIFEST_BYTES = 32 << 20
+FORMATS = ("torch-zip", "safetensors", "opaque")
+# Sizes and counts above this cannot describe a real file; refusing them early
+# keeps arithmetic on hostile input far from overflow.
+_MAX_SIZE = 1 << 60
+_MAX_DIMS = 64
+
+_OID_RE = re.compile(r"[0-9a-f]{64}\Z")
+_INT_RE = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
+
+
+class ManifestError(ThetaError):
+    """A manifest that does not follow docs/manifest.md."""
+
+    def __init__(self, message: str, *, line_number: int | None = None) -> None:
+        where = f"line {line_number}: " if line_number is not None else ""
+        super().__init__(f"invalid manifest: {where}{message}")
+        self.line_number = line_number
+
+
+def looks_like_manifest(data: bytes) -> bool:
+    """Whether ``data`` starts like a manifest (the full check is :meth:`Manifest.parse`)."""
+    return data.startswith(MAGIC)
+
+
+# Names are written verbatim except for the bytes that would break the line
+# grammar, which are percent-encoded from their UTF-8 form.
+def _needs_escape(char: str) -> bool:
+    return char in "% " or ord(char) < 0x21 or ord(char) == 0x7F
+
+
+def encode_name(name: str) -> str:
+    if not name:
+        raise ManifestError("empty name")
+    return "".join(
+        "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) if _needs_escape(c) else c
+        for c in name
+    )
+
+
+def decode_name(text: str) -> str:
+    if not text or "%" not in text:
+        return text
+    raw = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "%":
+            pair = text[i + 1 : i + 3]
+            if len(pair) != 2 or not all(c in "0123456789ABCDEF" for c in pair):
+                raise ManifestError(f"bad escape in name {text!r}")
+            raw.append(int(pair, 16))
+            i += 3
+        else:
+            raw += text[i].encode("utf-8")
+            i += 1
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def _format_ints(values: Iterable[int]) -> str:
+    return "[" + ",".join(str(v) for v in values) + "]"
+
+
+def _parse_int(text: str, what: str, line_number: int) -> int:
+    if not _INT_RE.match(text):
+        raise ManifestError(f"bad {what} {text!r}", line_number=line_number)
+    value = int(text)
+    if value > _MAX_SIZE:
+        raise ManifestError(f"{what} {value} is too large", line_number=line_number)
+    return value
+
+
+def _parse_ints(text: str, what: str, line_number: int) -> tuple[int, ...]:
+    if not (text.startswith("[") and text.endswith("]")):
+        raise ManifestError(f"bad {what} {text!r}", line_number=line_number)
+    body = text[1:-1]
+    values = tuple(_parse_int(v, what, line_number) for v in body.split(",")) if body else ()
+    if len(values) > _MAX_DIMS:
+        raise ManifestError(f"{what} has more than {_MAX_DIMS} dimensions", line_number=line_number)
+    return values
+
+
+def _parse_oid(text: str, line_number: int) -> str:
+    if not _OID_RE.match(text):
+        raise ManifestError(f"bad object id {text!r}", line_number=line_number)
+    return text
+
+
+def format_metric(value: int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    # repr() of a double is the shortest string that reads back to the same
+    # bits, on every platform, so the manifest stays a pure function of the file.
+    return repr(float(value))
+
+
+def parse_metric(text: str, line_number: int) -> int | float | bool:
+    if text in ("true", "false"):
+        return text == "true"
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", text):
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ManifestError(f"bad metric value {text!r}", line_number=line_number) from None
+    if format_metric(value) != text:
+        raise ManifestError(f"metric value {text!r} is not in canonical form", line_number=line_number)
+    return value
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One named tensor. ``oid`` is the object holding its storage.
+
+    ``offset``/``stride`` (in elements) are set only when the tensor is a view
+    that is not simply the whole object, e.g. a slice of a shared storage.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    oid: str
+    offset: int | None = None
+    stride: tuple[int, ...] | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_by_name(self.dtype).itemsize
+
+    def extent_bytes(self) -> int:
+        """Bytes of the storage that this tensor reaches, from the storage's start."""
+        if self.numel == 0:
+            return 0
+        if self.stride is None:
+            return self.nbytes
+        last = (self.offset or 0) + sum((d - 1) * s for d, s in zip(self.shape, self.stride))
+        return (last + 1) * dtype_by_name(self.dtype).itemsize
+
+    def render(self) -> str:
+        fields = ["tensor", encode_name(self.name), self.dtype, _format_ints(self.shape), self.oid]
+        if self.stride is not None:
+            fields += [f"offset={self.offset}", f"stride={_format_ints(self.stride)}"]
+        return " ".join(fields)
+
+
+@dataclass(frozen=True)
+class Splice:
+    """Bytes ``[offset, offset+length)`` of the file are the payload of object ``oid``."""
+
+    offset: int
+    length: int
+    oid: str
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def render(self) -> str:
+        return f"splice {self.offset} {self.length} {self.oid}"
+
+
+@dataclass
+class Manifest:
+    format: str
+    size: int
+    sha256: str
+    skeleton: str
+    metrics: dict[str, int | float | bool] = field(default_factory=dict)
+    tensors: list[TensorEntry] = field(default_factory=list)
+    splices: list[Splice] = field(default_factory=list)
+
+    @property
+    def skeleton_length(self) -> int:
+        return self.size - sum(s.length for s in self.splices)
+
+    def object_ids(self) -> set[str]:
+        """Every object this manifest needs: the skeleton and all spliced payloads."""
+        return {self.skeleton} | {s.oid for s in self.splices}
+
+    def payload_lengths(self) -> dict[str, int]:
+        """The payload length of each object, as the manifest implies it."""
+        lengths = {s.oid: s.length for s in self.splices}
+        lengths.setdefault(self.skeleton, self.skeleton_length)
+        return lengths
+
+    def render(self) -> bytes:
+        """The canonical text: the one encoding that :meth:`parse` accepts."""
+        lines = [
+            f"{MAGIC.decode()}{VERSION}",
+            f"format {self.format}",
+            f"size {self.size}",
+            f"sha256 {self.sha256}",
+            f"skeleton {self.skeleton}",
+        ]
+        lines += [f"metric {encode_name(k)} {format_metric(self.metrics[k])}" for k in sorted(self.metrics)]
+        lines += [t.render() for t in sorted(self.tensors, key=lambda t: t.name)]
+        lines += [s.render() for s in sorted(self.splices, key=lambda s: s.offset)]
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+    @classmethod
+    def parse(cls, data: bytes) -> "Manifest":
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{len(data)} bytes is over the {MAX_MANIFEST_BYTES}-byte limit")
+        if not data.endswith(b"\n"):
+            raise ManifestError("does not end in a newline")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"not UTF-8 ({exc.reason})") from None
+        lines = text[:-1].split("\n")
+        version_line = lines[0]
+        if not version_line.startswith(MAGIC.decode()):
+            raise ManifestError("missing version line", line_number=1)
+        version = version_line[len(MAGIC) :]
+        if version != str(VERSION):
+            raise ManifestError(
+                f"unsupported manifest version {version!r}; this git-theta-filter reads version {VERSION}",
+                line_number=1,
+            )
+        if len(lines) < 5:
+            raise ManifestError("truncated header")
+        header = {}
+        for number, key in enumerate(("format", "size", "sha256", "skeleton"), start=2):
+            word, _, value = lines[number - 1].partition(" ")
+            if word != key:
+                raise ManifestError(f"expected {key!r}", line_number=number)
+            header[key] = value
+        if header["format"] not in FORMATS:
+            raise ManifestError(f"unknown format {header['format']!r}", line_number=2)
+        if not re.fullmatch(r"[0-9a-f]{64}", header["sha256"]):
+            raise ManifestError("bad sha256", line_number=4)
+        manifest = cls(
+            format=header["format"],
+            size=_parse_int(header["size"], "size", 3),
+            sha256=header["sha256"],
+            skeleton=_parse_oid(header["skeleton"], 5),
+        )
+        section_order = {"metric": 0, "tensor": 1, "splice": 2}
+        section = 0
+        for number, line in enumerate(lines[5:], start=6):
+            kind, _, rest = line.partition(" ")
+            if kind not in section_order:
+                raise ManifestError(f"unknown line kind {kind!r}", line_number=number)
+            if section_order[kind] < section:
+                raise ManifestError(f"{kind!r} line out of order", line_number=number)
+            section = section_order[kind]
+            fields = rest.split(" ")
+            if kind == "metric":
+                manifest._add_metric(fields, number)
+            elif kind == "tensor":
+                manifest._add_tensor(fields, number)
+            else:
+                manifest._add_splice(fields, number)
+        manifest._check_layout()
+        if manifest.render() != data:
+            raise ManifestError("not in canonical form (sorting, spacing or escapes)")
+        return manifest
+
+    def _add_metric(self, fields: list[str], number: int) -> None:
+        if len(fields) != 2:
+            raise ManifestError("metric needs a name and a value", line_number=number)
+        name = decode_name(fields[0])
+        if self.metrics and name <= next(reversed(self.metrics)):
+            raise ManifestError(f"metric {name!r} is not in sorted order", line_number=number)
+        self.metrics[name] = parse_metric(fields[1], number)
+
+    def _add_tensor(self, fields: list[str], number: int) -> None:
+        if len(fields) not in (4, 6):
+            raise ManifestError("tensor needs name, dtype, shape, oid", line_number=number)
+        name = decode_name(fields[0])
+        if self.tensors and name <= self.tensors[-1].name:
+            raise ManifestError(f"tensor {name!r} is not in sorted order", line_number=number)
+        if fields[1] not in DTYPES:
+            raise ManifestError(f"tensor {name!r}: unknown dtype {fields[1]!r}", line_number=number)
+        offset = stride = None
+        if len(fields) == 6:
+            if not (fields[4].startswith("offset=") and fields[5].startswith("stride=")):
+                raise ManifestError(f"tensor {name!r}: expected offset= and stride=", line_number=number)
+            offset = _parse_int(fields[4][len("offset=") :], "offset", number)
+            stride = _parse_ints(fields[5][len("stride=") :], "stride", number)
+        shape = _parse_ints(fields[2], "shape", number)
+        if stride is not None and len(stride) != len(shape):
+            raise ManifestError(f"tensor {name!r}: stride and shape differ in rank", line_number=number)
+        self.tensors.append(TensorEntry(name, fields[1], shape, _parse_oid(fields[3], number), offset, stride))
+
+    def _add_splice(self, fields: list[str], number: int) -> None:
+        if len(fields) != 3:
+            raise ManifestError("splice needs offset, length, oid", line_number=number)
+        splice = Splice(
+            _parse_int(fields[0], "offset", number),
+            _parse_int(fields[1], "length", number),
+            _parse_oid(fields[2], number),
+        )
+        if self.splices and splice.offset < self.splices[-1].end:
+            raise ManifestError("splices overlap or are out of order", line_number=number)
+        if splice.end > self.size:
+            raise ManifestError(f"splice at {splice.offset} runs past the file size {self.size}", line_number=number)
+        self.splices.append(splice)
+
+    def _check_layout(self) -> None:
+        lengths: dict[str, int] = {}
+        for splice in self.splices:
+            if lengths.setdefault(splice.oid, splice.length) != splice.length:
+                raise ManifestError(f"object {splice.oid} is spliced with two different lengths")
+        if self.skeleton in lengths and lengths[self.skeleton] != self.skeleton_length:
+            raise ManifestError("the skeleton object is also spliced with another length")
+        for tensor in self.tensors:
+            if tensor.oid not in lengths:
+                raise ManifestError(f"tensor {tensor.name!r}: object {tensor.oid} is not spliced into the file")
+            # Checked with exact integers, so a 2**62-element shape cannot wrap around.
+            if tensor.extent_bytes() > lengths[tensor.oid]:
+                raise ManifestError(f"tensor {tensor.name!r} reaches past the end of its object")

@@ -1,0 +1,190 @@
+"""pkt-line framing, as used by Git's long-running filter protocol.
+
+Git's contract (gitprotocol-common, "pkt-line Format"):
+
+* A packet is four lowercase hex digits giving the total length, *including*
+  those four bytes, followed by the payload.
+* ``0000`` is a flush packet; it carries no payload and ends a list or a
+  content stream.
+* The largest packet is 65520 bytes, so a payload holds at most 65516 bytes.
+* Text packets end in ``\\n``; content is sent verbatim, split into packets.
+
+This module only frames bytes. What the packets mean lives in
+``filter_protocol``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO, Iterator
+
+from .errors import ThetaError
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "FLUSH",
+    "PktLineError",
+    "encode",
+    "encode_text",
+    "iter_content_packets",
+    "PktLineReader",
+    "PktLineWriter",
+]
+
+MAX_PAYLOAD = 65516
+FLUSH = b"0000"
+_HEADER_SIZE = 4
+
+
+class PktLineError(ThetaError):
+    """The peer broke the pkt-line framing."""
+
+
+def encode(payload: bytes | memoryview) -> bytes:
+    """Frame one payload as a packet. An empty payload is not allowed (it would read as flush)."""
+    size = len(payload)
+    if not 0 < size <= MAX_PAYLOAD:
+        raise PktLineError(f"packet payload of {size} bytes is outside 1..{MAX_PAYLOAD}")
+    return b"%04x" % (size + _HEADER_SIZE) + bytes(payload)
+
+
+def encode_text(line: str) -> bytes:
+    """Frame one text line; the trailing newline is added here."""
+    return encode(line.encode("utf-8") + b"\n")
+
+
+def iter_content_packets(data: bytes) -> Iterator[bytes]:
+    """Frame ``data`` as content packets, without the closing flush."""
+    view = memoryview(data)
+    for start in range(0, len(view), MAX_PAYLOAD):
+        yield encode(view[start : start + MAX_PAYLOAD])
+
+
+def _parse_length(header: bytes) -> int:
+    try:
+        length = int(header, 16)
+    except ValueError:
+        raise PktLineError(f"bad pkt-line header {header!r}") from None
+    if header != header.lower() or len(header) != 4:
+        raise PktLineError(f"bad pkt-line header {header!r}")
+    if length == 0:
+        return 0
+    if length <= _HEADER_SIZE or length > MAX_PAYLOAD + _HEADER_SIZE:
+        # 0001..0004 are special packets that the filter protocol never sends.
+        raise PktLineError(f"bad pkt-line length {length}")
+    return length - _HEADER_SIZE
+
+
+class PktLineReader:
+    """Reads packets from a binary stream.
+
+    Content is read with :meth:`readinto` straight into the caller's buffer, so
+    a large file is never assembled as one ``bytes`` object.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        # Payload bytes of the current content packet not yet handed out.
+        self._remaining_in_packet = 0
+        self._content_done = True
+
+    def _read_exact(self, size: int) -> bytes:
+        data = self._stream.read(size)
+        if data is None or len(data) != size:
+            raise PktLineError("unexpected end of stream inside a packet")
+        return data
+
+    def read_packet(self) -> bytes | None:
+        """One packet's payload, ``None`` for a flush. EOFError at a clean end of stream."""
+        header = self._stream.read(_HEADER_SIZE)
+        if not header:
+            raise EOFError
+        if len(header) != _HEADER_SIZE:
+            raise PktLineError("unexpected end of stream inside a packet header")
+        size = _parse_length(header)
+        if size == 0:
+            return None
+        return self._read_exact(size)
+
+    def read_text(self) -> str | None:
+        """One text packet without its newline, ``None`` for a flush."""
+        packet = self.read_packet()
+        if packet is None:
+            return None
+        return packet.decode("utf-8").removesuffix("\n")
+
+    def read_text_list(self) -> list[str]:
+        """Text packets up to the next flush."""
+        lines = []
+        while (line := self.read_text()) is not None:
+            lines.append(line)
+        return lines
+
+    def start_content(self) -> None:
+        """Begin reading a content stream that ends at the next flush."""
+        self._remaining_in_packet = 0
+        self._content_done = False
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        """Fill ``buffer`` with content bytes; 0 means the closing flush was read."""
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view) and not self._content_done:
+            if self._remaining_in_packet == 0:
+                header = self._stream.read(_HEADER_SIZE)
+                if len(header) != _HEADER_SIZE:
+                    raise PktLineError("unexpected end of stream inside content")
+                size = _parse_length(header)
+                if size == 0:
+                    self._content_done = True
+                    break
+                self._remaining_in_packet = size
+            want = min(self._remaining_in_packet, len(view) - filled)
+            got = self._stream.readinto(view[filled : filled + want])
+            if not got:
+                raise PktLineError("unexpected end of stream inside content")
+            filled += got
+            self._remaining_in_packet -= got
+        return filled
+
+    def drain_content(self) -> None:
+        """Skip the rest of the current content stream (after an error)."""
+        scratch = bytearray(1 << 16)
+        while self.readinto(scratch):
+            pass
+
+
+class PktLineWriter:
+    """Writes packets to a binary stream."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write_text(self, line: str) -> None:
+        self._stream.write(encode_text(line))
+
+    def write_text_list(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write_text(line)
+        self.flush_packet()
+
+    def flush_packet(self) -> None:
+        """Send a flush packet and push everything out to the peer."""
+        self._stream.write(FLUSH)
+        self._stream.flush()
+
+    def write_content(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as content packets (no flush). Slices are written without copying."""
+        view = memoryview(data).cast("B")
+        write = self._stream.write
+        for start in range(0, len(view), MAX_PAYLOAD):
+            chunk = view[start : start + MAX_PAYLOAD]
+            write(b"%04x" % (len(chunk) + _HEADER_SIZE))
+            write(chunk)
+
+
+def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[BinaryIO, BinaryIO]:
+    """Large-buffered binary stdin/stdout for the filter, which moves gigabytes."""
+    stdin = io.open(0, "rb", buffering=buffer_size, closefd=False)
+    stdout = io.open(1, "wb", buffering=buffer_size, closefd=False)
+    return stdin, stdout

@@ -1,0 +1,88 @@
+"""Smudge: a manifest in, the original file's exact bytes out.
+
+Before the first byte is sent, every object is checked to exist with the
+payload length the manifest expects, so a missing object fails cleanly. While
+streaming, the output is hashed; a size or sha256 that differs from the
+manifest's is an error, never a silently wrong file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import ThetaError
+from .manifest import Manifest, looks_like_manifest
+from .splice import MAX_SKELETON_BYTES, write_spliced
+from .store.local import LocalStore
+from .store.object_format import ObjectFormatError
+
+__all__ = ["SmudgeVerificationError", "SmudgePlan", "prepare_smudge"]
+
+Write = Callable[[memoryview], object]
+
+
+class SmudgeVerificationError(ThetaError):
+    """The rebuilt file does not match the manifest's size or sha256."""
+
+    def __init__(self, path: str, expected: str, got: str) -> None:
+        super().__init__(
+            f"{path}: rebuilt file hashes to {got}, the manifest says {expected}; an object is corrupt",
+            hint="run `git theta fsck` to find it, then `git theta fetch` to restore it",
+        )
+        self.path = path
+        self.expected = expected
+        self.got = got
+
+
+@dataclass
+class SmudgePlan:
+    """A checked manifest, ready to be streamed out (or raw content to pass through)."""
+
+    path: str
+    store: LocalStore
+    manifest: Manifest | None
+    passthrough: bytes = b""
+    skeleton: bytes = b""
+
+    def write(self, write: Write) -> None:
+        if self.manifest is None:
+            write(memoryview(self.passthrough))
+            return
+        digest = hashlib.sha256()
+        written = 0
+
+        def hashed_write(chunk: memoryview) -> None:
+            nonlocal written
+            digest.update(chunk)
+            written += len(chunk)
+            write(chunk)
+
+        write_spliced(self.skeleton, self.manifest.splices, self.store, hashed_write, self.path)
+        got = digest.hexdigest()
+        if written != self.manifest.size or got != self.manifest.sha256:
+            raise SmudgeVerificationError(self.path, self.manifest.sha256, got)
+
+
+def prepare_smudge(content: bytes, store: LocalStore, path: str) -> SmudgePlan:
+    """Parse and check ``content``; raises before any output if the file cannot be rebuilt.
+
+    Content that is not a manifest (a file committed before it was tracked)
+    passes through unchanged.
+    """
+    if not looks_like_manifest(content):
+        return SmudgePlan(path, store, None, passthrough=content)
+    manifest = Manifest.parse(content)
+    lengths = manifest.payload_lengths()
+    if manifest.skeleton_length > MAX_SKELETON_BYTES:
+        raise ObjectFormatError(manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit")
+    for oid in sorted(lengths):
+        file, header = store.open_object(oid, path)
+        file.close()
+        if header.nbytes != lengths[oid]:
+            raise ObjectFormatError(oid, f"payload is {header.nbytes} bytes, the manifest of {path} says {lengths[oid]}")
+    file, _ = store.open_object(manifest.skeleton, path)
+    with file:
+        skeleton = file.read(manifest.skeleton_length)
+    return SmudgePlan(path, store, manifest, skeleton=skeleton)

@@ -1,0 +1,146 @@
+"""Files as a skeleton with object payloads spliced in.
+
+Every stored file, whatever its format, is described the same way: the
+manifest's ``splice`` lines say which byte ranges are object payloads, and the
+skeleton object holds all the other bytes, in order. :class:`LayoutBuilder`
+records that description while a file streams in; :func:`write_spliced`
+streams the file back out.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+from .errors import ThetaError
+from .manifest import Splice
+from .store.local import COPY_CHUNK, LocalStore
+from .store.object_format import ObjectFormatError
+
+__all__ = ["LayoutBuilder", "write_spliced", "SplicedReader", "MAX_SKELETON_BYTES", "SkeletonTooLargeError"]
+
+# The skeleton is held in memory on both clean and smudge. Real checkpoints
+# have skeletons of kilobytes to a few megabytes (data.pkl of a huge optimizer
+# state); past this limit the file is stored opaque instead.
+MAX_SKELETON_BYTES = 256 << 20
+
+
+class SkeletonTooLargeError(ThetaError):
+    pass
+
+
+class LayoutBuilder:
+    """Collects skeleton bytes and splices in file order as a file streams in."""
+
+    def __init__(self) -> None:
+        self.skeleton = bytearray()
+        self.splices: list[Splice] = []
+        self.size = 0
+
+    def add_skeleton(self, data: bytes | bytearray | memoryview) -> None:
+        if len(self.skeleton) + len(data) > MAX_SKELETON_BYTES:
+            raise SkeletonTooLargeError(f"more than {MAX_SKELETON_BYTES} bytes of non-tensor data")
+        self.skeleton += data
+        self.size += len(data)
+
+    def add_splice(self, length: int, oid: str) -> None:
+        self.splices.append(Splice(self.size, length, oid))
+        self.size += length
+
+
+def write_spliced(
+    skeleton: bytes | bytearray,
+    splices: list[Splice],
+    store: LocalStore,
+    write: Callable[[memoryview], object],
+    path: str | None = None,
+) -> None:
+    """Stream the file: skeleton bytes up to each splice, then that object's payload."""
+    view = memoryview(skeleton)
+    cursor = 0  # offset in the file
+    taken = 0  # bytes of the skeleton already written
+    buffer = bytearray(COPY_CHUNK)
+    for splice in splices:
+        gap = splice.offset - cursor
+        if gap:
+            write(view[taken : taken + gap])
+            taken += gap
+        _write_payload(store, splice, write, buffer, path)
+        cursor = splice.end
+    if taken < len(view):
+        write(view[taken:])
+
+
+def _write_payload(store: LocalStore, splice: Splice, write: Callable[[memoryview], object], buffer: bytearray, path: str | None) -> None:
+    file, header = store.open_object(splice.oid, path)
+    with file:
+        if header.nbytes != splice.length:
+            raise ObjectFormatError(splice.oid, f"payload is {header.nbytes} bytes, the manifest says {splice.length}")
+        left = splice.length
+        chunk = memoryview(buffer)
+        while left:
+            count = file.readinto(chunk[: min(left, len(chunk))])
+            if not count:
+                raise ObjectFormatError(splice.oid, "payload ends early")
+            write(chunk[:count])
+            left -= count
+
+
+class SplicedReader(io.RawIOBase):
+    """A seekable, read-only view of a spliced file, for zipfile to read a central directory.
+
+    Only the regions that are read are fetched; payloads come from the store.
+    """
+
+    def __init__(self, skeleton: bytes | bytearray, splices: list[Splice], size: int, store: LocalStore) -> None:
+        self._skeleton = memoryview(skeleton)
+        self._splices = splices
+        self._size = size
+        self._store = store
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        want = min(len(buffer), self._size - self._pos)
+        if want <= 0:
+            return 0
+        out = io.BytesIO()
+        end = self._pos + want
+        skeleton_taken = 0  # skeleton bytes before the current file position
+        cursor = 0
+        for splice in self._splices + [None]:
+            region_end = splice.offset if splice else self._size
+            # skeleton region [cursor, region_end)
+            lo, hi = max(cursor, self._pos), min(region_end, end)
+            if lo < hi:
+                start = skeleton_taken + (lo - cursor)
+                out.write(self._skeleton[start : start + (hi - lo)])
+            skeleton_taken += region_end - cursor
+            if splice is None:
+                break
+            lo, hi = max(splice.offset, self._pos), min(splice.end, end)
+            if lo < hi:
+                file, header = self._store.open_object(splice.oid)
+                with file:
+                    file.seek(header.data_offset + lo - splice.offset)
+                    out.write(file.read(hi - lo))
+            cursor = splice.end
+            if cursor >= end:
+                break
+        data = out.getvalue()
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)

@@ -1,0 +1,118 @@
+"""The object format: one tensor in a canonical safetensors file.
+
+Specified in ``docs/store.md``. The header is a pure function of dtype, shape
+and payload length, so equal payloads of equal type and shape always give the
+same bytes and therefore the same object id::
+
+    <u64 little-endian N> {"tensor":{"dtype":"F32","shape":[16,8],"data_offsets":[0,512]}}<spaces to a multiple of 8>
+    <payload>
+
+Reading checks every field against the file size before any payload is used;
+this parser is the security boundary for objects that came from elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..dtypes import DTYPES, dtype_by_name
+from ..errors import ThetaError
+
+__all__ = [
+    "TENSOR_KEY",
+    "MAX_OBJECT_HEADER",
+    "ObjectFormatError",
+    "ObjectHeader",
+    "encode_header",
+    "read_header",
+    "object_dtype_for",
+]
+
+TENSOR_KEY = "tensor"
+# Our headers are a few hundred bytes; anything larger was not written by us.
+MAX_OBJECT_HEADER = 64 << 10
+
+
+class ObjectFormatError(ThetaError):
+    """An object file that is not a canonical single-tensor safetensors file."""
+
+    def __init__(self, oid: str, reason: str) -> None:
+        super().__init__(f"object {oid} is corrupt: {reason}", hint="run `git theta fsck`, then `git theta fetch` to restore it")
+        self.oid = oid
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ObjectHeader:
+    dtype: str
+    shape: tuple[int, ...]
+    data_offset: int
+    nbytes: int
+
+
+def object_dtype_for(dtype: str) -> str:
+    """The dtype written into the object: the real one, or U8 where safetensors has none."""
+    return dtype if dtype_by_name(dtype).in_safetensors else "U8"
+
+
+def encode_header(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """The canonical header bytes (length prefix included) for a payload of ``nbytes``."""
+    spec = dtype_by_name(dtype)
+    if not spec.in_safetensors:
+        raise ValueError(f"{dtype} cannot be an object dtype; store it as U8")
+    if math.prod(shape) * spec.itemsize != nbytes:
+        raise ValueError(f"{dtype}{list(shape)} does not occupy {nbytes} bytes")
+    body = json.dumps(
+        {TENSOR_KEY: {"dtype": dtype, "shape": list(shape), "data_offsets": [0, nbytes]}},
+        separators=(",", ":"),
+    ).encode("ascii")
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body
+
+
+def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
+    """Validate a header given the first bytes of the object and its total size."""
+    if len(prefix) < 8:
+        raise ObjectFormatError(oid, "shorter than a safetensors header")
+    (length,) = struct.unpack_from("<Q", prefix)
+    if length > MAX_OBJECT_HEADER:
+        raise ObjectFormatError(oid, f"header of {length} bytes is over the {MAX_OBJECT_HEADER}-byte limit")
+    if len(prefix) < 8 + length:
+        raise ObjectFormatError(oid, "header runs past the end of the file")
+    try:
+        header = json.loads(prefix[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ObjectFormatError(oid, "header is not JSON") from None
+    if not isinstance(header, dict) or set(header) != {TENSOR_KEY}:
+        raise ObjectFormatError(oid, f"header must hold exactly one entry named {TENSOR_KEY!r}")
+    entry = header[TENSOR_KEY]
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise ObjectFormatError(oid, "tensor entry must have dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPES or not DTYPES[dtype].in_safetensors:
+        raise ObjectFormatError(oid, f"unknown dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise ObjectFormatError(oid, "shape must be a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise ObjectFormatError(oid, "data_offsets must be two integers")
+    begin, end = offsets
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+    if begin != 0 or end != nbytes:
+        raise ObjectFormatError(oid, f"data_offsets {offsets} disagree with {dtype}{shape} ({nbytes} bytes)")
+    if 8 + length + nbytes != file_size:
+        raise ObjectFormatError(oid, f"file is {file_size} bytes, header says {8 + length + nbytes}")
+    return ObjectHeader(dtype, tuple(shape), 8 + length, nbytes)
+
+
+def read_header(oid: str, stream: BinaryIO, file_size: int) -> ObjectHeader:
+    """Read and validate the header at the start of ``stream``; leaves the stream after it."""
+    head = stream.read(8)
+    if len(head) == 8:
+        (length,) = struct.unpack("<Q", head)
+        if length <= MAX_OBJECT_HEADER:
+            head += stream.read(length)
+    return parse_header_bytes(oid, head, file_size)
