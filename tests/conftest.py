@@ -1,0 +1,75 @@
+"""Shared fixtures: every test gets its own HOME, no system config, and real git."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass
+class GitEnv:
+    """An isolated environment: its own HOME, GIT_CONFIG_NOSYSTEM=1, our scripts on PATH."""
+
+    home: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, cwd: Path | None = None, input: bytes | None = None, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(list(args), cwd=cwd, input=input, capture_output=True, env={**self.env, **(env or {})})
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"command failed ({result.returncode}): {' '.join(args)}\n"
+                f"stdout:\n{result.stdout.decode(errors='replace')}\nstderr:\n{result.stderr.decode(errors='replace')}"
+            )
+        return result
+
+    def git(self, repo: Path, *args: str, **kwargs) -> str:
+        return self.run("git", *args, cwd=repo, **kwargs).stdout.decode()
+
+    def theta(self, repo: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run("git", "theta", *args, cwd=repo, **kwargs)
+
+
+@pytest.fixture
+def git_env(tmp_path: Path) -> GitEnv:
+    home = tmp_path / "home"
+    home.mkdir()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
+    }
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        GIT_CONFIG_NOSYSTEM="1",
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        GIT_AUTHOR_DATE="2026-01-01T00:00:00Z",
+        GIT_COMMITTER_DATE="2026-01-01T00:00:00Z",
+    )
+    genv = GitEnv(home, env)
+    genv.run("git", "config", "--global", "user.name", "Theta Test")
+    genv.run("git", "config", "--global", "user.email", "theta@example.invalid")
+    genv.run("git", "config", "--global", "init.defaultBranch", "main")
+    genv.run("git-theta", "install", "--global")
+    return genv
+
+
+@pytest.fixture
+def repo(git_env: GitEnv, tmp_path: Path) -> Path:
+    """A fresh repository with '*.pth' and '*.safetensors' tracked."""
+    path = tmp_path / "repo"
+    git_env.run("git", "init", "-q", str(path))
+    git_env.theta(path, "track", "*.pth", "*.pt", "*.safetensors", "*.bin")
+    git_env.git(path, "add", ".gitattributes")
+    git_env.git(path, "commit", "-qm", "track models")
+    return path
