@@ -60,7 +60,8 @@ def git_env(tmp_path: Path) -> GitEnv:
     genv.run("git", "config", "--global", "user.name", "Theta Test")
     genv.run("git", "config", "--global", "user.email", "theta@example.invalid")
     genv.run("git", "config", "--global", "init.defaultBranch", "main")
-    genv.run("git-theta", "install", "--global")
+    # Run outside any repository, so no hooks land in the checkout running the tests.
+    genv.run("git-theta", "install", "--global", cwd=home)
     return genv
 
 
