@@ -167,7 +167,7 @@ class LocalStore:
     def _open_temp(self) -> tuple[BinaryIO, Path]:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{os.getpid()}-", suffix=".tmp")
-        return os.fdopen(fd, "wb", buffering=COPY_CHUNK), Path(name)
+        return os.fdopen(fd, "w+b", buffering=COPY_CHUNK), Path(name)
 
     def _discard_temp(self, file: BinaryIO, tmp_path: Path) -> None:
         file.close()
