@@ -20,6 +20,8 @@ COMMANDS = {
     "ls-files": "ls_files",
     "du": "du",
     "fsck": "fsck",
+    "gc": "gc",
+    "prune": "gc",
     "filter-process": "filter_process",
     "hook": "hook",
 }

@@ -10,6 +10,7 @@ from ..clean import clean
 from ..filter_protocol import serve
 from ..gitrepo import GitRepo
 from ..hooks import hooks_installed, install_hooks
+from ..locks import writer_lock
 from ..pktline import PktLineReader, PktLineWriter, open_stdio_streams
 from ..smudge import SmudgePlan, prepare_smudge
 from ..store.local import LocalStore
@@ -51,5 +52,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"git-theta: {line}", file=sys.stderr)
     stdin, stdout = open_stdio_streams()
     handler = ThetaFilter(repo.store(), os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1")
-    serve(PktLineReader(stdin), PktLineWriter(stdout), handler, report_error)
+    # Held for the life of the process: `git theta gc` waits for us, so objects
+    # written by an add in progress are never pruned before the index names them.
+    with writer_lock(repo.theta_dir):
+        serve(PktLineReader(stdin), PktLineWriter(stdout), handler, report_error)
     return 0

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         for oid, paths in sorted(report.missing.items()):
             print(f"missing {oid} (needed by {', '.join(sorted(set(paths)))})")
         summary = f"{report.checked} objects checked, {len(report.corrupt)} corrupt, {len(report.missing)} missing"
-        print(summary, file=sys.stderr if report.ok else sys.stdout)
+        print(summary)
         if not report.ok:
             print("git-theta: hint: run `git theta fetch` to restore missing or corrupt objects from the remote store", file=sys.stderr)
     return 0 if report.ok else 1

@@ -1,0 +1,131 @@
+"""``git theta gc``: delete local objects that no manifest needs.
+
+An object is kept when any manifest still reachable in this repository names
+it: from any ref, any reflog entry, the stash, HEAD and the index of every
+worktree. Objects newer than the grace period (``--prune=<date>``, default
+``2.weeks.ago`` as in ``git gc``) are kept too.
+
+gc holds the exclusive side of ``locks.py``'s lock, so it never runs while an
+``add`` is writing objects that the index does not name yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pygit2
+
+from .errors import ThetaError
+from .gitrepo import GitRepo
+from .history import ManifestRef, open_pygit2, reachable_manifests, read_manifest_blob
+from .locks import exclusive_gc_lock
+
+__all__ = ["BadPruneDateError", "GcReport", "parse_prune_date", "collect_garbage"]
+
+DEFAULT_PRUNE = "2.weeks.ago"
+
+
+class BadPruneDateError(ThetaError):
+    exit_code = 128
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"cannot understand --prune={text!r}")
+
+
+def parse_prune_date(repo: GitRepo, text: str) -> float:
+    """A cut-off time in git's expiry-date syntax (``now``, ``never``, ``2.weeks.ago``, ISO dates).
+
+    Parsed by git itself (``git config --type=expiry-date``), which rejects
+    malformed dates as ``git gc --prune`` does.
+    """
+    value = repo.git("-c", f"theta.prune={text}", "config", "--type=expiry-date", "theta.prune", check=False).strip()
+    if not value.isdigit():
+        raise BadPruneDateError(text)
+    return float(value)  # "now" parses as the largest timestamp: everything is older
+
+
+def _tips(repo: GitRepo, git: pygit2.Repository) -> set[pygit2.Oid]:
+    """Every commit a ref, a reflog entry or a worktree HEAD points to."""
+    tips: set[pygit2.Oid] = set()
+
+    def add(oid: pygit2.Oid | None) -> None:
+        if oid is not None and oid != pygit2.Oid(hex="0" * 40):
+            try:
+                tips.add(git[oid].peel(pygit2.Commit).id)
+            except (KeyError, ValueError, pygit2.InvalidSpecError):
+                pass
+
+    for name in list(git.references) + ["HEAD"]:
+        try:
+            reference = git.lookup_reference(name)
+        except (KeyError, pygit2.InvalidSpecError):
+            continue
+        with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
+            add(reference.resolve().target)
+        with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
+            for entry in reference.log():
+                add(entry.oid_new)
+                add(entry.oid_old)
+    for worktree in _worktree_repos(git):
+        if not worktree.head_is_unborn:
+            add(worktree.head.target)
+    return tips
+
+
+def _worktree_repos(git: pygit2.Repository) -> list[pygit2.Repository]:
+    repos = []
+    for name in git.list_worktrees():
+        with contextlib.suppress(pygit2.GitError, KeyError):
+            repos.append(pygit2.Repository(git.lookup_worktree(name).path))
+    return repos
+
+
+def _index_manifests(git: pygit2.Repository) -> Iterator[ManifestRef]:
+    for repo in [git, *_worktree_repos(git)]:
+        if repo.is_bare:
+            continue
+        for entry in repo.index:
+            manifest = read_manifest_blob(git, entry.id)
+            if manifest is not None:
+                yield ManifestRef(entry.path, str(entry.id), manifest)
+
+
+@dataclass
+class GcReport:
+    kept: int = 0
+    deleted: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    kept_recent: int = 0
+    temp_files_removed: int = 0
+
+
+def collect_garbage(repo: GitRepo, prune_before: float, dry_run: bool) -> GcReport:
+    store = repo.store()
+    report = GcReport()
+    with exclusive_gc_lock(repo.theta_dir):
+        git = open_pygit2(repo)
+        needed: set[str] = set()
+        for ref in list(reachable_manifests(git, _tips(repo, git)).values()) + list(_index_manifests(git)):
+            needed |= ref.manifest.object_ids()
+        for oid in store.iter_oids():
+            path = store.object_path(oid)
+            stat = path.lstat()
+            if oid in needed:
+                report.kept += 1
+            elif stat.st_mtime >= prune_before:
+                report.kept_recent += 1
+            else:
+                report.deleted.append(oid)
+                report.freed_bytes += stat.st_size
+                if not dry_run:
+                    path.unlink()
+        # With the exclusive lock held no writer is running: every temp file is debris
+        # of a killed process.
+        if store.tmp_dir.is_dir():
+            for leftover in store.tmp_dir.iterdir():
+                report.temp_files_removed += 1
+                if not dry_run:
+                    leftover.unlink(missing_ok=True)
+    return report

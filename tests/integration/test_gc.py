@@ -1,0 +1,117 @@
+"""gc: frees exactly the objects no manifest needs, never one that is still reachable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from git_theta_filter.locks import writer_lock
+
+
+def save_model(path: Path, seed: int, changed_layer: int | None = None) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))
+    if changed_layer is not None:
+        with torch.no_grad():
+            model[changed_layer].weight.add_(float(seed))
+    torch.save(model.state_dict(), path)
+
+
+def store_oids(repo: Path) -> set[str]:
+    return {p.name for p in (repo / ".git" / "theta" / "objects").glob("*/*/*")}
+
+
+def gc_json(git_env, repo: Path, *args: str) -> dict:
+    return json.loads(git_env.theta(repo, "gc", "--json", *args).stdout)
+
+
+def test_gc_frees_exactly_a_deleted_branchs_unique_objects(git_env, repo):
+    save_model(repo / "model.pth", 0)
+    git_env.git(repo, "add", "model.pth")
+    git_env.git(repo, "commit", "-qm", "base")
+    before = store_oids(repo)
+
+    git_env.git(repo, "checkout", "-qb", "experiment")
+    save_model(repo / "model.pth", 5, changed_layer=2)
+    git_env.git(repo, "commit", "-qam", "experiment")
+    branch_only = store_oids(repo) - before
+    branch_bytes = sum(next((repo / ".git" / "theta" / "objects").glob(f"*/*/{oid}")).stat().st_size for oid in branch_only)
+    # One changed tensor (model 2.weight) plus the new skeleton.
+    assert len(branch_only) == 2
+
+    git_env.git(repo, "checkout", "-q", "main")
+    git_env.git(repo, "branch", "-qD", "experiment")
+    # Still reachable through the reflog: nothing may go.
+    assert gc_json(git_env, repo, "--prune=now")["deleted"] == []
+
+    git_env.git(repo, "reflog", "expire", "--expire=now", "--all")
+    report = gc_json(git_env, repo, "--prune=now")
+    assert set(report["deleted"]) == branch_only
+    assert report["freed_bytes"] == branch_bytes
+    assert store_oids(repo) == before
+    git_env.theta(repo, "fsck", "--all")
+
+
+def test_gc_dry_run_and_grace_period_delete_nothing(git_env, repo):
+    save_model(repo / "model.pth", 0)
+    git_env.git(repo, "add", "model.pth")
+    git_env.git(repo, "commit", "-qm", "base")
+    save_model(repo / "model.pth", 1, changed_layer=0)
+    git_env.git(repo, "add", "model.pth")  # objects written, then abandoned
+    git_env.git(repo, "reset", "-q", "--hard")
+    everything = store_oids(repo)
+
+    dry = gc_json(git_env, repo, "--dry-run", "--prune=now")
+    assert len(dry["deleted"]) == 2 and dry["dry_run"] is True
+    assert store_oids(repo) == everything
+
+    recent = gc_json(git_env, repo)  # default 2.weeks.ago: the abandoned objects are new
+    assert recent["deleted"] == [] and recent["kept_recent"] == 2
+    assert store_oids(repo) == everything
+
+
+def test_gc_keeps_objects_of_the_stash_and_of_other_worktrees(git_env, repo, tmp_path):
+    save_model(repo / "model.pth", 0)
+    git_env.git(repo, "add", "model.pth")
+    git_env.git(repo, "commit", "-qm", "base")
+
+    save_model(repo / "model.pth", 3, changed_layer=1)
+    git_env.git(repo, "stash", "-q")
+    worktree = tmp_path / "wt"
+    git_env.git(repo, "worktree", "add", "-q", "--detach", str(worktree))
+    save_model(worktree / "model.pth", 4, changed_layer=2)
+    git_env.git(worktree, "add", "model.pth")  # only in that worktree's index
+
+    assert gc_json(git_env, repo, "--prune=now")["deleted"] == []
+    git_env.git(repo, "stash", "pop", "-q")
+    assert git_env.git(repo, "status", "--porcelain").strip() == "M model.pth"
+
+
+def test_gc_removes_leftover_temp_files(git_env, repo):
+    tmp_dir = repo / ".git" / "theta" / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    (tmp_dir / "123-killed.tmp").write_bytes(b"partial object")
+    report = gc_json(git_env, repo, "--prune=now")
+    assert report["temp_files_removed"] == 1
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_gc_waits_for_a_running_writer(git_env, repo):
+    theta_dir = repo / ".git" / "theta"
+    with writer_lock(theta_dir):
+        gc = subprocess.Popen(["git", "theta", "gc", "--prune=now"], cwd=repo, env=git_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        assert gc.poll() is None, "gc must wait while an object writer holds the lock"
+    out, err = gc.communicate(timeout=30)
+    assert gc.returncode == 0
+    assert b"waiting for running git commands" in err
+
+
+def test_gc_rejects_a_bad_prune_date(git_env, repo):
+    result = git_env.theta(repo, "gc", "--prune=not-a-date-at-all", check=False)
+    assert result.returncode == 128
+    assert b"--prune='not-a-date-at-all'" in result.stderr
