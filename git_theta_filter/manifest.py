@@ -59,9 +59,10 @@ def looks_like_manifest(data: bytes) -> bool:
 
 
 # Names are written verbatim except for the bytes that would break the line
-# grammar, which are percent-encoded from their UTF-8 form.
+# grammar, which are percent-encoded from their UTF-8 form. Lone surrogates
+# (pickle keeps them in dict keys) have no UTF-8 form and are escaped too.
 def _needs_escape(char: str) -> bool:
-    return char in "% " or ord(char) < 0x21 or ord(char) == 0x7F
+    return char in "% " or ord(char) < 0x21 or ord(char) == 0x7F or 0xD800 <= ord(char) <= 0xDFFF
 
 
 def encode_name(name: str) -> str:
@@ -88,7 +89,10 @@ def decode_name(text: str) -> str:
         else:
             raw += text[i].encode("utf-8")
             i += 1
-    return raw.decode("utf-8", "surrogatepass")
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise ManifestError(f"escapes in name {text!r} are not UTF-8") from None
 
 
 def _format_ints(values: Iterable[int]) -> str:
@@ -133,7 +137,9 @@ def format_metric(value: int | float | bool) -> str:
 def parse_metric(text: str, line_number: int) -> int | float | bool:
     if text in ("true", "false"):
         return text == "true"
-    if re.fullmatch(r"-?(0|[1-9][0-9]*)", text):
+    # Clean records integers up to 2**63 (19 digits); longer ones are refused
+    # here rather than by int(), whose digit limit raises a plain ValueError.
+    if re.fullmatch(r"-?(0|[1-9][0-9]{0,18})", text):
         return int(text)
     try:
         value = float(text)
