@@ -20,7 +20,7 @@ from .formats.base import CleanContext, NotThisFormat, ParsedFile
 from .formats.safetensors_file import looks_like_safetensors, parse_safetensors
 from .formats.source import Readable, Source, TruncatedError
 from .formats.torch_zip import ZIP_MAGIC, parse_torch_zip
-from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
+from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
 from .splice import SkeletonTooLargeError, write_spliced
 from .store.local import LocalStore
 
@@ -37,7 +37,9 @@ def clean(raw: Readable, store: LocalStore, path: str = "<stdin>", warn: Warn = 
     """Store the content read from ``raw`` and return its manifest bytes."""
     source = Source(raw)
     ctx = CleanContext(source, store)
-    head = source.peek(16)
+    # Long enough for every magic; the manifest's (19 bytes) is the longest, and a
+    # shorter peek would never recognise a manifest, breaking clean(clean(x)) == clean(x).
+    head = source.peek(max(len(MAGIC), 16))
     try:
         if looks_like_manifest(head):
             passthrough = _read_manifest(ctx)

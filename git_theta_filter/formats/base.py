@@ -9,7 +9,7 @@ from ..manifest import TensorEntry
 from ..splice import LayoutBuilder
 from ..store.local import LocalStore
 from ..store.object_format import object_dtype_for
-from .source import Source
+from .source import Source, TruncatedError
 
 __all__ = ["NotThisFormat", "ParsedFile", "CleanContext"]
 
@@ -35,8 +35,12 @@ class CleanContext:
 
     def keep(self, size: int, what: str) -> bytes:
         """Move the next ``size`` bytes into the skeleton and return them."""
-        data = self.source.read_exact(size, what)
+        data = self.source.read(size)
+        # Kept even when the file ends early: the opaque fallback rebuilds the
+        # file from the layout, so bytes consumed but not kept would be lost.
         self.layout.add_skeleton(data)
+        if len(data) != size:
+            raise TruncatedError(f"file ends inside {what} at offset {self.source.position}")
         return data
 
     def store_payload(self, dtype: str, shape: tuple[int, ...], nbytes: int) -> str:

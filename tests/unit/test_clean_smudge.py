@@ -1,0 +1,230 @@
+"""clean() and prepare_smudge() in process, against a store in a temp directory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_save
+
+from git_theta_filter.clean import clean
+from git_theta_filter.manifest import Manifest, ManifestError
+from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
+from git_theta_filter.store.local import LocalStore, ObjectMissingError
+from git_theta_filter.store.object_format import ObjectFormatError
+
+from helpers import mlp_checkpoint, sha256_bytes
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "theta")
+
+
+class Warnings(list):
+    def __call__(self, message: str) -> None:
+        self.append(message)
+
+
+def torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def do_clean(store: LocalStore, data: bytes, path: str = "model.pth") -> tuple[bytes, Warnings]:
+    warnings = Warnings()
+    return clean(io.BytesIO(data), store, path, warn=warnings), warnings
+
+
+def do_smudge(store: LocalStore, manifest: bytes, path: str = "model.pth") -> bytes:
+    out = bytearray()
+    prepare_smudge(manifest, store, path).write(out.extend)
+    return bytes(out)
+
+
+def splice_ranges(manifest: Manifest) -> list[range]:
+    return [range(s.offset, s.end) for s in manifest.splices]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes() -> bytes:
+    return torch_bytes({"model": mlp_checkpoint(0, (8, 16, 4)), "epoch": 2, "loss": 0.5})
+
+
+def test_torch_zip_round_trip(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    manifest_bytes, warnings = do_clean(store, checkpoint_bytes)
+    manifest = Manifest.parse(manifest_bytes)
+    assert warnings == []
+    assert manifest.format == "torch-zip"
+    assert (manifest.size, manifest.sha256) == (len(checkpoint_bytes), sha256_bytes(checkpoint_bytes))
+    assert {t.name for t in manifest.tensors} == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
+    assert manifest.metrics == {"epoch": 2, "loss": 0.5}
+    assert do_smudge(store, manifest_bytes) == checkpoint_bytes
+    # Each storage record's bytes are exactly the spliced payload, in the file.
+    with zipfile.ZipFile(io.BytesIO(checkpoint_bytes)) as archive:
+        records = {i.filename: i for i in archive.infolist() if "/data/" in i.filename}
+    assert sorted(s.length for s in manifest.splices) == sorted(i.file_size for i in records.values())
+
+
+def test_clean_is_deterministic_and_idempotent(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    first, _ = do_clean(store, checkpoint_bytes)
+    second, _ = do_clean(store, checkpoint_bytes)
+    assert first == second
+    # clean(clean(x)) == clean(x): a manifest passes through unchanged, with no warning.
+    again, warnings = do_clean(store, first)
+    assert again == first
+    assert warnings == []
+
+
+def test_clean_of_smudge_is_the_manifest(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    manifest, _ = do_clean(store, checkpoint_bytes)
+    rebuilt = do_smudge(store, manifest)
+    assert do_clean(store, rebuilt)[0] == manifest
+
+
+def test_a_broken_manifest_is_stored_opaque_not_passed_through(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    manifest, _ = do_clean(store, checkpoint_bytes)
+    broken = manifest.replace(b"format torch-zip", b"format torch-zap")
+    out, warnings = do_clean(store, broken)
+    parsed = Manifest.parse(out)
+    assert parsed.format == "opaque" and parsed.size == len(broken)
+    assert len(warnings) == 1 and warnings[0] == "model.pth: looks like a manifest but is not a valid one; stored as one opaque object"
+    assert do_smudge(store, out) == broken
+
+
+def test_safetensors_round_trip(store: LocalStore) -> None:
+    tensors = {"b": torch.arange(6, dtype=torch.int64), "a": torch.ones(2, 3, dtype=torch.bfloat16)}
+    data = safetensors_save(tensors, metadata={"format": "pt"})
+    manifest_bytes, warnings = do_clean(store, data, "w.safetensors")
+    manifest = Manifest.parse(manifest_bytes)
+    assert warnings == []
+    assert manifest.format == "safetensors"
+    assert {(t.name, t.dtype, t.shape) for t in manifest.tensors} == {("a", "BF16", (2, 3)), ("b", "I64", (6,))}
+    assert do_smudge(store, manifest_bytes) == data
+
+
+@pytest.mark.parametrize(
+    "header, data, reason",
+    [
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "bytes after the last tensor"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "data_offsets leave a gap or overlap"),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "data_offsets disagree with dtype and shape"),
+        ({"a": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, "dtype 'Q9' is not supported"),
+        ({"__metadata__": {"k": 1}}, b"", "__metadata__ must map strings to strings"),
+    ],
+)
+def test_broken_safetensors_is_stored_opaque(store: LocalStore, header: dict, data: bytes, reason: str) -> None:
+    body = json.dumps(header).encode()
+    raw = struct.pack("<Q", len(body)) + body + data
+    out, warnings = do_clean(store, raw, "w.safetensors")
+    assert Manifest.parse(out).format == "opaque"
+    assert len(warnings) == 1 and reason in warnings[0] and "stored as one opaque object" in warnings[0]
+    assert do_smudge(store, out) == raw
+
+
+def test_duplicate_safetensors_keys_are_stored_opaque(store: LocalStore) -> None:
+    body = b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    raw = struct.pack("<Q", len(body)) + body + b"x"
+    out, warnings = do_clean(store, raw)
+    assert Manifest.parse(out).format == "opaque"
+    assert "safetensors header repeats a key" in warnings[0]
+
+
+@pytest.mark.parametrize("data", [b"", b"x", b"hello world\n", os.urandom(5000), b"PK\x03\x04" + b"\0" * 40, b"\x80\x02}q\x00."])
+def test_opaque_round_trip(store: LocalStore, data: bytes) -> None:
+    out, warnings = do_clean(store, data, "f.bin")
+    manifest = Manifest.parse(out)
+    assert manifest.format == "opaque"
+    assert manifest.tensors == [] and manifest.metrics == {}
+    assert (manifest.size, manifest.sha256) == (len(data), sha256_bytes(data))
+    assert len(warnings) == 1 and warnings[0].startswith("f.bin: ") and warnings[0].endswith("stored as one opaque object")
+    assert do_smudge(store, out, "f.bin") == data
+    if data:
+        assert [(s.offset, s.length) for s in manifest.splices] == [(0, len(data))]
+
+
+def test_truncation_outside_payloads_loses_no_byte(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    """A file cut inside a header or the central directory is stored opaque and comes back whole."""
+    full = Manifest.parse(do_clean(store, checkpoint_bytes)[0])
+    inside_payload = {i for r in splice_ranges(full) for i in range(r.start + 1, r.stop)}
+    cuts = [n for n in range(1, len(checkpoint_bytes), 13) if n not in inside_payload]
+    assert len(cuts) > 50
+    for n in cuts:
+        data = checkpoint_bytes[:n]
+        out, warnings = do_clean(store, data)
+        assert Manifest.parse(out).format == "opaque", n
+        assert len(warnings) == 1, n
+        assert do_smudge(store, out) == data, f"cut at {n}: rebuilt file differs"
+
+
+@pytest.mark.xfail(
+    reason="CleanContext.store_payload streams a storage into a sized ObjectWriter; when the file ends "
+    "inside it, the bytes already copied are discarded with the writer and the opaque fallback lacks them. "
+    "Salvaging them needs the store's write path (store/local.py) or Source (formats/source.py)",
+    strict=True,
+)
+def test_truncation_inside_a_storage_payload_loses_no_byte(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    full = Manifest.parse(do_clean(store, checkpoint_bytes)[0])
+    biggest = max(full.splices, key=lambda s: s.length)
+    data = checkpoint_bytes[: biggest.offset + biggest.length // 2]
+    out, warnings = do_clean(store, data)
+    assert Manifest.parse(out).format == "opaque"
+    assert do_smudge(store, out) == data
+
+
+def test_smudge_passes_non_manifest_content_through(store: LocalStore) -> None:
+    assert do_smudge(store, b"committed before it was tracked\n") == b"committed before it was tracked\n"
+
+
+def test_smudge_with_a_missing_object_fails_before_any_output(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    manifest_bytes, _ = do_clean(store, checkpoint_bytes)
+    manifest = Manifest.parse(manifest_bytes)
+    victim = manifest.splices[1].oid
+    path = store.object_path(victim)
+    path.unlink()
+    with pytest.raises(ObjectMissingError) as info:
+        prepare_smudge(manifest_bytes, store, "models/model.pth")
+    assert info.value.oid == victim and info.value.path == "models/model.pth"
+    assert str(info.value) == f"models/model.pth: tensor object {victim} is missing from the local store"
+    assert "git theta fetch" in info.value.hint
+
+
+def test_smudge_detects_a_corrupt_payload_by_the_whole_file_hash(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    manifest_bytes, _ = do_clean(store, checkpoint_bytes)
+    manifest = Manifest.parse(manifest_bytes)
+    path = store.object_path(manifest.splices[0].oid)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, so the header still checks out
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    plan = prepare_smudge(manifest_bytes, store, "model.pth")
+    with pytest.raises(SmudgeVerificationError) as info:
+        plan.write(lambda chunk: None)
+    assert info.value.expected == manifest.sha256
+    assert info.value.got != manifest.sha256
+    assert str(info.value).startswith(f"model.pth: rebuilt file hashes to {info.value.got}, the manifest says {manifest.sha256}")
+
+
+def test_smudge_refuses_an_object_of_the_wrong_length(store: LocalStore, checkpoint_bytes: bytes) -> None:
+    manifest_bytes, _ = do_clean(store, checkpoint_bytes)
+    manifest = Manifest.parse(manifest_bytes)
+    victim = manifest.splices[0]
+    path = store.object_path(victim.oid)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b"extra")
+    with pytest.raises(ObjectFormatError) as info:
+        prepare_smudge(manifest_bytes, store, "model.pth")
+    assert info.value.oid == victim.oid
+
+
+def test_smudge_refuses_a_hostile_manifest(store: LocalStore) -> None:
+    hostile = b"git-theta-manifest 1\nformat opaque\nsize 4\nsha256 " + b"0" * 64 + b"\nskeleton ../../../../etc/passwd\n"
+    with pytest.raises(ManifestError, match="bad object id"):
+        prepare_smudge(hostile, store, "model.pth")
