@@ -105,7 +105,12 @@ def _foreign_class(qualname: str) -> type:
     """A fresh inert class per global, since NEWOBJ requires a real class."""
 
     def new(cls, *args: Any, **kwargs: Any) -> ForeignObject:
-        return ForeignObject.__new__(cls)
+        obj = ForeignObject.__new__(cls)
+        # NEWOBJ (protocol 2's copyreg.__newobj__, e.g. argparse.Namespace or a
+        # dict subclass) calls __new__ without __init__; the placeholder must be
+        # complete either way, or BUILD/SETITEMS and the walk fail on it.
+        ForeignObject.__init__(obj, qualname, args)
+        return obj
 
     def init(self, *args: Any, **kwargs: Any) -> None:
         ForeignObject.__init__(self, qualname, args)
