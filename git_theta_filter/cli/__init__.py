@@ -24,6 +24,9 @@ COMMANDS = {
     "prune": "gc",
     "filter-process": "filter_process",
     "hook": "hook",
+    "log": "log",
+    "diff": "diff",
+    "metrics": "metrics",
 }
 
 

@@ -1,0 +1,132 @@
+"""The versions of the repository that a diff compares: a commit, the index, the working tree.
+
+Each snapshot lists its model files (paths whose content is a manifest) and
+reads any other file by path, for metrics files.
+
+The working tree's model files are real checkpoints, not manifests. They are
+cleaned the way ``git add`` would clean them: the index is copied to a
+temporary file and ``git add -u`` runs on the copy (``GIT_INDEX_FILE``), so
+git's own stat checks skip unchanged files and the theta filter cleans the
+changed ones into the store. The real index is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from .gitrepo import GitError, GitRepo
+from .history import read_manifest_blob
+from .manifest import Manifest
+
+__all__ = ["ModelVersion", "Snapshot", "tree_snapshot", "index_snapshot", "worktree_snapshot"]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One model file as one snapshot holds it."""
+
+    path: str
+    blob_id: str
+    manifest: Manifest
+
+
+class Snapshot:
+    """Model files and other files of one version; ``commit`` is set for commits only."""
+
+    def __init__(self, label: str, git: pygit2.Repository, entries: dict[str, pygit2.Oid],
+                 commit: pygit2.Commit | None = None, worktree: Path | None = None) -> None:
+        self.label = label
+        self.commit = commit
+        self._git = git
+        self._entries = entries  # path -> blob id, for every file
+        self._worktree = worktree  # read files from here instead of from blobs
+        self._models: dict[str, ModelVersion] | None = None
+
+    def model_files(self) -> dict[str, ModelVersion]:
+        if self._models is None:
+            self._models = {}
+            for path, blob_id in self._entries.items():
+                manifest = read_manifest_blob(self._git, blob_id)
+                if manifest is not None:
+                    self._models[path] = ModelVersion(path, str(blob_id), manifest)
+        return self._models
+
+    def read_file(self, path: str) -> bytes | None:
+        if self._worktree is not None:
+            try:
+                return (self._worktree / path).read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+        blob_id = self._entries.get(path)
+        if blob_id is None:
+            return None
+        blob = self._git[blob_id]
+        return blob.data if isinstance(blob, pygit2.Blob) else None
+
+
+def _tree_entries(git: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, pygit2.Oid]) -> None:
+    for entry in tree:
+        if entry.type == pygit2.enums.ObjectType.TREE:
+            _tree_entries(git, git[entry.id], f"{prefix}{entry.name}/", out)
+        elif entry.type == pygit2.enums.ObjectType.BLOB:
+            out[f"{prefix}{entry.name}"] = entry.id
+
+
+def tree_snapshot(git: pygit2.Repository, commit: pygit2.Commit, label: str) -> Snapshot:
+    entries: dict[str, pygit2.Oid] = {}
+    _tree_entries(git, commit.tree, "", entries)
+    return Snapshot(f"{label} ({str(commit.id)[:7]})", git, entries, commit=commit)
+
+
+def _index_entries(index: pygit2.Index) -> dict[str, pygit2.Oid]:
+    entries = {entry.path: entry.id for entry in index}
+    # A path with a merge conflict has no single version.
+    for sides in index.conflicts or ():
+        for side in sides:
+            if side is not None:
+                entries.pop(side.path, None)
+    return entries
+
+
+def index_snapshot(git: pygit2.Repository) -> Snapshot:
+    return Snapshot("index", git, _index_entries(git.index))
+
+
+def worktree_snapshot(repo: GitRepo, git: pygit2.Repository) -> Snapshot:
+    """The working tree, with model files cleaned into manifests as ``git add -u`` would."""
+    if repo.worktree is None:
+        raise GitError(["diff"], "this operation must be run in a work tree")
+    index = index_snapshot(git)
+    model_paths = sorted(index.model_files())
+    entries = _index_entries(git.index)
+    if model_paths:
+        entries = _cleaned_entries(repo, model_paths)
+    return Snapshot("working tree", git, entries, worktree=repo.worktree)
+
+
+def _cleaned_entries(repo: GitRepo, model_paths: list[str]) -> dict[str, pygit2.Oid]:
+    assert repo.worktree is not None
+    with tempfile.TemporaryDirectory(prefix="theta-diff-") as scratch:
+        index_path = Path(scratch) / "index"
+        real_index = repo.git_dir / "index"
+        if real_index.exists():
+            shutil.copyfile(real_index, index_path)
+        # The pathspecs are exact paths, so a name with glob characters means itself.
+        args = ["git", "--literal-pathspecs", "add", "-u", "--pathspec-from-file=-", "--pathspec-file-nul"]
+        result = subprocess.run(
+            args,
+            cwd=repo.worktree,
+            input=b"\0".join(p.encode("utf-8", "surrogateescape") for p in model_paths),
+            capture_output=True,
+            env={**os.environ, "GIT_INDEX_FILE": str(index_path)},
+        )
+        if result.returncode != 0:
+            raise GitError(args[1:], result.stderr.decode("utf-8", "replace"))
+        return _index_entries(pygit2.Index(str(index_path)))

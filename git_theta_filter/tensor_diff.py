@@ -1,0 +1,259 @@
+"""What changed between two versions of a model file, tensor by tensor.
+
+Tensors are matched by name. A tensor is ``added`` or ``removed`` when only
+one side has it, ``retyped`` when its dtype or shape changed, ``unchanged``
+when both sides read the same bytes the same way (same oid and layout, or a
+view whose elements are bitwise equal), and ``modified`` otherwise.
+
+The file's summary treats θ as all of its floating tensors laid end to end,
+with a tensor that one side lacks counting as zeros on that side: ‖Δθ‖²
+sums the modified tensors' ‖new−old‖², the added tensors' ‖new‖² and the
+removed ones' ‖old‖²; ‖Δθ‖/‖θ‖ divides by the old side's ‖θ‖. A retyped
+tensor of one shape is compared element by element; of another shape it
+counts as removed and added.
+
+Statistics come from a :class:`~.stats.Statistician`; when an object is
+missing and its statistics are not cached, the numbers that need it are None
+and ``missing_objects`` says how many objects were lacking.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable
+
+from .elements import Kind, element_type
+from .manifest import Manifest, TensorEntry
+from .metrics import Metric, is_number
+from .stats import DeltaStats, Statistician, TensorStats
+from .store.local import LocalStore, ObjectMissingError
+
+__all__ = ["TensorStatus", "TensorDiff", "DiffSummary", "MetricChange", "ManifestDiff", "diff_manifests",
+           "diff_metrics", "new_storage_bytes"]
+
+
+class TensorStatus(str, Enum):
+    MODIFIED = "modified"
+    ADDED = "added"
+    REMOVED = "removed"
+    RETYPED = "retyped"
+    UNCHANGED = "unchanged"
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    status: TensorStatus
+    old: TensorEntry | None
+    new: TensorEntry | None
+    old_stats: TensorStats | None = None
+    new_stats: TensorStats | None = None
+    delta: DeltaStats | None = None
+
+    @property
+    def is_float(self) -> bool:
+        return all(element_type(e.dtype).kind is Kind.FLOAT for e in (self.old, self.new) if e is not None)
+
+    @property
+    def delta_norm(self) -> float | None:
+        return self.delta.delta_norm if self.delta is not None else None
+
+    @property
+    def relative_change(self) -> float | None:
+        """‖new−old‖/‖old‖; None when unknown or ‖old‖ is 0."""
+        if self.delta_norm is None or self.old_stats is None or not self.old_stats.sum_squares:
+            return None
+        return self.delta_norm / self.old_stats.norm
+
+    @property
+    def cosine_similarity(self) -> float | None:
+        if self.delta is None or self.delta.dot is None or self.old_stats is None or self.new_stats is None:
+            return None
+        denominator = self.old_stats.norm * self.new_stats.norm
+        return self.delta.dot / denominator if denominator else None
+
+    @property
+    def changed_fraction(self) -> float | None:
+        if self.delta is None or self.delta.delta_sum_squares is None:
+            return None
+        return self.delta.changed_fraction
+
+
+@dataclass
+class DiffSummary:
+    modified: int = 0
+    added: int = 0
+    removed: int = 0
+    retyped: int = 0
+    unchanged: int = 0
+    old_norm: float | None = None
+    new_norm: float | None = None
+    delta_norm: float | None = None
+    missing_objects: int = 0
+    non_finite: int = 0  # NaN and ±inf elements on the new side
+
+    @property
+    def changed(self) -> int:
+        """Tensors that differ in any way: modified, added, removed or retyped."""
+        return self.modified + self.added + self.removed + self.retyped
+
+    @property
+    def relative_change(self) -> float | None:
+        if self.delta_norm is None or not self.old_norm:
+            return None
+        return self.delta_norm / self.old_norm
+
+
+@dataclass
+class ManifestDiff:
+    tensors: list[TensorDiff] = field(default_factory=list)
+    summary: DiffSummary = field(default_factory=DiffSummary)
+
+
+def _status(old: TensorEntry | None, new: TensorEntry | None) -> TensorStatus:
+    if old is None:
+        return TensorStatus.ADDED
+    if new is None:
+        return TensorStatus.REMOVED
+    if old.dtype != new.dtype or old.shape != new.shape:
+        return TensorStatus.RETYPED
+    if old == TensorEntry(old.name, new.dtype, new.shape, new.oid, new.offset, new.stride):
+        return TensorStatus.UNCHANGED
+    return TensorStatus.MODIFIED
+
+
+def _needs_delta(status: TensorStatus, old: TensorEntry, new: TensorEntry) -> bool:
+    """Whether reading both tensors adds anything to what the manifests say."""
+    if status is TensorStatus.MODIFIED:
+        # A view can change oid while its own elements stay the same.
+        return element_type(old.dtype).kind is Kind.FLOAT or old.stride is not None or new.stride is not None
+    return (status is TensorStatus.RETYPED and old.shape == new.shape
+            and element_type(old.dtype).kind is Kind.FLOAT and element_type(new.dtype).kind is Kind.FLOAT)
+
+
+class _Totals:
+    """Sums of squares toward the summary; any unknown term makes the total unknown."""
+
+    def __init__(self) -> None:
+        self.parts: list[float] = []
+        self.known = True
+
+    def add(self, value: float | None) -> None:
+        if value is None:
+            self.known = False
+        else:
+            self.parts.append(value)
+
+    def norm(self) -> float | None:
+        if not self.known:
+            return None
+        total = sum(self.parts) if any(not math.isfinite(p) for p in self.parts) else math.fsum(self.parts)
+        return math.sqrt(total) if not math.isnan(total) else math.nan
+
+
+def diff_manifests(old: Manifest | None, new: Manifest | None, stats: Statistician | None) -> ManifestDiff:
+    """Compare two versions of a file (None: the file is absent); without ``stats``, statuses only."""
+    old_tensors = {t.name: t for t in old.tensors} if old else {}
+    new_tensors = {t.name: t for t in new.tensors} if new else {}
+    result = ManifestDiff()
+    missing: set[str] = set()
+    for name in sorted(old_tensors.keys() | new_tensors.keys()):
+        old_entry, new_entry = old_tensors.get(name), new_tensors.get(name)
+        tensor = TensorDiff(name, _status(old_entry, new_entry), old_entry, new_entry)
+        if stats is not None:
+            _fill_stats(tensor, stats, missing)
+        result.tensors.append(tensor)
+    _summarise(result, stats is not None)
+    result.summary.missing_objects = len(missing)
+    return result
+
+
+def _fill_stats(tensor: TensorDiff, stats: Statistician, missing: set[str]) -> None:
+    old, new = tensor.old, tensor.new
+    try:
+        if old is not None and new is not None and _needs_delta(tensor.status, old, new):
+            tensor.delta = stats.delta_stats(old, new)
+            if tensor.status is TensorStatus.MODIFIED and tensor.delta.changed_count == 0:
+                tensor.status = TensorStatus.UNCHANGED
+    except ObjectMissingError as exc:
+        missing.add(exc.oid)
+    for side in ("old", "new"):
+        entry = getattr(tensor, side)
+        if entry is None:
+            continue
+        try:
+            setattr(tensor, f"{side}_stats", stats.tensor_stats(entry))
+        except ObjectMissingError as exc:
+            missing.add(exc.oid)
+    if tensor.status is TensorStatus.UNCHANGED and tensor.delta is None and tensor.old_stats is not None \
+            and tensor.is_float and old is not None:
+        # The same bytes read the same way: the change is known without reading it.
+        tensor.delta = DeltaStats(old.numel, 0, 0.0, tensor.old_stats.sum_squares, 0.0)
+
+
+def _summarise(result: ManifestDiff, with_numbers: bool) -> None:
+    summary = result.summary
+    old_total, new_total, delta_total = _Totals(), _Totals(), _Totals()
+    for tensor in result.tensors:
+        setattr(summary, tensor.status.value, getattr(summary, tensor.status.value) + 1)
+        if tensor.new_stats is not None:
+            summary.non_finite += tensor.new_stats.nan_count + tensor.new_stats.inf_count
+        if not with_numbers:
+            continue
+        old, new = tensor.old, tensor.new
+        old_float = old is not None and element_type(old.dtype).kind is Kind.FLOAT
+        new_float = new is not None and element_type(new.dtype).kind is Kind.FLOAT
+        old_squares = tensor.old_stats.sum_squares if tensor.old_stats else None
+        new_squares = tensor.new_stats.sum_squares if tensor.new_stats else None
+        if old_float:
+            old_total.add(old_squares)
+        if new_float:
+            new_total.add(new_squares)
+        if old_float and new_float and old is not None and new is not None and old.shape == new.shape:
+            if tensor.status is TensorStatus.UNCHANGED:
+                delta_total.add(0.0)
+            else:
+                delta_total.add(tensor.delta.delta_sum_squares if tensor.delta else None)
+        else:
+            # A tensor only one side has (or of another shape) differs from zeros by its own norm.
+            if old_float:
+                delta_total.add(old_squares)
+            if new_float:
+                delta_total.add(new_squares)
+    if with_numbers:
+        summary.old_norm = old_total.norm() if old_total.parts or not old_total.known else None
+        summary.new_norm = new_total.norm() if new_total.parts or not new_total.known else None
+        summary.delta_norm = delta_total.norm()
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    name: str
+    old: Metric | None
+    new: Metric | None
+
+    @property
+    def change(self) -> float | int | None:
+        if is_number(self.old) and is_number(self.new):
+            return self.new - self.old  # type: ignore[operator]
+        return None
+
+    @property
+    def changed(self) -> bool:
+        if is_number(self.old) and is_number(self.new):
+            return self.old != self.new
+        return repr(self.old) != repr(self.new)  # NaN equals NaN here, and 1 differs from True
+
+
+def diff_metrics(old: dict[str, Metric], new: dict[str, Metric], include_unchanged: bool) -> list[MetricChange]:
+    changes = [MetricChange(name, old.get(name), new.get(name)) for name in sorted(old.keys() | new.keys())]
+    return [c for c in changes if include_unchanged or c.changed]
+
+
+def new_storage_bytes(store: LocalStore, manifest: Manifest, new_oids: Iterable[str]) -> int:
+    """Bytes the objects take in the store; the payload length for those not present."""
+    lengths = manifest.payload_lengths()
+    return sum(store.size(oid) or lengths.get(oid, 0) for oid in new_oids)
+
