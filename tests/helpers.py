@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +40,9 @@ __all__ = [
     "assert_status_clean",
     "commit_all",
     "bump_mtime",
+    "isolated_git_env",
+    "tracked_repo",
+    "copy_repo",
 ]
 
 # safetensors' names for torch dtypes, as the manifest writes them.
@@ -255,3 +259,51 @@ def bump_mtime(path: Path, seconds: float = 10.0) -> None:
     """Move a file's mtime so that git must re-read (and re-clean) it."""
     stat = path.stat()
     os.utime(path, (stat.st_atime + seconds, stat.st_mtime + seconds))
+
+
+# -- module-scoped repositories ------------------------------------------------------
+
+
+def isolated_git_env(root: Path) -> Any:
+    """The environment of conftest's ``git_env`` fixture, for module-scoped fixtures.
+
+    Building a history once per module and copying it per test keeps the
+    suite fast; every git and filter process still runs isolated from the
+    real ~/.gitconfig.
+    """
+    import sys
+
+    from conftest import GitEnv
+
+    home = root / "home"
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")}
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        GIT_CONFIG_NOSYSTEM="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        GIT_AUTHOR_DATE="2026-01-01T00:00:00Z",
+        GIT_COMMITTER_DATE="2026-01-01T00:00:00Z",
+    )
+    git_env = GitEnv(home, env)
+    git_env.run("git", "config", "--global", "user.name", "Theta Test")
+    git_env.run("git", "config", "--global", "user.email", "theta@example.invalid")
+    git_env.run("git", "config", "--global", "init.defaultBranch", "main")
+    git_env.run("git-theta", "install", "--global", cwd=home)
+    return git_env
+
+
+def tracked_repo(git_env: Any, path: Path, patterns: tuple[str, ...] = ("*.pth", "*.pt", "*.safetensors", "*.bin")) -> Path:
+    """Like conftest's ``repo`` fixture: a new repository tracking ``patterns``, committed."""
+    git_env.run("git", "init", "-q", str(path))
+    git_env.theta(path, "track", *patterns)
+    git_env.git(path, "add", ".gitattributes")
+    git_env.git(path, "commit", "-qm", "track models")
+    return path
+
+
+def copy_repo(template: Path, dest: Path) -> Path:
+    """An independent copy of a repository, store included (git clone would not copy .git/theta)."""
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
