@@ -28,7 +28,7 @@ from .elements import Kind, element_type
 from .manifest import Manifest, TensorEntry
 from .metrics import Metric, is_number
 from .stats import DeltaStats, Statistician, TensorStats
-from .store.local import LocalStore, ObjectMissingError
+from .store.local import ObjectMissingError
 
 __all__ = ["TensorStatus", "TensorDiff", "DiffSummary", "MetricChange", "ManifestDiff", "diff_manifests",
            "diff_metrics", "new_storage_bytes"]
@@ -252,8 +252,7 @@ def diff_metrics(old: dict[str, Metric], new: dict[str, Metric], include_unchang
     return [c for c in changes if include_unchanged or c.changed]
 
 
-def new_storage_bytes(store: LocalStore, manifest: Manifest, new_oids: Iterable[str]) -> int:
-    """Bytes the objects take in the store; the payload length for those not present."""
+def new_storage_bytes(manifest: Manifest, new_oids: Iterable[str]) -> int:
+    """Payload bytes of the objects in ``new_oids`` (a pure function of the manifest, present or not)."""
     lengths = manifest.payload_lengths()
-    return sum(store.size(oid) or lengths.get(oid, 0) for oid in new_oids)
-
+    return sum(lengths.get(oid, 0) for oid in new_oids)

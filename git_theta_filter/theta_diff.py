@@ -119,7 +119,7 @@ def diff_snapshots(
             status="added" if before is None else "removed" if after is None else "modified",
             changes=changes,
             metrics=metrics,
-            new_storage_bytes=new_storage_bytes(store_stats.store, after.manifest, new_oids) if after else 0,
+            new_storage_bytes=new_storage_bytes(after.manifest, new_oids) if after else 0,
             old_size=before.manifest.size if before else None,
             new_size=after.manifest.size if after else None,
         ))

@@ -1,14 +1,15 @@
 """``git theta-log``: the history of a repository's model files, one entry per changed file per commit.
 
-Commits are walked with pygit2 (no git process per commit) in git log's
-default order, newest first. A commit changed a model file when the file's
+Commits are walked with pygit2 (no git process per commit), newest first and
+children before parents. A commit changed a model file when the file's
 blob differs from the file's blob in *every* parent, which is how git log
 decides that a merge touched a path (a merge that took one side's version
 unchanged is not listed). Its change is measured against the first parent.
 
 For each entry: the metrics of that version (see :mod:`.metrics`), ‖θ‖ and
 ‖Δθ‖/‖θ‖ (see :mod:`.tensor_diff`), the number of tensors that changed, and
-the bytes of objects that the parents' versions of the file did not have.
+the payload bytes of objects that the parents' versions of the file did not
+have (counted once per commit).
 The JSON form is specified in docs/json-schema.md.
 """
 
@@ -25,7 +26,6 @@ from .manifest import Manifest
 from .metrics import Metric, collect_metrics, default_direction, is_number
 from .revisions import Pathspec, RevisionRange
 from .stats import Statistician
-from .store.local import LocalStore
 from .tensor_diff import ManifestDiff, diff_manifests, new_storage_bytes
 from .theta_diff import json_number
 
@@ -118,7 +118,8 @@ def walk_model_changes(git: pygit2.Repository, revisions: RevisionRange, pathspe
     every model path met, matched by ``pathspec`` or not (to check the pathspec).
     """
     read = _ManifestReader(git)
-    walker = git.walk(revisions.include[0].id, pygit2.enums.SortMode.TIME)
+    # Children before parents even when commit dates tie or skew.
+    walker = git.walk(revisions.include[0].id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME)
     for commit in revisions.include[1:]:
         walker.push(commit.id)
     for commit in revisions.exclude:
@@ -158,7 +159,6 @@ def _read_from(commit: pygit2.Commit) -> Callable[[str], bytes | None]:
 
 def theta_log(
     git: pygit2.Repository,
-    store: LocalStore,
     revisions: RevisionRange,
     pathspec: Pathspec,
     declared_metrics: list[str],
@@ -183,7 +183,7 @@ def theta_log(
             change=change,
             metrics=metrics,
             diff=diff_manifests(change.old, change.new, stats),
-            new_storage_bytes=new_storage_bytes(store, change.new, new_oids) if change.new else 0,
+            new_storage_bytes=new_storage_bytes(change.new, new_oids) if change.new else 0,
             with_stats=stats is not None,
         ))
     if pathspec and not entries:

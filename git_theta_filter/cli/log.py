@@ -15,6 +15,7 @@ from ..history import open_pygit2
 from ..metrics import declared_metrics_files, resolve_metric
 from ..revisions import Pathspec, parse_range, split_arguments
 from ..stats import Statistician
+from ..theta_diff import json_number
 from ..theta_log import LogEntry, best_entry, entry_to_json, log_to_json, theta_log
 from ._format import Colour, Styled, format_value, sparkline, table_lines
 from ._output import human_bytes, print_json
@@ -86,7 +87,7 @@ def run_argv(argv: list[str]) -> int:
     walk = parse_range(git, revisions)
     # --best needs metrics only, so it reads no statistics at all.
     stats = None if args.best else Statistician.for_repo(repo.theta_dir)
-    entries = theta_log(git, repo.store(), walk, pathspec, declared_metrics_files(repo, git), _warn_once(),
+    entries = theta_log(git, walk, pathspec, declared_metrics_files(repo, git), _warn_once(),
                         stats=stats, max_count=args.max_count)
     known = {name for entry in entries for name in entry.metrics}
     if args.best:
@@ -123,7 +124,7 @@ def _print_best(entries: list[LogEntry], metric: str, direction: str | None, as_
     value = best.metrics[metric]
     if as_json:
         print_json({"schema": "git-theta-log/1", "best": {"metric": metric, "direction": used,
-                                                          "value": value, "entry": entry_to_json(best, [metric])}})
+                                                          "value": json_number(value), "entry": entry_to_json(best, [metric])}})
         return 0
     considered = sum(1 for e in entries if metric in e.metrics)
     word = "lowest" if used == "min" else "highest"
