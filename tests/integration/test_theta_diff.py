@@ -1,0 +1,286 @@
+"""git theta-diff: tensor-level changes between commits, the index and the working tree."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from git_theta_filter.manifest import Manifest
+from theta_history import History, build_history, commit, make_git_env, model_at, norm
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    root = tmp_path_factory.mktemp("theta-diff")
+    return build_history(make_git_env(root), root / "repo")
+
+
+@pytest.fixture
+def own_history(history: History, tmp_path: Path) -> History:
+    return history.copy(tmp_path / "repo")
+
+
+def changed(file: dict) -> dict[str, dict]:
+    return {t["name"]: t for t in file["tensors"] if t["status"] != "unchanged"}
+
+
+def expected_numbers(old: torch.Tensor, new: torch.Tensor) -> dict[str, float]:
+    old64, new64 = old.double().flatten(), new.double().flatten()
+    delta = new64 - old64
+    return {
+        "old_norm": norm(old64),
+        "new_norm": norm(new64),
+        "delta_norm": norm(delta),
+        "relative_change": norm(delta) / norm(old64),
+        "cosine_similarity": torch.dot(old64, new64).item() / (norm(old64) * norm(new64)),
+        "max_abs_delta": delta.abs().max().item(),
+        "changed_fraction": (old.flatten() != new.flatten()).double().mean().item(),
+    }
+
+
+def assert_numbers(tensor: dict, old: torch.Tensor, new: torch.Tensor) -> None:
+    for key, value in expected_numbers(old, new).items():
+        assert tensor[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def manifest_at(history: History, spec: str) -> Manifest:
+    return Manifest.parse(history.run("git", "show", spec).stdout)
+
+
+def test_theta_diff_two_commits_reports_the_exact_changed_tensors_and_numbers(history: History) -> None:
+    result = history.theta_json("diff", "HEAD~2", "HEAD")
+    assert result["schema"] == "git-theta-diff/1"
+    assert result["old"]["commit"] == history.commits[1] and result["new"]["commit"] == history.commits[3]
+    (file,) = result["files"]
+    assert file["path"] == "model.pth" and file["status"] == "modified"
+    tensors = changed(file)
+    assert set(tensors) == {"model.0.weight", "model.2.bias"}
+    old, new = history.states[1], history.states[3]
+    for name, tensor in tensors.items():
+        assert tensor["status"] == "modified" and tensor["old_dtype"] == tensor["new_dtype"] == "F32"
+        assert tensor["old_shape"] == tensor["new_shape"] == list(new[name].shape)
+        assert tensor["new_nan_count"] == tensor["new_inf_count"] == 0
+        assert_numbers(tensor, old[name], new[name])
+    # The known amounts: +0.5 on all 128 weights, +2.0 on one of four biases.
+    assert tensors["model.0.weight"]["changed_fraction"] == 1.0
+    assert tensors["model.0.weight"]["delta_norm"] == pytest.approx(0.5 * math.sqrt(128), rel=1e-6)
+    assert tensors["model.2.bias"]["changed_fraction"] == 0.25
+    assert tensors["model.2.bias"]["max_abs_delta"] == pytest.approx(2.0, rel=1e-6)
+    # Sorted by relative change, largest first.
+    assert [t["name"] for t in file["tensors"]] == sorted(tensors, key=lambda n: -tensors[n]["relative_change"])
+
+    summary = file["summary"]
+    assert (summary["tensors_modified"], summary["tensors_added"], summary["tensors_removed"],
+            summary["tensors_retyped"], summary["tensors_unchanged"]) == (2, 0, 0, 0, 2)
+    old_theta = math.sqrt(sum(norm(t) ** 2 for t in old.values()))
+    delta_theta = math.sqrt(sum(norm(new[k].double() - old[k].double()) ** 2 for k in new))
+    assert summary["old_norm"] == pytest.approx(old_theta, rel=1e-9)
+    assert summary["relative_change"] == pytest.approx(delta_theta / old_theta, rel=1e-9)
+    head = manifest_at(history, "HEAD:model.pth")
+    lengths = head.payload_lengths()
+    new_objects = {head.skeleton} | {t.oid for t in head.tensors if t.name in tensors}
+    assert summary["new_storage_bytes"] == sum(lengths[oid] for oid in new_objects)
+    assert summary["missing_objects"] == 0
+
+    metrics = {m["name"]: m for m in file["metrics"]}
+    assert metrics["epoch"] == {"name": "epoch", "old": 1, "new": 3, "change": 2}
+    assert metrics["metrics.val_acc"]["change"] == pytest.approx(0.2)
+    assert metrics["eval.f1"] == {"name": "eval.f1", "old": None, "new": 0.75, "change": None}
+    assert metrics["test.bleu"] == {"name": "test.bleu", "old": None, "new": 24.0, "change": None}
+    assert "config.lr" not in metrics  # unchanged metrics only with --all
+
+
+def test_theta_diff_range_forms_agree(history: History) -> None:
+    first, last = history.commits[1], history.commits[3]
+    expected = history.theta_json("diff", first, last)["files"]
+    assert history.theta_json("diff", f"{first}..{last}")["files"] == expected
+    assert history.theta_json("diff", f"{first}...{last}")["files"] == expected  # merge base is `first`
+    assert history.theta_json("diff", f"{first}..")["files"] == expected  # an empty side is HEAD
+    assert history.theta_json("diff", first, last, "--", "model.pth")["files"] == expected
+    all_tensors = history.theta_json("diff", "--all", first, last)["files"][0]
+    assert [t["status"] for t in all_tensors["tensors"]].count("unchanged") == 2
+    assert {m["name"] for m in all_tensors["metrics"]} >= {"config.lr", "config.use_amp"}
+
+
+def test_theta_diff_working_tree_and_index(own_history: History) -> None:
+    history = own_history
+    repo = history.repo
+    assert history.theta_json("diff")["files"] == []
+    model = model_at(3)
+    with torch.no_grad():
+        model[2].weight *= 2  # ‖new−old‖ = ‖old‖ exactly
+    checkpoint = {"model": model.state_dict(), "epoch": 4}
+    torch.save(checkpoint, repo / "model.pth")
+    for args in ((), ("HEAD",)):
+        (file,) = history.theta_json("diff", *args)["files"]
+        tensors = changed(file)
+        assert set(tensors) == {"model.2.weight"}
+        assert tensors["model.2.weight"]["relative_change"] == pytest.approx(1.0, rel=1e-12)
+        assert tensors["model.2.weight"]["cosine_similarity"] == pytest.approx(1.0, rel=1e-12)
+        assert {m["name"]: m["new"] for m in file["metrics"]}["epoch"] == 4
+    # The diff cleaned the work-tree file into a scratch index, never into the real one.
+    assert history.theta_json("diff", "--cached")["files"] == []
+    assert history.run("git", "status", "--porcelain").stdout == b" M model.pth\n"
+    history.run("git", "add", "model.pth")
+    assert set(changed(history.theta_json("diff", "--cached")["files"][0])) == {"model.2.weight"}
+    assert history.theta_json("diff")["files"] == []
+    # A deleted model file is a removed file.
+    (repo / "model.pth").unlink()
+    (file,) = history.theta_json("diff")["files"]
+    assert file["status"] == "removed" and {t["status"] for t in file["tensors"]} == {"removed"}
+
+
+def test_theta_diff_added_removed_retyped_and_every_dtype(own_history: History) -> None:
+    history = own_history
+    torch.manual_seed(1)
+    before = {
+        "fp32": torch.randn(300, 300),  # more than one chunk
+        "fp16": torch.randn(64, 8).half(),
+        "bf16": torch.randn(64, 8).bfloat16(),
+        "fp64": torch.randn(50, dtype=torch.float64),
+        "int": torch.randint(-100, 100, (40,)),
+        "to_bf16": torch.randn(16, 4),
+        "reshaped": torch.randn(6, 4),
+        "dropped": torch.randn(3),
+    }
+    after = {
+        "fp32": before["fp32"] + torch.where(torch.arange(300) % 3 == 0, 0.25, 0.0),
+        "fp16": (before["fp16"].float() * 1.5).half(),
+        "bf16": (before["bf16"].float() - 0.125).bfloat16(),
+        "fp64": before["fp64"] * -1.0,
+        "int": before["int"] + 1,
+        "to_bf16": before["to_bf16"].bfloat16(),
+        "reshaped": before["reshaped"].reshape(4, 6),
+        "added": torch.tensor([float("nan"), float("inf"), 1.0]),
+    }
+    for state, day in ((before, 20), (after, 21)):
+        torch.save(state, history.repo / "dtypes.pth")
+        commit(history.git_env, history.repo, f"dtypes {day}", "dtypes.pth", day=day)
+    result = history.theta_json("diff", "HEAD~1", "HEAD", "--", "dtypes.pth")
+    (file,) = result["files"]
+    tensors = {t["name"]: t for t in file["tensors"]}
+    assert {name: t["status"] for name, t in tensors.items()} == {
+        "fp32": "modified", "fp16": "modified", "bf16": "modified", "fp64": "modified", "int": "modified",
+        "to_bf16": "retyped", "reshaped": "retyped", "dropped": "removed", "added": "added",
+    }
+    for name in ("fp32", "fp16", "bf16", "fp64", "to_bf16"):
+        assert_numbers(tensors[name], before[name], after[name])
+    assert tensors["fp32"]["changed_fraction"] == pytest.approx(1 / 3, abs=1e-3)
+    assert tensors["to_bf16"]["old_dtype"] == "F32" and tensors["to_bf16"]["new_dtype"] == "BF16"
+    # Integers: norms, but only changed/unchanged for the change itself.
+    assert tensors["int"]["old_norm"] == pytest.approx(norm(before["int"]), rel=1e-9)
+    assert tensors["int"]["new_norm"] == pytest.approx(norm(after["int"]), rel=1e-9)
+    assert tensors["int"]["delta_norm"] is None and tensors["int"]["relative_change"] is None
+    assert tensors["reshaped"]["delta_norm"] is None and tensors["reshaped"]["new_shape"] == [4, 6]
+    assert tensors["added"]["new_nan_count"] == 1 and tensors["added"]["new_inf_count"] == 1
+    assert tensors["added"]["new_norm"] == "nan"
+    assert tensors["dropped"]["old_norm"] == pytest.approx(norm(before["dropped"]), rel=1e-9)
+    summary = file["summary"]
+    assert (summary["tensors_modified"], summary["tensors_added"], summary["tensors_removed"],
+            summary["tensors_retyped"]) == (5, 1, 1, 2)
+    text = history.theta_ok("diff", "HEAD~1", "HEAD", "--", "dtypes.pth")
+    assert "new: 1 NaN, 1 Inf" in text and "F32→BF16" in text and "[6,4]→[4,6]" in text
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(result, json.loads((SCHEMA_DIR / "theta-diff.schema.json").read_text()))
+
+
+def test_theta_diff_views_of_one_storage(own_history: History) -> None:
+    history = own_history
+    base = torch.arange(40, dtype=torch.float32) / 7
+    state = {"base": base, "window": base[10:20], "every_fourth": base[::4], "grid": base.view(5, 8)[:, 1:3]}
+    torch.save(state, history.repo / "views.pth")
+    commit(history.git_env, history.repo, "views", "views.pth", day=20)
+    with torch.no_grad():
+        base[0] += 3.0  # inside base, every_fourth; outside window and grid
+    torch.save(state, history.repo / "views.pth")
+    views = {t.name: t for t in manifest_at(history, "HEAD:views.pth").tensors}
+    assert (views["window"].offset, views["window"].stride) == (10, (1,))
+    assert (views["grid"].offset, views["grid"].stride) == (1, (8, 1))
+    (file,) = history.theta_json("diff", "--all", "HEAD", "--", "views.pth")["files"]
+    tensors = {t["name"]: t for t in file["tensors"]}
+    assert {n: t["status"] for n, t in tensors.items()} == {
+        "base": "modified", "every_fourth": "modified", "window": "unchanged", "grid": "unchanged"}
+    before = torch.arange(40, dtype=torch.float32) / 7
+    old_views = {"base": before, "window": before[10:20], "every_fourth": before[::4],
+                 "grid": before.view(5, 8)[:, 1:3]}
+    for name, tensor in tensors.items():
+        assert tensor["old_norm"] == pytest.approx(norm(old_views[name]), rel=1e-9)
+        assert tensor["new_norm"] == pytest.approx(norm(state[name]), rel=1e-9)
+    assert_numbers(tensors["every_fourth"], old_views["every_fourth"], state["every_fourth"])
+    assert tensors["every_fourth"]["changed_fraction"] == 0.1
+
+
+def test_theta_diff_output_formats(history: History) -> None:
+    first, last = history.commits[1], history.commits[3]
+    text = history.theta_ok("diff", first, last)
+    lines = text.splitlines()
+    assert lines[0].startswith("model.pth  (") and lines[1].split()[:3] == ["status", "tensor", "dtype"]
+    assert lines[2].split()[:2] == ["modified", "model.2.bias"] and lines[3].split()[:2] == ["modified", "model.0.weight"]
+    assert "2 modified, 0 added, 0 removed, ‖Δθ‖/‖θ‖" in text
+    assert any(line.split() == ["Metric", "old", "new", "change"] for line in lines)
+    assert any(line.split() == ["epoch", "1", "3", "+2"] for line in lines)
+    assert "\x1b[" not in text  # no colour off a terminal
+    stat = history.theta_ok("diff", "--stat", first, last).splitlines()
+    assert len(stat) == 1 and stat[0].startswith("model.pth | 2 modified, 0 added, 0 removed")
+    markdown = history.theta_ok("diff", "--md", first, last)
+    assert "| status | tensor | dtype | shape |" in markdown and "| modified | `model.2.bias` |" in markdown
+    assert "| Metric | old | new | change |" in markdown
+    top = history.theta_json("diff", "--top", "1", first, last)["files"][0]["tensors"]
+    assert [t["name"] for t in top] == ["model.2.bias"]
+    by_name = history.theta_json("diff", "--sort", "name", "--all", first, last)["files"][0]["tensors"]
+    assert [t["name"] for t in by_name] == sorted(t["name"] for t in by_name)
+    by_delta = history.theta_json("diff", "--sort", "delta", first, last)["files"][0]["tensors"]
+    assert [t["name"] for t in by_delta] == ["model.0.weight", "model.2.bias"]  # 5.66 > 2.0
+
+
+def test_theta_diff_missing_objects_show_unavailable_norms(own_history: History) -> None:
+    history = own_history
+    theta = history.repo / ".git" / "theta"
+    for path in [*theta.joinpath("objects").rglob("*"), *theta.joinpath("stats").glob("*")]:
+        if path.is_file():
+            path.chmod(0o644)
+            path.unlink()
+    result = history.theta("diff", "HEAD~1", "HEAD")
+    assert result.returncode == 0
+    assert "n/a" in result.stdout and "git theta fetch" in result.stderr
+    (file,) = history.theta_json("diff", "HEAD~1", "HEAD")["files"]
+    assert set(changed(file)) == {"model.2.bias"}  # statuses need no payload
+    assert file["summary"]["relative_change"] is None and file["summary"]["missing_objects"] > 0
+    assert {m["name"] for m in file["metrics"]} >= {"epoch", "eval.f1"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("nope",), "ambiguous argument 'nope'"),
+        (("nope", "--"), "bad revision 'nope'"),
+        (("HEAD", "HEAD~1", "HEAD~2"), "bad revision"),
+        (("HEAD~1", "--", "results.toml"), "pathspec 'results.toml' did not match any model file"),
+        (("--", "no/such/model.pth"), "pathspec 'no/such/model.pth' did not match any model file"),
+    ],
+)
+def test_theta_diff_bad_input_exits_128(history: History, args: tuple[str, ...], message: str) -> None:
+    result = history.theta("diff", *args)
+    assert result.returncode == 128 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr
+
+
+def test_theta_diff_console_script_alias_and_subdirectory(history: History) -> None:
+    out = history.run("git", "theta-diff", "--stat", "HEAD~1", "HEAD").stdout
+    assert out == history.run("git", "theta", "diff", "--stat", "HEAD~1", "HEAD").stdout
+    assert out.startswith(b"model.pth | 1 modified")
+    bad = history.run("git", "theta-diff", "no-such-rev", check=False)
+    assert bad.returncode == 128 and bad.stderr.count(b"\n") == 1
+    # Paths are relative to the current directory, as in git.
+    subdirectory = history.repo / "sub"
+    subdirectory.mkdir(exist_ok=True)
+    result = history.theta("diff", "--stat", "HEAD~1", "HEAD", "--", "../model.pth", cwd=subdirectory)
+    assert result.stdout.startswith("model.pth | 1 modified")
+    outside = history.theta("diff", "HEAD~1", "HEAD", "--", "../../elsewhere.pth", cwd=subdirectory)
+    assert outside.returncode == 128
