@@ -117,7 +117,10 @@ def _cleaned_entries(repo: GitRepo, model_paths: list[str]) -> dict[str, pygit2.
         index_path = Path(scratch) / "index"
         real_index = repo.git_dir / "index"
         if real_index.exists():
-            shutil.copyfile(real_index, index_path)
+            # copy2 keeps the index's mtime, which git's racy-clean check compares
+            # with the files' mtimes: a file changed in the same second as the
+            # last `git add` is then still re-read rather than taken as unchanged.
+            shutil.copy2(real_index, index_path)
         # The pathspecs are exact paths, so a name with glob characters means itself.
         args = ["git", "--literal-pathspecs", "add", "-u", "--pathspec-from-file=-", "--pathspec-file-nul"]
         result = subprocess.run(
