@@ -65,9 +65,17 @@ def _needs_escape(char: str) -> bool:
     return char in "% " or ord(char) < 0x21 or ord(char) == 0x7F or 0xD800 <= ord(char) <= 0xDFFF
 
 
+# The same set as _needs_escape, for a one-pass check of a whole name.
+_ANY_ESCAPE = re.compile("[%\x00-\x20\x7f\ud800-\udfff]")
+
+
 def encode_name(name: str) -> str:
     if not name:
         raise ManifestError("empty name")
+    if not _ANY_ESCAPE.search(name):
+        # Nearly every name: parsing checks canonical form by re-rendering, so
+        # this runs for every tensor line of every manifest read.
+        return name
     return "".join(
         "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) if _needs_escape(c) else c
         for c in name

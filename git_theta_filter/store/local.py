@@ -220,3 +220,23 @@ class LocalStore:
             digest = hashlib.file_digest(file, "sha256").hexdigest()
         if digest != oid:
             raise ObjectFormatError(oid, f"content hashes to {digest}")
+
+    # -- importing -------------------------------------------------------------
+    def import_verified(self, path: Path, oid: str) -> None:
+        """Move a file from ``tmp_dir`` into the store as ``oid``; the caller has checked its sha256.
+
+        Like every write, it never replaces an existing object. ``path`` is gone afterwards.
+        """
+        try:
+            if self._fsync:
+                with open(path, "rb") as file:
+                    os.fsync(file.fileno())
+            os.chmod(path, 0o444)
+            final = self.object_path(oid)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, final)
+            except FileExistsError:
+                pass
+        finally:
+            path.unlink(missing_ok=True)

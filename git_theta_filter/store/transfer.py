@@ -1,0 +1,270 @@
+"""Moving objects between the local store and a remote store, several at a time.
+
+* **Skip.** An upload first asks the store which objects it already has and
+  sends only the others; a download skips what the local store has.
+* **Verify.** Every download lands in ``theta/tmp``, is re-hashed, and is
+  linked into the local store only when its sha256 is its id. A corrupt object
+  is refused and reported; an interrupted download leaves no object behind,
+  only a temp file that the next download removes.
+* **Parallel.** ``workers`` threads (``theta.transfers``, default 8). A store
+  that turns out to be unreachable stops the whole transfer at once.
+* **Progress** goes to stderr: redrawn in place on a terminal, in git-lfs's
+  manner (``Uploading tensors: 45% (120/266), 1.2 GB/2.7 GB``), and as one
+  summary line otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, TextIO
+
+from ..cli._output import human_bytes
+from ..errors import ThetaError
+from ..locks import writer_lock
+from .local import LocalStore, ObjectMissingError
+from .remote import ObjectStore, StoreError, StoreUnavailableError
+
+__all__ = [
+    "DownloadVerificationError",
+    "TransferFailedError",
+    "TransferResult",
+    "TransferProgress",
+    "upload",
+    "download",
+    "DOWNLOAD_PREFIX",
+]
+
+# Temp files of downloads in theta/tmp are "download-<pid>-*"; the pid tells
+# whether the process that made one is still running.
+DOWNLOAD_PREFIX = "download-"
+
+
+class DownloadVerificationError(StoreError):
+    """A downloaded object whose bytes do not hash to its id."""
+
+    def __init__(self, url: str, oid: str, got: str) -> None:
+        super().__init__(
+            url,
+            f"is corrupt: its content hashes to {got}; refused",
+            oid=oid,
+            hint="replace it from a clone with a good copy: delete it from the store, then `git theta push --all` there",
+        )
+        self.got = got
+
+
+class TransferFailedError(ThetaError):
+    """Some objects could not be moved; ``failures`` maps each oid to its error."""
+
+    def __init__(self, verb: str, url: str, failures: Mapping[str, ThetaError], total: int) -> None:
+        first = failures[min(failures)]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        super().__init__(f"could not {verb} {len(failures)} of {total} tensor objects: {first}{more}", hint=first.hint)
+        self.url = url
+        self.failures = dict(failures)
+
+
+@dataclass
+class TransferResult:
+    transferred: int = 0
+    transferred_bytes: int = 0
+    skipped: int = 0
+
+
+class TransferProgress:
+    """Counts objects and bytes; draws itself on a TTY, prints a summary line otherwise."""
+
+    def __init__(self, title: str, total: int, total_bytes: int, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.title = title
+        self.total = total
+        self.total_bytes = total_bytes
+        self.done = 0
+        self.done_bytes = 0
+        self._stream = stream or sys.stderr
+        self._enabled = enabled
+        self._live = enabled and total > 0 and self._stream.isatty()
+        self._lock = threading.Lock()
+        self._last_draw = 0.0
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self.done += 1
+            self.done_bytes += nbytes
+            now = time.monotonic()
+            if self._live and (now - self._last_draw >= 0.1 or self.done == self.total):
+                self._last_draw = now
+                self._stream.write(f"\r{self.line()}")
+                self._stream.flush()
+
+    def line(self) -> str:
+        percent = 100 * self.done // self.total if self.total else 100
+        return (
+            f"{self.title}: {percent}% ({self.done}/{self.total}), "
+            f"{human_bytes(self.done_bytes)}/{human_bytes(self.total_bytes)}"
+        )
+
+    def finish(self, summary: str | None) -> None:
+        if self._live:
+            self._stream.write("\n")
+        elif self._enabled and summary:
+            self._stream.write(f"git-theta: {summary}\n")
+        self._stream.flush()
+
+
+def _run_parallel(oids: list[str], work: Callable[[str], int | None], workers: int, progress: TransferProgress, size_hint: Callable[[str], int]) -> tuple[TransferResult, dict[str, ThetaError]]:
+    """``work(oid)`` for each oid: bytes moved, or None when the other side had it."""
+    result = TransferResult()
+    failures: dict[str, ThetaError] = {}
+    fatal: list[StoreUnavailableError] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def task(oid: str) -> None:
+        if stop.is_set():
+            return
+        try:
+            moved = work(oid)
+        except StoreUnavailableError as exc:
+            stop.set()
+            fatal.append(exc)
+            return
+        except ThetaError as exc:
+            failures[oid] = exc
+            return
+        except BaseException:
+            stop.set()  # a bug or an interrupt: start nothing new
+            raise
+        with lock:
+            if moved is None:
+                result.skipped += 1
+            else:
+                result.transferred += 1
+                result.transferred_bytes += moved
+        progress.advance(size_hint(oid))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(oids))), thread_name_prefix="theta-transfer")
+    try:
+        for future in [pool.submit(task, oid) for oid in oids]:
+            future.result()
+    finally:
+        # On Ctrl-C too: nothing new starts, and running tasks clean up their temp files.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+    if fatal:
+        raise fatal[0]
+    return result, failures
+
+
+def upload(
+    local: LocalStore,
+    remote: ObjectStore,
+    oids: Iterable[str],
+    *,
+    workers: int,
+    show_progress: bool = True,
+    list_remote: bool = False,
+) -> TransferResult:
+    """Send the objects ``remote`` lacks. ``list_remote`` learns what it has from one listing
+    instead of asking object by object, which is cheaper when sending a whole history."""
+    wanted = sorted(set(oids))
+    if not wanted:
+        return TransferResult()
+    present = set(remote.list()) if list_remote else remote.batch_has(wanted)
+    todo = [oid for oid in wanted if oid not in present]
+    sizes = {oid: local.size(oid) or 0 for oid in todo}
+
+    def send(oid: str) -> int | None:
+        if not local.has(oid):
+            raise ObjectMissingError(oid)
+        return sizes[oid] if remote.put(oid, local.object_path(oid)) else None
+
+    progress = TransferProgress("Uploading tensors", len(todo), sum(sizes.values()), enabled=show_progress)
+    result, failures = _run_parallel(todo, send, workers, progress, sizes.__getitem__)
+    result.skipped += len(wanted) - len(todo)
+    progress.finish(_summary("uploaded", "to", remote.url, result) if result.transferred else None)
+    if failures:
+        raise TransferFailedError("upload", remote.url, failures, len(todo))
+    return result
+
+
+def download(
+    local: LocalStore,
+    remote: ObjectStore,
+    oids: Mapping[str, int] | Iterable[str],
+    *,
+    workers: int,
+    show_progress: bool = True,
+) -> TransferResult:
+    """Fetch the objects the local store lacks, verifying each. ``oids`` may map each oid to its
+    expected size, which only the progress display uses."""
+    hints = dict(oids) if isinstance(oids, Mapping) else dict.fromkeys(oids, 0)
+    todo = [oid for oid in sorted(hints) if not local.has(oid)]
+    if not todo:
+        return TransferResult(skipped=len(hints))
+    fetch = functools.partial(_download_one, local, remote)
+    progress = TransferProgress("Downloading tensors", len(todo), sum(hints[oid] for oid in todo), enabled=show_progress)
+    # As a writer of objects, hold off `git theta gc`: it deletes temp files and
+    # unreferenced objects, and a fetch may land objects before refs name them.
+    with writer_lock(local.theta_dir):
+        _remove_stale_downloads(local.tmp_dir)
+        result, failures = _run_parallel(todo, fetch, workers, progress, hints.__getitem__)
+    result.skipped += len(hints) - len(todo)
+    progress.finish(_summary("downloaded", "from", remote.url, result) if result.transferred else None)
+    if failures:
+        raise TransferFailedError("download", remote.url, failures, len(todo))
+    return result
+
+
+def _summary(verb: str, preposition: str, url: str, result: TransferResult) -> str:
+    line = f"{verb} {result.transferred} tensor object{'s' * (result.transferred != 1)} ({human_bytes(result.transferred_bytes)}) {preposition} {url}"
+    if result.skipped:
+        line += f"; {result.skipped} already there"
+    return line
+
+
+def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
+    local.tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=local.tmp_dir, prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".tmp")
+    os.close(fd)
+    temp = Path(name)
+    try:
+        remote.get(oid, temp)
+        with open(temp, "rb") as file:
+            got = hashlib.file_digest(file, "sha256").hexdigest()
+        if got != oid:
+            raise DownloadVerificationError(remote.url, oid, got)
+        size = temp.stat().st_size
+        local.import_verified(temp, oid)
+        return size
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_downloads(tmp_dir: Path) -> None:
+    """Delete the temp files of downloads whose process is gone (killed mid-transfer)."""
+    try:
+        names = os.listdir(tmp_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        pid = name[len(DOWNLOAD_PREFIX) :].partition("-")[0]
+        if name.startswith(DOWNLOAD_PREFIX) and pid.isdigit() and not _process_alive(int(pid)):
+            (tmp_dir / name).unlink(missing_ok=True)
