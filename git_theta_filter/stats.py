@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from .elements import CHUNK_ELEMENTS, ElementType, Kind, element_type, iter_chunk_pairs, iter_chunks, open_elements
 from .manifest import TensorEntry
-from .stats_cache import StatsCache
+from .stats_cache import Row, StatsCache, layout_key
 from .store.local import LocalStore
 
 __all__ = ["TensorStats", "DeltaStats", "Statistician", "tensor_stats_of", "delta_stats_of"]
@@ -182,6 +183,19 @@ class Statistician:
         self.store = store
         self.cache = cache
         self.bytes_read = 0
+        # Rows read ahead by prefetch(): a log of many commits asks for each tensor twice
+        # (as new, then as old) and for thousands of tensors in all.
+        self._prefetched: set[str] = set()
+        self._tensor_rows: dict[tuple[str, str], Row] = {}
+        self._delta_rows: dict[tuple[str, str, str, str], Row] = {}
+
+    def prefetch(self, entries: Iterable[TensorEntry]) -> None:
+        """Read the cached statistics of these tensors, and of changes from them, in a few queries."""
+        oids = {entry.oid for entry in entries} - self._prefetched
+        if oids:
+            self._tensor_rows.update(self.cache.get_tensors(oids))
+            self._delta_rows.update(self.cache.get_deltas(oids))
+            self._prefetched |= oids
 
     @classmethod
     def for_repo(cls, theta_dir: Path) -> "Statistician":
@@ -192,7 +206,7 @@ class Statistician:
         etype = element_type(entry.dtype)
         if etype.decode is None:
             return None
-        row = self.cache.get_tensor(entry)
+        row = self._tensor_rows.get((entry.oid, layout_key(entry))) or self.cache.get_tensor(entry)
         if row is not None:
             numel, squares, low, high, nans, infs = row
             return TensorStats(int(numel), math.nan if squares is None else float(squares), low, high, nans, infs)
@@ -204,7 +218,8 @@ class Statistician:
 
     def delta_stats(self, old: TensorEntry, new: TensorEntry) -> DeltaStats:
         """The change between two tensor lines of one shape."""
-        row = self.cache.get_delta(old, new)
+        key = (old.oid, layout_key(old), new.oid, layout_key(new))
+        row = self._delta_rows.get(key) or self.cache.get_delta(old, new)
         if row is not None:
             numel, changed, squares, dot, max_abs, has_numbers = row
             if not has_numbers:

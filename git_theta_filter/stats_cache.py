@@ -17,6 +17,7 @@ import math
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Iterable
 
 from .manifest import TensorEntry
 
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS delta_stats (
 """
 
 Row = tuple[object, ...]
+# SQLite's default limit on the parameters of one statement is 999 (older builds).
+_BATCH = 500
 
 
 def layout_key(entry: TensorEntry) -> str:
@@ -88,6 +91,31 @@ class StatsCache:
             (entry.oid, layout_key(entry)),
         ).fetchone()
 
+    def get_tensors(self, oids: Iterable[str]) -> dict[tuple[str, str], Row]:
+        """Every cached row of these objects, keyed by (oid, layout), in a few queries."""
+        rows: dict[tuple[str, str], Row] = {}
+        for batch in _batches(oids):
+            for oid, layout, *row in self._db.execute(
+                "SELECT oid, layout, numel, sum_squares, min, max, nan_count, inf_count FROM tensor_stats"
+                f" WHERE oid IN ({','.join('?' * len(batch))})",
+                batch,
+            ):
+                rows[(oid, layout)] = tuple(row)
+        return rows
+
+    def get_deltas(self, old_oids: Iterable[str]) -> dict[tuple[str, str, str, str], Row]:
+        """Every cached change *from* these objects, keyed by (old oid, old layout, new oid, new layout)."""
+        rows: dict[tuple[str, str, str, str], Row] = {}
+        # By the old oid: the primary key's first column, so each batch is an index lookup.
+        for batch in _batches(old_oids):
+            for old_oid, old_layout, new_oid, new_layout, *row in self._db.execute(
+                "SELECT old_oid, old_layout, new_oid, new_layout, numel, changed_count, delta_sum_squares, dot,"
+                f" max_abs_delta, has_numbers FROM delta_stats WHERE old_oid IN ({','.join('?' * len(batch))})",
+                batch,
+            ):
+                rows[(old_oid, old_layout, new_oid, new_layout)] = tuple(row)
+        return rows
+
     def put_tensor(self, entry: TensorEntry, numel: int, sum_squares: float, low: float | None,
                    high: float | None, nan_count: int, inf_count: int) -> None:
         self._write(
@@ -120,3 +148,9 @@ class StatsCache:
             self._db.close()
             self._db = self._open(None)
             self._db.execute(sql, row)
+
+
+def _batches(values: Iterable[str]) -> Iterable[list[str]]:
+    unique = sorted(set(values))
+    for start in range(0, len(unique), _BATCH):
+        yield unique[start : start + _BATCH]

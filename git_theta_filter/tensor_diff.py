@@ -159,6 +159,8 @@ def diff_manifests(old: Manifest | None, new: Manifest | None, stats: Statistici
     new_tensors = {t.name: t for t in new.tensors} if new else {}
     result = ManifestDiff()
     missing: set[str] = set()
+    if stats is not None:
+        stats.prefetch([*old_tensors.values(), *new_tensors.values()])
     for name in sorted(old_tensors.keys() | new_tensors.keys()):
         old_entry, new_entry = old_tensors.get(name), new_tensors.get(name)
         tensor = TensorDiff(name, _status(old_entry, new_entry), old_entry, new_entry)
