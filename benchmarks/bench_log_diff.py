@@ -47,9 +47,17 @@ print(code, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def isolated_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")}
-    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
+    }
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        GIT_CONFIG_NOSYSTEM="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     return env
 
 
@@ -59,8 +67,9 @@ def run(env: dict[str, str], cwd: Path, *args: str) -> None:
 
 def measure(env: dict[str, str], cwd: Path, *args: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one run of ``args``."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *args], cwd=cwd, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
     if out[0] != "0":
         raise SystemExit(f"{' '.join(args)} failed with exit code {out[0]}")
     return float(out[1]), int(out[2]) / 1024
@@ -84,8 +93,10 @@ def tensor_shapes(count: int, elements: int) -> list[tuple[int, ...]]:
 def build_log_repo(env: dict[str, str], path: Path, commits: int, tensors: int, elements: int) -> Path:
     repo = new_repo(env, path)
     generator = torch.Generator().manual_seed(0)
-    state = {f"layers.{i}.{'weight' if i % 2 == 0 else 'bias'}": torch.randn(shape, generator=generator)
-             for i, shape in enumerate(tensor_shapes(tensors, elements))}
+    state = {
+        f"layers.{i}.{'weight' if i % 2 == 0 else 'bias'}": torch.randn(shape, generator=generator)
+        for i, shape in enumerate(tensor_shapes(tensors, elements))
+    }
     for step in range(1, commits + 1):
         for tensor in state.values():
             tensor.add_(torch.randn(tensor.shape, generator=generator), alpha=1e-3)
@@ -118,13 +129,19 @@ def clear_stats(repo: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: 10 commits x 30 tensors, 2 x 20 MB")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: 10 commits x 30 tensors, 2 x 20 MB"
+    )
     parser.add_argument("--commits", type=int, help="commits in the log repository (default 50)")
     parser.add_argument("--tensors", type=int, help="tensors in the logged model (default 150)")
-    parser.add_argument("--log-elements", type=int, help="fp32 elements of the logged model (default 2,500,000)")
+    parser.add_argument(
+        "--log-elements", type=int, help="fp32 elements of the logged model (default 2,500,000)"
+    )
     parser.add_argument("--diff-mb", type=int, help="size of each diffed checkpoint in MB (default 500)")
     parser.add_argument("--repeat", type=int, default=3, help="warm runs; the fastest is reported")
-    parser.add_argument("--keep", metavar="DIR", help="build in DIR and keep it (default: a temporary directory)")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="build in DIR and keep it (default: a temporary directory)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     quick = {"commits": 10, "tensors": 30, "log_elements": 300_000, "diff_mb": 20}
@@ -143,24 +160,37 @@ def main() -> int:
         figures: dict[str, dict[str, float]] = {}
 
         started = time.perf_counter()
-        log_repo = build_log_repo(env, root / "log-repo", sizes["commits"], sizes["tensors"], sizes["log_elements"])
-        print(f"built {sizes['commits']} commits x {sizes['tensors']} tensors in {time.perf_counter() - started:.0f} s",
-              file=sys.stderr)
+        log_repo = build_log_repo(
+            env, root / "log-repo", sizes["commits"], sizes["tensors"], sizes["log_elements"]
+        )
+        print(
+            f"built {sizes['commits']} commits x {sizes['tensors']} tensors in {time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+        )
         clear_stats(log_repo)
         seconds, rss = measure(env, log_repo, "git", "theta-log")
         figures["theta-log cold"] = {"seconds": seconds, "peak_rss_mb": rss}
         warm = [measure(env, log_repo, "git", "theta-log") for _ in range(args.repeat)]
-        figures["theta-log warm"] = {"seconds": min(s for s, _ in warm), "peak_rss_mb": max(r for _, r in warm)}
+        figures["theta-log warm"] = {
+            "seconds": min(s for s, _ in warm),
+            "peak_rss_mb": max(r for _, r in warm),
+        }
 
         started = time.perf_counter()
         diff_repo = build_diff_repo(env, root / "diff-repo", sizes["diff_mb"])
         shutil.rmtree(log_repo)  # free the disk before the big checkpoints are diffed
-        print(f"built 2 x {sizes['diff_mb']} MB checkpoints in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(
+            f"built 2 x {sizes['diff_mb']} MB checkpoints in {time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+        )
         clear_stats(diff_repo)
         seconds, rss = measure(env, diff_repo, "git", "theta-diff", "HEAD~1", "HEAD")
         figures["theta-diff cold"] = {"seconds": seconds, "peak_rss_mb": rss}
         warm = [measure(env, diff_repo, "git", "theta-diff", "HEAD~1", "HEAD") for _ in range(args.repeat)]
-        figures["theta-diff warm"] = {"seconds": min(s for s, _ in warm), "peak_rss_mb": max(r for _, r in warm)}
+        figures["theta-diff warm"] = {
+            "seconds": min(s for s, _ in warm),
+            "peak_rss_mb": max(r for _, r in warm),
+        }
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

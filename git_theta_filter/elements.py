@@ -127,8 +127,17 @@ class ElementType:
 
 def _build_element_types() -> dict[str, ElementType]:
     types = {}
-    for name, code in {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2",
-                       "U32": "<u4", "I32": "<i4", "U64": "<u8", "I64": "<i8"}.items():
+    for name, code in {
+        "BOOL": "?",
+        "U8": "u1",
+        "I8": "i1",
+        "U16": "<u2",
+        "I16": "<i2",
+        "U32": "<u4",
+        "I32": "<i4",
+        "U64": "<u8",
+        "I64": "<i8",
+    }.items():
         types[name] = ElementType(name, Kind.INTEGER, np.dtype(code), _copy)
     for name, code in {"F16": "<f2", "F32": "<f4", "F64": "<f8"}.items():
         types[name] = ElementType(name, Kind.FLOAT, np.dtype(code), _copy)

@@ -61,7 +61,9 @@ THETACONFIG = ".thetaconfig"
 CONVENTION_SUFFIX = ".metrics.json"
 _CONFIG_KEY = "metrics.file"
 # Metrics that get better as they go down; every other metric is maximised by default.
-_LOWER_IS_BETTER = re.compile(r"loss|err|perplexity|ppl|mse|mae|rmse|nll|wer|cer|fid|distance|time|latency", re.I)
+_LOWER_IS_BETTER = re.compile(
+    r"loss|err|perplexity|ppl|mse|mae|rmse|nll|wer|cer|fid|distance|time|latency", re.I
+)
 
 
 class MetricsFileError(ThetaError):
@@ -83,8 +85,10 @@ class UnknownMetricError(ThetaError):
 
 class AmbiguousMetricError(ThetaError):
     def __init__(self, name: str, candidates: Iterable[str]) -> None:
-        super().__init__(f"metric name {name!r} is ambiguous: {', '.join(sorted(candidates))}",
-                         hint="give more of the dotted name")
+        super().__init__(
+            f"metric name {name!r} is ambiguous: {', '.join(sorted(candidates))}",
+            hint="give more of the dotted name",
+        )
         self.name = name
 
 
@@ -200,6 +204,8 @@ def default_direction(name: str) -> str:
 
 
 def is_number(value: Metric | None) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not (
-        isinstance(value, float) and math.isnan(value)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not (isinstance(value, float) and math.isnan(value))
     )

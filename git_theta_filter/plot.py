@@ -55,7 +55,9 @@ def plot_history(entries: list[LogEntry], metrics: list[str], path: str) -> None
     labels = [str(e.commit.id)[:7] for e in oldest_first]
     panels = [(name, [_number(e.metrics.get(name)) for e in oldest_first]) for name in metrics]
     panels.append(("‖Δθ‖/‖θ‖", [_number(e.diff.summary.relative_change) for e in oldest_first]))
-    figure, axes = pyplot.subplots(len(panels), 1, sharex=True, figsize=(8, 1.8 * len(panels) + 0.8), squeeze=False)
+    figure, axes = pyplot.subplots(
+        len(panels), 1, sharex=True, figsize=(8, 1.8 * len(panels) + 0.8), squeeze=False
+    )
     positions = list(range(len(oldest_first)))
     for axis, (name, values) in zip(axes[:, 0], panels):
         axis.plot(positions, values, marker="o")

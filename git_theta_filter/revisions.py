@@ -61,8 +61,10 @@ class PathNotTrackedError(ThetaError):
     exit_code = 128
 
     def __init__(self, path: str) -> None:
-        super().__init__(f"pathspec '{path}' did not match any model file tracked by git-theta",
-                         hint="see `git theta ls-files`")
+        super().__init__(
+            f"pathspec '{path}' did not match any model file tracked by git-theta",
+            hint="see `git theta ls-files`",
+        )
         self.path = path
 
 

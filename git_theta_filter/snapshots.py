@@ -40,8 +40,14 @@ class ModelVersion:
 class Snapshot:
     """Model files and other files of one version; ``commit`` is set for commits only."""
 
-    def __init__(self, label: str, git: pygit2.Repository, entries: dict[str, pygit2.Oid],
-                 commit: pygit2.Commit | None = None, worktree: Path | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        git: pygit2.Repository,
+        entries: dict[str, pygit2.Oid],
+        commit: pygit2.Commit | None = None,
+        worktree: Path | None = None,
+    ) -> None:
         self.label = label
         self.commit = commit
         self._git = git

@@ -23,7 +23,15 @@ from typing import Iterable
 
 import numpy as np
 
-from .elements import CHUNK_ELEMENTS, ElementType, Kind, element_type, iter_chunk_pairs, iter_chunks, open_elements
+from .elements import (
+    CHUNK_ELEMENTS,
+    ElementType,
+    Kind,
+    element_type,
+    iter_chunk_pairs,
+    iter_chunks,
+    open_elements,
+)
 from .manifest import TensorEntry
 from .stats_cache import Row, StatsCache, layout_key
 from .store.local import LocalStore
@@ -98,8 +106,14 @@ class _Moments:
         if not math.isnan(total) and any(math.isinf(s) for s in self.sum_squares):
             total = math.inf
         has_finite = self.low <= self.high
-        return TensorStats(numel, total, self.low if has_finite else None, self.high if has_finite else None,
-                           self.nan_count, self.inf_count)
+        return TensorStats(
+            numel,
+            total,
+            self.low if has_finite else None,
+            self.high if has_finite else None,
+            self.nan_count,
+            self.inf_count,
+        )
 
 
 def tensor_stats_of(elements: np.ndarray, etype: ElementType) -> TensorStats:
@@ -209,7 +223,9 @@ class Statistician:
         row = self._tensor_rows.get((entry.oid, layout_key(entry))) or self.cache.get_tensor(entry)
         if row is not None:
             numel, squares, low, high, nans, infs = row
-            return TensorStats(int(numel), math.nan if squares is None else float(squares), low, high, nans, infs)
+            return TensorStats(
+                int(numel), math.nan if squares is None else float(squares), low, high, nans, infs
+            )
         elements = open_elements(self.store, entry)
         stats = tensor_stats_of(elements, etype)
         self.bytes_read += entry.nbytes
@@ -230,16 +246,24 @@ class Statistician:
         new_elements = open_elements(self.store, new)
         delta, old_stats, new_stats = delta_stats_of(old_elements, old_type, new_elements, new_type)
         self.bytes_read += old.nbytes + new.nbytes
-        self.cache.put_delta(old, new, delta.numel, delta.changed_count, delta.delta_sum_squares, delta.dot,
-                             delta.max_abs_delta)
+        self.cache.put_delta(
+            old,
+            new,
+            delta.numel,
+            delta.changed_count,
+            delta.delta_sum_squares,
+            delta.dot,
+            delta.max_abs_delta,
+        )
         if old_stats is not None and new_stats is not None:
             self._put_tensor(old, old_stats)
             self._put_tensor(new, new_stats)
         return delta
 
     def _put_tensor(self, entry: TensorEntry, stats: TensorStats) -> None:
-        self.cache.put_tensor(entry, stats.numel, stats.sum_squares, stats.min, stats.max, stats.nan_count,
-                              stats.inf_count)
+        self.cache.put_tensor(
+            entry, stats.numel, stats.sum_squares, stats.min, stats.max, stats.nan_count, stats.inf_count
+        )
 
 
 def _float(value: float | None) -> float:

@@ -76,8 +76,10 @@ class StatsCache:
                 db.executescript(_SCHEMA)
                 return db
             except (OSError, sqlite3.Error) as exc:
-                print(f"git-theta: warning: statistics cache unavailable ({exc}); computing without it",
-                      file=sys.stderr)
+                print(
+                    f"git-theta: warning: statistics cache unavailable ({exc}); computing without it",
+                    file=sys.stderr,
+                )
         db = sqlite3.connect(":memory:", isolation_level=None)
         db.executescript(_SCHEMA)
         return db
@@ -116,8 +118,16 @@ class StatsCache:
                 rows[(old_oid, old_layout, new_oid, new_layout)] = tuple(row)
         return rows
 
-    def put_tensor(self, entry: TensorEntry, numel: int, sum_squares: float, low: float | None,
-                   high: float | None, nan_count: int, inf_count: int) -> None:
+    def put_tensor(
+        self,
+        entry: TensorEntry,
+        numel: int,
+        sum_squares: float,
+        low: float | None,
+        high: float | None,
+        nan_count: int,
+        inf_count: int,
+    ) -> None:
         self._write(
             "INSERT OR REPLACE INTO tensor_stats VALUES (?,?,?,?,?,?,?,?)",
             (entry.oid, layout_key(entry), numel, _nan_to_null(sum_squares), low, high, nan_count, inf_count),
@@ -130,13 +140,30 @@ class StatsCache:
             (old.oid, layout_key(old), new.oid, layout_key(new)),
         ).fetchone()
 
-    def put_delta(self, old: TensorEntry, new: TensorEntry, numel: int, changed_count: int,
-                  delta_sum_squares: float | None, dot: float | None, max_abs_delta: float | None) -> None:
+    def put_delta(
+        self,
+        old: TensorEntry,
+        new: TensorEntry,
+        numel: int,
+        changed_count: int,
+        delta_sum_squares: float | None,
+        dot: float | None,
+        max_abs_delta: float | None,
+    ) -> None:
         self._write(
             "INSERT OR REPLACE INTO delta_stats VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (old.oid, layout_key(old), new.oid, layout_key(new), numel, changed_count,
-             _nan_to_null(delta_sum_squares), _nan_to_null(dot), _nan_to_null(max_abs_delta),
-             int(delta_sum_squares is not None)),
+            (
+                old.oid,
+                layout_key(old),
+                new.oid,
+                layout_key(new),
+                numel,
+                changed_count,
+                _nan_to_null(delta_sum_squares),
+                _nan_to_null(dot),
+                _nan_to_null(max_abs_delta),
+                int(delta_sum_squares is not None),
+            ),
         )
 
     def _write(self, sql: str, row: Row) -> None:

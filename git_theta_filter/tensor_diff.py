@@ -30,8 +30,16 @@ from .metrics import Metric, is_number
 from .stats import DeltaStats, Statistician, TensorStats
 from .store.local import ObjectMissingError
 
-__all__ = ["TensorStatus", "TensorDiff", "DiffSummary", "MetricChange", "ManifestDiff", "diff_manifests",
-           "diff_metrics", "new_storage_bytes"]
+__all__ = [
+    "TensorStatus",
+    "TensorDiff",
+    "DiffSummary",
+    "MetricChange",
+    "ManifestDiff",
+    "diff_manifests",
+    "diff_metrics",
+    "new_storage_bytes",
+]
 
 
 class TensorStatus(str, Enum):
@@ -119,7 +127,7 @@ def _status(old: TensorEntry | None, new: TensorEntry | None) -> TensorStatus:
         return TensorStatus.REMOVED
     if old.dtype != new.dtype or old.shape != new.shape:
         return TensorStatus.RETYPED
-    if old == TensorEntry(old.name, new.dtype, new.shape, new.oid, new.offset, new.stride):
+    if (old.oid, old.offset, old.stride) == (new.oid, new.offset, new.stride):
         return TensorStatus.UNCHANGED
     return TensorStatus.MODIFIED
 
@@ -129,8 +137,12 @@ def _needs_delta(status: TensorStatus, old: TensorEntry, new: TensorEntry) -> bo
     if status is TensorStatus.MODIFIED:
         # A view can change oid while its own elements stay the same.
         return element_type(old.dtype).kind is Kind.FLOAT or old.stride is not None or new.stride is not None
-    return (status is TensorStatus.RETYPED and old.shape == new.shape
-            and element_type(old.dtype).kind is Kind.FLOAT and element_type(new.dtype).kind is Kind.FLOAT)
+    return (
+        status is TensorStatus.RETYPED
+        and old.shape == new.shape
+        and element_type(old.dtype).kind is Kind.FLOAT
+        and element_type(new.dtype).kind is Kind.FLOAT
+    )
 
 
 class _Totals:
@@ -189,8 +201,13 @@ def _fill_stats(tensor: TensorDiff, stats: Statistician, missing: set[str]) -> N
             setattr(tensor, f"{side}_stats", stats.tensor_stats(entry))
         except ObjectMissingError as exc:
             missing.add(exc.oid)
-    if tensor.status is TensorStatus.UNCHANGED and tensor.delta is None and tensor.old_stats is not None \
-            and tensor.is_float and old is not None:
+    if (
+        tensor.status is TensorStatus.UNCHANGED
+        and tensor.delta is None
+        and tensor.old_stats is not None
+        and tensor.is_float
+        and old is not None
+    ):
         # The same bytes read the same way: the change is known without reading it.
         tensor.delta = DeltaStats(old.numel, 0, 0.0, tensor.old_stats.sum_squares, 0.0)
 
@@ -249,7 +266,9 @@ class MetricChange:
         return repr(self.old) != repr(self.new)  # NaN equals NaN here, and 1 differs from True
 
 
-def diff_metrics(old: dict[str, Metric], new: dict[str, Metric], include_unchanged: bool) -> list[MetricChange]:
+def diff_metrics(
+    old: dict[str, Metric], new: dict[str, Metric], include_unchanged: bool
+) -> list[MetricChange]:
     changes = [MetricChange(name, old.get(name), new.get(name)) for name in sorted(old.keys() | new.keys())]
     return [c for c in changes if include_unchanged or c.changed]
 

@@ -28,9 +28,24 @@ from .metrics import Metric, collect_metrics
 from .revisions import BadRevisionError, Pathspec, range_sides, resolve_commit
 from .snapshots import ModelVersion, Snapshot, index_snapshot, tree_snapshot, worktree_snapshot
 from .stats import Statistician
-from .tensor_diff import ManifestDiff, MetricChange, TensorDiff, diff_manifests, diff_metrics, new_storage_bytes
+from .tensor_diff import (
+    ManifestDiff,
+    MetricChange,
+    TensorDiff,
+    diff_manifests,
+    diff_metrics,
+    new_storage_bytes,
+)
 
-__all__ = ["DIFF_SCHEMA", "FileDiff", "ThetaDiff", "resolve_sides", "diff_snapshots", "json_number", "diff_to_json"]
+__all__ = [
+    "DIFF_SCHEMA",
+    "FileDiff",
+    "ThetaDiff",
+    "resolve_sides",
+    "diff_snapshots",
+    "json_number",
+    "diff_to_json",
+]
 
 DIFF_SCHEMA = "git-theta-diff/1"
 
@@ -59,7 +74,9 @@ class ThetaDiff:
         return sum(f.changes.summary.missing_objects for f in self.files)
 
 
-def resolve_sides(repo: GitRepo, git: pygit2.Repository, revisions: list[str], cached: bool) -> tuple[Snapshot, Snapshot]:
+def resolve_sides(
+    repo: GitRepo, git: pygit2.Repository, revisions: list[str], cached: bool
+) -> tuple[Snapshot, Snapshot]:
     """The two snapshots that ``git diff``'s revision arguments name (see the module docstring)."""
     if len(revisions) > 2 or (cached and len(revisions) > 1):
         raise BadRevisionError(" ".join(revisions))
@@ -69,11 +86,15 @@ def resolve_sides(repo: GitRepo, git: pygit2.Repository, revisions: list[str], c
             base = git.merge_base(left.id, right.id)
             if base is None:
                 raise BadRevisionError(revisions[0])
-            return tree_snapshot(git, git[base].peel(pygit2.Commit), "merge base"), tree_snapshot(git, right, sides[1])
+            return tree_snapshot(git, git[base].peel(pygit2.Commit), "merge base"), tree_snapshot(
+                git, right, sides[1]
+            )
         return tree_snapshot(git, left, sides[0]), tree_snapshot(git, right, sides[1])
     if len(revisions) == 2:
-        return (tree_snapshot(git, resolve_commit(git, revisions[0]), revisions[0]),
-                tree_snapshot(git, resolve_commit(git, revisions[1]), revisions[1]))
+        return (
+            tree_snapshot(git, resolve_commit(git, revisions[0]), revisions[0]),
+            tree_snapshot(git, resolve_commit(git, revisions[1]), revisions[1]),
+        )
     if cached:
         revision = revisions[0] if revisions else "HEAD"
         return tree_snapshot(git, resolve_commit(git, revision), revision), index_snapshot(git)
@@ -83,7 +104,9 @@ def resolve_sides(repo: GitRepo, git: pygit2.Repository, revisions: list[str], c
     return index_snapshot(git), worktree_snapshot(repo, git)
 
 
-def _metrics_of(version: ModelVersion | None, snapshot: Snapshot, declared: list[str], warn: Warn) -> dict[str, Metric]:
+def _metrics_of(
+    version: ModelVersion | None, snapshot: Snapshot, declared: list[str], warn: Warn
+) -> dict[str, Metric]:
     if version is None:
         return {}
     return collect_metrics(version.path, version.manifest.metrics, snapshot.read_file, declared, warn)
@@ -107,22 +130,29 @@ def diff_snapshots(
         before, after = old_files.get(path), new_files.get(path)
         if not pathspec.match(path) or (before and after and before.blob_id == after.blob_id):
             continue
-        changes = diff_manifests(before.manifest if before else None, after.manifest if after else None, store_stats)
+        changes = diff_manifests(
+            before.manifest if before else None, after.manifest if after else None, store_stats
+        )
         new_oids: set[str] = set()
         if after is not None:
             new_oids = after.manifest.object_ids() - stored_before
             stored_before |= new_oids  # an object new to two files is stored once
-        metrics = diff_metrics(_metrics_of(before, old, declared_metrics, warn),
-                               _metrics_of(after, new, declared_metrics, warn), all_metrics)
-        result.files.append(FileDiff(
-            path=path,
-            status="added" if before is None else "removed" if after is None else "modified",
-            changes=changes,
-            metrics=metrics,
-            new_storage_bytes=new_storage_bytes(after.manifest, new_oids) if after else 0,
-            old_size=before.manifest.size if before else None,
-            new_size=after.manifest.size if after else None,
-        ))
+        metrics = diff_metrics(
+            _metrics_of(before, old, declared_metrics, warn),
+            _metrics_of(after, new, declared_metrics, warn),
+            all_metrics,
+        )
+        result.files.append(
+            FileDiff(
+                path=path,
+                status="added" if before is None else "removed" if after is None else "modified",
+                changes=changes,
+                metrics=metrics,
+                new_storage_bytes=new_storage_bytes(after.manifest, new_oids) if after else 0,
+                old_size=before.manifest.size if before else None,
+                new_size=after.manifest.size if after else None,
+            )
+        )
     return result
 
 
@@ -162,8 +192,12 @@ def tensor_to_json(tensor: TensorDiff) -> dict[str, Any]:
 
 
 def metric_to_json(change: MetricChange) -> dict[str, Any]:
-    return {"name": change.name, "old": json_number(change.old), "new": json_number(change.new),
-            "change": json_number(change.change)}
+    return {
+        "name": change.name,
+        "old": json_number(change.old),
+        "new": json_number(change.new),
+        "change": json_number(change.change),
+    }
 
 
 def diff_to_json(diff: ThetaDiff, tensors: Callable[[FileDiff], list[TensorDiff]]) -> dict[str, Any]:
@@ -171,25 +205,27 @@ def diff_to_json(diff: ThetaDiff, tensors: Callable[[FileDiff], list[TensorDiff]
     files = []
     for file in diff.files:
         summary = file.changes.summary
-        files.append({
-            "path": file.path,
-            "status": file.status,
-            "old_size": file.old_size,
-            "new_size": file.new_size,
-            "tensors": [tensor_to_json(t) for t in tensors(file)],
-            "summary": {
-                "tensors_modified": summary.modified,
-                "tensors_added": summary.added,
-                "tensors_removed": summary.removed,
-                "tensors_retyped": summary.retyped,
-                "tensors_unchanged": summary.unchanged,
-                "old_norm": json_number(summary.old_norm),
-                "new_norm": json_number(summary.new_norm),
-                "delta_norm": json_number(summary.delta_norm),
-                "relative_change": json_number(summary.relative_change),
-                "new_storage_bytes": file.new_storage_bytes,
-                "missing_objects": summary.missing_objects,
-            },
-            "metrics": [metric_to_json(m) for m in file.metrics],
-        })
+        files.append(
+            {
+                "path": file.path,
+                "status": file.status,
+                "old_size": file.old_size,
+                "new_size": file.new_size,
+                "tensors": [tensor_to_json(t) for t in tensors(file)],
+                "summary": {
+                    "tensors_modified": summary.modified,
+                    "tensors_added": summary.added,
+                    "tensors_removed": summary.removed,
+                    "tensors_retyped": summary.retyped,
+                    "tensors_unchanged": summary.unchanged,
+                    "old_norm": json_number(summary.old_norm),
+                    "new_norm": json_number(summary.new_norm),
+                    "delta_norm": json_number(summary.delta_norm),
+                    "relative_change": json_number(summary.relative_change),
+                    "new_storage_bytes": file.new_storage_bytes,
+                    "missing_objects": summary.missing_objects,
+                },
+                "metrics": [metric_to_json(m) for m in file.metrics],
+            }
+        )
     return {"schema": DIFF_SCHEMA, "old": _side_json(diff.old), "new": _side_json(diff.new), "files": files}

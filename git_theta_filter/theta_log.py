@@ -24,12 +24,20 @@ import pygit2
 from .history import read_manifest_blob, tree_manifests
 from .manifest import Manifest
 from .metrics import Metric, collect_metrics, default_direction, is_number
-from .revisions import Pathspec, RevisionRange
+from .revisions import PathNotTrackedError, Pathspec, RevisionRange
 from .stats import Statistician
 from .tensor_diff import ManifestDiff, diff_manifests, new_storage_bytes
 from .theta_diff import json_number
 
-__all__ = ["LOG_SCHEMA", "LogEntry", "ModelChange", "walk_model_changes", "theta_log", "best_entry", "log_to_json"]
+__all__ = [
+    "LOG_SCHEMA",
+    "LogEntry",
+    "ModelChange",
+    "walk_model_changes",
+    "theta_log",
+    "best_entry",
+    "log_to_json",
+]
 
 LOG_SCHEMA = "git-theta-log/1"
 
@@ -99,7 +107,9 @@ class _ManifestReader:
         return self._cache[blob_id]
 
 
-def _changed_blobs(git: pygit2.Repository, parent: pygit2.Commit | None, commit: pygit2.Commit) -> dict[str, tuple[pygit2.Oid | None, pygit2.Oid | None]]:
+def _changed_blobs(
+    git: pygit2.Repository, parent: pygit2.Commit | None, commit: pygit2.Commit
+) -> dict[str, tuple[pygit2.Oid | None, pygit2.Oid | None]]:
     """Path → (blob in parent, blob in commit) for every path that differs; None where absent."""
     diff = git.diff(parent.tree, commit.tree) if parent is not None else commit.tree.diff_to_tree(swap=True)
     changed = {}
@@ -110,8 +120,13 @@ def _changed_blobs(git: pygit2.Repository, parent: pygit2.Commit | None, commit:
     return changed
 
 
-def walk_model_changes(git: pygit2.Repository, revisions: RevisionRange, pathspec: Pathspec,
-                       max_count: int | None = None, seen_model_paths: set[str] | None = None) -> Iterator[ModelChange]:
+def walk_model_changes(
+    git: pygit2.Repository,
+    revisions: RevisionRange,
+    pathspec: Pathspec,
+    max_count: int | None = None,
+    seen_model_paths: set[str] | None = None,
+) -> Iterator[ModelChange]:
     """Model files changed by the commits of ``revisions``, newest commit first.
 
     ``max_count`` limits the number of commits; ``seen_model_paths`` collects
@@ -129,7 +144,9 @@ def walk_model_changes(git: pygit2.Repository, revisions: RevisionRange, pathspe
         if max_count is not None and commits >= max_count:
             return
         parents = list(commit.parents)
-        per_parent = [_changed_blobs(git, parent, commit) for parent in parents] or [_changed_blobs(git, None, commit)]
+        per_parent = [_changed_blobs(git, parent, commit) for parent in parents] or [
+            _changed_blobs(git, None, commit)
+        ]
         shown = False
         for path in sorted(per_parent[0]):
             if not all(path in changed for changed in per_parent):
@@ -174,20 +191,28 @@ def theta_log(
         metrics = {}
         new_oids: set[str] = set()
         if change.new is not None:
-            metrics = collect_metrics(change.path, change.new.metrics, _read_from(change.commit), declared_metrics, warn)
+            metrics = collect_metrics(
+                change.path, change.new.metrics, _read_from(change.commit), declared_metrics, warn
+            )
             parents_had = {oid for parent in change.parents if parent for oid in parent.object_ids()}
             already = stored_in_commit.setdefault(change.commit.id, set())
             new_oids = change.new.object_ids() - parents_had - already
             already |= new_oids
-        entries.append(LogEntry(
-            change=change,
-            metrics=metrics,
-            diff=diff_manifests(change.old, change.new, stats),
-            new_storage_bytes=new_storage_bytes(change.new, new_oids) if change.new else 0,
-            with_stats=stats is not None,
-        ))
-    if pathspec and not entries:
-        pathspec.check_tracked(seen | _tip_model_paths(git, revisions))
+        entries.append(
+            LogEntry(
+                change=change,
+                metrics=metrics,
+                diff=diff_manifests(change.old, change.new, stats),
+                new_storage_bytes=new_storage_bytes(change.new, new_oids) if change.new else 0,
+                with_stats=stats is not None,
+            )
+        )
+    if pathspec:
+        try:
+            pathspec.check_tracked(seen)
+        except PathNotTrackedError:
+            # Not changed in this range (or beyond -n) is fine for a model file that exists.
+            pathspec.check_tracked(seen | _tip_model_paths(git, revisions))
     return entries
 
 
@@ -196,7 +221,9 @@ def _tip_model_paths(git: pygit2.Repository, revisions: RevisionRange) -> set[st
     return {ref.path for commit in revisions.include for ref in tree_manifests(git, commit.tree)}
 
 
-def best_entry(entries: list[LogEntry], metric: str, direction: str | None = None) -> tuple[LogEntry | None, str]:
+def best_entry(
+    entries: list[LogEntry], metric: str, direction: str | None = None
+) -> tuple[LogEntry | None, str]:
     """The entry with the best value of ``metric`` and the direction used (``min``/``max``).
 
     Entries without a numeric value are skipped; on a tie the oldest commit wins.

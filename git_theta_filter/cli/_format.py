@@ -87,8 +87,13 @@ class Styled:
         return self.text
 
 
-def table_lines(header: Sequence[str], rows: Sequence[Sequence[str | Styled]], colour: Colour,
-                right: Sequence[int] = (), indent: str = "") -> list[str]:
+def table_lines(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str | Styled]],
+    colour: Colour,
+    right: Sequence[int] = (),
+    indent: str = "",
+) -> list[str]:
     """Aligned columns, two spaces apart; colour is applied after padding so it does not skew widths."""
     cells = [list(header)] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]

@@ -24,8 +24,21 @@ from ._standalone import register_alias, split_at_separator, standalone_main
 
 __all__ = ["main", "register", "run_argv", "build_parser"]
 
-_STATUS_COLOURS = {"modified": "yellow", "added": "green", "removed": "red", "retyped": "cyan", "unchanged": "dim"}
+_STATUS_COLOURS = {
+    "modified": "yellow",
+    "added": "green",
+    "removed": "red",
+    "retyped": "cyan",
+    "unchanged": "dim",
+}
 _FETCH_HINT = "run `git theta fetch` to download them"
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         "the global ‖Δθ‖/‖θ‖; and the metrics that changed. Revisions and paths as for `git diff`.",
         usage="git theta-diff [<options>] [--cached] [<commit> [<commit>]] [--] [<path>...]",
     )
-    parser.add_argument("--cached", "--staged", action="store_true", help="compare the index with a commit (HEAD)")
+    parser.add_argument(
+        "--cached", "--staged", action="store_true", help="compare the index with a commit (HEAD)"
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="machine-readable output (docs/json-schema.md)")
     output.add_argument("--md", action="store_true", help="Markdown tables")
     output.add_argument("--stat", action="store_true", help="one line per file")
-    parser.add_argument("--sort", choices=("rel", "delta", "name"), default="rel",
-                        help="order tensors by relative change (default), by ‖Δ‖, or by name")
-    parser.add_argument("--top", type=int, metavar="N", help="show at most N tensors per file")
+    parser.add_argument(
+        "--sort",
+        choices=("rel", "delta", "name"),
+        default="rel",
+        help="order tensors by relative change (default), by ‖Δ‖, or by name",
+    )
+    parser.add_argument("--top", type=_count, metavar="N", help="show at most N tensors per file")
     parser.add_argument("--all", action="store_true", help="also list unchanged tensors and metrics")
     parser.add_argument("revisions", nargs="*", help=argparse.SUPPRESS)
     return parser
@@ -72,8 +91,15 @@ def run_argv(argv: list[str]) -> int:
             warned.add(message)
             print(f"git-theta: warning: {message}", file=sys.stderr)
 
-    diff = diff_snapshots(Statistician.for_repo(repo.theta_dir), old, new, pathspec,
-                          declared_metrics_files(repo, git), args.all, warn)
+    diff = diff_snapshots(
+        Statistician.for_repo(repo.theta_dir),
+        old,
+        new,
+        pathspec,
+        declared_metrics_files(repo, git),
+        args.all,
+        warn,
+    )
     listed = _tensor_selector(args.sort, args.top, args.all)
     if args.json:
         print_json(diff_to_json(diff, listed))
@@ -84,14 +110,22 @@ def run_argv(argv: list[str]) -> int:
     else:
         _print_text(diff, listed, Colour(sys.stdout))
     if diff.missing_objects:
-        print(f"git-theta: some norms are unavailable: {diff.missing_objects} tensor object(s) are missing from "
-              f"the local store; {_FETCH_HINT}", file=sys.stderr)
+        print(
+            f"git-theta: some norms are unavailable: {diff.missing_objects} tensor object(s) are missing from "
+            f"the local store; {_FETCH_HINT}",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _sort_key(order: str) -> Callable[[TensorDiff], tuple]:
-    rank = {TensorStatus.MODIFIED: 0, TensorStatus.RETYPED: 1, TensorStatus.ADDED: 2, TensorStatus.REMOVED: 3,
-            TensorStatus.UNCHANGED: 4}
+    rank = {
+        TensorStatus.MODIFIED: 0,
+        TensorStatus.RETYPED: 1,
+        TensorStatus.ADDED: 2,
+        TensorStatus.REMOVED: 3,
+        TensorStatus.UNCHANGED: 4,
+    }
 
     def by_number(value: float | None) -> float:
         # Largest first; unknown numbers after known ones; NaN counts as the largest change.
@@ -130,8 +164,10 @@ def _shape(tensor: TensorDiff) -> tuple[str, str]:
     old = describe(tensor.old) if tensor.old else None
     new = describe(tensor.new) if tensor.new else None
     if old and new and old != new:
-        return (old[0] if old[0] == new[0] else f"{old[0]}→{new[0]}",
-                old[1] if old[1] == new[1] else f"{old[1]}→{new[1]}")
+        return (
+            old[0] if old[0] == new[0] else f"{old[0]}→{new[0]}",
+            old[1] if old[1] == new[1] else f"{old[1]}→{new[1]}",
+        )
     return old or new  # type: ignore[return-value]
 
 
@@ -140,7 +176,9 @@ def _tensor_cells(tensor: TensorDiff, missing: str) -> list[str]:
     known = missing if tensor.status is not TensorStatus.UNCHANGED else "-"
     fraction = tensor.changed_fraction
     return [
-        tensor.name, dtype, shape,
+        tensor.name,
+        dtype,
+        shape,
         format_value(tensor.old_stats.norm if tensor.old_stats else None, missing if tensor.old else "-"),
         format_value(tensor.new_stats.norm if tensor.new_stats else None, missing if tensor.new else "-"),
         format_value(tensor.delta_norm, known if tensor.delta is None and tensor.old and tensor.new else "-"),
@@ -151,7 +189,18 @@ def _tensor_cells(tensor: TensorDiff, missing: str) -> list[str]:
     ]
 
 
-_TENSOR_HEADER = ["tensor", "dtype", "shape", "‖old‖", "‖new‖", "‖Δ‖", "‖Δ‖/‖old‖", "cos", "max|Δ|", "changed"]
+_TENSOR_HEADER = [
+    "tensor",
+    "dtype",
+    "shape",
+    "‖old‖",
+    "‖new‖",
+    "‖Δ‖",
+    "‖Δ‖/‖old‖",
+    "cos",
+    "max|Δ|",
+    "changed",
+]
 
 
 def _summary_line(file: FileDiff) -> str:
@@ -182,14 +231,20 @@ def _print_text(diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]],
             for tensor in tensors:
                 status = Styled(tensor.status.value, _STATUS_COLOURS[tensor.status.value])
                 rows.append([status, *_tensor_cells(tensor, "n/a"), _non_finite(tensor)])
-            for line in table_lines(["status", *_TENSOR_HEADER, ""], rows, colour, right=tuple(range(4, 11)),
-                                    indent="  "):
+            for line in table_lines(
+                ["status", *_TENSOR_HEADER, ""], rows, colour, right=tuple(range(4, 11)), indent="  "
+            ):
                 print(line)
         print("  " + _summary_line(file))
         if file.metrics:
             print()
-            for line in table_lines(["Metric", "old", "new", "change"], _metric_rows(file.metrics), colour,
-                                    right=(1, 2, 3), indent="  "):
+            for line in table_lines(
+                ["Metric", "old", "new", "change"],
+                _metric_rows(file.metrics),
+                colour,
+                right=(1, 2, 3),
+                indent="  ",
+            ):
                 print(line)
 
 

@@ -36,17 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
         "newly stored and a NaN/Inf flag. Revisions and paths as for `git log`.",
         usage="git theta-log [<options>] [<revision-range>] [[--] <path>...]",
     )
-    parser.add_argument("-n", "--max-count", type=int, metavar="N", help="show at most N commits")
-    parser.add_argument("--metric", action="append", metavar="NAME",
-                        help="a metric column (repeatable); a unique dotted suffix of the name is enough")
+    parser.add_argument(
+        "-n",
+        "--max-count",
+        type=int,
+        metavar="N",
+        help="show at most N commits (a negative N, as in git, shows all)",
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        metavar="NAME",
+        help="a metric column (repeatable); a unique dotted suffix of the name is enough",
+    )
     parser.add_argument("--best", metavar="NAME", help="print the commit with the best value of metric NAME")
     direction = parser.add_mutually_exclusive_group()
-    direction.add_argument("--min", dest="direction", action="store_const", const="min",
-                           help="with --best: lowest is best (the default for losses and errors)")
-    direction.add_argument("--max", dest="direction", action="store_const", const="max",
-                           help="with --best: highest is best (the default otherwise)")
+    direction.add_argument(
+        "--min",
+        dest="direction",
+        action="store_const",
+        const="min",
+        help="with --best: lowest is best (the default for losses and errors)",
+    )
+    direction.add_argument(
+        "--max",
+        dest="direction",
+        action="store_const",
+        const="max",
+        help="with --best: highest is best (the default otherwise)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-schema.md)")
-    parser.add_argument("--plot", metavar="FILE", help="draw the metrics and ‖Δθ‖/‖θ‖ to FILE.png or FILE.svg")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="draw the metrics and ‖Δθ‖/‖θ‖ to FILE.png or FILE.svg"
+    )
     parser.add_argument("revisions", nargs="*", help=argparse.SUPPRESS)
     return parser
 
@@ -87,8 +109,15 @@ def run_argv(argv: list[str]) -> int:
     walk = parse_range(git, revisions)
     # --best needs metrics only, so it reads no statistics at all.
     stats = None if args.best else Statistician.for_repo(repo.theta_dir)
-    entries = theta_log(git, walk, pathspec, declared_metrics_files(repo, git), _warn_once(),
-                        stats=stats, max_count=args.max_count)
+    entries = theta_log(
+        git,
+        walk,
+        pathspec,
+        declared_metrics_files(repo, git),
+        _warn_once(),
+        stats=stats,
+        max_count=args.max_count if (args.max_count or 0) >= 0 else None,
+    )
     known = {name for entry in entries for name in entry.metrics}
     if args.best:
         return _print_best(entries, resolve_metric(args.best, known), args.direction, args.json)
@@ -103,8 +132,11 @@ def run_argv(argv: list[str]) -> int:
         plot_history(entries, chosen if chosen is not None else _default_columns(entries), args.plot)
     if any(entry.diff.summary.missing_objects for entry in entries):
         count = sum(1 for entry in entries if entry.diff.summary.missing_objects)
-        print(f"git-theta: norms unavailable for {count} commit(s): tensor objects are missing from the local "
-              f"store; {_FETCH_HINT}", file=sys.stderr)
+        print(
+            f"git-theta: norms unavailable for {count} commit(s): tensor objects are missing from the local "
+            f"store; {_FETCH_HINT}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -113,8 +145,10 @@ def _default_columns(entries: list[LogEntry]) -> list[str]:
     if len(entries) > 1:
         names = [n for n in names if len({repr(e.metrics.get(n)) for e in entries}) > 1]
     if len(names) > DEFAULT_METRIC_COLUMNS:
-        print(f"git-theta: showing {DEFAULT_METRIC_COLUMNS} of {len(names)} changing metrics; choose with --metric",
-              file=sys.stderr)
+        print(
+            f"git-theta: showing {DEFAULT_METRIC_COLUMNS} of {len(names)} changing metrics; choose with --metric",
+            file=sys.stderr,
+        )
     return names[:DEFAULT_METRIC_COLUMNS]
 
 
@@ -123,13 +157,24 @@ def _print_best(entries: list[LogEntry], metric: str, direction: str | None, as_
     assert best is not None  # resolve_metric found the name, so some entry has it
     value = best.metrics[metric]
     if as_json:
-        print_json({"schema": "git-theta-log/1", "best": {"metric": metric, "direction": used,
-                                                          "value": json_number(value), "entry": entry_to_json(best, [metric])}})
+        print_json(
+            {
+                "schema": "git-theta-log/1",
+                "best": {
+                    "metric": metric,
+                    "direction": used,
+                    "value": json_number(value),
+                    "entry": entry_to_json(best, [metric]),
+                },
+            }
+        )
         return 0
     considered = sum(1 for e in entries if metric in e.metrics)
     word = "lowest" if used == "min" else "highest"
-    print(f"{best.commit.id}  {best.timestamp.date()}  {best.path}  {metric}={format_value(value)}  "
-          f"({word} of {considered})  {best.subject}")
+    print(
+        f"{best.commit.id}  {best.timestamp.date()}  {best.path}  {metric}={format_value(value)}  "
+        f"({word} of {considered})  {best.subject}"
+    )
     return 0
 
 
@@ -162,8 +207,18 @@ def _print_table(entries: list[LogEntry], metrics: list[str]) -> None:
     if not entries:
         return
     show_path = len({entry.path for entry in entries}) > 1
-    header = ["commit", "date", *(["path"] if show_path else []), "subject", *metrics,
-              "‖θ‖", "‖Δθ‖/‖θ‖", "changed", "stored", ""]
+    header = [
+        "commit",
+        "date",
+        *(["path"] if show_path else []),
+        "subject",
+        *metrics,
+        "‖θ‖",
+        "‖Δθ‖/‖θ‖",
+        "changed",
+        "stored",
+        "",
+    ]
     first_number = 4 if show_path else 3
     right = tuple(range(first_number, len(header) - 1))
     colour = Colour(sys.stdout)

@@ -73,11 +73,18 @@ def test_theta_diff_two_commits_reports_the_exact_changed_tensors_and_numbers(hi
     assert tensors["model.2.bias"]["changed_fraction"] == 0.25
     assert tensors["model.2.bias"]["max_abs_delta"] == pytest.approx(2.0, rel=1e-6)
     # Sorted by relative change, largest first.
-    assert [t["name"] for t in file["tensors"]] == sorted(tensors, key=lambda n: -tensors[n]["relative_change"])
+    assert [t["name"] for t in file["tensors"]] == sorted(
+        tensors, key=lambda n: -tensors[n]["relative_change"]
+    )
 
     summary = file["summary"]
-    assert (summary["tensors_modified"], summary["tensors_added"], summary["tensors_removed"],
-            summary["tensors_retyped"], summary["tensors_unchanged"]) == (2, 0, 0, 0, 2)
+    assert (
+        summary["tensors_modified"],
+        summary["tensors_added"],
+        summary["tensors_removed"],
+        summary["tensors_retyped"],
+        summary["tensors_unchanged"],
+    ) == (2, 0, 0, 0, 2)
     old_theta = math.sqrt(sum(norm(t) ** 2 for t in old.values()))
     delta_theta = math.sqrt(sum(norm(new[k].double() - old[k].double()) ** 2 for k in new))
     assert summary["old_norm"] == pytest.approx(old_theta, rel=1e-9)
@@ -166,8 +173,15 @@ def test_theta_diff_added_removed_retyped_and_every_dtype(own_history: History) 
     (file,) = result["files"]
     tensors = {t["name"]: t for t in file["tensors"]}
     assert {name: t["status"] for name, t in tensors.items()} == {
-        "fp32": "modified", "fp16": "modified", "bf16": "modified", "fp64": "modified", "int": "modified",
-        "to_bf16": "retyped", "reshaped": "retyped", "dropped": "removed", "added": "added",
+        "fp32": "modified",
+        "fp16": "modified",
+        "bf16": "modified",
+        "fp64": "modified",
+        "int": "modified",
+        "to_bf16": "retyped",
+        "reshaped": "retyped",
+        "dropped": "removed",
+        "added": "added",
     }
     for name in ("fp32", "fp16", "bf16", "fp64", "to_bf16"):
         assert_numbers(tensors[name], before[name], after[name])
@@ -182,8 +196,12 @@ def test_theta_diff_added_removed_retyped_and_every_dtype(own_history: History) 
     assert tensors["added"]["new_norm"] == "nan"
     assert tensors["dropped"]["old_norm"] == pytest.approx(norm(before["dropped"]), rel=1e-9)
     summary = file["summary"]
-    assert (summary["tensors_modified"], summary["tensors_added"], summary["tensors_removed"],
-            summary["tensors_retyped"]) == (5, 1, 1, 2)
+    assert (
+        summary["tensors_modified"],
+        summary["tensors_added"],
+        summary["tensors_removed"],
+        summary["tensors_retyped"],
+    ) == (5, 1, 1, 2)
     text = history.theta_ok("diff", "HEAD~1", "HEAD", "--", "dtypes.pth")
     assert "new: 1 NaN, 1 Inf" in text and "F32→BF16" in text and "[6,4]→[4,6]" in text
     jsonschema = pytest.importorskip("jsonschema")
@@ -205,10 +223,18 @@ def test_theta_diff_views_of_one_storage(own_history: History) -> None:
     (file,) = history.theta_json("diff", "--all", "HEAD", "--", "views.pth")["files"]
     tensors = {t["name"]: t for t in file["tensors"]}
     assert {n: t["status"] for n, t in tensors.items()} == {
-        "base": "modified", "every_fourth": "modified", "window": "unchanged", "grid": "unchanged"}
+        "base": "modified",
+        "every_fourth": "modified",
+        "window": "unchanged",
+        "grid": "unchanged",
+    }
     before = torch.arange(40, dtype=torch.float32) / 7
-    old_views = {"base": before, "window": before[10:20], "every_fourth": before[::4],
-                 "grid": before.view(5, 8)[:, 1:3]}
+    old_views = {
+        "base": before,
+        "window": before[10:20],
+        "every_fourth": before[::4],
+        "grid": before.view(5, 8)[:, 1:3],
+    }
     for name, tensor in tensors.items():
         assert tensor["old_norm"] == pytest.approx(norm(old_views[name]), rel=1e-9)
         assert tensor["new_norm"] == pytest.approx(norm(state[name]), rel=1e-9)
@@ -221,7 +247,10 @@ def test_theta_diff_output_formats(history: History) -> None:
     text = history.theta_ok("diff", first, last)
     lines = text.splitlines()
     assert lines[0].startswith("model.pth  (") and lines[1].split()[:3] == ["status", "tensor", "dtype"]
-    assert lines[2].split()[:2] == ["modified", "model.2.bias"] and lines[3].split()[:2] == ["modified", "model.0.weight"]
+    assert lines[2].split()[:2] == ["modified", "model.2.bias"] and lines[3].split()[:2] == [
+        "modified",
+        "model.0.weight",
+    ]
     assert "2 modified, 0 added, 0 removed, ‖Δθ‖/‖θ‖" in text
     assert any(line.split() == ["Metric", "old", "new", "change"] for line in lines)
     assert any(line.split() == ["epoch", "1", "3", "+2"] for line in lines)

@@ -52,9 +52,13 @@ def test_theta_log_lists_each_model_commit_with_metrics_norms_and_changes(histor
     assert by_epoch[1]["tensors_changed"] == 4
     for epoch in (2, 3):
         assert by_epoch[epoch]["tensors_changed"] == len(CHANGED_IN[epoch])
-        assert by_epoch[epoch]["relative_change"] == pytest.approx(expected_relative_change(history, epoch), rel=1e-9)
+        assert by_epoch[epoch]["relative_change"] == pytest.approx(
+            expected_relative_change(history, epoch), rel=1e-9
+        )
     # Epoch 2 adds every element of an 8x16 weight by 0.5 (up to float32 rounding).
-    assert by_epoch[2]["relative_change"] * by_epoch[1]["norm"] == pytest.approx(0.5 * math.sqrt(128), rel=1e-6)
+    assert by_epoch[2]["relative_change"] * by_epoch[1]["norm"] == pytest.approx(
+        0.5 * math.sqrt(128), rel=1e-6
+    )
     assert by_epoch[3]["relative_change"] * by_epoch[2]["norm"] == pytest.approx(2.0, rel=1e-6)
     # Each commit stores its changed tensors and a new skeleton; the first stores all four tensors too.
     assert by_epoch[1]["new_storage_bytes"] > by_epoch[3]["new_storage_bytes"] > 0
@@ -91,7 +95,11 @@ def test_theta_log_metric_columns_accept_unambiguous_suffixes(history: History) 
     assert header.split()[:5] == ["commit", "date", "subject", "metrics.val_acc", "epoch"]
     assert [row.split()[4:6] for row in rows] == [["0.8", "3"], ["0.7", "2"], ["0.6", "1"]]
     json_out = history.theta_json("log", "--metric", "f1")
-    assert [e["metrics"] for e in json_out["entries"]] == [{"eval.f1": 0.75}, {"eval.f1": None}, {"eval.f1": None}]
+    assert [e["metrics"] for e in json_out["entries"]] == [
+        {"eval.f1": 0.75},
+        {"eval.f1": None},
+        {"eval.f1": None},
+    ]
     missing = history.theta("log", "--metric", "nope")
     assert missing.returncode == 1 and "no metric named 'nope'" in missing.stderr
 
@@ -119,7 +127,9 @@ def test_theta_log_revision_ranges_counts_and_paths(history: History) -> None:
         (("--", "results.toml"), "pathspec 'results.toml' did not match any model file"),
     ],
 )
-def test_theta_log_bad_revisions_and_untracked_paths_exit_128(history: History, args: tuple[str, ...], message: str) -> None:
+def test_theta_log_bad_revisions_and_untracked_paths_exit_128(
+    history: History, args: tuple[str, ...], message: str
+) -> None:
     result = history.theta("log", *args)
     assert result.returncode == 128
     assert result.stdout == ""

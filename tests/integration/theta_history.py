@@ -40,7 +40,11 @@ def make_git_env(root: Path) -> GitEnv:
     """conftest's ``git_env``, for a module-scoped fixture: own HOME, no system config."""
     home = root / "home"
     home.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
+    }
     env.update(
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),
@@ -48,8 +52,11 @@ def make_git_env(root: Path) -> GitEnv:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     git_env = GitEnv(home, env)
-    for key, value in (("user.name", "Theta Test"), ("user.email", "theta@example.invalid"),
-                       ("init.defaultBranch", "main")):
+    for key, value in (
+        ("user.name", "Theta Test"),
+        ("user.email", "theta@example.invalid"),
+        ("init.defaultBranch", "main"),
+    ):
         git_env.run("git", "config", "--global", key, value)
     git_env.run("git-theta", "install", "--global", cwd=home)
     return git_env
@@ -121,8 +128,9 @@ class History:
     commits: dict[int, str] = field(default_factory=dict)  # epoch -> commit id
     states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
-    def run(self, *args: str, check: bool = True, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         return self.git_env.run(*args, cwd=cwd or self.repo, check=check, env=env)
 
     def json(self, *args: str) -> dict:
@@ -164,7 +172,9 @@ def build_history(git_env: GitEnv, repo: Path) -> History:
             git_env.theta(repo, "metrics", "add", "results.toml")
             paths += ["results.toml", ".thetaconfig"]
         if epoch == 3:
-            (repo / "model.pth.metrics.json").write_text(json.dumps({"eval": {"f1": 0.75, "per_class": [0.7, 0.8]}}))
+            (repo / "model.pth.metrics.json").write_text(
+                json.dumps({"eval": {"f1": 0.75, "per_class": [0.7, 0.8]}})
+            )
             (repo / "results.toml").write_text("[test]\nbleu = 24.0\n")
             paths += ["model.pth.metrics.json", "results.toml"]
         history.commits[epoch] = commit(git_env, repo, f"epoch {epoch}", *paths, day=epoch + 1)

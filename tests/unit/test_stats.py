@@ -29,7 +29,9 @@ from git_theta_filter.store.local import LocalStore, ObjectMissingError
 SHAPE = (3, CHUNK_ELEMENTS // 2 + 123)
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 INTEGERS = [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
-MANIFEST_NAME = {getattr(torch, name): code for name, code in TORCH_DTYPE_NAMES.items() if hasattr(torch, name)}
+MANIFEST_NAME = {
+    getattr(torch, name): code for name, code in TORCH_DTYPE_NAMES.items() if hasattr(torch, name)
+}
 
 
 @pytest.fixture
@@ -49,7 +51,9 @@ def random_tensor(dtype: torch.dtype, shape: tuple[int, ...] = SHAPE, seed: int 
     if dtype == torch.bool:
         return torch.rand(shape, generator=generator) > 0.5
     info = torch.iinfo(dtype)
-    return torch.randint(max(info.min, -(2**31)), min(info.max, 2**31 - 1), shape, generator=generator, dtype=dtype)
+    return torch.randint(
+        max(info.min, -(2**31)), min(info.max, 2**31 - 1), shape, generator=generator, dtype=dtype
+    )
 
 
 def store_tensor(store: LocalStore, name: str, tensor: torch.Tensor) -> TensorEntry:
@@ -84,7 +88,9 @@ def test_stats_delta_matches_torch_in_float64(stats: Statistician, dtype: torch.
     difference = new.double() - old.double()
     assert delta.numel == old.numel()
     assert delta.delta_norm == pytest.approx(torch_norm(difference), rel=1e-9)
-    assert delta.dot == pytest.approx(torch.dot(old.double().flatten(), new.double().flatten()).item(), rel=1e-9)
+    assert delta.dot == pytest.approx(
+        torch.dot(old.double().flatten(), new.double().flatten()).item(), rel=1e-9
+    )
     assert delta.max_abs_delta == difference.abs().max().item()
     assert delta.changed_count == int((old != new).sum())
     # The pass also filled both tensors' statistics into the cache.
@@ -115,9 +121,13 @@ def test_stats_nan_and_inf_are_counted_and_kept_out_of_min_max(stats: Statistici
 
 def test_stats_all_float8_codes_decode_as_torch_does() -> None:
     codes = torch.arange(256, dtype=torch.uint8)
-    for name, torch_dtype in [("F8_E4M3", torch.float8_e4m3fn), ("F8_E5M2", torch.float8_e5m2),
-                              ("F8_E4M3FNUZ", torch.float8_e4m3fnuz), ("F8_E5M2FNUZ", torch.float8_e5m2fnuz),
-                              ("F8_E8M0", torch.float8_e8m0fnu)]:
+    for name, torch_dtype in [
+        ("F8_E4M3", torch.float8_e4m3fn),
+        ("F8_E5M2", torch.float8_e5m2),
+        ("F8_E4M3FNUZ", torch.float8_e4m3fnuz),
+        ("F8_E5M2FNUZ", torch.float8_e5m2fnuz),
+        ("F8_E8M0", torch.float8_e8m0fnu),
+    ]:
         decoded = np.empty(256)
         element_type(name).decode(codes.numpy(), decoded)
         np.testing.assert_array_equal(decoded, codes.view(torch_dtype).double().numpy(), err_msg=name)
@@ -157,7 +167,9 @@ def test_stats_refuse_a_view_past_the_end_of_its_object(stats: Statistician) -> 
         stats.tensor_stats(hostile)
 
 
-def test_stats_cache_serves_without_the_object_and_missing_objects_raise(stats: Statistician, theta_dir: Path) -> None:
+def test_stats_cache_serves_without_the_object_and_missing_objects_raise(
+    stats: Statistician, theta_dir: Path
+) -> None:
     old, new = random_tensor(torch.float32, (100,), 4), random_tensor(torch.float32, (100,), 5)
     old_entry, new_entry = store_tensor(stats.store, "a", old), store_tensor(stats.store, "a", new)
     expected_delta = stats.delta_stats(old_entry, new_entry)
@@ -179,7 +191,9 @@ def test_stats_cache_serves_without_the_object_and_missing_objects_raise(stats: 
     assert raised.value.oid == old_entry.oid
 
 
-def test_stats_cache_that_cannot_be_written_falls_back_to_memory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_stats_cache_that_cannot_be_written_falls_back_to_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     cache = StatsCache(blocker / "stats")
@@ -203,10 +217,18 @@ def test_stats_complex_and_quantized_types_have_no_numbers(stats: Statistician) 
 
 
 def test_metrics_flatten_nested_values_and_skip_the_rest() -> None:
-    data = {"eval": {"acc": 0.9, "name": "dev", "ok": True, "per_class": [1, 2], "ids": list(range(20))},
-            "epoch": 3, "none": None}
-    assert flatten(data) == {"eval.acc": 0.9, "eval.ok": True, "eval.per_class.0": 1, "eval.per_class.1": 2,
-                             "epoch": 3}
+    data = {
+        "eval": {"acc": 0.9, "name": "dev", "ok": True, "per_class": [1, 2], "ids": list(range(20))},
+        "epoch": 3,
+        "none": None,
+    }
+    assert flatten(data) == {
+        "eval.acc": 0.9,
+        "eval.ok": True,
+        "eval.per_class.0": 1,
+        "eval.per_class.1": 2,
+        "epoch": 3,
+    }
 
 
 def test_metrics_files_in_json_toml_and_yaml() -> None:
@@ -226,5 +248,9 @@ def test_metrics_names_resolve_by_unambiguous_dotted_suffix() -> None:
         resolve_metric("loss", names)
     with pytest.raises(UnknownMetricError, match="no metric named 'acc'"):
         resolve_metric("acc", names)  # a suffix is a whole dotted component
-    assert [default_direction(n) for n in ("val_loss", "eval.error_rate", "val_acc", "bleu")] == \
-        ["min", "min", "max", "max"]
+    assert [default_direction(n) for n in ("val_loss", "eval.error_rate", "val_acc", "bleu")] == [
+        "min",
+        "min",
+        "max",
+        "max",
+    ]
