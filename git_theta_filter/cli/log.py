@@ -124,14 +124,16 @@ def run_argv(argv: list[str]) -> int:
     chosen = [resolve_metric(name, known) for name in args.metric] if args.metric else None
     if args.json:
         print_json(log_to_json(entries, chosen))
-    else:
-        _print_table(entries, chosen if chosen is not None else _default_columns(entries))
+    columns = chosen if chosen is not None or args.json else _default_columns(entries)
+    if not args.json:
+        _print_table(entries, columns)
     if args.plot:
         from ..plot import plot_history
 
-        plot_history(entries, chosen if chosen is not None else _default_columns(entries), args.plot)
-    if any(entry.diff.summary.missing_objects for entry in entries):
-        count = sum(1 for entry in entries if entry.diff.summary.missing_objects)
+        plot_history(entries, columns if columns is not None else sorted(known), args.plot)
+        print(f"git-theta: wrote {args.plot}", file=sys.stderr)
+    count = sum(1 for entry in entries if entry.diff.summary.missing_objects)
+    if count:
         print(
             f"git-theta: norms unavailable for {count} commit(s): tensor objects are missing from the local "
             f"store; {_FETCH_HINT}",

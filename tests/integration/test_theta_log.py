@@ -201,15 +201,25 @@ def test_theta_log_skips_commits_that_do_not_touch_model_files(own_history: Hist
     assert entries[0]["tensors_changed"] == 4 and entries[0]["norm"] is None
 
 
-def test_theta_log_plot_draws_a_file_or_names_the_missing_extra(history: History, tmp_path: Path) -> None:
+def test_theta_log_plot_names_the_missing_extra(history: History, tmp_path: Path) -> None:
+    poisoned = tmp_path / "poison" / "matplotlib"
+    poisoned.mkdir(parents=True)
+    (poisoned / "__init__.py").write_text("raise ImportError('not installed')\n")
     target = tmp_path / "history.png"
-    result = history.theta("log", "--plot", str(target))
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert result.returncode == 1 and not target.exists()
-        assert "--plot needs matplotlib" in result.stderr and "git-theta-filter[plot]" in result.stderr
-    else:
-        assert result.returncode == 0 and target.stat().st_size > 0
+    env = {"PYTHONPATH": str(poisoned.parent)}
+    result = history.run("git", "theta-log", "--plot", str(target), check=False, env=env)
+    assert result.returncode == 1 and result.stdout == b"" and not target.exists()
+    assert result.stderr.decode().splitlines() == [
+        "git-theta: error: --plot needs matplotlib, which is not installed; "
+        "pip install 'git-theta-filter[plot]'"
+    ]
     wrong = history.theta("log", "--plot", str(tmp_path / "history.txt"))
     assert wrong.returncode == 1 and "must end in .png or .svg" in wrong.stderr
+
+
+def test_theta_log_plot_draws_metrics_and_relative_change(history: History, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    for name, magic in (("history.png", b"\x89PNG"), ("history.svg", b"<?xml")):
+        result = history.theta("log", "--metric", "val_acc", "--plot", str(tmp_path / name))
+        assert result.returncode == 0 and (tmp_path / name).read_bytes().startswith(magic)
+        assert f"wrote {tmp_path / name}" in result.stderr
