@@ -113,7 +113,9 @@ def store_oids(repo: Path) -> set[str]:
         if path.is_dir():
             continue
         rel = path.relative_to(root).parts
-        assert len(rel) == 3 and rel[0] == rel[2][:2] and rel[1] == rel[2][2:4], f"object outside the aa/bb/<oid> layout: {path}"
+        assert len(rel) == 3 and rel[0] == rel[2][:2] and rel[1] == rel[2][2:4], (
+            f"object outside the aa/bb/<oid> layout: {path}"
+        )
         oids.add(rel[2])
     return oids
 
@@ -156,7 +158,9 @@ def assert_object(
     path = object_path(repo, oid)
     assert path.is_file(), f"object {oid} is not in the store at {path}"
     assert sha256_file(path) == oid, f"object {oid} hashes to {sha256_file(path)}"
-    assert path.stat().st_mode & 0o222 == 0, f"object {oid} has write bits: {oct(path.stat().st_mode)}"
+    assert path.stat().st_mode & 0o222 == 0, (
+        f"object {oid} has write bits: {oct(path.stat().st_mode)}"
+    )
     with safe_open(str(path), framework="numpy") as f:
         keys = list(f.keys())
         assert keys == ["tensor"], f"object {oid} holds {keys}"
@@ -169,15 +173,21 @@ def assert_object(
         shape = tuple(tensor.shape) if shape is None else shape
         if values is not None:
             expected = tensor.detach().numpy()
-            assert values.dtype == expected.dtype, f"object {oid}: numpy dtype {values.dtype}, tensor {expected.dtype}"
-            assert np.array_equal(values, expected, equal_nan=values.dtype.kind == "f"), f"object {oid}: values differ"
+            assert values.dtype == expected.dtype, (
+                f"object {oid}: numpy dtype {values.dtype}, tensor {expected.dtype}"
+            )
+            assert np.array_equal(values, expected, equal_nan=values.dtype.kind == "f"), (
+                f"object {oid}: values differ"
+            )
         payload = tensor_bytes(tensor) if payload is None else payload
     if dtype is not None:
         assert got_dtype == dtype, f"object {oid}: dtype {got_dtype}, expected {dtype}"
     if shape is not None:
         assert got_shape == list(shape), f"object {oid}: shape {got_shape}, expected {list(shape)}"
     if payload is not None:
-        assert got_payload == payload, f"object {oid}: payload of {len(got_payload)} bytes differs from the expected {len(payload)}"
+        assert got_payload == payload, (
+            f"object {oid}: payload of {len(got_payload)} bytes differs from the expected {len(payload)}"
+        )
     return got_dtype, got_shape, got_payload
 
 
@@ -224,7 +234,9 @@ def assert_manifest(
         assert manifest.format == format, f"format {manifest.format}, expected {format}"
     if file is not None:
         data = file if isinstance(file, bytes) else file.read_bytes()
-        assert manifest.size == len(data), f"manifest size {manifest.size}, file has {len(data)} bytes"
+        assert manifest.size == len(data), (
+            f"manifest size {manifest.size}, file has {len(data)} bytes"
+        )
         assert manifest.sha256 == sha256_bytes(data), "manifest sha256 differs from the file's"
     if tensors is not None:
         got = {t.name: (t.dtype, t.shape) for t in manifest.tensors}
@@ -232,9 +244,13 @@ def assert_manifest(
         assert got == want, f"tensors differ:\n  got  {got}\n  want {want}"
     if metrics is not None:
         for name, value in metrics.items():
-            assert name in manifest.metrics, f"metric {name!r} missing; have {sorted(manifest.metrics)}"
+            assert name in manifest.metrics, (
+                f"metric {name!r} missing; have {sorted(manifest.metrics)}"
+            )
             got_value = manifest.metrics[name]
-            assert type(got_value) is type(value) and got_value == value, f"metric {name!r} is {got_value!r}, expected {value!r}"
+            assert type(got_value) is type(value) and got_value == value, (
+                f"metric {name!r} is {got_value!r}, expected {value!r}"
+            )
     return manifest
 
 
@@ -277,7 +293,11 @@ def isolated_git_env(root: Path) -> Any:
 
     home = root / "home"
     home.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
+    }
     env.update(
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),
@@ -294,7 +314,11 @@ def isolated_git_env(root: Path) -> Any:
     return git_env
 
 
-def tracked_repo(git_env: Any, path: Path, patterns: tuple[str, ...] = ("*.pth", "*.pt", "*.safetensors", "*.bin")) -> Path:
+def tracked_repo(
+    git_env: Any,
+    path: Path,
+    patterns: tuple[str, ...] = ("*.pth", "*.pt", "*.safetensors", "*.bin"),
+) -> Path:
     """Like conftest's ``repo`` fixture: a new repository tracking ``patterns``, committed."""
     git_env.run("git", "init", "-q", str(path))
     git_env.theta(path, "track", *patterns)

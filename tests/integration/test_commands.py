@@ -108,7 +108,10 @@ def test_ls_files_counts_missing_objects(repo_copy: tuple) -> None:
 
 def test_du_json_reports_logical_stored_and_dedup_ratio(repo_copy: tuple) -> None:
     git_env, repo = repo_copy
-    versions = [read_manifest(git_env, repo, spec) for spec in ("HEAD~1:model.pth", "HEAD:model.pth", "HEAD:notes.bin")]
+    versions = [
+        read_manifest(git_env, repo, spec)
+        for spec in ("HEAD~1:model.pth", "HEAD:model.pth", "HEAD:notes.bin")
+    ]
     referenced = set().union(*(m.object_ids() for m in versions))
     usage = theta_json(git_env, repo, "du")
     logical = sum(m.size for m in versions)
@@ -153,7 +156,11 @@ def test_fsck_names_a_deleted_object(repo_copy: tuple) -> None:
     assert out[-1].endswith("0 corrupt, 1 missing")
     assert "git theta fetch" in result.stderr.decode()
     report = json.loads(git_env.run("git", "theta", "fsck", "--json", cwd=repo, check=False).stdout)
-    assert report["ok"] is False and report["missing"] == {victim: ["model.pth"]} and report["corrupt"] == {}
+    assert (
+        report["ok"] is False
+        and report["missing"] == {victim: ["model.pth"]}
+        and report["corrupt"] == {}
+    )
 
 
 def test_fsck_all_finds_objects_missing_from_older_history(repo_copy: tuple) -> None:
@@ -178,7 +185,10 @@ def test_fsck_names_a_corrupt_object(repo_copy: tuple) -> None:
     path.write_bytes(bytes(data))
     result = git_env.run("git", "theta", "fsck", cwd=repo, check=False)
     assert result.returncode == 1
-    assert f"corrupt {victim}: content hashes to {sha256_file(path)}" in result.stdout.decode().splitlines()
+    assert (
+        f"corrupt {victim}: content hashes to {sha256_file(path)}"
+        in result.stdout.decode().splitlines()
+    )
     report = json.loads(git_env.run("git", "theta", "fsck", "--json", cwd=repo, check=False).stdout)
     assert report["ok"] is False and list(report["corrupt"]) == [victim] and report["missing"] == {}
 
@@ -204,7 +214,9 @@ def test_help_works_for_every_subcommand(command: str, capsys: pytest.CaptureFix
     assert exit_info.value.code == 0
     captured = capsys.readouterr()
     # Some commands are also git aliases (`git theta-log`) and name themselves so.
-    assert re.match(rf"usage: git theta[ -]{re.escape(command)}\b", captured.out), captured.out[:200]
+    assert re.match(rf"usage: git theta[ -]{re.escape(command)}\b", captured.out), captured.out[
+        :200
+    ]
     assert "-h, --help" in captured.out
     assert captured.err == ""
 

@@ -44,7 +44,9 @@ def repo_copy(template: tuple, tmp_path: Path) -> tuple:
 
 
 @pytest.mark.parametrize("k", [0, 1, 3, 6])
-def test_dedup_changing_k_of_m_tensors_adds_k_objects_and_a_skeleton(repo_copy: tuple, k: int) -> None:
+def test_dedup_changing_k_of_m_tensors_adds_k_objects_and_a_skeleton(
+    repo_copy: tuple, k: int
+) -> None:
     git_env, repo = repo_copy
     before_manifest = read_manifest(git_env, repo, "HEAD:model.pth")
     assert sorted(t.name for t in before_manifest.tensors) == sorted(NAMES)
@@ -67,7 +69,9 @@ def test_dedup_changing_k_of_m_tensors_adds_k_objects_and_a_skeleton(repo_copy: 
     new = store_oids(repo) - before
     old_oids = {t.name: t.oid for t in before_manifest.tensors}
     new_oids = {t.name: t.oid for t in after_manifest.tensors}
-    assert len(new) == k + 1, f"expected {k} tensor objects and a skeleton, got {len(new)} new objects"
+    assert len(new) == k + 1, (
+        f"expected {k} tensor objects and a skeleton, got {len(new)} new objects"
+    )
     assert new == {new_oids[name] for name in changed} | {after_manifest.skeleton}
     assert after_manifest.skeleton != before_manifest.skeleton
     for name in NAMES:
@@ -84,7 +88,10 @@ def test_dedup_identical_tensors_across_files_and_formats_are_stored_once(repo_c
     save(checkpoint, repo / "sub" / "b.pth")
     save_file(checkpoint, str(repo / "c.safetensors"))
     git_env.git(repo, "add", "a.pth", "sub/b.pth", "c.safetensors")
-    manifests = {path: index_manifest(git_env, repo, path) for path in ("a.pth", "sub/b.pth", "c.safetensors")}
+    manifests = {
+        path: index_manifest(git_env, repo, path)
+        for path in ("a.pth", "sub/b.pth", "c.safetensors")
+    }
     tensor_oids = {path: {t.name: t.oid for t in m.tensors} for path, m in manifests.items()}
     assert tensor_oids["a.pth"] == tensor_oids["sub/b.pth"] == tensor_oids["c.safetensors"]
     # The torch prefix (file stem) differs, so the two zips have different skeletons.
@@ -122,4 +129,6 @@ def test_dedup_returning_to_an_earlier_version_adds_nothing(repo_copy: tuple) ->
     save(mlp_checkpoint(0, SIZES), repo / "model.pth")
     commit_all(git_env, repo, "model.pth", message="back to v1")
     assert store_oids(repo) == after_v2
-    assert git_env.git(repo, "rev-parse", "HEAD:model.pth") == git_env.git(repo, "rev-parse", "HEAD~2:model.pth")
+    assert git_env.git(repo, "rev-parse", "HEAD:model.pth") == git_env.git(
+        repo, "rev-parse", "HEAD~2:model.pth"
+    )

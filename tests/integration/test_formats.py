@@ -63,7 +63,13 @@ def make_files(repo: Path) -> dict[str, object]:
 
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     long = torch.randn(100)
-    made["views.pth"] = {"base": base, "rows": base[1:3], "cols": base[:, 2:4], "t": base.t(), "slice": long[10:20]}
+    made["views.pth"] = {
+        "base": base,
+        "rows": base[1:3],
+        "cols": base[:, 2:4],
+        "t": base.t(),
+        "slice": long[10:20],
+    }
 
     model = mlp(0, (8, 16, 4))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -82,20 +88,35 @@ def make_files(repo: Path) -> dict[str, object]:
         "hparams": argparse.Namespace(lr=0.001, layers=2),
     }
 
-    made["bf16_model.pt"] = {k: v.to(torch.bfloat16) for k, v in mlp_checkpoint(1, (8, 16, 4)).items()}
+    made["bf16_model.pt"] = {
+        k: v.to(torch.bfloat16) for k, v in mlp_checkpoint(1, (8, 16, 4)).items()
+    }
 
     for name, obj in made.items():
         save(obj, repo / name)
 
-    made["torch.safetensors"] = {"embedding": torch.randn(16, 4), "norm": torch.ones(4, dtype=torch.bfloat16), "step": torch.tensor(5)}
-    save_torch(made["torch.safetensors"], str(repo / "torch.safetensors"), metadata={"format": "pt", "epoch": "3"})
-    made["numpy.safetensors"] = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "ids": np.array([1, 2, 3], dtype=np.int32)}
+    made["torch.safetensors"] = {
+        "embedding": torch.randn(16, 4),
+        "norm": torch.ones(4, dtype=torch.bfloat16),
+        "step": torch.tensor(5),
+    }
+    save_torch(
+        made["torch.safetensors"],
+        str(repo / "torch.safetensors"),
+        metadata={"format": "pt", "epoch": "3"},
+    )
+    made["numpy.safetensors"] = {
+        "w": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "ids": np.array([1, 2, 3], dtype=np.int32),
+    }
     save_numpy(made["numpy.safetensors"], str(repo / "numpy.safetensors"))
 
     (repo / "random.bin").write_bytes(os.urandom(3000))
     torch.save({"w": torch.randn(4, 4)}, repo / "legacy.pth", _use_new_zipfile_serialization=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still written by users
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # torch.jit is deprecated, still written by users
         torch.jit.save(torch.jit.script(mlp(2, (4, 8, 2))), str(repo / "script.pt"))
     whole = (repo / "tied.pth").read_bytes()
     # Cut inside the central directory: the records are complete, the archive is not.
@@ -129,7 +150,9 @@ def tensor_oids(manifest) -> dict[str, str]:
 
 def test_formats_git_add_warns_once_per_opaque_file_only(template: tuple) -> None:
     stderr = template[4]
-    warned = re.findall(r"^git-theta: warning: (\S+): .*; stored as one opaque object$", stderr, re.MULTILINE)
+    warned = re.findall(
+        r"^git-theta: warning: (\S+): .*; stored as one opaque object$", stderr, re.MULTILINE
+    )
     assert sorted(warned) == sorted(OPAQUE), stderr
     assert "error" not in stderr
 
@@ -145,10 +168,14 @@ def test_formats_every_file_checks_out_byte_exact(repo_copy: tuple) -> None:
     assert_status_clean(git_env, repo)
 
 
-def test_formats_every_object_is_a_valid_safetensors_file_named_by_its_sha256(repo_copy: tuple) -> None:
+def test_formats_every_object_is_a_valid_safetensors_file_named_by_its_sha256(
+    repo_copy: tuple,
+) -> None:
     git_env, repo, _, _ = repo_copy
     oids = assert_all_objects_valid(repo)
-    needed = set().union(*(index_manifest(git_env, repo, name).object_ids() for name in repo_copy[3]))
+    needed = set().union(
+        *(index_manifest(git_env, repo, name).object_ids() for name in repo_copy[3])
+    )
     assert needed == oids
 
 
@@ -157,7 +184,11 @@ def test_formats_tied_weights_are_one_object_under_both_names(repo_copy: tuple) 
     manifest = assert_manifest(
         index_manifest(git_env, repo, "tied.pth"),
         format="torch-zip",
-        tensors={"encoder.weight": ("F32", (8, 4)), "decoder.weight": ("F32", (8, 4)), "bias": ("F32", (8,))},
+        tensors={
+            "encoder.weight": ("F32", (8, 4)),
+            "decoder.weight": ("F32", (8, 4)),
+            "bias": ("F32", (8,)),
+        },
     )
     oids = tensor_oids(manifest)
     assert oids["encoder.weight"] == oids["decoder.weight"] != oids["bias"]
@@ -183,7 +214,13 @@ def test_formats_dtypes_and_0d_tensors_keep_their_type_and_values(repo_copy: tup
     for name, tensor in tensors.items():
         if name == "complex":
             # safetensors has no complex128: the object is its bytes as U8, the manifest keeps C128.
-            assert_object(repo, oids[name], dtype="U8", shape=(tensor.numel() * 16,), payload=storage_bytes(tensor))
+            assert_object(
+                repo,
+                oids[name],
+                dtype="U8",
+                shape=(tensor.numel() * 16,),
+                payload=storage_bytes(tensor),
+            )
         else:
             assert_object(repo, oids[name], tensor=tensor)
     assert [t.shape for t in manifest.tensors if t.name.startswith("scalar_")] == [(), (), (), ()]
@@ -196,14 +233,30 @@ def test_formats_views_record_offset_and_stride_over_their_storage(repo_copy: tu
     entries = {t.name: t for t in manifest.tensors}
     # The whole storage in order needs no offset/stride, even when views share it.
     assert (entries["base"].offset, entries["base"].stride) == (None, None)
-    assert (entries["rows"].shape, entries["rows"].offset, entries["rows"].stride) == ((2, 6), 6, (6, 1))
-    assert (entries["cols"].shape, entries["cols"].offset, entries["cols"].stride) == ((4, 2), 2, (6, 1))
+    assert (entries["rows"].shape, entries["rows"].offset, entries["rows"].stride) == (
+        (2, 6),
+        6,
+        (6, 1),
+    )
+    assert (entries["cols"].shape, entries["cols"].offset, entries["cols"].stride) == (
+        (4, 2),
+        2,
+        (6, 1),
+    )
     assert (entries["t"].shape, entries["t"].offset, entries["t"].stride) == ((6, 4), 0, (1, 6))
-    assert (entries["slice"].shape, entries["slice"].offset, entries["slice"].stride) == ((10,), 10, (1,))
+    assert (entries["slice"].shape, entries["slice"].offset, entries["slice"].stride) == (
+        (10,),
+        10,
+        (1,),
+    )
     assert len({entries[n].oid for n in ("base", "rows", "cols", "t")}) == 1
     # A storage shared by several views is one flat object of its dtype: the whole storage.
-    assert_object(repo, entries["base"].oid, dtype="F32", shape=(24,), payload=storage_bytes(views["base"]))
-    assert_object(repo, entries["slice"].oid, dtype="F32", shape=(100,), payload=storage_bytes(views["slice"]))
+    assert_object(
+        repo, entries["base"].oid, dtype="F32", shape=(24,), payload=storage_bytes(views["base"])
+    )
+    assert_object(
+        repo, entries["slice"].oid, dtype="F32", shape=(100,), payload=storage_bytes(views["slice"])
+    )
     # The view's elements are where offset and stride say.
     flat = torch.frombuffer(bytearray(storage_bytes(views["cols"])), dtype=torch.float32)
     cols = entries["cols"]
@@ -217,7 +270,11 @@ def test_formats_nested_checkpoint_names_optimizer_state_and_metrics(repo_copy: 
     names = {t.name for t in manifest.tensors}
     assert {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"} <= names
     for index in range(4):
-        assert {f"optimizer.state.{index}.exp_avg", f"optimizer.state.{index}.exp_avg_sq", f"optimizer.state.{index}.step"} <= names
+        assert {
+            f"optimizer.state.{index}.exp_avg",
+            f"optimizer.state.{index}.exp_avg_sq",
+            f"optimizer.state.{index}.step",
+        } <= names
     assert len(names) == 16
     assert_manifest(
         manifest,
@@ -238,7 +295,11 @@ def test_formats_nested_checkpoint_names_optimizer_state_and_metrics(repo_copy: 
     )
     assert "run_name" not in manifest.metrics
     text = git_env.run("git", "cat-file", "blob", ":nested.pth", cwd=repo).stdout.decode()
-    assert "\nmetric epoch 3\n" in text and "\nmetric loss 0.25\n" in text and "\nmetric finished false\n" in text
+    assert (
+        "\nmetric epoch 3\n" in text
+        and "\nmetric loss 0.25\n" in text
+        and "\nmetric finished false\n" in text
+    )
     oids = tensor_oids(manifest)
     state = made["nested.pth"]["optimizer"]["state"]
     assert_object(repo, oids["optimizer.state.2.exp_avg"], tensor=state[2]["exp_avg"])
@@ -262,7 +323,13 @@ def test_formats_bf16_model(repo_copy: tuple) -> None:
 def test_formats_safetensors_one_object_per_tensor(repo_copy: tuple, name: str) -> None:
     git_env, repo, made, _ = repo_copy
     tensors = made[name]
-    types = {np.dtype("float32"): "F32", np.dtype("int32"): "I32", torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}
+    types = {
+        np.dtype("float32"): "F32",
+        np.dtype("int32"): "I32",
+        torch.float32: "F32",
+        torch.bfloat16: "BF16",
+        torch.int64: "I64",
+    }
     manifest = assert_manifest(
         index_manifest(git_env, repo, name),
         format="safetensors",
@@ -272,14 +339,18 @@ def test_formats_safetensors_one_object_per_tensor(repo_copy: tuple, name: str) 
     assert len(manifest.splices) == len(tensors)
     for tensor_name, oid in tensor_oids(manifest).items():
         value = tensors[tensor_name]
-        assert_object(repo, oid, tensor=torch.from_numpy(value) if isinstance(value, np.ndarray) else value)
+        assert_object(
+            repo, oid, tensor=torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+        )
 
 
 @pytest.mark.parametrize("name", OPAQUE)
 def test_formats_opaque_files_are_one_u8_object(repo_copy: tuple, name: str) -> None:
     git_env, repo, _, _ = repo_copy
     data = (repo / name).read_bytes()
-    manifest = assert_manifest(index_manifest(git_env, repo, name), format="opaque", file=data, tensors={})
+    manifest = assert_manifest(
+        index_manifest(git_env, repo, name), format="opaque", file=data, tensors={}
+    )
     assert manifest.metrics == {}
     if not data:
         assert manifest.splices == []
@@ -295,7 +366,9 @@ def test_formats_opaque_files_are_one_u8_object(repo_copy: tuple, name: str) -> 
     "(CleanContext.store_payload; the fix needs store/local.py's writer or formats/source.py)",
     strict=True,
 )
-def test_formats_pth_truncated_inside_a_storage_checks_out_byte_exact(repo_copy: tuple, tmp_path: Path) -> None:
+def test_formats_pth_truncated_inside_a_storage_checks_out_byte_exact(
+    repo_copy: tuple, tmp_path: Path
+) -> None:
     git_env, repo, _, _ = repo_copy
     save(mlp_checkpoint(5, (32, 64, 8)), tmp_path / "full.pth")
     cut = (tmp_path / "full.pth").read_bytes()

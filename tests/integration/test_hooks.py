@@ -8,9 +8,16 @@ import stat
 from importlib import resources
 from pathlib import Path
 
-import pytest
 
-from helpers import commit_all, mlp_checkpoint, object_path, read_manifest, save, sha256_file, store_oids
+from helpers import (
+    commit_all,
+    mlp_checkpoint,
+    object_path,
+    read_manifest,
+    save,
+    sha256_file,
+    store_oids,
+)
 
 OUR_HOOK = (resources.files("git_theta_filter") / "hook_scripts" / "pre-push").read_text()
 
@@ -69,17 +76,23 @@ def test_hooks_user_hook_is_chained_and_uninstall_restores_it(git_env, tmp_path:
     assert remote_ref(git_env, remote) == head
     # The user's hook ran after ours, with git's arguments and the very same stdin.
     assert (repo / ".git" / "user-hook-args").read_text() == f"origin {remote}\n"
-    assert (repo / ".git" / "user-hook-stdin").read_text() == f"refs/heads/main {head} refs/heads/main {'0' * 40}\n"
+    assert (
+        repo / ".git" / "user-hook-stdin"
+    ).read_text() == f"refs/heads/main {head} refs/heads/main {'0' * 40}\n"
 
     out = git_env.theta(repo, "uninstall", "--global").stdout.decode()
     assert "restored your pre-push hook" in out
     assert (hooks / "pre-push").read_text() == USER_HOOK
     assert not (hooks / "pre-push.pre-theta").exists()
-    config = git_env.run("git", "config", "--global", "--get-regexp", "^filter\\.theta\\.", check=False)
+    config = git_env.run(
+        "git", "config", "--global", "--get-regexp", "^filter\\.theta\\.", check=False
+    )
     assert config.returncode == 1 and config.stdout == b""
 
 
-def test_hooks_a_failing_user_hook_still_stops_the_push(git_env, repo: Path, tmp_path: Path) -> None:
+def test_hooks_a_failing_user_hook_still_stops_the_push(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
     hooks = repo / ".git" / "hooks"
     (hooks / "pre-push.pre-theta").write_text("#!/bin/sh\necho 'user hook says no' >&2\nexit 3\n")
     (hooks / "pre-push.pre-theta").chmod(0o755)
@@ -92,7 +105,9 @@ def test_hooks_a_failing_user_hook_still_stops_the_push(git_env, repo: Path, tmp
     assert remote_ref(git_env, remote) is None
 
 
-def test_hooks_fresh_clone_gets_the_hook_when_the_filter_runs(git_env, repo: Path, tmp_path: Path) -> None:
+def test_hooks_fresh_clone_gets_the_hook_when_the_filter_runs(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
     save(mlp_checkpoint(0), repo / "model.pth")
     commit_all(git_env, repo, "model.pth")
     digest = sha256_file(repo / "model.pth")
@@ -115,7 +130,9 @@ def test_hooks_fresh_clone_gets_the_hook_when_the_filter_runs(git_env, repo: Pat
     assert remote_ref(git_env, remote) == head
 
 
-def test_hooks_pre_push_refuses_when_an_object_is_missing(git_env, repo: Path, tmp_path: Path) -> None:
+def test_hooks_pre_push_refuses_when_an_object_is_missing(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
     remote = bare_remote(git_env, repo, tmp_path)
     save(mlp_checkpoint(0), repo / "model.pth")
     v1 = commit_all(git_env, repo, "model.pth", message="v1")
@@ -136,7 +153,10 @@ def test_hooks_pre_push_refuses_when_an_object_is_missing(git_env, repo: Path, t
     stderr = result.stderr.decode()
     assert result.returncode != 0
     assert f"git-theta: missing tensor object {victim}" in stderr
-    assert "git-theta: error: refusing to push: 1 tensor object(s) behind these commits are not in the local store" in stderr
+    assert (
+        "git-theta: error: refusing to push: 1 tensor object(s) behind these commits are not in the local store"
+        in stderr
+    )
     assert remote_ref(git_env, remote) == v1, "the refused push moved the remote ref"
 
     # Restored, the same push goes through.
@@ -146,7 +166,9 @@ def test_hooks_pre_push_refuses_when_an_object_is_missing(git_env, repo: Path, t
     assert remote_ref(git_env, remote) == v2
 
 
-def test_hooks_pre_push_ignores_objects_of_commits_the_remote_has(git_env, repo: Path, tmp_path: Path) -> None:
+def test_hooks_pre_push_ignores_objects_of_commits_the_remote_has(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
     remote = bare_remote(git_env, repo, tmp_path)
     save(mlp_checkpoint(0), repo / "model.pth")
     commit_all(git_env, repo, "model.pth", message="v1")

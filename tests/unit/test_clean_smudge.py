@@ -63,14 +63,24 @@ def test_torch_zip_round_trip(store: LocalStore, checkpoint_bytes: bytes) -> Non
     manifest = Manifest.parse(manifest_bytes)
     assert warnings == []
     assert manifest.format == "torch-zip"
-    assert (manifest.size, manifest.sha256) == (len(checkpoint_bytes), sha256_bytes(checkpoint_bytes))
-    assert {t.name for t in manifest.tensors} == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
+    assert (manifest.size, manifest.sha256) == (
+        len(checkpoint_bytes),
+        sha256_bytes(checkpoint_bytes),
+    )
+    assert {t.name for t in manifest.tensors} == {
+        "model.0.weight",
+        "model.0.bias",
+        "model.2.weight",
+        "model.2.bias",
+    }
     assert manifest.metrics == {"epoch": 2, "loss": 0.5}
     assert do_smudge(store, manifest_bytes) == checkpoint_bytes
     # Each storage record's bytes are exactly the spliced payload, in the file.
     with zipfile.ZipFile(io.BytesIO(checkpoint_bytes)) as archive:
         records = {i.filename: i for i in archive.infolist() if "/data/" in i.filename}
-    assert sorted(s.length for s in manifest.splices) == sorted(i.file_size for i in records.values())
+    assert sorted(s.length for s in manifest.splices) == sorted(
+        i.file_size for i in records.values()
+    )
 
 
 def test_clean_is_deterministic_and_idempotent(store: LocalStore, checkpoint_bytes: bytes) -> None:
@@ -89,13 +99,19 @@ def test_clean_of_smudge_is_the_manifest(store: LocalStore, checkpoint_bytes: by
     assert do_clean(store, rebuilt)[0] == manifest
 
 
-def test_a_broken_manifest_is_stored_opaque_not_passed_through(store: LocalStore, checkpoint_bytes: bytes) -> None:
+def test_a_broken_manifest_is_stored_opaque_not_passed_through(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
     manifest, _ = do_clean(store, checkpoint_bytes)
     broken = manifest.replace(b"format torch-zip", b"format torch-zap")
     out, warnings = do_clean(store, broken)
     parsed = Manifest.parse(out)
     assert parsed.format == "opaque" and parsed.size == len(broken)
-    assert len(warnings) == 1 and warnings[0] == "model.pth: looks like a manifest but is not a valid one; stored as one opaque object"
+    assert (
+        len(warnings) == 1
+        and warnings[0]
+        == "model.pth: looks like a manifest but is not a valid one; stored as one opaque object"
+    )
     assert do_smudge(store, out) == broken
 
 
@@ -106,26 +122,51 @@ def test_safetensors_round_trip(store: LocalStore) -> None:
     manifest = Manifest.parse(manifest_bytes)
     assert warnings == []
     assert manifest.format == "safetensors"
-    assert {(t.name, t.dtype, t.shape) for t in manifest.tensors} == {("a", "BF16", (2, 3)), ("b", "I64", (6,))}
+    assert {(t.name, t.dtype, t.shape) for t in manifest.tensors} == {
+        ("a", "BF16", (2, 3)),
+        ("b", "I64", (6,)),
+    }
     assert do_smudge(store, manifest_bytes) == data
 
 
 @pytest.mark.parametrize(
     "header, data, reason",
     [
-        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "bytes after the last tensor"),
-        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "data_offsets leave a gap or overlap"),
-        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "data_offsets disagree with dtype and shape"),
-        ({"a": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, "dtype 'Q9' is not supported"),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            b"\0" * 12,
+            "bytes after the last tensor",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+            b"\0" * 12,
+            "data_offsets leave a gap or overlap",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            "data_offsets disagree with dtype and shape",
+        ),
+        (
+            {"a": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 2]}},
+            b"\0" * 2,
+            "dtype 'Q9' is not supported",
+        ),
         ({"__metadata__": {"k": 1}}, b"", "__metadata__ must map strings to strings"),
     ],
 )
-def test_broken_safetensors_is_stored_opaque(store: LocalStore, header: dict, data: bytes, reason: str) -> None:
+def test_broken_safetensors_is_stored_opaque(
+    store: LocalStore, header: dict, data: bytes, reason: str
+) -> None:
     body = json.dumps(header).encode()
     raw = struct.pack("<Q", len(body)) + body + data
     out, warnings = do_clean(store, raw, "w.safetensors")
     assert Manifest.parse(out).format == "opaque"
-    assert len(warnings) == 1 and reason in warnings[0] and "stored as one opaque object" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and reason in warnings[0]
+        and "stored as one opaque object" in warnings[0]
+    )
     assert do_smudge(store, out) == raw
 
 
@@ -137,20 +178,29 @@ def test_duplicate_safetensors_keys_are_stored_opaque(store: LocalStore) -> None
     assert "safetensors header repeats a key" in warnings[0]
 
 
-@pytest.mark.parametrize("data", [b"", b"x", b"hello world\n", os.urandom(5000), b"PK\x03\x04" + b"\0" * 40, b"\x80\x02}q\x00."])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"x", b"hello world\n", os.urandom(5000), b"PK\x03\x04" + b"\0" * 40, b"\x80\x02}q\x00."],
+)
 def test_opaque_round_trip(store: LocalStore, data: bytes) -> None:
     out, warnings = do_clean(store, data, "f.bin")
     manifest = Manifest.parse(out)
     assert manifest.format == "opaque"
     assert manifest.tensors == [] and manifest.metrics == {}
     assert (manifest.size, manifest.sha256) == (len(data), sha256_bytes(data))
-    assert len(warnings) == 1 and warnings[0].startswith("f.bin: ") and warnings[0].endswith("stored as one opaque object")
+    assert (
+        len(warnings) == 1
+        and warnings[0].startswith("f.bin: ")
+        and warnings[0].endswith("stored as one opaque object")
+    )
     assert do_smudge(store, out, "f.bin") == data
     if data:
         assert [(s.offset, s.length) for s in manifest.splices] == [(0, len(data))]
 
 
-def test_truncation_outside_payloads_loses_no_byte(store: LocalStore, checkpoint_bytes: bytes) -> None:
+def test_truncation_outside_payloads_loses_no_byte(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
     """A file cut inside a header or the central directory is stored opaque and comes back whole."""
     full = Manifest.parse(do_clean(store, checkpoint_bytes)[0])
     inside_payload = {i for r in splice_ranges(full) for i in range(r.start + 1, r.stop)}
@@ -170,7 +220,9 @@ def test_truncation_outside_payloads_loses_no_byte(store: LocalStore, checkpoint
     "Salvaging them needs the store's write path (store/local.py) or Source (formats/source.py)",
     strict=True,
 )
-def test_truncation_inside_a_storage_payload_loses_no_byte(store: LocalStore, checkpoint_bytes: bytes) -> None:
+def test_truncation_inside_a_storage_payload_loses_no_byte(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
     full = Manifest.parse(do_clean(store, checkpoint_bytes)[0])
     biggest = max(full.splices, key=lambda s: s.length)
     data = checkpoint_bytes[: biggest.offset + biggest.length // 2]
@@ -180,10 +232,15 @@ def test_truncation_inside_a_storage_payload_loses_no_byte(store: LocalStore, ch
 
 
 def test_smudge_passes_non_manifest_content_through(store: LocalStore) -> None:
-    assert do_smudge(store, b"committed before it was tracked\n") == b"committed before it was tracked\n"
+    assert (
+        do_smudge(store, b"committed before it was tracked\n")
+        == b"committed before it was tracked\n"
+    )
 
 
-def test_smudge_with_a_missing_object_fails_before_any_output(store: LocalStore, checkpoint_bytes: bytes) -> None:
+def test_smudge_with_a_missing_object_fails_before_any_output(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
     manifest_bytes, _ = do_clean(store, checkpoint_bytes)
     manifest = Manifest.parse(manifest_bytes)
     victim = manifest.splices[1].oid
@@ -192,11 +249,16 @@ def test_smudge_with_a_missing_object_fails_before_any_output(store: LocalStore,
     with pytest.raises(ObjectMissingError) as info:
         prepare_smudge(manifest_bytes, store, "models/model.pth")
     assert info.value.oid == victim and info.value.path == "models/model.pth"
-    assert str(info.value) == f"models/model.pth: tensor object {victim} is missing from the local store"
+    assert (
+        str(info.value)
+        == f"models/model.pth: tensor object {victim} is missing from the local store"
+    )
     assert "git theta fetch" in info.value.hint
 
 
-def test_smudge_detects_a_corrupt_payload_by_the_whole_file_hash(store: LocalStore, checkpoint_bytes: bytes) -> None:
+def test_smudge_detects_a_corrupt_payload_by_the_whole_file_hash(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
     manifest_bytes, _ = do_clean(store, checkpoint_bytes)
     manifest = Manifest.parse(manifest_bytes)
     path = store.object_path(manifest.splices[0].oid)
@@ -209,10 +271,14 @@ def test_smudge_detects_a_corrupt_payload_by_the_whole_file_hash(store: LocalSto
         plan.write(lambda chunk: None)
     assert info.value.expected == manifest.sha256
     assert info.value.got != manifest.sha256
-    assert str(info.value).startswith(f"model.pth: rebuilt file hashes to {info.value.got}, the manifest says {manifest.sha256}")
+    assert str(info.value).startswith(
+        f"model.pth: rebuilt file hashes to {info.value.got}, the manifest says {manifest.sha256}"
+    )
 
 
-def test_smudge_refuses_an_object_of_the_wrong_length(store: LocalStore, checkpoint_bytes: bytes) -> None:
+def test_smudge_refuses_an_object_of_the_wrong_length(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
     manifest_bytes, _ = do_clean(store, checkpoint_bytes)
     manifest = Manifest.parse(manifest_bytes)
     victim = manifest.splices[0]
@@ -225,6 +291,10 @@ def test_smudge_refuses_an_object_of_the_wrong_length(store: LocalStore, checkpo
 
 
 def test_smudge_refuses_a_hostile_manifest(store: LocalStore) -> None:
-    hostile = b"git-theta-manifest 1\nformat opaque\nsize 4\nsha256 " + b"0" * 64 + b"\nskeleton ../../../../etc/passwd\n"
+    hostile = (
+        b"git-theta-manifest 1\nformat opaque\nsize 4\nsha256 "
+        + b"0" * 64
+        + b"\nskeleton ../../../../etc/passwd\n"
+    )
     with pytest.raises(ManifestError, match="bad object id"):
         prepare_smudge(hostile, store, "model.pth")

@@ -14,17 +14,31 @@ import torch
 
 from git_theta_filter.filter_protocol import ProtocolError, serve
 from git_theta_filter.manifest import Manifest
-from git_theta_filter.pktline import FLUSH, PktLineReader, PktLineWriter, encode, encode_text, iter_content_packets
+from git_theta_filter.pktline import (
+    FLUSH,
+    PktLineReader,
+    PktLineWriter,
+    encode,
+    encode_text,
+    iter_content_packets,
+)
 
 from helpers import assert_object, mlp_checkpoint, save, sha256_bytes, store_oids
 
 HANDSHAKE = b"".join(encode_text(t) for t in ["git-filter-client", "version=2"]) + FLUSH
-CAPABILITIES = b"".join(encode_text(f"capability={c}") for c in ["clean", "smudge", "delay"]) + FLUSH
+CAPABILITIES = (
+    b"".join(encode_text(f"capability={c}") for c in ["clean", "smudge", "delay"]) + FLUSH
+)
 
 
 def request(command: str, pathname: str, content: bytes, *extra: str) -> bytes:
     lines = [f"command={command}", f"pathname={pathname}", *extra]
-    return b"".join(encode_text(t) for t in lines) + FLUSH + b"".join(iter_content_packets(content)) + FLUSH
+    return (
+        b"".join(encode_text(t) for t in lines)
+        + FLUSH
+        + b"".join(iter_content_packets(content))
+        + FLUSH
+    )
 
 
 def read_content(reader: PktLineReader) -> bytes:
@@ -78,7 +92,12 @@ class FakeHandler:
 def run_serve(stream: bytes) -> tuple[PktLineReader, list[tuple[str, str]]]:
     out = io.BytesIO()
     reports: list[tuple[str, str]] = []
-    serve(PktLineReader(io.BytesIO(stream)), PktLineWriter(out), FakeHandler(), lambda exc, path: reports.append((str(exc), path)))
+    serve(
+        PktLineReader(io.BytesIO(stream)),
+        PktLineWriter(out),
+        FakeHandler(),
+        lambda exc, path: reports.append((str(exc), path)),
+    )
     return PktLineReader(io.BytesIO(out.getvalue())), reports
 
 
@@ -165,7 +184,12 @@ class FilterProcess:
 
     def __init__(self, git_env, cwd: Path) -> None:
         self.proc = subprocess.Popen(
-            ["git-theta", "filter-process"], cwd=cwd, env=git_env.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ["git-theta", "filter-process"],
+            cwd=cwd,
+            env=git_env.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         # A filter that stops answering would hang the suite; kill it instead.
         self.watchdog = threading.Timer(60, self.proc.kill)
@@ -203,7 +227,9 @@ def handshake(process: FilterProcess) -> None:
     assert process.reader.read_text_list() == ["capability=clean", "capability=smudge"]
 
 
-def test_filter_process_clean_then_smudge(git_env, repo: Path, filter_process: FilterProcess, tmp_path: Path) -> None:
+def test_filter_process_clean_then_smudge(
+    git_env, repo: Path, filter_process: FilterProcess, tmp_path: Path
+) -> None:
     checkpoint = mlp_checkpoint(3, (64, 256, 16))  # ~83 KB: content spans several packets
     save(checkpoint, tmp_path / "model.pth")
     data = (tmp_path / "model.pth").read_bytes()
@@ -214,14 +240,29 @@ def test_filter_process_clean_then_smudge(git_env, repo: Path, filter_process: F
     status, manifest_bytes, trailer = read_response(filter_process.reader)
     assert (status, trailer) == (["status=success"], [])
     manifest = Manifest.parse(manifest_bytes)
-    assert (manifest.format, manifest.size, manifest.sha256) == ("torch-zip", len(data), sha256_bytes(data))
-    assert {t.name: t.shape for t in manifest.tensors} == {k: tuple(v.shape) for k, v in checkpoint.items()}
+    assert (manifest.format, manifest.size, manifest.sha256) == (
+        "torch-zip",
+        len(data),
+        sha256_bytes(data),
+    )
+    assert {t.name: t.shape for t in manifest.tensors} == {
+        k: tuple(v.shape) for k, v in checkpoint.items()
+    }
     by_name = {t.name: t for t in manifest.tensors}
     for name, tensor in checkpoint.items():
         assert_object(repo, by_name[name].oid, tensor=tensor)
     assert store_oids(repo) == manifest.object_ids()
 
-    filter_process.send(request("smudge", "model.pth", manifest_bytes, "ref=refs/heads/main", "treeish=" + "1" * 40, "blob=" + "2" * 40))
+    filter_process.send(
+        request(
+            "smudge",
+            "model.pth",
+            manifest_bytes,
+            "ref=refs/heads/main",
+            "treeish=" + "1" * 40,
+            "blob=" + "2" * 40,
+        )
+    )
     status, rebuilt, trailer = read_response(filter_process.reader)
     assert (status, trailer) == (["status=success"], [])
     assert rebuilt == data
@@ -230,7 +271,9 @@ def test_filter_process_clean_then_smudge(git_env, repo: Path, filter_process: F
     assert stderr == ""
 
 
-def test_filter_process_errors_then_recovers(git_env, repo: Path, filter_process: FilterProcess, tmp_path: Path) -> None:
+def test_filter_process_errors_then_recovers(
+    git_env, repo: Path, filter_process: FilterProcess, tmp_path: Path
+) -> None:
     save({"w": torch.arange(10.0)}, tmp_path / "a.pth")
     data = (tmp_path / "a.pth").read_bytes()
     handshake(filter_process)
@@ -255,12 +298,19 @@ def test_filter_process_errors_then_recovers(git_env, repo: Path, filter_process
     assert code == 0
     lines = stderr.splitlines()
     assert lines[0] == "git-theta: error: a.pth: unsupported command 'frobnicate'"
-    assert lines[1].startswith(f"git-theta: error: models/orphan.pth: tensor object {missing} is missing from the local store; run `git theta fetch`")
+    assert lines[1].startswith(
+        f"git-theta: error: models/orphan.pth: tensor object {missing} is missing from the local store; run `git theta fetch`"
+    )
     assert len(lines) == 2
 
 
-def test_filter_process_refuses_a_bad_handshake(git_env, repo: Path, filter_process: FilterProcess) -> None:
+def test_filter_process_refuses_a_bad_handshake(
+    git_env, repo: Path, filter_process: FilterProcess
+) -> None:
     filter_process.send(encode_text("git-filter-client") + encode_text("version=1") + FLUSH)
     code, stderr = filter_process.close()
     assert code == 1
-    assert stderr.strip() == "git-theta: error: unexpected handshake ['git-filter-client', 'version=1']"
+    assert (
+        stderr.strip()
+        == "git-theta: error: unexpected handshake ['git-filter-client', 'version=1']"
+    )

@@ -128,7 +128,9 @@ def test_metric_values_are_canonical(value: float, text: str) -> None:
 
 # -- hypothesis: render/parse round trip -----------------------------------------------
 
-names = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12) | st.sampled_from(
+names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12
+) | st.sampled_from(
     ["a b", "%", "%25", "model.0.weight", "ü ñ", "x\ny", "#2", "[1]", "tensor", "\x00"]
 )
 oids = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
@@ -154,7 +156,9 @@ def manifests(draw: st.DrawFn) -> Manifest:
         offset = stride = None
         if draw(st.booleans()):
             offset = draw(st.integers(0, 4))
-            stride = tuple(draw(st.lists(st.integers(0, 6), min_size=len(shape), max_size=len(shape))))
+            stride = tuple(
+                draw(st.lists(st.integers(0, 6), min_size=len(shape), max_size=len(shape)))
+            )
         entry = TensorEntry(name, dtype, shape, "", offset, stride)
         extent = entry.extent_bytes()
         # Tied: reuse an earlier splice's object when this tensor fits in it.
@@ -182,16 +186,25 @@ def manifests(draw: st.DrawFn) -> Manifest:
 def same_metric(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
         return math.isnan(b)
-    return type(a) is type(b) and a == b and (not isinstance(a, float) or math.copysign(1, a) == math.copysign(1, b))
+    return (
+        type(a) is type(b)
+        and a == b
+        and (not isinstance(a, float) or math.copysign(1, a) == math.copysign(1, b))
+    )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(manifests())
 def test_render_parse_round_trip(m: Manifest) -> None:
     text = m.render()
     parsed = Manifest.parse(text)
     assert parsed.render() == text
-    assert (parsed.format, parsed.size, parsed.sha256, parsed.skeleton) == (m.format, m.size, m.sha256, m.skeleton)
+    assert (parsed.format, parsed.size, parsed.sha256, parsed.skeleton) == (
+        m.format,
+        m.size,
+        m.sha256,
+        m.skeleton,
+    )
     assert parsed.tensors == sorted(m.tensors, key=lambda t: t.name)
     assert parsed.splices == sorted(m.splices, key=lambda s: s.offset)
     assert parsed.metrics.keys() == m.metrics.keys()
@@ -202,7 +215,7 @@ def test_render_parse_round_trip(m: Manifest) -> None:
     assert all("  " not in line and not line.endswith(" ") for line in lines)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(manifests(), st.data())
 def test_any_corruption_is_refused_or_canonical(m: Manifest, data: st.DataObject) -> None:
     """Parsing hostile text raises ManifestError and nothing else; what parses is canonical."""
@@ -235,63 +248,144 @@ def replace(old: str, new: str) -> bytes:
 
 REJECTIONS = [
     # version line
-    (replace("git-theta-manifest 1", "git-theta-manifest 2"), "line 1: unsupported manifest version '2'; this git-theta-filter reads version 1"),
-    (replace("git-theta-manifest 1", "git-theta-manifest 01"), "line 1: unsupported manifest version '01'"),
+    (
+        replace("git-theta-manifest 1", "git-theta-manifest 2"),
+        "line 1: unsupported manifest version '2'; this git-theta-filter reads version 1",
+    ),
+    (
+        replace("git-theta-manifest 1", "git-theta-manifest 01"),
+        "line 1: unsupported manifest version '01'",
+    ),
     (replace("git-theta-manifest 1", "git-lfs-manifest 1"), "line 1: missing version line"),
     (b"version https://git-lfs.github.com/spec/v1\n", "line 1: missing version line"),
     # header
     (replace("format torch-zip", "format pickle"), "line 2: unknown format 'pickle'"),
     (replace("size 1000", "size 01000"), "line 3: bad size '01000'"),
     (replace("size 1000", "size -1"), "line 3: bad size '-1'"),
-    (replace("size 1000", "size 9999999999999999999"), "line 3: size 9999999999999999999 is too large"),
+    (
+        replace("size 1000", "size 9999999999999999999"),
+        "line 3: size 9999999999999999999 is too large",
+    ),
     (replace(f"sha256 {SHA}", f"sha256 {SHA.upper()}"), "line 4: bad sha256"),
-    (replace(f"skeleton {SKEL}", "skeleton ../../../../etc/passwd"), "line 5: bad object id '../../../../etc/passwd'"),
+    (
+        replace(f"skeleton {SKEL}", "skeleton ../../../../etc/passwd"),
+        "line 5: bad object id '../../../../etc/passwd'",
+    ),
     (replace(f"sha256 {SHA}\n", ""), "line 4: expected 'sha256'"),
-    (EXAMPLE.splitlines(keepends=True)[0] + EXAMPLE.splitlines(keepends=True)[1], "truncated header"),
+    (
+        EXAMPLE.splitlines(keepends=True)[0] + EXAMPLE.splitlines(keepends=True)[1],
+        "truncated header",
+    ),
     # object ids
-    (replace(f"[4,8] {OID_A}\ntensor tied", f"[4,8] {'A' * 64}\ntensor tied"), "line 8: bad object id 'AAAA"),
-    (replace(f"[4,8] {OID_A}\ntensor tied", f"[4,8] {OID_A[:-1]}\ntensor tied"), "line 8: bad object id"),
-    (replace(f"splice 256 16 {OID_B}", f"splice 256 16 ../{OID_B[3:]}"), "line 12: bad object id '../bbb"),
+    (
+        replace(f"[4,8] {OID_A}\ntensor tied", f"[4,8] {'A' * 64}\ntensor tied"),
+        "line 8: bad object id 'AAAA",
+    ),
+    (
+        replace(f"[4,8] {OID_A}\ntensor tied", f"[4,8] {OID_A[:-1]}\ntensor tied"),
+        "line 8: bad object id",
+    ),
+    (
+        replace(f"splice 256 16 {OID_B}", f"splice 256 16 ../{OID_B[3:]}"),
+        "line 12: bad object id '../bbb",
+    ),
     (replace(f"splice 256 16 {OID_B}", f"splice 256 16 {OID_B}/"), "line 12: bad object id"),
     # order and uniqueness
-    (replace("metric epoch 3\nmetric loss 0.25", "metric loss 0.25\nmetric epoch 3"), "line 7: metric 'epoch' is not in sorted order"),
-    (replace("metric loss 0.25", "metric epoch 0.25"), "line 7: metric 'epoch' is not in sorted order"),
     (
-        replace(f"tensor tied F32 [4,8] {OID_A}\n", "").replace(b"tensor model.0.weight", f"tensor tied F32 [4,8] {OID_A}\ntensor model.0.weight".encode()),
+        replace("metric epoch 3\nmetric loss 0.25", "metric loss 0.25\nmetric epoch 3"),
+        "line 7: metric 'epoch' is not in sorted order",
+    ),
+    (
+        replace("metric loss 0.25", "metric epoch 0.25"),
+        "line 7: metric 'epoch' is not in sorted order",
+    ),
+    (
+        replace(f"tensor tied F32 [4,8] {OID_A}\n", "").replace(
+            b"tensor model.0.weight",
+            f"tensor tied F32 [4,8] {OID_A}\ntensor model.0.weight".encode(),
+        ),
         "line 9: tensor 'model.0.weight' is not in sorted order",
     ),
-    (replace("metric epoch 3\n", "").replace(b"tensor view", b"metric epoch 3\ntensor view"), "line 9: 'metric' line out of order"),
-    (replace(f"splice 64 128 {OID_A}\n", "") + f"splice 64 128 {OID_A}\n".encode(), "line 12: splices overlap or are out of order"),
+    (
+        replace("metric epoch 3\n", "").replace(b"tensor view", b"metric epoch 3\ntensor view"),
+        "line 9: 'metric' line out of order",
+    ),
+    (
+        replace(f"splice 64 128 {OID_A}\n", "") + f"splice 64 128 {OID_A}\n".encode(),
+        "line 12: splices overlap or are out of order",
+    ),
     (replace("tensor view", "weight view"), "line 10: unknown line kind 'weight'"),
     # layout
     (replace("splice 256 16", "splice 100 16"), "line 12: splices overlap or are out of order"),
     (replace("splice 256 16", "splice 191 16"), "line 12: splices overlap or are out of order"),
-    (replace("splice 256 16", "splice 990 16"), "line 12: splice at 990 runs past the file size 1000"),
+    (
+        replace("splice 256 16", "splice 990 16"),
+        "line 12: splice at 990 runs past the file size 1000",
+    ),
     (replace("size 1000", "size 271"), "line 12: splice at 256 runs past the file size 271"),
-    (replace("tensor tied F32 [4,8]", "tensor tied F32 [4,9]"), "tensor 'tied' reaches past the end of its object"),
-    (replace("offset=16 stride=[8,1]", "offset=113 stride=[8,1]"), "tensor 'view' reaches past the end of its object"),
-    (replace("[2,8] " + OID_A, "[2,8] " + OID_C), f"tensor 'view': object {OID_C} is not spliced into the file"),
-    (replace(f"splice 256 16 {OID_B}", f"splice 256 16 {OID_A}"), f"object {OID_A} is spliced with two different lengths"),
-    (replace(f"splice 256 16 {OID_B}", f"splice 256 16 {SKEL}"), "the skeleton object is also spliced with another length"),
+    (
+        replace("tensor tied F32 [4,8]", "tensor tied F32 [4,9]"),
+        "tensor 'tied' reaches past the end of its object",
+    ),
+    (
+        replace("offset=16 stride=[8,1]", "offset=113 stride=[8,1]"),
+        "tensor 'view' reaches past the end of its object",
+    ),
+    (
+        replace("[2,8] " + OID_A, "[2,8] " + OID_C),
+        f"tensor 'view': object {OID_C} is not spliced into the file",
+    ),
+    (
+        replace(f"splice 256 16 {OID_B}", f"splice 256 16 {OID_A}"),
+        f"object {OID_A} is spliced with two different lengths",
+    ),
+    (
+        replace(f"splice 256 16 {OID_B}", f"splice 256 16 {SKEL}"),
+        "the skeleton object is also spliced with another length",
+    ),
     # fields
     (replace("F32 [2,8]", "F33 [2,8]"), "line 10: tensor 'view': unknown dtype 'F33'"),
     (replace("[2,8]", "[2,08]"), "line 10: bad shape '08'"),
     (replace("[2,8]", "(2,8)"), "line 10: bad shape '(2,8)'"),
-    (replace("stride=[8,1]", "stride=[8]"), "line 10: tensor 'view': stride and shape differ in rank"),
-    (replace("offset=16 stride=[8,1]", "stride=[8,1] offset=16"), "line 10: tensor 'view': expected offset= and stride="),
+    (
+        replace("stride=[8,1]", "stride=[8]"),
+        "line 10: tensor 'view': stride and shape differ in rank",
+    ),
+    (
+        replace("offset=16 stride=[8,1]", "stride=[8,1] offset=16"),
+        "line 10: tensor 'view': expected offset= and stride=",
+    ),
     (replace("tensor tied F32", "tensor tied%ZZ F32"), "bad escape in name 'tied%ZZ'"),
     (replace("tensor tied F32", "tensor tied%FF F32"), "escapes in name 'tied%FF' are not UTF-8"),
     (replace("metric epoch 3", "metric epoch 3 4"), "line 6: metric needs a name and a value"),
-    (replace("metric epoch 3", "metric epoch 1.50"), "line 6: metric value '1.50' is not in canonical form"),
+    (
+        replace("metric epoch 3", "metric epoch 1.50"),
+        "line 6: metric value '1.50' is not in canonical form",
+    ),
     (replace("metric epoch 3", "metric epoch True"), "line 6: bad metric value 'True'"),
     (replace("metric epoch 3", "metric epoch " + "9" * 5000), "line 6: metric value '99999"),
     # canonical form
     (replace("size 1000", "size  1000"), "line 3: bad size ' 1000'"),
-    (replace("tensor tied F32", "tensor  tied F32"), "line 9: tensor needs name, dtype, shape, oid"),
-    (replace("metric loss 0.25", "metric loss 0.250"), "line 7: metric value '0.250' is not in canonical form"),
-    (replace("metric epoch 3", "metric epoch -0"), "not in canonical form (sorting, spacing or escapes)"),
-    (replace("metric epoch 3", "metric e%70och 3"), "not in canonical form (sorting, spacing or escapes)"),
-    (replace(f"splice 256 16 {OID_B}", f"splice 256 16 {OID_B} "), "line 12: splice needs offset, length, oid"),
+    (
+        replace("tensor tied F32", "tensor  tied F32"),
+        "line 9: tensor needs name, dtype, shape, oid",
+    ),
+    (
+        replace("metric loss 0.25", "metric loss 0.250"),
+        "line 7: metric value '0.250' is not in canonical form",
+    ),
+    (
+        replace("metric epoch 3", "metric epoch -0"),
+        "not in canonical form (sorting, spacing or escapes)",
+    ),
+    (
+        replace("metric epoch 3", "metric e%70och 3"),
+        "not in canonical form (sorting, spacing or escapes)",
+    ),
+    (
+        replace(f"splice 256 16 {OID_B}", f"splice 256 16 {OID_B} "),
+        "line 12: splice needs offset, length, oid",
+    ),
     (EXAMPLE.replace(b"\n", b"\r\n"), "line 1: unsupported manifest version '1\\r'"),
     (EXAMPLE[:-1], "does not end in a newline"),
     (EXAMPLE + b"\n", "line 13: unknown line kind ''"),
@@ -336,7 +430,13 @@ def test_manifest_is_pure_function_of_values() -> None:
     """Equal manifests built in any order render to identical bytes."""
     a = Manifest.parse(EXAMPLE)
     b = Manifest(
-        a.format, a.size, a.sha256, a.skeleton, dict(reversed(list(a.metrics.items()))), list(reversed(a.tensors)), list(reversed(a.splices))
+        a.format,
+        a.size,
+        a.sha256,
+        a.skeleton,
+        dict(reversed(list(a.metrics.items()))),
+        list(reversed(a.tensors)),
+        list(reversed(a.splices)),
     )
     assert a.render() == b.render() == EXAMPLE
     # Floats are written with repr(): bit-exact, never rounded for display.

@@ -41,8 +41,13 @@ def test_header_is_canonical_and_padded_to_eight_bytes() -> None:
     assert parse_header_bytes(OID, header, len(header) + 512).nbytes == 512
 
 
-@pytest.mark.parametrize("dtype, shape", [("BF16", (3,)), ("I64", ()), ("BOOL", (2, 2)), ("U8", (0,)), ("F16", (1, 1, 5))])
-def test_objects_are_readable_by_the_reference_safetensors_reader(store: LocalStore, dtype: str, shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [("BF16", (3,)), ("I64", ()), ("BOOL", (2, 2)), ("U8", (0,)), ("F16", (1, 1, 5))],
+)
+def test_objects_are_readable_by_the_reference_safetensors_reader(
+    store: LocalStore, dtype: str, shape: tuple[int, ...]
+) -> None:
     itemsize = {"BF16": 2, "I64": 8, "BOOL": 1, "U8": 1, "F16": 2}[dtype]
     payload = bytes((i * 7) % 2 for i in range(int(np.prod(shape)) * itemsize))
     oid = store.write_bytes(payload, dtype, shape)
@@ -59,7 +64,9 @@ def test_objects_are_readable_by_the_reference_safetensors_reader(store: LocalSt
     assert (header.dtype, header.shape, header.nbytes) == (dtype, shape, len(payload))
 
 
-def test_same_payload_same_type_same_oid_and_it_matches_safetensors_numpy(store: LocalStore) -> None:
+def test_same_payload_same_type_same_oid_and_it_matches_safetensors_numpy(
+    store: LocalStore,
+) -> None:
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     oid = store.write_bytes(array.tobytes(), "F32", (3, 4))
     assert store.write_bytes(array.tobytes(), "F32", (3, 4)) == oid
@@ -143,22 +150,45 @@ VALID_ENTRY = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
     "prefix_and_size, reason",
     [
         ((b"\x01\x00", 2), "shorter than a safetensors header"),
-        ((struct.pack("<Q", MAX_OBJECT_HEADER + 1), 100), "header of 65537 bytes is over the 65536-byte limit"),
+        (
+            (struct.pack("<Q", MAX_OBJECT_HEADER + 1), 100),
+            "header of 65537 bytes is over the 65536-byte limit",
+        ),
         ((struct.pack("<Q", 64) + b"{}", 80), "header runs past the end of the file"),
         (header_with([1, 2]), "header must hold exactly one entry named 'tensor'"),
         ((struct.pack("<Q", 4) + b"{{{{", 12), "header is not JSON"),
-        (header_with({"tensor": VALID_ENTRY, "__metadata__": {}}), "header must hold exactly one entry named 'tensor'"),
+        (
+            header_with({"tensor": VALID_ENTRY, "__metadata__": {}}),
+            "header must hold exactly one entry named 'tensor'",
+        ),
         (header_with({"weight": VALID_ENTRY}), "header must hold exactly one entry named 'tensor'"),
-        (header_with({"tensor": {**VALID_ENTRY, "extra": 1}}), "tensor entry must have dtype, shape and data_offsets"),
+        (
+            header_with({"tensor": {**VALID_ENTRY, "extra": 1}}),
+            "tensor entry must have dtype, shape and data_offsets",
+        ),
         (header_with({"tensor": {**VALID_ENTRY, "dtype": "C128"}}), "unknown dtype 'C128'"),
-        (header_with({"tensor": {**VALID_ENTRY, "shape": [-1]}}), "shape must be a list of non-negative integers"),
-        (header_with({"tensor": {**VALID_ENTRY, "shape": [True]}}), "shape must be a list of non-negative integers"),
-        (header_with({"tensor": {**VALID_ENTRY, "data_offsets": [0]}}), "data_offsets must be two integers"),
-        (header_with({"tensor": {**VALID_ENTRY, "data_offsets": [4, 8]}}), "data_offsets [4, 8] disagree with F32[1] (4 bytes)"),
+        (
+            header_with({"tensor": {**VALID_ENTRY, "shape": [-1]}}),
+            "shape must be a list of non-negative integers",
+        ),
+        (
+            header_with({"tensor": {**VALID_ENTRY, "shape": [True]}}),
+            "shape must be a list of non-negative integers",
+        ),
+        (
+            header_with({"tensor": {**VALID_ENTRY, "data_offsets": [0]}}),
+            "data_offsets must be two integers",
+        ),
+        (
+            header_with({"tensor": {**VALID_ENTRY, "data_offsets": [4, 8]}}),
+            "data_offsets [4, 8] disagree with F32[1] (4 bytes)",
+        ),
         (header_with({"tensor": VALID_ENTRY}, payload=5), "header says"),
     ],
 )
-def test_hostile_object_headers_are_refused(prefix_and_size: tuple[bytes, int], reason: str) -> None:
+def test_hostile_object_headers_are_refused(
+    prefix_and_size: tuple[bytes, int], reason: str
+) -> None:
     prefix, size = prefix_and_size
     with pytest.raises(ObjectFormatError) as info:
         parse_header_bytes(OID, prefix, size)

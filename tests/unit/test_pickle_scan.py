@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import builtins
 import io
 import os
 import pickle
@@ -16,7 +18,6 @@ import torch
 
 from git_theta_filter.formats.pickle_scan import (
     MAX_METRIC_SEQUENCE,
-    ForeignObject,
     PickleScanError,
     StorageRef,
     TensorRef,
@@ -43,12 +44,32 @@ def test_nested_checkpoint_structure() -> None:
     model = mlp_checkpoint(0, (4, 3, 2))
     optimizer_state = {
         "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(3, 4)}},
-        "param_groups": [{"lr": 0.001, "betas": (0.9, 0.999), "amsgrad": False, "params": [0, 1, 2, 3]}],
+        "param_groups": [
+            {"lr": 0.001, "betas": (0.9, 0.999), "amsgrad": False, "params": [0, 1, 2, 3]}
+        ],
     }
-    scan = scan_pickle(data_pkl({"model": OrderedDict(model), "optimizer": optimizer_state, "epoch": 3, "loss": 0.25, "name": "run-1", "none": None}))
+    scan = scan_pickle(
+        data_pkl(
+            {
+                "model": OrderedDict(model),
+                "optimizer": optimizer_state,
+                "epoch": 3,
+                "loss": 0.25,
+                "name": "run-1",
+                "none": None,
+            }
+        )
+    )
     tensors = tensors_of(scan)
     assert sorted(tensors) == sorted(
-        ["model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias", "optimizer.state.0.step", "optimizer.state.0.exp_avg"]
+        [
+            "model.0.weight",
+            "model.0.bias",
+            "model.2.weight",
+            "model.2.bias",
+            "optimizer.state.0.step",
+            "optimizer.state.0.exp_avg",
+        ]
     )
     weight = tensors["model.0.weight"]
     assert isinstance(weight, TensorRef)
@@ -88,7 +109,9 @@ def test_nested_checkpoint_structure() -> None:
     ],
 )
 def test_dtypes(dtype: torch.dtype, name: str, itemsize: int) -> None:
-    scan = scan_pickle(data_pkl({"t": torch.zeros(2, 3, dtype=dtype), "s": torch.zeros((), dtype=dtype)}))
+    scan = scan_pickle(
+        data_pkl({"t": torch.zeros(2, 3, dtype=dtype), "s": torch.zeros((), dtype=dtype)})
+    )
     t, s = tensors_of(scan)["t"], tensors_of(scan)["s"]
     assert (t.dtype, t.shape, t.storage.nbytes) == (name, (2, 3), 6 * itemsize)
     assert (s.dtype, s.shape, s.storage.nbytes) == (name, (), itemsize)
@@ -104,20 +127,39 @@ def test_tied_weights_share_one_storage_record() -> None:
 
 def test_views_keep_offset_and_stride() -> None:
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    scan = scan_pickle(data_pkl({"base": base, "rows": base[1:3], "cols": base[:, 2:4], "t": base.t()}))
+    scan = scan_pickle(
+        data_pkl({"base": base, "rows": base[1:3], "cols": base[:, 2:4], "t": base.t()})
+    )
     tensors = tensors_of(scan)
     assert tensors["base"].is_whole_storage
     rows, cols, transposed = tensors["rows"], tensors["cols"], tensors["t"]
-    assert (rows.offset, rows.shape, rows.stride, rows.is_whole_storage) == (6, (2, 6), (6, 1), False)
-    assert (cols.offset, cols.shape, cols.stride, cols.is_whole_storage) == (2, (4, 2), (6, 1), False)
-    assert (transposed.offset, transposed.shape, transposed.stride, transposed.is_whole_storage) == (0, (6, 4), (1, 6), False)
+    assert (rows.offset, rows.shape, rows.stride, rows.is_whole_storage) == (
+        6,
+        (2, 6),
+        (6, 1),
+        False,
+    )
+    assert (cols.offset, cols.shape, cols.stride, cols.is_whole_storage) == (
+        2,
+        (4, 2),
+        (6, 1),
+        False,
+    )
+    assert (
+        transposed.offset,
+        transposed.shape,
+        transposed.stride,
+        transposed.is_whole_storage,
+    ) == (0, (6, 4), (1, 6), False)
     assert len({id(t.storage) for t in tensors.values()}) == 1
 
 
 def test_long_lists_are_ids_not_metrics() -> None:
     short = list(range(MAX_METRIC_SEQUENCE))
     long = list(range(MAX_METRIC_SEQUENCE + 1))
-    scan = scan_pickle(pickle.dumps({"short": short, "long": long, "huge": 2**64, "flag": True}, protocol=2))
+    scan = scan_pickle(
+        pickle.dumps({"short": short, "long": long, "huge": 2**64, "flag": True}, protocol=2)
+    )
     assert scan.scalars == {**{f"short.{i}": i for i in short}, "flag": True}
 
 
@@ -166,8 +208,6 @@ class RunsPython:
         self.code = code
 
     def __reduce__(self):
-        import builtins
-
         return (builtins.exec, (self.code,))
 
 
@@ -176,9 +216,16 @@ class RunsEval:
         self.expression = expression
 
     def __reduce__(self):
-        import builtins
-
         return (builtins.eval, (self.expression,))
+
+
+HOSTILE_CASES = [
+    "os.system via __reduce__",
+    "builtins.exec via __reduce__",
+    "builtins.eval, protocol 4",
+    "INST opcode, protocol 0",
+    "getattr(__import__('os'), 'system')",
+]
 
 
 def hostile_pickles(marker: Path) -> dict[str, bytes]:
@@ -186,11 +233,15 @@ def hostile_pickles(marker: Path) -> dict[str, bytes]:
     chain = (
         b"\x80\x02cbuiltins\ngetattr\ncbuiltins\n__import__\nX\x02\x00\x00\x00os\x85R"
         + b"X\x06\x00\x00\x00system\x86R"
-        + b"X" + len(f"touch {marker}").to_bytes(4, "little") + f"touch {marker}".encode()
+        + b"X"
+        + len(f"touch {marker}").to_bytes(4, "little")
+        + f"touch {marker}".encode()
         + b"\x85R."
     )
     return {
-        "os.system via __reduce__": pickle.dumps({"w": [1.0], "evil": RunsShell(f"touch {marker}")}, protocol=2),
+        "os.system via __reduce__": pickle.dumps(
+            {"w": [1.0], "evil": RunsShell(f"touch {marker}")}, protocol=2
+        ),
         "builtins.exec via __reduce__": pickle.dumps({"evil": RunsPython(touch)}, protocol=2),
         "builtins.eval, protocol 4": pickle.dumps({"evil": RunsEval(touch)}, protocol=4),
         "INST opcode, protocol 0": f"(S'touch {marker}'\nios\nsystem\n.".encode(),
@@ -198,7 +249,7 @@ def hostile_pickles(marker: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", ["os.system via __reduce__", "builtins.exec via __reduce__", "builtins.eval, protocol 4", "INST opcode, protocol 0", "getattr(__import__('os'), 'system')"])
+@pytest.mark.parametrize("case", HOSTILE_CASES)
 def test_scanner_never_runs_the_pickle(tmp_path: Path, case: str) -> None:
     marker = tmp_path / "pwned"
     data = hostile_pickles(marker)[case]
@@ -220,7 +271,11 @@ def test_scanner_never_runs_the_pickle(tmp_path: Path, case: str) -> None:
             "builtins.__import__",
         }
     # Control: the same bytes do run code under pickle.loads, so the check above means something.
-    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"], input=data, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+        input=data,
+        capture_output=True,
+    )
     assert marker.exists(), f"{case}: the hostile pickle is not live, so this test proves nothing"
 
 
@@ -242,8 +297,6 @@ class AttributeDict(dict):
 
 
 def test_dict_subclasses_and_namespaces_from_newobj_are_walked() -> None:
-    import argparse
-
     checkpoint = {
         "state_dict": {"w": torch.ones(2)},
         "hyper_parameters": AttributeDict(lr=0.01, depth=3),
@@ -251,5 +304,13 @@ def test_dict_subclasses_and_namespaces_from_newobj_are_walked() -> None:
     }
     scan = scan_pickle(data_pkl(checkpoint))
     assert list(tensors_of(scan)) == ["state_dict.w"]
-    assert scan.scalars == {"hyper_parameters.lr": 0.01, "hyper_parameters.depth": 3, "args.batch_size": 32, "args.dropout": 0.5}
-    assert scan.foreign_globals == {f"{AttributeDict.__module__}.AttributeDict", "argparse.Namespace"}
+    assert scan.scalars == {
+        "hyper_parameters.lr": 0.01,
+        "hyper_parameters.depth": 3,
+        "args.batch_size": 32,
+        "args.dropout": 0.5,
+    }
+    assert scan.foreign_globals == {
+        f"{AttributeDict.__module__}.AttributeDict",
+        "argparse.Namespace",
+    }
