@@ -80,6 +80,9 @@ def test_hooks_user_hook_is_chained_and_uninstall_restores_it(git_env, tmp_path:
         repo / ".git" / "user-hook-stdin"
     ).read_text() == f"refs/heads/main {head} refs/heads/main {'0' * 40}\n"
 
+    # `git theta install --global` (run by the fixture) configured the required process filter.
+    assert git_env.git(repo, "config", "--global", "filter.theta.required").strip() == "true"
+    assert git_env.git(repo, "config", "--global", "filter.theta.process").strip().endswith(" filter-process")
     out = git_env.theta(repo, "uninstall", "--global").stdout.decode()
     assert "restored your pre-push hook" in out
     assert (hooks / "pre-push").read_text() == USER_HOOK

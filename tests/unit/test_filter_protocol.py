@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -314,3 +316,31 @@ def test_filter_process_refuses_a_bad_handshake(
         stderr.strip()
         == "git-theta: error: unexpected handshake ['git-filter-client', 'version=1']"
     )
+
+
+def test_filter_process_never_imports_torch(git_env, repo: Path, tmp_path: Path) -> None:
+    """Item 10: the filter stays light; -X importtime lists every module it loads."""
+    save({"w": torch.ones(4)}, tmp_path / "a.pth")
+    data = (tmp_path / "a.pth").read_bytes()
+    session = HANDSHAKE + CAPABILITIES + request("clean", "a.pth", data)
+    script = shutil.which("git-theta", path=git_env.env["PATH"])
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", script, "filter-process"],
+        cwd=repo,
+        env=git_env.env,
+        input=session,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    reader = PktLineReader(io.BytesIO(result.stdout))
+    reader.read_text_list(), reader.read_text_list()
+    status, manifest, _ = read_response(reader)
+    assert status == ["status=success"] and Manifest.parse(manifest).format == "torch-zip"
+    imported = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "git_theta_filter.clean" in imported
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
