@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,38 @@ def test_theta_log_plot_draws_metrics_and_relative_change(history: History, tmp_
         result = history.theta("log", "--metric", "val_acc", "--plot", str(tmp_path / name))
         assert result.returncode == 0 and (tmp_path / name).read_bytes().startswith(magic)
         assert f"wrote {tmp_path / name}" in result.stderr
+
+
+def test_theta_log_on_a_terminal_draws_sparklines_in_colour(history: History) -> None:
+    leader, follower = os.openpty()
+    try:
+        history.git_env.run("git", "theta-log", "--metric", "val_acc", cwd=history.repo)  # warm the cache
+        process = subprocess.run(
+            ["git", "theta-log", "--metric", "val_acc"],
+            cwd=history.repo,
+            env=history.git_env.env,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            check=True,
+        )
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+    text = output.decode()
+    assert process.stderr == b""
+    assert "\x1b[33m" in text  # coloured commit ids
+    # Oldest commit on the left: val_acc rises 0.6, 0.7, 0.8.
+    assert any(line.split()[:2] == ["metrics.val_acc", "▁▄█"] for line in _plain(text).splitlines()), _plain(text)
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text).replace("\r", "")
