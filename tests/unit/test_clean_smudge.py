@@ -298,3 +298,54 @@ def test_smudge_refuses_a_hostile_manifest(store: LocalStore) -> None:
     )
     with pytest.raises(ManifestError, match="bad object id"):
         prepare_smudge(hostile, store, "model.pth")
+
+
+class Trickle:
+    """A pipe-like reader: each readinto returns a few bytes, sizes from a fixed pseudo-random cycle."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._sizes = [1, 7, 4096, 13, 65516, 3, 100_000, 511]
+        self._calls = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        size = min(
+            len(buffer), self._sizes[self._calls % len(self._sizes)], len(self._data) - self._pos
+        )
+        self._calls += 1
+        buffer[:size] = self._data[self._pos : self._pos + size]
+        self._pos += size
+        return size
+
+
+def test_large_storages_and_a_large_data_pkl_stream_in_any_chunking(store: LocalStore) -> None:
+    """A storage bigger than the source's 1 MiB buffer, and a data.pkl bigger than the 64 KiB
+    descriptor scan window, read through short reads as from a pipe."""
+    torch.manual_seed(0)
+    checkpoint = {"big": torch.randn(700, 500)}  # 1.4 MB
+    checkpoint.update(
+        {
+            f"layers.{i}.attention.query_projection.weight": torch.full((2,), float(i))
+            for i in range(800)
+        }
+    )
+    data = torch_bytes(checkpoint)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.getinfo("archive/data.pkl").file_size > 64 << 10
+    whole, warnings = do_clean(store, data)
+    trickled = clean(Trickle(data), store, "model.pth", warn=warnings)
+    assert warnings == []
+    assert trickled == whole
+    manifest = Manifest.parse(whole)
+    assert manifest.format == "torch-zip" and len(manifest.tensors) == 801
+    assert do_smudge(store, whole) == data
+
+
+@pytest.mark.parametrize("cut", [9, 40, 62])
+def test_truncated_safetensors_header_is_stored_opaque_whole(store: LocalStore, cut: int) -> None:
+    data = safetensors_save({"w": torch.arange(8.0)})[:cut]  # 8 + 56 header bytes, then data
+    out, warnings = do_clean(store, data, "w.safetensors")
+    assert Manifest.parse(out).format == "opaque"
+    assert len(warnings) == 1 and "stored as one opaque object" in warnings[0]
+    assert do_smudge(store, out) == data
