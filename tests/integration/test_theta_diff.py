@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from git_theta_filter.manifest import Manifest
-from theta_history import History, build_history, commit, make_git_env, model_at, norm
+from theta_history import History, commit, model_at, norm, shared_history
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    root = tmp_path_factory.mktemp("theta-diff")
-    return build_history(make_git_env(root), root / "repo")
+    return shared_history(tmp_path_factory, "theta-diff")
 
 
 @pytest.fixture

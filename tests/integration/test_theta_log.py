@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from theta_history import CHANGED_IN, History, build_history, commit, make_git_env, norm
+from theta_history import CHANGED_IN, History, commit, norm, shared_history
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    root = tmp_path_factory.mktemp("theta-log")
-    return build_history(make_git_env(root), root / "repo")
+    return shared_history(tmp_path_factory, "theta-log")
 
 
 @pytest.fixture

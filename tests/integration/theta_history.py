@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import pytest
 import torch
 
 from conftest import GitEnv
@@ -179,6 +180,18 @@ def build_history(git_env: GitEnv, repo: Path) -> History:
             paths += ["model.pth.metrics.json", "results.toml"]
         history.commits[epoch] = commit(git_env, repo, f"epoch {epoch}", *paths, day=epoch + 1)
     return history
+
+
+_built: History | None = None
+
+
+def shared_history(tmp_path_factory: pytest.TempPathFactory, name: str) -> History:
+    """A copy of the history, which is built once per test session (it takes seconds)."""
+    global _built
+    if _built is None:
+        root = tmp_path_factory.mktemp("theta-history")
+        _built = build_history(make_git_env(root), root / "repo")
+    return _built.copy(tmp_path_factory.mktemp(name) / "repo")
 
 
 def norm(tensor: torch.Tensor) -> float:
