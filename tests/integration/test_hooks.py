@@ -82,7 +82,11 @@ def test_hooks_user_hook_is_chained_and_uninstall_restores_it(git_env, tmp_path:
 
     # `git theta install --global` (run by the fixture) configured the required process filter.
     assert git_env.git(repo, "config", "--global", "filter.theta.required").strip() == "true"
-    assert git_env.git(repo, "config", "--global", "filter.theta.process").strip().endswith(" filter-process")
+    assert (
+        git_env.git(repo, "config", "--global", "filter.theta.process")
+        .strip()
+        .endswith(" filter-process")
+    )
     out = git_env.theta(repo, "uninstall", "--global").stdout.decode()
     assert "restored your pre-push hook" in out
     assert (hooks / "pre-push").read_text() == USER_HOOK
@@ -139,6 +143,15 @@ def test_hooks_pre_push_refuses_when_an_object_is_missing(
     remote = bare_remote(git_env, repo, tmp_path)
     save(mlp_checkpoint(0), repo / "model.pth")
     v1 = commit_all(git_env, repo, "model.pth", message="v1")
+    # First push of the branch (the remote has nothing): the skeleton is missing.
+    skeleton = object_path(repo, read_manifest(git_env, repo, "HEAD:model.pth").skeleton)
+    kept = skeleton.read_bytes()
+    skeleton.unlink()
+    result = git_env.run("git", "push", "origin", "main", cwd=repo, check=False)
+    assert result.returncode != 0
+    assert "refusing to push: 1 tensor object(s)" in result.stderr.decode()
+    assert remote_ref(git_env, remote) is None
+    skeleton.write_bytes(kept)
     git_env.git(repo, "push", "-q", "origin", "main")
     assert remote_ref(git_env, remote) == v1
 
