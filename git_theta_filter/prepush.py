@@ -7,16 +7,55 @@ name and URL as arguments, and reads lines on standard input::
 
 A local sha of all zeros is a deletion. A non-zero exit stops the push before
 any ref is updated.
+
+So the objects are uploaded to the remote's store (store/remote.py) here,
+before git sends a single ref: a push whose upload fails is refused, and the
+remote never names a tensor that its store lacks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import manifests_in_blobs, open_pygit2
+from .store.remote import HELPER_PREFIX, NoStoreError, StoreError, resolve_store, transfer_workers
+from .store.transfer import TransferFailedError, TransferResult, upload
 
-__all__ = ["RefUpdate", "parse_ref_updates", "objects_to_push"]
+__all__ = [
+    "ZERO_SHA",
+    "RefUpdate",
+    "parse_ref_updates",
+    "objects_to_push",
+    "ObjectsMissingLocallyError",
+    "PushUploadError",
+    "PushUpload",
+    "upload_for_push",
+]
+
+ZERO_SHA = "0" * 40
+
+
+class ObjectsMissingLocallyError(ThetaError):
+    """Commits being pushed need tensor objects that this clone does not have."""
+
+    def __init__(self, oids: list[str]) -> None:
+        super().__init__(
+            f"refusing to push: {len(oids)} tensor object(s) behind these commits are not in the local store",
+            hint="get them with `git theta fetch --all`, or run `git theta fsck` to see which files need them",
+        )
+        self.oids = oids
+
+
+class PushUploadError(ThetaError):
+    """The objects behind a push could not be uploaded, so the push is refused."""
+
+    def __init__(self, remote: str, url: str, cause: ThetaError) -> None:
+        super().__init__(f"refusing to push to {remote!r}: uploading tensor objects to {url} failed: {cause}", hint=cause.hint)
+        self.remote = remote
+        self.url = url
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -55,3 +94,46 @@ def objects_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> dic
         for manifest in manifests_in_blobs(git, blob_ids):
             wanted.update(manifest.payload_lengths())
     return wanted
+
+
+@dataclass(frozen=True)
+class PushUpload:
+    """What :func:`upload_for_push` did: ``store_url`` is None when there was no store to use."""
+
+    wanted: int
+    store_url: str | None
+    result: TransferResult | None
+
+
+def upload_for_push(
+    repo: GitRepo,
+    remote: str,
+    remote_url: str | None,
+    updates: list[RefUpdate],
+    *,
+    require_store: bool = False,
+    show_progress: bool = True,
+) -> PushUpload:
+    """Make sure the remote's store has every object the pushed commits need.
+
+    Raises :class:`ObjectsMissingLocallyError` or :class:`PushUploadError`; a
+    push through ``theta::`` is left to git-remote-theta, which uploads itself.
+    Without a store, nothing is uploaded unless ``require_store`` makes that an error.
+    """
+    wanted = objects_to_push(repo, remote, updates)
+    local = repo.store()
+    missing = sorted(oid for oid in wanted if not local.has(oid))
+    if missing:
+        raise ObjectsMissingLocallyError(missing)
+    if not wanted or (remote_url or "").startswith(HELPER_PREFIX):
+        return PushUpload(len(wanted), None, None)
+    store = resolve_store(repo, remote, remote_url)
+    if store is None:
+        if require_store:
+            raise NoStoreError(remote)
+        return PushUpload(len(wanted), None, None)
+    try:
+        result = upload(local, store, wanted, workers=transfer_workers(repo), show_progress=show_progress)
+    except (StoreError, TransferFailedError) as exc:
+        raise PushUploadError(remote, store.url, exc) from exc
+    return PushUpload(len(wanted), store.url, result)

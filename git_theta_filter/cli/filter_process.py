@@ -11,9 +11,10 @@ from ..filter_protocol import serve
 from ..gitrepo import GitRepo
 from ..hooks import hooks_installed, install_hooks
 from ..locks import writer_lock
+from ..on_demand import OnDemandFetcher
 from ..pktline import PktLineReader, PktLineWriter, open_stdio_streams
 from ..smudge import SmudgePlan, prepare_smudge
-from ..store.local import LocalStore
+from ..store.local import LocalStore, ObjectMissingError
 from ._errors import report_error
 
 
@@ -30,9 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class ThetaFilter:
     """Clean and smudge against one repository's store."""
 
-    def __init__(self, store: LocalStore, skip_smudge: bool) -> None:
+    def __init__(self, store: LocalStore, skip_smudge: bool, fetcher: OnDemandFetcher | None = None) -> None:
         self.store = store
         self.skip_smudge = skip_smudge
+        self.fetcher = fetcher
 
     def clean(self, pathname: str, content: PktLineReader) -> bytes:
         return clean(content, self.store, pathname)
@@ -40,7 +42,15 @@ class ThetaFilter:
     def prepare_smudge(self, pathname: str, content: bytes) -> SmudgePlan:
         if self.skip_smudge:
             return SmudgePlan(pathname, self.store, None, passthrough=content)
-        return prepare_smudge(content, self.store, pathname)
+        try:
+            return prepare_smudge(content, self.store, pathname)
+        except ObjectMissingError:
+            if self.fetcher is None:
+                raise
+            # Every object this file lacks comes down in one batch; if the store
+            # lacks one too, the retry raises the same error as before.
+            self.fetcher.fetch_missing(content)
+            return prepare_smudge(content, self.store, pathname)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         for line in install_hooks(repo):
             print(f"git-theta: {line}", file=sys.stderr)
     stdin, stdout = open_stdio_streams()
-    handler = ThetaFilter(repo.store(), os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1")
+    handler = ThetaFilter(repo.store(), os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1", OnDemandFetcher(repo))
     # Held for the life of the process: `git theta gc` waits for us, so objects
     # written by an add in progress are never pruned before the index names them.
     with writer_lock(repo.theta_dir):

@@ -7,15 +7,17 @@ import sys
 
 from ..gitrepo import GitRepo
 from ..hooks import run_chained_hook
-from ..prepush import objects_to_push, parse_ref_updates
+from ..prepush import ObjectsMissingLocallyError, parse_ref_updates, upload_for_push
+from ..store.remote import HELPER_PREFIX
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "hook",
         help="run one of our git hooks (called by the scripts in hooks/)",
-        description="pre-push: refuse a push whose manifests need tensor objects missing from the "
-        "local store, then run any hook of yours that ours replaced.",
+        description="pre-push: upload the tensor objects behind the pushed commits to the remote's "
+        "object store before git sends the refs, refusing the push if they are missing locally or "
+        "the upload fails; then run any hook of yours that ours replaced.",
     )
     p.add_argument("name", choices=["pre-push"])
     p.add_argument("hook_args", nargs="*", help="the arguments git gave the hook")
@@ -26,15 +28,17 @@ def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
     stdin = sys.stdin.buffer.read()
     remote = args.hook_args[0] if args.hook_args else "origin"
-    store = repo.store()
-    missing = sorted(oid for oid in objects_to_push(repo, remote, parse_ref_updates(stdin)) if not store.has(oid))
-    if missing:
-        for oid in missing[:10]:
+    remote_url = args.hook_args[1] if len(args.hook_args) > 1 else None
+    try:
+        upload = upload_for_push(repo, remote, remote_url, parse_ref_updates(stdin))
+    except ObjectsMissingLocallyError as exc:
+        for oid in exc.oids[:10]:
             print(f"git-theta: missing tensor object {oid}", file=sys.stderr)
+        raise
+    if upload.wanted and upload.store_url is None and not (remote_url or "").startswith(HELPER_PREFIX):
         print(
-            f"git-theta: error: refusing to push: {len(missing)} tensor object(s) behind these commits are not "
-            "in the local store; run `git theta fsck` to see which files need them",
+            f"git-theta: warning: remote {remote!r} has no object store, so the {upload.wanted} tensor object(s) "
+            f"behind this push stay local; set `git config theta.remote.{remote}.url` (see docs/remotes.md)",
             file=sys.stderr,
         )
-        return 1
     return run_chained_hook(repo, args.name, args.hook_args, stdin)

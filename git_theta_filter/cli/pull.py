@@ -1,0 +1,31 @@
+"""``git theta pull [<remote>]``: download the checked-out files' objects and write the files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..gitrepo import GitRepo
+from ..store.remote import default_remote
+from ..sync import pull
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pull",
+        help="download the checked-out model files' objects and write the files",
+        description="Download the tensor objects that the checked-out model files need, then write "
+        "every model file that is still a manifest in the work tree (e.g. after a clone with "
+        "GIT_THETA_SKIP_SMUDGE=1), streaming it from the store, and refresh the index so `git status` "
+        "stays clean. Run `git pull` first to update the commit itself.",
+    )
+    p.add_argument("remote", nargs="?", help="the git remote (default: the current branch's, else origin)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = GitRepo.discover()
+    result = pull(repo, args.remote or default_remote(repo))
+    if result.written:
+        print(f"git-theta: wrote {len(result.written)} model file(s): {', '.join(result.written)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,150 @@
+"""Push, fetch and pull of tensor objects: which objects some refs need, and moving them.
+
+The commands ``git theta push/fetch/pull`` are thin wrappers over these
+functions; the pre-push hook and ``git-remote-theta`` use :mod:`prepush` and
+:func:`objects_for_fetch`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+import pygit2
+
+from .errors import ThetaError
+from .gitrepo import GitRepo
+from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, tree_manifests
+from .inventory import _all_tips as all_ref_tips
+from .prepush import ObjectsMissingLocallyError, RefUpdate, ZERO_SHA, objects_to_push
+from .smudge import prepare_smudge
+from .store.remote import require_store, transfer_workers
+from .store.transfer import TransferResult, download, upload
+
+__all__ = ["UnknownRevisionError", "PullResult", "push_objects", "objects_for_fetch", "fetch_objects", "pull"]
+
+
+class UnknownRevisionError(ThetaError):
+    def __init__(self, revision: str) -> None:
+        super().__init__(f"unknown revision {revision!r}")
+        self.revision = revision
+
+
+def _commit_id(repo: GitRepo, revision: str) -> str:
+    sha = repo.git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False).strip()
+    if not sha:
+        raise UnknownRevisionError(revision)
+    return sha
+
+
+def _tips(repo: GitRepo, git: pygit2.Repository, refs: list[str]) -> list[pygit2.Oid]:
+    if refs:
+        return [pygit2.Oid(hex=_commit_id(repo, ref)) for ref in refs]
+    return all_ref_tips(git)
+
+
+def push_objects(repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False) -> TransferResult:
+    """Upload the objects behind ``refs`` (default HEAD) to ``remote``'s store.
+
+    Normally only commits that ``remote``'s tracking refs do not have count, as
+    in the pre-push hook; ``all_history`` sends every object of every given
+    ref's history (all refs when none are given), e.g. to fill a new store.
+    """
+    store = require_store(repo, remote)
+    if all_history:
+        git = open_pygit2(repo)
+        wanted: dict[str, int] = {}
+        for ref in reachable_manifests(git, _tips(repo, git, refs)).values():
+            wanted.update(ref.manifest.payload_lengths())
+    else:
+        updates = [RefUpdate(ref, _commit_id(repo, ref), ref, ZERO_SHA) for ref in refs or ["HEAD"]]
+        wanted = objects_to_push(repo, remote, updates)
+    local = repo.store()
+    missing = sorted(oid for oid in wanted if not local.has(oid))
+    if missing:
+        raise ObjectsMissingLocallyError(missing)
+    return upload(local, store, wanted, workers=transfer_workers(repo), list_remote=all_history)
+
+
+def objects_for_fetch(repo: GitRepo, refs: list[str], *, all_history: bool = False) -> dict[str, int]:
+    """Objects (with payload lengths) of the manifests in the trees of ``refs`` (default HEAD);
+    with ``all_history``, in their whole history (all refs when none are given)."""
+    git = open_pygit2(repo)
+    if all_history:
+        found = list(reachable_manifests(git, _tips(repo, git, refs)).values())
+    else:
+        found = []
+        for ref in refs or ["HEAD"]:
+            commit = git[pygit2.Oid(hex=_commit_id(repo, ref))].peel(pygit2.Commit)
+            found.extend(tree_manifests(git, commit.tree))
+    wanted: dict[str, int] = {}
+    for ref in found:
+        wanted.update(ref.manifest.payload_lengths())
+    return wanted
+
+
+def fetch_objects(repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False) -> TransferResult:
+    store = require_store(repo, remote)
+    wanted = objects_for_fetch(repo, refs, all_history=all_history)
+    return download(repo.store(), store, wanted, workers=transfer_workers(repo))
+
+
+@dataclass
+class PullResult:
+    transfer: TransferResult
+    written: list[str] = field(default_factory=list)
+
+
+def pull(repo: GitRepo, remote: str) -> PullResult:
+    """Fetch the objects of the checked-out files, then write every file that is still a manifest.
+
+    Writing the files here, rather than through ``git checkout``, streams them
+    from the store to disk: git would hold each whole smudged file in memory.
+    The index's stat data is refreshed afterwards so ``git status`` stays clean.
+    """
+    if repo.worktree is None:
+        raise ThetaError("git theta pull needs a work tree")
+    git = open_pygit2(repo)
+    refs = index_manifests(repo, git)
+    store = require_store(repo, remote)
+    wanted: dict[str, int] = {}
+    for ref in refs:
+        wanted.update(ref.manifest.payload_lengths())
+    result = PullResult(download(repo.store(), store, wanted, workers=transfer_workers(repo)))
+    for ref in refs:
+        if _write_if_manifest(repo, git, ref):
+            result.written.append(ref.path)
+    if result.written:
+        # The index still has the manifest's size for these paths, and git takes a
+        # size change for a modification without reading the file. Naming the paths
+        # re-cleans them (to the same blobs) and records their new stat data.
+        paths = "".join(f"{path}\0" for path in result.written).encode("utf-8", "surrogateescape")
+        repo.git("update-index", "-q", "--refresh", "-z", "--stdin", input=paths)
+    return result
+
+
+def _write_if_manifest(repo: GitRepo, git: pygit2.Repository, ref: ManifestRef) -> bool:
+    """Replace the work-tree file with the model file, if it holds exactly the manifest.
+
+    Anything else there (the model itself, local changes, nothing) is left alone.
+    """
+    assert repo.worktree is not None
+    target = repo.worktree / ref.path
+    content = git[pygit2.Oid(hex=ref.blob_id)].data
+    try:
+        info = target.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_size != len(content) or target.read_bytes() != content:
+        return False
+    plan = prepare_smudge(content, repo.store(), ref.path)
+    temp = target.with_name(f".{target.name}.theta-pull-{os.getpid()}")
+    try:
+        with open(temp, "xb") as file:
+            plan.write(file.write)
+        os.chmod(temp, stat.S_IMODE(info.st_mode))
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return True

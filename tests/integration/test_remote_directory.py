@@ -1,0 +1,194 @@
+"""Sharing through directory stores: a bare repository's own store, or a configured directory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import torch
+
+from git_theta_filter.manifest import Manifest
+from helpers import assert_status_clean, sha256_file
+from remote_scenarios import MODEL, History, assert_valid_objects, checkpoint, commit_versions, init_clone, run_round_trip
+
+
+def store_files(root: Path) -> dict[str, Path]:
+    """oid -> path of every object under a store root; other files are named with an "!" key."""
+    found: dict[str, Path] = {}
+    for path in root.rglob("*") if root.exists() else []:
+        if path.is_file():
+            key = path.name if path.relative_to(root).parts[:2] == (path.name[:2], path.name[2:4]) else f"!{path}"
+            found[key] = path
+    return found
+
+
+def objects_needed(git_env, repo: Path) -> set[str]:
+    """Every object that the manifests in the history of all refs name."""
+    oids: set[str] = set()
+    for line in git_env.git(repo, "rev-list", "--objects", "--all").splitlines():
+        sha, _, path = line.partition(" ")
+        if path.endswith(".pth"):
+            oids |= Manifest.parse(git_env.run("git", "cat-file", "blob", sha, cwd=repo).stdout).object_ids()
+    return oids
+
+
+def test_round_trip_through_the_store_of_a_local_bare_repository(git_env, tmp_path):
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a, b, history = run_round_trip(git_env, tmp_path, str(bare))
+
+    store = bare / "theta" / "objects"
+    files = store_files(store)
+    assert not [key for key in files if key.startswith("!")], f"stray files in the store: {files}"
+    assert_valid_objects(set(files), lambda oid: files[oid].read_bytes())
+    # B fetched on demand at each checkout; now it holds exactly what history needs.
+    git_env.theta(b, "fsck", "--all")
+    git_env.theta(a, "fsck", "--all")
+
+
+def test_configured_directory_store_with_theta_fetch_and_pull(git_env, tmp_path):
+    shared = tmp_path / "nfs"
+    shared.mkdir()
+    store_url = (shared / "team-objects").as_uri()
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a = init_clone(git_env, tmp_path / "A", str(bare))
+    git_env.git(a, "config", "theta.remote.origin.url", store_url)
+    history = History()
+    commit_versions(git_env, a, range(3), history)
+    git_env.git(a, "push", "-q", "origin", "main")
+    assert not (bare / "theta").exists(), "the configured store must win over the bare repository's"
+
+    # A clone that checks manifests out as they are, then `git theta pull`.
+    b = tmp_path / "B"
+    git_env.run("git", "clone", "-q", "-c", f"theta.remote.origin.url={store_url}", str(bare), str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+    assert (b / MODEL).read_bytes().startswith(b"git-theta-manifest ")
+    pulled = git_env.theta(b, "pull")
+    assert sha256_file(b / MODEL) == list(history.files.values())[-1]
+    assert_status_clean(git_env, b)
+    assert b"wrote 1 model file" in pulled.stderr
+
+    # `fetch --all` brings every version, so old commits check out with the store gone.
+    git_env.theta(b, "fetch", "--all")
+    (shared / "team-objects").rename(shared / "moved-away")
+    for commit, digest in history.files.items():
+        git_env.git(b, "checkout", "-q", commit)
+        assert sha256_file(b / MODEL) == digest
+
+
+def test_pre_push_hook_runs_the_users_own_hook_after_uploading(git_env, tmp_path):
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a = tmp_path / "A"
+    git_env.run("git", "init", "-q", str(a))
+    log = tmp_path / "user-hook.log"
+    user_hook = a / ".git" / "hooks" / "pre-push"
+    user_hook.write_text(f'#!/bin/sh\necho "args: $@" > {log}\ncat >> {log}\nexit "${{USER_HOOK_EXIT:-0}}"\n')
+    user_hook.chmod(0o755)
+    git_env.theta(a, "track", "*.pth")
+    assert (a / ".git" / "hooks" / "pre-push.pre-theta").exists()
+    git_env.git(a, "remote", "add", "origin", str(bare))
+    history = History()
+    commit_versions(git_env, a, range(1), history)
+
+    # The user's hook refuses: our upload has happened, but no ref moves.
+    refused = git_env.run("git", "push", "origin", "main", cwd=a, check=False, env={"USER_HOOK_EXIT": "1"})
+    assert refused.returncode != 0
+    assert git_env.git(bare, "for-each-ref") == ""
+    head = git_env.git(a, "rev-parse", "HEAD").strip()
+    assert log.read_text() == f"args: origin {bare}\nrefs/heads/main {head} refs/heads/main {'0' * 40}\n"
+
+    git_env.git(a, "push", "-q", "origin", "main")
+    assert git_env.git(bare, "rev-parse", "main").strip() == head
+    assert set(store_files(bare / "theta" / "objects")) == objects_needed(git_env, a)
+
+
+def test_unreachable_store_refuses_the_push_before_any_ref_moves(git_env, tmp_path):
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a = init_clone(git_env, tmp_path / "A", str(bare))
+    missing_mount = tmp_path / "not-mounted" / "objects"
+    git_env.git(a, "config", "theta.remote.origin.url", str(missing_mount))
+    commit_versions(git_env, a, range(1), History())
+
+    result = git_env.run("git", "push", "origin", "main", cwd=a, check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode != 0
+    assert f"refusing to push to 'origin': uploading tensor objects to {missing_mount} failed" in stderr
+    assert f"{missing_mount.parent} is not a directory" in stderr
+    assert git_env.git(bare, "for-each-ref") == ""
+    assert not missing_mount.parent.exists()
+    assert list((a / ".git" / "theta" / "tmp").glob("*")) == []
+
+    explicit = git_env.theta(a, "push", check=False)
+    assert explicit.returncode == 1 and b"unavailable" in explicit.stderr
+
+
+def test_corrupt_object_in_the_store_is_refused_on_download(git_env, tmp_path):
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a = init_clone(git_env, tmp_path / "A", str(bare))
+    commit_versions(git_env, a, range(1), History())
+    git_env.git(a, "push", "-q", "origin", "main")
+    victim = max(store_files(bare / "theta" / "objects").values(), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.chmod(0o644)
+    victim.write_bytes(bytes(data))
+
+    b = tmp_path / "B"
+    git_env.run("git", "clone", "-q", str(bare), str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+    result = git_env.theta(b, "fetch", check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1
+    assert f"object {victim.name} in {bare / 'theta' / 'objects'}: is corrupt" in stderr
+    assert not (b / ".git" / "theta" / "objects" / victim.name[:2] / victim.name[2:4] / victim.name).exists()
+    assert list((b / ".git" / "theta" / "tmp").glob("*")) == []
+    # The checkout path refuses it too, and names it.
+    (b / MODEL).unlink()
+    checkout = git_env.run("git", "checkout", "--", MODEL, cwd=b, check=False)
+    assert checkout.returncode != 0 and victim.name in checkout.stderr.decode()
+
+
+def test_object_absent_from_the_store_gives_the_missing_object_error(git_env, tmp_path):
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a = init_clone(git_env, tmp_path / "A", str(bare))
+    commit_versions(git_env, a, range(1), History())
+    git_env.git(a, "push", "-q", "origin", "main")
+    victim = next(iter(store_files(bare / "theta" / "objects").values()))
+    victim.unlink()
+
+    result = git_env.run("git", "clone", "-q", str(bare), str(tmp_path / "B"), check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode != 0
+    assert f"tensor object {victim.name} is missing from the local store" in stderr
+
+
+def test_two_clones_pushing_the_same_objects_at_once(git_env, tmp_path):
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    clones = []
+    for name in ("A1", "A2"):
+        clone = init_clone(git_env, tmp_path / name, str(bare))
+        git_env.git(clone, "config", "theta.transfers", "16")
+        # Many objects, identical in both clones: every upload races.
+        state = {f"layer{i}.weight": checkpoint(i)["2.weight"] for i in range(24)}
+        torch.save(state, clone / MODEL)
+        git_env.git(clone, "add", MODEL, ".gitattributes")
+        git_env.git(clone, "commit", "-qm", name)
+        clones.append(clone)
+    assert sha256_file(clones[0] / MODEL) == sha256_file(clones[1] / MODEL)
+
+    pushes = [
+        subprocess.Popen(["git", "push", "-q", "origin", f"HEAD:refs/heads/{clone.name}"], cwd=clone, env=git_env.env, stderr=subprocess.PIPE)
+        for clone in clones
+    ]
+    for push in pushes:
+        _, stderr = push.communicate(timeout=60)
+        assert push.returncode == 0, stderr.decode()
+
+    files = store_files(bare / "theta" / "objects")
+    assert not [key for key in files if key.startswith("!")], f"temp files left behind: {files}"
+    assert set(files) == objects_needed(git_env, clones[0])
+    assert_valid_objects(set(files), lambda oid: files[oid].read_bytes())
