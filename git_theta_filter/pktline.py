@@ -15,7 +15,10 @@ This module only frames bytes. What the packets mean lives in
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import stat
 from typing import BinaryIO, Iterator
 
 from .errors import ThetaError
@@ -34,6 +37,7 @@ __all__ = [
 MAX_PAYLOAD = 65516
 FLUSH = b"0000"
 _HEADER_SIZE = 4
+_LOWER_HEX = b"0123456789abcdef"
 
 
 class PktLineError(ThetaError):
@@ -61,12 +65,10 @@ def iter_content_packets(data: bytes) -> Iterator[bytes]:
 
 
 def _parse_length(header: bytes) -> int:
-    try:
-        length = int(header, 16)
-    except ValueError:
-        raise PktLineError(f"bad pkt-line header {header!r}") from None
-    if header != header.lower() or len(header) != 4:
+    # int(x, 16) alone would also take "0x0a", " 00a", "+00a" and "0_0a".
+    if len(header) != _HEADER_SIZE or header.strip(_LOWER_HEX):
         raise PktLineError(f"bad pkt-line header {header!r}")
+    length = int(header, 16)
     if length == 0:
         return 0
     if length <= _HEADER_SIZE or length > MAX_PAYLOAD + _HEADER_SIZE:
@@ -88,23 +90,26 @@ class PktLineReader:
         self._remaining_in_packet = 0
         self._content_done = True
 
-    def _read_exact(self, size: int) -> bytes:
-        data = self._stream.read(size)
-        if data is None or len(data) != size:
-            raise PktLineError("unexpected end of stream inside a packet")
+    def _read_exact(self, size: int, what: str) -> bytes:
+        """Exactly ``size`` bytes; a raw pipe may hand them out in pieces."""
+        data = self._stream.read(size) or b""
+        while len(data) < size:
+            more = self._stream.read(size - len(data))
+            if not more:
+                raise PktLineError(f"unexpected end of stream inside {what}")
+            data += more
         return data
 
     def read_packet(self) -> bytes | None:
         """One packet's payload, ``None`` for a flush. EOFError at a clean end of stream."""
-        header = self._stream.read(_HEADER_SIZE)
-        if not header:
+        first = self._stream.read(_HEADER_SIZE)
+        if not first:
             raise EOFError
-        if len(header) != _HEADER_SIZE:
-            raise PktLineError("unexpected end of stream inside a packet header")
+        header = first + self._read_exact(_HEADER_SIZE - len(first), "a packet header")
         size = _parse_length(header)
         if size == 0:
             return None
-        return self._read_exact(size)
+        return self._read_exact(size, "a packet")
 
     def read_text(self) -> str | None:
         """One text packet without its newline, ``None`` for a flush."""
@@ -131,10 +136,7 @@ class PktLineReader:
         filled = 0
         while filled < len(view) and not self._content_done:
             if self._remaining_in_packet == 0:
-                header = self._stream.read(_HEADER_SIZE)
-                if len(header) != _HEADER_SIZE:
-                    raise PktLineError("unexpected end of stream inside content")
-                size = _parse_length(header)
+                size = _parse_length(self._read_exact(_HEADER_SIZE, "content"))
                 if size == 0:
                     self._content_done = True
                     break
@@ -184,7 +186,25 @@ class PktLineWriter:
 
 
 def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[BinaryIO, BinaryIO]:
-    """Large-buffered binary stdin/stdout for the filter, which moves gigabytes."""
-    stdin = io.open(0, "rb", buffering=buffer_size, closefd=False)
+    """Binary stdin/stdout for the filter, which moves gigabytes through them.
+
+    stdin is unbuffered: content payloads are read straight into the caller's
+    buffer, where a buffered reader would copy every byte twice. Both pipes
+    are enlarged so that git can run a megabyte ahead of us instead of
+    blocking at every 64 KB packet.
+    """
+    for fd in (0, 1):
+        _enlarge_pipe(fd, buffer_size)
+    stdin = io.open(0, "rb", buffering=0, closefd=False)
     stdout = io.open(1, "wb", buffering=buffer_size, closefd=False)
     return stdin, stdout
+
+
+def _enlarge_pipe(fd: int, size: int) -> None:
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        # Over /proc/sys/fs/pipe-max-size for an unprivileged user: the
+        # default size only costs speed.
+        pass
