@@ -2,12 +2,13 @@
 
 Format parsers pull bytes from here; nothing ever seeks back. Every byte is
 hashed exactly once, as it arrives, so the manifest's whole-file sha256 costs
-no second pass. Memory is one fixed chunk buffer.
+no second pass. Memory is two fixed chunk buffers.
 """
 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Protocol
 
 from ..errors import ThetaError
@@ -15,6 +16,12 @@ from ..errors import ThetaError
 __all__ = ["Source", "TruncatedError", "Readable", "CHUNK"]
 
 CHUNK = 1 << 20
+
+# The whole-file sha256 runs on this thread while the caller's thread parses
+# and stores objects (which costs a second sha256 of the same bytes). hashlib
+# releases the GIL on large buffers, so the two hashes use two cores. One
+# worker runs the updates in the order they were queued.
+_file_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theta-file-hash")
 
 
 class Readable(Protocol):
@@ -28,35 +35,50 @@ class TruncatedError(ThetaError):
 class Source:
     def __init__(self, raw: Readable, chunk: int = CHUNK) -> None:
         self._raw = raw
-        self._buffer = bytearray(chunk)
-        self._view = memoryview(self._buffer)
-        self._start = 0  # first unconsumed byte in the buffer
-        self._end = 0  # end of valid bytes in the buffer
+        # Filled in turn: new bytes go into one buffer while the other's may
+        # still be being hashed.
+        self._buffers = (bytearray(chunk), bytearray(chunk))
+        self._hashing: list[Future | None] = [None, None]  # last hash update queued per buffer
+        self._current = 0
+        self._view = memoryview(self._buffers[0])
+        self._start = 0  # first unconsumed byte in the current buffer
+        self._end = 0  # end of valid bytes in the current buffer
         self._eof = False
         self._hash = hashlib.sha256()
         self.position = 0  # bytes consumed so far = offset in the file
+
+    def _wait_for_hash(self, index: int) -> None:
+        pending, self._hashing[index] = self._hashing[index], None
+        if pending is not None:
+            pending.result()
 
     def _fill(self) -> bool:
         """Read more bytes behind the unconsumed ones; False at end of input."""
         if self._eof:
             return False
         if self._start:
+            # Carry the unconsumed bytes over to the front of the other buffer.
+            other = 1 - self._current
+            self._wait_for_hash(other)
+            target = memoryview(self._buffers[other])
             remaining = self._end - self._start
-            self._buffer[:remaining] = self._view[self._start : self._end]
+            target[:remaining] = self._view[self._start : self._end]
+            self._current, self._view = other, target
             self._start, self._end = 0, remaining
-        if self._end == len(self._buffer):
+        if self._end == len(self._view):
             return True
         count = self._raw.readinto(self._view[self._end :])
         if not count:
             self._eof = True
             return False
-        self._hash.update(self._view[self._end : self._end + count])
+        arrived = self._view[self._end : self._end + count]
+        self._hashing[self._current] = _file_hasher.submit(self._hash.update, arrived)
         self._end += count
         return True
 
     def peek(self, size: int) -> bytes:
         """Up to ``size`` upcoming bytes (fewer only at end of input), not consumed."""
-        if size > len(self._buffer):
+        if size > len(self._view):
             raise ValueError("peek larger than the buffer")
         while self._end - self._start < size and self._fill():
             pass
@@ -107,4 +129,6 @@ class Source:
         """Consume nothing more; return (total size, sha256) once input is exhausted."""
         if not self.at_eof():
             raise ThetaError("finish() called before the end of input")
+        for index in range(len(self._buffers)):
+            self._wait_for_hash(index)
         return self.position, self._hash.hexdigest()
