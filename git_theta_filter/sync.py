@@ -1,8 +1,8 @@
 """Push, fetch and pull of tensor objects: which objects some refs need, and moving them.
 
 The commands ``git theta push/fetch/pull`` are thin wrappers over these
-functions; the pre-push hook and ``git-remote-theta`` use :mod:`prepush` and
-:func:`objects_for_fetch`.
+functions. The pre-push hook and ``git-remote-theta`` upload through
+:mod:`prepush`; the filter fetches through :mod:`on_demand`.
 """
 
 from __future__ import annotations

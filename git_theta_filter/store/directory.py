@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterator
 
 from .local import COPY_CHUNK, is_valid_oid
 from .object_format import ObjectFormatError
@@ -46,10 +46,6 @@ class DirectoryStore(ObjectStore):
     def has(self, oid: str) -> bool:
         self._check_reachable(oid)
         return self._object_path(oid).is_file()
-
-    def batch_has(self, oids: Iterable[str]) -> set[str]:
-        self._check_reachable()
-        return {oid for oid in oids if self._object_path(oid).is_file()}
 
     def get(self, oid: str, destination: Path) -> None:
         self._check_reachable(oid)

@@ -188,14 +188,10 @@ def open_store(
 
 @dataclass(frozen=True)
 class StoreLocation:
-    """A store URL and where it was found, for messages.
-
-    ``anchor`` is the directory that must already exist for a directory store:
-    the remote's git dir for a derived store, whose ``theta/`` may not exist yet.
-    """
+    """A store URL and, for a repository's own store, the git dir that must exist
+    (its ``theta/`` may not, yet)."""
 
     url: str
-    source: str
     anchor: Path | None = None
 
 
@@ -239,14 +235,14 @@ def locate_store(repo: GitRepo, remote: str, remote_url: str | None = None, revi
     key = f"theta.remote.{remote}.url"
     configured = repo.config_get(key)
     if configured:
-        return StoreLocation(configured, f"git config {key}")
+        return StoreLocation(configured)
     committed = _thetaconfig_get(repo, "theta.url", revision)
     if committed:
-        return StoreLocation(committed, f"{THETACONFIG} theta.url")
+        return StoreLocation(committed)
     url = remote_url or _remote_url(repo, remote)
     git_dir = local_repository_path(repo, url)
     if git_dir is not None:
-        return StoreLocation(str(git_dir / "theta" / "objects"), f"the local repository {url}", anchor=git_dir)
+        return StoreLocation(str(git_dir / "theta" / "objects"), anchor=git_dir)
     return None
 
 

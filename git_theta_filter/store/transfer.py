@@ -119,8 +119,17 @@ class TransferProgress:
         self._stream.flush()
 
 
-def _run_parallel(oids: list[str], work: Callable[[str], int | None], workers: int, progress: TransferProgress, size_hint: Callable[[str], int]) -> tuple[TransferResult, dict[str, ThetaError]]:
-    """``work(oid)`` for each oid: bytes moved, or None when the other side had it."""
+def _run_parallel(
+    oids: list[str],
+    work: Callable[[str], int | None],
+    workers: int,
+    progress: TransferProgress,
+    size_hint: Callable[[str], int],
+) -> tuple[TransferResult, dict[str, ThetaError]]:
+    """``work(oid)`` for each oid: bytes moved, or None when the other side had it.
+
+    The progress line is ended whatever happens.
+    """
     result = TransferResult()
     failures: dict[str, ThetaError] = {}
     fatal: list[StoreUnavailableError] = []
@@ -154,11 +163,15 @@ def _run_parallel(oids: list[str], work: Callable[[str], int | None], workers: i
     try:
         for future in [pool.submit(task, oid) for oid in oids]:
             future.result()
+    except BaseException:
+        progress.finish(None)
+        raise
     finally:
         # On Ctrl-C too: nothing new starts, and running tasks clean up their temp files.
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
     if fatal:
+        progress.finish(None)
         raise fatal[0]
     return result, failures
 

@@ -70,10 +70,14 @@ def test_configured_directory_store_with_theta_fetch_and_pull(git_env, tmp_path)
 
     # `fetch --all` brings every version, so old commits check out with the store gone.
     git_env.theta(b, "fetch", "--all")
-    (shared / "team-objects").rename(shared / "moved-away")
+    (shared / "team-objects").rename(shared / "lost")
     for commit, digest in history.files.items():
         git_env.git(b, "checkout", "-q", commit)
         assert sha256_file(b / MODEL) == digest
+
+    # `push --all` fills a new, empty store with the whole history.
+    git_env.theta(b, "push", "--all")
+    assert {p.name for p in (shared / "team-objects").glob("*/*/*")} == {p.name for p in (shared / "lost").glob("*/*/*")}
 
 
 def test_pre_push_hook_runs_the_users_own_hook_after_uploading(git_env, tmp_path):
@@ -101,6 +105,19 @@ def test_pre_push_hook_runs_the_users_own_hook_after_uploading(git_env, tmp_path
     git_env.git(a, "push", "-q", "origin", "main")
     assert git_env.git(bare, "rev-parse", "main").strip() == head
     assert set(store_files(bare / "theta" / "objects")) == objects_needed(git_env, a)
+
+
+def test_push_to_a_remote_without_a_store_warns_that_the_tensors_stay_local(git_env, tmp_path):
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    # A transport that is not a local path (as ssh or https would be), with no store configured.
+    url = f"ext::git %s {bare}"
+    a = init_clone(git_env, tmp_path / "A", url)
+    commit_versions(git_env, a, range(1), History())
+    result = git_env.run("git", "-c", "protocol.ext.allow=always", "push", "origin", "main", cwd=a)
+    assert "git-theta: warning: remote 'origin' has no object store, so the" in result.stderr.decode()
+    assert git_env.git(bare, "rev-parse", "main").strip() == git_env.git(a, "rev-parse", "HEAD").strip()
+    assert not (bare / "theta").exists()
 
 
 def test_unreachable_store_refuses_the_push_before_any_ref_moves(git_env, tmp_path):
