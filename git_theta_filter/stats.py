@@ -17,6 +17,8 @@ only changed/unchanged. Results are cached through :class:`.StatsCache`.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -193,59 +195,111 @@ class Statistician:
     statistic that is not cached and whose object is not in the store.
     """
 
-    def __init__(self, store: LocalStore, cache: StatsCache) -> None:
+    def __init__(self, store: LocalStore, cache: StatsCache, workers: int | None = None) -> None:
         self.store = store
         self.cache = cache
+        # numpy releases the GIL in its loops, so tensors are read on several threads.
+        self.workers = workers or min(4, os.cpu_count() or 1)
         self.bytes_read = 0
-        # Rows read ahead by prefetch(): a log of many commits asks for each tensor twice
-        # (as new, then as old) and for thousands of tensors in all.
+        # Results by key, so that a log of many commits, which asks for each tensor
+        # twice (as new, then as old), goes to SQLite once per manifest (prefetch).
         self._prefetched: set[str] = set()
-        self._tensor_rows: dict[tuple[str, str], Row] = {}
-        self._delta_rows: dict[tuple[str, str, str, str], Row] = {}
-
-    def prefetch(self, entries: Iterable[TensorEntry]) -> None:
-        """Read the cached statistics of these tensors, and of changes from them, in a few queries."""
-        oids = {entry.oid for entry in entries} - self._prefetched
-        if oids:
-            self._tensor_rows.update(self.cache.get_tensors(oids))
-            self._delta_rows.update(self.cache.get_deltas(oids))
-            self._prefetched |= oids
+        self._tensors: dict[tuple[str, str], TensorStats] = {}
+        self._deltas: dict[tuple[str, str, str, str], DeltaStats] = {}
 
     @classmethod
     def for_repo(cls, theta_dir: Path) -> "Statistician":
         return cls(LocalStore(theta_dir), StatsCache(theta_dir / "stats"))
 
+    def prefetch(self, entries: Iterable[TensorEntry]) -> None:
+        """Read the cached statistics of these tensors, and of changes from them, in a few queries."""
+        oids = {entry.oid for entry in entries} - self._prefetched
+        if not oids:
+            return
+        for key, row in self.cache.get_tensors(oids).items():
+            self._tensors[key] = _tensor_from_row(row)
+        for key4, row in self.cache.get_deltas(oids).items():
+            self._deltas[key4] = _delta_from_row(row)
+        self._prefetched |= oids
+
+    def compute_ahead(self, pairs: list[tuple[TensorEntry, TensorEntry]], entries: list[TensorEntry]) -> None:
+        """Compute on several threads what is not known yet: the changes of ``pairs``, then ``entries``.
+
+        Failures (a missing or corrupt object) are left for :meth:`delta_stats`
+        and :meth:`tensor_stats` to raise when they are asked.
+        """
+        pairs = [(old, new) for old, new in pairs if _delta_key(old, new) not in self._deltas]
+        covered = {_tensor_key(entry) for pair in pairs for entry in pair}
+        singles = [
+            entry
+            for entry in dict.fromkeys(entries)
+            if element_type(entry.dtype).decode is not None
+            and _tensor_key(entry) not in self._tensors
+            and _tensor_key(entry) not in covered
+        ]
+        if self.workers < 2 or len(pairs) + len(singles) < 2:
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            delta_jobs = [((old, new), pool.submit(self._read_delta, old, new)) for old, new in pairs]
+            tensor_jobs = [(entry, pool.submit(self._read_tensor, entry)) for entry in singles]
+            for (old, new), job in delta_jobs:
+                if job.exception() is None:
+                    self._remember_delta(old, new, *job.result())
+            for entry, job in tensor_jobs:
+                if job.exception() is None:
+                    self._remember_tensor(entry, job.result())
+
     def tensor_stats(self, entry: TensorEntry) -> TensorStats | None:
         """None for types without numeric statistics (complex, quantized)."""
-        etype = element_type(entry.dtype)
-        if etype.decode is None:
+        if element_type(entry.dtype).decode is None:
             return None
-        row = self._tensor_rows.get((entry.oid, layout_key(entry))) or self.cache.get_tensor(entry)
-        if row is not None:
-            numel, squares, low, high, nans, infs = row
-            return TensorStats(
-                int(numel), math.nan if squares is None else float(squares), low, high, nans, infs
-            )
-        elements = open_elements(self.store, entry)
-        stats = tensor_stats_of(elements, etype)
-        self.bytes_read += entry.nbytes
-        self._put_tensor(entry, stats)
-        return stats
+        key = _tensor_key(entry)
+        if key not in self._tensors:
+            row = self.cache.get_tensor(entry)
+            if row is not None:
+                self._tensors[key] = _tensor_from_row(row)
+            else:
+                self._remember_tensor(entry, self._read_tensor(entry))
+        return self._tensors[key]
 
     def delta_stats(self, old: TensorEntry, new: TensorEntry) -> DeltaStats:
         """The change between two tensor lines of one shape."""
-        key = (old.oid, layout_key(old), new.oid, layout_key(new))
-        row = self._delta_rows.get(key) or self.cache.get_delta(old, new)
-        if row is not None:
-            numel, changed, squares, dot, max_abs, has_numbers = row
-            if not has_numbers:
-                return DeltaStats(int(numel), int(changed))
-            return DeltaStats(int(numel), int(changed), _float(squares), _float(dot), _float(max_abs))
-        old_type, new_type = element_type(old.dtype), element_type(new.dtype)
+        key = _delta_key(old, new)
+        if key not in self._deltas:
+            row = self.cache.get_delta(old, new)
+            if row is not None:
+                self._deltas[key] = _delta_from_row(row)
+            else:
+                self._remember_delta(old, new, *self._read_delta(old, new))
+        return self._deltas[key]
+
+    # Reading runs on worker threads; remembering (SQLite, counters) on the calling thread.
+    def _read_tensor(self, entry: TensorEntry) -> TensorStats:
+        return tensor_stats_of(open_elements(self.store, entry), element_type(entry.dtype))
+
+    def _read_delta(
+        self, old: TensorEntry, new: TensorEntry
+    ) -> tuple[DeltaStats, TensorStats | None, TensorStats | None]:
         old_elements = open_elements(self.store, old)
         new_elements = open_elements(self.store, new)
-        delta, old_stats, new_stats = delta_stats_of(old_elements, old_type, new_elements, new_type)
-        self.bytes_read += old.nbytes + new.nbytes
+        return delta_stats_of(old_elements, element_type(old.dtype), new_elements, element_type(new.dtype))
+
+    def _remember_tensor(self, entry: TensorEntry, stats: TensorStats) -> None:
+        self._tensors[_tensor_key(entry)] = stats
+        self.bytes_read += entry.nbytes
+        self.cache.put_tensor(
+            entry, stats.numel, stats.sum_squares, stats.min, stats.max, stats.nan_count, stats.inf_count
+        )
+
+    def _remember_delta(
+        self,
+        old: TensorEntry,
+        new: TensorEntry,
+        delta: DeltaStats,
+        old_stats: TensorStats | None,
+        new_stats: TensorStats | None,
+    ) -> None:
+        self._deltas[_delta_key(old, new)] = delta
         self.cache.put_delta(
             old,
             new,
@@ -256,15 +310,29 @@ class Statistician:
             delta.max_abs_delta,
         )
         if old_stats is not None and new_stats is not None:
-            self._put_tensor(old, old_stats)
-            self._put_tensor(new, new_stats)
-        return delta
-
-    def _put_tensor(self, entry: TensorEntry, stats: TensorStats) -> None:
-        self.cache.put_tensor(
-            entry, stats.numel, stats.sum_squares, stats.min, stats.max, stats.nan_count, stats.inf_count
-        )
+            self._remember_tensor(old, old_stats)
+            self._remember_tensor(new, new_stats)
 
 
-def _float(value: float | None) -> float:
-    return math.nan if value is None else float(value)
+def _tensor_key(entry: TensorEntry) -> tuple[str, str]:
+    return entry.oid, layout_key(entry)
+
+
+def _delta_key(old: TensorEntry, new: TensorEntry) -> tuple[str, str, str, str]:
+    return old.oid, layout_key(old), new.oid, layout_key(new)
+
+
+def _tensor_from_row(row: Row) -> TensorStats:
+    numel, squares, low, high, nans, infs = row
+    return TensorStats(int(numel), _float(squares), low, high, int(nans), int(infs))  # type: ignore[arg-type]
+
+
+def _delta_from_row(row: Row) -> DeltaStats:
+    numel, changed, squares, dot, max_abs, has_numbers = row
+    if not has_numbers:
+        return DeltaStats(int(numel), int(changed))  # type: ignore[arg-type]
+    return DeltaStats(int(numel), int(changed), _float(squares), _float(dot), _float(max_abs))  # type: ignore[arg-type]
+
+
+def _float(value: object) -> float:
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]

@@ -59,6 +59,7 @@ class TensorDiff:
     old_stats: TensorStats | None = None
     new_stats: TensorStats | None = None
     delta: DeltaStats | None = None
+    objects_missing: bool = False  # some numbers are None because an object is not in the store
 
     @property
     def is_float(self) -> bool:
@@ -170,15 +171,21 @@ def diff_manifests(old: Manifest | None, new: Manifest | None, stats: Statistici
     old_tensors = {t.name: t for t in old.tensors} if old else {}
     new_tensors = {t.name: t for t in new.tensors} if new else {}
     result = ManifestDiff()
-    missing: set[str] = set()
-    if stats is not None:
-        stats.prefetch([*old_tensors.values(), *new_tensors.values()])
     for name in sorted(old_tensors.keys() | new_tensors.keys()):
         old_entry, new_entry = old_tensors.get(name), new_tensors.get(name)
-        tensor = TensorDiff(name, _status(old_entry, new_entry), old_entry, new_entry)
-        if stats is not None:
+        result.tensors.append(TensorDiff(name, _status(old_entry, new_entry), old_entry, new_entry))
+    missing: set[str] = set()
+    if stats is not None:
+        entries = [*old_tensors.values(), *new_tensors.values()]
+        stats.prefetch(entries)
+        pairs = [
+            (t.old, t.new)
+            for t in result.tensors
+            if t.old is not None and t.new is not None and _needs_delta(t.status, t.old, t.new)
+        ]
+        stats.compute_ahead(pairs, entries)
+        for tensor in result.tensors:
             _fill_stats(tensor, stats, missing)
-        result.tensors.append(tensor)
     _summarise(result, stats is not None)
     result.summary.missing_objects = len(missing)
     return result
@@ -193,6 +200,7 @@ def _fill_stats(tensor: TensorDiff, stats: Statistician, missing: set[str]) -> N
                 tensor.status = TensorStatus.UNCHANGED
     except ObjectMissingError as exc:
         missing.add(exc.oid)
+        tensor.objects_missing = True
     for side in ("old", "new"):
         entry = getattr(tensor, side)
         if entry is None:
@@ -201,6 +209,7 @@ def _fill_stats(tensor: TensorDiff, stats: Statistician, missing: set[str]) -> N
             setattr(tensor, f"{side}_stats", stats.tensor_stats(entry))
         except ObjectMissingError as exc:
             missing.add(exc.oid)
+            tensor.objects_missing = True
     if (
         tensor.status is TensorStatus.UNCHANGED
         and tensor.delta is None

@@ -171,20 +171,21 @@ def _shape(tensor: TensorDiff) -> tuple[str, str]:
     return old or new  # type: ignore[return-value]
 
 
-def _tensor_cells(tensor: TensorDiff, missing: str) -> list[str]:
+def _tensor_cells(tensor: TensorDiff) -> list[str]:
+    """The numbers of one tensor; ``n/a`` where they need an object that is missing, ``-`` where none apply."""
     dtype, shape = _shape(tensor)
-    known = missing if tensor.status is not TensorStatus.UNCHANGED else "-"
+    unknown = "n/a" if tensor.objects_missing else "-"
     fraction = tensor.changed_fraction
     return [
         tensor.name,
         dtype,
         shape,
-        format_value(tensor.old_stats.norm if tensor.old_stats else None, missing if tensor.old else "-"),
-        format_value(tensor.new_stats.norm if tensor.new_stats else None, missing if tensor.new else "-"),
-        format_value(tensor.delta_norm, known if tensor.delta is None and tensor.old and tensor.new else "-"),
-        format_value(tensor.relative_change),
-        format_value(tensor.cosine_similarity),
-        format_value(tensor.delta.max_abs_delta if tensor.delta else None),
+        format_value(tensor.old_stats.norm if tensor.old_stats else None, unknown if tensor.old else "-"),
+        format_value(tensor.new_stats.norm if tensor.new_stats else None, unknown if tensor.new else "-"),
+        format_value(tensor.delta_norm, unknown if tensor.old and tensor.new else "-"),
+        format_value(tensor.relative_change, unknown if tensor.old and tensor.new else "-"),
+        format_value(tensor.cosine_similarity, unknown if tensor.old and tensor.new else "-"),
+        format_value(tensor.delta.max_abs_delta if tensor.delta else None, unknown if tensor.old and tensor.new else "-"),
         f"{fraction:.1%}" if fraction is not None else "-",
     ]
 
@@ -230,7 +231,7 @@ def _print_text(diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]],
             rows = []
             for tensor in tensors:
                 status = Styled(tensor.status.value, _STATUS_COLOURS[tensor.status.value])
-                rows.append([status, *_tensor_cells(tensor, "n/a"), _non_finite(tensor)])
+                rows.append([status, *_tensor_cells(tensor), _non_finite(tensor)])
             for line in table_lines(
                 ["status", *_TENSOR_HEADER, ""], rows, colour, right=tuple(range(4, 11)), indent="  "
             ):
@@ -262,7 +263,7 @@ def _print_markdown(diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDif
         print()
         tensors = listed(file)
         if tensors:
-            rows = [[t.status.value, *_tensor_cells(t, "n/a"), _non_finite(t)] for t in tensors]
+            rows = [[t.status.value, *_tensor_cells(t), _non_finite(t)] for t in tensors]
             rows = [[f"`{row[1]}`" if i == 1 else cell for i, cell in enumerate(row)] for row in rows]
             for line in markdown_table(["status", *_TENSOR_HEADER, "NaN/Inf"], rows):
                 print(line)

@@ -254,3 +254,23 @@ def test_metrics_names_resolve_by_unambiguous_dotted_suffix() -> None:
         "max",
         "max",
     ]
+
+
+def test_stats_computed_ahead_on_threads_equal_those_computed_one_by_one(theta_dir: Path) -> None:
+    store = LocalStore(theta_dir)
+    olds = [store_tensor(store, f"t{i}", random_tensor(torch.float32, (5000,), seed=i)) for i in range(6)]
+    news = [store_tensor(store, f"t{i}", random_tensor(torch.float32, (5000,), seed=i + 50)) for i in range(6)]
+    lone = store_tensor(store, "lone", random_tensor(torch.bfloat16, (300,), seed=99))
+    gone = store_tensor(store, "gone", torch.ones(3))
+    store.object_path(gone.oid).chmod(0o644)
+    store.object_path(gone.oid).unlink()
+    threaded = Statistician(store, StatsCache(None), workers=3)
+    threaded.compute_ahead([*zip(olds, news), (gone, gone)], [*olds, lone, gone])
+    assert threaded.bytes_read == sum(e.nbytes for e in [*olds, *news, lone])
+    serial = Statistician(store, StatsCache(None), workers=1)
+    for old, new in zip(olds, news):
+        assert threaded.delta_stats(old, new) == serial.delta_stats(old, new)
+        assert threaded.tensor_stats(new) == serial.tensor_stats(new)
+    assert threaded.tensor_stats(lone) == serial.tensor_stats(lone)
+    with pytest.raises(ObjectMissingError):  # the failure waits until it is asked for
+        threaded.tensor_stats(gone)
