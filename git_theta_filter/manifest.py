@@ -248,7 +248,9 @@ class Manifest:
         ]
         lines += [f"metric {encode_name(k)} {format_metric(self.metrics[k])}" for k in sorted(self.metrics)]
         lines += [t.render() for t in sorted(self.tensors, key=lambda t: t.name)]
-        lines += [s.render() for s in sorted(self.splices, key=lambda s: s.offset)]
+        # By length too: an empty splice (a zero-size tensor) may share its offset with the
+        # next one, and only the empty-first order parses; the oid settles two empty ones.
+        lines += [s.render() for s in sorted(self.splices, key=lambda s: (s.offset, s.length, s.oid))]
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     @classmethod

@@ -80,6 +80,33 @@ def test_render_sorts_every_section() -> None:
     ]
 
 
+def test_an_empty_splice_sharing_an_offset_renders_first_and_parses() -> None:
+    """A zero-size tensor's splice may sit at the offset of the next one (safetensors [8,8] then [8,16])."""
+    empty, full, other_empty = Splice(8, 0, OID_A), Splice(8, 8, OID_B), Splice(8, 0, OID_C)
+    m = Manifest(
+        format="safetensors",
+        size=16,
+        sha256=SHA,
+        skeleton=SKEL,
+        tensors=[TensorEntry("e", "F32", (0,), OID_A), TensorEntry("f", "F32", (2,), OID_B)],
+        splices=[full, other_empty, empty],
+    )
+    text = m.render()
+    assert text.decode().splitlines()[-3:] == [
+        f"splice 8 0 {OID_A}",
+        f"splice 8 0 {OID_C}",
+        f"splice 8 8 {OID_B}",
+    ]
+    assert Manifest.parse(text).splices == [empty, other_empty, full]
+    # The other order of the two empty splices is a second encoding of the same manifest: refused.
+    swapped = text.replace(
+        f"splice 8 0 {OID_A}\nsplice 8 0 {OID_C}".encode(),
+        f"splice 8 0 {OID_C}\nsplice 8 0 {OID_A}".encode(),
+    )
+    with pytest.raises(ManifestError, match="not in canonical form"):
+        Manifest.parse(swapped)
+
+
 @pytest.mark.parametrize(
     "name, encoded",
     [
@@ -206,7 +233,7 @@ def test_render_parse_round_trip(m: Manifest) -> None:
         m.skeleton,
     )
     assert parsed.tensors == sorted(m.tensors, key=lambda t: t.name)
-    assert parsed.splices == sorted(m.splices, key=lambda s: s.offset)
+    assert parsed.splices == sorted(m.splices, key=lambda s: (s.offset, s.length, s.oid))
     assert parsed.metrics.keys() == m.metrics.keys()
     assert all(same_metric(m.metrics[k], parsed.metrics[k]) for k in m.metrics)
     # Names never break the line grammar: one line per entry, fields split by one space.
