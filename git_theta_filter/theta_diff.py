@@ -96,6 +96,9 @@ def resolve_sides(
             tree_snapshot(git, resolve_commit(git, revisions[1]), revisions[1]),
         )
     if cached:
+        if not revisions and git.head_is_unborn:
+            # Before the first commit, as in git, the index is compared with nothing.
+            return Snapshot("no commits yet", git, {}), index_snapshot(git)
         revision = revisions[0] if revisions else "HEAD"
         return tree_snapshot(git, resolve_commit(git, revision), revision), index_snapshot(git)
     if revisions:

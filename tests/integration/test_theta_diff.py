@@ -312,3 +312,14 @@ def test_theta_diff_console_script_alias_and_subdirectory(history: History) -> N
     assert result.stdout.startswith("model.pth | 1 modified")
     outside = history.theta("diff", "HEAD~1", "HEAD", "--", "../../elsewhere.pth", cwd=subdirectory)
     assert outside.returncode == 128
+
+
+def test_theta_diff_cached_before_the_first_commit(history: History, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    history.run("git", "init", "-q", str(fresh), cwd=tmp_path)
+    history.run("git", "theta", "track", "*.pth", cwd=fresh)
+    torch.save(model_at(1).state_dict(), fresh / "model.pth")
+    history.run("git", "add", "model.pth", cwd=fresh)
+    (file,) = json.loads(history.theta("diff", "--cached", "--json", cwd=fresh).stdout)["files"]
+    assert file["status"] == "added" and file["summary"]["tensors_added"] == 4
+    assert history.theta("log", cwd=fresh).returncode == 128  # no HEAD to walk from, as git log
