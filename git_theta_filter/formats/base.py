@@ -50,10 +50,15 @@ class CleanContext:
             shape = (nbytes,)
         writer = self.store.writer(object_dtype, shape, nbytes)
         try:
-            self.source.copy_to(writer.write, nbytes)
+            received = self.source.copy_to(writer.write, nbytes, allow_short=True)
         except BaseException:
             writer.abort()
             raise
+        if received < nbytes:
+            # The file ends inside this payload. What arrived is kept as an
+            # object of its own, so the opaque fallback can rebuild every byte.
+            self.layout.add_splice(received, writer.commit_received())
+            raise TruncatedError(f"file ends {nbytes - received} bytes into a tensor, at offset {self.source.position}")
         oid = writer.commit()
         self.layout.add_splice(nbytes, oid)
         return oid

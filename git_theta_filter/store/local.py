@@ -142,6 +142,25 @@ class ObjectWriter:
         self.oid = self._store._link_temp(self._file, self._tmp_path, self._hash.hexdigest())
         return self.oid
 
+    def commit_received(self) -> str:
+        """Store the payload bytes received so far as a U8 object, when the input ended early."""
+        partial = UnsizedObjectWriter(self._store)
+        try:
+            if self._same is not None:
+                chunks = self._same.iter_prefix(self._written)
+            else:
+                assert self._file is not None
+                self._file.seek(len(self._header))
+                chunks = iter(lambda: self._file.read(COPY_CHUNK), b"")  # type: ignore[union-attr]
+            for chunk in chunks:
+                partial.write(chunk)
+        except BaseException:
+            partial.abort()
+            raise
+        finally:
+            self.abort()
+        return partial.commit()
+
     def abort(self) -> None:
         if self._same is not None:
             self._same.close()

@@ -361,11 +361,6 @@ def test_formats_opaque_files_are_one_u8_object(repo_copy: tuple, name: str) -> 
     assert_object(repo, splice.oid, dtype="U8", shape=(len(data),), payload=data)
 
 
-@pytest.mark.xfail(
-    reason="a file cut inside a storage record loses the payload bytes already streamed "
-    "(CleanContext.store_payload; the fix needs store/local.py's writer or formats/source.py)",
-    strict=True,
-)
 def test_formats_pth_truncated_inside_a_storage_checks_out_byte_exact(
     repo_copy: tuple, tmp_path: Path
 ) -> None:

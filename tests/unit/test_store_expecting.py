@@ -12,6 +12,7 @@ import torch
 
 from git_theta_filter.clean import clean
 from git_theta_filter.manifest import Manifest
+from git_theta_filter.smudge import prepare_smudge
 from git_theta_filter.store.local import COPY_CHUNK, LocalStore
 
 
@@ -84,3 +85,17 @@ def test_a_missing_or_corrupt_expected_object_is_ignored(store: LocalStore, vers
     for oid in previous:
         with open(store.object_path(oid), "rb") as f:
             assert f.read() == b"not an object"  # an existing object is never rewritten
+
+
+def test_a_truncated_new_version_loses_no_byte_while_comparing(store: LocalStore, versions: list[dict]) -> None:
+    """The file ends inside a tensor that so far equals the previous version's: those bytes are kept too."""
+    base = torch_bytes(versions[0])
+    previous = clean_manifest(store, base)
+    biggest = max(previous.splices, key=lambda s: s.length)
+    cut = base[: biggest.offset + biggest.length // 2]
+    with store.expecting(payload_oids(previous)):
+        manifest = clean_manifest(store, cut)
+    assert manifest.format == "opaque"
+    rebuilt = bytearray()
+    prepare_smudge(manifest.render(), store, "model.pth").write(rebuilt.extend)
+    assert bytes(rebuilt) == cut
