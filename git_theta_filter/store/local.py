@@ -237,6 +237,12 @@ class UnsizedObjectWriter:
         self._store._discard_temp(self._file, self._tmp_path)
 
 
+def _subdirectories(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    return sorted(entry for entry in path.iterdir() if entry.is_dir() and not entry.is_symlink())
+
+
 class LocalStore:
     """Objects under ``<theta_dir>/objects``; temp files under ``<theta_dir>/tmp``."""
 
@@ -266,12 +272,11 @@ class LocalStore:
 
     def iter_oids(self) -> Iterator[str]:
         """Every object id present in the store (no content check)."""
-        if not self.objects_dir.is_dir():
-            return
-        for first in sorted(os.listdir(self.objects_dir)):
-            for second in sorted(os.listdir(self.objects_dir / first)):
-                for name in sorted(os.listdir(self.objects_dir / first / second)):
-                    if is_valid_oid(name) and name[0:2] == first and name[2:4] == second:
+        # Anything else that lands in objects/ (an editor's backup, .DS_Store) is skipped.
+        for first in _subdirectories(self.objects_dir):
+            for second in _subdirectories(first):
+                for name in sorted(os.listdir(second)):
+                    if is_valid_oid(name) and name[0:2] == first.name and name[2:4] == second.name:
                         yield name
 
     # -- writing -------------------------------------------------------------

@@ -208,12 +208,6 @@ def test_types_without_a_safetensors_dtype_are_stored_as_bytes() -> None:
         encode_header("F32", (2,), 7)
 
 
-@pytest.mark.xfail(
-    reason="LocalStore.iter_oids calls os.listdir on every entry of objects/ and objects/aa/, so a "
-    "stray file there (.DS_Store, an editor's backup) raises NotADirectoryError in fsck and du; "
-    "store/local.py is being reworked by its owner",
-    strict=True,
-)
 @pytest.mark.parametrize("stray", ["objects/.DS_Store", "objects/ab/notes.txt"])
 def test_iter_oids_skips_stray_files(store: LocalStore, stray: str) -> None:
     oid = store.write_bytes(b"payload", "U8", (7,))
