@@ -104,11 +104,12 @@ def test_gc_waits_for_a_running_writer(git_env, repo):
     theta_dir = repo / ".git" / "theta"
     with writer_lock(theta_dir):
         gc = subprocess.Popen(["git", "theta", "gc", "--prune=now"], cwd=repo, env=git_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1.0)
+        # gc says it is waiting only once it has found the lock taken.
+        assert b"waiting for running git commands" in gc.stderr.readline()
+        time.sleep(0.2)
         assert gc.poll() is None, "gc must wait while an object writer holds the lock"
-    out, err = gc.communicate(timeout=30)
+    gc.communicate(timeout=60)
     assert gc.returncode == 0
-    assert b"waiting for running git commands" in err
 
 
 def test_gc_rejects_a_bad_prune_date(git_env, repo):
