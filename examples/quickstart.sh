@@ -48,4 +48,8 @@ step git theta du
 step git theta fsck
 step git status --short
 echo
+echo "Metrics and parameter norms, commit by commit, and what changed since the last commit:"
+step git theta-log
+step git theta-diff HEAD~1
+echo
 echo "Demo repository: $demo"
