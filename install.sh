@@ -29,10 +29,20 @@ if ! command -v git-lfs >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &&
 fi
 
 if ! command -v git-theta >/dev/null 2>&1; then
-    bindir=$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-    echo "install.sh: git-theta was installed to $bindir, which is not on PATH; add it and re-run" >&2
+    echo "install.sh: git-theta was installed to $("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'), which is not on PATH; add it and re-run" >&2
     exit 1
 fi
+
+# `git theta --help` becomes `man git-theta`, and man looks in ../share/man of
+# each PATH directory. An editable install does not copy data files, so place
+# the pages beside the interpreter's scripts and beside the git-theta on PATH.
+scripts=$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+for bindir in "$scripts" "$(dirname "$(command -v git-theta)")"; do
+    mandir="$bindir/../share/man/man1"
+    if mkdir -p "$mandir" 2>/dev/null && cp man/man1/*.1 "$mandir/" 2>/dev/null; then :; else
+        echo "install.sh: could not install man pages to $mandir; use -h for help" >&2
+    fi
+done
 
 if [ "${THETA_SKIP_GIT_INSTALL:-0}" != 1 ]; then
     # Run from $HOME so that the hooks are not installed into this checkout.
