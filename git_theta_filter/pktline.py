@@ -112,11 +112,15 @@ class PktLineReader:
         return self._read_exact(size, "a packet")
 
     def read_text(self) -> str | None:
-        """One text packet without its newline, ``None`` for a flush."""
+        """One text packet without its newline, ``None`` for a flush.
+
+        Undecodable bytes become surrogates: a path on Linux is any bytes, and
+        ``os.fsencode`` turns such a ``pathname=`` back into the same bytes.
+        """
         packet = self.read_packet()
         if packet is None:
             return None
-        return packet.decode("utf-8").removesuffix("\n")
+        return packet.decode("utf-8", "surrogateescape").removesuffix("\n")
 
     def read_text_list(self) -> list[str]:
         """Text packets up to the next flush."""

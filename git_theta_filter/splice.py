@@ -37,9 +37,13 @@ class LayoutBuilder:
         self.splices: list[Splice] = []
         self.size = 0
 
-    def add_skeleton(self, data: bytes | bytearray | memoryview) -> None:
-        if len(self.skeleton) + len(data) > MAX_SKELETON_BYTES:
+    def check_room(self, size: int) -> None:
+        """Refuse, before anything is read, ``size`` more bytes that would pass the skeleton limit."""
+        if len(self.skeleton) + size > MAX_SKELETON_BYTES:
             raise SkeletonTooLargeError(f"more than {MAX_SKELETON_BYTES} bytes of non-tensor data")
+
+    def add_skeleton(self, data: bytes | bytearray | memoryview) -> None:
+        self.check_room(len(data))
         self.skeleton += data
         self.size += len(data)
 

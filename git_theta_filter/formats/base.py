@@ -35,6 +35,9 @@ class CleanContext:
 
     def keep(self, size: int, what: str) -> bytes:
         """Move the next ``size`` bytes into the skeleton and return them."""
+        # ``size`` comes from the file (a zip header says up to 2**64): refuse it
+        # before reading, or the bytes would pile up in memory first.
+        self.layout.check_room(size)
         data = self.source.read(size)
         # Kept even when the file ends early: the opaque fallback rebuilds the
         # file from the layout, so bytes consumed but not kept would be lost.
