@@ -40,9 +40,11 @@ class SmudgeOutput(Protocol):
 
 
 class FilterHandler(Protocol):
+    """Both commands read the content themselves, so each can bound what it buffers."""
+
     def clean(self, pathname: str, content: PktLineReader) -> bytes: ...
 
-    def prepare_smudge(self, pathname: str, content: bytes) -> SmudgeOutput: ...
+    def prepare_smudge(self, pathname: str, content: PktLineReader) -> SmudgeOutput: ...
 
 
 Report = Callable[[BaseException, str], None]
@@ -59,15 +61,6 @@ def _handshake(reader: PktLineReader, writer: PktLineWriter) -> set[str]:
     return set(supported)
 
 
-def _read_all_content(reader: PktLineReader) -> bytes:
-    reader.start_content()
-    chunks = bytearray()
-    buffer = bytearray(1 << 16)
-    while count := reader.readinto(buffer):
-        chunks += memoryview(buffer)[:count]
-    return bytes(chunks)
-
-
 def serve(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report) -> None:
     """Handshake, then answer requests until Git closes the pipe."""
     capabilities = _handshake(reader, writer)
@@ -79,7 +72,8 @@ def serve(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, 
         headers = dict(line.partition("=")[::2] for line in header_lines)
         command, pathname = headers.get("command"), headers.get("pathname", "")
         if command not in capabilities:
-            _read_all_content(reader)
+            reader.start_content()
+            reader.drain_content()
             report(ProtocolError(f"unsupported command {command!r}"), pathname)
             writer.write_text_list(["status=error"])
         elif command == "clean":
@@ -107,10 +101,15 @@ def _serve_clean(reader: PktLineReader, writer: PktLineWriter, handler: FilterHa
 
 
 def _serve_smudge(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
-    content = _read_all_content(reader)
+    reader.start_content()
     try:
-        output = handler.prepare_smudge(pathname, content)
+        output = handler.prepare_smudge(pathname, reader)
+        reader.drain_content()
+    except PktLineError:
+        raise
     except Exception as exc:
+        # The whole request is read before answering, even a refused one.
+        reader.drain_content()
         report(exc, pathname)
         writer.write_text_list(["status=error"])
         return

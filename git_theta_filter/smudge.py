@@ -13,14 +13,40 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import ThetaError
-from .manifest import Manifest, looks_like_manifest
+from .formats.source import Readable
+from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
 from .splice import MAX_SKELETON_BYTES, write_spliced
 from .store.local import LocalStore
 from .store.object_format import ObjectFormatError
 
-__all__ = ["SmudgeVerificationError", "SmudgePlan", "prepare_smudge"]
+__all__ = ["ManifestTooLargeError", "SmudgeVerificationError", "SmudgePlan", "read_smudge_input", "prepare_smudge"]
 
 Write = Callable[[memoryview], object]
+_READ_CHUNK = 1 << 20
+
+
+class ManifestTooLargeError(ManifestError):
+    """A blob that starts like a manifest but is larger than any manifest may be."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"starts like a manifest but is over the {MAX_MANIFEST_BYTES}-byte limit")
+        self.path = path
+
+
+def read_smudge_input(content: Readable, path: str) -> bytes:
+    """The blob git sent, whole: a manifest, or a file committed before it was tracked.
+
+    A blob that starts like a manifest is refused as soon as it passes the
+    manifest size limit, so a hostile one is never buffered whole (the caller
+    drains the rest). Other content passes through, so it is read whole.
+    """
+    data = bytearray()
+    buffer = bytearray(_READ_CHUNK)
+    while count := content.readinto(buffer):
+        data += memoryview(buffer)[:count]
+        if len(data) > MAX_MANIFEST_BYTES and looks_like_manifest(data):
+            raise ManifestTooLargeError(path)
+    return bytes(data)
 
 
 class SmudgeVerificationError(ThetaError):

@@ -15,7 +15,7 @@ from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..locks import writer_lock
 from ..on_demand import OnDemandFetcher
 from ..pktline import PktLineReader, PktLineWriter, open_stdio_streams
-from ..smudge import SmudgePlan, prepare_smudge
+from ..smudge import SmudgePlan, prepare_smudge, read_smudge_input
 from ..store.local import LocalStore, ObjectMissingError
 from ._errors import report_error
 
@@ -44,7 +44,8 @@ class ThetaFilter:
         with self.store.expecting(_staged_payload_objects(pathname)):
             return clean(content, self.store, pathname)
 
-    def prepare_smudge(self, pathname: str, content: bytes) -> SmudgePlan:
+    def prepare_smudge(self, pathname: str, reader: PktLineReader) -> SmudgePlan:
+        content = read_smudge_input(reader, pathname)
         if self.skip_smudge:
             return SmudgePlan(pathname, self.store, None, passthrough=content)
         try:

@@ -85,10 +85,19 @@ class FakeHandler:
                 raise ValueError("cannot clean this")
         return b"clean:" + bytes(data).upper()
 
-    def prepare_smudge(self, pathname: str, content: bytes) -> FakeOutput:
+    def prepare_smudge(self, pathname: str, content: PktLineReader) -> FakeOutput:
         if pathname == "fail-prepare":
             raise ValueError("missing object")
-        return FakeOutput(content[::-1], fail_after=3 if pathname == "fail-midway" else None)
+        data = read_all(content)
+        return FakeOutput(data[::-1], fail_after=3 if pathname == "fail-midway" else None)
+
+
+def read_all(content: PktLineReader) -> bytes:
+    data = bytearray()
+    buffer = bytearray(7)
+    while count := content.readinto(buffer):
+        data += buffer[:count]
+    return bytes(data)
 
 
 def run_serve(stream: bytes) -> tuple[PktLineReader, list[tuple[str, str]]]:
