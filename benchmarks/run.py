@@ -449,14 +449,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"a {QUICK_SIZE_MB} MB checkpoint and 1 run: a smoke test, not a measurement")
     parser.add_argument("--runs", type=int, default=None, help="runs to take the median of (default 3; 1 with --quick)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to put checkpoints and repositories (default: a temp dir)")
+    parser.add_argument(
+        "--tools", default=",".join(TOOLS), help=f"comma-separated subset of: {', '.join(TOOLS)} (default: all)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mb = QUICK_SIZE_MB
     runs = args.runs or (1 if args.quick else 3)
 
+    wanted = [t.strip() for t in args.tools.split(",")]
+    if unknown := [t for t in wanted if t not in TOOLS]:
+        parser.error(f"unknown tools {unknown}; choose from {list(TOOLS)}")
     have_lfs = subprocess.run(["git", "lfs", "version"], capture_output=True).returncode == 0
-    tools = [t for t in TOOLS if have_lfs or t != "git-lfs"]
-    lfs_note = "" if have_lfs else "git-lfs is not installed: its column and the ratios to it are skipped."
+    tools = [t for t in TOOLS if t in wanted and (have_lfs or t != "git-lfs")]
+    lfs_note = "" if have_lfs or "git-lfs" not in wanted else "git-lfs is not installed: its column and the ratios to it are skipped."
     if args.quick:
         lfs_note = (lfs_note + " " if lfs_note else "") + (
             "--quick is a smoke test: at this size start-up costs dominate, and the targets apply to the full size."
@@ -475,7 +481,10 @@ def main(argv: list[str] | None = None) -> int:
             for tool in tools:
                 print(f"run {index + 1}/{runs}: {tool} ...", file=sys.stderr)
                 results[tool].append(run_tool(tool, checkpoints, workdir / f"{tool.replace(' ', '-')}-{index}"))
-        extra = log_diff_section(args)
+        if set(wanted) == set(TOOLS):
+            extra = log_diff_section(args)
+        else:
+            extra = "theta only (theta-log, theta-diff): skipped, as --tools chose a subset.\n"
         print(f"Machine: {machine_description()}\n")
         print(render(results, floors, checkpoints, lfs_note, extra), end="")
     return 0
