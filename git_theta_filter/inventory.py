@@ -133,6 +133,8 @@ class FsckReport:
     checked: int = 0
     corrupt: dict[str, str] = field(default_factory=dict)
     missing: dict[str, list[str]] = field(default_factory=dict)
+    # Where each corrupt object was moved (see LocalStore.quarantine).
+    quarantined: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -140,7 +142,11 @@ class FsckReport:
 
 
 def fsck(repo: GitRepo, all_refs: bool, on_progress: Callable[[int, int], None] | None = None) -> FsckReport:
-    """Re-hash every stored object, and look for the objects that manifests need."""
+    """Re-hash every stored object, and look for the objects that manifests need.
+
+    A corrupt object is moved out of the store, so that `git theta fetch` (or
+    the next checkout's on-demand fetch) can put a good copy in its place.
+    """
     store = repo.store()
     report = FsckReport()
     oids = list(store.iter_oids())
@@ -150,6 +156,7 @@ def fsck(repo: GitRepo, all_refs: bool, on_progress: Callable[[int, int], None] 
             store.verify(oid)
         except ThetaError as exc:
             report.corrupt[oid] = getattr(exc, "reason", str(exc))
+            report.quarantined[oid] = str(store.quarantine(oid))
         report.checked += 1
         if on_progress:
             on_progress(report.checked, len(oids))

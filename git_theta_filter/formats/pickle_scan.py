@@ -16,6 +16,7 @@ containers, :class:`TensorRef`/:class:`StorageRef` records and
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import math
@@ -172,6 +173,11 @@ class _StructureUnpickler(pickle.Unpickler):
         self.foreign_globals: set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
+        # torch writes protocol 2, whose pickles may name Python 2 modules
+        # (``__builtin__.eval``). pickle.load maps them to what it would really
+        # call (``builtins.eval``); so do we, for the allowlist and the report.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualname = f"{module}.{name}"
         if qualname in ALLOWED_GLOBALS:
             return ALLOWED_GLOBALS[qualname]

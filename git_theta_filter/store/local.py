@@ -397,6 +397,18 @@ class LocalStore:
         if digest != oid:
             raise ObjectFormatError(oid, f"content hashes to {digest}")
 
+    def quarantine(self, oid: str) -> Path:
+        """Move a corrupt object to ``theta/bad/<oid>``, out of the way of a fetch that restores it.
+
+        Every write keeps an object that is already present, so a corrupt one
+        would otherwise stay forever; its bytes are kept for inspection.
+        """
+        bad_dir = self.theta_dir / "bad"
+        bad_dir.mkdir(parents=True, exist_ok=True)
+        target = bad_dir / oid
+        os.replace(self.object_path(oid), target)
+        return target
+
     # -- importing -------------------------------------------------------------
     def import_verified(self, path: Path, oid: str) -> None:
         """Move a file from ``tmp_dir`` into the store as ``oid``; the caller has checked its sha256.

@@ -183,14 +183,28 @@ def test_fsck_names_a_corrupt_object(repo_copy: tuple) -> None:
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x01
     path.write_bytes(bytes(data))
-    result = git_env.run("git", "theta", "fsck", cwd=repo, check=False)
-    assert result.returncode == 1
-    assert (
-        f"corrupt {victim}: content hashes to {sha256_file(path)}"
-        in result.stdout.decode().splitlines()
-    )
+    got = sha256_file(path)
     report = json.loads(git_env.run("git", "theta", "fsck", "--json", cwd=repo, check=False).stdout)
     assert report["ok"] is False and list(report["corrupt"]) == [victim] and report["missing"] == {}
+    # Moved out of the store, so a fetch can restore it: from now on it is missing.
+    bad = repo / ".git" / "theta" / "bad" / victim
+    assert not path.exists() and sha256_file(bad) == got
+    result = git_env.run("git", "theta", "fsck", cwd=repo, check=False)
+    assert result.returncode == 1
+    assert f"missing {victim} (needed by notes.bin)" in result.stdout.decode().splitlines()
+
+
+def test_fsck_moves_a_corrupt_object_out_of_the_store(repo_copy: tuple) -> None:
+    git_env, repo = repo_copy
+    victim = read_manifest(git_env, repo, "HEAD:notes.bin").splices[0].oid
+    path = object_path(repo, victim)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    got = sha256_file(path)
+    result = git_env.run("git", "theta", "fsck", cwd=repo, check=False)
+    assert result.returncode == 1
+    bad = repo / ".git" / "theta" / "bad" / victim
+    assert f"corrupt {victim}: content hashes to {got}; moved to {bad}" in result.stdout.decode().splitlines()
 
 
 def test_fsck_names_a_truncated_object(repo_copy: tuple) -> None:

@@ -1,0 +1,111 @@
+"""``git theta fsck --check-pickles``: the code each tracked checkpoint would run on load.
+
+``torch.load(weights_only=False)`` and ``pickle.load`` call every global that
+a ``data.pkl`` names. This lists, for each version of a model file, the
+globals that are not on :data:`formats.pickle_scan.ALLOWED_GLOBALS` (the inert
+set a plain state_dict uses). ``data.pkl`` is read back from the skeleton
+object and only ever given to the restricted scanner, which runs nothing.
+
+A file stored opaque is not a zip, so it has no ``data.pkl``; when its first
+byte is the pickle PROTO opcode (torch's legacy format, or a bare pickle) it
+is reported as unchecked, since loading it could run anything.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+
+from .errors import ThetaError
+from .formats.pickle_scan import scan_pickle
+from .gitrepo import GitRepo
+from .inventory import referenced_manifests
+from .manifest import Manifest
+from .splice import MAX_SKELETON_BYTES, SplicedReader
+from .store.local import LocalStore
+from .store.object_format import ObjectFormatError
+
+__all__ = ["PickleReport", "DataPklError", "read_data_pkl", "check_pickles"]
+
+_PICKLE_PROTO = 0x80
+
+
+class DataPklError(ThetaError):
+    """A torch-zip file's data.pkl cannot be read back from its objects."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: cannot read data.pkl: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass
+class PickleReport:
+    """One version (blob) of a tracked file."""
+
+    path: str
+    blob_id: str
+    foreign_globals: list[str] = field(default_factory=list)
+    # Why the file's globals could not be listed; None when they were.
+    unchecked: str | None = None
+
+    @property
+    def suspicious(self) -> bool:
+        return bool(self.foreign_globals) or self.unchecked is not None
+
+
+def _read_skeleton(store: LocalStore, manifest: Manifest, path: str) -> bytes:
+    # The same bounds smudge applies: a hostile manifest cannot make us read more.
+    if manifest.skeleton_length > MAX_SKELETON_BYTES:
+        raise ObjectFormatError(manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit")
+    file, header = store.open_object(manifest.skeleton, path)
+    with file:
+        if header.nbytes != manifest.skeleton_length:
+            raise ObjectFormatError(manifest.skeleton, f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}")
+        return file.read(header.nbytes)
+
+
+def read_data_pkl(store: LocalStore, manifest: Manifest, path: str) -> bytes:
+    """The bytes of a torch-zip file's data.pkl, its first record (clean requires that)."""
+    reader = SplicedReader(_read_skeleton(store, manifest, path), manifest.splices, manifest.size, store)
+    try:
+        with zipfile.ZipFile(reader) as archive:
+            infos = archive.infolist()
+            if not infos or not infos[0].filename.endswith("data.pkl"):
+                raise DataPklError(path, "the first record is not data.pkl")
+            info = infos[0]
+            # Never inflate: a compressed record could be a zip bomb, and clean
+            # only ever stores an uncompressed data.pkl as torch-zip.
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_SKELETON_BYTES:
+                raise DataPklError(path, "data.pkl is compressed or too large")
+            return archive.read(info)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataPklError(path, f"bad zip archive ({exc})") from None
+
+
+def _first_byte(store: LocalStore, manifest: Manifest, path: str) -> int | None:
+    if not manifest.splices or manifest.splices[0].offset != 0 or not manifest.splices[0].length:
+        return None
+    file, _ = store.open_object(manifest.splices[0].oid, path)
+    with file:
+        return file.read(1)[0]
+
+
+def _check_one(store: LocalStore, manifest: Manifest, path: str, blob_id: str) -> PickleReport:
+    report = PickleReport(path, blob_id)
+    try:
+        if manifest.format == "opaque":
+            if _first_byte(store, manifest, path) == _PICKLE_PROTO:
+                report.unchecked = "a bare pickle stream (e.g. torch's legacy format), stored opaque"
+        elif manifest.format == "torch-zip":
+            report.foreign_globals = sorted(scan_pickle(read_data_pkl(store, manifest, path)).foreign_globals)
+    except ThetaError as exc:  # a missing or corrupt object, or an unreadable data.pkl
+        report.unchecked = str(exc)
+    return report
+
+
+def check_pickles(repo: GitRepo, all_refs: bool) -> list[PickleReport]:
+    """Every model file of the index and HEAD (or of all history), in path order."""
+    store = repo.store()
+    refs = sorted(referenced_manifests(repo, all_refs), key=lambda ref: (ref.path, ref.blob_id))
+    return [_check_one(store, ref.manifest, ref.path, ref.blob_id) for ref in refs]
