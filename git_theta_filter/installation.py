@@ -1,4 +1,12 @@
-"""``git theta install/uninstall/track/untrack``: git config, hooks and .gitattributes."""
+"""``git theta install/uninstall/track/untrack``: git config, hooks and .gitattributes.
+
+Install writes two drivers, both started by the same command name:
+
+* ``filter.theta.process`` and ``filter.theta.required``: the clean/smudge filter;
+* ``merge.theta.driver`` and ``merge.theta.name``: the tensor-level merge
+  (docs/merge.md). Git expands ``%O %A %B`` to temporary files holding the
+  base, ours and theirs blobs, and ``%P`` to the path, shell-quoted.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,10 @@ from pathlib import Path
 from .gitrepo import GitRepo, run_git, filter_command
 from .hooks import install_hooks, uninstall_hooks
 
-__all__ = ["ATTRIBUTES", "install", "uninstall", "track", "untrack", "tracked_patterns"]
+__all__ = ["ATTRIBUTES", "MERGE_DRIVER_NAME", "install", "uninstall", "track", "untrack", "tracked_patterns"]
 
 ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
+MERGE_DRIVER_NAME = "git-theta tensor-level merge"
 
 
 def _scope_args(scope: str, repo: GitRepo | None) -> tuple[list[str], Path | None]:
@@ -25,7 +34,9 @@ def install(scope: str, repo: GitRepo | None, with_hooks: bool = True) -> list[s
     args, cwd = _scope_args(scope, repo)
     run_git(["config", *args, "filter.theta.process", f"{filter_command()} filter-process"], cwd=cwd)
     run_git(["config", *args, "filter.theta.required", "true"], cwd=cwd)
-    changes = [f"configured filter.theta ({scope})"]
+    run_git(["config", *args, "merge.theta.name", MERGE_DRIVER_NAME], cwd=cwd)
+    run_git(["config", *args, "merge.theta.driver", f"{filter_command()} merge %O %A %B %P"], cwd=cwd)
+    changes = [f"configured filter.theta and merge.theta ({scope})"]
     if repo is not None and with_hooks:
         changes += install_hooks(repo)
     return changes
@@ -33,8 +44,9 @@ def install(scope: str, repo: GitRepo | None, with_hooks: bool = True) -> list[s
 
 def uninstall(scope: str, repo: GitRepo | None) -> list[str]:
     args, cwd = _scope_args(scope, repo)
-    run_git(["config", *args, "--remove-section", "filter.theta"], cwd=cwd, check=False)
-    changes = [f"removed filter.theta ({scope})"]
+    for section in ("filter.theta", "merge.theta"):
+        run_git(["config", *args, "--remove-section", section], cwd=cwd, check=False)
+    changes = [f"removed filter.theta and merge.theta ({scope})"]
     if repo is not None:
         changes += uninstall_hooks(repo)
     return changes

@@ -30,6 +30,7 @@ COMMANDS = {
     "log": "log",
     "diff": "diff",
     "metrics": "metrics",
+    "merge": "merge",
 }
 
 

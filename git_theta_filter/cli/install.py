@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "install",
         help="configure the theta filter and install hooks",
         description="Write filter.theta.process and filter.theta.required=true to git config, "
+        "and merge.theta.driver for tensor-level merges (docs/merge.md), "
         "and install the hooks from hooks/ into the current repository (if in one). "
         "Existing hooks are kept and run after ours.",
     )
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "uninstall",
         help="remove the theta filter configuration and hooks",
-        description="Remove the filter.theta section at the chosen scope, and our hooks from the "
+        description="Remove the filter.theta and merge.theta sections at the chosen scope, and our hooks from the "
         "current repository, restoring any hook they had chained.",
     )
     _add_scope(p, "(default)")
