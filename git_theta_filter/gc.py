@@ -19,7 +19,7 @@ import pygit2
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
-from .history import ManifestRef, open_pygit2, reachable_manifests, read_manifest_blob
+from .history import ManifestRef, reachable_manifests, read_manifest_blob
 from .locks import exclusive_gc_lock
 
 __all__ = ["BadPruneDateError", "GcReport", "parse_prune_date", "collect_garbage"]
@@ -47,7 +47,7 @@ def parse_prune_date(repo: GitRepo, text: str) -> float:
 
 
 def _tips(repo: GitRepo, git: pygit2.Repository) -> set[pygit2.Oid]:
-    """Every commit a ref, a reflog entry or a worktree HEAD points to."""
+    """Every commit a ref, a reflog entry, or a worktree's HEAD or HEAD reflog points to."""
     tips: set[pygit2.Oid] = set()
 
     def add(oid: pygit2.Oid | None) -> None:
@@ -57,20 +57,24 @@ def _tips(repo: GitRepo, git: pygit2.Repository) -> set[pygit2.Oid]:
             except (KeyError, ValueError, pygit2.InvalidSpecError):
                 pass
 
-    for name in list(git.references) + ["HEAD"]:
+    def add_reference(owner: pygit2.Repository, name: str) -> None:
         try:
-            reference = git.lookup_reference(name)
+            reference = owner.lookup_reference(name)
         except (KeyError, pygit2.InvalidSpecError):
-            continue
+            return
         with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
             add(reference.resolve().target)
         with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
             for entry in reference.log():
                 add(entry.oid_new)
                 add(entry.oid_old)
+
+    for name in list(git.references) + ["HEAD"]:
+        add_reference(git, name)
+    # Each linked worktree has a HEAD and a HEAD reflog of its own, as in `git gc`:
+    # a commit made there and then checked out away is reachable only from that log.
     for worktree in _worktree_repos(git):
-        if not worktree.head_is_unborn:
-            add(worktree.head.target)
+        add_reference(worktree, "HEAD")
     return tips
 
 
@@ -105,7 +109,9 @@ def collect_garbage(repo: GitRepo, prune_before: float, dry_run: bool) -> GcRepo
     store = repo.store()
     report = GcReport()
     with exclusive_gc_lock(repo.theta_dir):
-        git = open_pygit2(repo)
+        # The common dir is the main worktree's repository, wherever gc runs:
+        # opened from a linked worktree, its HEAD and index would be left out.
+        git = pygit2.Repository(str(repo.common_dir))
         needed: set[str] = set()
         for ref in list(reachable_manifests(git, _tips(repo, git)).values()) + list(_index_manifests(git)):
             needed |= ref.manifest.object_ids()

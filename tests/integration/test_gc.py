@@ -116,3 +116,33 @@ def test_gc_rejects_a_bad_prune_date(git_env, repo):
     result = git_env.theta(repo, "gc", "--prune=not-a-date-at-all", check=False)
     assert result.returncode == 128
     assert b"--prune='not-a-date-at-all'" in result.stderr
+
+
+def test_gc_keeps_a_commit_only_in_a_linked_worktrees_head_reflog(git_env, repo, tmp_path):
+    """As `git gc` does: a detached worktree's HEAD reflog is a root, like any other reflog."""
+    save_model(repo / "model.pth", 0)
+    git_env.git(repo, "add", "model.pth")
+    git_env.git(repo, "commit", "-qm", "base")
+    worktree = tmp_path / "wt"
+    git_env.git(repo, "worktree", "add", "-q", "--detach", str(worktree))
+    save_model(worktree / "model.pth", 6, changed_layer=1)
+    git_env.git(worktree, "commit", "-qam", "only in the worktree")
+    lost = git_env.git(worktree, "rev-parse", "HEAD").strip()
+    git_env.git(worktree, "checkout", "-q", "--detach", "HEAD~1")
+
+    assert gc_json(git_env, repo, "--prune=now")["deleted"] == []
+    git_env.git(worktree, "checkout", "-q", lost)
+    git_env.theta(worktree, "fsck")
+
+
+def test_gc_run_from_a_linked_worktree_keeps_the_main_worktrees_index(git_env, repo, tmp_path):
+    save_model(repo / "model.pth", 0)
+    git_env.git(repo, "add", "model.pth")
+    git_env.git(repo, "commit", "-qm", "base")
+    worktree = tmp_path / "wt"
+    git_env.git(repo, "worktree", "add", "-q", "--detach", str(worktree))
+    save_model(repo / "model.pth", 7, changed_layer=0)
+    git_env.git(repo, "add", "model.pth")  # only in the main worktree's index
+
+    assert gc_json(git_env, worktree, "--prune=now")["deleted"] == []
+    git_env.theta(repo, "fsck")
