@@ -1,3 +1,43 @@
-"""git-theta-filter: version PyTorch model files in plain Git, one tensor per object."""
+"""git-theta-filter: version PyTorch model files in plain Git, one tensor per object.
+
+The Python API (:mod:`git_theta_filter.api`) is available at the top level::
+
+    import git_theta_filter as gtf
+    repo = gtf.open(".")
+
+It is imported on first use, not here: git starts the filter process, which
+imports this package, for every add, status and checkout, and the filter
+needs none of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API_NAMES = frozenset(
+    {
+        "open",
+        "Repository",
+        "HistoryEntry",
+        "FilterNotInstalledError",
+        "NotTrackedError",
+        "ModelNotFoundError",
+        "NoWorkTreeError",
+        "UnsupportedDTypeError",
+        "ThetaWarning",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API_NAMES:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API_NAMES])

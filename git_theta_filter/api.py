@@ -1,0 +1,504 @@
+"""The Python API: commit, read and restore model checkpoints from a training loop.
+
+::
+
+    import git_theta_filter as gtf
+
+    repo = gtf.open(".")
+    repo.commit_checkpoint(model.state_dict(), "model.pth", message="epoch 3",
+                           metrics={"loss": 0.12, "val.acc": 0.97})
+    state = repo.load_state_dict("model.pth", rev="HEAD~2")
+    for entry in repo.history("model.pth"):
+        print(entry.commit, entry.metrics, entry.rel_change)
+    best = repo.best("model.pth", metric="val.acc", mode="max")
+    repo.restore("model.pth", rev=best.commit)
+
+Everything goes through the same core as the git filter: files are cleaned
+into the store and rebuilt from it in this process, never piped through git,
+and no pickle is ever run. torch is imported only by the two methods that
+need it, :meth:`Repository.commit_checkpoint` (to save) and
+:meth:`Repository.load_state_dict`. Paths are relative to the top of the work
+tree, or absolute. The full reference is docs/api.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pygit2
+
+from .clean import clean
+from .errors import ThetaError
+from .gitrepo import GitRepo
+from .history import open_pygit2, read_manifest_blob
+from .locks import writer_lock
+from .manifest import Manifest
+from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_metric
+from .revisions import Pathspec, parse_range, resolve_commit
+from .smudge import SmudgePlan, prepare_smudge
+from .store.local import ObjectMissingError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .tensor_diff import ManifestDiff
+    from .theta_log import LogEntry
+
+__all__ = [
+    "open",
+    "Repository",
+    "HistoryEntry",
+    "FilterNotInstalledError",
+    "NotTrackedError",
+    "ModelNotFoundError",
+    "NoWorkTreeError",
+    "UnsupportedDTypeError",
+    "ThetaWarning",
+]
+
+
+class FilterNotInstalledError(ThetaError):
+    def __init__(self, repo_path: Path) -> None:
+        super().__init__(
+            f"{repo_path}: the theta filter is not configured (filter.theta.process)",
+            hint="run `git theta install`",
+        )
+        self.repo_path = repo_path
+
+
+class NotTrackedError(ThetaError):
+    """A path that .gitattributes does not route through the theta filter."""
+
+    def __init__(self, path: str) -> None:
+        suffix = Path(path).suffix
+        super().__init__(
+            f"{path} is not tracked by git-theta",
+            hint=f"run `git theta track '*{suffix}'`" if suffix else f"run `git theta track '{path}'`",
+        )
+        self.path = path
+
+
+class ModelNotFoundError(ThetaError):
+    """No model file at that path in that revision."""
+
+    def __init__(self, path: str, rev: str) -> None:
+        super().__init__(f"{rev}: no model file {path}")
+        self.path = path
+        self.rev = rev
+
+
+class NoWorkTreeError(ThetaError):
+    def __init__(self, repo_path: Path) -> None:
+        super().__init__(f"{repo_path}: this needs a work tree, and the repository is bare")
+        self.repo_path = repo_path
+
+
+class UnsupportedDTypeError(ThetaError):
+    """A tensor that cannot be rebuilt from its object alone (a quantized tensor needs its scales)."""
+
+    def __init__(self, path: str, tensor: str, dtype: str) -> None:
+        super().__init__(f"{path}: tensor {tensor!r} is {dtype}, which cannot be loaded without torch.load")
+        self.path = path
+        self.tensor = tensor
+        self.dtype = dtype
+
+
+class ThetaWarning(UserWarning):
+    """Something was skipped, such as an unreadable metrics file."""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One commit that changed a model file, as ``git theta-log`` shows it.
+
+    ``norm`` is ‖θ‖₂ of that version and ``rel_change`` ‖Δθ‖/‖θ‖ against the
+    first parent's version (None for the first version, or when tensor
+    objects are missing).
+    """
+
+    commit: str
+    date: datetime.datetime
+    subject: str
+    path: str
+    metrics: dict[str, Metric]
+    norm: float | None
+    rel_change: float | None
+    tensors_changed: int
+
+
+# torch's name for each manifest dtype that can be rebuilt from its bytes alone.
+_TORCH_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "U16": "uint16",
+    "I16": "int16",
+    "U32": "uint32",
+    "I32": "int32",
+    "U64": "uint64",
+    "I64": "int64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "C32": "complex32",
+    "C64": "complex64",
+    "C128": "complex128",
+}
+
+
+def open(path: str | os.PathLike[str] = ".") -> "Repository":  # noqa: A001 - the API's entry point, gtf.open
+    """The repository that contains ``path``; checks that the theta filter is configured."""
+    repo = GitRepo.discover(path)
+    if not repo.config_get("filter.theta.process"):
+        raise FilterNotInstalledError(repo.worktree or repo.git_dir)
+    return Repository(repo)
+
+
+class Repository:
+    """A git repository whose model files go through the theta filter. Made by :func:`open`."""
+
+    def __init__(self, repo: GitRepo) -> None:
+        self._repo = repo
+        self._git = open_pygit2(repo)
+        self._store = repo.store()
+
+    @property
+    def path(self) -> Path:
+        """The top of the work tree (the git dir for a bare repository)."""
+        return self._repo.worktree or self._repo.git_dir
+
+    def __repr__(self) -> str:
+        return f"<git_theta_filter.Repository {self.path}>"
+
+    # -- paths ------------------------------------------------------------------
+    def _worktree(self) -> Path:
+        if self._repo.worktree is None:
+            raise NoWorkTreeError(self._repo.git_dir)
+        return self._repo.worktree
+
+    def _relative(self, path: str | os.PathLike[str]) -> str:
+        """``path`` as git names it: relative to the top of the work tree, with ``/``."""
+        given = Path(path)
+        if given.is_absolute():
+            given = given.resolve().relative_to(self._worktree().resolve())
+        return given.as_posix()
+
+    def _check_tracked(self, path: str) -> None:
+        # `git check-attr` reads the work tree's .gitattributes, committed or not, as `git add` does.
+        line = self._repo.git("check-attr", "filter", "--", path).strip()
+        if not line.endswith(": filter: theta"):
+            raise NotTrackedError(path)
+
+    # -- writing ----------------------------------------------------------------
+    def track(self, *patterns: str) -> None:
+        """Route files matching ``patterns`` through the filter (``git theta track``); stage .gitattributes."""
+        from .installation import track
+
+        track(self._repo, list(patterns))
+        self._repo.git("add", "--", ".gitattributes")
+
+    def commit_checkpoint(
+        self,
+        checkpoint: Any,
+        path: str | os.PathLike[str],
+        message: str,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Save ``checkpoint`` to ``path`` and commit it; returns the new commit's id.
+
+        The commit is the one ``git add <path> [<path>.metrics.json]`` and
+        ``git commit -m <message>`` would make (hooks run, and anything
+        already staged goes in too), but the file is cleaned into the store
+        here, not piped through git. ``checkpoint`` is anything ``torch.save``
+        takes (a ``.safetensors`` path takes a flat dict of tensors and is
+        written with safetensors). ``metrics`` (nested dicts of numbers; 0-d
+        tensors and numpy scalars are converted) go to
+        ``<path>.metrics.json`` in the same commit, where ``git theta-log``
+        reads them.
+        """
+        relative = self._relative(path)
+        self._check_tracked(relative)
+        target = self._worktree() / relative
+        _save(checkpoint, target)
+        if metrics is not None:
+            metrics_path = target.with_name(target.name + CONVENTION_SUFFIX)
+            metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n")
+        with writer_lock(self._repo.theta_dir):
+            stat = _settled_stat(target)
+            with target.open("rb", buffering=0) as file, self._store.expecting(self._staged_payloads(relative)):
+                manifest = clean(file, self._store, relative)
+            self._stage(relative, self._git.create_blob(manifest), stat)
+        if metrics is not None:
+            self._repo.git("add", "--", relative + CONVENTION_SUFFIX)
+        self._repo.git("commit", "-q", "-m", message)
+        return self._repo.git("rev-parse", "HEAD").strip()
+
+    def _staged_payloads(self, path: str) -> list[str]:
+        """The staged version's payload objects, in file order: clean compares with them instead of rewriting."""
+        self._git.index.read()
+        try:
+            blob_id = self._git.index[path].id
+        except KeyError:
+            return []
+        manifest = read_manifest_blob(self._git, blob_id)
+        return [splice.oid for splice in manifest.splices] if manifest is not None else []
+
+    def _stage(self, path: str, blob_id: pygit2.Oid, stat: os.stat_result) -> None:
+        """Put ``blob_id`` in the index at ``path`` with the work-tree file's stat data, as ``git add`` does.
+
+        pygit2's IndexEntry has no stat fields, and an entry without them
+        makes git read (and clean) the file again at the next status or
+        commit, so the entry is filled through pygit2's own cffi bindings.
+        """
+        from pygit2.errors import check_error
+        from pygit2.ffi import C, ffi
+
+        entry = ffi.new("git_index_entry *")
+        for name, nanoseconds in (("ctime", stat.st_ctime_ns), ("mtime", stat.st_mtime_ns)):
+            getattr(entry, name).seconds = nanoseconds // 1_000_000_000
+            getattr(entry, name).nanoseconds = nanoseconds % 1_000_000_000
+        entry.dev = stat.st_dev & 0xFFFFFFFF
+        entry.ino = stat.st_ino & 0xFFFFFFFF
+        entry.mode = 0o100755 if stat.st_mode & 0o100 else 0o100644
+        entry.uid = stat.st_uid & 0xFFFFFFFF
+        entry.gid = stat.st_gid & 0xFFFFFFFF
+        entry.file_size = stat.st_size & 0xFFFFFFFF
+        ffi.buffer(ffi.addressof(entry, "id"))[:] = blob_id.raw
+        c_path = ffi.new("char[]", os.fsencode(path))
+        entry.path = c_path
+        index = self._git.index
+        index.read()
+        check_error(C.git_index_add(index._index, entry))
+        index.write()
+
+    def restore(self, path: str | os.PathLike[str], rev: str) -> None:
+        """Write ``path`` as it was at ``rev``, byte for byte, and stage it (``git checkout <rev> -- <path>``).
+
+        ``<path>.metrics.json`` is restored too when ``rev`` has one.
+        """
+        relative = self._relative(path)
+        commit = resolve_commit(self._git, rev)
+        blob = _blob_at(commit, relative, rev)
+        target = self._worktree() / relative
+        plan = self._smudge_plan(blob.data, relative)
+        with writer_lock(self._repo.theta_dir):
+            _write_atomically(target, plan)
+            self._stage(relative, blob.id, _settled_stat(target))
+        if relative + CONVENTION_SUFFIX in commit.tree:
+            self._repo.git("checkout", str(commit.id), "--", relative + CONVENTION_SUFFIX)
+
+    def _smudge_plan(self, content: bytes, path: str) -> SmudgePlan:
+        try:
+            return prepare_smudge(content, self._store, path)
+        except ObjectMissingError:
+            self._fetch_missing(content)
+            return prepare_smudge(content, self._store, path)
+
+    def _fetch_missing(self, manifest: bytes) -> None:
+        """Download the objects a manifest needs from the remote's store, as far as it has them (as checkout does)."""
+        from .on_demand import OnDemandFetcher
+
+        OnDemandFetcher(self._repo).fetch_missing(manifest)
+
+    # -- reading ----------------------------------------------------------------
+    def load_state_dict(
+        self, path: str | os.PathLike[str], rev: str = "HEAD", prefix: str = ""
+    ) -> dict[str, "torch.Tensor"]:
+        """The tensors of ``path`` at ``rev``, by name, read straight from their objects (no pickle).
+
+        Names are the manifest's key paths (``model.fc1.weight``). With
+        ``prefix``, only the names that start with it, with it removed:
+        ``prefix="model."`` gives what ``model.load_state_dict`` expects from a
+        ``{"model": model.state_dict(), ...}`` checkpoint. Every tensor has its
+        own memory, even tied weights (``torch.load`` would share it).
+        """
+        import torch
+
+        relative = self._relative(path)
+        manifest = self._manifest_at(relative, rev)
+        wanted = [t for t in manifest.tensors if t.name.startswith(prefix)]
+        if any(not self._store.has(t.oid) for t in wanted):
+            self._fetch_missing(manifest.render())
+        users: dict[str, int] = {}
+        for tensor in wanted:
+            users[tensor.oid] = users.get(tensor.oid, 0) + 1
+        payloads: dict[str, torch.Tensor] = {}
+        state: dict[str, torch.Tensor] = {}
+        for tensor in wanted:
+            torch_name = _TORCH_DTYPES.get(tensor.dtype)
+            if torch_name is None:
+                raise UnsupportedDTypeError(relative, tensor.name, tensor.dtype)
+            if tensor.oid not in payloads:
+                payloads[tensor.oid] = self._read_payload(tensor.oid, relative)
+            raw = payloads[tensor.oid]
+            dtype = getattr(torch, torch_name)
+            # A storage's object may hold a tail that is not a whole element of this view's dtype.
+            flat = raw[: raw.numel() // dtype.itemsize * dtype.itemsize].view(dtype)
+            if tensor.stride is None:
+                value = flat[: tensor.numel].view(tensor.shape)
+            else:
+                value = torch.as_strided(flat, tensor.shape, tensor.stride, tensor.offset or 0)
+            shared = users[tensor.oid] > 1 or tensor.stride is not None
+            state[tensor.name[len(prefix) :]] = value.clone(memory_format=torch.contiguous_format) if shared else value
+        return state
+
+    def _read_payload(self, oid: str, path: str) -> "torch.Tensor":
+        import torch
+
+        file, header = self._store.open_object(oid, path)
+        payload = torch.empty(header.nbytes, dtype=torch.uint8)
+        with file:
+            view = memoryview(payload.numpy())
+            filled = 0
+            while filled < header.nbytes:
+                count = file.readinto(view[filled:])
+                if not count:
+                    raise ObjectMissingError(oid, path)
+                filled += count
+        return payload
+
+    def _manifest_at(self, path: str, rev: str) -> Manifest:
+        manifest = read_manifest_blob(self._git, _blob_at(resolve_commit(self._git, rev), path, rev).id)
+        if manifest is None:
+            raise ModelNotFoundError(path, rev)
+        return manifest
+
+    def history(self, path: str | os.PathLike[str], rev: str = "HEAD") -> list[HistoryEntry]:
+        """The commits reachable from ``rev`` that changed ``path``, newest first (``git theta-log``)."""
+        from .stats import Statistician
+
+        entries = self._log(self._relative(path), rev, Statistician.for_repo(self._repo.theta_dir))
+        return [_history_entry(entry, entry.diff, entry.norms_available) for entry in entries]
+
+    def best(
+        self, path: str | os.PathLike[str], metric: str, mode: str | None = None, rev: str = "HEAD"
+    ) -> HistoryEntry:
+        """The commit with the best value of ``metric`` (``git theta-log --best``).
+
+        ``mode`` is ``"max"`` or ``"min"``; by default losses and errors are
+        minimised and everything else maximised. A unique dotted suffix of a
+        metric name is enough (``acc`` for ``val.acc``). On a tie the oldest
+        commit wins.
+        """
+        from .stats import Statistician
+        from .tensor_diff import diff_manifests
+        from .theta_log import best_entry
+
+        if mode not in (None, "min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+        # Choosing needs metrics only; the statistics are read for the winner alone.
+        entries = self._log(self._relative(path), rev, None)
+        name = resolve_metric(metric, {key for entry in entries for key in entry.metrics})
+        winner, _ = best_entry(entries, name, mode)
+        assert winner is not None  # resolve_metric found the name in some entry
+        diff = diff_manifests(winner.change.old, winner.change.new, Statistician.for_repo(self._repo.theta_dir))
+        return _history_entry(winner, diff, diff.summary.missing_objects == 0)
+
+    def _log(self, path: str, rev: str, stats: Any) -> list["LogEntry"]:
+        from .theta_log import theta_log
+
+        pathspec = Pathspec([path], self.path, self._repo.worktree)
+        return theta_log(
+            self._git,
+            parse_range(self._git, [rev]),
+            pathspec,
+            declared_metrics_files(self._repo, self._git),
+            lambda message: warnings.warn(message, ThetaWarning),
+            stats=stats,
+        )
+
+
+def _history_entry(entry: "LogEntry", diff: "ManifestDiff", norms_available: bool) -> HistoryEntry:
+    summary = diff.summary
+    available = norms_available
+    return HistoryEntry(
+        commit=str(entry.commit.id),
+        date=entry.timestamp,
+        subject=entry.subject,
+        path=entry.path,
+        metrics=dict(entry.metrics),
+        norm=summary.new_norm if available else None,
+        rel_change=summary.relative_change if available else None,
+        tensors_changed=summary.changed,
+    )
+
+
+def _blob_at(commit: pygit2.Commit, path: str, rev: str) -> pygit2.Blob:
+    try:
+        blob = commit.tree[path]
+    except KeyError:
+        raise ModelNotFoundError(path, rev) from None
+    if not isinstance(blob, pygit2.Blob):
+        raise ModelNotFoundError(path, rev)
+    return blob
+
+
+def _plain_number(value: Any) -> Any:
+    """A 0-d tensor or numpy scalar as the Python number it holds, for json.dumps."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"metric value {value!r} is not a number")
+
+
+def _save(checkpoint: Any, target: Path) -> None:
+    """Write the checkpoint to ``target`` atomically.
+
+    It is saved under its own name in a temporary directory beside it, then
+    renamed: torch.save writes the file name's stem into the archive, so the
+    bytes are those of saving to ``target`` directly.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".theta-save-", dir=target.parent))
+    try:
+        temporary = scratch / target.name
+        if target.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(checkpoint, str(temporary))
+        else:
+            import torch
+
+            torch.save(checkpoint, temporary)
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _settled_stat(path: Path) -> os.stat_result:
+    """The stat data of a file this process just wrote, after moving its mtime one second back.
+
+    Git trusts an index entry's stat data only for a file older than the
+    index file, in whole seconds ("racy git"); a file written in the same
+    second as the index is read and cleaned again by the next status or
+    commit. The file is new, written here, so its time is ours to choose.
+    """
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - 1_000_000_000))
+    return path.stat()
+
+
+def _write_atomically(target: Path, plan: SmudgePlan) -> None:
+    """Stream a rebuilt file to a temporary file beside ``target``, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".theta-restore-", dir=target.parent))
+    try:
+        temporary = scratch / target.name
+        with temporary.open("wb") as file:
+            plan.write(file.write)
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

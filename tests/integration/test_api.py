@@ -1,0 +1,194 @@
+"""The Python API (git_theta_filter.api, as ``import git_theta_filter as gtf``) against real repositories."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import git_theta_filter as gtf
+from conftest import GitEnv
+from helpers import copy_repo, sha256_file, tensor_bytes
+
+
+@pytest.fixture
+def api_repo(git_env: GitEnv, repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``repo``, with this process's environment set to the isolated one, so the API's git commands use it."""
+    for key in list(os.environ):
+        if key.startswith("GIT_") or key in ("HOME", "XDG_CONFIG_HOME"):
+            monkeypatch.delenv(key)
+    for key, value in git_env.env.items():
+        monkeypatch.setenv(key, value)
+    return repo
+
+
+def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def filter_runs(repo: Path, *args: str) -> int:
+    """How many filter processes git starts for this command (none when the index's stat data is trusted)."""
+    trace = repo.parent / "trace.txt"
+    trace.unlink(missing_ok=True)
+    git(repo, *args, env={"GIT_TRACE": str(trace)})
+    return trace.read_text().count("run_command: git-theta filter-process")
+
+
+def nested_checkpoint(epoch: int) -> dict:
+    generator = torch.Generator().manual_seed(epoch)
+    weight = torch.randn(6, 4, generator=generator)
+    table = torch.randn(10, 3, generator=generator).to(torch.bfloat16)
+    return {
+        "model": {
+            "encoder.weight": weight,
+            "decoder.weight": weight,  # tied
+            "table": table,
+            "table_head": table[:4],  # a view of the table's storage
+            "steps": torch.tensor(epoch * 100),  # 0-d int64
+            "mask": torch.arange(5) % 2 == 0,
+        },
+        "epoch": epoch,
+    }
+
+
+def test_api_open_finds_the_repository_and_checks_the_filter(api_repo: Path, git_env: GitEnv) -> None:
+    (api_repo / "sub").mkdir()
+    repo = gtf.open(api_repo / "sub")
+    assert repo.path == api_repo
+    git_env.theta(api_repo, "uninstall", "--global")
+    with pytest.raises(gtf.FilterNotInstalledError) as error:
+        gtf.open(api_repo)
+    assert error.value.hint == "run `git theta install`"
+
+
+def test_api_import_is_cheap_until_the_api_is_used() -> None:
+    code = (
+        "import sys, git_theta_filter as gtf\n"
+        "assert not {'torch', 'numpy', 'git_theta_filter.api'} & set(sys.modules), sys.modules.keys()\n"
+        "gtf.open\n"
+        "assert 'git_theta_filter.api' in sys.modules and 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_api_commit_checkpoint_makes_the_commit_that_git_add_and_git_commit_make(
+    api_repo: Path, tmp_path: Path
+) -> None:
+    twin = copy_repo(api_repo, tmp_path / "twin")
+    checkpoint = nested_checkpoint(1)
+    metrics = {"loss": 0.25, "val": {"acc": torch.tensor(0.75)}}
+    commit = gtf.open(api_repo).commit_checkpoint(checkpoint, "model.pth", message="epoch 1", metrics=metrics)
+
+    torch.save(checkpoint, twin / "model.pth")
+    (twin / "model.pth.metrics.json").write_bytes((api_repo / "model.pth.metrics.json").read_bytes())
+    git(twin, "add", "model.pth", "model.pth.metrics.json")
+    git(twin, "commit", "-q", "-m", "epoch 1")
+    # Same bytes, same tree, same dates: the very same commit.
+    assert sha256_file(api_repo / "model.pth") == sha256_file(twin / "model.pth")
+    assert commit == git(twin, "rev-parse", "HEAD").strip() == git(api_repo, "rev-parse", "HEAD").strip()
+    assert json.loads((api_repo / "model.pth.metrics.json").read_text()) == {"loss": 0.25, "val": {"acc": 0.75}}
+
+    # The index holds the file's stat data, so git trusts it without cleaning the file again.
+    assert git(api_repo, "status", "--porcelain") == ""
+    assert filter_runs(api_repo, "status", "--porcelain") == 0
+    debug = git(api_repo, "ls-files", "--debug", "model.pth")
+    stat = (api_repo / "model.pth").stat()
+    assert f"size: {stat.st_size}" in debug
+    assert f"mtime: {stat.st_mtime_ns // 10**9}:{stat.st_mtime_ns % 10**9}" in debug
+    log = json.loads(git(api_repo, "theta-log", "--json"))["entries"]
+    assert log[0]["metrics"]["val.acc"] == 0.75 and log[0]["metrics"]["epoch"] == 1
+
+
+def test_api_commit_checkpoint_refuses_a_path_the_filter_does_not_track(api_repo: Path) -> None:
+    with pytest.raises(gtf.NotTrackedError) as error:
+        gtf.open(api_repo).commit_checkpoint({"w": torch.zeros(2)}, "weights.ckpt", message="x")
+    assert error.value.hint == "run `git theta track '*.ckpt'`"
+    assert git(api_repo, "rev-list", "--count", "HEAD").strip() == "1"
+
+
+def test_api_load_state_dict_reads_objects_and_never_a_pickle(
+    api_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = gtf.open(api_repo)
+    for epoch in (1, 2, 3):
+        repo.commit_checkpoint(nested_checkpoint(epoch), "model.pth", message=f"epoch {epoch}")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_state_dict unpickled something")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    state = repo.load_state_dict("model.pth", rev="HEAD~2", prefix="model.")
+    want = nested_checkpoint(1)["model"]
+    assert sorted(state) == sorted(want)
+    for name, tensor in want.items():
+        assert state[name].dtype == tensor.dtype and state[name].shape == tensor.shape, name
+        assert tensor_bytes(state[name]) == tensor_bytes(tensor), name
+    # Tied weights come back equal but not sharing memory.
+    assert state["encoder.weight"].data_ptr() != state["decoder.weight"].data_ptr()
+    newest = repo.load_state_dict(api_repo / "model.pth")
+    assert torch.equal(newest["model.steps"], torch.tensor(300))
+    with pytest.raises(gtf.ModelNotFoundError):
+        repo.load_state_dict("other.pth")
+
+
+def test_api_history_best_and_restore(api_repo: Path, git_env: GitEnv) -> None:
+    repo = gtf.open(api_repo)
+    accuracies = {1: 0.6, 2: 0.9, 3: 0.8}
+    commits, sha = {}, {}
+    for epoch, accuracy in accuracies.items():
+        commits[epoch] = repo.commit_checkpoint(
+            nested_checkpoint(epoch),
+            "model.pth",
+            message=f"epoch {epoch}",
+            metrics={"train": {"loss": 1.0 / epoch}, "val": {"acc": accuracy}},
+        )
+        sha[epoch] = sha256_file(api_repo / "model.pth")
+
+    history = repo.history("model.pth")
+    assert [entry.commit for entry in history] == [commits[3], commits[2], commits[1]]
+    assert [entry.metrics["val.acc"] for entry in history] == [0.8, 0.9, 0.6]
+    assert [entry.subject for entry in history] == ["epoch 3", "epoch 2", "epoch 1"]
+    log = json.loads(git(api_repo, "theta-log", "--json"))["entries"]
+    assert [entry.rel_change for entry in history] == [e["relative_change"] for e in log]
+    assert history[-1].rel_change is None and history[0].rel_change > 0
+    assert history[0].norm == pytest.approx(log[0]["norm"])
+
+    best = repo.best("model.pth", metric="acc", mode="max")
+    assert best.commit == commits[2] and best.metrics["val.acc"] == 0.9
+    assert best.rel_change == history[1].rel_change
+    assert repo.best("model.pth", metric="loss").commit == commits[3]  # losses are minimised by default
+    with pytest.raises(ValueError, match="mode"):
+        repo.best("model.pth", metric="acc", mode="highest")
+
+    repo.restore("model.pth", rev=best.commit)
+    assert sha256_file(api_repo / "model.pth") == sha[2]
+    assert json.loads((api_repo / "model.pth.metrics.json").read_text())["val"]["acc"] == 0.9
+    # Staged, as `git checkout <rev> -- <path>` leaves it, and trusted by stat.
+    assert git(api_repo, "status", "--porcelain").splitlines() == ["M  model.pth", "M  model.pth.metrics.json"]
+    assert git(api_repo, "rev-parse", ":model.pth") == git(api_repo, "rev-parse", f"{commits[2]}:model.pth")
+    assert filter_runs(api_repo, "status", "--porcelain") == 0
+    git_env.theta(api_repo, "fsck")
+
+
+def test_api_safetensors_commit_and_load(api_repo: Path) -> None:
+    repo = gtf.open(api_repo)
+    tensors = {"a": torch.randn(3, 2), "b": torch.arange(4, dtype=torch.int32)}
+    repo.commit_checkpoint(tensors, "weights.safetensors", message="safetensors")
+    expected = api_repo.parent / "expected.safetensors"
+    save_file(tensors, str(expected))
+    assert sha256_file(api_repo / "weights.safetensors") == sha256_file(expected)
+    loaded = repo.load_state_dict("weights.safetensors")
+    assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
+    assert git(api_repo, "status", "--porcelain") == ""
