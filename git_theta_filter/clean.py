@@ -22,7 +22,7 @@ from .formats.source import Readable, Source, TruncatedError
 from .formats.torch_zip import ZIP_MAGIC, parse_torch_zip
 from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
 from .splice import SkeletonTooLargeError, write_spliced
-from .store.local import LocalStore
+from .store.local import LOCAL_WRITE_ERRNOS, LocalStore, StoreWriteError
 
 __all__ = ["clean", "Warn"]
 
@@ -34,7 +34,21 @@ def _stderr_warning(message: str) -> None:
 
 
 def clean(raw: Readable, store: LocalStore, path: str = "<stdin>", warn: Warn = _stderr_warning) -> bytes:
-    """Store the content read from ``raw`` and return its manifest bytes."""
+    """Store the content read from ``raw`` and return its manifest bytes.
+
+    A write into the store that the disk refuses (full, say) is named as
+    such. Each writer has already discarded its partial object, and git,
+    getting no manifest, leaves the index as it was.
+    """
+    try:
+        return _clean(raw, store, path, warn)
+    except OSError as exc:
+        if exc.errno in LOCAL_WRITE_ERRNOS:
+            raise StoreWriteError(store.theta_dir, exc, path) from exc
+        raise
+
+
+def _clean(raw: Readable, store: LocalStore, path: str, warn: Warn) -> bytes:
     source = Source(raw)
     ctx = CleanContext(source, store)
     # Long enough for every magic; the manifest's (19 bytes) is the longest, and a

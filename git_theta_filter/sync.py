@@ -19,10 +19,23 @@ from .history import ManifestRef, index_manifests, open_pygit2, reachable_manife
 from .inventory import _all_tips as all_ref_tips
 from .prepush import ObjectsMissingLocallyError, RefUpdate, ZERO_SHA, objects_to_push
 from .smudge import prepare_smudge
+from .store.local import LOCAL_WRITE_ERRNOS
 from .store.remote import require_store, transfer_workers
 from .store.transfer import TransferResult, download, upload
 
-__all__ = ["UnknownRevisionError", "PullResult", "push_objects", "objects_for_fetch", "fetch_objects", "pull"]
+__all__ = ["WorkTreeWriteError", "UnknownRevisionError", "PullResult", "push_objects", "objects_for_fetch", "fetch_objects", "pull"]
+
+
+class WorkTreeWriteError(ThetaError):
+    """The disk refused the rebuilt model file; the work-tree file is left as it was."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        super().__init__(
+            f"{path}: cannot write the rebuilt file: {error.strerror or error}",
+            hint="free some disk space, then run `git theta pull` again",
+        )
+        self.path = path
+        self.errno = error.errno
 
 
 class UnknownRevisionError(ThetaError):
@@ -145,6 +158,10 @@ def _write_if_manifest(repo: GitRepo, git: pygit2.Repository, ref: ManifestRef) 
             plan.write(file.write)
         os.chmod(temp, stat.S_IMODE(info.st_mode))
         os.replace(temp, target)
+    except OSError as exc:
+        if exc.errno in LOCAL_WRITE_ERRNOS:
+            raise WorkTreeWriteError(ref.path, exc) from exc
+        raise
     finally:
         temp.unlink(missing_ok=True)
     return True

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .local import COPY_CHUNK, is_valid_oid
+from .local import COPY_CHUNK, LOCAL_WRITE_ERRNOS, is_valid_oid
 from .object_format import ObjectFormatError
 from .remote import ObjectStore, RemoteObjectMissingError, StoreUnavailableError
 
@@ -54,6 +54,8 @@ class DirectoryStore(ObjectStore):
         except FileNotFoundError:
             raise RemoteObjectMissingError(self.url, oid) from None
         except OSError as exc:
+            if exc.errno in LOCAL_WRITE_ERRNOS:
+                raise  # writing the local copy failed: not the store's fault; the caller names it
             raise StoreUnavailableError(self.url, exc.strerror or str(exc), oid=oid) from None
 
     def put(self, oid: str, source: Path) -> bool:

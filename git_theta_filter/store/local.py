@@ -17,6 +17,7 @@ each object before it is linked into place.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -30,7 +31,7 @@ from typing import BinaryIO, Iterable, Iterator
 from ..errors import ThetaError
 from .object_format import ObjectFormatError, ObjectHeader, encode_header, read_header
 
-__all__ = ["LocalStore", "ObjectWriter", "ObjectMissingError", "COPY_CHUNK", "is_valid_oid"]
+__all__ = ["LocalStore", "ObjectWriter", "ObjectMissingError", "StoreWriteError", "LOCAL_WRITE_ERRNOS", "COPY_CHUNK", "is_valid_oid"]
 
 COPY_CHUNK = 1 << 20
 _OID_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -50,6 +51,25 @@ class ObjectMissingError(ThetaError):
             hint="run `git theta fetch` to download it, or set GIT_THETA_SKIP_SMUDGE=1 to check out the manifest instead",
         )
         self.oid = oid
+        self.path = path
+
+
+# Errors that only writing can cause: the disk is full, over quota, read-only,
+# or the file is over the process's size limit (RLIMIT_FSIZE).
+LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+class StoreWriteError(ThetaError):
+    """The local disk refused a write into the store: full, over quota, read-only, or a file size limit."""
+
+    def __init__(self, theta_dir: Path, error: OSError, path: str | None = None) -> None:
+        where = f"{path}: " if path else ""
+        super().__init__(
+            f"{where}cannot write objects to {theta_dir}: {error.strerror or error}",
+            hint="free some disk space (`git theta gc` deletes objects nothing needs), then run the command again",
+        )
+        self.theta_dir = theta_dir
+        self.errno = error.errno
         self.path = path
 
 
@@ -96,7 +116,11 @@ class ObjectWriter:
 
     def _start_temp(self) -> None:
         self._file, self._tmp_path = self._store._open_temp()
-        _write_all(self._file, self._header)
+        try:
+            _write_all(self._file, self._header)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and write ``data``; the caller may reuse its buffer when this returns."""
@@ -225,9 +249,13 @@ class UnsizedObjectWriter:
         self._file.seek(0)
         try:
             final = ObjectWriter(self._store, "U8", (self._written,), self._written)
-            buffer = bytearray(COPY_CHUNK)
-            while count := self._file.readinto(buffer):
-                final.write(memoryview(buffer)[:count])
+            try:
+                buffer = bytearray(COPY_CHUNK)
+                while count := self._file.readinto(buffer):
+                    final.write(memoryview(buffer)[:count])
+            except BaseException:
+                final.abort()
+                raise
             oid = final.commit()
         finally:
             self.abort()
@@ -337,7 +365,11 @@ class LocalStore:
 
     def write_bytes(self, data: bytes | bytearray, dtype: str = "U8", shape: tuple[int, ...] | None = None) -> str:
         writer = self.writer(dtype, (len(data),) if shape is None else shape, len(data))
-        writer.write(data)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()  # e.g. a full disk: leave no temp file behind
+            raise
         return writer.commit()
 
     def _open_temp(self) -> tuple[BinaryIO, Path]:

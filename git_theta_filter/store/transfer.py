@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Mapping, TextIO
 from ..cli._output import human_bytes
 from ..errors import ThetaError
 from ..locks import writer_lock
-from .local import LocalStore, ObjectMissingError
+from .local import LOCAL_WRITE_ERRNOS, LocalStore, ObjectMissingError, StoreWriteError
 from .remote import ObjectStore, StoreError, StoreUnavailableError
 
 __all__ = [
@@ -257,6 +257,11 @@ def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
         size = temp.stat().st_size
         local.import_verified(temp, oid)
         return size
+    except OSError as exc:
+        # The stores name their own failures; what is left is our disk refusing the copy.
+        if exc.errno in LOCAL_WRITE_ERRNOS:
+            raise StoreWriteError(local.theta_dir, exc) from exc
+        raise
     finally:
         temp.unlink(missing_ok=True)
 
