@@ -11,20 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tensor_bytes
 
 from git_theta_filter.clean import clean
 from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
 from git_theta_filter.manifest import Manifest, TensorEntry
-from git_theta_filter.merge import InvalidStrategyError, Outcome, Strategy, choose_strategy, plan_merge
+from git_theta_filter.merge import (
+    InvalidStrategyError,
+    Outcome,
+    Strategy,
+    choose_strategy,
+    plan_merge,
+)
 from git_theta_filter.merge_values import InexactCombinationError, combine_objects
 from git_theta_filter.store.local import LocalStore
-
-from helpers import tensor_bytes
 
 OID = {name: name * 64 for name in "abcdef"}
 
 
-def entry(oid: str, shape: tuple[int, ...] = (4,), dtype: str = "F32", name: str = "t") -> TensorEntry:
+def entry(
+    oid: str, shape: tuple[int, ...] = (4,), dtype: str = "F32", name: str = "t"
+) -> TensorEntry:
     return TensorEntry(name, dtype, shape, OID[oid])
 
 
@@ -32,7 +39,12 @@ def manifest(*entries: TensorEntry) -> Manifest:
     return Manifest("safetensors", 0, "0" * 64, "0" * 64, tensors=list(entries))
 
 
-def outcome(base: TensorEntry | None, ours: TensorEntry | None, theirs: TensorEntry | None, strategy: str = "conflict"):  # type: ignore[no-untyped-def]
+def outcome(
+    base: TensorEntry | None,
+    ours: TensorEntry | None,
+    theirs: TensorEntry | None,
+    strategy: str = "conflict",
+):  # type: ignore[no-untyped-def]
     sides = [manifest(*([e] if e else [])) for e in (base, ours, theirs)]
     (merged,) = plan_merge(sides[0], sides[1], sides[2], Strategy.parse(strategy))
     return merged.outcome, merged.reason
@@ -52,7 +64,9 @@ def test_strategy_parse(text: str, expected: Strategy) -> None:
     assert Strategy.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["median", "weighted:", "weighted:x", "weighted:1.5", "weighted:-0.1", "weighted:nan"])
+@pytest.mark.parametrize(
+    "text", ["median", "weighted:", "weighted:x", "weighted:1.5", "weighted:-0.1", "weighted:nan"]
+)
 def test_strategy_parse_refuses(text: str) -> None:
     with pytest.raises(InvalidStrategyError, match="unknown merge strategy"):
         Strategy.parse(text)
@@ -104,7 +118,10 @@ def test_plan_strategy_settles_a_tensor_changed_on_both_sides(strategy: str, wan
 def test_plan_strategy_limits() -> None:
     # A dtype or shape change on both sides, or on one side with a change on the other, is always a conflict.
     got, reason = outcome(entry("a"), entry("b", (5,)), entry("c", (6,)), "theirs")
-    assert got is Outcome.CONFLICT and reason == "dtype or shape changed: base F32 [4], ours F32 [5], theirs F32 [6]"
+    assert (
+        got is Outcome.CONFLICT
+        and reason == "dtype or shape changed: base F32 [4], ours F32 [5], theirs F32 [6]"
+    )
     assert outcome(entry("a"), entry("b", dtype="F16"), entry("c"), "ours")[0] is Outcome.CONFLICT
     # Removing and changing is a conflict whatever the strategy.
     assert outcome(entry("a"), None, entry("c"), "theirs")[0] is Outcome.CONFLICT
@@ -114,7 +131,9 @@ def test_plan_strategy_limits() -> None:
         "added on both sides: there is no base version",
     )
     # Values without an exact float64 round trip are not combined.
-    got, reason = outcome(entry("a", dtype="C64"), entry("b", dtype="C64"), entry("c", dtype="C64"), "average")
+    got, reason = outcome(
+        entry("a", dtype="C64"), entry("b", dtype="C64"), entry("c", dtype="C64"), "average"
+    )
     assert got is Outcome.CONFLICT and reason.endswith("C64 values are not combined")
 
 
@@ -137,15 +156,26 @@ def object_values(store: LocalStore, oid: str, like: torch.Tensor) -> torch.Tens
 
 @pytest.mark.parametrize(
     ("dtype", "name"),
-    [(torch.float16, "F16"), (torch.bfloat16, "BF16"), (torch.float32, "F32"), (torch.float64, "F64")],
+    [
+        (torch.float16, "F16"),
+        (torch.bfloat16, "BF16"),
+        (torch.float32, "F32"),
+        (torch.float64, "F64"),
+    ],
 )
 def test_combine_rounds_as_torch_does(store: LocalStore, dtype: torch.dtype, name: str) -> None:
     generator = torch.Generator().manual_seed(7)
     # 70 000 elements: more than one chunk, and enough near-ties to catch a single-rounding shortcut.
     ours = torch.randn(70_000, generator=generator).to(dtype)
-    theirs = (ours.double() + torch.randn(70_000, generator=generator, dtype=torch.float64) * 1e-3).to(dtype)
+    theirs = (
+        ours.double() + torch.randn(70_000, generator=generator, dtype=torch.float64) * 1e-3
+    ).to(dtype)
     for alpha in (0.5, 0.3, 1.0):
-        got = object_values(store, combine_objects(store, stored(store, ours, name), stored(store, theirs, name), alpha), ours)
+        got = object_values(
+            store,
+            combine_objects(store, stored(store, ours, name), stored(store, theirs, name), alpha),
+            ours,
+        )
         want = ((1 - alpha) * ours.double() + alpha * theirs.double()).to(dtype)
         assert tensor_bytes(got) == tensor_bytes(want)
 
@@ -156,7 +186,9 @@ def test_combine_double_rounds_bf16_like_torch(store: LocalStore) -> None:
     ours = torch.tensor([1.0], dtype=torch.float64)
     theirs = torch.tensor([1.0 + 2**-7 + 2**-39], dtype=torch.float64)
     ours16, theirs16 = ours.to(torch.bfloat16), theirs.to(torch.bfloat16)
-    oid = combine_objects(store, stored(store, ours16, "BF16"), stored(store, theirs16, "BF16"), 0.5)
+    oid = combine_objects(
+        store, stored(store, ours16, "BF16"), stored(store, theirs16, "BF16"), 0.5
+    )
     want = (0.5 * ours16.double() + 0.5 * theirs16.double()).to(torch.bfloat16)
     assert tensor_bytes(object_values(store, oid, ours16)) == tensor_bytes(want)
 
@@ -164,7 +196,11 @@ def test_combine_double_rounds_bf16_like_torch(store: LocalStore) -> None:
 def test_combine_integers_round_half_to_even_and_refuse_inexact_ones(store: LocalStore) -> None:
     ours = torch.tensor([1, 2, -3, 10], dtype=torch.int64)
     theirs = torch.tensor([2, 3, -2, 10], dtype=torch.int64)
-    got = object_values(store, combine_objects(store, stored(store, ours, "I64"), stored(store, theirs, "I64"), 0.5), ours)
+    got = object_values(
+        store,
+        combine_objects(store, stored(store, ours, "I64"), stored(store, theirs, "I64"), 0.5),
+        ours,
+    )
     assert got.tolist() == [2, 2, -2, 10]
     huge = torch.tensor([2**60], dtype=torch.int64)
     with pytest.raises(InexactCombinationError, match="beyond 2\\*\\*53"):
@@ -173,11 +209,15 @@ def test_combine_integers_round_half_to_even_and_refuse_inexact_ones(store: Loca
 
 def test_combine_zero_size_and_zero_dim(store: LocalStore) -> None:
     empty = torch.zeros(0, 3)
-    file, header = store.open_object(combine_objects(store, stored(store, empty, "F32"), stored(store, empty, "F32"), 0.5))
+    file, header = store.open_object(
+        combine_objects(store, stored(store, empty, "F32"), stored(store, empty, "F32"), 0.5)
+    )
     file.close()
     assert (header.dtype, header.shape, header.nbytes) == ("F32", (0, 3), 0)
     scalar_a, scalar_b = torch.tensor(1.0), torch.tensor(2.0)
-    oid = combine_objects(store, stored(store, scalar_a, "F32"), stored(store, scalar_b, "F32"), 0.25)
+    oid = combine_objects(
+        store, stored(store, scalar_a, "F32"), stored(store, scalar_b, "F32"), 0.25
+    )
     assert object_values(store, oid, scalar_a).item() == 1.25
 
 
@@ -203,7 +243,9 @@ def test_torch_zip_rewrite_is_what_torch_save_writes(store: LocalStore, tmp_path
     assert data == path.read_bytes()
 
 
-def test_torch_zip_rewrite_keeps_a_serialization_id_it_does_not_recognise(store: LocalStore, tmp_path: Path) -> None:
+def test_torch_zip_rewrite_keeps_a_serialization_id_it_does_not_recognise(
+    store: LocalStore, tmp_path: Path
+) -> None:
     path = tmp_path / "model.pth"
     torch.save({"w": torch.zeros(2)}, path)
     raw = bytearray(path.read_bytes())
