@@ -65,10 +65,21 @@ def load_data(data_dir: Path, generator: torch.Generator) -> tuple[str, tuple[to
         val_images, val_labels = synthetic_mnist(1000, generator)
         return "synthetic MNIST-shaped data", (train_images, train_labels, val_images, val_labels)
     as_images = lambda data: data.float().div(255).unsqueeze(1)  # noqa: E731
-    return f"MNIST from {data_dir}", (as_images(train.data), train.targets, as_images(test.data), test.targets)
+    return f"MNIST from {data_dir}", (
+        as_images(train.data),
+        train.targets,
+        as_images(test.data),
+        test.targets,
+    )
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> float:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+) -> float:
     """One pass over the data in shuffled batches; returns the mean training loss."""
     model.train()
     order = torch.randperm(len(images), generator=generator)
@@ -93,7 +104,10 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
 def open_repository(path: Path) -> gtf.Repository:
     """The repository at ``path`` (created if needed), with ``*.pth`` tracked by git-theta."""
     path.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=path, capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["git", "rev-parse", "--git-dir"], cwd=path, capture_output=True).returncode
+        != 0
+    ):
         subprocess.run(["git", "init", "-q", str(path)], check=True)
     repo = gtf.open(path)
     repo.track("*.pth")
@@ -101,14 +115,25 @@ def open_repository(path: Path) -> gtf.Repository:
 
 
 def git(repo: gtf.Repository, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo.path, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", *args], cwd=repo.path, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, help="the repository to commit to (default: a new one in a temporary directory)")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        help="the repository to commit to (default: a new one in a temporary directory)",
+    )
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--data", type=Path, default=Path("data"), help="where torchvision's MNIST files are, if anywhere")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data"),
+        help="where torchvision's MNIST files are, if anywhere",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -122,7 +147,9 @@ def main() -> int:
         return 1
     print(f"training on {source}; committing to {repo.path}")
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(IMAGE * IMAGE, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(IMAGE * IMAGE, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(1, args.epochs + 1):
         loss = train_epoch(model, optimizer, train_images, train_labels, generator)
@@ -133,7 +160,9 @@ def main() -> int:
             message=f"epoch {epoch}",
             metrics={"train": {"loss": loss}, "val": {"acc": val_acc}},
         )
-        print(f"epoch {epoch}: train loss {loss:.4f}, val acc {val_acc:.4f}, committed {commit[:7]}")
+        print(
+            f"epoch {epoch}: train loss {loss:.4f}, val acc {val_acc:.4f}, committed {commit[:7]}"
+        )
 
     print("\n$ git theta-log")
     print(git(repo, "theta-log", "--", MODEL_FILE), end="")

@@ -81,7 +81,9 @@ class NotTrackedError(ThetaError):
         suffix = Path(path).suffix
         super().__init__(
             f"{path} is not tracked by git-theta",
-            hint=f"run `git theta track '*{suffix}'`" if suffix else f"run `git theta track '{path}'`",
+            hint=f"run `git theta track '*{suffix}'`"
+            if suffix
+            else f"run `git theta track '{path}'`",
         )
         self.path = path
 
@@ -105,7 +107,9 @@ class UnsupportedDTypeError(ThetaError):
     """A tensor that cannot be rebuilt from its object alone (a quantized tensor needs its scales)."""
 
     def __init__(self, path: str, tensor: str, dtype: str) -> None:
-        super().__init__(f"{path}: tensor {tensor!r} is {dtype}, which cannot be loaded without torch.load")
+        super().__init__(
+            f"{path}: tensor {tensor!r} is {dtype}, which cannot be loaded without torch.load"
+        )
         self.path = path
         self.tensor = tensor
         self.dtype = dtype
@@ -236,10 +240,15 @@ class Repository:
         _save(checkpoint, target)
         if metrics is not None:
             metrics_path = target.with_name(target.name + CONVENTION_SUFFIX)
-            metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n")
+            metrics_path.write_text(
+                json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
+            )
         with writer_lock(self._repo.theta_dir):
             stat = _settled_stat(target)
-            with target.open("rb", buffering=0) as file, self._store.expecting(self._staged_payloads(relative)):
+            with (
+                target.open("rb", buffering=0) as file,
+                self._store.expecting(self._staged_payloads(relative)),
+            ):
                 manifest = clean(file, self._store, relative)
             self._stage(relative, self._git.create_blob(manifest), stat)
         if metrics is not None:
@@ -353,7 +362,9 @@ class Repository:
             else:
                 value = torch.as_strided(flat, tensor.shape, tensor.stride, tensor.offset or 0)
             shared = users[tensor.oid] > 1 or tensor.stride is not None
-            state[tensor.name[len(prefix) :]] = value.clone(memory_format=torch.contiguous_format) if shared else value
+            state[tensor.name[len(prefix) :]] = (
+                value.clone(memory_format=torch.contiguous_format) if shared else value
+            )
         return state
 
     def _read_payload(self, oid: str, path: str) -> "torch.Tensor":
@@ -372,7 +383,9 @@ class Repository:
         return payload
 
     def _manifest_at(self, path: str, rev: str) -> Manifest:
-        manifest = read_manifest_blob(self._git, _blob_at(resolve_commit(self._git, rev), path, rev).id)
+        manifest = read_manifest_blob(
+            self._git, _blob_at(resolve_commit(self._git, rev), path, rev).id
+        )
         if manifest is None:
             raise ModelNotFoundError(path, rev)
         return manifest
@@ -405,7 +418,9 @@ class Repository:
         name = resolve_metric(metric, {key for entry in entries for key in entry.metrics})
         winner, _ = best_entry(entries, name, mode)
         assert winner is not None  # resolve_metric found the name in some entry
-        diff = diff_manifests(winner.change.old, winner.change.new, Statistician.for_repo(self._repo.theta_dir))
+        diff = diff_manifests(
+            winner.change.old, winner.change.new, Statistician.for_repo(self._repo.theta_dir)
+        )
         return _history_entry(winner, diff, diff.summary.missing_objects == 0)
 
     def _log(self, path: str, rev: str, stats: Any) -> list["LogEntry"]:

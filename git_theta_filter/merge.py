@@ -33,7 +33,7 @@ from .formats.torch_zip_writer import StoredTorchZip, read_stored_torch_zip
 from .manifest import Manifest, ManifestError, TensorEntry, looks_like_manifest
 from .merge_values import COMBINABLE_DTYPES, InexactCombinationError, combine_objects
 from .stats import Statistician
-from .store.local import COPY_CHUNK, LocalStore
+from .store.local import LocalStore
 from .store.object_format import ObjectHeader
 
 __all__ = [
@@ -162,26 +162,37 @@ def _change(side: str, base: TensorEntry | None, new: TensorEntry | None) -> str
 
 
 def _merge_tensor(
-    name: str, base: TensorEntry | None, ours: TensorEntry | None, theirs: TensorEntry | None, strategy: Strategy
+    name: str,
+    base: TensorEntry | None,
+    ours: TensorEntry | None,
+    theirs: TensorEntry | None,
+    strategy: Strategy,
 ) -> TensorMerge:
     def settle(outcome: Outcome, reason: str) -> TensorMerge:
         return TensorMerge(name, base, ours, theirs, outcome, reason)
 
     if ours == theirs:
-        return settle(Outcome.UNCHANGED, "") if ours == base else settle(Outcome.SAME, _change("both", base, ours))
+        return (
+            settle(Outcome.UNCHANGED, "")
+            if ours == base
+            else settle(Outcome.SAME, _change("both", base, ours))
+        )
     if ours == base:
         return settle(Outcome.THEIRS, _change("theirs", base, theirs))
     if theirs == base:
         return settle(Outcome.OURS, _change("ours", base, ours))
     # Both sides changed it, in different ways.
     if ours is None or theirs is None:
-        return settle(Outcome.CONFLICT, f"{_change('ours', base, ours)}, {_change('theirs', base, theirs)}")
+        return settle(
+            Outcome.CONFLICT, f"{_change('ours', base, ours)}, {_change('theirs', base, theirs)}"
+        )
     kinds = {_kind(ours), _kind(theirs)} | ({_kind(base)} if base is not None else set())
     if len(kinds) > 1:
         sides = [("base", base), ("ours", ours), ("theirs", theirs)]
         return settle(
             Outcome.CONFLICT,
-            "dtype or shape changed: " + ", ".join(f"{side} {_describe(e)}" for side, e in sides if e is not None),
+            "dtype or shape changed: "
+            + ", ".join(f"{side} {_describe(e)}" for side, e in sides if e is not None),
         )
     both = "changed on both sides" if base is not None else "added on both sides"
     if strategy.name == "conflict":
@@ -205,12 +216,16 @@ def _by_name(manifest: Manifest | None) -> dict[str, TensorEntry]:
     return {tensor.name: tensor for tensor in manifest.tensors} if manifest is not None else {}
 
 
-def plan_merge(base: Manifest | None, ours: Manifest, theirs: Manifest, strategy: Strategy) -> list[TensorMerge]:
+def plan_merge(
+    base: Manifest | None, ours: Manifest, theirs: Manifest, strategy: Strategy
+) -> list[TensorMerge]:
     """How each tensor merges, sorted by name; ``base`` is None when both sides added the file."""
     base_tensors, ours_tensors, theirs_tensors = _by_name(base), _by_name(ours), _by_name(theirs)
     names = sorted(base_tensors.keys() | ours_tensors.keys() | theirs_tensors.keys())
     return [
-        _merge_tensor(name, base_tensors.get(name), ours_tensors.get(name), theirs_tensors.get(name), strategy)
+        _merge_tensor(
+            name, base_tensors.get(name), ours_tensors.get(name), theirs_tensors.get(name), strategy
+        )
         for name in names
     ]
 
@@ -225,10 +240,6 @@ class MergeResult:
     manifest: bytes | None = None
     problem: str | None = None
     frame_from: str | None = None  # the side the non-tensor content came from
-
-    @property
-    def merged(self) -> bool:
-        return self.manifest is not None
 
     @property
     def conflicts(self) -> list[TensorMerge]:
@@ -248,7 +259,9 @@ def _layout(entries: list[TensorEntry]) -> Layout:
 
 def _parse_side(side: str, data: bytes, path: str) -> Manifest:
     if not looks_like_manifest(data):
-        raise _Unmergeable(f"{side} is not a git-theta manifest (a file committed before it was tracked?)")
+        raise _Unmergeable(
+            f"{side} is not a git-theta manifest (a file committed before it was tracked?)"
+        )
     try:
         return Manifest.parse(data)
     except ManifestError as exc:
@@ -280,10 +293,15 @@ def merge_manifests(
     if "opaque" in formats:
         return MergeResult(path, strategy, [], problem="an opaque file has no tensors to merge")
     if len(formats) > 1:
-        return MergeResult(path, strategy, [], problem=f"the versions differ in format ({', '.join(sorted(formats))})")
+        return MergeResult(
+            path,
+            strategy,
+            [],
+            problem=f"the versions differ in format ({', '.join(sorted(formats))})",
+        )
     tensors = plan_merge(sides["base"], sides["ours"], sides["theirs"], strategy)  # type: ignore[arg-type]
     merge = _FileMerge(path, store, sides, tensors)
-    if any(t.outcome is Outcome.CONFLICT for t in merge.tensors):
+    if merge.conflicted:
         return MergeResult(path, strategy, merge.tensors)
     try:
         merge.combine_values(strategy)
@@ -295,7 +313,9 @@ def merge_manifests(
     manifest = _store_file(spliced, store, path)
     got = Manifest.parse(manifest).tensors
     if sorted(got, key=lambda t: t.name) != sorted(expected, key=lambda t: t.name):
-        raise MergeError(path, "the merged file does not hold the merged tensors (a bug: please report it)")
+        raise MergeError(
+            path, "the merged file does not hold the merged tensors (a bug: please report it)"
+        )
     return MergeResult(path, strategy, merge.tensors, manifest=manifest, frame_from=frame_from)
 
 
@@ -303,7 +323,11 @@ class _FileMerge:
     """Turns the per-tensor outcomes into objects, then into a file."""
 
     def __init__(
-        self, path: str, store: LocalStore, sides: dict[str, Manifest | None], tensors: list[TensorMerge]
+        self,
+        path: str,
+        store: LocalStore,
+        sides: dict[str, Manifest | None],
+        tensors: list[TensorMerge],
     ) -> None:
         self.path = path
         self.store = store
@@ -320,24 +344,26 @@ class _FileMerge:
         for index, tensor in enumerate(self.tensors):
             if tensor.outcome is not Outcome.COMBINED:
                 continue
-            assert tensor.ours is not None and tensor.theirs is not None and strategy.theirs_weight is not None
+            assert (
+                tensor.ours is not None
+                and tensor.theirs is not None
+                and strategy.theirs_weight is not None
+            )
             pair = (tensor.ours.oid, tensor.theirs.oid)
             if pair in self.combined:
                 continue
-            reason = self._storage_mismatch(*pair)
-            if reason is None:
+            ours, theirs = self._header(pair[0]), self._header(pair[1])
+            if (ours.dtype, ours.shape) != (theirs.dtype, theirs.shape):
+                reason = "their storages differ in type or size"
+            else:
                 try:
                     self.combined[pair] = combine_objects(self.store, *pair, strategy.theirs_weight)
                     continue
                 except InexactCombinationError:
                     reason = "integers beyond 2**53 cannot be combined exactly in float64"
-            self.tensors[index] = replace(tensor, outcome=Outcome.CONFLICT, reason=f"{tensor.reason}; {reason}")
-
-    def _storage_mismatch(self, ours_oid: str, theirs_oid: str) -> str | None:
-        ours, theirs = self._header(ours_oid), self._header(theirs_oid)
-        if (ours.dtype, ours.shape) != (theirs.dtype, theirs.shape):
-            return "their storages differ in type or size"
-        return None
+            self.tensors[index] = replace(
+                tensor, outcome=Outcome.CONFLICT, reason=f"{tensor.reason}; {reason}"
+            )
 
     def _header(self, oid: str) -> ObjectHeader:
         file, header = self.store.open_object(oid, self.path)
@@ -352,7 +378,9 @@ class _FileMerge:
         return tensor.chosen
 
     def merged_entries(self) -> list[TensorEntry]:
-        return [entry for tensor in self.tensors if (entry := self.result_entry(tensor)) is not None]
+        return [
+            entry for tensor in self.tensors if (entry := self.result_entry(tensor)) is not None
+        ]
 
     def frame_order(self, frame_of: dict[str, object]) -> list[str]:
         """The sides whose frame to try, best first: the one that changed it; ours when both did."""
@@ -396,28 +424,20 @@ class _FileMerge:
                 )
             decided_by[key] = name
         for key, oid in payloads.items():
-            payloads[key] = self._as_frame_object(oid, archive.storage_splice(key).oid, decided_by[key])
+            self._check_frame_object(oid, archive.storage_splice(key).oid, decided_by[key])
         expected = [
-            replace(entry, oid=payloads[archive.storage_of_tensor[entry.name]]) for entry in archive.manifest.tensors
+            replace(entry, oid=payloads[archive.storage_of_tensor[entry.name]])
+            for entry in archive.manifest.tensors
         ]
         return archive.with_payloads(payloads, self.store), expected, side
 
-    def _as_frame_object(self, oid: str, frame_oid: str, name: str) -> str:
-        """``oid``'s payload in an object typed as the frame's storage object is (the same bytes)."""
+    def _check_frame_object(self, oid: str, frame_oid: str, name: str) -> None:
+        """A storage's new object must be typed as the frame's object for it, so the file has its layout."""
         if oid == frame_oid:
-            return oid
+            return
         new, frame = self._header(oid), self._header(frame_oid)
-        if new.nbytes != frame.nbytes:
-            raise _Unmergeable(f"the storage of {name!r} would change size")
-        if (new.dtype, new.shape) == (frame.dtype, frame.shape):
-            return oid
-        # The other side's data.pkl typed this storage otherwise (e.g. shared by a view there).
-        source, _ = self.store.open_object(oid, self.path)
-        writer = self.store.writer(frame.dtype, frame.shape, frame.nbytes)
-        with source:
-            while chunk := source.read(COPY_CHUNK):
-                writer.write(chunk)
-        return writer.commit()
+        if (new.dtype, new.shape) != (frame.dtype, frame.shape):
+            raise _Unmergeable(f"the storage of {name!r} is laid out differently on the two sides")
 
     def _build_safetensors(self) -> tuple[SplicedFile, list[TensorEntry], str]:
         stored = {
@@ -441,7 +461,9 @@ def _set_changes(tensors: list[TensorMerge]) -> str:
     changes = []
     for tensor in tensors:
         if tensor.outcome in (Outcome.OURS, Outcome.THEIRS) and (
-            tensor.ours is None or tensor.theirs is None or _kind(tensor.ours) != _kind(tensor.theirs)
+            tensor.ours is None
+            or tensor.theirs is None
+            or _kind(tensor.ours) != _kind(tensor.theirs)
         ):
             changes.append(f"{tensor.name}: {tensor.reason}")
     return "; ".join(changes[:4]) + (" ..." if len(changes) > 4 else "")
@@ -454,11 +476,15 @@ def _store_file(spliced: SplicedFile, store: LocalStore, path: str) -> bytes:
     with store.expecting(spliced.payload_oids()):
         manifest = clean(spliced.reader(store), store, path, warn=warnings.append)
     if warnings:
-        raise MergeError(path, f"the merged file does not read back as a model file ({warnings[0]})")
+        raise MergeError(
+            path, f"the merged file does not read back as a model file ({warnings[0]})"
+        )
     return manifest
 
 
-def change_norm(stats: Statistician, base: TensorEntry | None, side: TensorEntry | None) -> float | None:
+def change_norm(
+    stats: Statistician, base: TensorEntry | None, side: TensorEntry | None
+) -> float | None:
     """‖side − base‖₂, with a missing base counting as zeros; None when it cannot be computed.
 
     None also for a removed tensor, a changed dtype or shape, non-float

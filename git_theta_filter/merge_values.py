@@ -40,7 +40,9 @@ class InexactCombinationError(ThetaError):
     """Integer values too large to be combined exactly through float64."""
 
     def __init__(self, oid: str) -> None:
-        super().__init__(f"object {oid} holds integers beyond 2**53, which float64 cannot combine exactly")
+        super().__init__(
+            f"object {oid} holds integers beyond 2**53, which float64 cannot combine exactly"
+        )
         self.oid = oid
 
 
@@ -103,7 +105,9 @@ def combine_objects(store: LocalStore, ours_oid: str, theirs_oid: str, theirs_we
             np.multiply(y, theirs_weight, out=y)
             np.add(x, y, out=x)
             # As bytes: the writer counts len() of what it is given.
-            writer.write(np.ascontiguousarray(_encode(x, dtype, etype.raw, ours_oid)).view(np.uint8))
+            writer.write(
+                np.ascontiguousarray(_encode(x, dtype, etype.raw, ours_oid)).view(np.uint8)
+            )
     except BaseException:
         writer.abort()
         raise

@@ -52,7 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(1-ALPHA)*ours + ALPHA*theirs); without one it is a conflict: the command prints the conflicting tensors, "
         "leaves OURS as it is and exits 1. The merged manifest is written over OURS. See docs/merge.md.",
     )
-    p.add_argument("base", metavar="BASE", help="the common ancestor's version; empty when both sides added the file")
+    p.add_argument(
+        "base",
+        metavar="BASE",
+        help="the common ancestor's version; empty when both sides added the file",
+    )
     p.add_argument("ours", metavar="OURS", help="our version; the result is written here")
     p.add_argument("theirs", metavar="THEIRS", help="their version")
     p.add_argument("path", metavar="PATH", help="the file's path in the repository, for messages")
@@ -61,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
-    strategy = choose_strategy(repo.config_get(STRATEGY_CONFIG_KEY), os.environ.get(STRATEGY_ENVIRONMENT))
+    strategy = choose_strategy(
+        repo.config_get(STRATEGY_CONFIG_KEY), os.environ.get(STRATEGY_ENVIRONMENT)
+    )
     base, ours, theirs = (Path(name).read_bytes() for name in (args.base, args.ours, args.theirs))
     store = repo.store()
     _fetch_missing(repo, store, [base, ours, theirs])
@@ -146,7 +152,11 @@ def _print_conflicts(result: MergeResult, stats: Statistician) -> None:
             ]
         )
     with contextlib.redirect_stdout(sys.stderr):
-        print_table(["  tensor", "dtype", "shape", "‖Δ ours‖", "‖Δ theirs‖", "conflict"], _indent(rows), right=(3, 4))
+        print_table(
+            ["  tensor", "dtype", "shape", "‖Δ ours‖", "‖Δ theirs‖", "conflict"],
+            _indent(rows),
+            right=(3, 4),
+        )
     print(
         "git-theta: ‖Δ‖ is each side's change from the base. To settle every conflicting tensor one way, run\n"
         f"  {STRATEGY_ENVIRONMENT}=average git checkout -m -- {result.path}\n"

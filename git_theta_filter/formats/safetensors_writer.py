@@ -19,7 +19,12 @@ from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
 from .spliced_file import SplicedFile, read_skeleton
 
-__all__ = ["SafetensorsHeaderError", "StoredSafetensors", "read_stored_safetensors", "new_safetensors_file"]
+__all__ = [
+    "SafetensorsHeaderError",
+    "StoredSafetensors",
+    "read_stored_safetensors",
+    "new_safetensors_file",
+]
 
 _METADATA = "__metadata__"
 _LENGTH = struct.Struct("<Q")
@@ -60,7 +65,10 @@ def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) ->
     if manifest.format != "safetensors":
         raise SafetensorsHeaderError(path, f"it is {manifest.format}, not safetensors")
     skeleton = read_skeleton(store, manifest, path)
-    if len(skeleton) < _LENGTH.size or _LENGTH.unpack_from(skeleton)[0] != len(skeleton) - _LENGTH.size:
+    if (
+        len(skeleton) < _LENGTH.size
+        or _LENGTH.unpack_from(skeleton)[0] != len(skeleton) - _LENGTH.size
+    ):
         raise SafetensorsHeaderError(path, "the skeleton is not exactly a header")
     try:
         header = json.loads(skeleton[_LENGTH.size :])
@@ -75,14 +83,18 @@ def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) ->
         begin, end = info["data_offsets"]
         index = splices.get((len(skeleton) + begin, end - begin, oids.get(name, "")))
         if index is None:
-            raise SafetensorsHeaderError(path, f"tensor {name!r} is not one of the manifest's splices")
+            raise SafetensorsHeaderError(
+                path, f"tensor {name!r} is not one of the manifest's splices"
+            )
         splice_of_tensor[name] = index
     if set(splice_of_tensor) != {tensor.name for tensor in manifest.tensors}:
         raise SafetensorsHeaderError(path, "the header names other tensors than the manifest")
     return StoredSafetensors(path, manifest, skeleton, metadata, splice_of_tensor)
 
 
-def new_safetensors_file(tensors: list[TensorEntry], metadata: dict[str, str] | None) -> SplicedFile:
+def new_safetensors_file(
+    tensors: list[TensorEntry], metadata: dict[str, str] | None
+) -> SplicedFile:
     """A file holding ``tensors`` (each one's object is its whole data), sorted by name."""
     header: dict[str, object] = {} if metadata is None else {_METADATA: metadata}
     offset = 0

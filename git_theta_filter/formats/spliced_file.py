@@ -42,7 +42,8 @@ def read_skeleton(store: LocalStore, manifest: Manifest, path: str | None = None
     with file:
         if header.nbytes != manifest.skeleton_length:
             raise ObjectFormatError(
-                manifest.skeleton, f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}"
+                manifest.skeleton,
+                f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}",
             )
         return file.read(manifest.skeleton_length)
 

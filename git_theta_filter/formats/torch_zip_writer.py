@@ -37,7 +37,13 @@ from ..store.local import LocalStore
 from .pickle_scan import PickleScanError, StorageRef, scan_pickle
 from .spliced_file import SplicedFile, payload_crc32, read_skeleton
 
-__all__ = ["ArchiveLayoutError", "ZipRecord", "StoredTorchZip", "read_stored_torch_zip", "serialization_id_suffix"]
+__all__ = [
+    "ArchiveLayoutError",
+    "ZipRecord",
+    "StoredTorchZip",
+    "read_stored_torch_zip",
+    "serialization_id_suffix",
+]
 
 _LOCAL_MAGIC = b"PK\x03\x04"
 _CENTRAL_MAGIC = b"PK\x01\x02"
@@ -131,7 +137,8 @@ class StoredTorchZip:
             file.close()
             if header.nbytes != old.length:
                 raise ArchiveLayoutError(
-                    self.path, f"storage {key} is {old.length} bytes, object {oid} holds {header.nbytes}"
+                    self.path,
+                    f"storage {key} is {old.length} bytes, object {oid} holds {header.nbytes}",
                 )
             splices[index] = Splice(old.offset, old.length, oid)
             crcs[record.name] = payload_crc32(store, oid)
@@ -143,11 +150,17 @@ class StoredTorchZip:
         if record.has_descriptor:
             at = self._to_skeleton(record.data_offset + record.size)
             if skeleton[at : at + 4] != _DESCRIPTOR_MAGIC:
-                raise ArchiveLayoutError(self.path, f"record {record.name!r} has no signed data descriptor")
+                raise ArchiveLayoutError(
+                    self.path, f"record {record.name!r} has no signed data descriptor"
+                )
             struct.pack_into("<I", skeleton, at + 4, crc)
         else:
-            struct.pack_into("<I", skeleton, self._to_skeleton(record.header_offset) + _LOCAL_CRC_AT, crc)
-        struct.pack_into("<I", skeleton, self._to_skeleton(record.central_offset) + _CENTRAL_CRC_AT, crc)
+            struct.pack_into(
+                "<I", skeleton, self._to_skeleton(record.header_offset) + _LOCAL_CRC_AT, crc
+            )
+        struct.pack_into(
+            "<I", skeleton, self._to_skeleton(record.central_offset) + _CENTRAL_CRC_AT, crc
+        )
 
     def _renew_serialization_id(self, skeleton: bytearray, crcs: dict[str, int]) -> None:
         names = [record.name for record in self.records]
@@ -197,7 +210,8 @@ def read_stored_torch_zip(manifest: Manifest, store: LocalStore, path: str) -> S
     except PickleScanError as exc:
         raise ArchiveLayoutError(path, f"data.pkl: {exc}") from None
     storage_of_tensor = {
-        name: (ref.key if isinstance(ref, StorageRef) else ref.storage.key) for name, ref in scan.tensors
+        name: (ref.key if isinstance(ref, StorageRef) else ref.storage.key)
+        for name, ref in scan.tensors
     }
     archive = StoredTorchZip(
         path=path,
@@ -212,7 +226,9 @@ def read_stored_torch_zip(manifest: Manifest, store: LocalStore, path: str) -> S
     return archive
 
 
-def _records(reader: SplicedReader, infos: list[zipfile.ZipInfo], central_start: int, path: str) -> list[ZipRecord]:
+def _records(
+    reader: SplicedReader, infos: list[zipfile.ZipInfo], central_start: int, path: str
+) -> list[ZipRecord]:
     """Every record with its data offset (from its local header) and its central directory entry."""
     records = []
     central = central_start
@@ -253,4 +269,6 @@ def _check_against_manifest(archive: StoredTorchZip) -> None:
         record = archive.storage_record(key)
         index = archive._splice_at.get(record.data_offset)
         if index is None or archive.manifest.splices[index].length != record.size:
-            raise ArchiveLayoutError(archive.path, f"storage {key} is not one of the manifest's splices")
+            raise ArchiveLayoutError(
+                archive.path, f"storage {key} is not one of the manifest's splices"
+            )

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GitEnv
+from helpers import copy_repo, sha256_file, tensor_bytes
 from safetensors.torch import save_file
 
 import git_theta_filter as gtf
-from conftest import GitEnv
-from helpers import copy_repo, sha256_file, tensor_bytes
 
 
 @pytest.fixture
@@ -30,7 +30,9 @@ def api_repo(git_env: GitEnv, repo: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 
 
 def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -60,7 +62,9 @@ def nested_checkpoint(epoch: int) -> dict:
     }
 
 
-def test_api_open_finds_the_repository_and_checks_the_filter(api_repo: Path, git_env: GitEnv) -> None:
+def test_api_open_finds_the_repository_and_checks_the_filter(
+    api_repo: Path, git_env: GitEnv
+) -> None:
     (api_repo / "sub").mkdir()
     repo = gtf.open(api_repo / "sub")
     assert repo.path == api_repo
@@ -86,16 +90,27 @@ def test_api_commit_checkpoint_makes_the_commit_that_git_add_and_git_commit_make
     twin = copy_repo(api_repo, tmp_path / "twin")
     checkpoint = nested_checkpoint(1)
     metrics = {"loss": 0.25, "val": {"acc": torch.tensor(0.75)}}
-    commit = gtf.open(api_repo).commit_checkpoint(checkpoint, "model.pth", message="epoch 1", metrics=metrics)
+    commit = gtf.open(api_repo).commit_checkpoint(
+        checkpoint, "model.pth", message="epoch 1", metrics=metrics
+    )
 
     torch.save(checkpoint, twin / "model.pth")
-    (twin / "model.pth.metrics.json").write_bytes((api_repo / "model.pth.metrics.json").read_bytes())
+    (twin / "model.pth.metrics.json").write_bytes(
+        (api_repo / "model.pth.metrics.json").read_bytes()
+    )
     git(twin, "add", "model.pth", "model.pth.metrics.json")
     git(twin, "commit", "-q", "-m", "epoch 1")
     # Same bytes, same tree, same dates: the very same commit.
     assert sha256_file(api_repo / "model.pth") == sha256_file(twin / "model.pth")
-    assert commit == git(twin, "rev-parse", "HEAD").strip() == git(api_repo, "rev-parse", "HEAD").strip()
-    assert json.loads((api_repo / "model.pth.metrics.json").read_text()) == {"loss": 0.25, "val": {"acc": 0.75}}
+    assert (
+        commit
+        == git(twin, "rev-parse", "HEAD").strip()
+        == git(api_repo, "rev-parse", "HEAD").strip()
+    )
+    assert json.loads((api_repo / "model.pth.metrics.json").read_text()) == {
+        "loss": 0.25,
+        "val": {"acc": 0.75},
+    }
 
     # The index holds the file's stat data, so git trusts it without cleaning the file again.
     assert git(api_repo, "status", "--porcelain") == ""
@@ -168,7 +183,9 @@ def test_api_history_best_and_restore(api_repo: Path, git_env: GitEnv) -> None:
     best = repo.best("model.pth", metric="acc", mode="max")
     assert best.commit == commits[2] and best.metrics["val.acc"] == 0.9
     assert best.rel_change == history[1].rel_change
-    assert repo.best("model.pth", metric="loss").commit == commits[3]  # losses are minimised by default
+    assert (
+        repo.best("model.pth", metric="loss").commit == commits[3]
+    )  # losses are minimised by default
     with pytest.raises(ValueError, match="mode"):
         repo.best("model.pth", metric="acc", mode="highest")
 
@@ -176,8 +193,13 @@ def test_api_history_best_and_restore(api_repo: Path, git_env: GitEnv) -> None:
     assert sha256_file(api_repo / "model.pth") == sha[2]
     assert json.loads((api_repo / "model.pth.metrics.json").read_text())["val"]["acc"] == 0.9
     # Staged, as `git checkout <rev> -- <path>` leaves it, and trusted by stat.
-    assert git(api_repo, "status", "--porcelain").splitlines() == ["M  model.pth", "M  model.pth.metrics.json"]
-    assert git(api_repo, "rev-parse", ":model.pth") == git(api_repo, "rev-parse", f"{commits[2]}:model.pth")
+    assert git(api_repo, "status", "--porcelain").splitlines() == [
+        "M  model.pth",
+        "M  model.pth.metrics.json",
+    ]
+    assert git(api_repo, "rev-parse", ":model.pth") == git(
+        api_repo, "rev-parse", f"{commits[2]}:model.pth"
+    )
     assert filter_runs(api_repo, "status", "--porcelain") == 0
     git_env.theta(api_repo, "fsck")
 

@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
 from conftest import GitEnv
 from helpers import copy_repo, isolated_git_env, sha256_file, tensor_bytes, tracked_repo
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 MODEL = "model.pth"
 
@@ -41,7 +40,9 @@ def base_checkpoint() -> dict[str, Any]:
     }
 
 
-def changed(checkpoint: dict[str, Any], seed: int, *names: str, epoch: int | None = None) -> dict[str, Any]:
+def changed(
+    checkpoint: dict[str, Any], seed: int, *names: str, epoch: int | None = None
+) -> dict[str, Any]:
     """A copy with the named tensors of ``model`` nudged by seeded noise, and optionally a new epoch."""
     new = {**checkpoint, "model": {k: v.clone() for k, v in checkpoint["model"].items()}}
     for offset, name in enumerate(names):
@@ -85,7 +86,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[GitEnv, Path, Pa
     git_env = isolated_git_env(root)
     poison = root / "poison"
     (poison / "torch").mkdir(parents=True)
-    (poison / "torch" / "__init__.py").write_text("raise ImportError('the merge driver must not import torch')\n")
+    (poison / "torch" / "__init__.py").write_text(
+        "raise ImportError('the merge driver must not import torch')\n"
+    )
     repo = Repo(git_env, tracked_repo(git_env, root / "template"), poison)
     repo.commit_checkpoint(base_checkpoint(), "base")
     return git_env, repo.path, poison
@@ -120,12 +123,16 @@ def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
         assert tensor_bytes(got[name]) == tensor_bytes(want[name]), f"{name} differs"
 
 
-def test_install_writes_the_merge_driver_and_uninstall_removes_it(git_env: GitEnv, tmp_path: Path) -> None:
+def test_install_writes_the_merge_driver_and_uninstall_removes_it(
+    git_env: GitEnv, tmp_path: Path
+) -> None:
     driver = git_env.git(tmp_path, "config", "--global", "merge.theta.driver").strip()
     assert re.fullmatch(r"\S*git-theta merge %O %A %B %P", driver), driver
     assert git_env.git(tmp_path, "config", "--global", "merge.theta.name").strip()
     git_env.theta(tmp_path, "uninstall", "--global")
-    gone = git_env.run("git", "config", "--global", "--get-regexp", r"^merge\.theta\.", cwd=tmp_path, check=False)
+    gone = git_env.run(
+        "git", "config", "--global", "--get-regexp", r"^merge\.theta\.", cwd=tmp_path, check=False
+    )
     assert gone.returncode == 1 and gone.stdout == b""
 
 
@@ -136,7 +143,14 @@ def test_merge_takes_each_side_s_changes_without_conflict(repo: Repo, tmp_path: 
     branches(repo, ours, theirs)
     result = repo.run("git", "merge", "-q", "--no-edit", "side")
     assert "merged model.pth tensor by tensor: 1 from ours, 2 from theirs" in result.stderr.decode()
-    expected = {**ours, "model": {**ours["model"], "1.bias": theirs["model"]["1.bias"], "1.weight": theirs["model"]["1.weight"]}}
+    expected = {
+        **ours,
+        "model": {
+            **ours["model"],
+            "1.bias": theirs["model"]["1.bias"],
+            "1.weight": theirs["model"]["1.weight"],
+        },
+    }
     merged = repo.load()
     assert_same_tensors(merged["model"], expected["model"])
     # Non-tensor content comes from ours (both sides changed it).
@@ -159,8 +173,12 @@ def test_merge_conflict_by_default_keeps_ours_and_lists_the_tensors(repo: Repo) 
     assert "model.pth: 1 tensor in conflict (merge strategy: conflict)" in err
     (row,) = [line for line in err.splitlines() if "model.0.weight" in line]
     cells = row.split()
-    ours_delta = torch.linalg.vector_norm((ours["model"]["0.weight"] - base["model"]["0.weight"]).double())
-    theirs_delta = torch.linalg.vector_norm((theirs["model"]["0.weight"] - base["model"]["0.weight"]).double())
+    ours_delta = torch.linalg.vector_norm(
+        (ours["model"]["0.weight"] - base["model"]["0.weight"]).double()
+    )
+    theirs_delta = torch.linalg.vector_norm(
+        (theirs["model"]["0.weight"] - base["model"]["0.weight"]).double()
+    )
     assert cells[:3] == ["model.0.weight", "F32", "[8,6]"]
     assert float(cells[3]) == pytest.approx(float(ours_delta), rel=1e-3)
     assert float(cells[4]) == pytest.approx(float(theirs_delta), rel=1e-3)
@@ -183,8 +201,15 @@ def dtype_checkpoint(seed: int, base: dict[str, torch.Tensor] | None = None) -> 
     generator = torch.Generator().manual_seed(seed)
     if base is None:
         floats = {"f32": (5, 3), "f16": (6,), "bf16": (7,), "f64": (4,)}
-        dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64}
-        tensors = {k: torch.randn(*shape, generator=generator).to(dtypes[k]) for k, shape in floats.items()}
+        dtypes = {
+            "f32": torch.float32,
+            "f16": torch.float16,
+            "bf16": torch.bfloat16,
+            "f64": torch.float64,
+        }
+        tensors = {
+            k: torch.randn(*shape, generator=generator).to(dtypes[k]) for k, shape in floats.items()
+        }
         tensors["i64"] = torch.randint(-1000, 1000, (6,), generator=generator)
         tensors["u8"] = torch.randint(0, 256, (5,), generator=generator, dtype=torch.uint8)
         tensors["flags"] = torch.rand(8, generator=generator) > 0.5
@@ -194,9 +219,14 @@ def dtype_checkpoint(seed: int, base: dict[str, torch.Tensor] | None = None) -> 
         if tensor.dtype == torch.bool:
             state[name] = tensor ^ (torch.rand(tensor.shape, generator=generator) > 0.5)
         elif tensor.is_floating_point():
-            state[name] = (tensor.double() + torch.randn(tensor.shape, generator=generator, dtype=torch.float64)).to(tensor.dtype)
+            state[name] = (
+                tensor.double()
+                + torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
+            ).to(tensor.dtype)
         else:
-            state[name] = tensor + torch.randint(1, 7, tensor.shape, generator=generator, dtype=tensor.dtype)
+            state[name] = tensor + torch.randint(
+                1, 7, tensor.shape, generator=generator, dtype=tensor.dtype
+            )
     return {"state": state, "step": seed}
 
 
@@ -220,7 +250,9 @@ def torch_combination(ours: torch.Tensor, theirs: torch.Tensor, alpha: float) ->
         ("weighted:0.25", "environment"),
     ],
 )
-def test_merge_strategy_numbers_match_torch(repo: Repo, tmp_path: Path, strategy: str, how: str) -> None:
+def test_merge_strategy_numbers_match_torch(
+    repo: Repo, tmp_path: Path, strategy: str, how: str
+) -> None:
     base = dtype_checkpoint(0)
     repo.commit_checkpoint(base, "dtypes")
     ours, theirs = dtype_checkpoint(1, base["state"]), dtype_checkpoint(2, base["state"])
@@ -236,11 +268,15 @@ def test_merge_strategy_numbers_match_torch(repo: Repo, tmp_path: Path, strategy
         want = sides[strategy]["state"]
     else:
         alpha = 0.5 if strategy == "average" else float(strategy.split(":")[1])
-        want = {k: torch_combination(ours["state"][k], theirs["state"][k], alpha) for k in base["state"]}
+        want = {
+            k: torch_combination(ours["state"][k], theirs["state"][k], alpha) for k in base["state"]
+        }
     merged = repo.load()
     assert_same_tensors(merged["state"], want)
     assert merged["step"] == 1  # from ours
-    assert sha256_file(repo.path / MODEL) == saved_bytes_sha256({"state": want, "step": 1}, tmp_path)
+    assert sha256_file(repo.path / MODEL) == saved_bytes_sha256(
+        {"state": want, "step": 1}, tmp_path
+    )
 
 
 def test_merge_environment_strategy_overrides_config_and_bad_ones_fail(repo: Repo) -> None:
@@ -248,7 +284,9 @@ def test_merge_environment_strategy_overrides_config_and_bad_ones_fail(repo: Rep
     ours, theirs = changed(base, 1, "0.bias"), changed(base, 2, "0.bias")
     branches(repo, ours, theirs)
     repo.git("config", "theta.merge.strategy", "ours")
-    bad = repo.run("git", "merge", "--no-edit", "side", check=False, env={"GIT_THETA_MERGE_STRATEGY": "median"})
+    bad = repo.run(
+        "git", "merge", "--no-edit", "side", check=False, env={"GIT_THETA_MERGE_STRATEGY": "median"}
+    )
     assert bad.returncode != 0
     assert "unknown merge strategy 'median'" in bad.stderr.decode()
     repo.git("merge", "--abort")
@@ -261,7 +299,9 @@ def test_merge_shape_change_on_both_sides_is_a_conflict_whatever_the_strategy(re
     ours = changed(base, 1, "0.bias")
     theirs = {**base, "model": {**base["model"], "0.bias": torch.zeros(9)}}
     branches(repo, ours, theirs)
-    result = repo.run("git", "merge", "--no-edit", "side", check=False, env={"GIT_THETA_MERGE_STRATEGY": "theirs"})
+    result = repo.run(
+        "git", "merge", "--no-edit", "side", check=False, env={"GIT_THETA_MERGE_STRATEGY": "theirs"}
+    )
     assert result.returncode != 0
     (row,) = [line for line in result.stderr.decode().splitlines() if "model.0.bias" in line]
     assert "dtype or shape changed: base F32 [8], ours F32 [8], theirs F32 [9]" in row
@@ -287,7 +327,14 @@ def test_merge_tensors_added_on_both_sides_conflict_in_a_torch_zip(repo: Repo) -
     ours["model"]["extra.a"] = _randn(5, 3)
     theirs["model"]["extra.b"] = _randn(6, 3)
     branches(repo, ours, theirs)
-    result = repo.run("git", "merge", "--no-edit", "side", check=False, env={"GIT_THETA_MERGE_STRATEGY": "average"})
+    result = repo.run(
+        "git",
+        "merge",
+        "--no-edit",
+        "side",
+        check=False,
+        env={"GIT_THETA_MERGE_STRATEGY": "average"},
+    )
     assert result.returncode != 0
     err = result.stderr.decode()
     assert "both sides changed which tensors the file holds" in err
@@ -298,7 +345,11 @@ def test_merge_safetensors_adds_and_removes_tensors(repo: Repo) -> None:
     base = {"a": _randn(1, 4, 4), "b": _randn(2, 3), "c": _randn(3, 2, 2)}
     repo.commit_checkpoint(base, "st base", "model.safetensors")
     ours = {"a": base["a"] * 2, "b": base["b"]}  # changes a, removes c
-    theirs = {**base, "b": base["b"] + 1, "d": torch.arange(6, dtype=torch.int64)}  # changes b, adds d
+    theirs = {
+        **base,
+        "b": base["b"] + 1,
+        "d": torch.arange(6, dtype=torch.int64),
+    }  # changes b, adds d
     branches(repo, ours, theirs, "model.safetensors")
     repo.run("git", "merge", "-q", "--no-edit", "side")
     with safe_open(str(repo.path / "model.safetensors"), framework="pt") as f:
@@ -325,7 +376,11 @@ def test_rebase_replays_model_commits_tensor_by_tensor(repo: Repo) -> None:
     states = feature_history(repo)
     repo.git("checkout", "-q", "feature")
     repo.run("git", "rebase", "-q", "main")
-    assert repo.git("log", "--format=%s", "-3").split("\n")[:3] == ["feature 2", "feature 1", "main 1"]
+    assert repo.git("log", "--format=%s", "-3").split("\n")[:3] == [
+        "feature 2",
+        "feature 1",
+        "main 1",
+    ]
     main_bias = states["main"]["model"]["1.bias"]
     tip = repo.load()
     assert_same_tensors(tip["model"], {**states["second"]["model"], "1.bias": main_bias})
@@ -350,7 +405,9 @@ def test_merged_checkpoint_loads_with_weights_only_and_the_expected_norm(repo: R
     branches(repo, ours, theirs)
     repo.run("git", "merge", "-q", "--no-edit", "side", env={"GIT_THETA_MERGE_STRATEGY": "average"})
     merged = torch.load(repo.path / MODEL, weights_only=True)
-    want = (0.5 * ours["model"]["0.weight"].double() + 0.5 * theirs["model"]["0.weight"].double()).float()
+    want = (
+        0.5 * ours["model"]["0.weight"].double() + 0.5 * theirs["model"]["0.weight"].double()
+    ).float()
     assert torch.equal(merged["model"]["0.weight"], want)
     assert math.isclose(
         float(torch.linalg.vector_norm(merged["model"]["0.weight"].double())),
