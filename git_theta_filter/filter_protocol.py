@@ -50,12 +50,21 @@ class FilterHandler(Protocol):
 Report = Callable[[BaseException, str], None]
 
 
+def _read_handshake_list(reader: PktLineReader) -> list[str]:
+    # Between requests, end of input is git closing the pipe when done; here it
+    # means git went away before saying what it wants.
+    try:
+        return reader.read_text_list()
+    except EOFError:
+        raise ProtocolError("the input ended during the handshake") from None
+
+
 def _handshake(reader: PktLineReader, writer: PktLineWriter) -> set[str]:
-    welcome = reader.read_text_list()
+    welcome = _read_handshake_list(reader)
     if not welcome or welcome[0] != "git-filter-client" or "version=2" not in welcome[1:]:
         raise ProtocolError(f"unexpected handshake {welcome!r}")
     writer.write_text_list(["git-filter-server", "version=2"])
-    offered = {line.removeprefix("capability=") for line in reader.read_text_list() if line.startswith("capability=")}
+    offered = {line.removeprefix("capability=") for line in _read_handshake_list(reader) if line.startswith("capability=")}
     supported = [c for c in CAPABILITIES if c in offered]
     writer.write_text_list([f"capability={c}" for c in supported])
     return set(supported)

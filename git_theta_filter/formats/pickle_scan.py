@@ -1,7 +1,7 @@
 """Read the structure of a torch ``data.pkl`` without executing it.
 
 ``pickle.load`` would call whatever the pickle names, which is how a model file
-runs an attacker's code. Here an :class:`pickle.Unpickler` resolves every
+runs an attacker's code. Here an unpickler resolves every
 global through :meth:`_StructureUnpickler.find_class`, which only ever returns
 our own inert stand-ins, and ``persistent_load`` returns a record of the
 storage instead of loading it. The result is the object graph made of plain
@@ -166,7 +166,11 @@ ALLOWED_GLOBALS: dict[str, Any] = {
 }
 
 
-class _StructureUnpickler(pickle.Unpickler):
+# The pure-Python unpickler, not the C one: the C unpickler sizes its memo as
+# an array reaching the largest index a PUT names, so a 4-byte LONG_BINPUT
+# index in a 400-byte pickle made it allocate (and zero) gigabytes. The Python
+# one keeps the memo in a dict; it is a little slower on data.pkl, which is small.
+class _StructureUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data))
         self.storages: dict[str, StorageRef] = {}

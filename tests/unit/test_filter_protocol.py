@@ -187,6 +187,12 @@ def test_a_bad_handshake_is_a_protocol_error(welcome: list[bytes]) -> None:
         run_serve(stream)
 
 
+@pytest.mark.parametrize("stream", [b"", HANDSHAKE, HANDSHAKE + encode_text("capability=clean")], ids=["nothing", "welcome only", "capabilities cut"])
+def test_input_ending_during_the_handshake_is_a_protocol_error(stream: bytes) -> None:
+    with pytest.raises(ProtocolError, match="the input ended during the handshake"):
+        run_serve(stream)
+
+
 # -- the real filter process ----------------------------------------------------------------------
 
 
