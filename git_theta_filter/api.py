@@ -291,6 +291,9 @@ class Repository:
         entry.path = c_path
         index = self._git.index
         index.read()
+        # A stage-0 entry resolves a conflict only once the conflict's stages are gone, as `git add` does.
+        if index.conflicts is not None and path in index.conflicts:
+            del index.conflicts[path]
         check_error(C.git_index_add(index._index, entry))
         index.write()
 

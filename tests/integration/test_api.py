@@ -214,3 +214,23 @@ def test_api_safetensors_commit_and_load(api_repo: Path) -> None:
     loaded = repo.load_state_dict("weights.safetensors")
     assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
     assert git(api_repo, "status", "--porcelain") == ""
+
+
+def test_api_restore_resolves_a_conflicted_model_file(api_repo: Path) -> None:
+    repo = gtf.open(api_repo)
+    repo.commit_checkpoint(nested_checkpoint(1), "model.pth", message="base")
+    git(api_repo, "checkout", "-qb", "side")
+    side = repo.commit_checkpoint(nested_checkpoint(2), "model.pth", message="side")
+    side_sha = sha256_file(api_repo / "model.pth")
+    git(api_repo, "checkout", "-q", "main")
+    repo.commit_checkpoint(nested_checkpoint(3), "model.pth", message="main")
+    merge = subprocess.run(["git", "merge", "side"], cwd=api_repo, capture_output=True)
+    assert merge.returncode != 0 and git(api_repo, "ls-files", "-u", "model.pth")
+    repo.restore("model.pth", rev="side")
+    assert git(api_repo, "ls-files", "-u") == ""
+    assert git(api_repo, "rev-parse", ":model.pth") == git(
+        api_repo, "rev-parse", f"{side}:model.pth"
+    )
+    assert sha256_file(api_repo / "model.pth") == side_sha
+    git(api_repo, "commit", "-q", "--no-edit")
+    assert git(api_repo, "status", "--porcelain") == ""
