@@ -194,8 +194,8 @@ def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[BinaryIO, BinaryIO]:
 
     stdin is unbuffered: content payloads are read straight into the caller's
     buffer, where a buffered reader would copy every byte twice. Both pipes
-    are enlarged so that git can run a megabyte ahead of us instead of
-    blocking at every 64 KB packet.
+    are enlarged so that the writing side can run a megabyte ahead of the
+    reading side instead of blocking at every 64 KB packet.
     """
     for fd in (0, 1):
         _enlarge_pipe(fd, buffer_size)
@@ -205,9 +205,10 @@ def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[BinaryIO, BinaryIO]:
 
 
 def _enlarge_pipe(fd: int, size: int) -> None:
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
     try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        if set_size is not None and stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, set_size, size)
     except OSError:
         # Over /proc/sys/fs/pipe-max-size for an unprivileged user: the
         # default size only costs speed.
