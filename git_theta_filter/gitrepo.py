@@ -7,6 +7,7 @@ repository shares one store.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -94,11 +95,15 @@ class GitRepo:
 
 
 def filter_command() -> str:
-    """How git should start us: by name when ``git-theta`` on PATH is this install."""
+    """How git should start us: by name when ``git-theta`` on PATH is this install.
+
+    Otherwise the script's absolute path, shell-quoted: git runs the
+    configured command through the shell, so a path with a space must be quoted.
+    """
     on_path = shutil.which("git-theta")
     script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
     if on_path and (script is None or script.name != "git-theta" or Path(on_path).resolve() == script):
         return "git-theta"
     if script is not None and script.name == "git-theta" and script.exists():
-        return str(script)
+        return shlex.quote(str(script))
     return "git-theta"

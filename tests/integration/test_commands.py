@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,21 @@ def test_help_lists_every_subcommand(template: tuple) -> None:
     bare = git_env.run("git-theta", cwd=repo, check=False)
     assert bare.returncode == 2
     assert bare.stdout.decode().startswith("usage: git theta")
+
+
+def test_install_quotes_a_script_path_with_a_space(git_env, tmp_path):
+    """git runs filter.theta.process through the shell: a path with a space must still start the filter."""
+    spaced = tmp_path / "my tools"
+    spaced.mkdir()
+    launcher = spaced / "git-theta"
+    shutil.copy(shutil.which("git-theta", path=str(Path(sys.executable).parent)), launcher)
+    env = {"PATH": "/usr/bin:/bin"}  # this git-theta is not on PATH: the absolute path is written
+    git_env.run(str(launcher), "install", "--global", cwd=git_env.home, env=env)
+    process = git_env.run("git", "config", "--global", "filter.theta.process", cwd=git_env.home).stdout.decode().strip()
+    assert process == f"'{launcher}' filter-process"
+    repo = tmp_path / "spaced-repo"
+    git_env.run("git", "init", "-q", str(repo))
+    (repo / ".gitattributes").write_text("*.bin filter=theta -text\n")
+    (repo / "x.bin").write_bytes(b"\x00" * 100)
+    git_env.git(repo, "add", "x.bin")
+    assert git_env.git(repo, "cat-file", "-p", ":x.bin").startswith("git-theta-manifest 1\n")
