@@ -6,7 +6,8 @@ when both sides read the same bytes the same way (same oid and layout, or a
 view whose elements are bitwise equal), and ``modified`` otherwise.
 
 The file's summary treats θ as all of its floating tensors laid end to end,
-with a tensor that one side lacks counting as zeros on that side: ‖Δθ‖²
+except optimizer state (see :func:`is_optimizer_state`), with a tensor that
+one side lacks counting as zeros on that side: ‖Δθ‖²
 sums the modified tensors' ‖new−old‖², the added tensors' ‖new‖² and the
 removed ones' ‖old‖²; ‖Δθ‖/‖θ‖ divides by the old side's ‖θ‖. A retyped
 tensor of one shape is compared element by element; of another shape it
@@ -221,6 +222,20 @@ def _fill_stats(tensor: TensorDiff, stats: Statistician, missing: set[str]) -> N
         tensor.delta = DeltaStats(old.numel, 0, 0.0, tensor.old_stats.sum_squares, 0.0)
 
 
+# Key path components under which a checkpoint keeps optimizer state: plain
+# state dicts (`optimizer`), Lightning (`optimizer_states`) and common variants.
+OPTIMIZER_STATE_KEYS = frozenset({"optimizer", "optimizers", "optimizer_states", "optimizer_state_dict", "optim", "opt_state"})
+
+
+def is_optimizer_state(name: str) -> bool:
+    """Whether a tensor is optimizer state rather than a parameter.
+
+    Adam's moments and step counters are floating tensors, but they are not θ:
+    counting them would make ‖θ‖ follow the step count instead of the weights.
+    """
+    return not OPTIMIZER_STATE_KEYS.isdisjoint(name.split("."))
+
+
 def _summarise(result: ManifestDiff, with_numbers: bool) -> None:
     summary = result.summary
     old_total, new_total, delta_total = _Totals(), _Totals(), _Totals()
@@ -231,8 +246,8 @@ def _summarise(result: ManifestDiff, with_numbers: bool) -> None:
         if not with_numbers:
             continue
         old, new = tensor.old, tensor.new
-        old_float = old is not None and element_type(old.dtype).kind is Kind.FLOAT
-        new_float = new is not None and element_type(new.dtype).kind is Kind.FLOAT
+        old_float = old is not None and element_type(old.dtype).kind is Kind.FLOAT and not is_optimizer_state(old.name)
+        new_float = new is not None and element_type(new.dtype).kind is Kind.FLOAT and not is_optimizer_state(new.name)
         old_squares = tensor.old_stats.sum_squares if tensor.old_stats else None
         new_squares = tensor.new_stats.sum_squares if tensor.new_stats else None
         if old_float:

@@ -323,3 +323,27 @@ def test_theta_diff_cached_before_the_first_commit(history: History, tmp_path: P
     (file,) = json.loads(history.theta("diff", "--cached", "--json", cwd=fresh).stdout)["files"]
     assert file["status"] == "added" and file["summary"]["tensors_added"] == 4
     assert history.theta("log", cwd=fresh).returncode == 128  # no HEAD to walk from, as git log
+
+
+def test_theta_diff_theta_leaves_out_optimizer_state(own_history: History) -> None:
+    """Adam's moments and step counts are listed, but ‖θ‖ is the model's weights alone."""
+    history = own_history
+    torch.manual_seed(2)
+    model = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.Adam(model.parameters())
+    states = []
+    for _ in range(2):
+        model(torch.randn(3, 8)).sum().backward()
+        optimizer.step()
+        states.append({"model": {k: v.clone() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict()})
+        torch.save(states[-1], history.repo / "adam.pth")
+        commit(history.git_env, history.repo, f"adam {len(states)}", "adam.pth", day=22 + len(states))
+    result = history.theta_json("diff", "HEAD~1", "HEAD", "--", "adam.pth")
+    (file,) = result["files"]
+    names = {t["name"] for t in file["tensors"]}
+    assert "optimizer.state.0.exp_avg" in names and "optimizer.state.0.step" in names
+    old_weights = torch.cat([t.double().flatten() for t in states[0]["model"].values()])
+    new_weights = torch.cat([t.double().flatten() for t in states[1]["model"].values()])
+    summary = file["summary"]
+    assert math.isclose(summary["old_norm"], torch.linalg.vector_norm(old_weights).item(), rel_tol=1e-9)
+    assert math.isclose(summary["delta_norm"], torch.linalg.vector_norm(new_weights - old_weights).item(), rel_tol=1e-9)
