@@ -53,28 +53,29 @@ def cut_points(data: bytes) -> dict[str, int]:
     return {"local-header": 10, "data-pkl": pkl_end - 20, "storage": storage, "central-directory": central + 30, "last-byte": len(data) - 1}
 
 
-def make_cases() -> dict[str, tuple[bytes, str]]:
-    """File name -> (content, the format it must be stored as)."""
+def make_cases() -> dict[str, tuple[str, bytes, str]]:
+    """Case -> (file name, content, the format it must be stored as)."""
     base = checkpoint()
-    cases = {f"truncated-{where}.pth": (base[:n], "opaque") for where, n in cut_points(base).items()}
+    cases = {f"truncated-{where}": (base[:n], "opaque") for where, n in cut_points(base).items()}
     cases.update(
         {
-            "overlapping-entries.pth": (overlapping_entries(base), "opaque"),
-            "compressed-entries.pth": (compressed_entries(base), "opaque"),
+            "overlapping-entries": (overlapping_entries(base), "opaque"),
+            "compressed-entries": (compressed_entries(base), "opaque"),
             # The bomb is a record like any other: never inflated, it stays in the skeleton.
-            "zip-bomb.pth": (zip_bomb(base), "torch-zip"),
-            "zip64.pth": (zip64_archive(base), "torch-zip"),
-            "duplicate-names.pth": (duplicate_names(base), "torch-zip"),
-            "non-utf8-entry-name.pth": (non_utf8_name(base, utf8_flag=False), "torch-zip"),
+            "zip-bomb": (zip_bomb(base), "torch-zip"),
+            "zip64": (zip64_archive(base), "torch-zip"),
+            "duplicate-names": (duplicate_names(base), "torch-zip"),
+            "non-utf8-entry-name": (non_utf8_name(base, utf8_flag=False), "torch-zip"),
             # zipfile refuses a name flagged UTF-8 that is not; stored whole instead.
-            "non-utf8-entry-name-flagged.pth": (non_utf8_name(base, utf8_flag=True), "opaque"),
-            "empty.pth": (b"", "opaque"),
-            "zero-byte-tensor.pth": (torch_zip_bytes({"empty": torch.zeros(0), "w": torch.ones(3)}), "torch-zip"),
-            "mödel/ωeights ✓.pth": (base, "torch-zip"),
-            NON_UTF8_PATH: (base, "torch-zip"),
+            "non-utf8-entry-name-flagged": (non_utf8_name(base, utf8_flag=True), "opaque"),
+            "empty-file": (b"", "opaque"),
+            "zero-byte-tensor": (torch_zip_bytes({"empty": torch.zeros(0), "w": torch.ones(3)}), "torch-zip"),
         }
     )
-    return cases
+    named = {case: (f"{case}.pth", data, fmt) for case, (data, fmt) in cases.items()}
+    named["non-ascii-path"] = ("mödel/ωeights ✓.pth", base, "torch-zip")
+    named["non-utf8-path"] = (NON_UTF8_PATH, base, "torch-zip")
+    return named
 
 
 CASES = make_cases()
@@ -86,23 +87,23 @@ def checked_out(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     root = tmp_path_factory.mktemp("malformed")
     git_env = isolated_git_env(root)
     repo = tracked_repo(git_env, root / "repo")
-    for name, (data, _) in CASES.items():
+    for name, data, _ in CASES.values():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_bytes(data)
     add = git_env.run("git", "add", ".", cwd=repo)
     git_env.git(repo, "commit", "-qm", "malformed")
-    manifests = {name: read_manifest(git_env, repo, f"HEAD:{name}") for name in CASES}
-    for name in CASES:
+    manifests = {case: read_manifest(git_env, repo, f"HEAD:{name}") for case, (name, _, _) in CASES.items()}
+    for name, _, _ in CASES.values():
         (repo / name).unlink()
     git_env.git(repo, "checkout", "--", ".")
     return git_env, repo, manifests, add.stderr.decode("utf-8", "replace")
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_malformed_checkpoint_is_stored_and_restored_byte_exact(checked_out: tuple, name: str) -> None:
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_malformed_checkpoint_is_stored_and_restored_byte_exact(checked_out: tuple, case: str) -> None:
     git_env, repo, manifests, _ = checked_out
-    data, expected_format = CASES[name]
-    manifest = manifests[name]
+    name, data, expected_format = CASES[case]
+    manifest = manifests[case]
     assert manifest.format == expected_format
     assert (manifest.size, manifest.sha256) == (len(data), sha256_bytes(data))
     assert sha256_file(repo / name) == sha256_bytes(data), f"{name}: checked out bytes differ"
@@ -110,7 +111,7 @@ def test_malformed_checkpoint_is_stored_and_restored_byte_exact(checked_out: tup
 
 def test_malformed_checkpoints_warn_once_per_opaque_file_and_leave_status_clean(checked_out: tuple) -> None:
     git_env, repo, manifests, stderr = checked_out
-    opaque = sorted(name for name, (_, fmt) in CASES.items() if fmt == "opaque")
+    opaque = sorted(name for name, _, fmt in CASES.values() if fmt == "opaque")
     warned = sorted(line.split(": ")[2] for line in stderr.splitlines() if line.startswith("git-theta: warning: "))
     assert warned == opaque
     assert "error" not in stderr
@@ -119,7 +120,7 @@ def test_malformed_checkpoints_warn_once_per_opaque_file_and_leave_status_clean(
 
 def test_a_zero_byte_tensor_keeps_its_name_and_shape(checked_out: tuple) -> None:
     _, _, manifests, _ = checked_out
-    tensors = {t.name: (t.dtype, t.shape) for t in manifests["zero-byte-tensor.pth"].tensors}
+    tensors = {t.name: (t.dtype, t.shape) for t in manifests["zero-byte-tensor"].tensors}
     assert tensors == {"empty": ("F32", (0,)), "w": ("F32", (3,))}
 
 
