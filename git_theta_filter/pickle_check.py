@@ -57,17 +57,24 @@ class PickleReport:
 def _read_skeleton(store: LocalStore, manifest: Manifest, path: str) -> bytes:
     # The same bounds smudge applies: a hostile manifest cannot make us read more.
     if manifest.skeleton_length > MAX_SKELETON_BYTES:
-        raise ObjectFormatError(manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit")
+        raise ObjectFormatError(
+            manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit"
+        )
     file, header = store.open_object(manifest.skeleton, path)
     with file:
         if header.nbytes != manifest.skeleton_length:
-            raise ObjectFormatError(manifest.skeleton, f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}")
+            raise ObjectFormatError(
+                manifest.skeleton,
+                f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}",
+            )
         return file.read(header.nbytes)
 
 
 def read_data_pkl(store: LocalStore, manifest: Manifest, path: str) -> bytes:
     """The bytes of a torch-zip file's data.pkl, its first record (clean requires that)."""
-    reader = SplicedReader(_read_skeleton(store, manifest, path), manifest.splices, manifest.size, store)
+    reader = SplicedReader(
+        _read_skeleton(store, manifest, path), manifest.splices, manifest.size, store
+    )
     try:
         with zipfile.ZipFile(reader) as archive:
             infos = archive.infolist()
@@ -96,9 +103,13 @@ def _check_one(store: LocalStore, manifest: Manifest, path: str, blob_id: str) -
     try:
         if manifest.format == "opaque":
             if _first_byte(store, manifest, path) == _PICKLE_PROTO:
-                report.unchecked = "a bare pickle stream (e.g. torch's legacy format), stored opaque"
+                report.unchecked = (
+                    "a bare pickle stream (e.g. torch's legacy format), stored opaque"
+                )
         elif manifest.format == "torch-zip":
-            report.foreign_globals = sorted(scan_pickle(read_data_pkl(store, manifest, path)).foreign_globals)
+            report.foreign_globals = sorted(
+                scan_pickle(read_data_pkl(store, manifest, path)).foreign_globals
+            )
     except ThetaError as exc:  # a missing or corrupt object, or an unreadable data.pkl
         report.unchecked = str(exc)
     return report

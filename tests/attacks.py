@@ -65,7 +65,18 @@ def raw_zip(entries: list[RawEntry]) -> bytes:
         crc = zlib.crc32(entry.data) if entry.crc is None else entry.crc
         usize = len(entry.data) if entry.uncompressed_size is None else entry.uncompressed_size
         out += struct.pack(
-            "<4sHHHHHIIIHH", b"PK\x03\x04", 20, entry.flags, entry.method, 0, 0x21, crc, len(entry.data), usize, len(entry.name), 0
+            "<4sHHHHHIIIHH",
+            b"PK\x03\x04",
+            20,
+            entry.flags,
+            entry.method,
+            0,
+            0x21,
+            crc,
+            len(entry.data),
+            usize,
+            len(entry.name),
+            0,
         )
         out += entry.name + entry.data
     central_start = len(out)
@@ -80,7 +91,17 @@ def raw_zip(entries: list[RawEntry]) -> bytes:
         )  # fmt: skip
         out += entry.name
     central_size = len(out) - central_start
-    out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), central_size, central_start, 0)
+    out += struct.pack(
+        "<4sHHHHIIH",
+        b"PK\x05\x06",
+        0,
+        0,
+        len(entries),
+        len(entries),
+        central_size,
+        central_start,
+        0,
+    )
     return bytes(out)
 
 
@@ -126,7 +147,9 @@ def zip64_archive(checkpoint: bytes) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, data in torch_entries(checkpoint):
-            with archive.open(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as record:
+            with archive.open(
+                zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), "w", force_zip64=True
+            ) as record:
                 record.write(data)
     return out.getvalue()
 

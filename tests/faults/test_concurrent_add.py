@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import torch
-
 from helpers import assert_status_clean, object_path, read_manifest, sha256_file, store_oids
 
 MODEL = "model.pth"
@@ -19,7 +18,9 @@ def checkpoint(worker: int) -> dict[str, torch.Tensor]:
     return {**shared, "own": torch.full((1000,), float(100 + worker))}
 
 
-def test_four_concurrent_adds_in_four_worktrees_all_succeed(git_env, repo: Path, tmp_path: Path) -> None:
+def test_four_concurrent_adds_in_four_worktrees_all_succeed(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
     trees = [repo]
     for worker in range(1, WORKERS):
         tree = tmp_path / f"wt{worker}"
@@ -31,15 +32,25 @@ def test_four_concurrent_adds_in_four_worktrees_all_succeed(git_env, repo: Path,
         digests.append(sha256_file(tree / MODEL))
 
     adds = [
-        subprocess.Popen(["git", "add", MODEL], cwd=tree, env=git_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            ["git", "add", MODEL],
+            cwd=tree,
+            env=git_env.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for tree in trees
     ]
     results = [(add.communicate(timeout=120)[1].decode(), add.returncode)[::-1] for add in adds]
     assert results == [(0, "")] * WORKERS
 
     manifests = [read_manifest(git_env, tree, f":{MODEL}") for tree in trees]
-    shared_oids = [{t.name: t.oid for t in m.tensors if t.name.startswith("shared.")} for m in manifests]
-    assert all(oids == shared_oids[0] for oids in shared_oids), "equal tensors got different objects"
+    shared_oids = [
+        {t.name: t.oid for t in m.tensors if t.name.startswith("shared.")} for m in manifests
+    ]
+    assert all(oids == shared_oids[0] for oids in shared_oids), (
+        "equal tensors got different objects"
+    )
     own = {next(t.oid for t in m.tensors if t.name == "own") for m in manifests}
     assert len(own) == WORKERS
     # One store for all worktrees: 4 shared tensors, 4 own ones and 4 skeletons, each whole.

@@ -15,14 +15,12 @@ import io
 import os
 import resource
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-
-import git_theta_filter.store.local as local_store
+import torch
 from attacks import torch_zip_bytes
-from git_theta_filter.clean import clean
-from git_theta_filter.store.local import LocalStore, StoreWriteError
 from helpers import (
     assert_status_clean,
     copy_repo,
@@ -31,11 +29,14 @@ from helpers import (
     object_path,
     read_manifest,
     save,
-    sha256_bytes,
     sha256_file,
     store_oids,
     tracked_repo,
 )
+
+import git_theta_filter.store.local as local_store
+from git_theta_filter.clean import clean
+from git_theta_filter.store.local import LocalStore, StoreWriteError
 
 LIMIT = 1 << 20
 MODEL = "model.pth"
@@ -47,17 +48,23 @@ def limited_files() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
 
 
-def run_limited(git_env, cwd: Path, *args: str, env: dict[str, str] | None = None):
-    import subprocess
-
-    return subprocess.run(list(args), cwd=cwd, env={**git_env.env, **(env or {})}, capture_output=True, preexec_fn=limited_files)
+def run_limited(git_env, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(args),
+        cwd=cwd,
+        env=git_env.env,
+        capture_output=True,
+        preexec_fn=limited_files,
+        check=False,
+    )
 
 
 def big_checkpoint(seed: int) -> dict:
     """Larger than LIMIT: one 1.6 MB tensor among small ones."""
-    import torch
-
-    return {"model": mlp_checkpoint(seed, (8, 16, 4)), "big": torch.randn(400, 1000, generator=torch.Generator().manual_seed(seed))}
+    return {
+        "model": mlp_checkpoint(seed, (8, 16, 4)),
+        "big": torch.randn(400, 1000, generator=torch.Generator().manual_seed(seed)),
+    }
 
 
 def assert_store_has_only_whole_objects(repo: Path) -> None:
@@ -87,8 +94,12 @@ class FailingWrites:
 
 
 @pytest.mark.parametrize("kind", ["torch-zip", "opaque"])
-def test_a_write_failure_at_any_point_of_clean_leaves_only_whole_objects(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = torch_zip_bytes(mlp_checkpoint(0, (8, 16, 4))) if kind == "torch-zip" else os.urandom(3000)
+def test_a_write_failure_at_any_point_of_clean_leaves_only_whole_objects(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = (
+        torch_zip_bytes(mlp_checkpoint(0, (8, 16, 4))) if kind == "torch-zip" else os.urandom(3000)
+    )
     counting = FailingWrites(None)
     monkeypatch.setattr(local_store, "_write_all", counting)
     clean(io.BytesIO(data), LocalStore(tmp_path / "whole"), MODEL, warn=lambda message: None)
@@ -99,9 +110,14 @@ def test_a_write_failure_at_any_point_of_clean_leaves_only_whole_objects(kind: s
         monkeypatch.setattr(local_store, "_write_all", FailingWrites(budget))
         with pytest.raises(StoreWriteError) as info:
             clean(io.BytesIO(data), store, MODEL, warn=lambda message: None)
-        assert str(info.value) == f"{MODEL}: cannot write objects to {store.theta_dir}: No space left on device", budget
+        assert (
+            str(info.value)
+            == f"{MODEL}: cannot write objects to {store.theta_dir}: No space left on device"
+        ), budget
         assert info.value.errno == errno.ENOSPC
-        assert not store.tmp_dir.exists() or list(store.tmp_dir.iterdir()) == [], f"budget {budget}: temp files left"
+        assert not store.tmp_dir.exists() or list(store.tmp_dir.iterdir()) == [], (
+            f"budget {budget}: temp files left"
+        )
         monkeypatch.setattr(local_store, "_write_all", counting)
         for oid in store.iter_oids():
             store.verify(oid)
@@ -129,8 +145,10 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     return git_env, author, clone, digest
 
 
-def test_git_add_on_a_full_disk_fails_clearly_and_leaves_the_index_alone(shared: tuple, tmp_path: Path) -> None:
-    git_env, author, _, digest = shared
+def test_git_add_on_a_full_disk_fails_clearly_and_leaves_the_index_alone(
+    shared: tuple, tmp_path: Path
+) -> None:
+    git_env, author, _, _ = shared
     repo = copy_repo(author, tmp_path / "repo")
     staged = git_env.git(repo, "rev-parse", f":{MODEL}").strip()
     save(big_checkpoint(2), repo / MODEL)
@@ -138,7 +156,10 @@ def test_git_add_on_a_full_disk_fails_clearly_and_leaves_the_index_alone(shared:
     assert result.returncode != 0
     stderr = result.stderr.decode()
     theta_dir = (repo / ".git" / "theta").resolve()
-    assert f"git-theta: error: {MODEL}: cannot write objects to {theta_dir}: File too large; free some disk space" in stderr
+    assert (
+        f"git-theta: error: {MODEL}: cannot write objects to {theta_dir}: File too large; free some disk space"
+        in stderr
+    )
     assert f"{MODEL}: clean filter 'theta' failed" in stderr
     assert git_env.git(repo, "rev-parse", f":{MODEL}").strip() == staged
     assert_store_has_only_whole_objects(repo)
@@ -146,7 +167,9 @@ def test_git_add_on_a_full_disk_fails_clearly_and_leaves_the_index_alone(shared:
     git_env.theta(repo, "fsck")
 
 
-def test_checkout_on_a_full_disk_fails_clearly_and_writes_no_file(shared: tuple, tmp_path: Path) -> None:
+def test_checkout_on_a_full_disk_fails_clearly_and_writes_no_file(
+    shared: tuple, tmp_path: Path
+) -> None:
     """Smudge fetches the missing objects on demand; the local copy cannot be written."""
     git_env, _, clone, digest = shared
     repo = copy_repo(clone, tmp_path / "repo")
@@ -156,7 +179,10 @@ def test_checkout_on_a_full_disk_fails_clearly_and_writes_no_file(shared: tuple,
     assert result.returncode != 0
     stderr = result.stderr.decode()
     theta_dir = (repo / ".git" / "theta").resolve()
-    assert f"git-theta: error: {MODEL}: could not download 1 of 6 tensor objects: cannot write objects to {theta_dir}: File too large; free some disk space" in stderr, stderr
+    assert (
+        f"git-theta: error: {MODEL}: could not download 1 of 6 tensor objects: cannot write objects to {theta_dir}: File too large; free some disk space"
+        in stderr
+    ), stderr
     assert f"{MODEL}: smudge filter theta failed" in stderr
     assert not (repo / MODEL).exists()
     assert_store_has_only_whole_objects(repo)
@@ -165,7 +191,9 @@ def test_checkout_on_a_full_disk_fails_clearly_and_writes_no_file(shared: tuple,
     assert_status_clean(git_env, repo)
 
 
-def test_git_writing_the_work_tree_on_a_full_disk_leaves_the_index_alone(shared: tuple, tmp_path: Path) -> None:
+def test_git_writing_the_work_tree_on_a_full_disk_leaves_the_index_alone(
+    shared: tuple, tmp_path: Path
+) -> None:
     """The filter's output is whole; git's own write of the file fails. git says so, keeps the
     index, and `git status` flags the cut file as modified, never as the committed version."""
     git_env, author, _, digest = shared
@@ -183,7 +211,9 @@ def test_git_writing_the_work_tree_on_a_full_disk_leaves_the_index_alone(shared:
     assert_status_clean(git_env, repo)
 
 
-def test_theta_pull_on_a_full_disk_leaves_the_work_tree_file_as_it_was(shared: tuple, tmp_path: Path) -> None:
+def test_theta_pull_on_a_full_disk_leaves_the_work_tree_file_as_it_was(
+    shared: tuple, tmp_path: Path
+) -> None:
     git_env, _, clone, digest = shared
     repo = copy_repo(clone, tmp_path / "repo")
     manifest = (repo / MODEL).read_bytes()
@@ -195,7 +225,9 @@ def test_theta_pull_on_a_full_disk_leaves_the_work_tree_file_as_it_was(shared: t
         "free some disk space, then run `git theta pull` again\n"
     )
     assert (repo / MODEL).read_bytes() == manifest
-    assert sorted(p.name for p in repo.iterdir()) == [".git", ".gitattributes", MODEL], "a temp file was left"
+    assert sorted(p.name for p in repo.iterdir()) == [".git", ".gitattributes", MODEL], (
+        "a temp file was left"
+    )
     assert_status_clean(git_env, repo)
     git_env.theta(repo, "pull")
     assert sha256_file(repo / MODEL) == digest

@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 import torch
-
 from helpers import assert_status_clean, object_path, read_manifest, sha256_file, store_oids
 
 MODEL = "model.pth"
 
 
-def killed_filter_pid(tmp_dir: Path, proc: subprocess.Popen, min_size: int, timeout: float = 60) -> int | None:
+def killed_filter_pid(
+    tmp_dir: Path, proc: subprocess.Popen, min_size: int, timeout: float = 60
+) -> int | None:
     """The pid of the filter once one of its temp objects holds ``min_size`` bytes (its name starts with the pid)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -32,7 +33,9 @@ def killed_filter_pid(tmp_dir: Path, proc: subprocess.Popen, min_size: int, time
     return None
 
 
-def test_filter_killed_mid_clean_leaves_no_corrupt_object_and_gc_removes_its_temp_files(git_env, repo: Path) -> None:
+def test_filter_killed_mid_clean_leaves_no_corrupt_object_and_gc_removes_its_temp_files(
+    git_env, repo: Path
+) -> None:
     generator = torch.Generator().manual_seed(0)
     # 300 MB: a 240 MB storage streams long enough to be caught mid-write, then two more.
     checkpoint = {
@@ -45,13 +48,21 @@ def test_filter_killed_mid_clean_leaves_no_corrupt_object_and_gc_removes_its_tem
     digest = sha256_file(repo / MODEL)
     tmp_dir = repo / ".git" / "theta" / "tmp"
 
-    add = subprocess.Popen(["git", "add", MODEL], cwd=repo, env=git_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    add = subprocess.Popen(
+        ["git", "add", MODEL],
+        cwd=repo,
+        env=git_env.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     pid = killed_filter_pid(tmp_dir, add, min_size=32 << 20)
     _, stderr = add.communicate(timeout=120)
     assert pid is not None, "the add finished before the filter could be killed"
     assert add.returncode != 0
     assert f"{MODEL}: clean filter 'theta' failed" in stderr.decode()
-    assert git_env.git(repo, "ls-files", "--", MODEL) == "", "the index names a file whose clean was killed"
+    assert git_env.git(repo, "ls-files", "--", MODEL) == "", (
+        "the index names a file whose clean was killed"
+    )
     leftovers = sorted(p.name for p in tmp_dir.iterdir())
     assert leftovers and all(name.startswith(f"{pid}-") for name in leftovers)
     # Whatever objects the killed filter linked are whole: each hashes to its name.

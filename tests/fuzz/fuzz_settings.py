@@ -27,5 +27,9 @@ def fuzz(ci_examples: int) -> settings:
     return settings(
         max_examples=_OVERRIDE or ci_examples,
         deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
     )

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from attacks import torch_zip_bytes
+from fuzz_settings import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attacks import torch_zip_bytes
-from fuzz_settings import fuzz
 from git_theta_filter.clean import clean
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import prepare_smudge
@@ -25,7 +25,14 @@ from git_theta_filter.store.local import LocalStore
 
 STORE = LocalStore(Path(tempfile.mkdtemp(prefix="theta-fuzz-")) / "theta")
 SEEDS = {
-    "torch-zip": torch_zip_bytes({"w": torch.arange(6.0).reshape(2, 3), "v": torch.arange(4.0)[1:3], "b": torch.zeros(0), "epoch": 2}),
+    "torch-zip": torch_zip_bytes(
+        {
+            "w": torch.arange(6.0).reshape(2, 3),
+            "v": torch.arange(4.0)[1:3],
+            "b": torch.zeros(0),
+            "epoch": 2,
+        }
+    ),
     "safetensors": None,  # built below, from a header the tests also vary
 }
 
@@ -36,7 +43,11 @@ def safetensors_bytes(header: dict, data: bytes, pad: int = 0) -> bytes:
 
 
 SEEDS["safetensors"] = safetensors_bytes(
-    {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}, "b": {"dtype": "I8", "shape": [3], "data_offsets": [16, 19]}, "__metadata__": {"k": "v"}},
+    {
+        "a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+        "b": {"dtype": "I8", "shape": [3], "data_offsets": [16, 19]},
+        "__metadata__": {"k": "v"},
+    },
     bytes(range(19)),
 )
 
@@ -84,8 +95,17 @@ def test_damaged_safetensors_round_trips(data: bytes) -> None:
     round_trip(data)
 
 
-DTYPES = st.sampled_from(["F32", "F16", "BF16", "I8", "U8", "BOOL", "I64", "F64", "C64", "F8_E4M3", "Q4", "f32"])
-JSON_VALUES = st.one_of(st.integers(-3, 40), st.just(2**64), st.booleans(), st.none(), st.text(max_size=3), st.floats(allow_nan=False))
+DTYPES = st.sampled_from(
+    ["F32", "F16", "BF16", "I8", "U8", "BOOL", "I64", "F64", "C64", "F8_E4M3", "Q4", "f32"]
+)
+JSON_VALUES = st.one_of(
+    st.integers(-3, 40),
+    st.just(2**64),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.floats(allow_nan=False),
+)
 
 
 @st.composite
@@ -97,13 +117,19 @@ def safetensors_headers(draw: st.DrawFn) -> bytes:
         shape = draw(st.lists(st.integers(0, 4), max_size=3) | st.lists(JSON_VALUES, max_size=2))
         start = draw(st.sampled_from([cursor, cursor, cursor + 1, max(cursor - 1, 0), 0]))
         length = draw(st.integers(0, 24))
-        entry: dict = {"dtype": draw(DTYPES), "shape": shape, "data_offsets": [start, start + length]}
+        entry: dict = {
+            "dtype": draw(DTYPES),
+            "shape": shape,
+            "data_offsets": [start, start + length],
+        }
         if draw(st.integers(0, 9)) == 0:
             entry[draw(st.sampled_from(["extra", "dtype", "data_offsets"]))] = draw(JSON_VALUES)
         header[draw(st.sampled_from(["w", "b", "x.y", "", f"t{index}"]))] = entry
         cursor = start + length
     if draw(st.booleans()):
-        header["__metadata__"] = draw(st.dictionaries(st.text(max_size=3), st.text(max_size=3) | JSON_VALUES, max_size=2))
+        header["__metadata__"] = draw(
+            st.dictionaries(st.text(max_size=3), st.text(max_size=3) | JSON_VALUES, max_size=2)
+        )
     data = draw(st.binary(max_size=80))
     return safetensors_bytes(header, data, pad=draw(st.integers(0, 7)))
 

@@ -7,10 +7,10 @@ within the file, and every tensor inside its object.
 
 from __future__ import annotations
 
+from fuzz_settings import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_settings import fuzz
 from git_theta_filter.manifest import Manifest, ManifestError
 
 OID = st.one_of(
@@ -19,9 +19,13 @@ OID = st.one_of(
 )
 NUMBER = st.one_of(
     st.integers(0, 2000).map(str),
-    st.sampled_from(["0", "00", "-1", "01", str(2**60), str(2**60 + 1), str(2**62), "9" * 30, "1e3", " 1"]),
+    st.sampled_from(
+        ["0", "00", "-1", "01", str(2**60), str(2**60 + 1), str(2**62), "9" * 30, "1e3", " 1"]
+    ),
 )
-SHAPE = st.lists(NUMBER, max_size=4).map(lambda dims: "[" + ",".join(dims) + "]") | st.sampled_from(["[]", "[", "(1)", "[1,]"])
+SHAPE = st.lists(NUMBER, max_size=4).map(lambda dims: "[" + ",".join(dims) + "]") | st.sampled_from(
+    ["[]", "[", "(1)", "[1,]"]
+)
 NAME = st.sampled_from(["w", "b", "model.0.weight", "%20x", "%ZZ", "a%25", "ü", "x y", "", "#2"])
 DTYPE = st.sampled_from(["F32", "BF16", "U8", "C128", "I64", "F33", "f32"])
 METRIC = st.sampled_from(["1", "-0", "0.5", "1e-05", "nan", "-inf", "true", "True", "1.50", "0.1"])
@@ -29,7 +33,9 @@ METRIC = st.sampled_from(["1", "-0", "0.5", "1e-05", "nan", "-inf", "true", "Tru
 LINE = st.one_of(
     st.tuples(NAME, METRIC).map(lambda t: f"metric {t[0]} {t[1]}"),
     st.tuples(NAME, DTYPE, SHAPE, OID).map(lambda t: "tensor " + " ".join(t)),
-    st.tuples(NAME, DTYPE, SHAPE, OID, NUMBER, SHAPE).map(lambda t: f"tensor {t[0]} {t[1]} {t[2]} {t[3]} offset={t[4]} stride={t[5]}"),
+    st.tuples(NAME, DTYPE, SHAPE, OID, NUMBER, SHAPE).map(
+        lambda t: f"tensor {t[0]} {t[1]} {t[2]} {t[3]} offset={t[4]} stride={t[5]}"
+    ),
     st.tuples(NUMBER, NUMBER, OID).map(lambda t: "splice " + " ".join(t)),
     st.text(max_size=20),
 )
@@ -37,7 +43,16 @@ LINE = st.one_of(
 
 @st.composite
 def manifest_texts(draw: st.DrawFn) -> bytes:
-    version = draw(st.sampled_from(["git-theta-manifest 1", "git-theta-manifest 2", "git-theta-manifest 01", "git-theta-manifest"]))
+    version = draw(
+        st.sampled_from(
+            [
+                "git-theta-manifest 1",
+                "git-theta-manifest 2",
+                "git-theta-manifest 01",
+                "git-theta-manifest",
+            ]
+        )
+    )
     header = [
         version,
         f"format {draw(st.sampled_from(['torch-zip', 'safetensors', 'opaque', 'pickle']))}",

@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from attacks import torch_entries, torch_zip_bytes
+from fuzz_settings import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attacks import torch_entries, torch_zip_bytes
-from fuzz_settings import fuzz
 from git_theta_filter.formats.pickle_scan import PickleScan, PickleScanError, scan_pickle
 
 MARKER = Path(tempfile.mkdtemp(prefix="theta-fuzz-")) / "pwned"
@@ -31,10 +31,20 @@ class Payload:
 
 
 def data_pkl(obj: object) -> bytes:
-    return next(data for name, data in torch_entries(torch_zip_bytes(obj)) if name.endswith("data.pkl"))
+    return next(
+        data for name, data in torch_entries(torch_zip_bytes(obj)) if name.endswith("data.pkl")
+    )
 
 
-SEED = data_pkl({"model": {"w": torch.ones(2, 3), "v": torch.arange(6.0)[2:4]}, "epoch": 3, "loss": 0.5, "payload": Payload(), "ids": list(range(12))})
+SEED = data_pkl(
+    {
+        "model": {"w": torch.ones(2, 3), "v": torch.arange(6.0)[2:4]},
+        "epoch": 3,
+        "loss": 0.5,
+        "payload": Payload(),
+        "ids": list(range(12)),
+    }
+)
 OPCODES = sorted({op.code.encode("latin-1") for op in pickletools.opcodes})
 
 
@@ -71,14 +81,27 @@ def test_damaged_data_pkl_is_scanned_or_refused_and_never_run(data: bytes) -> No
     result = scan(data)
     if result is not None:
         for name, ref in result.tensors:
-            assert name and ref.storage.key in result.storages if hasattr(ref, "storage") else ref.key in result.storages
+            assert (
+                name and ref.storage.key in result.storages
+                if hasattr(ref, "storage")
+                else ref.key in result.storages
+            )
 
 
 # Short programs over the real opcodes, with arguments that keep them mostly well-formed.
 ARGS = st.one_of(
     st.just(b""),
     st.binary(min_size=1, max_size=4),
-    st.sampled_from([b"\x02", b"\x00\x00\x00\x00", b"os\nsystem\n", b"torch._utils\n_rebuild_tensor_v2\n", b"collections\nOrderedDict\n", b"\xff\xff\xff\x7f"]),
+    st.sampled_from(
+        [
+            b"\x02",
+            b"\x00\x00\x00\x00",
+            b"os\nsystem\n",
+            b"torch._utils\n_rebuild_tensor_v2\n",
+            b"collections\nOrderedDict\n",
+            b"\xff\xff\xff\x7f",
+        ]
+    ),
 )
 PROGRAMS = st.lists(st.tuples(st.sampled_from(OPCODES), ARGS), max_size=25).map(
     lambda ops: b"\x80\x02" + b"".join(code + arg for code, arg in ops) + b"."
@@ -96,7 +119,11 @@ def test_the_seed_would_run_its_payload_under_pickle() -> None:
 
     class Loader(pickle.Unpickler):
         def find_class(self, module: str, name: str):
-            return super().find_class(module, name) if not module.startswith("torch") else (lambda *a, **k: None)
+            return (
+                super().find_class(module, name)
+                if not module.startswith("torch")
+                else (lambda *a, **k: None)
+            )
 
         def persistent_load(self, pid):
             return None

@@ -9,22 +9,37 @@ from __future__ import annotations
 
 import io
 
+from fuzz_settings import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_settings import fuzz
 from git_theta_filter.filter_protocol import ProtocolError, serve
-from git_theta_filter.pktline import FLUSH, PktLineError, PktLineReader, PktLineWriter, encode, encode_text
+from git_theta_filter.pktline import (
+    FLUSH,
+    PktLineError,
+    PktLineReader,
+    PktLineWriter,
+    encode,
+    encode_text,
+)
 
 # Streams made of plausible pieces (valid packets, flushes, bad headers, cut packets) and raw bytes.
 pieces = st.one_of(
     st.binary(min_size=1, max_size=40).map(encode),
     st.just(FLUSH),
-    st.sampled_from([b"0001", b"0004", b"fff0", b"ffff", b"000A", b"00x5", b"0x0a", b" 00a", b"0005"]),
-    st.binary(max_size=8),
-    st.sampled_from(["command=clean", "command=smudge", "pathname=a.pth", "pathname=\udcff.pth", "capability=clean"]).map(
-        lambda line: encode(line.encode("utf-8", "surrogateescape") + b"\n")
+    st.sampled_from(
+        [b"0001", b"0004", b"fff0", b"ffff", b"000A", b"00x5", b"0x0a", b" 00a", b"0005"]
     ),
+    st.binary(max_size=8),
+    st.sampled_from(
+        [
+            "command=clean",
+            "command=smudge",
+            "pathname=a.pth",
+            "pathname=\udcff.pth",
+            "capability=clean",
+        ]
+    ).map(lambda line: encode(line.encode("utf-8", "surrogateescape") + b"\n")),
 )
 streams = st.lists(pieces, max_size=30).map(b"".join)
 
@@ -79,7 +94,12 @@ def test_serve_answers_or_stops_with_a_protocol_error(handshake_first: bool, str
     data = (HANDSHAKE + CAPABILITIES if handshake_first else b"") + stream
     out = io.BytesIO()
     try:
-        serve(PktLineReader(io.BytesIO(data)), PktLineWriter(out), EchoHandler(), lambda exc, path: None)
+        serve(
+            PktLineReader(io.BytesIO(data)),
+            PktLineWriter(out),
+            EchoHandler(),
+            lambda exc, path: None,
+        )
     except (PktLineError, ProtocolError):
         pass
     # Whatever we wrote is well-formed pkt-line.

@@ -41,19 +41,58 @@ def crafted(old: str, new: str) -> bytes:
 
 # name -> (manifest bytes, the start of the error message)
 CASES: dict[str, tuple[bytes, str]] = {
-    "oid-dot-dot-skeleton": (crafted(f"skeleton {SKEL}", "skeleton ../../../../etc/passwd"), "invalid manifest: line 5: bad object id '../../../../etc/passwd'"),
-    "oid-dot-dot-splice": (crafted(f"splice 64 128 {OID}", f"splice 64 128 ../{OID[3:]}"), "invalid manifest: line 7: bad object id '../bbb"),
-    "oid-non-hex": (crafted(f"skeleton {SKEL}", f"skeleton {'g' * 64}"), "invalid manifest: line 5: bad object id 'gggg"),
-    "oid-uppercase": (crafted(f"skeleton {SKEL}", f"skeleton {SKEL.upper()}"), "invalid manifest: line 5: bad object id 'AAAA"),
-    "oid-too-short": (crafted(f"skeleton {SKEL}", f"skeleton {SKEL[:63]}"), "invalid manifest: line 5: bad object id"),
-    "oid-too-long": (crafted(f"skeleton {SKEL}", f"skeleton {SKEL}a"), "invalid manifest: line 5: bad object id"),
-    "shape-2-to-the-62": (crafted("[4,8]", f"[{2**31},{2**31}]"), "invalid manifest: tensor 'w' reaches past the end of its object"),
-    "size-2-to-the-62": (crafted("size 1000", f"size {2**62}"), f"invalid manifest: line 3: size {2**62} is too large"),
-    "shape-65-dimensions": (crafted("[4,8]", "[" + ",".join(["1"] * 65) + "]"), "invalid manifest: line 6: shape has more than 64 dimensions"),
-    "splice-past-the-end": (crafted("splice 64 128", "splice 900 128"), "invalid manifest: line 7: splice at 900 runs past the file size 1000"),
-    "splices-overlapping": (VALID.encode() + f"splice 100 8 {'c' * 64}\n".encode(), "invalid manifest: line 8: splices overlap or are out of order"),
-    "version-unknown": (crafted("git-theta-manifest 1", "git-theta-manifest 2"), "invalid manifest: line 1: unsupported manifest version '2'"),
-    "manifest-100-MB": (VALID.encode() + b"metric x 1\n" * (HUGE // 11), f"invalid manifest: {HUGE // 11 * 11 + len(VALID)} bytes is over the {MAX_MANIFEST_BYTES}-byte limit"),
+    "oid-dot-dot-skeleton": (
+        crafted(f"skeleton {SKEL}", "skeleton ../../../../etc/passwd"),
+        "invalid manifest: line 5: bad object id '../../../../etc/passwd'",
+    ),
+    "oid-dot-dot-splice": (
+        crafted(f"splice 64 128 {OID}", f"splice 64 128 ../{OID[3:]}"),
+        "invalid manifest: line 7: bad object id '../bbb",
+    ),
+    "oid-non-hex": (
+        crafted(f"skeleton {SKEL}", f"skeleton {'g' * 64}"),
+        "invalid manifest: line 5: bad object id 'gggg",
+    ),
+    "oid-uppercase": (
+        crafted(f"skeleton {SKEL}", f"skeleton {SKEL.upper()}"),
+        "invalid manifest: line 5: bad object id 'AAAA",
+    ),
+    "oid-too-short": (
+        crafted(f"skeleton {SKEL}", f"skeleton {SKEL[:63]}"),
+        "invalid manifest: line 5: bad object id",
+    ),
+    "oid-too-long": (
+        crafted(f"skeleton {SKEL}", f"skeleton {SKEL}a"),
+        "invalid manifest: line 5: bad object id",
+    ),
+    "shape-2-to-the-62": (
+        crafted("[4,8]", f"[{2**31},{2**31}]"),
+        "invalid manifest: tensor 'w' reaches past the end of its object",
+    ),
+    "size-2-to-the-62": (
+        crafted("size 1000", f"size {2**62}"),
+        f"invalid manifest: line 3: size {2**62} is too large",
+    ),
+    "shape-65-dimensions": (
+        crafted("[4,8]", "[" + ",".join(["1"] * 65) + "]"),
+        "invalid manifest: line 6: shape has more than 64 dimensions",
+    ),
+    "splice-past-the-end": (
+        crafted("splice 64 128", "splice 900 128"),
+        "invalid manifest: line 7: splice at 900 runs past the file size 1000",
+    ),
+    "splices-overlapping": (
+        VALID.encode() + f"splice 100 8 {'c' * 64}\n".encode(),
+        "invalid manifest: line 8: splices overlap or are out of order",
+    ),
+    "version-unknown": (
+        crafted("git-theta-manifest 1", "git-theta-manifest 2"),
+        "invalid manifest: line 1: unsupported manifest version '2'",
+    ),
+    "manifest-100-MB": (
+        VALID.encode() + b"metric x 1\n" * (HUGE // 11),
+        f"invalid manifest: {HUGE // 11 * 11 + len(VALID)} bytes is over the {MAX_MANIFEST_BYTES}-byte limit",
+    ),
 }
 
 _opened: list[object] | None = None
@@ -86,7 +125,9 @@ def watch(call):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_crafted_manifest_is_refused_before_any_allocation_or_file_access(name: str, tmp_path: Path) -> None:
+def test_crafted_manifest_is_refused_before_any_allocation_or_file_access(
+    name: str, tmp_path: Path
+) -> None:
     data, message = CASES[name]
     store = LocalStore(tmp_path / "theta")
     error, opened, peak = watch(lambda: prepare_smudge(data, store, f"{name}.pth"))
@@ -150,7 +191,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("crafted")
     git_env = isolated_git_env(root)
     repo = tracked_repo(git_env, root / "repo")
-    proc = subprocess.Popen(["git-theta", "filter-process"], cwd=repo, env=git_env.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["git-theta", "filter-process"],
+        cwd=repo,
+        env=git_env.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
     try:
@@ -181,11 +229,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for line in stderr.splitlines():
         prefix, _, rest = line.partition(".pth: ")
         errors[prefix.removeprefix("git-theta: error: ")] = rest
-    return {"responses": responses, "errors": errors, "growth": growth, "passthrough": (passthrough, passed), "code": code, "git_env": git_env, "repo": repo}
+    return {
+        "responses": responses,
+        "errors": errors,
+        "growth": growth,
+        "passthrough": (passthrough, passed),
+        "code": code,
+        "git_env": git_env,
+        "repo": repo,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_filter_process_refuses_a_crafted_manifest_and_serves_the_next_file(served: dict, name: str) -> None:
+def test_filter_process_refuses_a_crafted_manifest_and_serves_the_next_file(
+    served: dict, name: str
+) -> None:
     assert served["responses"][name] == (["status=error"], None)
     assert served["errors"][name].startswith(CASES[name][1].split(": ", 1)[0])
     assert served["code"] == 0
@@ -193,7 +251,10 @@ def test_filter_process_refuses_a_crafted_manifest_and_serves_the_next_file(serv
 
 def test_filter_process_refuses_a_100_MB_manifest_without_buffering_it(served: dict) -> None:
     assert served["growth"] < 64 << 20, f"the filter grew by {served['growth'] >> 20} MB"
-    assert served["errors"]["manifest-100-MB"] == f"invalid manifest: starts like a manifest but is over the {MAX_MANIFEST_BYTES}-byte limit"
+    assert (
+        served["errors"]["manifest-100-MB"]
+        == f"invalid manifest: starts like a manifest but is over the {MAX_MANIFEST_BYTES}-byte limit"
+    )
 
 
 def test_filter_process_passes_large_non_manifest_content_through_unchanged(served: dict) -> None:
@@ -206,14 +267,22 @@ def test_filter_process_passes_large_non_manifest_content_through_unchanged(serv
 def test_git_checkout_of_a_crafted_manifest_fails_with_the_reason(served: dict, name: str) -> None:
     git_env, repo = served["git_env"], served["repo"]
     data, message = CASES[name]
-    blob = git_env.run("git", "hash-object", "-w", "--stdin", cwd=repo, input=data).stdout.decode().strip()
+    blob = (
+        git_env.run("git", "hash-object", "-w", "--stdin", cwd=repo, input=data)
+        .stdout.decode()
+        .strip()
+    )
     git_env.git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{name}.pth")
     git_env.git(repo, "commit", "-qm", name)
     (repo / f"{name}.pth").unlink(missing_ok=True)
     result = git_env.run("git", "checkout", "--", f"{name}.pth", cwd=repo, check=False)
     assert result.returncode != 0
     stderr = result.stderr.decode()
-    expected = message if name != "manifest-100-MB" else "invalid manifest: starts like a manifest but is over"
+    expected = (
+        message
+        if name != "manifest-100-MB"
+        else "invalid manifest: starts like a manifest but is over"
+    )
     assert f"git-theta: error: {name}.pth: {expected}" in stderr
     assert f"{name}.pth: smudge filter theta failed" in stderr
     assert not (repo / f"{name}.pth").exists()

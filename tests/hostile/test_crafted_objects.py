@@ -10,13 +10,23 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from helpers import (
+    assert_status_clean,
+    copy_repo,
+    isolated_git_env,
+    mlp_checkpoint,
+    object_path,
+    read_manifest,
+    save,
+    sha256_file,
+    tracked_repo,
+)
 
 from git_theta_filter.store.object_format import MAX_OBJECT_HEADER
-from helpers import assert_status_clean, copy_repo, isolated_git_env, mlp_checkpoint, object_path, read_manifest, save, sha256_file, tracked_repo
 
 MODEL = "model.pth"
 
@@ -66,10 +76,26 @@ def deleted(path: Path) -> None:
 
 # name -> (damage, what checkout reports about the object, what fsck reports)
 CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
-    "header-over-limit": (header_over_limit, "is corrupt: header of 65537 bytes is over the 65536-byte limit", "corrupt {oid}: header of 65537 bytes"),
-    "offsets-disagree": (offsets_disagree, "is corrupt: data_offsets [0, 3076] disagree with F32[32, 24] (3072 bytes)", "corrupt {oid}: data_offsets"),
-    "payload-sha256-mismatch": (payload_sha256_mismatch, "rebuilt file hashes to", "corrupt {oid}: content hashes to"),
-    "symlink-in-store": (symlink_in_store, "is corrupt: is a symbolic link", "corrupt {oid}: is a symbolic link"),
+    "header-over-limit": (
+        header_over_limit,
+        "is corrupt: header of 65537 bytes is over the 65536-byte limit",
+        "corrupt {oid}: header of 65537 bytes",
+    ),
+    "offsets-disagree": (
+        offsets_disagree,
+        "is corrupt: data_offsets [0, 3076] disagree with F32[32, 24] (3072 bytes)",
+        "corrupt {oid}: data_offsets",
+    ),
+    "payload-sha256-mismatch": (
+        payload_sha256_mismatch,
+        "rebuilt file hashes to",
+        "corrupt {oid}: content hashes to",
+    ),
+    "symlink-in-store": (
+        symlink_in_store,
+        "is corrupt: is a symbolic link",
+        "corrupt {oid}: is a symbolic link",
+    ),
     "truncated": (truncated, "is corrupt: file is", "corrupt {oid}: file is"),
     "deleted": (deleted, "is missing from the local store", "missing {oid} (needed by model.pth)"),
 }
@@ -93,7 +119,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_a_damaged_object_is_refused_named_by_fsck_and_restored_by_fetch(template: tuple, tmp_path: Path, name: str) -> None:
+def test_a_damaged_object_is_refused_named_by_fsck_and_restored_by_fetch(
+    template: tuple, tmp_path: Path, name: str
+) -> None:
     git_env, template_repo, digest = template
     repo = copy_repo(template_repo, tmp_path / "repo")
     damage, checkout_error, fsck_line = CASES[name]
@@ -113,7 +141,9 @@ def test_a_damaged_object_is_refused_named_by_fsck_and_restored_by_fetch(templat
 
     fsck = git_env.run("git", "theta", "fsck", cwd=repo, check=False)
     assert fsck.returncode == 1
-    assert any(line.startswith(fsck_line.format(oid=victim)) for line in fsck.stdout.decode().splitlines()), fsck.stdout.decode()
+    assert any(
+        line.startswith(fsck_line.format(oid=victim)) for line in fsck.stdout.decode().splitlines()
+    ), fsck.stdout.decode()
 
     git_env.theta(repo, "fetch")
     assert sha256_file(object_path(repo, victim)) == victim

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import git_theta_filter.splice
 from attacks import (
     compressed_entries,
     duplicate_names,
@@ -24,10 +22,6 @@ from attacks import (
     zip64_archive,
     zip_bomb,
 )
-from git_theta_filter.clean import clean
-from git_theta_filter.manifest import Manifest
-from git_theta_filter.smudge import prepare_smudge
-from git_theta_filter.store.local import LocalStore
 from helpers import (
     assert_status_clean,
     isolated_git_env,
@@ -37,6 +31,12 @@ from helpers import (
     sha256_file,
     tracked_repo,
 )
+
+import git_theta_filter.splice
+from git_theta_filter.clean import clean
+from git_theta_filter.manifest import Manifest
+from git_theta_filter.smudge import prepare_smudge
+from git_theta_filter.store.local import LocalStore
 
 NON_UTF8_PATH = os.fsdecode(b"weights-\xff\xfe.pth")
 
@@ -50,7 +50,13 @@ def cut_points(data: bytes) -> dict[str, int]:
     pkl_end = data.index(b"PK\x07\x08")  # data.pkl's data descriptor
     storage = data.index(b"archive/data/0") + 200
     central = data.index(b"PK\x01\x02")
-    return {"local-header": 10, "data-pkl": pkl_end - 20, "storage": storage, "central-directory": central + 30, "last-byte": len(data) - 1}
+    return {
+        "local-header": 10,
+        "data-pkl": pkl_end - 20,
+        "storage": storage,
+        "central-directory": central + 30,
+        "last-byte": len(data) - 1,
+    }
 
 
 def make_cases() -> dict[str, tuple[str, bytes, str]]:
@@ -69,7 +75,10 @@ def make_cases() -> dict[str, tuple[str, bytes, str]]:
             # zipfile refuses a name flagged UTF-8 that is not; stored whole instead.
             "non-utf8-entry-name-flagged": (non_utf8_name(base, utf8_flag=True), "opaque"),
             "empty-file": (b"", "opaque"),
-            "zero-byte-tensor": (torch_zip_bytes({"empty": torch.zeros(0), "w": torch.ones(3)}), "torch-zip"),
+            "zero-byte-tensor": (
+                torch_zip_bytes({"empty": torch.zeros(0), "w": torch.ones(3)}),
+                "torch-zip",
+            ),
         }
     )
     named = {case: (f"{case}.pth", data, fmt) for case, (data, fmt) in cases.items()}
@@ -92,7 +101,9 @@ def checked_out(tmp_path_factory: pytest.TempPathFactory) -> tuple:
         (repo / name).write_bytes(data)
     add = git_env.run("git", "add", ".", cwd=repo)
     git_env.git(repo, "commit", "-qm", "malformed")
-    manifests = {case: read_manifest(git_env, repo, f"HEAD:{name}") for case, (name, _, _) in CASES.items()}
+    manifests = {
+        case: read_manifest(git_env, repo, f"HEAD:{name}") for case, (name, _, _) in CASES.items()
+    }
     for name, _, _ in CASES.values():
         (repo / name).unlink()
     git_env.git(repo, "checkout", "--", ".")
@@ -100,8 +111,10 @@ def checked_out(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_malformed_checkpoint_is_stored_and_restored_byte_exact(checked_out: tuple, case: str) -> None:
-    git_env, repo, manifests, _ = checked_out
+def test_malformed_checkpoint_is_stored_and_restored_byte_exact(
+    checked_out: tuple, case: str
+) -> None:
+    _, repo, manifests, _ = checked_out
     name, data, expected_format = CASES[case]
     manifest = manifests[case]
     assert manifest.format == expected_format
@@ -109,10 +122,16 @@ def test_malformed_checkpoint_is_stored_and_restored_byte_exact(checked_out: tup
     assert sha256_file(repo / name) == sha256_bytes(data), f"{name}: checked out bytes differ"
 
 
-def test_malformed_checkpoints_warn_once_per_opaque_file_and_leave_status_clean(checked_out: tuple) -> None:
-    git_env, repo, manifests, stderr = checked_out
+def test_malformed_checkpoints_warn_once_per_opaque_file_and_leave_status_clean(
+    checked_out: tuple,
+) -> None:
+    git_env, repo, _, stderr = checked_out
     opaque = sorted(name for name, _, fmt in CASES.values() if fmt == "opaque")
-    warned = sorted(line.split(": ")[2] for line in stderr.splitlines() if line.startswith("git-theta: warning: "))
+    warned = sorted(
+        line.split(": ")[2]
+        for line in stderr.splitlines()
+        if line.startswith("git-theta: warning: ")
+    )
     assert warned == opaque
     assert "error" not in stderr
     assert_status_clean(git_env, repo)
@@ -141,7 +160,9 @@ class LazyZeros:
         return count
 
 
-def test_a_huge_record_size_in_a_local_header_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_huge_record_size_in_a_local_header_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A stored record whose header says 64 MB, past the skeleton limit (1 MB here), must not be
     read into memory first: the file goes opaque with a flat memory profile."""
     monkeypatch.setattr(git_theta_filter.splice, "MAX_SKELETON_BYTES", 1 << 20)
@@ -150,7 +171,12 @@ def test_a_huge_record_size_in_a_local_header_is_refused_before_reading(tmp_path
     second = base.index(b"PK\x03\x04", 4)
     huge = 64 << 20
     header = b"PK\x03\x04" + (20).to_bytes(2, "little") + bytes(4) + bytes(4) + bytes(4)
-    header += huge.to_bytes(4, "little") * 2 + len(b"archive/x").to_bytes(2, "little") + bytes(2) + b"archive/x"
+    header += (
+        huge.to_bytes(4, "little") * 2
+        + len(b"archive/x").to_bytes(2, "little")
+        + bytes(2)
+        + b"archive/x"
+    )
     head = base[:second] + header
     store = LocalStore(tmp_path / "theta")
     warnings: list[str] = []
@@ -161,7 +187,9 @@ def test_a_huge_record_size_in_a_local_header_is_refused_before_reading(tmp_path
     finally:
         tracemalloc.stop()
     assert Manifest.parse(manifest).format == "opaque"
-    assert warnings == ["huge.pth: more than 1048576 bytes of non-tensor data; stored as one opaque object"]
+    assert warnings == [
+        "huge.pth: more than 1048576 bytes of non-tensor data; stored as one opaque object"
+    ]
     assert peak < 16 << 20, f"clean held {peak >> 20} MB in memory"
     rebuilt = io.BytesIO()
     prepare_smudge(manifest, store, "huge.pth").write(rebuilt.write)

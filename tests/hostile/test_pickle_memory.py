@@ -18,7 +18,11 @@ CASES = {
     # PUT an object at memo index 2**25: the C unpickler grows its memo array to twice that.
     "long-binput-2**25": b"\x80\x02}r" + struct.pack("<I", 1 << 25) + b".",
     "long-binput-2**31": b"\x80\x02}r" + struct.pack("<I", (1 << 31) - 1) + b".",
-    "binput-then-huge-get": b"\x80\x02}r" + struct.pack("<I", 1 << 30) + b"j" + struct.pack("<I", 1 << 30) + b"\x86.",
+    "binput-then-huge-get": b"\x80\x02}r"
+    + struct.pack("<I", 1 << 30)
+    + b"j"
+    + struct.pack("<I", 1 << 30)
+    + b"\x86.",
     "text-put-10**9": b"\x80\x02}p1000000000\n.",
     "frame-claiming-2**62-bytes": b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"}.",
     "binunicode8-claiming-2**62-bytes": b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62) + b"abc.",
