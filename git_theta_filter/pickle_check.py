@@ -13,6 +13,7 @@ is reported as unchecked, since loading it could run anything.
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from dataclasses import dataclass, field
 
@@ -86,15 +87,21 @@ def read_data_pkl(store: LocalStore, manifest: Manifest, path: str) -> bytes:
             if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_SKELETON_BYTES:
                 raise DataPklError(path, "data.pkl is compressed or too large")
             return archive.read(info)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
         raise DataPklError(path, f"bad zip archive ({exc})") from None
 
 
 def _first_byte(store: LocalStore, manifest: Manifest, path: str) -> int | None:
+    """The file's first byte, for an opaque file: the start of its one object's payload."""
     if not manifest.splices or manifest.splices[0].offset != 0 or not manifest.splices[0].length:
         return None
-    file, _ = store.open_object(manifest.splices[0].oid, path)
+    splice = manifest.splices[0]
+    file, header = store.open_object(splice.oid, path)
     with file:
+        if header.nbytes != splice.length:
+            raise ObjectFormatError(
+                splice.oid, f"payload is {header.nbytes} bytes, the manifest says {splice.length}"
+            )
         return file.read(1)[0]
 
 
