@@ -367,7 +367,7 @@ def render(runs: dict[str, list[ToolRun]], floors: list[dict[str, float]], ck: C
     lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
     lfs = "git-lfs" in tools
 
-    def target(name: str, measured: float | None, limit: float, fmt=lambda v: f"{v:.2f}") -> None:
+    def target(name: str, measured: float | None, limit: float, fmt=lambda v: f"{v:.3f}") -> None:
         shown = "n/a" if measured is None else fmt(measured)
         lines.append(f"| {name} | {shown} | {_met(None if measured is None else measured <= limit)} |")
 
