@@ -1,0 +1,33 @@
+"""benchmarks/run.py --quick: the CI smoke run of the benchmark (it proves the script works, not the speed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+
+
+def test_benchmark_quick_run_prints_every_scenario_and_target(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--quick", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    for row in (
+        "| add+commit new | wall time |",
+        "| add+commit fine-tune | repo growth |",
+        "| add+commit full change | peak RSS |",
+        "| checkout previous | wall time |",
+        "| checkout back | wall time |",
+        "| status after touch | wall time |",
+        "| `sha256sum file` |",
+        "| add+commit new, theta peak RSS ≤ 150 MB |",
+    ):
+        assert row in table, f"{row!r} missing from:\n{table}"
+    assert "theta only" in table
+    assert not list(tmp_path.iterdir()), "the benchmark left files behind"
