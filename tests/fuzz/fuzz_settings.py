@@ -13,11 +13,15 @@ on the next run.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
-__all__ = ["fuzz"]
+__all__ = ["fuzz", "scratch_dir"]
 
 _OVERRIDE = int(os.environ.get("THETA_FUZZ_EXAMPLES", "0"))
 
@@ -33,3 +37,14 @@ def fuzz(ci_examples: int) -> settings:
             HealthCheck.filter_too_much,
         ],
     )
+
+
+def scratch_dir() -> Path:
+    """A directory for a target's files, removed when the run ends.
+
+    Made at import, since hypothesis runs many examples per test and the
+    marker paths are baked into seed pickles before any fixture exists.
+    """
+    path = Path(tempfile.mkdtemp(prefix="theta-fuzz-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

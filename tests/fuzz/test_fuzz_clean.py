@@ -9,12 +9,10 @@ from __future__ import annotations
 import io
 import json
 import struct
-import tempfile
-from pathlib import Path
 
 import torch
 from attacks import torch_zip_bytes
-from fuzz_settings import fuzz
+from fuzz_settings import fuzz, scratch_dir
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +21,7 @@ from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import prepare_smudge
 from git_theta_filter.store.local import LocalStore
 
-STORE = LocalStore(Path(tempfile.mkdtemp(prefix="theta-fuzz-")) / "theta")
+STORE = LocalStore(scratch_dir() / "theta")
 SEEDS = {
     "torch-zip": torch_zip_bytes(
         {

@@ -11,18 +11,16 @@ import io
 import os
 import pickle
 import pickletools
-import tempfile
-from pathlib import Path
 
 import torch
 from attacks import torch_entries, torch_zip_bytes
-from fuzz_settings import fuzz
+from fuzz_settings import fuzz, scratch_dir
 from hypothesis import given
 from hypothesis import strategies as st
 
 from git_theta_filter.formats.pickle_scan import PickleScan, PickleScanError, scan_pickle
 
-MARKER = Path(tempfile.mkdtemp(prefix="theta-fuzz-")) / "pwned"
+MARKER = scratch_dir() / "pwned"
 
 
 class Payload:
