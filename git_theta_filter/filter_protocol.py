@@ -21,7 +21,7 @@ handler's business. stdout belongs to Git: logs go to stderr.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 from .errors import ThetaError
 from .pktline import PktLineError, PktLineReader, PktLineWriter
@@ -48,6 +48,7 @@ class FilterHandler(Protocol):
 
 
 Report = Callable[[BaseException, str], None]
+T = TypeVar("T")
 
 
 def _read_handshake_list(reader: PktLineReader) -> list[str]:
@@ -91,10 +92,17 @@ def serve(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, 
             _serve_smudge(reader, writer, handler, report, pathname)
 
 
-def _serve_clean(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
+def _accept_request(reader: PktLineReader, writer: PktLineWriter, report: Report, pathname: str, take: Callable[[PktLineReader], T]) -> T | None:
+    """Hand the request's content to ``take``, then answer its first status list; None when refused.
+
+    The whole request is read before answering, even a refused one: on any
+    error the rest of the content is drained, the error reported, and the
+    answer is ``status=error``. A broken pkt-line stream is not this file's
+    fault and ends the process.
+    """
     reader.start_content()
     try:
-        result = handler.clean(pathname, reader)
+        result = take(reader)
         reader.drain_content()
     except PktLineError:
         raise
@@ -102,27 +110,24 @@ def _serve_clean(reader: PktLineReader, writer: PktLineWriter, handler: FilterHa
         reader.drain_content()
         report(exc, pathname)
         writer.write_text_list(["status=error"])
-        return
+        return None
     writer.write_text_list(["status=success"])
-    writer.write_content(result)
+    return result
+
+
+def _serve_clean(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
+    manifest = _accept_request(reader, writer, report, pathname, lambda content: handler.clean(pathname, content))
+    if manifest is None:
+        return
+    writer.write_content(manifest)
     writer.flush_packet()
     writer.write_text_list([])
 
 
 def _serve_smudge(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
-    reader.start_content()
-    try:
-        output = handler.prepare_smudge(pathname, reader)
-        reader.drain_content()
-    except PktLineError:
-        raise
-    except Exception as exc:
-        # The whole request is read before answering, even a refused one.
-        reader.drain_content()
-        report(exc, pathname)
-        writer.write_text_list(["status=error"])
+    output = _accept_request(reader, writer, report, pathname, lambda content: handler.prepare_smudge(pathname, content))
+    if output is None:
         return
-    writer.write_text_list(["status=success"])
     try:
         output.write(writer.write_content)
     except Exception as exc:
