@@ -40,10 +40,9 @@ class GitEnv:
         return self.run("git", "theta", *args, cwd=repo, **kwargs)
 
 
-@pytest.fixture
-def git_env(tmp_path: Path) -> GitEnv:
-    home = tmp_path / "home"
-    home.mkdir()
+def isolated_git_env(home: Path) -> GitEnv:
+    """A new HOME with git configured and `git theta install --global` done; no system config."""
+    home.mkdir(parents=True)
     bin_dir = str(Path(sys.executable).parent)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
@@ -63,6 +62,11 @@ def git_env(tmp_path: Path) -> GitEnv:
     # Run outside any repository, so no hooks land in the checkout running the tests.
     genv.run("git-theta", "install", "--global", cwd=home)
     return genv
+
+
+@pytest.fixture
+def git_env(tmp_path: Path) -> GitEnv:
+    return isolated_git_env(tmp_path / "home")
 
 
 @pytest.fixture

@@ -281,37 +281,15 @@ def bump_mtime(path: Path, seconds: float = 10.0) -> None:
 
 
 def isolated_git_env(root: Path) -> Any:
-    """The environment of conftest's ``git_env`` fixture, for module-scoped fixtures.
+    """The environment of conftest's ``git_env`` fixture, under ``root``, for module-scoped fixtures.
 
     Building a history once per module and copying it per test keeps the
     suite fast; every git and filter process still runs isolated from the
     real ~/.gitconfig.
     """
-    import sys
+    from conftest import isolated_git_env as make_env
 
-    from conftest import GitEnv
-
-    home = root / "home"
-    home.mkdir(parents=True)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
-    }
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        GIT_CONFIG_NOSYSTEM="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        GIT_AUTHOR_DATE="2026-01-01T00:00:00Z",
-        GIT_COMMITTER_DATE="2026-01-01T00:00:00Z",
-    )
-    git_env = GitEnv(home, env)
-    git_env.run("git", "config", "--global", "user.name", "Theta Test")
-    git_env.run("git", "config", "--global", "user.email", "theta@example.invalid")
-    git_env.run("git", "config", "--global", "init.defaultBranch", "main")
-    git_env.run("git-theta", "install", "--global", cwd=home)
-    return git_env
+    return make_env(root / "home")
 
 
 def tracked_repo(

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,35 +30,17 @@ from typing import Iterator
 import pytest
 import torch
 
-from conftest import GitEnv
+from conftest import GitEnv, isolated_git_env
 
 CHANGED_IN = {2: {"model.0.weight"}, 3: {"model.2.bias"}}
 TENSOR_NAMES = {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
 
 
 def make_git_env(root: Path) -> GitEnv:
-    """conftest's ``git_env``, for a module-scoped fixture: own HOME, no system config."""
-    home = root / "home"
-    home.mkdir(parents=True)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
-    }
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        GIT_CONFIG_NOSYSTEM="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    git_env = GitEnv(home, env)
-    for key, value in (
-        ("user.name", "Theta Test"),
-        ("user.email", "theta@example.invalid"),
-        ("init.defaultBranch", "main"),
-    ):
-        git_env.run("git", "config", "--global", key, value)
-    git_env.run("git-theta", "install", "--global", cwd=home)
+    """conftest's ``git_env``, for a module-scoped fixture; commits here set their own dates."""
+    git_env = isolated_git_env(root / "home")
+    for fixed in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+        del git_env.env[fixed]
     return git_env
 
 
