@@ -59,12 +59,22 @@ class ThetaFilter:
             return prepare_smudge(content, self.store, pathname)
 
 
+# Asking git for the staged version costs a process (a few ms); below this
+# size hashing and writing the file costs less than that.
+_LOOK_UP_STAGED_FROM = 8 << 20
+
+
 def _staged_payload_objects(pathname: str) -> list[str]:
     """The payload objects of the index's version of ``pathname``, in file order; [] if it has none.
 
-    Git runs the filter at the top of the work tree, where ``:<path>`` names
-    the index entry.
+    Git runs the filter at the top of the work tree, where the work-tree file
+    tells the size to expect and ``:<path>`` names the index entry.
     """
+    try:
+        if os.path.getsize(pathname) < _LOOK_UP_STAGED_FROM:
+            return []
+    except OSError:
+        return []
     staged = subprocess.run(["git", "cat-file", "blob", f":{pathname}"], capture_output=True)
     if staged.returncode != 0 or not looks_like_manifest(staged.stdout):
         return []
