@@ -22,7 +22,7 @@ from .formats.pickle_scan import scan_pickle
 from .gitrepo import GitRepo
 from .inventory import referenced_manifests
 from .manifest import Manifest
-from .splice import MAX_SKELETON_BYTES, SplicedReader
+from .splice import MAX_SKELETON_BYTES, SplicedReader, read_skeleton
 from .store.local import LocalStore
 from .store.object_format import ObjectFormatError
 
@@ -55,26 +55,10 @@ class PickleReport:
         return bool(self.foreign_globals) or self.unchecked is not None
 
 
-def _read_skeleton(store: LocalStore, manifest: Manifest, path: str) -> bytes:
-    # The same bounds smudge applies: a hostile manifest cannot make us read more.
-    if manifest.skeleton_length > MAX_SKELETON_BYTES:
-        raise ObjectFormatError(
-            manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit"
-        )
-    file, header = store.open_object(manifest.skeleton, path)
-    with file:
-        if header.nbytes != manifest.skeleton_length:
-            raise ObjectFormatError(
-                manifest.skeleton,
-                f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}",
-            )
-        return file.read(header.nbytes)
-
-
 def read_data_pkl(store: LocalStore, manifest: Manifest, path: str) -> bytes:
     """The bytes of a torch-zip file's data.pkl, its first record (clean requires that)."""
     reader = SplicedReader(
-        _read_skeleton(store, manifest, path), manifest.splices, manifest.size, store
+        read_skeleton(store, manifest, path), manifest.splices, manifest.size, store
     )
     try:
         with zipfile.ZipFile(reader) as archive:

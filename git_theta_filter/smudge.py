@@ -15,7 +15,7 @@ from typing import Callable
 from .errors import ThetaError
 from .formats.source import Readable
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
-from .splice import MAX_SKELETON_BYTES, write_spliced
+from .splice import read_skeleton, write_spliced
 from .store.local import LocalStore
 from .store.object_format import ObjectFormatError
 
@@ -100,15 +100,11 @@ def prepare_smudge(content: bytes, store: LocalStore, path: str) -> SmudgePlan:
     if not looks_like_manifest(content):
         return SmudgePlan(path, store, None, passthrough=content)
     manifest = Manifest.parse(content)
-    lengths = manifest.payload_lengths()
-    if manifest.skeleton_length > MAX_SKELETON_BYTES:
-        raise ObjectFormatError(manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit")
+    skeleton = read_skeleton(store, manifest, path)
+    lengths = {s.oid: s.length for s in manifest.splices}
     for oid in sorted(lengths):
         file, header = store.open_object(oid, path)
         file.close()
         if header.nbytes != lengths[oid]:
             raise ObjectFormatError(oid, f"payload is {header.nbytes} bytes, the manifest of {path} says {lengths[oid]}")
-    file, _ = store.open_object(manifest.skeleton, path)
-    with file:
-        skeleton = file.read(manifest.skeleton_length)
     return SmudgePlan(path, store, manifest, skeleton=skeleton)

@@ -13,11 +13,11 @@ import io
 from typing import Callable
 
 from .errors import ThetaError
-from .manifest import Splice
+from .manifest import Manifest, Splice
 from .store.local import COPY_CHUNK, LocalStore
 from .store.object_format import ObjectFormatError
 
-__all__ = ["LayoutBuilder", "write_spliced", "SplicedReader", "MAX_SKELETON_BYTES", "SkeletonTooLargeError"]
+__all__ = ["LayoutBuilder", "write_spliced", "read_skeleton", "SplicedReader", "MAX_SKELETON_BYTES", "SkeletonTooLargeError"]
 
 # The skeleton is held in memory on both clean and smudge. Real checkpoints
 # have skeletons of kilobytes to a few megabytes (data.pkl of a huge optimizer
@@ -73,6 +73,22 @@ def write_spliced(
         cursor = splice.end
     if taken < len(view):
         write(view[taken:])
+
+
+def read_skeleton(store: LocalStore, manifest: Manifest, path: str | None = None) -> bytes:
+    """The skeleton object's payload: every byte of the file outside its splices.
+
+    Bounded before anything is read, so a hostile manifest cannot make a reader
+    allocate more than :data:`MAX_SKELETON_BYTES`. ``path`` names the work-tree
+    file in errors.
+    """
+    if manifest.skeleton_length > MAX_SKELETON_BYTES:
+        raise ObjectFormatError(manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit")
+    file, header = store.open_object(manifest.skeleton, path)
+    with file:
+        if header.nbytes != manifest.skeleton_length:
+            raise ObjectFormatError(manifest.skeleton, f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}")
+        return file.read(header.nbytes)
 
 
 def _write_payload(store: LocalStore, splice: Splice, write: Callable[[memoryview], object], buffer: bytearray, path: str | None) -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
-from .spliced_file import SplicedFile, read_skeleton
+from ..splice import read_skeleton
+from .spliced_file import SplicedFile
 
 __all__ = [
     "SafetensorsHeaderError",

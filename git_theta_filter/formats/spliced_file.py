@@ -9,12 +9,12 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from ..manifest import Manifest, Splice
+from ..manifest import Splice
 from ..splice import SplicedReader
 from ..store.local import COPY_CHUNK, LocalStore
 from ..store.object_format import ObjectFormatError
 
-__all__ = ["SplicedFile", "read_skeleton", "payload_crc32"]
+__all__ = ["SplicedFile", "payload_crc32"]
 
 
 @dataclass
@@ -34,18 +34,6 @@ class SplicedFile:
     def reader(self, store: LocalStore) -> SplicedReader:
         """The file's bytes, read from the skeleton and the store as they are asked for."""
         return SplicedReader(self.skeleton, self.splices, self.size, store)
-
-
-def read_skeleton(store: LocalStore, manifest: Manifest, path: str | None = None) -> bytes:
-    """The skeleton object's payload: every byte of the file outside its splices."""
-    file, header = store.open_object(manifest.skeleton, path)
-    with file:
-        if header.nbytes != manifest.skeleton_length:
-            raise ObjectFormatError(
-                manifest.skeleton,
-                f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}",
-            )
-        return file.read(manifest.skeleton_length)
 
 
 def payload_crc32(store: LocalStore, oid: str) -> int:

@@ -35,7 +35,8 @@ from ..manifest import Manifest, Splice
 from ..splice import SplicedReader
 from ..store.local import LocalStore
 from .pickle_scan import PickleScanError, StorageRef, scan_pickle
-from .spliced_file import SplicedFile, payload_crc32, read_skeleton
+from ..splice import read_skeleton
+from .spliced_file import SplicedFile, payload_crc32
 
 __all__ = [
     "ArchiveLayoutError",
