@@ -217,9 +217,14 @@ def test_killed_download_resumes_without_duplicates_or_partial_objects(local, re
     upload(local, remote, oids, workers=4, show_progress=False)
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     child = subprocess.Popen([sys.executable, "-c", SLOW_DOWNLOAD, str(fresh.theta_dir), str(remote.root), *oids])
+    def mid_transfer() -> bool:
+        # Some objects have landed and another download's temp file is waiting.
+        landed = fresh.objects_dir.exists() and object_files(fresh.objects_dir)
+        return bool(landed) and fresh.tmp_dir.exists() and any(fresh.tmp_dir.glob("*"))
+
     deadline = time.monotonic() + 30
-    while not (fresh.objects_dir.exists() and object_files(fresh.objects_dir)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while not mid_transfer() and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     landed = {path.name for path in object_files(fresh.objects_dir)}
