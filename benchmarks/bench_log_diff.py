@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _sandbox import sandbox_env
 
 import torch
 
@@ -44,21 +45,6 @@ code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
 seconds = time.perf_counter() - start
 print(code, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
-
-
-def isolated_env(home: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
-    }
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        GIT_CONFIG_NOSYSTEM="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
 
 
 def run(env: dict[str, str], cwd: Path, *args: str) -> None:
@@ -153,7 +139,7 @@ def main() -> int:
     try:
         home = root / "home"
         home.mkdir(exist_ok=True)
-        env = isolated_env(home)
+        env = sandbox_env(home)
         for key, value in (("user.name", "Bench"), ("user.email", "bench@example.invalid")):
             run(env, home, "git", "config", "--global", key, value)
         run(env, home, "git-theta", "install", "--global")

@@ -25,7 +25,6 @@ imported only to make the checkpoints. Each store gets its own HOME with
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import subprocess
@@ -34,6 +33,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from _sandbox import sandbox_env
 
 TENSORS = 20
 CHANGED_PER_VERSION = 4
@@ -88,14 +89,7 @@ class Bench:
     def __init__(self, root: Path, extra_env: dict[str, str]) -> None:
         home = root / "home"
         home.mkdir(parents=True)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        self.env.update(
-            HOME=str(home),
-            XDG_CONFIG_HOME=str(home / ".config"),
-            GIT_CONFIG_NOSYSTEM="1",
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}",
-            **extra_env,
-        )
+        self.env = {**sandbox_env(home), **extra_env}
         for key, value in (("user.name", "Bench"), ("user.email", "bench@example.invalid"), ("init.defaultBranch", "main")):
             self.run(home, "git", "config", "--global", key, value)
         self.run(home, "git-theta", "install", "--global")

@@ -30,9 +30,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from _sandbox import sandbox_env
 
 QUICK_SIZE_MB = 16
 # GPT-2 small: 12 blocks, 1024 positions, a 50257-token vocabulary, width 768.
@@ -200,18 +201,6 @@ def tree_bytes(path: Path) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
     return total
-
-
-def sandbox_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")}
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        GIT_CONFIG_NOSYSTEM="1",
-        # git-theta is installed beside this interpreter.
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
 
 
 def git(env: dict[str, str], cwd: Path, *args: str) -> None:
