@@ -12,7 +12,11 @@ def sandbox_env(home: Path) -> dict[str, str]:
 
     git-theta is installed beside this interpreter, so its directory goes first on PATH.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
+    }
     env.update(
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),

@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sandbox import sandbox_env
-
 import torch
+from _sandbox import sandbox_env
 
 # Issue 3's targets, printed next to the measurements.
 TARGETS = {"theta-log warm": 1.0, "theta-diff cold": 2.0}
@@ -54,7 +53,12 @@ def run(env: dict[str, str], cwd: Path, *args: str) -> None:
 def measure(env: dict[str, str], cwd: Path, *args: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one run of ``args``."""
     out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", _MEASURE, *args],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     if out[0] != "0":
         raise SystemExit(f"{' '.join(args)} failed with exit code {out[0]}")
@@ -76,7 +80,9 @@ def tensor_shapes(count: int, elements: int) -> list[tuple[int, ...]]:
     return [(side, side) if i % 2 == 0 else (side,) for i in range(count)]
 
 
-def build_log_repo(env: dict[str, str], path: Path, commits: int, tensors: int, elements: int) -> Path:
+def build_log_repo(
+    env: dict[str, str], path: Path, commits: int, tensors: int, elements: int
+) -> Path:
     repo = new_repo(env, path)
     generator = torch.Generator().manual_seed(0)
     state = {
@@ -86,7 +92,11 @@ def build_log_repo(env: dict[str, str], path: Path, commits: int, tensors: int, 
     for step in range(1, commits + 1):
         for tensor in state.values():
             tensor.add_(torch.randn(tensor.shape, generator=generator), alpha=1e-3)
-        checkpoint = {"model": state, "step": step, "metrics": {"loss": 1.0 / step, "acc": 1 - 0.5 / step}}
+        checkpoint = {
+            "model": state,
+            "step": step,
+            "metrics": {"loss": 1.0 / step, "acc": 1 - 0.5 / step},
+        }
         torch.save(checkpoint, repo / "model.pth")
         run(env, repo, "git", "add", "model.pth")
         run(env, repo, "git", "commit", "-qm", f"step {step}")
@@ -98,7 +108,9 @@ def build_diff_repo(env: dict[str, str], path: Path, megabytes: int) -> Path:
     count = 20
     per_tensor = megabytes * 1_000_000 // 4 // count
     generator = torch.Generator().manual_seed(1)
-    state = {f"blocks.{i}.weight": torch.randn(per_tensor, generator=generator) for i in range(count)}
+    state = {
+        f"blocks.{i}.weight": torch.randn(per_tensor, generator=generator) for i in range(count)
+    }
     for step in (1, 2):
         if step == 2:
             for tensor in state.values():
@@ -123,7 +135,9 @@ def main() -> int:
     parser.add_argument(
         "--log-elements", type=int, help="fp32 elements of the logged model (default 2,500,000)"
     )
-    parser.add_argument("--diff-mb", type=int, help="size of each diffed checkpoint in MB (default 500)")
+    parser.add_argument(
+        "--diff-mb", type=int, help="size of each diffed checkpoint in MB (default 500)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="warm runs; the fastest is reported")
     parser.add_argument(
         "--keep", metavar="DIR", help="build in DIR and keep it (default: a temporary directory)"
@@ -172,7 +186,10 @@ def main() -> int:
         clear_stats(diff_repo)
         seconds, rss = measure(env, diff_repo, "git", "theta-diff", "HEAD~1", "HEAD")
         figures["theta-diff cold"] = {"seconds": seconds, "peak_rss_mb": rss}
-        warm = [measure(env, diff_repo, "git", "theta-diff", "HEAD~1", "HEAD") for _ in range(args.repeat)]
+        warm = [
+            measure(env, diff_repo, "git", "theta-diff", "HEAD~1", "HEAD")
+            for _ in range(args.repeat)
+        ]
         figures["theta-diff warm"] = {
             "seconds": min(s for s, _ in warm),
             "peak_rss_mb": max(r for _, r in warm),

@@ -68,7 +68,10 @@ def make_checkpoints(directory: Path, versions: int, size_mb: int) -> list[Path]
 
     numel = size_mb * 1_000_000 // 4 // TENSORS
     rng = np.random.default_rng(0)
-    state = {f"layers.{i}.weight": torch.from_numpy(rng.standard_normal(numel, dtype=np.float32)) for i in range(TENSORS)}
+    state = {
+        f"layers.{i}.weight": torch.from_numpy(rng.standard_normal(numel, dtype=np.float32))
+        for i in range(TENSORS)
+    }
     paths = []
     for version in range(versions):
         if version:
@@ -82,7 +85,11 @@ def make_checkpoints(directory: Path, versions: int, size_mb: int) -> list[Path]
 
 
 def tree_bytes(root: Path) -> int:
-    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file()) if root.exists() else 0
+    return (
+        sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+        if root.exists()
+        else 0
+    )
 
 
 class Bench:
@@ -90,7 +97,11 @@ class Bench:
         home = root / "home"
         home.mkdir(parents=True)
         self.env = {**sandbox_env(home), **extra_env}
-        for key, value in (("user.name", "Bench"), ("user.email", "bench@example.invalid"), ("init.defaultBranch", "main")):
+        for key, value in (
+            ("user.name", "Bench"),
+            ("user.email", "bench@example.invalid"),
+            ("init.defaultBranch", "main"),
+        ):
             self.run(home, "git", "config", "--global", key, value)
         self.run(home, "git-theta", "install", "--global")
 
@@ -102,7 +113,9 @@ class Bench:
         return time.perf_counter() - start
 
 
-def bench_store(kind: str, root: Path, checkpoints: list[Path], extra_env: dict[str, str], store_bytes) -> list[Row]:
+def bench_store(
+    kind: str, root: Path, checkpoints: list[Path], extra_env: dict[str, str], store_bytes
+) -> list[Row]:
     bench = Bench(root, extra_env)
     bare, a, b = root / "models.git", root / "A", root / "B"
     bench.run(root, "git", "init", "-q", "--bare", str(bare))
@@ -124,12 +137,23 @@ def bench_store(kind: str, root: Path, checkpoints: list[Path], extra_env: dict[
     push = bench.run(a, "git", "push", "-q", "origin", "main")
     rows = [Row(kind, "push", push, history, store_bytes() - before)]
 
-    clone = bench.run(root, "git", "clone", "-q", *clone_config, str(bare), str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+    clone = bench.run(
+        root,
+        "git",
+        "clone",
+        "-q",
+        *clone_config,
+        str(bare),
+        str(b),
+        env={"GIT_THETA_SKIP_SMUDGE": "1"},
+    )
     pull = bench.run(b, "git", "theta", "pull")
     assert (b / "model.pth").read_bytes() == checkpoints[-1].read_bytes(), "the pulled file differs"
     local = b / ".git" / "theta" / "objects"
     pulled = tree_bytes(local)
-    rows.append(Row(kind, "clone + pull", clone + pull, size, pulled, f" ({clone:.2f} + {pull:.2f})"))
+    rows.append(
+        Row(kind, "clone + pull", clone + pull, size, pulled, f" ({clone:.2f} + {pull:.2f})")
+    )
     fetch = bench.run(b, "git", "theta", "fetch", "--all")
     rows.append(Row(kind, "fetch --all", fetch, history - size, tree_bytes(local) - pulled))
     return rows
@@ -142,11 +166,17 @@ def free_port() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=200, help="size of each checkpoint (default 200)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size-mb", type=int, default=200, help="size of each checkpoint (default 200)"
+    )
     parser.add_argument("--versions", type=int, default=5, help="number of checkpoints (default 5)")
     parser.add_argument("--stores", default="directory,s3", help="comma-separated: directory, s3")
-    parser.add_argument("--workdir", type=Path, help="where to work (default: a temp dir, removed afterwards)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where to work (default: a temp dir, removed afterwards)"
+    )
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="theta-bench-remotes-"))
@@ -159,13 +189,21 @@ def main() -> int:
             root = work / kind
             print(f"benchmarking the {kind} store ...", file=sys.stderr)
             if kind == "directory":
-                rows += bench_store(kind, root, checkpoints, {}, lambda: tree_bytes(root / "models.git" / "theta" / "objects"))
+                rows += bench_store(
+                    kind,
+                    root,
+                    checkpoints,
+                    {},
+                    lambda: tree_bytes(root / "models.git" / "theta" / "objects"),
+                )
             elif kind == "s3":
                 rows += bench_s3(root, checkpoints)
             else:
                 raise SystemExit(f"unknown store kind {kind!r}")
-        print(f"\n{args.versions} checkpoints of {checkpoints[0].stat().st_size / 1e6:.0f} MB; "
-              f"each version changes {CHANGED_PER_VERSION} of {TENSORS} tensors.\n")
+        print(
+            f"\n{args.versions} checkpoints of {checkpoints[0].stat().st_size / 1e6:.0f} MB; "
+            f"each version changes {CHANGED_PER_VERSION} of {TENSORS} tensors.\n"
+        )
         header = ["store", "step", "seconds", "MB/s (logical)", "transferred vs logical"]
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -194,11 +232,19 @@ def bench_s3(root: Path, checkpoints: list[Path]) -> list[Row]:
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
     }
     try:
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            region_name="us-east-1",
+        )
         client.create_bucket(Bucket=BUCKET)
 
         def bucket_bytes() -> int:
-            pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{root.name}/")
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=BUCKET, Prefix=f"{root.name}/"
+            )
             return sum(entry["Size"] for page in pages for entry in page.get("Contents", []))
 
         return bench_store("s3", root, checkpoints, env, bucket_bytes)

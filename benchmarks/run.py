@@ -48,6 +48,7 @@ BENCH_LOG_DIFF = Path(__file__).with_name("bench_log_diff.py")
 
 # -- the checkpoints ----------------------------------------------------------
 
+
 @dataclass
 class Checkpoints:
     new: Path  # the first commit
@@ -129,7 +130,10 @@ def make_checkpoints(directory: Path, size_mb: float) -> Checkpoints:
     changed = _fine_tuned_names(list(base))
     generator = torch.Generator().manual_seed(2)
     # One optimizer step's worth of change on the chosen tensors.
-    tuned = {n: t + 1e-3 * torch.randn(t.shape, generator=generator) if n in changed else t for n, t in base.items()}
+    tuned = {
+        n: t + 1e-3 * torch.randn(t.shape, generator=generator) if n in changed else t
+        for n, t in base.items()
+    }
     fine_tune = save(tuned, "fine-tune")
     stepped = {n: t + 1e-3 * torch.randn(t.shape, generator=generator) for n, t in tuned.items()}
     full_change = save(stepped, "full-change")
@@ -147,6 +151,7 @@ def make_checkpoints(directory: Path, size_mb: float) -> Checkpoints:
 
 
 # -- measuring commands -------------------------------------------------------
+
 
 @dataclass
 class Measured:
@@ -180,12 +185,18 @@ def measure(args: list[str], cwd: Path, env: dict[str, str]) -> Measured:
     os.sync()
     with tempfile.TemporaryFile() as stderr, tempfile.NamedTemporaryFile("r") as report:
         result = subprocess.run(
-            [sys.executable, "-c", _WRAPPER, report.name, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+            [sys.executable, "-c", _WRAPPER, report.name, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
         if result.returncode != 0:
             stderr.seek(0)
             message = stderr.read().decode(errors="replace")
-            raise RuntimeError(f"`{' '.join(args)}` failed ({result.returncode}) in {cwd}:\n{message}")
+            raise RuntimeError(
+                f"`{' '.join(args)}` failed ({result.returncode}) in {cwd}:\n{message}"
+            )
         seconds, peak_rss_kb = report.read().split()
     return Measured(float(seconds), int(peak_rss_kb))
 
@@ -236,14 +247,22 @@ class ToolRun:
     growth: dict[str, int] = field(default_factory=dict)
 
 
-COMMITS = (("add+commit new", "new"), ("add+commit fine-tune", "fine_tune"), ("add+commit full change", "full_change"))
+COMMITS = (
+    ("add+commit new", "new"),
+    ("add+commit fine-tune", "fine_tune"),
+    ("add+commit full change", "full_change"),
+)
 
 
 def run_tool(tool: str, checkpoints: Checkpoints, workdir: Path) -> ToolRun:
     home = workdir / "home"
     home.mkdir(parents=True)
     env = sandbox_env(home)
-    for key, value in (("user.name", "Bench"), ("user.email", "bench@example.invalid"), ("init.defaultBranch", "main")):
+    for key, value in (
+        ("user.name", "Bench"),
+        ("user.email", "bench@example.invalid"),
+        ("init.defaultBranch", "main"),
+    ):
         git(env, home, "config", "--global", key, value)
     repo = workdir / "repo"
     setup_repo(tool, repo, env)
@@ -262,17 +281,23 @@ def run_tool(tool: str, checkpoints: Checkpoints, workdir: Path) -> ToolRun:
 
     for scenario, attr in COMMITS:
         commit(scenario, getattr(checkpoints, attr))
-    result.seconds["checkout previous"] = measure(["git", "checkout", "-q", "HEAD~1"], repo, env).seconds
+    result.seconds["checkout previous"] = measure(
+        ["git", "checkout", "-q", "HEAD~1"], repo, env
+    ).seconds
     result.seconds["checkout back"] = measure(["git", "checkout", "-q", "main"], repo, env).seconds
     os.utime(model)
-    result.seconds["status after touch"] = measure(["git", "status", "--porcelain"], repo, env).seconds
+    result.seconds["status after touch"] = measure(
+        ["git", "status", "--porcelain"], repo, env
+    ).seconds
     if tool == "theta":
         # A second repository with a quarter-size checkpoint: if the filter's
         # memory grew with the file, its peak RSS would differ here.
         quarter = workdir / "quarter"
         setup_repo(tool, quarter, env)
         shutil.copyfile(checkpoints.quarter, quarter / "model.pth")
-        result.rss_kb["add quarter-size"] = measure(["git", "add", "model.pth"], quarter, env).peak_rss_kb
+        result.rss_kb["add quarter-size"] = measure(
+            ["git", "add", "model.pth"], quarter, env
+        ).peak_rss_kb
     shutil.rmtree(workdir)
     return result
 
@@ -290,13 +315,16 @@ def measure_floor(file: Path, workdir: Path) -> dict[str, float]:
         "cat file > /dev/null": measure(["cat", str(file)], workdir, env).seconds,
         "sha256sum file": measure(["sha256sum", str(file)], workdir, env).seconds,
         "cp file": measure(["cp", str(file), str(copy)], workdir, env).seconds,
-        "sha256 with OpenSSL (hashlib)": measure([sys.executable, "-c", _HASHLIB_SHA256, str(file)], workdir, env).seconds,
+        "sha256 with OpenSSL (hashlib)": measure(
+            [sys.executable, "-c", _HASHLIB_SHA256, str(file)], workdir, env
+        ).seconds,
     }
     copy.unlink()
     return figures
 
 
 # -- the report ---------------------------------------------------------------
+
 
 def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} s"
@@ -318,11 +346,19 @@ def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
 
 
-def render(runs: dict[str, list[ToolRun]], floors: list[dict[str, float]], ck: Checkpoints, lfs_note: str, extra: str) -> str:
+def render(
+    runs: dict[str, list[ToolRun]],
+    floors: list[dict[str, float]],
+    ck: Checkpoints,
+    lfs_note: str,
+    extra: str,
+) -> str:
     tools = [t for t in TOOLS if runs.get(t)]
 
     def med(tool: str, kind: str, scenario: str) -> float | None:
-        return _median([getattr(r, kind)[scenario] for r in runs.get(tool, []) if scenario in getattr(r, kind)])
+        return _median(
+            [getattr(r, kind)[scenario] for r in runs.get(tool, []) if scenario in getattr(r, kind)]
+        )
 
     floor = {name: _median([f[name] for f in floors]) for name in FLOORS}
     hash_floor = (floor["cat file > /dev/null"] or 0) + (floor["sha256sum file"] or 0)
@@ -341,7 +377,9 @@ def render(runs: dict[str, list[ToolRun]], floors: list[dict[str, float]], ck: C
     def row(scenario: str, figure: str, kind: str, fmt) -> None:
         values = {t: med(t, kind, scenario) for t in tools}
         cells = " | ".join(fmt(values[t]) for t in tools)
-        lines.append(f"| {scenario} | {figure} | {cells} | {_ratio(values.get('theta'), values.get('git-lfs'))} |")
+        lines.append(
+            f"| {scenario} | {figure} | {cells} | {_ratio(values.get('theta'), values.get('git-lfs'))} |"
+        )
 
     for scenario, _ in COMMITS:
         row(scenario, "wall time", "seconds", _seconds)
@@ -358,22 +396,40 @@ def render(runs: dict[str, list[ToolRun]], floors: list[dict[str, float]], ck: C
 
     def target(name: str, measured: float | None, limit: float, fmt=lambda v: f"{v:.3f}") -> None:
         shown = "n/a" if measured is None else fmt(measured)
-        lines.append(f"| {name} | {shown} | {_met(None if measured is None else measured <= limit)} |")
+        lines.append(
+            f"| {name} | {shown} | {_met(None if measured is None else measured <= limit)} |"
+        )
 
     def over_lfs(scenario: str) -> float | None:
         theta, other = med("theta", "seconds", scenario), med("git-lfs", "seconds", scenario)
         return theta / other if lfs and theta is not None and other else None
 
     target("add+commit new, theta / git-lfs time ≤ 0.5", over_lfs("add+commit new"), 0.5)
-    target("add+commit fine-tune, theta / git-lfs time ≤ 0.3", over_lfs("add+commit fine-tune"), 0.3)
+    target(
+        "add+commit fine-tune, theta / git-lfs time ≤ 0.3", over_lfs("add+commit fine-tune"), 0.3
+    )
     growth_limit = 1.05 * ck.changed_bytes + 64 * 1024
     growth = med("theta", "growth", "add+commit fine-tune")
-    target(f"add+commit fine-tune, theta growth ≤ 1.05 × changed + 64 KB = {_mb(growth_limit)}", growth, growth_limit, _mb)
+    target(
+        f"add+commit fine-tune, theta growth ≤ 1.05 × changed + 64 KB = {_mb(growth_limit)}",
+        growth,
+        growth_limit,
+        _mb,
+    )
     checkout = [over_lfs(s) for s in ("checkout previous", "checkout back")]
-    target("checkout, theta / git-lfs ≤ 1.0 (worse of the two directions)", None if None in checkout else max(checkout), 1.0)
+    target(
+        "checkout, theta / git-lfs ≤ 1.0 (worse of the two directions)",
+        None if None in checkout else max(checkout),
+        1.0,
+    )
     rss = med("theta", "rss_kb", "add+commit new")
     quarter_rss = med("theta", "rss_kb", "add quarter-size")
-    target("add+commit new, theta peak RSS ≤ 150 MB", None if rss is None else rss * 1024, 150 * 2**20, _mb)
+    target(
+        "add+commit new, theta peak RSS ≤ 150 MB",
+        None if rss is None else rss * 1024,
+        150 * 2**20,
+        _mb,
+    )
     if rss is not None and quarter_rss is not None:
         grows = rss - quarter_rss
         lines.append(
@@ -381,10 +437,18 @@ def render(runs: dict[str, list[ToolRun]], floors: list[dict[str, float]], ck: C
             f"{_mb(grows * 1024)} | {_met(grows <= 16 * 1024)} |"
         )
     new = med("theta", "seconds", "add+commit new")
-    target("add+commit new, theta / (`cat` + `sha256sum`) floor ≤ 2", None if new is None or not hash_floor else new / hash_floor, 2.0)
-    openssl_floor = (floor["cat file > /dev/null"] or 0) + (floor["sha256 with OpenSSL (hashlib)"] or 0)
+    target(
+        "add+commit new, theta / (`cat` + `sha256sum`) floor ≤ 2",
+        None if new is None or not hash_floor else new / hash_floor,
+        2.0,
+    )
+    openssl_floor = (floor["cat file > /dev/null"] or 0) + (
+        floor["sha256 with OpenSSL (hashlib)"] or 0
+    )
     if new is not None and openssl_floor:
-        lines.append(f"| (for reference, not a target) add+commit new, theta / (`cat` + OpenSSL sha256) | {new / openssl_floor:.2f} | |")
+        lines.append(
+            f"| (for reference, not a target) add+commit new, theta / (`cat` + OpenSSL sha256) | {new / openssl_floor:.2f} | |"
+        )
     return "\n".join(lines) + "\n\n" + extra
 
 
@@ -413,14 +477,20 @@ def log_diff_section(args: argparse.Namespace) -> str:
     for name, figures in report["figures"].items():
         limit = targets.get(name)
         verdict = "" if limit is None else f"≤ {limit:g} s: {_met(figures['seconds'] <= limit)}"
-        lines.append(f"| {name} | {_seconds(figures['seconds'])} | {figures['peak_rss_mb']:.1f} MB | {verdict} |")
+        lines.append(
+            f"| {name} | {_seconds(figures['seconds'])} | {figures['peak_rss_mb']:.1f} MB | {verdict} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def machine_description() -> str:
     def version(*command: str) -> str:
         try:
-            return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+            return (
+                subprocess.run(command, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[0]
+            )
         except (OSError, subprocess.CalledProcessError):
             return "missing"
 
@@ -434,12 +504,30 @@ def machine_description() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", type=float, default=500, help="checkpoint size in MB (default 500)")
-    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_SIZE_MB} MB checkpoint and 1 run: a smoke test, not a measurement")
-    parser.add_argument("--runs", type=int, default=None, help="runs to take the median of (default 3; 1 with --quick)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to put checkpoints and repositories (default: a temp dir)")
     parser.add_argument(
-        "--tools", default=",".join(TOOLS), help=f"comma-separated subset of: {', '.join(TOOLS)} (default: all)"
+        "--size-mb", type=float, default=500, help="checkpoint size in MB (default 500)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a {QUICK_SIZE_MB} MB checkpoint and 1 run: a smoke test, not a measurement",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="runs to take the median of (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where to put checkpoints and repositories (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--tools",
+        default=",".join(TOOLS),
+        help=f"comma-separated subset of: {', '.join(TOOLS)} (default: all)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -451,7 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown tools {unknown}; choose from {list(TOOLS)}")
     have_lfs = subprocess.run(["git", "lfs", "version"], capture_output=True).returncode == 0
     tools = [t for t in TOOLS if t in wanted and (have_lfs or t != "git-lfs")]
-    lfs_note = "" if have_lfs or "git-lfs" not in wanted else "git-lfs is not installed: its column and the ratios to it are skipped."
+    lfs_note = (
+        ""
+        if have_lfs or "git-lfs" not in wanted
+        else "git-lfs is not installed: its column and the ratios to it are skipped."
+    )
     if args.quick:
         lfs_note = (lfs_note + " " if lfs_note else "") + (
             "--quick is a smoke test: at this size start-up costs dominate, and the targets apply to the full size."
@@ -469,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
             floors.append(measure_floor(checkpoints.new, workdir))
             for tool in tools:
                 print(f"run {index + 1}/{runs}: {tool} ...", file=sys.stderr)
-                results[tool].append(run_tool(tool, checkpoints, workdir / f"{tool.replace(' ', '-')}-{index}"))
+                results[tool].append(
+                    run_tool(tool, checkpoints, workdir / f"{tool.replace(' ', '-')}-{index}")
+                )
         if set(wanted) == set(TOOLS):
             extra = log_diff_section(args)
         else:

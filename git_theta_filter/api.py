@@ -29,9 +29,10 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pygit2
 
@@ -164,7 +165,7 @@ _TORCH_DTYPES = {
 }
 
 
-def open(path: str | os.PathLike[str] = ".") -> "Repository":  # noqa: A001 - the API's entry point, gtf.open
+def open(path: str | os.PathLike[str] = ".") -> Repository:  # noqa: A001 - the API's entry point, gtf.open
     """The repository that contains ``path``; checks that the theta filter is configured."""
     repo = GitRepo.discover(path)
     if not repo.config_get("filter.theta.process"):
@@ -329,7 +330,7 @@ class Repository:
     # -- reading ----------------------------------------------------------------
     def load_state_dict(
         self, path: str | os.PathLike[str], rev: str = "HEAD", prefix: str = ""
-    ) -> dict[str, "torch.Tensor"]:
+    ) -> dict[str, torch.Tensor]:
         """The tensors of ``path`` at ``rev``, by name, read straight from their objects (no pickle).
 
         Names are the manifest's key paths (``model.fc1.weight``). With
@@ -370,7 +371,7 @@ class Repository:
             )
         return state
 
-    def _read_payload(self, oid: str, path: str) -> "torch.Tensor":
+    def _read_payload(self, oid: str, path: str) -> torch.Tensor:
         import torch
 
         file, header = self._store.open_object(oid, path)
@@ -426,7 +427,7 @@ class Repository:
         )
         return _history_entry(winner, diff, diff.summary.missing_objects == 0)
 
-    def _log(self, path: str, rev: str, stats: Any) -> list["LogEntry"]:
+    def _log(self, path: str, rev: str, stats: Any) -> list[LogEntry]:
         from .theta_log import theta_log
 
         pathspec = Pathspec([path], self.path, self._repo.worktree)
@@ -440,7 +441,7 @@ class Repository:
         )
 
 
-def _history_entry(entry: "LogEntry", diff: "ManifestDiff", norms_available: bool) -> HistoryEntry:
+def _history_entry(entry: LogEntry, diff: ManifestDiff, norms_available: bool) -> HistoryEntry:
     summary = diff.summary
     available = norms_available
     return HistoryEntry(

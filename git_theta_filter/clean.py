@@ -14,7 +14,7 @@ The format is detected from the content, never from the file name:
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .formats.base import CleanContext, NotThisFormat, ParsedFile
 from .formats.safetensors_file import looks_like_safetensors, parse_safetensors
@@ -33,7 +33,9 @@ def _stderr_warning(message: str) -> None:
     print(f"git-theta: warning: {message}", file=sys.stderr, flush=True)
 
 
-def clean(raw: Readable, store: LocalStore, path: str = "<stdin>", warn: Warn = _stderr_warning) -> bytes:
+def clean(
+    raw: Readable, store: LocalStore, path: str = "<stdin>", warn: Warn = _stderr_warning
+) -> bytes:
     """Store the content read from ``raw`` and return its manifest bytes.
 
     A write into the store that the disk refuses (full, say) is named as

@@ -13,9 +13,9 @@ bf16 and the float8 types have no numpy dtype: bf16 is decoded from its bits
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -85,7 +85,9 @@ def float8_table(exponent_bits: int, mantissa_bits: int, bias: int, special: str
         elif exponent == 0:
             value = sign * math.ldexp(mantissa, 1 - bias - mantissa_bits)
         else:
-            value = sign * math.ldexp((1 << mantissa_bits) + mantissa, exponent - bias - mantissa_bits)
+            value = sign * math.ldexp(
+                (1 << mantissa_bits) + mantissa, exponent - bias - mantissa_bits
+            )
         table[byte] = value
     return table
 
@@ -178,7 +180,9 @@ def open_elements(store: LocalStore, entry: TensorEntry, path: str | None = None
             raise TensorExtentError(entry.name, entry.oid)
         if entry.numel == 0:
             return np.empty(entry.shape, dtype=raw_type)
-        flat = np.memmap(file, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.nbytes,))
+        flat = np.memmap(
+            file, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.nbytes,)
+        )
     itemsize = raw_type.itemsize
     if entry.stride is None:
         return flat[: entry.nbytes].view(raw_type).reshape(entry.shape)

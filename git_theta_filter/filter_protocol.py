@@ -21,7 +21,8 @@ handler's business. stdout belongs to Git: logs go to stderr.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from .errors import ThetaError
 from .pktline import PktLineError, PktLineReader, PktLineWriter
@@ -65,13 +66,19 @@ def _handshake(reader: PktLineReader, writer: PktLineWriter) -> set[str]:
     if not welcome or welcome[0] != "git-filter-client" or "version=2" not in welcome[1:]:
         raise ProtocolError(f"unexpected handshake {welcome!r}")
     writer.write_text_list(["git-filter-server", "version=2"])
-    offered = {line.removeprefix("capability=") for line in _read_handshake_list(reader) if line.startswith("capability=")}
+    offered = {
+        line.removeprefix("capability=")
+        for line in _read_handshake_list(reader)
+        if line.startswith("capability=")
+    }
     supported = [c for c in CAPABILITIES if c in offered]
     writer.write_text_list([f"capability={c}" for c in supported])
     return set(supported)
 
 
-def serve(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report) -> None:
+def serve(
+    reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report
+) -> None:
     """Handshake, then answer requests until Git closes the pipe."""
     capabilities = _handshake(reader, writer)
     while True:
@@ -92,7 +99,13 @@ def serve(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, 
             _serve_smudge(reader, writer, handler, report, pathname)
 
 
-def _accept_request(reader: PktLineReader, writer: PktLineWriter, report: Report, pathname: str, take: Callable[[PktLineReader], T]) -> T | None:
+def _accept_request(
+    reader: PktLineReader,
+    writer: PktLineWriter,
+    report: Report,
+    pathname: str,
+    take: Callable[[PktLineReader], T],
+) -> T | None:
     """Hand the request's content to ``take``, then answer its first status list; None when refused.
 
     The whole request is read before answering, even a refused one: on any
@@ -115,8 +128,16 @@ def _accept_request(reader: PktLineReader, writer: PktLineWriter, report: Report
     return result
 
 
-def _serve_clean(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
-    manifest = _accept_request(reader, writer, report, pathname, lambda content: handler.clean(pathname, content))
+def _serve_clean(
+    reader: PktLineReader,
+    writer: PktLineWriter,
+    handler: FilterHandler,
+    report: Report,
+    pathname: str,
+) -> None:
+    manifest = _accept_request(
+        reader, writer, report, pathname, lambda content: handler.clean(pathname, content)
+    )
     if manifest is None:
         return
     writer.write_content(manifest)
@@ -124,8 +145,16 @@ def _serve_clean(reader: PktLineReader, writer: PktLineWriter, handler: FilterHa
     writer.write_text_list([])
 
 
-def _serve_smudge(reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report, pathname: str) -> None:
-    output = _accept_request(reader, writer, report, pathname, lambda content: handler.prepare_smudge(pathname, content))
+def _serve_smudge(
+    reader: PktLineReader,
+    writer: PktLineWriter,
+    handler: FilterHandler,
+    report: Report,
+    pathname: str,
+) -> None:
+    output = _accept_request(
+        reader, writer, report, pathname, lambda content: handler.prepare_smudge(pathname, content)
+    )
     if output is None:
         return
     try:

@@ -12,8 +12,8 @@ gc holds the exclusive side of ``locks.py``'s lock, so it never runs while an
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pygit2
 
@@ -40,7 +40,9 @@ def parse_prune_date(repo: GitRepo, text: str) -> float:
     Parsed by git itself (``git config --type=expiry-date``), which rejects
     malformed dates as ``git gc --prune`` does.
     """
-    value = repo.git("-c", f"theta.prune={text}", "config", "--type=expiry-date", "theta.prune", check=False).strip()
+    value = repo.git(
+        "-c", f"theta.prune={text}", "config", "--type=expiry-date", "theta.prune", check=False
+    ).strip()
     if not value.isdigit():
         raise BadPruneDateError(text)
     return float(value)  # "now" parses as the largest timestamp: everything is older
@@ -113,7 +115,9 @@ def collect_garbage(repo: GitRepo, prune_before: float, dry_run: bool) -> GcRepo
         # opened from a linked worktree, its HEAD and index would be left out.
         git = pygit2.Repository(str(repo.common_dir))
         needed: set[str] = set()
-        for ref in list(reachable_manifests(git, _tips(repo, git)).values()) + list(_index_manifests(git)):
+        for ref in list(reachable_manifests(git, _tips(repo, git)).values()) + list(
+            _index_manifests(git)
+        ):
             needed |= ref.manifest.object_ids()
         for oid in store.iter_oids():
             path = store.object_path(oid)

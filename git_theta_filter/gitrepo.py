@@ -38,7 +38,13 @@ class NotARepositoryError(ThetaError):
         super().__init__(f"not a git repository: {where}")
 
 
-def run_git(args: list[str], cwd: Path | str | None = None, *, input: bytes | None = None, check: bool = True) -> str:
+def run_git(
+    args: list[str],
+    cwd: Path | str | None = None,
+    *,
+    input: bytes | None = None,
+    check: bool = True,
+) -> str:
     """Run git and return its stdout as text."""
     result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
     if check and result.returncode != 0:
@@ -53,10 +59,17 @@ class GitRepo:
     worktree: Path | None
 
     @classmethod
-    def discover(cls, cwd: Path | str | None = None) -> "GitRepo":
+    def discover(cls, cwd: Path | str | None = None) -> GitRepo:
         where = Path(cwd or os.getcwd())
         result = subprocess.run(
-            ["git", "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", "--is-bare-repository"],
+            [
+                "git",
+                "rev-parse",
+                "--path-format=absolute",
+                "--git-dir",
+                "--git-common-dir",
+                "--is-bare-repository",
+            ],
             cwd=where,
             capture_output=True,
             text=True,
@@ -102,7 +115,9 @@ def filter_command() -> str:
     """
     on_path = shutil.which("git-theta")
     script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if on_path and (script is None or script.name != "git-theta" or Path(on_path).resolve() == script):
+    if on_path and (
+        script is None or script.name != "git-theta" or Path(on_path).resolve() == script
+    ):
         return "git-theta"
     if script is not None and script.name == "git-theta" and script.exists():
         return shlex.quote(str(script))

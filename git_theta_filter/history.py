@@ -7,15 +7,23 @@ blobs are never loaded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import pygit2
 
 from .gitrepo import GitRepo
 from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError
 
-__all__ = ["ManifestRef", "open_pygit2", "read_manifest_blob", "index_manifests", "tree_manifests", "reachable_manifests", "manifests_in_blobs"]
+__all__ = [
+    "ManifestRef",
+    "open_pygit2",
+    "read_manifest_blob",
+    "index_manifests",
+    "tree_manifests",
+    "reachable_manifests",
+    "manifests_in_blobs",
+]
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,9 @@ def index_manifests(repo: GitRepo, git: pygit2.Repository | None = None) -> list
     return refs
 
 
-def tree_manifests(git: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> Iterator[ManifestRef]:
+def tree_manifests(
+    git: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
+) -> Iterator[ManifestRef]:
     for entry in tree:
         path = f"{prefix}{entry.name}"
         if entry.type == pygit2.enums.ObjectType.TREE:
@@ -69,7 +79,9 @@ def tree_manifests(git: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") 
                 yield ManifestRef(path, str(entry.id), manifest)
 
 
-def reachable_manifests(git: pygit2.Repository, tips: Iterable[pygit2.Oid]) -> dict[str, ManifestRef]:
+def reachable_manifests(
+    git: pygit2.Repository, tips: Iterable[pygit2.Oid]
+) -> dict[str, ManifestRef]:
     """Every distinct manifest blob in the history of ``tips``, keyed by blob id.
 
     Trees already visited are skipped, so the walk costs one visit per distinct tree.
@@ -97,7 +109,9 @@ def reachable_manifests(git: pygit2.Repository, tips: Iterable[pygit2.Oid]) -> d
                 seen_blobs.add(entry.id)
                 manifest = read_manifest_blob(git, entry.id)
                 if manifest is not None:
-                    found[str(entry.id)] = ManifestRef(f"{prefix}{entry.name}", str(entry.id), manifest)
+                    found[str(entry.id)] = ManifestRef(
+                        f"{prefix}{entry.name}", str(entry.id), manifest
+                    )
 
     for commit in walker:
         visit(commit.tree, "")

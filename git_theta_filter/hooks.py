@@ -16,7 +16,15 @@ from pathlib import Path
 
 from .gitrepo import GitRepo
 
-__all__ = ["HOOK_NAMES", "MARKER", "CHAINED_SUFFIX", "install_hooks", "uninstall_hooks", "hooks_installed", "run_chained_hook"]
+__all__ = [
+    "HOOK_NAMES",
+    "MARKER",
+    "CHAINED_SUFFIX",
+    "install_hooks",
+    "uninstall_hooks",
+    "hooks_installed",
+    "run_chained_hook",
+]
 
 HOOK_NAMES = ("pre-push",)
 MARKER = "git-theta-filter hook"

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .gitrepo import GitRepo, run_git, filter_command
+from .gitrepo import GitRepo, filter_command, run_git
 from .hooks import install_hooks, uninstall_hooks
 
-__all__ = ["ATTRIBUTES", "MERGE_DRIVER_NAME", "install", "uninstall", "track", "untrack", "tracked_patterns"]
+__all__ = [
+    "ATTRIBUTES",
+    "MERGE_DRIVER_NAME",
+    "install",
+    "uninstall",
+    "track",
+    "untrack",
+    "tracked_patterns",
+]
 
 ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
 MERGE_DRIVER_NAME = "git-theta tensor-level merge"
@@ -32,10 +40,14 @@ def _scope_args(scope: str, repo: GitRepo | None) -> tuple[list[str], Path | Non
 def install(scope: str, repo: GitRepo | None, with_hooks: bool = True) -> list[str]:
     """Write the filter configuration at ``scope``; install hooks when inside a repository."""
     args, cwd = _scope_args(scope, repo)
-    run_git(["config", *args, "filter.theta.process", f"{filter_command()} filter-process"], cwd=cwd)
+    run_git(
+        ["config", *args, "filter.theta.process", f"{filter_command()} filter-process"], cwd=cwd
+    )
     run_git(["config", *args, "filter.theta.required", "true"], cwd=cwd)
     run_git(["config", *args, "merge.theta.name", MERGE_DRIVER_NAME], cwd=cwd)
-    run_git(["config", *args, "merge.theta.driver", f"{filter_command()} merge %O %A %B %P"], cwd=cwd)
+    run_git(
+        ["config", *args, "merge.theta.driver", f"{filter_command()} merge %O %A %B %P"], cwd=cwd
+    )
     changes = [f"configured filter.theta and merge.theta ({scope})"]
     if repo is not None and with_hooks:
         changes += install_hooks(repo)

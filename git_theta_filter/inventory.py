@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pygit2
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
-from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, read_manifest_blob, tree_manifests
+from .history import (
+    ManifestRef,
+    index_manifests,
+    open_pygit2,
+    reachable_manifests,
+    read_manifest_blob,
+    tree_manifests,
+)
 from .manifest import Manifest
 from .store.local import LocalStore
 
@@ -82,7 +89,9 @@ def _all_tips(git: pygit2.Repository) -> list[pygit2.Oid]:
     return tips
 
 
-def referenced_manifests(repo: GitRepo, all_refs: bool, git: pygit2.Repository | None = None) -> list[ManifestRef]:
+def referenced_manifests(
+    repo: GitRepo, all_refs: bool, git: pygit2.Repository | None = None
+) -> list[ManifestRef]:
     """Manifests of the index plus HEAD, or plus every ref's history."""
     git = git or open_pygit2(repo)
     found: dict[str, ManifestRef] = {ref.blob_id: ref for ref in index_manifests(repo, git)}
@@ -141,7 +150,9 @@ class FsckReport:
         return not self.corrupt and not self.missing
 
 
-def fsck(repo: GitRepo, all_refs: bool, on_progress: Callable[[int, int], None] | None = None) -> FsckReport:
+def fsck(
+    repo: GitRepo, all_refs: bool, on_progress: Callable[[int, int], None] | None = None
+) -> FsckReport:
     """Re-hash every stored object, and look for the objects that manifests need.
 
     A corrupt object is moved out of the store, so that `git theta fetch` (or

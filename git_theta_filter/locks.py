@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["writer_lock", "exclusive_gc_lock"]
 
@@ -26,7 +26,10 @@ def _lock(theta_dir: Path, mode: int) -> Iterator[None]:
             fcntl.flock(handle, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             if mode == fcntl.LOCK_EX:
-                print("git-theta: waiting for running git commands to finish writing objects", file=sys.stderr)
+                print(
+                    "git-theta: waiting for running git commands to finish writing objects",
+                    file=sys.stderr,
+                )
             fcntl.flock(handle, mode)
         try:
             yield

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .dtypes import DTYPES, dtype_by_name
 from .errors import ThetaError
@@ -154,7 +154,9 @@ def parse_metric(text: str, line_number: int) -> int | float | bool:
     except ValueError:
         raise ManifestError(f"bad metric value {text!r}", line_number=line_number) from None
     if format_metric(value) != text:
-        raise ManifestError(f"metric value {text!r} is not in canonical form", line_number=line_number)
+        raise ManifestError(
+            f"metric value {text!r} is not in canonical form", line_number=line_number
+        )
     return value
 
 
@@ -246,15 +248,20 @@ class Manifest:
             f"sha256 {self.sha256}",
             f"skeleton {self.skeleton}",
         ]
-        lines += [f"metric {encode_name(k)} {format_metric(self.metrics[k])}" for k in sorted(self.metrics)]
+        lines += [
+            f"metric {encode_name(k)} {format_metric(self.metrics[k])}"
+            for k in sorted(self.metrics)
+        ]
         lines += [t.render() for t in sorted(self.tensors, key=lambda t: t.name)]
         # By length too: an empty splice (a zero-size tensor) may share its offset with the
         # next one, and only the empty-first order parses; the oid settles two empty ones.
-        lines += [s.render() for s in sorted(self.splices, key=lambda s: (s.offset, s.length, s.oid))]
+        lines += [
+            s.render() for s in sorted(self.splices, key=lambda s: (s.offset, s.length, s.oid))
+        ]
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     @classmethod
-    def parse(cls, data: bytes) -> "Manifest":
+    def parse(cls, data: bytes) -> Manifest:
         if len(data) > MAX_MANIFEST_BYTES:
             raise ManifestError(f"{len(data)} bytes is over the {MAX_MANIFEST_BYTES}-byte limit")
         if not data.endswith(b"\n"):
@@ -331,13 +338,19 @@ class Manifest:
         offset = stride = None
         if len(fields) == 6:
             if not (fields[4].startswith("offset=") and fields[5].startswith("stride=")):
-                raise ManifestError(f"tensor {name!r}: expected offset= and stride=", line_number=number)
+                raise ManifestError(
+                    f"tensor {name!r}: expected offset= and stride=", line_number=number
+                )
             offset = _parse_int(fields[4][len("offset=") :], "offset", number)
             stride = _parse_ints(fields[5][len("stride=") :], "stride", number)
         shape = _parse_ints(fields[2], "shape", number)
         if stride is not None and len(stride) != len(shape):
-            raise ManifestError(f"tensor {name!r}: stride and shape differ in rank", line_number=number)
-        self.tensors.append(TensorEntry(name, fields[1], shape, _parse_oid(fields[3], number), offset, stride))
+            raise ManifestError(
+                f"tensor {name!r}: stride and shape differ in rank", line_number=number
+            )
+        self.tensors.append(
+            TensorEntry(name, fields[1], shape, _parse_oid(fields[3], number), offset, stride)
+        )
 
     def _add_splice(self, fields: list[str], number: int) -> None:
         if len(fields) != 3:
@@ -350,7 +363,9 @@ class Manifest:
         if self.splices and splice.offset < self.splices[-1].end:
             raise ManifestError("splices overlap or are out of order", line_number=number)
         if splice.end > self.size:
-            raise ManifestError(f"splice at {splice.offset} runs past the file size {self.size}", line_number=number)
+            raise ManifestError(
+                f"splice at {splice.offset} runs past the file size {self.size}", line_number=number
+            )
         self.splices.append(splice)
 
     def _check_layout(self) -> None:
@@ -362,7 +377,9 @@ class Manifest:
             raise ManifestError("the skeleton object is also spliced with another length")
         for tensor in self.tensors:
             if tensor.oid not in lengths:
-                raise ManifestError(f"tensor {tensor.name!r}: object {tensor.oid} is not spliced into the file")
+                raise ManifestError(
+                    f"tensor {tensor.name!r}: object {tensor.oid} is not spliced into the file"
+                )
             # Checked with exact integers, so a 2**62-element shape cannot wrap around.
             if tensor.extent_bytes() > lengths[tensor.oid]:
                 raise ManifestError(f"tensor {tensor.name!r} reaches past the end of its object")

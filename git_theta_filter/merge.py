@@ -87,7 +87,7 @@ class Strategy:
     theirs_weight: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Strategy":
+    def parse(cls, text: str) -> Strategy:
         text = text.strip()
         if text in ("conflict", "ours", "theirs", "base"):
             return cls(text)

@@ -30,8 +30,9 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pygit2
 
@@ -117,7 +118,9 @@ def parse_metrics_file(path: str, data: bytes) -> dict[str, Metric]:
             try:
                 import yaml
             except ImportError:
-                raise MetricsFileError(path, "reading YAML needs PyYAML (pip install pyyaml)") from None
+                raise MetricsFileError(
+                    path, "reading YAML needs PyYAML (pip install pyyaml)"
+                ) from None
             parsed = yaml.safe_load(data)
         else:
             parsed = json.loads(data)
@@ -146,7 +149,9 @@ def declared_metrics_files(repo: GitRepo, git: pygit2.Repository) -> list[str]:
         blob = git.head.peel(pygit2.Commit).tree[THETACONFIG]
     except KeyError:
         return []
-    text = run_git(["config", "--blob", str(blob.id), "--get-all", _CONFIG_KEY], cwd=repo.cwd, check=False)
+    text = run_git(
+        ["config", "--blob", str(blob.id), "--get-all", _CONFIG_KEY], cwd=repo.cwd, check=False
+    )
     return text.splitlines()
 
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from .gitrepo import GitRepo
 from .manifest import Manifest
-from .store.remote import ObjectStore, RemoteObjectMissingError, default_remote, resolve_store, transfer_workers
+from .store.remote import (
+    ObjectStore,
+    RemoteObjectMissingError,
+    default_remote,
+    resolve_store,
+    transfer_workers,
+)
 from .store.transfer import TransferFailedError, download
 
 __all__ = ["OnDemandFetcher"]
@@ -42,5 +48,7 @@ class OnDemandFetcher:
         try:
             download(self._local, store, missing, workers=transfer_workers(self._repo))
         except TransferFailedError as exc:
-            if not all(isinstance(error, RemoteObjectMissingError) for error in exc.failures.values()):
+            if not all(
+                isinstance(error, RemoteObjectMissingError) for error in exc.failures.values()
+            ):
                 raise

@@ -16,10 +16,10 @@ This module only frames bytes. What the packets mean lives in
 from __future__ import annotations
 
 import fcntl
-import io
 import os
 import stat
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from .errors import ThetaError
 
@@ -199,8 +199,8 @@ def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[BinaryIO, BinaryIO]:
     """
     for fd in (0, 1):
         _enlarge_pipe(fd, buffer_size)
-    stdin = io.open(0, "rb", buffering=0, closefd=False)
-    stdout = io.open(1, "wb", buffering=buffer_size, closefd=False)
+    stdin = open(0, "rb", buffering=0, closefd=False)
+    stdout = open(1, "wb", buffering=buffer_size, closefd=False)
     return stdin, stdout
 
 

@@ -52,7 +52,10 @@ class PushUploadError(ThetaError):
     """The objects behind a push could not be uploaded, so the push is refused."""
 
     def __init__(self, remote: str, url: str, cause: ThetaError) -> None:
-        super().__init__(f"refusing to push to {remote!r}: uploading tensor objects to {url} failed: {cause}", hint=cause.hint)
+        super().__init__(
+            f"refusing to push to {remote!r}: uploading tensor objects to {url} failed: {cause}",
+            hint=cause.hint,
+        )
         self.remote = remote
         self.url = url
         self.cause = cause
@@ -86,7 +89,11 @@ def objects_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> dic
     for update in updates:
         if update.is_delete:
             continue
-        exclude = [f"^{update.remote_sha}"] if update.remote_sha in git and not set(update.remote_sha) == {"0"} else []
+        exclude = (
+            [f"^{update.remote_sha}"]
+            if update.remote_sha in git and not set(update.remote_sha) == {"0"}
+            else []
+        )
         if not exclude:
             exclude = ["--not", f"--remotes={remote}"]
         listing = repo.git("rev-list", "--objects", update.local_sha, *exclude)
@@ -133,7 +140,9 @@ def upload_for_push(
             raise NoStoreError(remote)
         return PushUpload(len(wanted), None, None)
     try:
-        result = upload(local, store, wanted, workers=transfer_workers(repo), show_progress=show_progress)
+        result = upload(
+            local, store, wanted, workers=transfer_workers(repo), show_progress=show_progress
+        )
     except (StoreError, TransferFailedError) as exc:
         raise PushUploadError(remote, store.url, exc) from exc
     return PushUpload(len(wanted), store.url, result)

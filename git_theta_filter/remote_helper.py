@@ -67,7 +67,9 @@ def _one_line(text: str) -> str:
 class RemoteHelper:
     """One session with git: reads commands from ``stdin``, answers on ``stdout``."""
 
-    def __init__(self, repo: GitRepo, remote: str, url: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    def __init__(
+        self, repo: GitRepo, remote: str, url: str, stdin: BinaryIO, stdout: BinaryIO
+    ) -> None:
         self.repo = repo
         self.remote = remote
         self.url = url
@@ -116,7 +118,9 @@ class RemoteHelper:
     def _git(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         """git with its stdout captured (stdout is ours), its stderr shown when verbose."""
         stderr = None if self.verbosity > 0 else subprocess.DEVNULL
-        return subprocess.run(["git", *args], cwd=self.repo.cwd, input=input, stdout=subprocess.PIPE, stderr=stderr)
+        return subprocess.run(
+            ["git", *args], cwd=self.repo.cwd, input=input, stdout=subprocess.PIPE, stderr=stderr
+        )
 
     # -- commands ------------------------------------------------------------
     def _list(self) -> list[str]:
@@ -151,7 +155,15 @@ class RemoteHelper:
         shas = list(dict.fromkeys(item.split(" ", 1)[0] for item in wanted))
         flags = ["--progress"] if self.progress else ["--quiet"]
         # By id, not by name: exactly the commits we listed, even if a ref moved since.
-        result = self._git("fetch", *flags, "--no-tags", "--no-write-fetch-head", "--stdin", self.url, input="\n".join(shas).encode())
+        result = self._git(
+            "fetch",
+            *flags,
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--stdin",
+            self.url,
+            input="\n".join(shas).encode(),
+        )
         if result.returncode != 0:
             raise GitError(["fetch", self.url], f"could not fetch from {self.url}")
         self._prefetch(shas)
@@ -172,9 +184,18 @@ class RemoteHelper:
         try:
             store = resolve_store(self.repo, self.remote, self.url, revision=shas[0])
             if store is None:
-                print(f"git-theta: warning: no object store for {self.url}; tensor objects were not fetched", file=sys.stderr)
+                print(
+                    f"git-theta: warning: no object store for {self.url}; tensor objects were not fetched",
+                    file=sys.stderr,
+                )
                 return
-            download(self.repo.store(), store, wanted, workers=transfer_workers(self.repo), show_progress=self.verbosity > 0)
+            download(
+                self.repo.store(),
+                store,
+                wanted,
+                workers=transfer_workers(self.repo),
+                show_progress=self.verbosity > 0,
+            )
         except (StoreError, TransferFailedError) as exc:
             print(f"git-theta: warning: tensor objects were not prefetched: {exc}", file=sys.stderr)
 
@@ -189,14 +210,23 @@ class RemoteHelper:
         if not self.dry_run:
             try:
                 # Objects first: refs must never name tensors the store lacks.
-                upload_for_push(self.repo, self.remote, self.url, updates, require_store=True, show_progress=self.verbosity > 0)
+                upload_for_push(
+                    self.repo,
+                    self.remote,
+                    self.url,
+                    updates,
+                    require_store=True,
+                    show_progress=self.verbosity > 0,
+                )
             except ThetaError as exc:
                 why = _one_line(format_error(exc).removeprefix("git-theta: error: "))
                 return [f"error {dst} {why}" for _, dst in pushes]
         # Not --quiet: that would drop the porcelain status lines we parse.
         flags = (["--dry-run"] if self.dry_run else []) + (["--progress"] if self.progress else [])
         # Our caller already ran the pre-push hook; the inner push must not run it again.
-        result = self._git("push", "--porcelain", "--no-verify", *flags, self.url, *(spec for spec, _ in pushes))
+        result = self._git(
+            "push", "--porcelain", "--no-verify", *flags, self.url, *(spec for spec, _ in pushes)
+        )
         statuses = _porcelain_statuses(result.stdout.decode("utf-8", "replace"))
         answers = []
         for _, dst in pushes:
@@ -222,7 +252,10 @@ def _porcelain_statuses(output: str) -> dict[str, tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or len(args) > 2:
-        print("usage: git-remote-theta <remote> [<url>] (run by git for theta::<url> remotes)", file=sys.stderr)
+        print(
+            "usage: git-remote-theta <remote> [<url>] (run by git for theta::<url> remotes)",
+            file=sys.stderr,
+        )
         return 2
     remote = args[0]
     url = args[1] if len(args) == 2 else remote.removeprefix(HELPER_PREFIX)

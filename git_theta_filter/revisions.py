@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pygit2
 
@@ -95,7 +95,9 @@ def range_sides(argument: str) -> tuple[str, str, bool] | None:
 
 def is_revision(git: pygit2.Repository, argument: str) -> bool:
     sides = range_sides(argument)
-    names = [sides[0], sides[1]] if sides else [argument[1:] if argument.startswith("^") else argument]
+    names = (
+        [sides[0], sides[1]] if sides else [argument[1:] if argument.startswith("^") else argument]
+    )
     try:
         for name in names:
             resolve_commit(git, name)
@@ -115,7 +117,11 @@ def parse_range(git: pygit2.Repository, revisions: Iterable[str]) -> RevisionRan
             else:
                 walk.include.append(resolve_commit(git, argument))
             continue
-        left, right, symmetric = (resolve_commit(git, sides[0]), resolve_commit(git, sides[1]), sides[2])
+        left, right, symmetric = (
+            resolve_commit(git, sides[0]),
+            resolve_commit(git, sides[1]),
+            sides[2],
+        )
         walk.include.append(right)
         if symmetric:
             walk.include.append(left)
@@ -170,7 +176,10 @@ class Pathspec:
 
 
 def split_arguments(
-    git: pygit2.Repository, before_separator: list[str], after_separator: list[str] | None, cwd: Path
+    git: pygit2.Repository,
+    before_separator: list[str],
+    after_separator: list[str] | None,
+    cwd: Path,
 ) -> tuple[list[str], list[str]]:
     """Revisions and paths, disambiguated as git does (``after_separator`` is None without ``--``)."""
     revisions: list[str] = []

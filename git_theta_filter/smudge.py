@@ -9,8 +9,8 @@ manifest's is an error, never a silently wrong file.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import ThetaError
 from .formats.source import Readable
@@ -19,7 +19,13 @@ from .splice import read_skeleton, write_spliced
 from .store.local import LocalStore
 from .store.object_format import ObjectFormatError
 
-__all__ = ["ManifestTooLargeError", "SmudgeVerificationError", "SmudgePlan", "read_smudge_input", "prepare_smudge"]
+__all__ = [
+    "ManifestTooLargeError",
+    "SmudgeVerificationError",
+    "SmudgePlan",
+    "read_smudge_input",
+    "prepare_smudge",
+]
 
 Write = Callable[[memoryview], object]
 _READ_CHUNK = 1 << 20
@@ -106,5 +112,7 @@ def prepare_smudge(content: bytes, store: LocalStore, path: str) -> SmudgePlan:
         file, header = store.open_object(oid, path)
         file.close()
         if header.nbytes != lengths[oid]:
-            raise ObjectFormatError(oid, f"payload is {header.nbytes} bytes, the manifest of {path} says {lengths[oid]}")
+            raise ObjectFormatError(
+                oid, f"payload is {header.nbytes} bytes, the manifest of {path} says {lengths[oid]}"
+            )
     return SmudgePlan(path, store, manifest, skeleton=skeleton)

@@ -77,7 +77,9 @@ class Snapshot:
         return blob.data if isinstance(blob, pygit2.Blob) else None
 
 
-def _tree_entries(git: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, pygit2.Oid]) -> None:
+def _tree_entries(
+    git: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, pygit2.Oid]
+) -> None:
     for entry in tree:
         if entry.type == pygit2.enums.ObjectType.TREE:
             _tree_entries(git, git[entry.id], f"{prefix}{entry.name}/", out)
@@ -128,7 +130,14 @@ def _cleaned_entries(repo: GitRepo, model_paths: list[str]) -> dict[str, pygit2.
             # last `git add` is then still re-read rather than taken as unchanged.
             shutil.copy2(real_index, index_path)
         # The pathspecs are exact paths, so a name with glob characters means itself.
-        args = ["git", "--literal-pathspecs", "add", "-u", "--pathspec-from-file=-", "--pathspec-file-nul"]
+        args = [
+            "git",
+            "--literal-pathspecs",
+            "add",
+            "-u",
+            "--pathspec-from-file=-",
+            "--pathspec-file-nul",
+        ]
         result = subprocess.run(
             args,
             cwd=repo.worktree,

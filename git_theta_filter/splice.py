@@ -10,14 +10,21 @@ streams the file back out.
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import ThetaError
 from .manifest import Manifest, Splice
 from .store.local import COPY_CHUNK, LocalStore
 from .store.object_format import ObjectFormatError
 
-__all__ = ["LayoutBuilder", "write_spliced", "read_skeleton", "SplicedReader", "MAX_SKELETON_BYTES", "SkeletonTooLargeError"]
+__all__ = [
+    "LayoutBuilder",
+    "write_spliced",
+    "read_skeleton",
+    "SplicedReader",
+    "MAX_SKELETON_BYTES",
+    "SkeletonTooLargeError",
+]
 
 # The skeleton is held in memory on both clean and smudge. Real checkpoints
 # have skeletons of kilobytes to a few megabytes (data.pkl of a huge optimizer
@@ -83,19 +90,32 @@ def read_skeleton(store: LocalStore, manifest: Manifest, path: str | None = None
     file in errors.
     """
     if manifest.skeleton_length > MAX_SKELETON_BYTES:
-        raise ObjectFormatError(manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit")
+        raise ObjectFormatError(
+            manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit"
+        )
     file, header = store.open_object(manifest.skeleton, path)
     with file:
         if header.nbytes != manifest.skeleton_length:
-            raise ObjectFormatError(manifest.skeleton, f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}")
+            raise ObjectFormatError(
+                manifest.skeleton,
+                f"payload is {header.nbytes} bytes, the manifest says {manifest.skeleton_length}",
+            )
         return file.read(header.nbytes)
 
 
-def _write_payload(store: LocalStore, splice: Splice, write: Callable[[memoryview], object], buffer: bytearray, path: str | None) -> None:
+def _write_payload(
+    store: LocalStore,
+    splice: Splice,
+    write: Callable[[memoryview], object],
+    buffer: bytearray,
+    path: str | None,
+) -> None:
     file, header = store.open_object(splice.oid, path)
     with file:
         if header.nbytes != splice.length:
-            raise ObjectFormatError(splice.oid, f"payload is {header.nbytes} bytes, the manifest says {splice.length}")
+            raise ObjectFormatError(
+                splice.oid, f"payload is {header.nbytes} bytes, the manifest says {splice.length}"
+            )
         left = splice.length
         chunk = memoryview(buffer)
         while left:
@@ -112,7 +132,9 @@ class SplicedReader(io.RawIOBase):
     Only the regions that are read are fetched; payloads come from the store.
     """
 
-    def __init__(self, skeleton: bytes | bytearray, splices: list[Splice], size: int, store: LocalStore) -> None:
+    def __init__(
+        self, skeleton: bytes | bytearray, splices: list[Splice], size: int, store: LocalStore
+    ) -> None:
         self._skeleton = memoryview(skeleton)
         self._splices = splices
         self._size = size

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -69,7 +69,11 @@ class DeltaStats:
     def delta_norm(self) -> float | None:
         if self.delta_sum_squares is None:
             return None
-        return math.sqrt(self.delta_sum_squares) if not math.isnan(self.delta_sum_squares) else math.nan
+        return (
+            math.sqrt(self.delta_sum_squares)
+            if not math.isnan(self.delta_sum_squares)
+            else math.nan
+        )
 
     @property
     def changed_fraction(self) -> float:
@@ -104,7 +108,11 @@ class _Moments:
             self.high = max(self.high, float(finite.max()))
 
     def result(self, numel: int) -> TensorStats:
-        total = math.fsum(self.sum_squares) if not any(math.isnan(s) for s in self.sum_squares) else math.nan
+        total = (
+            math.fsum(self.sum_squares)
+            if not any(math.isnan(s) for s in self.sum_squares)
+            else math.nan
+        )
         if not math.isnan(total) and any(math.isinf(s) for s in self.sum_squares):
             total = math.inf
         has_finite = self.low <= self.high
@@ -151,7 +159,9 @@ def delta_stats_of(
     max_abs = 0.0
     for old_raw, new_raw in iter_chunk_pairs(old, new):
         if same_type:
-            changed += int(np.count_nonzero(old_raw.view(old_type.bits) != new_raw.view(new_type.bits)))
+            changed += int(
+                np.count_nonzero(old_raw.view(old_type.bits) != new_raw.view(new_type.bits))
+            )
         if not numeric:
             continue
         count = old_raw.size
@@ -208,7 +218,7 @@ class Statistician:
         self._deltas: dict[tuple[str, str, str, str], DeltaStats] = {}
 
     @classmethod
-    def for_repo(cls, theta_dir: Path) -> "Statistician":
+    def for_repo(cls, theta_dir: Path) -> Statistician:
         return cls(LocalStore(theta_dir), StatsCache(theta_dir / "stats"))
 
     def prefetch(self, entries: Iterable[TensorEntry]) -> None:
@@ -222,7 +232,9 @@ class Statistician:
             self._deltas[key4] = _delta_from_row(row)
         self._prefetched |= oids
 
-    def compute_ahead(self, pairs: list[tuple[TensorEntry, TensorEntry]], entries: list[TensorEntry]) -> None:
+    def compute_ahead(
+        self, pairs: list[tuple[TensorEntry, TensorEntry]], entries: list[TensorEntry]
+    ) -> None:
         """Compute on several threads what is not known yet: the changes of ``pairs``, then ``entries``.
 
         Failures (a missing or corrupt object) are left for :meth:`delta_stats`
@@ -240,7 +252,9 @@ class Statistician:
         if self.workers < 2 or len(pairs) + len(singles) < 2:
             return
         with ThreadPoolExecutor(self.workers) as pool:
-            delta_jobs = [((old, new), pool.submit(self._read_delta, old, new)) for old, new in pairs]
+            delta_jobs = [
+                ((old, new), pool.submit(self._read_delta, old, new)) for old, new in pairs
+            ]
             tensor_jobs = [(entry, pool.submit(self._read_tensor, entry)) for entry in singles]
             for (old, new), job in delta_jobs:
                 if job.exception() is None:
@@ -282,13 +296,21 @@ class Statistician:
     ) -> tuple[DeltaStats, TensorStats | None, TensorStats | None]:
         old_elements = open_elements(self.store, old)
         new_elements = open_elements(self.store, new)
-        return delta_stats_of(old_elements, element_type(old.dtype), new_elements, element_type(new.dtype))
+        return delta_stats_of(
+            old_elements, element_type(old.dtype), new_elements, element_type(new.dtype)
+        )
 
     def _remember_tensor(self, entry: TensorEntry, stats: TensorStats) -> None:
         self._tensors[_tensor_key(entry)] = stats
         self.bytes_read += entry.nbytes
         self.cache.put_tensor(
-            entry, stats.numel, stats.sum_squares, stats.min, stats.max, stats.nan_count, stats.inf_count
+            entry,
+            stats.numel,
+            stats.sum_squares,
+            stats.min,
+            stats.max,
+            stats.nan_count,
+            stats.inf_count,
         )
 
     def _remember_delta(

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .manifest import TensorEntry
 
@@ -130,7 +130,16 @@ class StatsCache:
     ) -> None:
         self._write(
             "INSERT OR REPLACE INTO tensor_stats VALUES (?,?,?,?,?,?,?,?)",
-            (entry.oid, layout_key(entry), numel, _nan_to_null(sum_squares), low, high, nan_count, inf_count),
+            (
+                entry.oid,
+                layout_key(entry),
+                numel,
+                _nan_to_null(sum_squares),
+                low,
+                high,
+                nan_count,
+                inf_count,
+            ),
         )
 
     def get_delta(self, old: TensorEntry, new: TensorEntry) -> Row | None:

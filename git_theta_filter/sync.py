@@ -17,13 +17,21 @@ from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, tree_manifests
 from .inventory import _all_tips as all_ref_tips
-from .prepush import ObjectsMissingLocallyError, RefUpdate, ZERO_SHA, objects_to_push
+from .prepush import ZERO_SHA, ObjectsMissingLocallyError, RefUpdate, objects_to_push
 from .smudge import prepare_smudge
 from .store.local import LOCAL_WRITE_ERRNOS
 from .store.remote import require_store, transfer_workers
 from .store.transfer import TransferResult, download, upload
 
-__all__ = ["WorkTreeWriteError", "UnknownRevisionError", "PullResult", "push_objects", "objects_for_fetch", "fetch_objects", "pull"]
+__all__ = [
+    "WorkTreeWriteError",
+    "UnknownRevisionError",
+    "PullResult",
+    "push_objects",
+    "objects_for_fetch",
+    "fetch_objects",
+    "pull",
+]
 
 
 class WorkTreeWriteError(ThetaError):
@@ -45,7 +53,9 @@ class UnknownRevisionError(ThetaError):
 
 
 def _commit_id(repo: GitRepo, revision: str) -> str:
-    sha = repo.git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False).strip()
+    sha = repo.git(
+        "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False
+    ).strip()
     if not sha:
         raise UnknownRevisionError(revision)
     return sha
@@ -57,7 +67,9 @@ def _tips(repo: GitRepo, git: pygit2.Repository, refs: list[str]) -> list[pygit2
     return all_ref_tips(git)
 
 
-def push_objects(repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False) -> TransferResult:
+def push_objects(
+    repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False
+) -> TransferResult:
     """Upload the objects behind ``refs`` (default HEAD) to ``remote``'s store.
 
     Normally only commits that ``remote``'s tracking refs do not have count, as
@@ -80,7 +92,9 @@ def push_objects(repo: GitRepo, remote: str, refs: list[str], *, all_history: bo
     return upload(local, store, wanted, workers=transfer_workers(repo), list_remote=all_history)
 
 
-def objects_for_fetch(repo: GitRepo, refs: list[str], *, all_history: bool = False) -> dict[str, int]:
+def objects_for_fetch(
+    repo: GitRepo, refs: list[str], *, all_history: bool = False
+) -> dict[str, int]:
     """Objects (with payload lengths) of the manifests in the trees of ``refs`` (default HEAD);
     with ``all_history``, in their whole history (all refs when none are given)."""
     git = open_pygit2(repo)
@@ -97,7 +111,9 @@ def objects_for_fetch(repo: GitRepo, refs: list[str], *, all_history: bool = Fal
     return wanted
 
 
-def fetch_objects(repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False) -> TransferResult:
+def fetch_objects(
+    repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False
+) -> TransferResult:
     store = require_store(repo, remote)
     wanted = objects_for_fetch(repo, refs, all_history=all_history)
     return download(repo.store(), store, wanted, workers=transfer_workers(repo))
@@ -149,7 +165,11 @@ def _write_if_manifest(repo: GitRepo, git: pygit2.Repository, ref: ManifestRef) 
         info = target.lstat()
     except FileNotFoundError:
         return False
-    if not stat.S_ISREG(info.st_mode) or info.st_size != len(content) or target.read_bytes() != content:
+    if (
+        not stat.S_ISREG(info.st_mode)
+        or info.st_size != len(content)
+        or target.read_bytes() != content
+    ):
         return False
     plan = prepare_smudge(content, repo.store(), ref.path)
     temp = target.with_name(f".{target.name}.theta-pull-{os.getpid()}")

@@ -21,9 +21,9 @@ and ``missing_objects`` says how many objects were lacking.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable
 
 from .elements import Kind, element_type
 from .manifest import Manifest, TensorEntry
@@ -64,7 +64,9 @@ class TensorDiff:
 
     @property
     def is_float(self) -> bool:
-        return all(element_type(e.dtype).kind is Kind.FLOAT for e in (self.old, self.new) if e is not None)
+        return all(
+            element_type(e.dtype).kind is Kind.FLOAT for e in (self.old, self.new) if e is not None
+        )
 
     @property
     def delta_norm(self) -> float | None:
@@ -79,7 +81,12 @@ class TensorDiff:
 
     @property
     def cosine_similarity(self) -> float | None:
-        if self.delta is None or self.delta.dot is None or self.old_stats is None or self.new_stats is None:
+        if (
+            self.delta is None
+            or self.delta.dot is None
+            or self.old_stats is None
+            or self.new_stats is None
+        ):
             return None
         denominator = self.old_stats.norm * self.new_stats.norm
         return self.delta.dot / denominator if denominator else None
@@ -138,7 +145,11 @@ def _needs_delta(status: TensorStatus, old: TensorEntry, new: TensorEntry) -> bo
     """Whether reading both tensors adds anything to what the manifests say."""
     if status is TensorStatus.MODIFIED:
         # A view can change oid while its own elements stay the same.
-        return element_type(old.dtype).kind is Kind.FLOAT or old.stride is not None or new.stride is not None
+        return (
+            element_type(old.dtype).kind is Kind.FLOAT
+            or old.stride is not None
+            or new.stride is not None
+        )
     return (
         status is TensorStatus.RETYPED
         and old.shape == new.shape
@@ -163,11 +174,17 @@ class _Totals:
     def norm(self) -> float | None:
         if not self.known:
             return None
-        total = sum(self.parts) if any(not math.isfinite(p) for p in self.parts) else math.fsum(self.parts)
+        total = (
+            sum(self.parts)
+            if any(not math.isfinite(p) for p in self.parts)
+            else math.fsum(self.parts)
+        )
         return math.sqrt(total) if not math.isnan(total) else math.nan
 
 
-def diff_manifests(old: Manifest | None, new: Manifest | None, stats: Statistician | None) -> ManifestDiff:
+def diff_manifests(
+    old: Manifest | None, new: Manifest | None, stats: Statistician | None
+) -> ManifestDiff:
     """Compare two versions of a file (None: the file is absent); without ``stats``, statuses only."""
     old_tensors = {t.name: t for t in old.tensors} if old else {}
     new_tensors = {t.name: t for t in new.tensors} if new else {}
@@ -224,7 +241,9 @@ def _fill_stats(tensor: TensorDiff, stats: Statistician, missing: set[str]) -> N
 
 # Key path components under which a checkpoint keeps optimizer state: plain
 # state dicts (`optimizer`), Lightning (`optimizer_states`) and common variants.
-OPTIMIZER_STATE_KEYS = frozenset({"optimizer", "optimizers", "optimizer_states", "optimizer_state_dict", "optim", "opt_state"})
+OPTIMIZER_STATE_KEYS = frozenset(
+    {"optimizer", "optimizers", "optimizer_states", "optimizer_state_dict", "optim", "opt_state"}
+)
 
 
 def is_optimizer_state(name: str) -> bool:
@@ -246,15 +265,29 @@ def _summarise(result: ManifestDiff, with_numbers: bool) -> None:
         if not with_numbers:
             continue
         old, new = tensor.old, tensor.new
-        old_float = old is not None and element_type(old.dtype).kind is Kind.FLOAT and not is_optimizer_state(old.name)
-        new_float = new is not None and element_type(new.dtype).kind is Kind.FLOAT and not is_optimizer_state(new.name)
+        old_float = (
+            old is not None
+            and element_type(old.dtype).kind is Kind.FLOAT
+            and not is_optimizer_state(old.name)
+        )
+        new_float = (
+            new is not None
+            and element_type(new.dtype).kind is Kind.FLOAT
+            and not is_optimizer_state(new.name)
+        )
         old_squares = tensor.old_stats.sum_squares if tensor.old_stats else None
         new_squares = tensor.new_stats.sum_squares if tensor.new_stats else None
         if old_float:
             old_total.add(old_squares)
         if new_float:
             new_total.add(new_squares)
-        if old_float and new_float and old is not None and new is not None and old.shape == new.shape:
+        if (
+            old_float
+            and new_float
+            and old is not None
+            and new is not None
+            and old.shape == new.shape
+        ):
             if tensor.status is TensorStatus.UNCHANGED:
                 delta_total.add(0.0)
             else:
@@ -293,7 +326,9 @@ class MetricChange:
 def diff_metrics(
     old: dict[str, Metric], new: dict[str, Metric], include_unchanged: bool
 ) -> list[MetricChange]:
-    changes = [MetricChange(name, old.get(name), new.get(name)) for name in sorted(old.keys() | new.keys())]
+    changes = [
+        MetricChange(name, old.get(name), new.get(name)) for name in sorted(old.keys() | new.keys())
+    ]
     return [c for c in changes if include_unchanged or c.changed]
 
 

@@ -18,8 +18,9 @@ The JSON form of the result is specified in docs/json-schema.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pygit2
 
@@ -112,7 +113,9 @@ def _metrics_of(
 ) -> dict[str, Metric]:
     if version is None:
         return {}
-    return collect_metrics(version.path, version.manifest.metrics, snapshot.read_file, declared, warn)
+    return collect_metrics(
+        version.path, version.manifest.metrics, snapshot.read_file, declared, warn
+    )
 
 
 def diff_snapshots(
@@ -203,7 +206,9 @@ def metric_to_json(change: MetricChange) -> dict[str, Any]:
     }
 
 
-def diff_to_json(diff: ThetaDiff, tensors: Callable[[FileDiff], list[TensorDiff]]) -> dict[str, Any]:
+def diff_to_json(
+    diff: ThetaDiff, tensors: Callable[[FileDiff], list[TensorDiff]]
+) -> dict[str, Any]:
     """The documented JSON form; ``tensors`` picks and orders each file's tensors."""
     files = []
     for file in diff.files:
@@ -231,4 +236,9 @@ def diff_to_json(diff: ThetaDiff, tensors: Callable[[FileDiff], list[TensorDiff]
                 "metrics": [metric_to_json(m) for m in file.metrics],
             }
         )
-    return {"schema": DIFF_SCHEMA, "old": _side_json(diff.old), "new": _side_json(diff.new), "files": files}
+    return {
+        "schema": DIFF_SCHEMA,
+        "old": _side_json(diff.old),
+        "new": _side_json(diff.new),
+        "files": files,
+    }

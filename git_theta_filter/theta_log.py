@@ -16,8 +16,9 @@ The JSON form is specified in docs/json-schema.md.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pygit2
 
@@ -76,7 +77,13 @@ class LogEntry:
 
     @property
     def status(self) -> str:
-        return "removed" if self.change.new is None else "added" if self.change.old is None else "modified"
+        return (
+            "removed"
+            if self.change.new is None
+            else "added"
+            if self.change.old is None
+            else "modified"
+        )
 
     @property
     def timestamp(self) -> datetime.datetime:
@@ -111,7 +118,11 @@ def _changed_blobs(
     git: pygit2.Repository, parent: pygit2.Commit | None, commit: pygit2.Commit
 ) -> dict[str, tuple[pygit2.Oid | None, pygit2.Oid | None]]:
     """Path → (blob in parent, blob in commit) for every path that differs; None where absent."""
-    diff = git.diff(parent.tree, commit.tree) if parent is not None else commit.tree.diff_to_tree(swap=True)
+    diff = (
+        git.diff(parent.tree, commit.tree)
+        if parent is not None
+        else commit.tree.diff_to_tree(swap=True)
+    )
     changed = {}
     for delta in diff.deltas:
         old_id = delta.old_file.id if delta.status != pygit2.enums.DeltaStatus.ADDED else None
@@ -134,7 +145,9 @@ def walk_model_changes(
     """
     read = _ManifestReader(git)
     # Children before parents even when commit dates tie or skew.
-    walker = git.walk(revisions.include[0].id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME)
+    walker = git.walk(
+        revisions.include[0].id, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME
+    )
     for commit in revisions.include[1:]:
         walker.push(commit.id)
     for commit in revisions.exclude:
@@ -194,7 +207,9 @@ def theta_log(
             metrics = collect_metrics(
                 change.path, change.new.metrics, _read_from(change.commit), declared_metrics, warn
             )
-            parents_had = {oid for parent in change.parents if parent for oid in parent.object_ids()}
+            parents_had = {
+                oid for parent in change.parents if parent for oid in parent.object_ids()
+            }
             already = stored_in_commit.setdefault(change.commit.id, set())
             new_oids = change.new.object_ids() - parents_had - already
             already |= new_oids

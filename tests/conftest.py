@@ -24,8 +24,17 @@ class GitEnv:
     home: Path
     env: dict[str, str]
 
-    def run(self, *args: str, cwd: Path | None = None, input: bytes | None = None, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(list(args), cwd=cwd, input=input, capture_output=True, env={**self.env, **(env or {})})
+    def run(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        input: bytes | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            list(args), cwd=cwd, input=input, capture_output=True, env={**self.env, **(env or {})}
+        )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"command failed ({result.returncode}): {' '.join(args)}\n"
@@ -45,7 +54,9 @@ def isolated_git_env(home: Path) -> GitEnv:
     home.mkdir(parents=True)
     bin_dir = str(Path(sys.executable).parent)
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
     }
     env.update(
         HOME=str(home),

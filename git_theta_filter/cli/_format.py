@@ -5,10 +5,19 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TextIO
+from typing import TextIO
 
-__all__ = ["format_value", "format_change", "sparkline", "Colour", "Styled", "table_lines", "markdown_table"]
+__all__ = [
+    "format_value",
+    "format_change",
+    "sparkline",
+    "Colour",
+    "Styled",
+    "table_lines",
+    "markdown_table",
+]
 
 _BARS = "▁▂▃▄▅▆▇█"
 
@@ -59,7 +68,9 @@ class Colour:
     _CODES = {"green": "32", "red": "31", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
 
     def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.enabled = stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        self.enabled = (
+            stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+        )
 
     def __call__(self, text: str, colour: str) -> str:
         if not self.enabled or not text:

@@ -23,7 +23,9 @@ __all__ = ["render_page", "pages", "main"]
 def _roff(text: str) -> str:
     """Escape text for roff: backslashes, and dots or quotes at the start of a line."""
     text = text.replace("\\", "\\e")
-    return "\n".join(("\\&" + line) if line[:1] in (".", "'") else line for line in text.splitlines())
+    return "\n".join(
+        ("\\&" + line) if line[:1] in (".", "'") else line for line in text.splitlines()
+    )
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:
@@ -73,13 +75,18 @@ def render_page(name: str, summary: str, parser: argparse.ArgumentParser) -> str
 
 def pages() -> dict[str, str]:
     """File name -> page text, for every command git can send to ``man``."""
-    from . import build_parser
-    from . import diff, log
+    from . import build_parser, diff, log
 
     return {
-        "git-theta.1": render_page("git-theta", "version PyTorch model files in Git", build_parser()),
-        "git-theta-log.1": render_page("git-theta-log", "metric and parameter-norm history of model files", log.build_parser()),
-        "git-theta-diff.1": render_page("git-theta-diff", "per-tensor changes between commits", diff.build_parser()),
+        "git-theta.1": render_page(
+            "git-theta", "version PyTorch model files in Git", build_parser()
+        ),
+        "git-theta-log.1": render_page(
+            "git-theta-log", "metric and parameter-norm history of model files", log.build_parser()
+        ),
+        "git-theta-diff.1": render_page(
+            "git-theta-diff", "per-tensor changes between commits", diff.build_parser()
+        ),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ._errors import exit_code_for, report_error
 
@@ -27,7 +27,9 @@ def split_at_separator(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv[:index], argv[index + 1 :]
 
 
-def register_alias(subparsers: argparse._SubParsersAction, name: str, help: str, run_argv: RunArgv) -> None:
+def register_alias(
+    subparsers: argparse._SubParsersAction, name: str, help: str, run_argv: RunArgv
+) -> None:
     # No prefix character can start an argument here, so every argument,
     # options and `--` included, reaches the command's own parser.
     parser = subparsers.add_parser(name, help=help, add_help=False, prefix_chars="\0")

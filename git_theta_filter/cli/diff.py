@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..gitrepo import GitRepo
 from ..history import open_pygit2
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cached", "--staged", action="store_true", help="compare the index with a commit (HEAD)"
     )
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="machine-readable output (docs/json-schema.md)")
+    output.add_argument(
+        "--json", action="store_true", help="machine-readable output (docs/json-schema.md)"
+    )
     output.add_argument("--md", action="store_true", help="Markdown tables")
     output.add_argument("--stat", action="store_true", help="one line per file")
     parser.add_argument(
@@ -63,13 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="order tensors by relative change (default), by ‖Δ‖, or by name",
     )
     parser.add_argument("--top", type=_count, metavar="N", help="show at most N tensors per file")
-    parser.add_argument("--all", action="store_true", help="also list unchanged tensors and metrics")
+    parser.add_argument(
+        "--all", action="store_true", help="also list unchanged tensors and metrics"
+    )
     parser.add_argument("revisions", nargs="*", help=argparse.SUPPRESS)
     return parser
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_alias(subparsers, "diff", "tensor-level changes of model files between versions", run_argv)
+    register_alias(
+        subparsers, "diff", "tensor-level changes of model files between versions", run_argv
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +146,13 @@ def _sort_key(order: str) -> Callable[[TensorDiff], tuple]:
     return lambda t: (rank[t.status], by_number(t.relative_change), t.name)
 
 
-def _tensor_selector(order: str, top: int | None, show_all: bool) -> Callable[[FileDiff], list[TensorDiff]]:
+def _tensor_selector(
+    order: str, top: int | None, show_all: bool
+) -> Callable[[FileDiff], list[TensorDiff]]:
     def select(file: FileDiff) -> list[TensorDiff]:
-        tensors = [t for t in file.changes.tensors if show_all or t.status is not TensorStatus.UNCHANGED]
+        tensors = [
+            t for t in file.changes.tensors if show_all or t.status is not TensorStatus.UNCHANGED
+        ]
         tensors.sort(key=_sort_key(order))
         return tensors[:top] if top is not None else tensors
 
@@ -180,12 +190,19 @@ def _tensor_cells(tensor: TensorDiff) -> list[str]:
         tensor.name,
         dtype,
         shape,
-        format_value(tensor.old_stats.norm if tensor.old_stats else None, unknown if tensor.old else "-"),
-        format_value(tensor.new_stats.norm if tensor.new_stats else None, unknown if tensor.new else "-"),
+        format_value(
+            tensor.old_stats.norm if tensor.old_stats else None, unknown if tensor.old else "-"
+        ),
+        format_value(
+            tensor.new_stats.norm if tensor.new_stats else None, unknown if tensor.new else "-"
+        ),
         format_value(tensor.delta_norm, unknown if tensor.old and tensor.new else "-"),
         format_value(tensor.relative_change, unknown if tensor.old and tensor.new else "-"),
         format_value(tensor.cosine_similarity, unknown if tensor.old and tensor.new else "-"),
-        format_value(tensor.delta.max_abs_delta if tensor.delta else None, unknown if tensor.old and tensor.new else "-"),
+        format_value(
+            tensor.delta.max_abs_delta if tensor.delta else None,
+            unknown if tensor.old and tensor.new else "-",
+        ),
         f"{fraction:.1%}" if fraction is not None else "-",
     ]
 
@@ -218,14 +235,21 @@ def _summary_line(file: FileDiff) -> str:
 
 
 def _metric_rows(metrics: list[MetricChange]) -> list[list[str]]:
-    return [[m.name, format_value(m.old), format_value(m.new), format_change(m.change)] for m in metrics]
+    return [
+        [m.name, format_value(m.old), format_value(m.new), format_change(m.change)] for m in metrics
+    ]
 
 
-def _print_text(diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]], colour: Colour) -> None:
+def _print_text(
+    diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]], colour: Colour
+) -> None:
     for number, file in enumerate(diff.files):
         if number:
             print()
-        print(colour(f"{file.path}", "bold") + f"  ({diff.old.label} → {diff.new.label}, file {file.status})")
+        print(
+            colour(f"{file.path}", "bold")
+            + f"  ({diff.old.label} → {diff.new.label}, file {file.status})"
+        )
         tensors = listed(file)
         if tensors:
             rows = []
@@ -233,7 +257,11 @@ def _print_text(diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]],
                 status = Styled(tensor.status.value, _STATUS_COLOURS[tensor.status.value])
                 rows.append([status, *_tensor_cells(tensor), _non_finite(tensor)])
             for line in table_lines(
-                ["status", *_TENSOR_HEADER, ""], rows, colour, right=tuple(range(4, 11)), indent="  "
+                ["status", *_TENSOR_HEADER, ""],
+                rows,
+                colour,
+                right=tuple(range(4, 11)),
+                indent="  ",
             ):
                 print(line)
         print("  " + _summary_line(file))
@@ -264,14 +292,18 @@ def _print_markdown(diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDif
         tensors = listed(file)
         if tensors:
             rows = [[t.status.value, *_tensor_cells(t), _non_finite(t)] for t in tensors]
-            rows = [[f"`{row[1]}`" if i == 1 else cell for i, cell in enumerate(row)] for row in rows]
+            rows = [
+                [f"`{row[1]}`" if i == 1 else cell for i, cell in enumerate(row)] for row in rows
+            ]
             for line in markdown_table(["status", *_TENSOR_HEADER, "NaN/Inf"], rows):
                 print(line)
             print()
         print(_summary_line(file))
         if file.metrics:
             print()
-            for line in markdown_table(["Metric", "old", "new", "change"], _metric_rows(file.metrics)):
+            for line in markdown_table(
+                ["Metric", "old", "new", "change"], _metric_rows(file.metrics)
+            ):
                 print(line)
 
 

@@ -26,10 +26,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**asdict(usage), "dedup_ratio": usage.dedup_ratio})
         return 0
-    print(f"logical  {human_bytes(usage.logical_bytes):>10}  in {usage.file_versions} file versions")
+    print(
+        f"logical  {human_bytes(usage.logical_bytes):>10}  in {usage.file_versions} file versions"
+    )
     missing = f" ({usage.missing_objects} not in the local store)" if usage.missing_objects else ""
-    print(f"stored   {human_bytes(usage.referenced_bytes):>10}  in {usage.referenced_objects} objects{missing}")
+    print(
+        f"stored   {human_bytes(usage.referenced_bytes):>10}  in {usage.referenced_objects} objects{missing}"
+    )
     print(f"dedup    {usage.dedup_ratio:>9.2f}x")
     unreferenced = usage.store_objects - (usage.referenced_objects - usage.missing_objects)
-    print(f"on disk  {human_bytes(usage.store_bytes):>10}  in {usage.store_objects} objects ({unreferenced} unreferenced)")
+    print(
+        f"on disk  {human_bytes(usage.store_bytes):>10}  in {usage.store_objects} objects ({unreferenced} unreferenced)"
+    )
     return 0

@@ -17,9 +17,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the local store lacks, verifying each one's sha256. The work tree is not touched; see "
         "`git theta pull`. The store is found as described in docs/remotes.md.",
     )
-    p.add_argument("remote", nargs="?", help="the git remote (default: the current branch's, else origin)")
-    p.add_argument("refs", nargs="*", metavar="ref", help="refs whose files' objects to download (default HEAD)")
-    p.add_argument("--all", action="store_true", help="the objects of the whole history of the refs (all refs if none are given)")
+    p.add_argument(
+        "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"
+    )
+    p.add_argument(
+        "refs",
+        nargs="*",
+        metavar="ref",
+        help="refs whose files' objects to download (default HEAD)",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="the objects of the whole history of the refs (all refs if none are given)",
+    )
     p.set_defaults(run=run)
 
 

@@ -11,8 +11,8 @@ from ..clean import clean
 from ..filter_protocol import serve
 from ..gitrepo import GitRepo
 from ..hooks import hooks_installed, install_hooks
-from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..locks import writer_lock
+from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..on_demand import OnDemandFetcher
 from ..pktline import PktLineReader, PktLineWriter, open_stdio_streams
 from ..smudge import SmudgePlan, prepare_smudge, read_smudge_input
@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class ThetaFilter:
     """Clean and smudge against one repository's store."""
 
-    def __init__(self, store: LocalStore, skip_smudge: bool, fetcher: OnDemandFetcher | None = None) -> None:
+    def __init__(
+        self, store: LocalStore, skip_smudge: bool, fetcher: OnDemandFetcher | None = None
+    ) -> None:
         self.store = store
         self.skip_smudge = skip_smudge
         self.fetcher = fetcher
@@ -92,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         for line in install_hooks(repo):
             print(f"git-theta: {line}", file=sys.stderr)
     stdin, stdout = open_stdio_streams()
-    handler = ThetaFilter(repo.store(), os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1", OnDemandFetcher(repo))
+    handler = ThetaFilter(
+        repo.store(), os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1", OnDemandFetcher(repo)
+    )
     # Held for the life of the process: `git theta gc` waits for us, so objects
     # written by an add in progress are never pruned before the index names them.
     with writer_lock(repo.theta_dir):

@@ -19,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that the index or HEAD (with --all: any ref's history) needs but the store lacks. "
         "Exits 1 when anything is wrong.",
     )
-    p.add_argument("--all", action="store_true", help="check the manifests of every ref's history, not just HEAD")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="check the manifests of every ref's history, not just HEAD",
+    )
     p.add_argument(
         "--check-pickles",
         action="store_true",
@@ -50,10 +54,20 @@ def run(args: argparse.Namespace) -> int:
         pickles = check_pickles(repo, args.all)
     flagged = [p for p in pickles or [] if p.suspicious]
     if args.json:
-        out = {"ok": report.ok, "checked": report.checked, "corrupt": report.corrupt, "missing": report.missing}
+        out = {
+            "ok": report.ok,
+            "checked": report.checked,
+            "corrupt": report.corrupt,
+            "missing": report.missing,
+        }
         if pickles is not None:
             out["pickles"] = [
-                {"path": p.path, "blob": p.blob_id, "foreign_globals": p.foreign_globals, "unchecked": p.unchecked}
+                {
+                    "path": p.path,
+                    "blob": p.blob_id,
+                    "foreign_globals": p.foreign_globals,
+                    "unchecked": p.unchecked,
+                }
                 for p in pickles
             ]
         print_json(out)
@@ -70,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
             summary += f"; {len(pickles)} file versions checked for pickles, {len(flagged)} flagged"
         print(summary)
         if not report.ok:
-            print("git-theta: hint: run `git theta fetch` to restore missing or corrupt objects from the remote store", file=sys.stderr)
+            print(
+                "git-theta: hint: run `git theta fetch` to restore missing or corrupt objects from the remote store",
+                file=sys.stderr,
+            )
         if flagged:
-            print("git-theta: hint: do not torch.load(weights_only=False) a flagged file from an untrusted source", file=sys.stderr)
+            print(
+                "git-theta: hint: do not torch.load(weights_only=False) a flagged file from an untrusted source",
+                file=sys.stderr,
+            )
     return 0 if report.ok and not flagged else 1

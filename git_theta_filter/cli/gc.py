@@ -14,13 +14,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name in ("gc", "prune"):
         p = subparsers.add_parser(
             name,
-            help="delete local objects that no manifest needs" + (" (same as gc)" if name == "prune" else ""),
+            help="delete local objects that no manifest needs"
+            + (" (same as gc)" if name == "prune" else ""),
             description="Delete objects from the local store that no manifest reachable from any ref, "
             "reflog entry, stash, worktree HEAD or index references, and that are older than the "
             "grace period. Also removes temp files left by killed processes.",
         )
-        p.add_argument("--dry-run", "-n", action="store_true", help="report what would be deleted; delete nothing")
-        p.add_argument("--prune", default=DEFAULT_PRUNE, metavar="<date>", help=f"only delete objects older than this (git date syntax; default {DEFAULT_PRUNE}; 'now' for all)")
+        p.add_argument(
+            "--dry-run",
+            "-n",
+            action="store_true",
+            help="report what would be deleted; delete nothing",
+        )
+        p.add_argument(
+            "--prune",
+            default=DEFAULT_PRUNE,
+            metavar="<date>",
+            help=f"only delete objects older than this (git date syntax; default {DEFAULT_PRUNE}; 'now' for all)",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(run=run)
 
@@ -32,9 +43,13 @@ def run(args: argparse.Namespace) -> int:
         print_json({**asdict(report), "dry_run": args.dry_run})
         return 0
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {len(report.deleted)} objects ({human_bytes(report.freed_bytes)}), kept {report.kept} in use")
+    print(
+        f"{verb} {len(report.deleted)} objects ({human_bytes(report.freed_bytes)}), kept {report.kept} in use"
+    )
     if report.kept_recent:
         print(f"kept {report.kept_recent} unused objects newer than --prune={args.prune}")
     if report.temp_files_removed:
-        print(f"{'would remove' if args.dry_run else 'removed'} {report.temp_files_removed} leftover temp files")
+        print(
+            f"{'would remove' if args.dry_run else 'removed'} {report.temp_files_removed} leftover temp files"
+        )
     return 0

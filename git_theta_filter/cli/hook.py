@@ -35,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
         for oid in exc.oids[:10]:
             print(f"git-theta: missing tensor object {oid}", file=sys.stderr)
         raise
-    if upload.wanted and upload.store_url is None and not (remote_url or "").startswith(HELPER_PREFIX):
+    if (
+        upload.wanted
+        and upload.store_url is None
+        and not (remote_url or "").startswith(HELPER_PREFIX)
+    ):
         print(
             f"git-theta: warning: remote {remote!r} has no object store, so the {upload.wanted} tensor object(s) "
             f"behind this push stay local; set `git config theta.remote.{remote}.url` (see docs/remotes.md)",

@@ -10,9 +10,23 @@ from ..installation import install, uninstall
 
 def _add_scope(parser: argparse.ArgumentParser, default_help: str) -> None:
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--global", dest="scope", action="store_const", const="global", help=f"~/.gitconfig {default_help}")
-    scope.add_argument("--local", dest="scope", action="store_const", const="local", help="this repository's .git/config")
-    scope.add_argument("--system", dest="scope", action="store_const", const="system", help="the system gitconfig")
+    scope.add_argument(
+        "--global",
+        dest="scope",
+        action="store_const",
+        const="global",
+        help=f"~/.gitconfig {default_help}",
+    )
+    scope.add_argument(
+        "--local",
+        dest="scope",
+        action="store_const",
+        const="local",
+        help="this repository's .git/config",
+    )
+    scope.add_argument(
+        "--system", dest="scope", action="store_const", const="system", help="the system gitconfig"
+    )
     parser.set_defaults(scope="global")
 
 
@@ -26,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Existing hooks are kept and run after ours.",
     )
     _add_scope(p, "(default)")
-    p.add_argument("--skip-hooks", action="store_true", help="do not install hooks into the current repository")
+    p.add_argument(
+        "--skip-hooks", action="store_true", help="do not install hooks into the current repository"
+    )
     p.set_defaults(run=run_install)
 
     p = subparsers.add_parser(

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..gitrepo import GitRepo
 from ..history import open_pygit2
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a metric column (repeatable); a unique dotted suffix of the name is enough",
     )
-    parser.add_argument("--best", metavar="NAME", help="print the commit with the best value of metric NAME")
+    parser.add_argument(
+        "--best", metavar="NAME", help="print the commit with the best value of metric NAME"
+    )
     direction = parser.add_mutually_exclusive_group()
     direction.add_argument(
         "--min",
@@ -65,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         const="max",
         help="with --best: highest is best (the default otherwise)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-schema.md)")
+    parser.add_argument(
+        "--json", action="store_true", help="machine-readable output (docs/json-schema.md)"
+    )
     parser.add_argument(
         "--plot", metavar="FILE", help="draw the metrics and ‖Δθ‖/‖θ‖ to FILE.png or FILE.svg"
     )
@@ -74,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_alias(subparsers, "log", "metrics and parameter norms of model files over history", run_argv)
+    register_alias(
+        subparsers, "log", "metrics and parameter norms of model files over history", run_argv
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +230,9 @@ def _print_table(entries: list[LogEntry], metrics: list[str]) -> None:
     first_number = 4 if show_path else 3
     right = tuple(range(first_number, len(header) - 1))
     colour = Colour(sys.stdout)
-    for line in table_lines(header, [_row(e, metrics, show_path) for e in entries], colour, right=right):
+    for line in table_lines(
+        header, [_row(e, metrics, show_path) for e in entries], colour, right=right
+    ):
         print(line)
     if sys.stdout.isatty() and len(entries) > 1:
         _print_sparklines(entries, metrics, colour)

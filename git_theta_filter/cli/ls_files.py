@@ -27,7 +27,14 @@ def run(args: argparse.Namespace) -> int:
         print_json([asdict(e) for e in entries])
         return 0
     rows = [
-        (e.path, e.format, e.tensors, human_bytes(e.size), human_bytes(e.added_bytes), f"{e.missing_objects} missing" if e.missing_objects else "")
+        (
+            e.path,
+            e.format,
+            e.tensors,
+            human_bytes(e.size),
+            human_bytes(e.added_bytes),
+            f"{e.missing_objects} missing" if e.missing_objects else "",
+        )
         for e in entries
     ]
     print_table(("path", "format", "tensors", "size", "added", ""), rows, right=(2, 3, 4))

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "GIT_THETA_SKIP_SMUDGE=1), streaming it from the store, and refresh the index so `git status` "
         "stays clean. Run `git pull` first to update the commit itself.",
     )
-    p.add_argument("remote", nargs="?", help="the git remote (default: the current branch's, else origin)")
+    p.add_argument(
+        "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"
+    )
     p.set_defaults(run=run)
 
 
@@ -27,5 +29,8 @@ def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
     result = pull(repo, args.remote or default_remote(repo))
     if result.written:
-        print(f"git-theta: wrote {len(result.written)} model file(s): {', '.join(result.written)}", file=sys.stderr)
+        print(
+            f"git-theta: wrote {len(result.written)} model file(s): {', '.join(result.written)}",
+            file=sys.stderr,
+        )
     return 0

@@ -18,8 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`git push` does this by itself through the pre-push hook. The store is found as described "
         "in docs/remotes.md.",
     )
-    p.add_argument("remote", nargs="?", help="the git remote (default: the current branch's, else origin)")
-    p.add_argument("refs", nargs="*", metavar="ref", help="refs whose objects to upload (default HEAD)")
+    p.add_argument(
+        "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"
+    )
+    p.add_argument(
+        "refs", nargs="*", metavar="ref", help="refs whose objects to upload (default HEAD)"
+    )
     p.add_argument(
         "--all",
         action="store_true",

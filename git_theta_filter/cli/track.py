@@ -17,7 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("patterns", nargs="*", help="gitattributes patterns, e.g. '*.pth'")
     p.set_defaults(run=run_track)
-    p = subparsers.add_parser("untrack", help="stop routing a pattern through theta", description="Remove the patterns' lines from .gitattributes.")
+    p = subparsers.add_parser(
+        "untrack",
+        help="stop routing a pattern through theta",
+        description="Remove the patterns' lines from .gitattributes.",
+    )
     p.add_argument("patterns", nargs="+")
     p.set_defaults(run=run_untrack)
 

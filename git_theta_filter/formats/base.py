@@ -61,7 +61,9 @@ class CleanContext:
             # The file ends inside this payload. What arrived is kept as an
             # object of its own, so the opaque fallback can rebuild every byte.
             self.layout.add_splice(received, writer.commit_received())
-            raise TruncatedError(f"file ends {nbytes - received} bytes into a tensor, at offset {self.source.position}")
+            raise TruncatedError(
+                f"file ends {nbytes - received} bytes into a tensor, at offset {self.source.position}"
+            )
         oid = writer.commit()
         self.layout.add_splice(nbytes, oid)
         return oid

@@ -21,8 +21,9 @@ import collections
 import io
 import math
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ..dtypes import TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, dtype_by_name
 from ..errors import ThetaError
@@ -116,7 +117,9 @@ def _foreign_class(qualname: str) -> type:
     def init(self, *args: Any, **kwargs: Any) -> None:
         ForeignObject.__init__(self, qualname, args)
 
-    return type("Foreign", (ForeignObject,), {"__new__": new, "__init__": init, "__module__": __name__})
+    return type(
+        "Foreign", (ForeignObject,), {"__new__": new, "__init__": init, "__module__": __name__}
+    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,16 @@ def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_rest
     return _tensor(storage, storage.dtype, offset, size, stride)
 
 
-def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, _grad: Any, _hooks: Any, dtype: Any, *_rest: Any) -> TensorRef:
+def _rebuild_tensor_v3(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    _grad: Any,
+    _hooks: Any,
+    dtype: Any,
+    *_rest: Any,
+) -> TensorRef:
     if not isinstance(storage, StorageRef) or not isinstance(dtype, _DType):
         raise PickleScanError("bad _rebuild_tensor_v3 arguments")
     return _tensor(storage, dtype.name, offset, size, stride)
@@ -204,7 +216,12 @@ class _StructureUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             if known.nbytes != nbytes:
                 raise PickleScanError(f"storage {key!r} is named with two sizes")
             return known
-        ref = StorageRef(key, dtype, nbytes, untyped=storage_type is ALLOWED_GLOBALS["torch.storage.UntypedStorage"])
+        ref = StorageRef(
+            key,
+            dtype,
+            nbytes,
+            untyped=storage_type is ALLOWED_GLOBALS["torch.storage.UntypedStorage"],
+        )
         self.storages[key] = ref
         return ref
 

@@ -62,7 +62,9 @@ def parse_safetensors(ctx: CleanContext) -> ParsedFile:
             raise NotThisFormat(f"tensor {name!r}: dtype {dtype!r} is not supported")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise NotThisFormat(f"tensor {name!r}: bad shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        if not (
+            isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+        ):
             raise NotThisFormat(f"tensor {name!r}: bad data_offsets")
         if offsets[1] - offsets[0] != math.prod(shape) * DTYPES[dtype].itemsize:
             raise NotThisFormat(f"tensor {name!r}: data_offsets disagree with dtype and shape")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice, TensorEntry
-from ..store.local import LocalStore
 from ..splice import read_skeleton
+from ..store.local import LocalStore
 from .spliced_file import SplicedFile
 
 __all__ = [

@@ -8,8 +8,9 @@ no second pass. Memory is two fixed chunk buffers.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..errors import ThetaError
 
@@ -96,7 +97,9 @@ class Source:
             raise TruncatedError(f"file ends inside {what} at offset {self.position}")
         return data
 
-    def copy_to(self, write: Callable[[memoryview], object], size: int, *, allow_short: bool = False) -> int:
+    def copy_to(
+        self, write: Callable[[memoryview], object], size: int, *, allow_short: bool = False
+    ) -> int:
         """Hand the next ``size`` bytes to ``write`` in chunk-sized views."""
         left = size
         while left:

@@ -24,11 +24,11 @@ import struct
 import zipfile
 import zlib
 
+from ..dtypes import dtype_by_name
 from ..manifest import TensorEntry
 from ..splice import SplicedReader
 from .base import CleanContext, NotThisFormat, ParsedFile
 from .pickle_scan import PickleScan, StorageRef, TensorRef, scan_pickle
-from ..dtypes import dtype_by_name
 
 __all__ = ["ZIP_MAGIC", "parse_torch_zip"]
 
@@ -79,7 +79,9 @@ class _TorchZipParser:
             elif magic == _CENTRAL_MAGIC and self.records:
                 break
             else:
-                raise NotThisFormat(f"unexpected bytes at offset {source.position} (not a torch zip record)")
+                raise NotThisFormat(
+                    f"unexpected bytes at offset {source.position} (not a torch zip record)"
+                )
         if self.scan is None:
             raise NotThisFormat("no data.pkl record")
         # The central directory and end records: small, all skeleton.
@@ -91,7 +93,9 @@ class _TorchZipParser:
         ctx = self.ctx
         header_offset = ctx.source.position
         fixed = ctx.keep(_LOCAL_HEADER.size, "a zip local header")
-        (_, _, flags, method, _, _, _crc, csize, _usize, name_len, extra_len) = _LOCAL_HEADER.unpack(fixed)
+        (_, _, flags, method, _, _, _crc, csize, _usize, name_len, extra_len) = (
+            _LOCAL_HEADER.unpack(fixed)
+        )
         raw_name = ctx.keep(name_len, "a zip entry name")
         extra = ctx.keep(extra_len, "a zip extra field")
         name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", "replace")
@@ -104,7 +108,9 @@ class _TorchZipParser:
         data_offset = ctx.source.position
 
         if self.prefix is None:
-            if not name.endswith("data.pkl") or (name != "data.pkl" and not name.endswith("/data.pkl")):
+            if not name.endswith("data.pkl") or (
+                name != "data.pkl" and not name.endswith("/data.pkl")
+            ):
                 raise NotThisFormat("the first zip record is not data.pkl")
             self.prefix = name[: -len("data.pkl")]
         relative = name[len(self.prefix) :] if name.startswith(self.prefix) else None
@@ -112,9 +118,18 @@ class _TorchZipParser:
             raise NotThisFormat("a TorchScript archive")
 
         storage = None
-        if relative is not None and relative.startswith("data/") and self.scan is not None and method == 0:
+        if (
+            relative is not None
+            and relative.startswith("data/")
+            and self.scan is not None
+            and method == 0
+        ):
             storage = self.scan.storages.get(relative[len("data/") :])
-        if storage is not None and storage.key not in self.storage_oids and (has_descriptor or csize == storage.nbytes):
+        if (
+            storage is not None
+            and storage.key not in self.storage_oids
+            and (has_descriptor or csize == storage.nbytes)
+        ):
             size = storage.nbytes
             dtype, shape = self._object_type(storage)
             self.storage_oids[storage.key] = self.ctx.store_payload(dtype, shape, size)
@@ -146,7 +161,10 @@ class _TorchZipParser:
             found = window.find(_DESCRIPTOR_MAGIC)
             while found >= 0 and found + 16 <= len(window):
                 stored_crc, stored_size = struct.unpack_from("<II", window, found + 4)
-                if stored_size == (size + found) & 0xFFFFFFFF and zlib.crc32(window[:found], crc) == stored_crc:
+                if (
+                    stored_size == (size + found) & 0xFFFFFFFF
+                    and zlib.crc32(window[:found], crc) == stored_crc
+                ):
                     self.ctx.keep(found, f"zip entry {name!r}")
                     return size + found
                 found = window.find(_DESCRIPTOR_MAGIC, found + 1)
@@ -165,7 +183,11 @@ class _TorchZipParser:
             if len(head) < length:
                 break
             magic, _crc, csize, _usize = struct.unpack_from(layout, head)
-            if magic == _DESCRIPTOR_MAGIC and csize == size and head[length : length + 2] in (b"PK", b""):
+            if (
+                magic == _DESCRIPTOR_MAGIC
+                and csize == size
+                and head[length : length + 2] in (b"PK", b"")
+            ):
                 self.ctx.keep(length, "a data descriptor")
                 return
         raise NotThisFormat(f"zip entry {name!r}: no matching data descriptor after its data")
@@ -175,7 +197,9 @@ class _TorchZipParser:
         if not self.little_endian:
             return "U8", (storage.nbytes,)
         assert self.scan is not None
-        users = [t for _, t in self.scan.tensors if isinstance(t, TensorRef) and t.storage is storage]
+        users = [
+            t for _, t in self.scan.tensors if isinstance(t, TensorRef) and t.storage is storage
+        ]
         kinds = {(t.dtype, t.shape) for t in users}
         if len(kinds) == 1 and all(t.is_whole_storage for t in users):
             return users[0].dtype, users[0].shape
@@ -194,7 +218,9 @@ class _TorchZipParser:
             storage = ref.storage if isinstance(ref, TensorRef) else ref
             oid = self.storage_oids.get(storage.key)
             if oid is None:
-                raise NotThisFormat(f"storage {storage.key!r} of tensor {name!r} has no data record")
+                raise NotThisFormat(
+                    f"storage {storage.key!r} of tensor {name!r} has no data record"
+                )
             if isinstance(ref, StorageRef):
                 itemsize = dtype_by_name(ref.dtype).itemsize
                 entries.append(TensorEntry(name, ref.dtype, (ref.nbytes // itemsize,), oid))

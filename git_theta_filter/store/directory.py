@@ -18,8 +18,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from .local import COPY_CHUNK, LOCAL_WRITE_ERRNOS, is_valid_oid
 from .object_format import ObjectFormatError
@@ -66,7 +67,9 @@ class DirectoryStore(ObjectStore):
         with open(source, "rb") as reader:
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
-                fd, temp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{oid[:16]}-", suffix=".tmp")
+                fd, temp_name = tempfile.mkstemp(
+                    dir=final.parent, prefix=f".{oid[:16]}-", suffix=".tmp"
+                )
             except OSError as exc:
                 raise StoreUnavailableError(self.url, exc.strerror or str(exc), oid=oid) from None
             temp = Path(temp_name)

@@ -23,15 +23,24 @@ import os
 import re
 import tempfile
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from ..errors import ThetaError
 from .object_format import ObjectFormatError, ObjectHeader, encode_header, read_header
 
-__all__ = ["LocalStore", "ObjectWriter", "ObjectMissingError", "StoreWriteError", "LOCAL_WRITE_ERRNOS", "COPY_CHUNK", "is_valid_oid"]
+__all__ = [
+    "LocalStore",
+    "ObjectWriter",
+    "ObjectMissingError",
+    "StoreWriteError",
+    "LOCAL_WRITE_ERRNOS",
+    "COPY_CHUNK",
+    "is_valid_oid",
+]
 
 COPY_CHUNK = 1 << 20
 _OID_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -101,7 +110,9 @@ class ObjectWriter:
     write goes on as usual.
     """
 
-    def __init__(self, store: "LocalStore", dtype: str, shape: tuple[int, ...], nbytes: int) -> None:
+    def __init__(
+        self, store: LocalStore, dtype: str, shape: tuple[int, ...], nbytes: int
+    ) -> None:
         self._store = store
         self._expected = nbytes
         self._written = 0
@@ -235,7 +246,7 @@ class UnsizedObjectWriter:
     second pass, which only files that are neither torch zips nor safetensors pay.
     """
 
-    def __init__(self, store: "LocalStore") -> None:
+    def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._file, self._tmp_path = store._open_temp()
         self._written = 0
@@ -363,7 +374,9 @@ class LocalStore:
     def unsized_writer(self) -> UnsizedObjectWriter:
         return UnsizedObjectWriter(self)
 
-    def write_bytes(self, data: bytes | bytearray, dtype: str = "U8", shape: tuple[int, ...] | None = None) -> str:
+    def write_bytes(
+        self, data: bytes | bytearray, dtype: str = "U8", shape: tuple[int, ...] | None = None
+    ) -> str:
         writer = self.writer(dtype, (len(data),) if shape is None else shape, len(data))
         try:
             writer.write(data)

@@ -41,7 +41,10 @@ class ObjectFormatError(ThetaError):
     """An object file that is not a canonical single-tensor safetensors file."""
 
     def __init__(self, oid: str, reason: str) -> None:
-        super().__init__(f"object {oid} is corrupt: {reason}", hint="run `git theta fsck`, then `git theta fetch` to restore it")
+        super().__init__(
+            f"object {oid} is corrupt: {reason}",
+            hint="run `git theta fsck`, then `git theta fetch` to restore it",
+        )
         self.oid = oid
         self.reason = reason
 
@@ -80,7 +83,9 @@ def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
         raise ObjectFormatError(oid, "shorter than a safetensors header")
     (length,) = struct.unpack_from("<Q", prefix)
     if length > MAX_OBJECT_HEADER:
-        raise ObjectFormatError(oid, f"header of {length} bytes is over the {MAX_OBJECT_HEADER}-byte limit")
+        raise ObjectFormatError(
+            oid, f"header of {length} bytes is over the {MAX_OBJECT_HEADER}-byte limit"
+        )
     if len(prefix) < 8 + length:
         raise ObjectFormatError(oid, "header runs past the end of the file")
     try:
@@ -97,14 +102,20 @@ def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
         raise ObjectFormatError(oid, f"unknown dtype {dtype!r}")
     if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise ObjectFormatError(oid, "shape must be a list of non-negative integers")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+    ):
         raise ObjectFormatError(oid, "data_offsets must be two integers")
     begin, end = offsets
     nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if begin != 0 or end != nbytes:
-        raise ObjectFormatError(oid, f"data_offsets {offsets} disagree with {dtype}{shape} ({nbytes} bytes)")
+        raise ObjectFormatError(
+            oid, f"data_offsets {offsets} disagree with {dtype}{shape} ({nbytes} bytes)"
+        )
     if 8 + length + nbytes != file_size:
-        raise ObjectFormatError(oid, f"file is {file_size} bytes, header says {8 + length + nbytes}")
+        raise ObjectFormatError(
+            oid, f"file is {file_size} bytes, header says {8 + length + nbytes}"
+        )
     return ObjectHeader(dtype, tuple(shape), 8 + length, nbytes)
 
 

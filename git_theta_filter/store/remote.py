@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ThetaError
@@ -62,7 +62,9 @@ HELPER_PREFIX = "theta::"
 class StoreError(ThetaError):
     """A remote object store could not do what was asked; names the store and, if any, the object."""
 
-    def __init__(self, url: str, message: str, *, oid: str | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self, url: str, message: str, *, oid: str | None = None, hint: str | None = None
+    ) -> None:
         subject = f"object {oid} in {url}" if oid else f"object store {url}"
         super().__init__(f"{subject}: {message}", hint=hint)
         self.url = url
@@ -86,7 +88,9 @@ class RemoteObjectMissingError(StoreError):
     """The store does not hold an object that was asked for."""
 
     def __init__(self, url: str, oid: str) -> None:
-        super().__init__(url, "is not there", oid=oid, hint="push it from a clone that has it: `git theta push`")
+        super().__init__(
+            url, "is not there", oid=oid, hint="push it from a clone that has it: `git theta push`"
+        )
 
 
 class UnsupportedStoreURLError(StoreError):
@@ -230,7 +234,9 @@ def _remote_url(repo: GitRepo, remote: str) -> str:
     return url or remote
 
 
-def locate_store(repo: GitRepo, remote: str, remote_url: str | None = None, revision: str | None = None) -> StoreLocation | None:
+def locate_store(
+    repo: GitRepo, remote: str, remote_url: str | None = None, revision: str | None = None
+) -> StoreLocation | None:
     """Where the store of ``remote`` is, by the precedence in the module docstring."""
     key = f"theta.remote.{remote}.url"
     configured = repo.config_get(key)
@@ -264,13 +270,21 @@ def _s3_endpoint(repo: GitRepo, revision: str | None) -> str | None:
     )
 
 
-def resolve_store(repo: GitRepo, remote: str, remote_url: str | None = None, revision: str | None = None) -> ObjectStore | None:
+def resolve_store(
+    repo: GitRepo, remote: str, remote_url: str | None = None, revision: str | None = None
+) -> ObjectStore | None:
     """The store of ``remote``, opened; None when none is configured or derivable."""
     location = locate_store(repo, remote, remote_url, revision)
     if location is None:
         return None
     endpoint = _s3_endpoint(repo, revision) if location.url.startswith("s3://") else None
-    return open_store(location.url, base=repo.cwd, s3_endpoint=endpoint, workers=transfer_workers(repo), anchor=location.anchor)
+    return open_store(
+        location.url,
+        base=repo.cwd,
+        s3_endpoint=endpoint,
+        workers=transfer_workers(repo),
+        anchor=location.anchor,
+    )
 
 
 def require_store(repo: GitRepo, remote: str) -> ObjectStore:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 import boto3
@@ -34,7 +34,12 @@ from boto3.s3.transfer import TransferConfig
 
 from .local import is_valid_oid
 from .object_format import ObjectFormatError
-from .remote import ObjectStore, RemoteObjectMissingError, StoreUnavailableError, UnsupportedStoreURLError
+from .remote import (
+    ObjectStore,
+    RemoteObjectMissingError,
+    StoreUnavailableError,
+    UnsupportedStoreURLError,
+)
 
 __all__ = ["S3Store", "MULTIPART_THRESHOLD", "PART_SIZE"]
 
@@ -59,7 +64,9 @@ def _sha256_base64(digest: bytes) -> str:
 
 
 class S3Store(ObjectStore):
-    def __init__(self, url: str, bucket: str, prefix: str, *, endpoint_url: str | None, workers: int) -> None:
+    def __init__(
+        self, url: str, bucket: str, prefix: str, *, endpoint_url: str | None, workers: int
+    ) -> None:
         self.url = url
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -75,7 +82,9 @@ class S3Store(ObjectStore):
             connect_timeout=10,
             read_timeout=120,
         )
-        self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, config=config
+        )
         self._transfer_config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=PART_SIZE,
@@ -83,7 +92,7 @@ class S3Store(ObjectStore):
         )
 
     @classmethod
-    def from_url(cls, url: str, *, endpoint_url: str | None, workers: int) -> "S3Store":
+    def from_url(cls, url: str, *, endpoint_url: str | None, workers: int) -> S3Store:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
             raise UnsupportedStoreURLError(url)
@@ -105,7 +114,9 @@ class S3Store(ObjectStore):
             if oid is not None and code in _NOT_FOUND:
                 raise RemoteObjectMissingError(self.url, oid) from None
             if code == "BadDigest" and oid is not None:
-                raise ObjectFormatError(oid, "the local copy does not hash to its id; the store refused it") from None
+                raise ObjectFormatError(
+                    oid, "the local copy does not hash to its id; the store refused it"
+                ) from None
             message = exc.response.get("Error", {}).get("Message") or str(exc)
             raise StoreUnavailableError(self.url, f"{code}: {message}", oid=oid) from None
         except botocore.exceptions.BotoCoreError as exc:
@@ -120,7 +131,10 @@ class S3Store(ObjectStore):
                 self._client.head_bucket(Bucket=self.bucket)
             except botocore.exceptions.ClientError as exc:
                 code = _error_code(exc)
-                reason = {"404": f"bucket {self.bucket!r} does not exist", "403": f"access to bucket {self.bucket!r} is denied"}
+                reason = {
+                    "404": f"bucket {self.bucket!r} does not exist",
+                    "403": f"access to bucket {self.bucket!r} is denied",
+                }
                 raise StoreUnavailableError(self.url, reason.get(code, f"{code}: {exc}")) from None
             except botocore.exceptions.BotoCoreError as exc:
                 raise StoreUnavailableError(self.url, str(exc)) from None
@@ -146,13 +160,17 @@ class S3Store(ObjectStore):
     def get(self, oid: str, destination: Path) -> None:
         self._check_bucket()
         with self._translated(oid):
-            self._client.download_file(self.bucket, self._key(oid), str(destination), Config=self._transfer_config)
+            self._client.download_file(
+                self.bucket, self._key(oid), str(destination), Config=self._transfer_config
+            )
 
     def list(self) -> Iterator[str]:
         self._check_bucket()
         start = f"{self.prefix}/" if self.prefix else ""
         with self._translated():
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            ):
                 for entry in page.get("Contents", []):
                     name = entry["Key"][len(start) :]
                     oid = name.rpartition("/")[2]
@@ -203,7 +221,9 @@ class S3Store(ObjectStore):
 
     def _put_multipart(self, oid: str, source: Path, size: int, conditional: bool) -> None:
         key = self._key(oid)
-        upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")["UploadId"]
+        upload_id = self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256"
+        )["UploadId"]
 
         def upload_part(number: int) -> dict[str, object]:
             with open(source, "rb") as file:

@@ -22,10 +22,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, TextIO
+from typing import TextIO
 
 from ..cli._output import human_bytes
 from ..errors import ThetaError
@@ -67,7 +68,10 @@ class TransferFailedError(ThetaError):
     def __init__(self, verb: str, url: str, failures: Mapping[str, ThetaError], total: int) -> None:
         first = failures[min(failures)]
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        super().__init__(f"could not {verb} {len(failures)} of {total} tensor objects: {first}{more}", hint=first.hint)
+        super().__init__(
+            f"could not {verb} {len(failures)} of {total} tensor objects: {first}{more}",
+            hint=first.hint,
+        )
         self.url = url
         self.failures = dict(failures)
 
@@ -82,7 +86,15 @@ class TransferResult:
 class TransferProgress:
     """Counts objects and bytes; draws itself on a TTY, prints a summary line otherwise."""
 
-    def __init__(self, title: str, total: int, total_bytes: int, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        total: int,
+        total_bytes: int,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
         self.title = title
         self.total = total
         self.total_bytes = total_bytes
@@ -159,7 +171,9 @@ def _run_parallel(
                 result.transferred_bytes += moved
         progress.advance(size_hint(oid))
 
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(oids))), thread_name_prefix="theta-transfer")
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, min(workers, len(oids))), thread_name_prefix="theta-transfer"
+    )
     try:
         for future in [pool.submit(task, oid) for oid in oids]:
             future.result()
@@ -199,7 +213,9 @@ def upload(
             raise ObjectMissingError(oid)
         return sizes[oid] if remote.put(oid, local.object_path(oid)) else None
 
-    progress = TransferProgress("Uploading tensors", len(todo), sum(sizes.values()), enabled=show_progress)
+    progress = TransferProgress(
+        "Uploading tensors", len(todo), sum(sizes.values()), enabled=show_progress
+    )
     result, failures = _run_parallel(todo, send, workers, progress, sizes.__getitem__)
     result.skipped += len(wanted) - len(todo)
     progress.finish(_summary("uploaded", "to", remote.url, result) if result.transferred else None)
@@ -223,14 +239,18 @@ def download(
     if not todo:
         return TransferResult(skipped=len(hints))
     fetch = functools.partial(_download_one, local, remote)
-    progress = TransferProgress("Downloading tensors", len(todo), sum(hints[oid] for oid in todo), enabled=show_progress)
+    progress = TransferProgress(
+        "Downloading tensors", len(todo), sum(hints[oid] for oid in todo), enabled=show_progress
+    )
     # As a writer of objects, hold off `git theta gc`: it deletes temp files and
     # unreferenced objects, and a fetch may land objects before refs name them.
     with writer_lock(local.theta_dir):
         _remove_stale_downloads(local.tmp_dir)
         result, failures = _run_parallel(todo, fetch, workers, progress, hints.__getitem__)
     result.skipped += len(hints) - len(todo)
-    progress.finish(_summary("downloaded", "from", remote.url, result) if result.transferred else None)
+    progress.finish(
+        _summary("downloaded", "from", remote.url, result) if result.transferred else None
+    )
     if failures:
         raise TransferFailedError("download", remote.url, failures, len(todo))
     return result
@@ -245,7 +265,9 @@ def _summary(verb: str, preposition: str, url: str, result: TransferResult) -> s
 
 def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
     local.tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=local.tmp_dir, prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".tmp")
+    fd, name = tempfile.mkstemp(
+        dir=local.tmp_dir, prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".tmp"
+    )
     os.close(fd)
     temp = Path(name)
     try:

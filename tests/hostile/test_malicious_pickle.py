@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from git_theta_filter.cli import COMMANDS
-
 from helpers import (
     assert_manifest,
     assert_status_clean,
@@ -30,6 +27,8 @@ from helpers import (
     sha256_file,
     store_oids,
 )
+
+from git_theta_filter.cli import COMMANDS
 
 # Unpickles data.pkl with pickle itself, as torch.load(weights_only=False) does,
 # with torch's own globals stubbed out so that torch need not be imported.
@@ -105,7 +104,9 @@ def hostile(git_env, repo: Path, tmp_path: Path) -> tuple:
         "exec.pth": save(
             {"payload": RunsPython(markers["exec.pth"]), "model": state}, repo / "exec.pth"
         ),
-        "eval.pth": save({"model": state, "hook": RunsEval(markers["eval.pth"])}, repo / "eval.pth"),
+        "eval.pth": save(
+            {"model": state, "hook": RunsEval(markers["eval.pth"])}, repo / "eval.pth"
+        ),
         "subprocess.pth": save(
             {"model": state, "nested": {"deeper": [RunsSubprocess(markers["subprocess.pth"])]}},
             repo / "subprocess.pth",
@@ -199,7 +200,10 @@ def test_theta_log_and_theta_diff_never_run_a_hostile_pickle(hostile: tuple) -> 
     git_env, repo, markers, digests, state = hostile
     commit_all(git_env, repo, *digests, message="hostile")
     changed = {k: v + 1 for k, v in state.items()}
-    save({"model": changed, "epoch": 2, "payload": RunsShell(markers["shell.pth"])}, repo / "shell.pth")
+    save(
+        {"model": changed, "epoch": 2, "payload": RunsShell(markers["shell.pth"])},
+        repo / "shell.pth",
+    )
     save({"model": changed, "hook": RunsEval(markers["eval.pth"])}, repo / "eval.pth")
     git_env.git(repo, "add", "eval.pth")
     commands = [
@@ -227,18 +231,23 @@ def test_fsck_check_pickles_lists_the_globals_a_hostile_pickle_would_call(hostil
     assert_no_marker(markers, "git theta fsck --check-pickles")
     assert result.returncode == 1
     blobs = {
-        name: git_env.git(repo, "rev-parse", f"HEAD:{name}").strip() for name in [*digests, "clean.pth"]
+        name: git_env.git(repo, "rev-parse", f"HEAD:{name}").strip()
+        for name in [*digests, "clean.pth"]
     }
     lines = result.stdout.decode().splitlines()
     assert lines[:-1] == [
         f"pickle {name} (blob {blobs[name][:12]}): {', '.join(found)}"
         for name, found in sorted(PAYLOAD_GLOBALS.items())
     ]
-    assert lines[-1].endswith(" 0 corrupt, 0 missing; 5 file versions checked for pickles, 4 flagged")
+    assert lines[-1].endswith(
+        " 0 corrupt, 0 missing; 5 file versions checked for pickles, 4 flagged"
+    )
     assert "do not torch.load(weights_only=False)" in result.stderr.decode()
 
     report = json.loads(
-        git_env.run("git", "theta", "fsck", "--check-pickles", "--json", cwd=repo, check=False).stdout
+        git_env.run(
+            "git", "theta", "fsck", "--check-pickles", "--json", cwd=repo, check=False
+        ).stdout
     )
     assert report["ok"] is True  # the objects are fine; the pickles are the finding
     assert {p["path"]: p["foreign_globals"] for p in report["pickles"]} == {
@@ -250,16 +259,26 @@ def test_fsck_check_pickles_lists_the_globals_a_hostile_pickle_would_call(hostil
     git_env.git(repo, "rm", "-q", *digests)
     git_env.git(repo, "commit", "-qm", "only the clean file")
     clean = git_env.run("git", "theta", "fsck", "--check-pickles", cwd=repo)
-    assert clean.stdout.decode().splitlines()[-1].endswith("; 1 file versions checked for pickles, 0 flagged")
+    assert (
+        clean.stdout.decode()
+        .splitlines()[-1]
+        .endswith("; 1 file versions checked for pickles, 0 flagged")
+    )
     # The hostile versions are still in history.
     history = git_env.run("git", "theta", "fsck", "--check-pickles", "--all", cwd=repo, check=False)
     assert history.returncode == 1 and history.stdout.decode().count("pickle ") == 4
     assert_no_marker(markers, "git theta fsck --check-pickles --all")
 
 
-def test_fsck_check_pickles_flags_a_legacy_pickle_as_unchecked(git_env, repo: Path, tmp_path: Path) -> None:
+def test_fsck_check_pickles_flags_a_legacy_pickle_as_unchecked(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
     marker = tmp_path / "pwned-legacy"
-    torch.save({"w": torch.ones(3), "payload": RunsShell(marker)}, repo / "legacy.pth", _use_new_zipfile_serialization=False)
+    torch.save(
+        {"w": torch.ones(3), "payload": RunsShell(marker)},
+        repo / "legacy.pth",
+        _use_new_zipfile_serialization=False,
+    )
     commit_all(git_env, repo, "legacy.pth", message="legacy")
     result = git_env.run("git", "theta", "fsck", "--check-pickles", cwd=repo, check=False)
     assert result.returncode == 1
@@ -278,12 +297,17 @@ def test_tensor_merge_never_runs_a_hostile_pickle(hostile: tuple) -> None:
     git_env.git(repo, "checkout", "-qb", "other")
     ours = {k: v.clone() for k, v in state.items()}
     ours["0.weight"] += 1
-    save({"model": ours, "epoch": 1, "payload": RunsShell(markers["shell.pth"])}, repo / "shell.pth")
+    save(
+        {"model": ours, "epoch": 1, "payload": RunsShell(markers["shell.pth"])}, repo / "shell.pth"
+    )
     commit_all(git_env, repo, "shell.pth", message="change 0.weight")
     git_env.git(repo, "checkout", "-q", "main")
     theirs = {k: v.clone() for k, v in state.items()}
     theirs["2.bias"] += 1
-    save({"model": theirs, "epoch": 1, "payload": RunsShell(markers["shell.pth"])}, repo / "shell.pth")
+    save(
+        {"model": theirs, "epoch": 1, "payload": RunsShell(markers["shell.pth"])},
+        repo / "shell.pth",
+    )
     commit_all(git_env, repo, "shell.pth", message="change 2.bias")
     merge = git_env.run("git", "merge", "--no-edit", "other", cwd=repo, check=False)
     assert_no_marker(markers, "git merge through the theta merge driver")

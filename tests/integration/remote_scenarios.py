@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
-
 from helpers import assert_status_clean, commit_all, mlp_checkpoint, save, sha256_file
 
 MODEL = "model.pth"
@@ -43,7 +42,13 @@ def init_clone(git_env, path: Path, origin: str) -> Path:
     return path
 
 
-def commit_versions(git_env, repo: Path, versions: range, history: History, extra: Callable[[Path], list[str]] | None = None) -> None:
+def commit_versions(
+    git_env,
+    repo: Path,
+    versions: range,
+    history: History,
+    extra: Callable[[Path], list[str]] | None = None,
+) -> None:
     for version in versions:
         digest = save(checkpoint(version), repo / MODEL)
         # An mtime older than the index keeps the entry from being "racily clean",
@@ -51,7 +56,9 @@ def commit_versions(git_env, repo: Path, versions: range, history: History, extr
         # tests); a different second per version keeps versions apart.
         past = time.time() - 1000 + 10 * version
         os.utime(repo / MODEL, (past, past))
-        paths = [MODEL, ".gitattributes"] + (extra(repo) if extra and version == versions[0] else [])
+        paths = [MODEL, ".gitattributes"] + (
+            extra(repo) if extra and version == versions[0] else []
+        )
         history.files[commit_all(git_env, repo, *paths, message=f"v{version}")] = digest
 
 

@@ -10,9 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from git_theta_filter.cli import COMMANDS, main
-
 from helpers import (
     commit_all,
     copy_repo,
@@ -25,6 +22,8 @@ from helpers import (
     store_oids,
     tracked_repo,
 )
+
+from git_theta_filter.cli import COMMANDS, main
 
 SIZES = (16, 32, 32, 8)  # 6 tensors
 
@@ -206,7 +205,10 @@ def test_fsck_moves_a_corrupt_object_out_of_the_store(repo_copy: tuple) -> None:
     result = git_env.run("git", "theta", "fsck", cwd=repo, check=False)
     assert result.returncode == 1
     bad = repo / ".git" / "theta" / "bad" / victim
-    assert f"corrupt {victim}: content hashes to {got}; moved to {bad}" in result.stdout.decode().splitlines()
+    assert (
+        f"corrupt {victim}: content hashes to {got}; moved to {bad}"
+        in result.stdout.decode().splitlines()
+    )
 
 
 def test_fsck_names_a_truncated_object(repo_copy: tuple) -> None:
@@ -263,7 +265,11 @@ def test_install_quotes_a_script_path_with_a_space(git_env, tmp_path):
     shutil.copy(shutil.which("git-theta", path=str(Path(sys.executable).parent)), launcher)
     env = {"PATH": "/usr/bin:/bin"}  # this git-theta is not on PATH: the absolute path is written
     git_env.run(str(launcher), "install", "--global", cwd=git_env.home, env=env)
-    process = git_env.run("git", "config", "--global", "filter.theta.process", cwd=git_env.home).stdout.decode().strip()
+    process = (
+        git_env.run("git", "config", "--global", "filter.theta.process", cwd=git_env.home)
+        .stdout.decode()
+        .strip()
+    )
     assert process == f"'{launcher}' filter-process"
     repo = tmp_path / "spaced-repo"
     git_env.run("git", "init", "-q", str(repo))

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from helpers import (
     assert_object,
     commit_all,
@@ -22,6 +20,7 @@ from helpers import (
     store_oids,
     tracked_repo,
 )
+from safetensors.torch import save_file
 
 SIZES = (16, 32, 32, 8)  # three Linear layers: M = 6 tensors
 NAMES = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]

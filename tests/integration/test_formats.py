@@ -15,9 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import save_file as save_torch
-
 from helpers import (
     assert_all_objects_valid,
     assert_manifest,
@@ -33,6 +30,8 @@ from helpers import (
     storage_bytes,
     tracked_repo,
 )
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import save_file as save_torch
 
 OPAQUE = ("random.bin", "legacy.pth", "script.pt", "truncated.pth", "empty.pth")
 

@@ -14,7 +14,9 @@ from git_theta_filter.locks import writer_lock
 
 def save_model(path: Path, seed: int, changed_layer: int | None = None) -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)
+    )
     if changed_layer is not None:
         with torch.no_grad():
             model[changed_layer].weight.add_(float(seed))
@@ -39,7 +41,10 @@ def test_gc_frees_exactly_a_deleted_branchs_unique_objects(git_env, repo):
     save_model(repo / "model.pth", 5, changed_layer=2)
     git_env.git(repo, "commit", "-qam", "experiment")
     branch_only = store_oids(repo) - before
-    branch_bytes = sum(next((repo / ".git" / "theta" / "objects").glob(f"*/*/{oid}")).stat().st_size for oid in branch_only)
+    branch_bytes = sum(
+        next((repo / ".git" / "theta" / "objects").glob(f"*/*/{oid}")).stat().st_size
+        for oid in branch_only
+    )
     # One changed tensor (model 2.weight) plus the new skeleton.
     assert len(branch_only) == 2
 
@@ -103,7 +108,13 @@ def test_gc_removes_leftover_temp_files(git_env, repo):
 def test_gc_waits_for_a_running_writer(git_env, repo):
     theta_dir = repo / ".git" / "theta"
     with writer_lock(theta_dir):
-        gc = subprocess.Popen(["git", "theta", "gc", "--prune=now"], cwd=repo, env=git_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        gc = subprocess.Popen(
+            ["git", "theta", "gc", "--prune=now"],
+            cwd=repo,
+            env=git_env.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         # gc says it is waiting only once it has found the lock taken.
         assert b"waiting for running git commands" in gc.stderr.readline()
         time.sleep(0.2)

@@ -8,7 +8,6 @@ import stat
 from importlib import resources
 from pathlib import Path
 
-
 from helpers import (
     commit_all,
     mlp_checkpoint,

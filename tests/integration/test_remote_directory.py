@@ -6,10 +6,18 @@ import subprocess
 from pathlib import Path
 
 import torch
+from helpers import assert_status_clean, sha256_file
+from remote_scenarios import (
+    MODEL,
+    History,
+    assert_valid_objects,
+    checkpoint,
+    commit_versions,
+    init_clone,
+    run_round_trip,
+)
 
 from git_theta_filter.manifest import Manifest
-from helpers import assert_status_clean, sha256_file
-from remote_scenarios import MODEL, History, assert_valid_objects, checkpoint, commit_versions, init_clone, run_round_trip
 
 
 def store_files(root: Path) -> dict[str, Path]:
@@ -17,7 +25,11 @@ def store_files(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in root.rglob("*") if root.exists() else []:
         if path.is_file():
-            key = path.name if path.relative_to(root).parts[:2] == (path.name[:2], path.name[2:4]) else f"!{path}"
+            key = (
+                path.name
+                if path.relative_to(root).parts[:2] == (path.name[:2], path.name[2:4])
+                else f"!{path}"
+            )
             found[key] = path
     return found
 
@@ -28,7 +40,9 @@ def objects_needed(git_env, repo: Path) -> set[str]:
     for line in git_env.git(repo, "rev-list", "--objects", "--all").splitlines():
         sha, _, path = line.partition(" ")
         if path.endswith(".pth"):
-            oids |= Manifest.parse(git_env.run("git", "cat-file", "blob", sha, cwd=repo).stdout).object_ids()
+            oids |= Manifest.parse(
+                git_env.run("git", "cat-file", "blob", sha, cwd=repo).stdout
+            ).object_ids()
     return oids
 
 
@@ -61,7 +75,16 @@ def test_configured_directory_store_with_theta_fetch_and_pull(git_env, tmp_path)
 
     # A clone that checks manifests out as they are, then `git theta pull`.
     b = tmp_path / "B"
-    git_env.run("git", "clone", "-q", "-c", f"theta.remote.origin.url={store_url}", str(bare), str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+    git_env.run(
+        "git",
+        "clone",
+        "-q",
+        "-c",
+        f"theta.remote.origin.url={store_url}",
+        str(bare),
+        str(b),
+        env={"GIT_THETA_SKIP_SMUDGE": "1"},
+    )
     assert (b / MODEL).read_bytes().startswith(b"git-theta-manifest ")
     pulled = git_env.theta(b, "pull")
     assert sha256_file(b / MODEL) == list(history.files.values())[-1]
@@ -77,7 +100,9 @@ def test_configured_directory_store_with_theta_fetch_and_pull(git_env, tmp_path)
 
     # `push --all` fills a new, empty store with the whole history.
     git_env.theta(b, "push", "--all")
-    assert {p.name for p in (shared / "team-objects").glob("*/*/*")} == {p.name for p in (shared / "lost").glob("*/*/*")}
+    assert {p.name for p in (shared / "team-objects").glob("*/*/*")} == {
+        p.name for p in (shared / "lost").glob("*/*/*")
+    }
 
 
 def test_pre_push_hook_runs_the_users_own_hook_after_uploading(git_env, tmp_path):
@@ -87,7 +112,9 @@ def test_pre_push_hook_runs_the_users_own_hook_after_uploading(git_env, tmp_path
     git_env.run("git", "init", "-q", str(a))
     log = tmp_path / "user-hook.log"
     user_hook = a / ".git" / "hooks" / "pre-push"
-    user_hook.write_text(f'#!/bin/sh\necho "args: $@" > {log}\ncat >> {log}\nexit "${{USER_HOOK_EXIT:-0}}"\n')
+    user_hook.write_text(
+        f'#!/bin/sh\necho "args: $@" > {log}\ncat >> {log}\nexit "${{USER_HOOK_EXIT:-0}}"\n'
+    )
     user_hook.chmod(0o755)
     git_env.theta(a, "track", "*.pth")
     assert (a / ".git" / "hooks" / "pre-push.pre-theta").exists()
@@ -96,11 +123,16 @@ def test_pre_push_hook_runs_the_users_own_hook_after_uploading(git_env, tmp_path
     commit_versions(git_env, a, range(1), history)
 
     # The user's hook refuses: our upload has happened, but no ref moves.
-    refused = git_env.run("git", "push", "origin", "main", cwd=a, check=False, env={"USER_HOOK_EXIT": "1"})
+    refused = git_env.run(
+        "git", "push", "origin", "main", cwd=a, check=False, env={"USER_HOOK_EXIT": "1"}
+    )
     assert refused.returncode != 0
     assert git_env.git(bare, "for-each-ref") == ""
     head = git_env.git(a, "rev-parse", "HEAD").strip()
-    assert log.read_text() == f"args: origin {bare}\nrefs/heads/main {head} refs/heads/main {'0' * 40}\n"
+    assert (
+        log.read_text()
+        == f"args: origin {bare}\nrefs/heads/main {head} refs/heads/main {'0' * 40}\n"
+    )
 
     git_env.git(a, "push", "-q", "origin", "main")
     assert git_env.git(bare, "rev-parse", "main").strip() == head
@@ -115,8 +147,13 @@ def test_push_to_a_remote_without_a_store_warns_that_the_tensors_stay_local(git_
     a = init_clone(git_env, tmp_path / "A", url)
     commit_versions(git_env, a, range(1), History())
     result = git_env.run("git", "-c", "protocol.ext.allow=always", "push", "origin", "main", cwd=a)
-    assert "git-theta: warning: remote 'origin' has no object store, so the" in result.stderr.decode()
-    assert git_env.git(bare, "rev-parse", "main").strip() == git_env.git(a, "rev-parse", "HEAD").strip()
+    assert (
+        "git-theta: warning: remote 'origin' has no object store, so the" in result.stderr.decode()
+    )
+    assert (
+        git_env.git(bare, "rev-parse", "main").strip()
+        == git_env.git(a, "rev-parse", "HEAD").strip()
+    )
     assert not (bare / "theta").exists()
 
 
@@ -131,7 +168,10 @@ def test_unreachable_store_refuses_the_push_before_any_ref_moves(git_env, tmp_pa
     result = git_env.run("git", "push", "origin", "main", cwd=a, check=False)
     stderr = result.stderr.decode()
     assert result.returncode != 0
-    assert f"refusing to push to 'origin': uploading tensor objects to {missing_mount} failed" in stderr
+    assert (
+        f"refusing to push to 'origin': uploading tensor objects to {missing_mount} failed"
+        in stderr
+    )
     assert f"{missing_mount.parent} is not a directory" in stderr
     assert git_env.git(bare, "for-each-ref") == ""
     assert not missing_mount.parent.exists()
@@ -159,7 +199,9 @@ def test_corrupt_object_in_the_store_is_refused_on_download(git_env, tmp_path):
     stderr = result.stderr.decode()
     assert result.returncode == 1
     assert f"object {victim.name} in {bare / 'theta' / 'objects'}: is corrupt" in stderr
-    assert not (b / ".git" / "theta" / "objects" / victim.name[:2] / victim.name[2:4] / victim.name).exists()
+    assert not (
+        b / ".git" / "theta" / "objects" / victim.name[:2] / victim.name[2:4] / victim.name
+    ).exists()
     assert list((b / ".git" / "theta" / "tmp").glob("*")) == []
     # The checkout path refuses it too, and names it.
     (b / MODEL).unlink()
@@ -198,7 +240,12 @@ def test_two_clones_pushing_the_same_objects_at_once(git_env, tmp_path):
     assert sha256_file(clones[0] / MODEL) == sha256_file(clones[1] / MODEL)
 
     pushes = [
-        subprocess.Popen(["git", "push", "-q", "origin", f"HEAD:refs/heads/{clone.name}"], cwd=clone, env=git_env.env, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            ["git", "push", "-q", "origin", f"HEAD:refs/heads/{clone.name}"],
+            cwd=clone,
+            env=git_env.env,
+            stderr=subprocess.PIPE,
+        )
         for clone in clones
     ]
     for push in pushes:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 
-from git_theta_filter.gitrepo import GitRepo
-from git_theta_filter.remote_helper import RemoteHelper, _porcelain_statuses
 from helpers import sha256_file
 from remote_scenarios import MODEL, History, commit_versions, init_clone, run_round_trip
+
+from git_theta_filter.gitrepo import GitRepo
+from git_theta_filter.remote_helper import RemoteHelper, _porcelain_statuses
 
 
 def test_round_trip_through_theta_urls(git_env, tmp_path):
@@ -17,7 +18,9 @@ def test_round_trip_through_theta_urls(git_env, tmp_path):
 
     # The clone's fetch prefetched every version, so no checkout had to fetch on demand.
     store = {path.name for path in (bare / "theta" / "objects").glob("*/*/*")}
-    assert store and store <= {path.name for path in (b / ".git" / "theta" / "objects").glob("*/*/*")}
+    assert store and store <= {
+        path.name for path in (b / ".git" / "theta" / "objects").glob("*/*/*")
+    }
     git_env.theta(a, "fsck", "--all")
 
 
@@ -32,7 +35,9 @@ def test_clone_through_theta_url_prefetches_all_fetched_commits(git_env, tmp_pat
 
     b = tmp_path / "B"
     git_env.run("git", "clone", "-q", f"theta::{bare}", str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
-    assert {p.name for p in (b / ".git" / "theta" / "objects").glob("*/*/*")} == {p.name for p in (bare / "theta" / "objects").glob("*/*/*")}
+    assert {p.name for p in (b / ".git" / "theta" / "objects").glob("*/*/*")} == {
+        p.name for p in (bare / "theta" / "objects").glob("*/*/*")
+    }
     git_env.theta(b, "pull")
     assert sha256_file(b / MODEL) == list(history.files.values())[-1]
 
@@ -60,7 +65,14 @@ def test_push_through_theta_url_is_refused_when_the_store_is_unreachable(git_env
 def test_helper_refuses_to_run_inside_itself(git_env, tmp_path):
     repo = tmp_path / "repo"
     git_env.run("git", "init", "-q", str(repo))
-    nested = git_env.run("git-remote-theta", "origin", "theta::/somewhere", cwd=repo, check=False, input=b"capabilities\n")
+    nested = git_env.run(
+        "git-remote-theta",
+        "origin",
+        "theta::/somewhere",
+        cwd=repo,
+        check=False,
+        input=b"capabilities\n",
+    )
     assert nested.returncode != 0 and b"leads back to git-remote-theta" in nested.stderr
     assert nested.stdout == b""
 
@@ -84,7 +96,10 @@ def test_helper_session_capabilities_options_and_list(git_env, tmp_path, monkeyp
     answers = io.BytesIO()
     commands = io.BytesIO(b"capabilities\noption verbosity 0\noption depth 1\nlist\n\n")
     RemoteHelper(GitRepo.discover(source), "origin", str(bare), commands, answers).serve()
-    assert answers.getvalue().decode() == f"fetch\npush\noption\n\nok\nunsupported\n@refs/heads/main HEAD\n{head} refs/heads/main\n\n"
+    assert (
+        answers.getvalue().decode()
+        == f"fetch\npush\noption\n\nok\nunsupported\n@refs/heads/main HEAD\n{head} refs/heads/main\n\n"
+    )
 
 
 def test_porcelain_statuses_are_read_per_destination():

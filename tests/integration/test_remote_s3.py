@@ -10,14 +10,25 @@ from pathlib import Path
 
 import boto3
 import pytest
+from helpers import sha256_file
 from moto.server import ThreadedMotoServer
+from remote_scenarios import (
+    MODEL,
+    History,
+    assert_valid_objects,
+    commit_versions,
+    init_clone,
+    run_round_trip,
+)
 
 from git_theta_filter.store import s3
 from git_theta_filter.store.remote import StoreUnavailableError
-from helpers import sha256_file
-from remote_scenarios import MODEL, History, assert_valid_objects, commit_versions, init_clone, run_round_trip
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -60,13 +71,17 @@ def test_round_trip_through_s3_configured_by_a_committed_thetaconfig(git_env, tm
     git_env.run("git", "init", "-q", "--bare", str(bare))
 
     def thetaconfig(repo: Path) -> list[str]:
-        git_env.git(repo, "config", "--file", ".thetaconfig", "theta.url", f"s3://{bucket}/team/resnet")
+        git_env.git(
+            repo, "config", "--file", ".thetaconfig", "theta.url", f"s3://{bucket}/team/resnet"
+        )
         return [".thetaconfig"]
 
     # B gets the store from .thetaconfig alone; A pulls with `git theta pull`.
     run_round_trip(git_env, tmp_path, str(bare), extra_files=thetaconfig, pull_with_theta=True)
 
-    stored = {key.rpartition("/")[2]: (key, data) for key, data in bucket_objects(bucket, "").items()}
+    stored = {
+        key.rpartition("/")[2]: (key, data) for key, data in bucket_objects(bucket, "").items()
+    }
     for oid, (key, _) in stored.items():
         assert key == f"team/resnet/{oid[:2]}/{oid[2:4]}/{oid}"
     assert_valid_objects(set(stored), lambda oid: stored[oid][1])
@@ -81,10 +96,15 @@ def test_unreachable_endpoint_and_missing_bucket_refuse_the_push(git_env, tmp_pa
 
     git_env.git(a, "config", "theta.remote.origin.url", f"s3://{bucket}/m")
     git_env.git(a, "config", "theta.s3.endpoint", f"http://127.0.0.1:{free_port()}")
-    result = git_env.run("git", "push", "origin", "main", cwd=a, check=False, env={"AWS_MAX_ATTEMPTS": "1"})
+    result = git_env.run(
+        "git", "push", "origin", "main", cwd=a, check=False, env={"AWS_MAX_ATTEMPTS": "1"}
+    )
     stderr = result.stderr.decode()
     assert result.returncode != 0
-    assert f"refusing to push to 'origin': uploading tensor objects to s3://{bucket}/m failed" in stderr
+    assert (
+        f"refusing to push to 'origin': uploading tensor objects to s3://{bucket}/m failed"
+        in stderr
+    )
     assert "Could not connect to the endpoint URL" in stderr
     assert git_env.git(bare, "for-each-ref") == ""
 
@@ -109,13 +129,24 @@ def test_corrupt_object_in_s3_is_refused_on_download(git_env, tmp_path, bucket):
     boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data[:-1] + bytes([data[-1] ^ 1]))
 
     b = tmp_path / "B"
-    git_env.run("git", "clone", "-q", "-c", f"theta.remote.origin.url=s3://{bucket}", str(bare), str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+    git_env.run(
+        "git",
+        "clone",
+        "-q",
+        "-c",
+        f"theta.remote.origin.url=s3://{bucket}",
+        str(bare),
+        str(b),
+        env={"GIT_THETA_SKIP_SMUDGE": "1"},
+    )
     result = git_env.theta(b, "pull", check=False)
     oid = key.rpartition("/")[2]
     assert result.returncode == 1
     assert f"object {oid} in s3://{bucket}: is corrupt" in result.stderr.decode()
     assert not list((b / ".git" / "theta" / "objects").glob(f"*/*/{oid}"))
-    assert (b / MODEL).read_bytes().startswith(b"git-theta-manifest "), "a file was written from a refused object"
+    assert (b / MODEL).read_bytes().startswith(b"git-theta-manifest "), (
+        "a file was written from a refused object"
+    )
 
 
 def test_s3_store_multipart_conditional_and_concurrent_puts(bucket, tmp_path, monkeypatch):

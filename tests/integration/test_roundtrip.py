@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import (
     assert_manifest,
     assert_status_clean,

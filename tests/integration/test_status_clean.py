@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from helpers import (
     assert_status_clean,
     bump_mtime,
@@ -25,6 +23,7 @@ from helpers import (
     status_lines,
     tracked_repo,
 )
+from safetensors.torch import save_file
 
 FILES = ("model.pth", "weights.safetensors", "blob.bin")
 

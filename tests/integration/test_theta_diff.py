@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from theta_history import History, commit, model_at, norm, shared_history
 
 from git_theta_filter.manifest import Manifest
-from theta_history import History, commit, model_at, norm, shared_history
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
@@ -52,17 +52,24 @@ def manifest_at(history: History, spec: str) -> Manifest:
     return Manifest.parse(history.run("git", "show", spec).stdout)
 
 
-def test_theta_diff_two_commits_reports_the_exact_changed_tensors_and_numbers(history: History) -> None:
+def test_theta_diff_two_commits_reports_the_exact_changed_tensors_and_numbers(
+    history: History,
+) -> None:
     result = history.theta_json("diff", "HEAD~2", "HEAD")
     assert result["schema"] == "git-theta-diff/1"
-    assert result["old"]["commit"] == history.commits[1] and result["new"]["commit"] == history.commits[3]
+    assert (
+        result["old"]["commit"] == history.commits[1]
+        and result["new"]["commit"] == history.commits[3]
+    )
     (file,) = result["files"]
     assert file["path"] == "model.pth" and file["status"] == "modified"
     tensors = changed(file)
     assert set(tensors) == {"model.0.weight", "model.2.bias"}
     old, new = history.states[1], history.states[3]
     for name, tensor in tensors.items():
-        assert tensor["status"] == "modified" and tensor["old_dtype"] == tensor["new_dtype"] == "F32"
+        assert (
+            tensor["status"] == "modified" and tensor["old_dtype"] == tensor["new_dtype"] == "F32"
+        )
         assert tensor["old_shape"] == tensor["new_shape"] == list(new[name].shape)
         assert tensor["new_nan_count"] == tensor["new_inf_count"] == 0
         assert_numbers(tensor, old[name], new[name])
@@ -106,7 +113,9 @@ def test_theta_diff_range_forms_agree(history: History) -> None:
     first, last = history.commits[1], history.commits[3]
     expected = history.theta_json("diff", first, last)["files"]
     assert history.theta_json("diff", f"{first}..{last}")["files"] == expected
-    assert history.theta_json("diff", f"{first}...{last}")["files"] == expected  # merge base is `first`
+    assert (
+        history.theta_json("diff", f"{first}...{last}")["files"] == expected
+    )  # merge base is `first`
     assert history.theta_json("diff", f"{first}..")["files"] == expected  # an empty side is HEAD
     assert history.theta_json("diff", first, last, "--", "model.pth")["files"] == expected
     all_tensors = history.theta_json("diff", "--all", first, last)["files"][0]
@@ -210,7 +219,12 @@ def test_theta_diff_added_removed_retyped_and_every_dtype(own_history: History) 
 def test_theta_diff_views_of_one_storage(own_history: History) -> None:
     history = own_history
     base = torch.arange(40, dtype=torch.float32) / 7
-    state = {"base": base, "window": base[10:20], "every_fourth": base[::4], "grid": base.view(5, 8)[:, 1:3]}
+    state = {
+        "base": base,
+        "window": base[10:20],
+        "every_fourth": base[::4],
+        "grid": base.view(5, 8)[:, 1:3],
+    }
     torch.save(state, history.repo / "views.pth")
     commit(history.git_env, history.repo, "views", "views.pth", day=20)
     with torch.no_grad():
@@ -245,7 +259,11 @@ def test_theta_diff_output_formats(history: History) -> None:
     first, last = history.commits[1], history.commits[3]
     text = history.theta_ok("diff", first, last)
     lines = text.splitlines()
-    assert lines[0].startswith("model.pth  (") and lines[1].split()[:3] == ["status", "tensor", "dtype"]
+    assert lines[0].startswith("model.pth  (") and lines[1].split()[:3] == [
+        "status",
+        "tensor",
+        "dtype",
+    ]
     assert lines[2].split()[:2] == ["modified", "model.2.bias"] and lines[3].split()[:2] == [
         "modified",
         "model.0.weight",
@@ -257,11 +275,16 @@ def test_theta_diff_output_formats(history: History) -> None:
     stat = history.theta_ok("diff", "--stat", first, last).splitlines()
     assert len(stat) == 1 and stat[0].startswith("model.pth | 2 modified, 0 added, 0 removed")
     markdown = history.theta_ok("diff", "--md", first, last)
-    assert "| status | tensor | dtype | shape |" in markdown and "| modified | `model.2.bias` |" in markdown
+    assert (
+        "| status | tensor | dtype | shape |" in markdown
+        and "| modified | `model.2.bias` |" in markdown
+    )
     assert "| Metric | old | new | change |" in markdown
     top = history.theta_json("diff", "--top", "1", first, last)["files"][0]["tensors"]
     assert [t["name"] for t in top] == ["model.2.bias"]
-    by_name = history.theta_json("diff", "--sort", "name", "--all", first, last)["files"][0]["tensors"]
+    by_name = history.theta_json("diff", "--sort", "name", "--all", first, last)["files"][0][
+        "tensors"
+    ]
     assert [t["name"] for t in by_name] == sorted(t["name"] for t in by_name)
     by_delta = history.theta_json("diff", "--sort", "delta", first, last)["files"][0]["tensors"]
     assert [t["name"] for t in by_delta] == ["model.0.weight", "model.2.bias"]  # 5.66 > 2.0
@@ -293,7 +316,9 @@ def test_theta_diff_missing_objects_show_unavailable_norms(own_history: History)
         (("--", "no/such/model.pth"), "pathspec 'no/such/model.pth' did not match any model file"),
     ],
 )
-def test_theta_diff_bad_input_exits_128(history: History, args: tuple[str, ...], message: str) -> None:
+def test_theta_diff_bad_input_exits_128(
+    history: History, args: tuple[str, ...], message: str
+) -> None:
     result = history.theta("diff", *args)
     assert result.returncode == 128 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and message in result.stderr
@@ -308,7 +333,9 @@ def test_theta_diff_console_script_alias_and_subdirectory(history: History) -> N
     # Paths are relative to the current directory, as in git.
     subdirectory = history.repo / "sub"
     subdirectory.mkdir(exist_ok=True)
-    result = history.theta("diff", "--stat", "HEAD~1", "HEAD", "--", "../model.pth", cwd=subdirectory)
+    result = history.theta(
+        "diff", "--stat", "HEAD~1", "HEAD", "--", "../model.pth", cwd=subdirectory
+    )
     assert result.stdout.startswith("model.pth | 1 modified")
     outside = history.theta("diff", "HEAD~1", "HEAD", "--", "../../elsewhere.pth", cwd=subdirectory)
     assert outside.returncode == 128
@@ -335,9 +362,16 @@ def test_theta_diff_theta_leaves_out_optimizer_state(own_history: History) -> No
     for _ in range(2):
         model(torch.randn(3, 8)).sum().backward()
         optimizer.step()
-        states.append({"model": {k: v.clone() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict()})
+        states.append(
+            {
+                "model": {k: v.clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+            }
+        )
         torch.save(states[-1], history.repo / "adam.pth")
-        commit(history.git_env, history.repo, f"adam {len(states)}", "adam.pth", day=22 + len(states))
+        commit(
+            history.git_env, history.repo, f"adam {len(states)}", "adam.pth", day=22 + len(states)
+        )
     result = history.theta_json("diff", "HEAD~1", "HEAD", "--", "adam.pth")
     (file,) = result["files"]
     names = {t["name"] for t in file["tensors"]}
@@ -345,5 +379,11 @@ def test_theta_diff_theta_leaves_out_optimizer_state(own_history: History) -> No
     old_weights = torch.cat([t.double().flatten() for t in states[0]["model"].values()])
     new_weights = torch.cat([t.double().flatten() for t in states[1]["model"].values()])
     summary = file["summary"]
-    assert math.isclose(summary["old_norm"], torch.linalg.vector_norm(old_weights).item(), rel_tol=1e-9)
-    assert math.isclose(summary["delta_norm"], torch.linalg.vector_norm(new_weights - old_weights).item(), rel_tol=1e-9)
+    assert math.isclose(
+        summary["old_norm"], torch.linalg.vector_norm(old_weights).item(), rel_tol=1e-9
+    )
+    assert math.isclose(
+        summary["delta_norm"],
+        torch.linalg.vector_norm(new_weights - old_weights).item(),
+        rel_tol=1e-9,
+    )

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from theta_history import CHANGED_IN, History, commit, norm, shared_history
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
@@ -36,13 +35,19 @@ def expected_relative_change(history: History, epoch: int) -> float:
 def test_theta_log_lists_each_model_commit_with_metrics_norms_and_changes(history: History) -> None:
     entries = history.theta_json("log")["entries"]
     assert [e["subject"] for e in entries] == ["epoch 3", "epoch 2", "epoch 1"]
-    assert [e["commit"] for e in entries] == [history.commits[3], history.commits[2], history.commits[1]]
+    assert [e["commit"] for e in entries] == [
+        history.commits[3],
+        history.commits[2],
+        history.commits[1],
+    ]
     assert [e["date"][:10] for e in entries] == ["2026-01-04", "2026-01-03", "2026-01-02"]
     by_epoch = {e["metrics"]["epoch"]: e for e in entries}
     for epoch, entry in by_epoch.items():
         state = history.states[epoch]
         assert entry["path"] == "model.pth"
-        assert entry["norm"] == pytest.approx(math.sqrt(sum(norm(t) ** 2 for t in state.values())), rel=1e-9)
+        assert entry["norm"] == pytest.approx(
+            math.sqrt(sum(norm(t) ** 2 for t in state.values())), rel=1e-9
+        )
         assert entry["non_finite"] is False and entry["norms_available"] is True
         assert entry["tensors"] == 4
         # The checkpoint's nested scalars, flattened with dots.
@@ -75,7 +80,9 @@ def test_theta_log_reads_metrics_files_declared_and_beside_the_model(history: Hi
     assert "eval.f1" not in entries[2]["metrics"]
     config = (history.repo / ".thetaconfig").read_text()
     assert "[metrics]" in config and "file = results.toml" in config
-    assert history.run("git", "theta", "metrics", "list").stdout.decode().split() == ["results.toml"]
+    assert history.run("git", "theta", "metrics", "list").stdout.decode().split() == [
+        "results.toml"
+    ]
 
 
 def test_theta_log_best_finds_the_commit_with_the_best_metric(history: History) -> None:
@@ -148,7 +155,9 @@ def test_theta_log_console_script_and_alias_exit_128_like_git(history: History) 
     assert history.run("git", "theta", "log", "-n", "1", "--json").stdout.count(b'"commit"') == 1
 
 
-def test_theta_log_warm_cache_reads_no_payload_and_missing_objects_are_reported(own_history: History) -> None:
+def test_theta_log_warm_cache_reads_no_payload_and_missing_objects_are_reported(
+    own_history: History,
+) -> None:
     history = own_history
     first = history.theta_json("log")["entries"]
     assert (history.repo / ".git" / "theta" / "stats" / "v1.sqlite3").is_file()
@@ -175,7 +184,9 @@ def test_theta_log_warm_cache_reads_no_payload_and_missing_objects_are_reported(
 def test_theta_log_never_imports_torch(history: History, tmp_path: Path) -> None:
     poisoned = tmp_path / "poison" / "torch"
     poisoned.mkdir(parents=True)
-    (poisoned / "__init__.py").write_text("raise ImportError('git theta-log must not import torch')\n")
+    (poisoned / "__init__.py").write_text(
+        "raise ImportError('git theta-log must not import torch')\n"
+    )
     env = {"PYTHONPATH": os.pathsep.join([str(poisoned.parent), os.environ.get("PYTHONPATH", "")])}
     history.run("git", "theta-log", env=env)
     history.run("git", "theta-diff", "HEAD~2", "--json", env=env)
@@ -229,7 +240,9 @@ def test_theta_log_plot_draws_metrics_and_relative_change(history: History, tmp_
 def test_theta_log_on_a_terminal_draws_sparklines_in_colour(history: History) -> None:
     leader, follower = os.openpty()
     try:
-        history.git_env.run("git", "theta-log", "--metric", "val_acc", cwd=history.repo)  # warm the cache
+        history.git_env.run(
+            "git", "theta-log", "--metric", "val_acc", cwd=history.repo
+        )  # warm the cache
         process = subprocess.run(
             ["git", "theta-log", "--metric", "val_acc"],
             cwd=history.repo,
@@ -254,7 +267,9 @@ def test_theta_log_on_a_terminal_draws_sparklines_in_colour(history: History) ->
     assert process.stderr == b""
     assert "\x1b[33m" in text  # coloured commit ids
     # Oldest commit on the left: val_acc rises 0.6, 0.7, 0.8.
-    assert any(line.split()[:2] == ["metrics.val_acc", "▁▄█"] for line in _plain(text).splitlines()), _plain(text)
+    assert any(
+        line.split()[:2] == ["metrics.val_acc", "▁▄█"] for line in _plain(text).splitlines()
+    ), _plain(text)
 
 
 def _plain(text: str) -> str:

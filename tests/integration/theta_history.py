@@ -22,14 +22,13 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
-
 from conftest import GitEnv, isolated_git_env
 
 CHANGED_IN = {2: {"model.0.weight"}, 3: {"model.2.bias"}}
@@ -111,7 +110,11 @@ class History:
     states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def run(
-        self, *args: str, check: bool = True, cwd: Path | None = None, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         return self.git_env.run(*args, cwd=cwd or self.repo, check=check, env=env)
 
@@ -124,19 +127,25 @@ class History:
 
         main = {"log": log.main, "diff": diff.main}[command]
         stdout, stderr = io.StringIO(), io.StringIO()
-        with _inside(self.git_env.env, cwd or self.repo), redirect_stdout(stdout), redirect_stderr(stderr):
+        with (
+            _inside(self.git_env.env, cwd or self.repo),
+            redirect_stdout(stdout),
+            redirect_stderr(stderr),
+        ):
             code = main(list(args))
         return Result(code, stdout.getvalue(), stderr.getvalue())
 
     def theta_ok(self, command: str, *args: str) -> str:
         result = self.theta(command, *args)
-        assert result.returncode == 0, f"git theta-{command} {' '.join(args)} failed:\n{result.stderr}"
+        assert result.returncode == 0, (
+            f"git theta-{command} {' '.join(args)} failed:\n{result.stderr}"
+        )
         return result.stdout
 
     def theta_json(self, command: str, *args: str) -> dict:
         return json.loads(self.theta_ok(command, "--json", *args))
 
-    def copy(self, dest: Path) -> "History":
+    def copy(self, dest: Path) -> History:
         """An independent copy, store and stats cache included."""
         shutil.copytree(self.repo, dest, symlinks=True)
         return History(self.git_env, dest, dict(self.commits), dict(self.states))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import mlp_checkpoint, sha256_bytes
 from safetensors.torch import save as safetensors_save
 
 from git_theta_filter.clean import clean
@@ -18,8 +19,6 @@ from git_theta_filter.manifest import Manifest, ManifestError
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
 from git_theta_filter.store.local import LocalStore, ObjectMissingError
 from git_theta_filter.store.object_format import ObjectFormatError
-
-from helpers import mlp_checkpoint, sha256_bytes
 
 
 @pytest.fixture

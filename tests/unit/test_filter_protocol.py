@@ -8,11 +8,12 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+from helpers import assert_object, mlp_checkpoint, save, sha256_bytes, store_oids
 
 from git_theta_filter.filter_protocol import ProtocolError, serve
 from git_theta_filter.manifest import Manifest
@@ -24,8 +25,6 @@ from git_theta_filter.pktline import (
     encode_text,
     iter_content_packets,
 )
-
-from helpers import assert_object, mlp_checkpoint, save, sha256_bytes, store_oids
 
 HANDSHAKE = b"".join(encode_text(t) for t in ["git-filter-client", "version=2"]) + FLUSH
 CAPABILITIES = (
@@ -187,7 +186,11 @@ def test_a_bad_handshake_is_a_protocol_error(welcome: list[bytes]) -> None:
         run_serve(stream)
 
 
-@pytest.mark.parametrize("stream", [b"", HANDSHAKE, HANDSHAKE + encode_text("capability=clean")], ids=["nothing", "welcome only", "capabilities cut"])
+@pytest.mark.parametrize(
+    "stream",
+    [b"", HANDSHAKE, HANDSHAKE + encode_text("capability=clean")],
+    ids=["nothing", "welcome only", "capabilities cut"],
+)
 def test_input_ending_during_the_handshake_is_a_protocol_error(stream: bytes) -> None:
     with pytest.raises(ProtocolError, match="the input ended during the handshake"):
         run_serve(stream)

@@ -18,27 +18,54 @@ def test_committed_man_pages_match_the_parsers() -> None:
     generated = pages()
     assert sorted(generated) == sorted(p.name for p in MAN_DIR.glob("*.1"))
     for name, text in generated.items():
-        assert (MAN_DIR / name).read_text() == text, f"{name} is stale: run python -m git_theta_filter.cli._manpage man/man1"
+        assert (MAN_DIR / name).read_text() == text, (
+            f"{name} is stale: run python -m git_theta_filter.cli._manpage man/man1"
+        )
 
 
 def test_the_main_page_lists_every_command() -> None:
     text = pages()["git-theta.1"]
-    for command in ("install", "track", "ls-files", "du", "fsck", "gc", "push", "fetch", "pull", "log", "diff"):
+    for command in (
+        "install",
+        "track",
+        "ls-files",
+        "du",
+        "fsck",
+        "gc",
+        "push",
+        "fetch",
+        "pull",
+        "log",
+        "diff",
+    ):
         assert f".SS {command}\n" in text
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
 @pytest.mark.parametrize("name", sorted(pages()))
 def test_man_pages_render_without_warnings(name: str) -> None:
-    result = subprocess.run(["man", "--warnings", "-l", str(MAN_DIR / name)], capture_output=True, text=True, env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    result = subprocess.run(
+        ["man", "--warnings", "-l", str(MAN_DIR / name)],
+        capture_output=True,
+        text=True,
+        env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+    )
     assert result.returncode == 0
     assert result.stderr == ""
     assert "OPTIONS" in result.stdout
 
 
 def test_git_help_finds_the_installed_page(git_env, tmp_path: Path) -> None:
-    installed = Path(sysconfig.get_path("scripts")).parent / "share" / "man" / "man1" / "git-theta.1"
+    installed = (
+        Path(sysconfig.get_path("scripts")).parent / "share" / "man" / "man1" / "git-theta.1"
+    )
     if shutil.which("man") is None or not installed.exists():
         pytest.skip("man pages are installed by ./install.sh")
-    result = git_env.run("git", "theta", "--help", cwd=tmp_path, env={"MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80"})
+    result = git_env.run(
+        "git",
+        "theta",
+        "--help",
+        cwd=tmp_path,
+        env={"MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80"},
+    )
     assert b"version PyTorch model files in Git" in result.stdout

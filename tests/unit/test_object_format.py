@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import sha256_bytes, sha256_file
 from safetensors import safe_open
 from safetensors.numpy import save as safetensors_numpy_save
 
@@ -21,8 +22,6 @@ from git_theta_filter.store.object_format import (
     object_dtype_for,
     parse_header_bytes,
 )
-
-from helpers import sha256_bytes, sha256_file
 
 OID = "f" * 64
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import mlp_checkpoint
 
 from git_theta_filter.formats.pickle_scan import (
     MAX_METRIC_SEQUENCE,
@@ -23,8 +24,6 @@ from git_theta_filter.formats.pickle_scan import (
     TensorRef,
     scan_pickle,
 )
-
-from helpers import mlp_checkpoint
 
 
 def data_pkl(obj: object) -> bytes:

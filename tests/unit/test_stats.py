@@ -44,7 +44,9 @@ def stats(theta_dir: Path) -> Statistician:
     return Statistician.for_repo(theta_dir)
 
 
-def random_tensor(dtype: torch.dtype, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> torch.Tensor:
+def random_tensor(
+    dtype: torch.dtype, shape: tuple[int, ...] = SHAPE, seed: int = 0
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     if dtype.is_floating_point:
         return (torch.randn(shape, generator=generator, dtype=torch.float64) * 3).to(dtype)
@@ -94,14 +96,19 @@ def test_stats_delta_matches_torch_in_float64(stats: Statistician, dtype: torch.
     assert delta.max_abs_delta == difference.abs().max().item()
     assert delta.changed_count == int((old != new).sum())
     # The pass also filled both tensors' statistics into the cache.
-    assert stats.cache.get_tensor(old_entry) is not None and stats.cache.get_tensor(new_entry) is not None
+    assert (
+        stats.cache.get_tensor(old_entry) is not None
+        and stats.cache.get_tensor(new_entry) is not None
+    )
 
 
 def test_stats_integer_delta_counts_changes_only(stats: Statistician) -> None:
     old = torch.arange(1000, dtype=torch.int64)
     new = old.clone()
     new[[3, 500]] = -1
-    delta = stats.delta_stats(store_tensor(stats.store, "i", old), store_tensor(stats.store, "i", new))
+    delta = stats.delta_stats(
+        store_tensor(stats.store, "i", old), store_tensor(stats.store, "i", new)
+    )
     assert delta.changed_count == 2 and delta.delta_norm is None and delta.dot is None
 
 
@@ -115,7 +122,9 @@ def test_stats_nan_and_inf_are_counted_and_kept_out_of_min_max(stats: Statistici
     assert (result.min, result.max) == (finite.min().item(), finite.max().item())
     assert math.isnan(result.norm)
     # NaN survives the cache (SQLite stores it as NULL).
-    cached = Statistician.for_repo(stats.store.theta_dir).tensor_stats(store_tensor(stats.store, "t", tensor))
+    cached = Statistician.for_repo(stats.store.theta_dir).tensor_stats(
+        store_tensor(stats.store, "t", tensor)
+    )
     assert cached is not None and math.isnan(cached.sum_squares) and cached.nan_count == 2
 
 
@@ -130,11 +139,15 @@ def test_stats_all_float8_codes_decode_as_torch_does() -> None:
     ]:
         decoded = np.empty(256)
         element_type(name).decode(codes.numpy(), decoded)
-        np.testing.assert_array_equal(decoded, codes.view(torch_dtype).double().numpy(), err_msg=name)
+        np.testing.assert_array_equal(
+            decoded, codes.view(torch_dtype).double().numpy(), err_msg=name
+        )
 
 
 def test_stats_bf16_is_decoded_from_its_bits_without_torch() -> None:
-    values = torch.tensor([0.0, -0.0, 1.0, -2.5, 3.0e38, 1.0e-40, float("inf"), float("nan")]).bfloat16()
+    values = torch.tensor(
+        [0.0, -0.0, 1.0, -2.5, 3.0e38, 1.0e-40, float("inf"), float("nan")]
+    ).bfloat16()
     decoded = np.empty(len(values))
     element_type("BF16").decode(values.view(torch.int16).numpy().view(np.uint16), decoded)
     np.testing.assert_array_equal(decoded, values.double().numpy())
@@ -152,12 +165,17 @@ def test_stats_views_of_a_flat_object(stats: Statistician, view: str) -> None:
     }[view]
     entry = TensorEntry("v", "F32", tuple(tensor.shape), flat.oid, offset, stride)
     result = stats.tensor_stats(entry)
-    assert result.norm == pytest.approx(torch_norm(tensor), rel=1e-9) and result.numel == tensor.numel()
+    assert (
+        result.norm == pytest.approx(torch_norm(tensor), rel=1e-9)
+        and result.numel == tensor.numel()
+    )
     # A view next to another of the same shape: the delta walks both in row-major order.
     other = TensorEntry("v", "F32", tuple(tensor.shape), flat.oid, offset + 1, stride)
     shifted = storage.as_strided(tensor.shape, tensor.stride(), offset + 1)
     delta = stats.delta_stats(entry, other)
-    assert delta.delta_norm == pytest.approx(torch_norm(shifted.double() - tensor.double()), rel=1e-9)
+    assert delta.delta_norm == pytest.approx(
+        torch_norm(shifted.double() - tensor.double()), rel=1e-9
+    )
 
 
 def test_stats_refuse_a_view_past_the_end_of_its_object(stats: Statistician) -> None:
@@ -218,7 +236,13 @@ def test_stats_complex_and_quantized_types_have_no_numbers(stats: Statistician) 
 
 def test_metrics_flatten_nested_values_and_skip_the_rest() -> None:
     data = {
-        "eval": {"acc": 0.9, "name": "dev", "ok": True, "per_class": [1, 2], "ids": list(range(20))},
+        "eval": {
+            "acc": 0.9,
+            "name": "dev",
+            "ok": True,
+            "per_class": [1, 2],
+            "ids": list(range(20)),
+        },
         "epoch": 3,
         "none": None,
     }
@@ -258,8 +282,14 @@ def test_metrics_names_resolve_by_unambiguous_dotted_suffix() -> None:
 
 def test_stats_computed_ahead_on_threads_equal_those_computed_one_by_one(theta_dir: Path) -> None:
     store = LocalStore(theta_dir)
-    olds = [store_tensor(store, f"t{i}", random_tensor(torch.float32, (5000,), seed=i)) for i in range(6)]
-    news = [store_tensor(store, f"t{i}", random_tensor(torch.float32, (5000,), seed=i + 50)) for i in range(6)]
+    olds = [
+        store_tensor(store, f"t{i}", random_tensor(torch.float32, (5000,), seed=i))
+        for i in range(6)
+    ]
+    news = [
+        store_tensor(store, f"t{i}", random_tensor(torch.float32, (5000,), seed=i + 50))
+        for i in range(6)
+    ]
     lone = store_tensor(store, "lone", random_tensor(torch.bfloat16, (300,), seed=99))
     gone = store_tensor(store, "gone", torch.ones(3))
     store.object_path(gone.oid).chmod(0o644)

@@ -49,7 +49,9 @@ def versions() -> list[dict]:
     return [base, tail_changed, all_changed, reshaped]
 
 
-def test_expecting_gives_the_ids_a_plain_clean_gives(tmp_path: Path, store: LocalStore, versions: list[dict]) -> None:
+def test_expecting_gives_the_ids_a_plain_clean_gives(
+    tmp_path: Path, store: LocalStore, versions: list[dict]
+) -> None:
     previous = payload_oids(clean_manifest(store, torch_bytes(versions[0])))
     for state in versions[1:]:
         data = torch_bytes(state)
@@ -73,7 +75,9 @@ def test_an_unchanged_payload_is_not_written_again(store: LocalStore, versions: 
     assert not any(store.tmp_dir.iterdir())
 
 
-def test_a_missing_or_corrupt_expected_object_is_ignored(store: LocalStore, versions: list[dict]) -> None:
+def test_a_missing_or_corrupt_expected_object_is_ignored(
+    store: LocalStore, versions: list[dict]
+) -> None:
     data = torch_bytes(versions[0])
     previous = payload_oids(clean_manifest(store, data))
     for oid in previous:
@@ -87,7 +91,9 @@ def test_a_missing_or_corrupt_expected_object_is_ignored(store: LocalStore, vers
             assert f.read() == b"not an object"  # an existing object is never rewritten
 
 
-def test_a_truncated_new_version_loses_no_byte_while_comparing(store: LocalStore, versions: list[dict]) -> None:
+def test_a_truncated_new_version_loses_no_byte_while_comparing(
+    store: LocalStore, versions: list[dict]
+) -> None:
     """The file ends inside a tensor that so far equals the previous version's: those bytes are kept too."""
     base = torch_bytes(versions[0])
     previous = clean_manifest(store, base)

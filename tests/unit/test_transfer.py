@@ -28,12 +28,21 @@ from git_theta_filter.store.remote import (
     open_store,
     transfer_workers,
 )
-from git_theta_filter.store.transfer import DownloadVerificationError, TransferFailedError, TransferProgress, download, upload
+from git_theta_filter.store.transfer import (
+    DownloadVerificationError,
+    TransferFailedError,
+    TransferProgress,
+    download,
+    upload,
+)
 
 
 def make_objects(store: LocalStore, count: int, size: int = 4096) -> list[str]:
     """``count`` distinct valid objects in ``store``."""
-    return [store.write_bytes(hashlib.sha256(f"{i}".encode()).digest() * (size // 32)) for i in range(count)]
+    return [
+        store.write_bytes(hashlib.sha256(f"{i}".encode()).digest() * (size // 32))
+        for i in range(count)
+    ]
 
 
 def object_files(root: Path) -> list[Path]:
@@ -43,7 +52,9 @@ def object_files(root: Path) -> list[Path]:
 def assert_store_valid(root: Path, oids: set[str]) -> None:
     """Exactly ``oids`` under ``root``, each hashing to its name, and no other file."""
     files = object_files(root)
-    assert sorted(path.name for path in files) == sorted(oids), f"unexpected files: {[str(p) for p in files]}"
+    assert sorted(path.name for path in files) == sorted(oids), (
+        f"unexpected files: {[str(p) for p in files]}"
+    )
     for path in files:
         assert path.relative_to(root).parts == (path.name[:2], path.name[2:4], path.name)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
@@ -81,7 +92,9 @@ def test_directory_store_refuses_a_source_that_does_not_hash_to_its_oid(local, r
     (oid,) = make_objects(local, 1)
     corrupt = tmp_path / "corrupt"
     corrupt.write_bytes(local.object_path(oid).read_bytes()[:-1] + b"!")
-    with pytest.raises(ObjectFormatError, match=f"object {oid} is corrupt: the local copy hashes to"):
+    with pytest.raises(
+        ObjectFormatError, match=f"object {oid} is corrupt: the local copy hashes to"
+    ):
         remote.put(oid, corrupt)
     assert object_files(remote.root) == []
 
@@ -89,7 +102,11 @@ def test_directory_store_refuses_a_source_that_does_not_hash_to_its_oid(local, r
 def test_directory_store_whose_anchor_is_missing_is_unavailable(local, tmp_path):
     (oid,) = make_objects(local, 1)
     store = DirectoryStore(tmp_path / "not-mounted" / "objects")
-    for call in (lambda: store.has(oid), lambda: store.put(oid, local.object_path(oid)), lambda: list(store.list())):
+    for call in (
+        lambda: store.has(oid),
+        lambda: store.put(oid, local.object_path(oid)),
+        lambda: list(store.list()),
+    ):
         with pytest.raises(StoreUnavailableError, match="not-mounted is not a directory"):
             call()
     assert not (tmp_path / "not-mounted").exists()
@@ -116,7 +133,9 @@ def test_many_writers_of_the_same_object_at_once(local, remote):
 # -- transfers ------------------------------------------------------------------------
 
 
-def test_upload_skips_what_the_store_has_and_download_what_the_local_store_has(local, remote, tmp_path):
+def test_upload_skips_what_the_store_has_and_download_what_the_local_store_has(
+    local, remote, tmp_path
+):
     oids = make_objects(local, 5)
     remote.put(oids[0], local.object_path(oids[0]))
     result = upload(local, remote, oids, workers=3, show_progress=False)
@@ -143,7 +162,9 @@ def test_download_refuses_a_corrupt_object_and_keeps_the_good_ones(local, remote
     with pytest.raises(TransferFailedError) as failure:
         download(fresh, remote, oids, workers=2, show_progress=False)
     assert isinstance(failure.value.failures[oids[1]], DownloadVerificationError)
-    assert str(failure.value).startswith(f"could not download 1 of 3 tensor objects: object {oids[1]} in {remote.url}: is corrupt")
+    assert str(failure.value).startswith(
+        f"could not download 1 of 3 tensor objects: object {oids[1]} in {remote.url}: is corrupt"
+    )
     assert_store_valid(fresh.objects_dir, {oids[0], oids[2]})
     assert list(fresh.tmp_dir.glob("*")) == []
 
@@ -216,7 +237,10 @@ def test_killed_download_resumes_without_duplicates_or_partial_objects(local, re
     oids = make_objects(local, 8)
     upload(local, remote, oids, workers=4, show_progress=False)
     fresh = LocalStore(tmp_path / "fresh" / "theta")
-    child = subprocess.Popen([sys.executable, "-c", SLOW_DOWNLOAD, str(fresh.theta_dir), str(remote.root), *oids])
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_DOWNLOAD, str(fresh.theta_dir), str(remote.root), *oids]
+    )
+
     def mid_transfer() -> bool:
         # Some objects have landed and another download's temp file is waiting.
         landed = fresh.objects_dir.exists() and object_files(fresh.objects_dir)
@@ -230,12 +254,16 @@ def test_killed_download_resumes_without_duplicates_or_partial_objects(local, re
     landed = {path.name for path in object_files(fresh.objects_dir)}
     assert 0 < len(landed) < len(oids), "the kill should land mid-transfer"
     assert_store_valid(fresh.objects_dir, landed)
-    assert [p.name for p in fresh.tmp_dir.glob("*")] != [], "a killed download leaves its temp files"
+    assert [p.name for p in fresh.tmp_dir.glob("*")] != [], (
+        "a killed download leaves its temp files"
+    )
 
     result = download(fresh, remote, oids, workers=4, show_progress=False)
     assert result.transferred == len(oids) - len(landed)
     assert_store_valid(fresh.objects_dir, set(oids))
-    assert not [p.name for p in fresh.tmp_dir.glob("download-*")], "the dead process's temp files are removed"
+    assert not [p.name for p in fresh.tmp_dir.glob("download-*")], (
+        "the dead process's temp files are removed"
+    )
 
 
 def test_killed_upload_leaves_only_temp_files_that_are_never_objects(local, remote):
@@ -293,7 +321,9 @@ def isolated_git(tmp_path, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
 
     def git(cwd: Path, *args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+        return subprocess.run(
+            ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+        ).stdout
 
     return git
 
@@ -331,7 +361,11 @@ def test_default_store_of_local_remotes(isolated_git, tmp_path):
     repo = GitRepo.discover(work)
     for url in (str(other), other.as_uri(), f"theta::{other}"):
         assert locate_store(repo, "origin", url).url == str(other / ".git" / "theta" / "objects")
-    for url in ("git@example.com:team/models.git", "https://example.com/models.git", str(tmp_path / "nowhere")):
+    for url in (
+        "git@example.com:team/models.git",
+        "https://example.com/models.git",
+        str(tmp_path / "nowhere"),
+    ):
         assert locate_store(repo, "origin", url) is None
 
 
@@ -353,5 +387,7 @@ def test_store_urls_and_transfer_setting(isolated_git, tmp_path):
 
 def test_the_filter_process_imports_neither_torch_nor_boto3():
     code = "import sys, git_theta_filter.cli.filter_process; print(sorted({'torch', 'boto3'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
     assert out.strip() == "[]"
