@@ -105,7 +105,9 @@ class NoWorkTreeError(ThetaError):
 
 
 class UnsupportedDTypeError(ThetaError):
-    """A tensor that cannot be rebuilt from its object alone (a quantized tensor needs its scales)."""
+    """A tensor that cannot be rebuilt from its object alone
+    (a quantized tensor needs its scales).
+    """
 
     def __init__(self, path: str, tensor: str, dtype: str) -> None:
         super().__init__(
@@ -203,14 +205,17 @@ class Repository:
         return given.as_posix()
 
     def _check_tracked(self, path: str) -> None:
-        # `git check-attr` reads the work tree's .gitattributes, committed or not, as `git add` does.
+        # `git check-attr` reads the work tree's .gitattributes, committed or not,
+        # as `git add` does.
         line = self._repo.git("check-attr", "filter", "--", path).strip()
         if not line.endswith(": filter: theta"):
             raise NotTrackedError(path)
 
     # -- writing ----------------------------------------------------------------
     def track(self, *patterns: str) -> None:
-        """Route files matching ``patterns`` through the filter (``git theta track``); stage .gitattributes."""
+        """Route files matching ``patterns`` through the filter (``git theta track``);
+        stage .gitattributes.
+        """
         from .installation import track
 
         track(self._repo, list(patterns))
@@ -258,7 +263,9 @@ class Repository:
         return self._repo.git("rev-parse", "HEAD").strip()
 
     def _staged_payloads(self, path: str) -> list[str]:
-        """The staged version's payload objects, in file order: clean compares with them instead of rewriting."""
+        """The staged version's payload objects, in file order:
+        clean compares with them instead of rewriting.
+        """
         self._git.index.read()
         try:
             blob_id = self._git.index[path].id
@@ -268,7 +275,8 @@ class Repository:
         return [splice.oid for splice in manifest.splices] if manifest is not None else []
 
     def _stage(self, path: str, blob_id: pygit2.Oid, stat: os.stat_result) -> None:
-        """Put ``blob_id`` in the index at ``path`` with the work-tree file's stat data, as ``git add`` does.
+        """Put ``blob_id`` in the index at ``path`` with the work-tree file's stat data,
+        as ``git add`` does.
 
         pygit2's IndexEntry has no stat fields, and an entry without them
         makes git read (and clean) the file again at the next status or
@@ -292,14 +300,16 @@ class Repository:
         entry.path = c_path
         index = self._git.index
         index.read()
-        # A stage-0 entry resolves a conflict only once the conflict's stages are gone, as `git add` does.
+        # A stage-0 entry resolves a conflict only once the conflict's stages are gone,
+        # as `git add` does.
         if index.conflicts is not None and path in index.conflicts:
             del index.conflicts[path]
         check_error(C.git_index_add(index._index, entry))
         index.write()
 
     def restore(self, path: str | os.PathLike[str], rev: str) -> None:
-        """Write ``path`` as it was at ``rev``, byte for byte, and stage it (``git checkout <rev> -- <path>``).
+        """Write ``path`` as it was at ``rev``, byte for byte, and stage it
+        (``git checkout <rev> -- <path>``).
 
         ``<path>.metrics.json`` is restored too when ``rev`` has one.
         """
@@ -322,7 +332,9 @@ class Repository:
             return prepare_smudge(content, self._store, path)
 
     def _fetch_missing(self, manifest: bytes) -> None:
-        """Download the objects a manifest needs from the remote's store, as far as it has them (as checkout does)."""
+        """Download the objects a manifest needs from the remote's store, as far as it has them
+        (as checkout does).
+        """
         from .on_demand import OnDemandFetcher
 
         OnDemandFetcher(self._repo).fetch_missing(manifest)
@@ -331,7 +343,8 @@ class Repository:
     def load_state_dict(
         self, path: str | os.PathLike[str], rev: str = "HEAD", prefix: str = ""
     ) -> dict[str, torch.Tensor]:
-        """The tensors of ``path`` at ``rev``, by name, read straight from their objects (no pickle).
+        """The tensors of ``path`` at ``rev``, by name, read straight from their objects
+        (no pickle).
 
         Names are the manifest's key paths (``model.fc1.weight``). With
         ``prefix``, only the names that start with it, with it removed:
@@ -395,7 +408,9 @@ class Repository:
         return manifest
 
     def history(self, path: str | os.PathLike[str], rev: str = "HEAD") -> list[HistoryEntry]:
-        """The commits reachable from ``rev`` that changed ``path``, newest first (``git theta-log``)."""
+        """The commits reachable from ``rev`` that changed ``path``, newest first
+        (``git theta-log``).
+        """
         from .stats import Statistician
 
         entries = self._log(self._relative(path), rev, Statistician.for_repo(self._repo.theta_dir))
@@ -436,7 +451,7 @@ class Repository:
             parse_range(self._git, [rev]),
             pathspec,
             declared_metrics_files(self._repo, self._git),
-            lambda message: warnings.warn(message, ThetaWarning),
+            lambda message: warnings.warn(message, ThetaWarning, stacklevel=1),
             stats=stats,
         )
 

@@ -189,7 +189,9 @@ class TensorEntry:
             return 0
         if self.stride is None:
             return self.nbytes
-        last = (self.offset or 0) + sum((d - 1) * s for d, s in zip(self.shape, self.stride))
+        last = (self.offset or 0) + sum(
+            (d - 1) * s for d, s in zip(self.shape, self.stride, strict=False)
+        )
         return (last + 1) * dtype_by_name(self.dtype).itemsize
 
     def render(self) -> str:
@@ -277,7 +279,8 @@ class Manifest:
         version = version_line[len(MAGIC) :]
         if version != str(VERSION):
             raise ManifestError(
-                f"unsupported manifest version {version!r}; this git-theta-filter reads version {VERSION}",
+                f"unsupported manifest version {version!r}; "
+                f"this git-theta-filter reads version {VERSION}",
                 line_number=1,
             )
         if len(lines) < 5:

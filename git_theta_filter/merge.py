@@ -69,8 +69,8 @@ class InvalidStrategyError(ThetaError):
     def __init__(self, value: str) -> None:
         super().__init__(
             f"unknown merge strategy {value!r}",
-            hint=f"use one of {', '.join(_STRATEGY_NAMES)} (0 <= alpha <= 1) in {STRATEGY_CONFIG_KEY} "
-            f"or {STRATEGY_ENVIRONMENT}",
+            hint=f"use one of {', '.join(_STRATEGY_NAMES)} (0 <= alpha <= 1) in "
+            f"{STRATEGY_CONFIG_KEY} or {STRATEGY_ENVIRONMENT}",
         )
         self.value = value
 
@@ -115,7 +115,7 @@ def choose_strategy(configured: str | None, environment: str | None) -> Strategy
     return Strategy("conflict")
 
 
-class Outcome(str, Enum):
+class Outcome(str, Enum):  # noqa: UP042 - StrEnum would change str()/format() of members
     UNCHANGED = "unchanged"  # neither side changed it
     OURS = "ours"  # only ours changed it, or the strategy chose ours
     THEIRS = "theirs"
@@ -138,7 +138,9 @@ class TensorMerge:
 
     @property
     def chosen(self) -> TensorEntry | None:
-        """The version the merged file gets, for outcomes that pick one (None: the tensor is dropped)."""
+        """The version the merged file gets, for outcomes that pick one
+        (None: the tensor is dropped).
+        """
         if self.outcome in (Outcome.UNCHANGED, Outcome.OURS, Outcome.SAME):
             return self.ours
         if self.outcome is Outcome.THEIRS:
@@ -232,7 +234,9 @@ def plan_merge(
 
 @dataclass
 class MergeResult:
-    """The merged manifest, or why there is none: conflicting tensors, or ``problem`` for the file as a whole."""
+    """The merged manifest, or why there is none: conflicting tensors,
+    or ``problem`` for the file as a whole.
+    """
 
     path: str
     strategy: Strategy
@@ -340,7 +344,9 @@ class _FileMerge:
         return any(t.outcome is Outcome.CONFLICT for t in self.tensors)
 
     def combine_values(self, strategy: Strategy) -> None:
-        """Write the objects of combined tensors; a tensor that cannot be combined exactly becomes a conflict."""
+        """Write the objects of combined tensors;
+        a tensor that cannot be combined exactly becomes a conflict.
+        """
         for index, tensor in enumerate(self.tensors):
             if tensor.outcome is not Outcome.COMBINED:
                 continue
@@ -390,7 +396,9 @@ class _FileMerge:
         return ["ours", "theirs"]
 
     def build(self) -> tuple[SplicedFile, list[TensorEntry], str]:
-        """The merged file, the tensor lines its manifest must have, and the side its frame came from."""
+        """The merged file, the tensor lines its manifest must have,
+        and the side its frame came from.
+        """
         if self.sides["ours"].format == "torch-zip":  # type: ignore[union-attr]
             return self._build_torch_zip()
         return self._build_safetensors()
@@ -432,7 +440,9 @@ class _FileMerge:
         return archive.with_payloads(payloads, self.store), expected, side
 
     def _check_frame_object(self, oid: str, frame_oid: str, name: str) -> None:
-        """A storage's new object must be typed as the frame's object for it, so the file has its layout."""
+        """A storage's new object must be typed as the frame's object for it,
+        so the file has its layout.
+        """
         if oid == frame_oid:
             return
         new, frame = self._header(oid), self._header(frame_oid)

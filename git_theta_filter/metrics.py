@@ -177,7 +177,9 @@ def collect_metrics(
     declared: Iterable[str],
     warn: Warn,
 ) -> dict[str, Metric]:
-    """All metrics of one version of a model file; unreadable metrics files are warned about and skipped."""
+    """All metrics of one version of a model file;
+    unreadable metrics files are warned about and skipped.
+    """
     metrics = dict(checkpoint_scalars)
     for path in [model_path + CONVENTION_SUFFIX, *declared]:
         data = read_file(path)

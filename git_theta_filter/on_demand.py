@@ -39,7 +39,9 @@ class OnDemandFetcher:
         return self._store
 
     def fetch_missing(self, manifest_bytes: bytes) -> None:
-        """Download what the manifest needs and the local store lacks, as far as the store has it."""
+        """Download what the manifest needs and the local store lacks,
+        as far as the store has it.
+        """
         store = self._remote_store()
         if store is None:
             return

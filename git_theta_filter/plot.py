@@ -59,7 +59,7 @@ def plot_history(entries: list[LogEntry], metrics: list[str], path: str) -> None
         len(panels), 1, sharex=True, figsize=(8, 1.8 * len(panels) + 0.8), squeeze=False
     )
     positions = list(range(len(oldest_first)))
-    for axis, (name, values) in zip(axes[:, 0], panels):
+    for axis, (name, values) in zip(axes[:, 0], panels, strict=True):
         axis.plot(positions, values, marker="o")
         axis.set_ylabel(name)
         axis.grid(True, alpha=0.3)

@@ -42,8 +42,10 @@ class ObjectsMissingLocallyError(ThetaError):
 
     def __init__(self, oids: list[str]) -> None:
         super().__init__(
-            f"refusing to push: {len(oids)} tensor object(s) behind these commits are not in the local store",
-            hint="get them with `git theta fetch --all`, or run `git theta fsck` to see which files need them",
+            f"refusing to push: {len(oids)} tensor object(s) behind these commits are not "
+            "in the local store",
+            hint="get them with `git theta fetch --all`, "
+            "or run `git theta fsck` to see which files need them",
         )
         self.oids = oids
 
@@ -83,7 +85,9 @@ def parse_ref_updates(stdin: bytes) -> list[RefUpdate]:
 
 
 def objects_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> dict[str, int]:
-    """Object ids (with payload lengths) of the manifests in ``rev-list --objects <local> ^<remote>``."""
+    """Object ids (with payload lengths) of the manifests in
+    ``rev-list --objects <local> ^<remote>``.
+    """
     git = open_pygit2(repo)
     wanted: dict[str, int] = {}
     for update in updates:

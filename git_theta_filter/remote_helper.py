@@ -185,7 +185,8 @@ class RemoteHelper:
             store = resolve_store(self.repo, self.remote, self.url, revision=shas[0])
             if store is None:
                 print(
-                    f"git-theta: warning: no object store for {self.url}; tensor objects were not fetched",
+                    f"git-theta: warning: no object store for {self.url}; "
+                    "tensor objects were not fetched",
                     file=sys.stderr,
                 )
                 return
@@ -236,7 +237,9 @@ class RemoteHelper:
 
 
 def _porcelain_statuses(output: str) -> dict[str, tuple[str, str]]:
-    """``git push --porcelain`` lines (``<flag> TAB <src>:<dst> TAB <summary> [(<reason>)]``) by dst."""
+    """``git push --porcelain`` lines
+    (``<flag> TAB <src>:<dst> TAB <summary> [(<reason>)]``) by dst.
+    """
     statuses = {}
     for line in output.splitlines():
         fields = line.split("\t")

@@ -170,7 +170,7 @@ class Pathspec:
     def check_tracked(self, model_paths: Iterable[str]) -> None:
         """Raise :class:`PathNotTrackedError` for the first argument that matches no model file."""
         paths = list(model_paths)
-        for argument, pattern in zip(self.arguments, self._patterns):
+        for argument, pattern in zip(self.arguments, self._patterns, strict=True):
             if not any(self._matches(pattern, path) for path in paths):
                 raise PathNotTrackedError(argument)
 
@@ -181,7 +181,9 @@ def split_arguments(
     after_separator: list[str] | None,
     cwd: Path,
 ) -> tuple[list[str], list[str]]:
-    """Revisions and paths, disambiguated as git does (``after_separator`` is None without ``--``)."""
+    """Revisions and paths, disambiguated as git does
+    (``after_separator`` is None without ``--``).
+    """
     revisions: list[str] = []
     paths: list[str] = []
     for argument in before_separator:

@@ -60,7 +60,8 @@ class SmudgeVerificationError(ThetaError):
 
     def __init__(self, path: str, expected: str, got: str) -> None:
         super().__init__(
-            f"{path}: rebuilt file hashes to {got}, the manifest says {expected}; an object is corrupt",
+            f"{path}: rebuilt file hashes to {got}, the manifest says {expected}; "
+            "an object is corrupt",
             hint="run `git theta fsck` to find it, then `git theta fetch` to restore it",
         )
         self.path = path

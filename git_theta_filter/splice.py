@@ -45,7 +45,9 @@ class LayoutBuilder:
         self.size = 0
 
     def check_room(self, size: int) -> None:
-        """Refuse, before anything is read, ``size`` more bytes that would pass the skeleton limit."""
+        """Refuse, before anything is read,
+        ``size`` more bytes that would pass the skeleton limit.
+        """
         if len(self.skeleton) + size > MAX_SKELETON_BYTES:
             raise SkeletonTooLargeError(f"more than {MAX_SKELETON_BYTES} bytes of non-tensor data")
 

@@ -222,7 +222,9 @@ class Statistician:
         return cls(LocalStore(theta_dir), StatsCache(theta_dir / "stats"))
 
     def prefetch(self, entries: Iterable[TensorEntry]) -> None:
-        """Read the cached statistics of these tensors, and of changes from them, in a few queries."""
+        """Read the cached statistics of these tensors, and of changes from them,
+        in a few queries.
+        """
         oids = {entry.oid for entry in entries} - self._prefetched
         if not oids:
             return
@@ -235,7 +237,8 @@ class Statistician:
     def compute_ahead(
         self, pairs: list[tuple[TensorEntry, TensorEntry]], entries: list[TensorEntry]
     ) -> None:
-        """Compute on several threads what is not known yet: the changes of ``pairs``, then ``entries``.
+        """Compute on several threads what is not known yet: the changes of ``pairs``,
+        then ``entries``.
 
         Failures (a missing or corrupt object) are left for :meth:`delta_stats`
         and :meth:`tensor_stats` to raise when they are asked.

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS delta_stats (
     delta_sum_squares REAL, dot REAL, max_abs_delta REAL, has_numbers INTEGER NOT NULL,
     PRIMARY KEY (old_oid, old_layout, new_oid, new_layout)
 ) WITHOUT ROWID;
-"""
+"""  # noqa: E501 - SQLite keeps this text verbatim in sqlite_master
 
 Row = tuple[object, ...]
 # SQLite's default limit on the parameters of one statement is 999 (older builds).
@@ -47,7 +47,9 @@ _BATCH = 500
 
 
 def layout_key(entry: TensorEntry) -> str:
-    """How a tensor line reads its object, e.g. ``F32[16,8]`` or ``F32[5,32]@160[32,1]`` for a view."""
+    """How a tensor line reads its object, e.g.
+    ``F32[16,8]`` or ``F32[5,32]@160[32,1]`` for a view.
+    """
     key = f"{entry.dtype}[{','.join(map(str, entry.shape))}]"
     if entry.stride is not None:
         key += f"@{entry.offset}[{','.join(map(str, entry.stride))}]"
@@ -77,7 +79,8 @@ class StatsCache:
                 return db
             except (OSError, sqlite3.Error) as exc:
                 print(
-                    f"git-theta: warning: statistics cache unavailable ({exc}); computing without it",
+                    f"git-theta: warning: statistics cache unavailable ({exc}); "
+                    "computing without it",
                     file=sys.stderr,
                 )
         db = sqlite3.connect(":memory:", isolation_level=None)
@@ -89,7 +92,8 @@ class StatsCache:
 
     def get_tensor(self, entry: TensorEntry) -> Row | None:
         return self._db.execute(
-            "SELECT numel, sum_squares, min, max, nan_count, inf_count FROM tensor_stats WHERE oid=? AND layout=?",
+            "SELECT numel, sum_squares, min, max, nan_count, inf_count FROM tensor_stats WHERE "
+            "oid=? AND layout=?",
             (entry.oid, layout_key(entry)),
         ).fetchone()
 
@@ -98,21 +102,24 @@ class StatsCache:
         rows: dict[tuple[str, str], Row] = {}
         for batch in _batches(oids):
             for oid, layout, *row in self._db.execute(
-                "SELECT oid, layout, numel, sum_squares, min, max, nan_count, inf_count FROM tensor_stats"
-                f" WHERE oid IN ({','.join('?' * len(batch))})",
+                "SELECT oid, layout, numel, sum_squares, min, max, nan_count, inf_count FROM "
+                f"tensor_stats WHERE oid IN ({','.join('?' * len(batch))})",
                 batch,
             ):
                 rows[(oid, layout)] = tuple(row)
         return rows
 
     def get_deltas(self, old_oids: Iterable[str]) -> dict[tuple[str, str, str, str], Row]:
-        """Every cached change *from* these objects, keyed by (old oid, old layout, new oid, new layout)."""
+        """Every cached change *from* these objects, keyed by
+        (old oid, old layout, new oid, new layout).
+        """
         rows: dict[tuple[str, str, str, str], Row] = {}
         # By the old oid: the primary key's first column, so each batch is an index lookup.
         for batch in _batches(old_oids):
             for old_oid, old_layout, new_oid, new_layout, *row in self._db.execute(
-                "SELECT old_oid, old_layout, new_oid, new_layout, numel, changed_count, delta_sum_squares, dot,"
-                f" max_abs_delta, has_numbers FROM delta_stats WHERE old_oid IN ({','.join('?' * len(batch))})",
+                "SELECT old_oid, old_layout, new_oid, new_layout, numel, changed_count, "
+                "delta_sum_squares, dot, max_abs_delta, has_numbers FROM delta_stats WHERE "
+                f"old_oid IN ({','.join('?' * len(batch))})",
                 batch,
             ):
                 rows[(old_oid, old_layout, new_oid, new_layout)] = tuple(row)
@@ -144,8 +151,9 @@ class StatsCache:
 
     def get_delta(self, old: TensorEntry, new: TensorEntry) -> Row | None:
         return self._db.execute(
-            "SELECT numel, changed_count, delta_sum_squares, dot, max_abs_delta, has_numbers FROM delta_stats"
-            " WHERE old_oid=? AND old_layout=? AND new_oid=? AND new_layout=?",
+            "SELECT numel, changed_count, delta_sum_squares, dot, max_abs_delta, "
+            "has_numbers FROM delta_stats WHERE old_oid=? AND old_layout=? AND new_oid=? "
+            "AND new_layout=?",
             (old.oid, layout_key(old), new.oid, layout_key(new)),
         ).fetchone()
 

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-class TensorStatus(str, Enum):
+class TensorStatus(str, Enum):  # noqa: UP042 - StrEnum would change str()/format() of members
     MODIFIED = "modified"
     ADDED = "added"
     REMOVED = "removed"
@@ -185,7 +185,9 @@ class _Totals:
 def diff_manifests(
     old: Manifest | None, new: Manifest | None, stats: Statistician | None
 ) -> ManifestDiff:
-    """Compare two versions of a file (None: the file is absent); without ``stats``, statuses only."""
+    """Compare two versions of a file (None: the file is absent); without ``stats``,
+    statuses only.
+    """
     old_tensors = {t.name: t for t in old.tensors} if old else {}
     new_tensors = {t.name: t for t in new.tensors} if new else {}
     result = ManifestDiff()
@@ -333,6 +335,8 @@ def diff_metrics(
 
 
 def new_storage_bytes(manifest: Manifest, new_oids: Iterable[str]) -> int:
-    """Payload bytes of the objects in ``new_oids`` (a pure function of the manifest, present or not)."""
+    """Payload bytes of the objects in ``new_oids``
+    (a pure function of the manifest, present or not).
+    """
     lengths = manifest.payload_lengths()
     return sum(lengths.get(oid, 0) for oid in new_oids)

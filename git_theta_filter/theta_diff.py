@@ -163,7 +163,9 @@ def diff_snapshots(
 
 
 def json_number(value: float | int | bool | None) -> Any:
-    """A JSON value for a number: non-finite floats become the strings ``nan``, ``inf``, ``-inf``."""
+    """A JSON value for a number: non-finite floats become the strings ``nan``, ``inf``,
+    ``-inf``.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     return value

@@ -1,4 +1,5 @@
-"""``git theta-log``: the history of a repository's model files, one entry per changed file per commit.
+"""``git theta-log``: the history of a repository's model files,
+one entry per changed file per commit.
 
 Commits are walked with pygit2 (no git process per commit), newest first and
 children before parents. A commit changed a model file when the file's
@@ -196,7 +197,9 @@ def theta_log(
     stats: Statistician | None = None,
     max_count: int | None = None,
 ) -> list[LogEntry]:
-    """The log entries; without ``stats`` only metrics and counts (nothing is read from the store)."""
+    """The log entries; without ``stats`` only metrics and counts
+    (nothing is read from the store).
+    """
     seen: set[str] = set()
     entries = []
     stored_in_commit: dict[pygit2.Oid, set[str]] = {}
@@ -232,7 +235,9 @@ def theta_log(
 
 
 def _tip_model_paths(git: pygit2.Repository, revisions: RevisionRange) -> set[str]:
-    """Model files in the included commits' trees: a path that exists but did not change is no error."""
+    """Model files in the included commits' trees:
+    a path that exists but did not change is no error.
+    """
     return {ref.path for commit in revisions.include for ref in tree_manifests(git, commit.tree)}
 
 

@@ -46,7 +46,9 @@ def format_change(value: float | int | None) -> str:
 
 
 def sparkline(values: Sequence[float | None]) -> str:
-    """One bar per value, scaled between the smallest and largest; a space where a value is missing."""
+    """One bar per value, scaled between the smallest and largest;
+    a space where a value is missing.
+    """
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return ""
@@ -105,7 +107,9 @@ def table_lines(
     right: Sequence[int] = (),
     indent: str = "",
 ) -> list[str]:
-    """Aligned columns, two spaces apart; colour is applied after padding so it does not skew widths."""
+    """Aligned columns, two spaces apart;
+    colour is applied after padding so it does not skew widths.
+    """
     cells = [list(header)] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = []

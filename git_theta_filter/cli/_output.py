@@ -27,7 +27,8 @@ def print_table(
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         parts = [
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=False))
         ]
         print("  ".join(parts).rstrip())
 

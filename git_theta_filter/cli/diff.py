@@ -1,6 +1,7 @@
 """``git theta-diff`` (also ``git theta diff``): tensor-level changes between two versions.
 
-Grammar, as git diff's: ``git theta-diff [<options>] [--cached] [<commit> [<commit>]] [--] [<path>...]``.
+Grammar, as git diff's:
+``git theta-diff [<options>] [--cached] [<commit> [<commit>]] [--] [<path>...]``.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def _count(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="git theta-diff",
-        description="For each tracked model file that differs: every tensor's status, norms, ‖new−old‖, "
-        "relative change, cosine similarity, max |Δ| and fraction of elements changed; a summary with "
-        "the global ‖Δθ‖/‖θ‖; and the metrics that changed. Revisions and paths as for `git diff`.",
+        description="For each tracked model file that differs: every tensor's status, norms, "
+        "‖new−old‖, relative change, cosine similarity, max |Δ| and fraction of elements changed; "
+        "a summary with the global ‖Δθ‖/‖θ‖; and the metrics that changed. "
+        "Revisions and paths as for `git diff`.",
         usage="git theta-diff [<options>] [--cached] [<commit> [<commit>]] [--] [<path>...]",
     )
     parser.add_argument(
@@ -117,8 +119,8 @@ def run_argv(argv: list[str]) -> int:
         _print_text(diff, listed, Colour(sys.stdout))
     if diff.missing_objects:
         print(
-            f"git-theta: some norms are unavailable: {diff.missing_objects} tensor object(s) are missing from "
-            f"the local store; {_FETCH_HINT}",
+            f"git-theta: some norms are unavailable: {diff.missing_objects} tensor object(s) are "
+            f"missing from the local store; {_FETCH_HINT}",
             file=sys.stderr,
         )
     return 0
@@ -182,7 +184,9 @@ def _shape(tensor: TensorDiff) -> tuple[str, str]:
 
 
 def _tensor_cells(tensor: TensorDiff) -> list[str]:
-    """The numbers of one tensor; ``n/a`` where they need an object that is missing, ``-`` where none apply."""
+    """The numbers of one tensor; ``n/a`` where they need an object that is missing,
+    ``-`` where none apply.
+    """
     dtype, shape = _shape(tensor)
     unknown = "n/a" if tensor.objects_missing else "-"
     fraction = tensor.changed_fraction

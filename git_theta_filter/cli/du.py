@@ -31,11 +31,13 @@ def run(args: argparse.Namespace) -> int:
     )
     missing = f" ({usage.missing_objects} not in the local store)" if usage.missing_objects else ""
     print(
-        f"stored   {human_bytes(usage.referenced_bytes):>10}  in {usage.referenced_objects} objects{missing}"
+        f"stored   {human_bytes(usage.referenced_bytes):>10}  in {usage.referenced_objects} "
+        f"objects{missing}"
     )
     print(f"dedup    {usage.dedup_ratio:>9.2f}x")
     unreferenced = usage.store_objects - (usage.referenced_objects - usage.missing_objects)
     print(
-        f"on disk  {human_bytes(usage.store_bytes):>10}  in {usage.store_objects} objects ({unreferenced} unreferenced)"
+        f"on disk  {human_bytes(usage.store_bytes):>10}  in {usage.store_objects} objects "
+        f"({unreferenced} unreferenced)"
     )
     return 0

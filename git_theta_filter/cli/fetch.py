@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fetch",
         help="download tensor objects from a remote's object store",
-        description="Download the tensor objects of the model files in <ref>... (default HEAD) that "
-        "the local store lacks, verifying each one's sha256. The work tree is not touched; see "
-        "`git theta pull`. The store is found as described in docs/remotes.md.",
+        description="Download the tensor objects of the model files in <ref>... (default HEAD) "
+        "that the local store lacks, verifying each one's sha256. The work tree is not touched; "
+        "see `git theta pull`. The store is found as described in docs/remotes.md.",
     )
     p.add_argument(
         "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"

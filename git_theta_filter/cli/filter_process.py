@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "filter-process",
         help="the filter git runs (not for direct use)",
         description="Speak git's long-running filter protocol on stdin/stdout. Git starts this "
-        "through filter.theta.process. Set GIT_THETA_SKIP_SMUDGE=1 to check manifests out as they are.",
+        "through filter.theta.process. "
+        "Set GIT_THETA_SKIP_SMUDGE=1 to check manifests out as they are.",
     )
     p.set_defaults(run=run)
 

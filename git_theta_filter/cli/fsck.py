@@ -14,10 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fsck",
         help="verify stored objects and find missing ones",
-        description="Re-hash every object in the local store and report corrupt ones, moving each to "
-        "<git dir>/theta/bad/ so that `git theta fetch` can restore a good copy; report objects "
-        "that the index or HEAD (with --all: any ref's history) needs but the store lacks. "
-        "Exits 1 when anything is wrong.",
+        description="Re-hash every object in the local store and report corrupt ones, "
+        "moving each to <git dir>/theta/bad/ so that `git theta fetch` can restore a good copy; "
+        "report objects that the index or HEAD (with --all: any ref's history) needs but the "
+        "store lacks. Exits 1 when anything is wrong.",
     )
     p.add_argument(
         "--all",
@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--check-pickles",
         action="store_true",
-        help="also list, per model file, the globals its data.pkl would call on load beyond the inert "
-        "ones a plain state_dict uses (read without running it); exits 1 when any file has one",
+        help="also list, per model file, the globals its data.pkl would call on load beyond the "
+        "inert ones a plain state_dict uses (read without running it); "
+        "exits 1 when any file has one",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
@@ -79,18 +80,23 @@ def run(args: argparse.Namespace) -> int:
         for p in flagged:
             what = f"unchecked: {p.unchecked}" if p.unchecked else ", ".join(p.foreign_globals)
             print(f"pickle {p.path} (blob {p.blob_id[:12]}): {what}")
-        summary = f"{report.checked} objects checked, {len(report.corrupt)} corrupt, {len(report.missing)} missing"
+        summary = (
+            f"{report.checked} objects checked, {len(report.corrupt)} corrupt, "
+            f"{len(report.missing)} missing"
+        )
         if pickles is not None:
             summary += f"; {len(pickles)} file versions checked for pickles, {len(flagged)} flagged"
         print(summary)
         if not report.ok:
             print(
-                "git-theta: hint: run `git theta fetch` to restore missing or corrupt objects from the remote store",
+                "git-theta: hint: run `git theta fetch` to restore missing or corrupt objects "
+                "from the remote store",
                 file=sys.stderr,
             )
         if flagged:
             print(
-                "git-theta: hint: do not torch.load(weights_only=False) a flagged file from an untrusted source",
+                "git-theta: hint: do not torch.load(weights_only=False) a flagged file from an "
+                "untrusted source",
                 file=sys.stderr,
             )
     return 0 if report.ok and not flagged else 1

@@ -16,9 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             name,
             help="delete local objects that no manifest needs"
             + (" (same as gc)" if name == "prune" else ""),
-            description="Delete objects from the local store that no manifest reachable from any ref, "
-            "reflog entry, stash, worktree HEAD or index references, and that are older than the "
-            "grace period. Also removes temp files left by killed processes.",
+            description="Delete objects from the local store that no manifest reachable from any "
+            "ref, reflog entry, stash, worktree HEAD or index references, and that are older than "
+            "the grace period. Also removes temp files left by killed processes.",
         )
         p.add_argument(
             "--dry-run",
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--prune",
             default=DEFAULT_PRUNE,
             metavar="<date>",
-            help=f"only delete objects older than this (git date syntax; default {DEFAULT_PRUNE}; 'now' for all)",
+            help=f"only delete objects older than this (git date syntax; default {DEFAULT_PRUNE}; "
+            "'now' for all)",
         )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(run=run)
@@ -44,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     verb = "would delete" if args.dry_run else "deleted"
     print(
-        f"{verb} {len(report.deleted)} objects ({human_bytes(report.freed_bytes)}), kept {report.kept} in use"
+        f"{verb} {len(report.deleted)} objects ({human_bytes(report.freed_bytes)}), "
+        f"kept {report.kept} in use"
     )
     if report.kept_recent:
         print(f"kept {report.kept_recent} unused objects newer than --prune={args.prune}")
     if report.temp_files_removed:
         print(
-            f"{'would remove' if args.dry_run else 'removed'} {report.temp_files_removed} leftover temp files"
+            f"{'would remove' if args.dry_run else 'removed'} {report.temp_files_removed} "
+            "leftover temp files"
         )
     return 0

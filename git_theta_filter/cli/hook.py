@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
         and not (remote_url or "").startswith(HELPER_PREFIX)
     ):
         print(
-            f"git-theta: warning: remote {remote!r} has no object store, so the {upload.wanted} tensor object(s) "
-            f"behind this push stay local; set `git config theta.remote.{remote}.url` (see docs/remotes.md)",
+            f"git-theta: warning: remote {remote!r} has no object store, so the {upload.wanted} "
+            "tensor object(s) behind this push stay local; set `git config "
+            f"theta.remote.{remote}.url` (see docs/remotes.md)",
             file=sys.stderr,
         )
     return run_chained_hook(repo, args.name, args.hook_args, stdin)

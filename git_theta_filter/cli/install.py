@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "uninstall",
         help="remove the theta filter configuration and hooks",
-        description="Remove the filter.theta and merge.theta sections at the chosen scope, and our hooks from the "
-        "current repository, restoring any hook they had chained.",
+        description="Remove the filter.theta and merge.theta sections at the chosen scope, "
+        "and our hooks from the current repository, restoring any hook they had chained.",
     )
     _add_scope(p, "(default)")
     p.set_defaults(run=run_uninstall)

@@ -31,9 +31,10 @@ _FETCH_HINT = "run `git theta fetch` to download them"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="git theta-log",
-        description="One row per commit that changed a tracked model file: its metrics, the parameter norm "
-        "‖θ‖, the relative change ‖Δθ‖/‖θ‖ against the parent's version, the tensors changed, the bytes "
-        "newly stored and a NaN/Inf flag. Revisions and paths as for `git log`.",
+        description="One row per commit that changed a tracked model file: its metrics, "
+        "the parameter norm ‖θ‖, the relative change ‖Δθ‖/‖θ‖ against the parent's version, "
+        "the tensors changed, the bytes newly stored and a NaN/Inf flag. "
+        "Revisions and paths as for `git log`.",
         usage="git theta-log [<options>] [<revision-range>] [[--] <path>...]",
     )
     parser.add_argument(
@@ -141,8 +142,8 @@ def run_argv(argv: list[str]) -> int:
     count = sum(1 for entry in entries if entry.diff.summary.missing_objects)
     if count:
         print(
-            f"git-theta: norms unavailable for {count} commit(s): tensor objects are missing from the local "
-            f"store; {_FETCH_HINT}",
+            f"git-theta: norms unavailable for {count} commit(s): tensor objects are missing from "
+            f"the local store; {_FETCH_HINT}",
             file=sys.stderr,
         )
     return 0
@@ -154,7 +155,8 @@ def _default_columns(entries: list[LogEntry]) -> list[str]:
         names = [n for n in names if len({repr(e.metrics.get(n)) for e in entries}) > 1]
     if len(names) > DEFAULT_METRIC_COLUMNS:
         print(
-            f"git-theta: showing {DEFAULT_METRIC_COLUMNS} of {len(names)} changing metrics; choose with --metric",
+            f"git-theta: showing {DEFAULT_METRIC_COLUMNS} of {len(names)} changing metrics; "
+            "choose with --metric",
             file=sys.stderr,
         )
     return names[:DEFAULT_METRIC_COLUMNS]

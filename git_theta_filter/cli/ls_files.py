@@ -14,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ls-files",
         help="list tracked model files with tensor counts and sizes",
-        description="For each model file in the index: its format, tensor count, logical size, and the "
-        "bytes its current version added to the store over the previous version on HEAD's history.",
+        description="For each model file in the index: its format, tensor count, logical size, "
+        "and the bytes its current version added to the store over the previous version "
+        "on HEAD's history.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)

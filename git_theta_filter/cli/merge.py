@@ -1,4 +1,5 @@
-"""``git theta merge``: the merge driver git runs for files with ``merge=theta`` (merge.theta.driver).
+"""``git theta merge``: the merge driver git runs for files with ``merge=theta``
+(merge.theta.driver).
 
 Git's contract (gitattributes(5), "Defining a custom merge driver"): the
 driver command is ``git-theta merge %O %A %B %P``. ``%O``, ``%A`` and ``%B``
@@ -46,11 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "merge",
         help="the merge driver git runs (merge.theta.driver; not for direct use)",
-        description="Merge three versions of a model file tensor by tensor. A tensor that one side changed takes "
-        "that side's version. A tensor that both sides changed is settled by the strategy in "
-        f"{STRATEGY_ENVIRONMENT} or {STRATEGY_CONFIG_KEY} (ours, theirs, base, average, weighted:ALPHA for "
-        "(1-ALPHA)*ours + ALPHA*theirs); without one it is a conflict: the command prints the conflicting tensors, "
-        "leaves OURS as it is and exits 1. The merged manifest is written over OURS. See docs/merge.md.",
+        description="Merge three versions of a model file tensor by tensor. A tensor that one "
+        "side changed takes that side's version. A tensor that both sides changed is settled by "
+        f"the strategy in {STRATEGY_ENVIRONMENT} or {STRATEGY_CONFIG_KEY} (ours, theirs, base, "
+        "average, weighted:ALPHA for (1-ALPHA)*ours + ALPHA*theirs); without one it is a "
+        "conflict: the command prints the conflicting tensors, leaves OURS as it is and exits 1. "
+        "The merged manifest is written over OURS. See docs/merge.md.",
     )
     p.add_argument(
         "base",
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     base, ours, theirs = (Path(name).read_bytes() for name in (args.base, args.ours, args.theirs))
     store = repo.store()
     _fetch_missing(repo, store, [base, ours, theirs])
-    # Held while objects are written, so `git theta gc` cannot prune them before git records the result.
+    # Held while objects are written,
+    # so `git theta gc` cannot prune them before git records the result.
     with writer_lock(repo.theta_dir):
         result = merge_manifests(base, ours, theirs, store, strategy, args.path)
     if result.manifest is not None:
@@ -127,14 +130,16 @@ def _norm_cell(stats: Statistician, tensor: TensorMerge, side: str) -> str:
 def _print_conflicts(result: MergeResult, stats: Statistician) -> None:
     if result.problem is not None:
         print(
-            f"git-theta: {result.path}: cannot merge tensor by tensor: {result.problem}; ours is left in place",
+            f"git-theta: {result.path}: cannot merge tensor by tensor: {result.problem}; "
+            "ours is left in place",
             file=sys.stderr,
         )
         return
     conflicts = result.conflicts
     count = f"{len(conflicts)} tensor{'s' if len(conflicts) != 1 else ''}"
     print(
-        f"git-theta: {result.path}: {count} in conflict (merge strategy: {result.strategy}); ours is left in place",
+        f"git-theta: {result.path}: {count} in conflict (merge strategy: {result.strategy}); "
+        "ours is left in place",
         file=sys.stderr,
     )
     rows = []
@@ -158,7 +163,8 @@ def _print_conflicts(result: MergeResult, stats: Statistician) -> None:
             right=(3, 4),
         )
     print(
-        "git-theta: ‖Δ‖ is each side's change from the base. To settle every conflicting tensor one way, run\n"
+        "git-theta: ‖Δ‖ is each side's change from the base. "
+        "To settle every conflicting tensor one way, run\n"
         f"  {STRATEGY_ENVIRONMENT}=average git checkout -m -- {result.path}\n"
         f"with one of {_STRATEGIES}, then `git add {result.path}`.",
         file=sys.stderr,

@@ -21,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "metrics",
         help="declare metrics files for theta-log and theta-diff",
-        description=f"Metrics files (JSON; TOML; YAML with PyYAML) declared in {THETACONFIG} are read by "
-        f"`git theta-log` and `git theta-diff` for every model file; `<model>{CONVENTION_SUFFIX}` beside a "
-        "model file is read without being declared.",
+        description=f"Metrics files (JSON; TOML; YAML with PyYAML) declared in {THETACONFIG} are "
+        "read by `git theta-log` and `git theta-diff` for every model file; "
+        f"`<model>{CONVENTION_SUFFIX}` beside a model file is read without being declared.",
     )
     actions = parser.add_subparsers(dest="action", metavar="<action>", required=True)
     add = actions.add_parser("add", help=f"declare a metrics file in {THETACONFIG}")

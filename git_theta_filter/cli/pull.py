@@ -14,10 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pull",
         help="download the checked-out model files' objects and write the files",
-        description="Download the tensor objects that the checked-out model files need, then write "
-        "every model file that is still a manifest in the work tree (e.g. after a clone with "
-        "GIT_THETA_SKIP_SMUDGE=1), streaming it from the store, and refresh the index so `git status` "
-        "stays clean. Run `git pull` first to update the commit itself.",
+        description="Download the tensor objects that the checked-out model files need, "
+        "then write every model file that is still a manifest in the work tree (e.g. "
+        "after a clone with GIT_THETA_SKIP_SMUDGE=1), streaming it from the store, "
+        "and refresh the index so `git status` stays clean. "
+        "Run `git pull` first to update the commit itself.",
     )
     p.add_argument(
         "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"

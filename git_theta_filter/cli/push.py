@@ -13,10 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "push",
         help="upload tensor objects to a remote's object store",
-        description="Upload the tensor objects that the commits of <ref>... (default HEAD) need and "
-        "that <remote>'s tracking refs do not already account for, skipping objects the store has. "
-        "`git push` does this by itself through the pre-push hook. The store is found as described "
-        "in docs/remotes.md.",
+        description="Upload the tensor objects that the commits of <ref>... (default HEAD) need "
+        "and that <remote>'s tracking refs do not already account for, skipping objects the store "
+        "has. `git push` does this by itself through the pre-push hook. The store is found as "
+        "described in docs/remotes.md.",
     )
     p.add_argument(
         "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"
@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--all",
         action="store_true",
-        help="every object in the whole history of the refs (all refs if none are given), e.g. to fill a new store",
+        help="every object in the whole history of the refs (all refs if none are given), e.g. "
+        "to fill a new store",
     )
     p.set_defaults(run=run)
 

@@ -62,7 +62,8 @@ class CleanContext:
             # object of its own, so the opaque fallback can rebuild every byte.
             self.layout.add_splice(received, writer.commit_received())
             raise TruncatedError(
-                f"file ends {nbytes - received} bytes into a tensor, at offset {self.source.position}"
+                f"file ends {nbytes - received} bytes into a tensor, at offset "
+                f"{self.source.position}"
             )
         oid = writer.commit()
         self.layout.add_splice(nbytes, oid)

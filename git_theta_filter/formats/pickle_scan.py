@@ -155,7 +155,11 @@ def _tensor(storage: StorageRef, dtype: str, offset: Any, size: Any, stride: Any
     tensor = TensorRef(storage, dtype, offset, tuple(size), tuple(stride))
     if not tensor.is_whole_storage:
         itemsize = dtype_by_name(dtype).itemsize
-        last = offset + sum((d - 1) * s for d, s in zip(size, stride)) if math.prod(size) else -1
+        last = (
+            offset + sum((d - 1) * s for d, s in zip(size, stride, strict=True))
+            if math.prod(size)
+            else -1
+        )
         if (last + 1) * itemsize > storage.nbytes:
             raise PickleScanError(f"tensor reaches past the end of storage {storage.key}")
     return tensor

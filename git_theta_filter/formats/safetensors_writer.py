@@ -42,7 +42,9 @@ class SafetensorsHeaderError(ThetaError):
 
 @dataclass
 class StoredSafetensors:
-    """A safetensors file in the store: its header (the whole skeleton) and where each tensor's data is."""
+    """A safetensors file in the store: its header
+    (the whole skeleton) and where each tensor's data is.
+    """
 
     path: str
     manifest: Manifest
@@ -54,7 +56,9 @@ class StoredSafetensors:
         return {tensor.name: (tensor.dtype, tensor.shape) for tensor in self.manifest.tensors}
 
     def with_payloads(self, payloads: dict[str, str]) -> SplicedFile:
-        """This file with tensor ``name``'s data replaced by object ``payloads[name]`` (same type)."""
+        """This file with tensor ``name``'s data replaced by object ``payloads[name]``
+        (same type).
+        """
         splices = list(self.manifest.splices)
         for name, oid in payloads.items():
             index = self.splice_of_tensor[name]

@@ -1,4 +1,5 @@
-"""A file to be written, described the way a manifest describes one: skeleton bytes with payloads spliced in.
+"""A file to be written, described the way a manifest describes one:
+skeleton bytes with payloads spliced in.
 
 The merge driver builds merged model files in this form, from objects that
 are already in the store, and streams them through clean like any other file.

@@ -78,7 +78,9 @@ class ZipRecord:
 
 
 def serialization_id_suffix(crcs: list[int]) -> str:
-    """The last 20 digits of torch's serialization id for records with these CRC-32s, in file order."""
+    """The last 20 digits of torch's serialization id for records with these CRC-32s,
+    in file order.
+    """
     seed = 0
     for crc in crcs:
         seed ^= (crc + 0x9E3779B9 + ((seed << 6) & _MASK64) + (seed >> 2)) & _MASK64
@@ -87,7 +89,9 @@ def serialization_id_suffix(crcs: list[int]) -> str:
 
 @dataclass
 class StoredTorchZip:
-    """A torch zip in the store: its manifest, skeleton, records and which storage each tensor uses."""
+    """A torch zip in the store: its manifest, skeleton,
+    records and which storage each tensor uses.
+    """
 
     path: str
     manifest: Manifest

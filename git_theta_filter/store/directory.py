@@ -104,7 +104,9 @@ class DirectoryStore(ObjectStore):
 
 
 def _copy_hashing(reader: BinaryIO, fd: int) -> str:
-    """Copy ``reader`` into the file descriptor ``fd`` (closing it); the sha256 of what was copied."""
+    """Copy ``reader`` into the file descriptor ``fd`` (closing it);
+    the sha256 of what was copied.
+    """
     digest = hashlib.sha256()
     buffer = bytearray(COPY_CHUNK)
     with os.fdopen(fd, "wb") as writer:

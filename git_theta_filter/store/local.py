@@ -57,7 +57,8 @@ class ObjectMissingError(ThetaError):
         where = f"{path}: " if path else ""
         super().__init__(
             f"{where}tensor object {oid} is missing from the local store",
-            hint="run `git theta fetch` to download it, or set GIT_THETA_SKIP_SMUDGE=1 to check out the manifest instead",
+            hint="run `git theta fetch` to download it, or set GIT_THETA_SKIP_SMUDGE=1 to check "
+            "out the manifest instead",
         )
         self.oid = oid
         self.path = path
@@ -69,13 +70,16 @@ LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 
 
 class StoreWriteError(ThetaError):
-    """The local disk refused a write into the store: full, over quota, read-only, or a file size limit."""
+    """The local disk refused a write into the store: full, over quota, read-only,
+    or a file size limit.
+    """
 
     def __init__(self, theta_dir: Path, error: OSError, path: str | None = None) -> None:
         where = f"{path}: " if path else ""
         super().__init__(
             f"{where}cannot write objects to {theta_dir}: {error.strerror or error}",
-            hint="free some disk space (`git theta gc` deletes objects nothing needs), then run the command again",
+            hint="free some disk space (`git theta gc` deletes objects nothing needs), "
+            "then run the command again",
         )
         self.theta_dir = theta_dir
         self.errno = error.errno
@@ -110,9 +114,7 @@ class ObjectWriter:
     write goes on as usual.
     """
 
-    def __init__(
-        self, store: LocalStore, dtype: str, shape: tuple[int, ...], nbytes: int
-    ) -> None:
+    def __init__(self, store: LocalStore, dtype: str, shape: tuple[int, ...], nbytes: int) -> None:
         self._store = store
         self._expected = nbytes
         self._written = 0
@@ -153,7 +155,9 @@ class ObjectWriter:
         self._written += len(data)
 
     def _diverge(self) -> None:
-        """Stop comparing: hash and write the payload bytes that agreed so far, read from the expected object."""
+        """Stop comparing: hash and write the payload bytes that agreed so far,
+        read from the expected object.
+        """
         assert self._same is not None
         same, self._same = self._same, None
         try:
@@ -456,7 +460,8 @@ class LocalStore:
 
     # -- importing -------------------------------------------------------------
     def import_verified(self, path: Path, oid: str) -> None:
-        """Move a file from ``tmp_dir`` into the store as ``oid``; the caller has checked its sha256.
+        """Move a file from ``tmp_dir`` into the store as ``oid``;
+        the caller has checked its sha256.
 
         Like every write, it never replaces an existing object. ``path`` is gone afterwards.
         """

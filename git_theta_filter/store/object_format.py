@@ -4,7 +4,8 @@ Specified in ``docs/store.md``. The header is a pure function of dtype, shape
 and payload length, so equal payloads of equal type and shape always give the
 same bytes and therefore the same object id::
 
-    <u64 little-endian N> {"tensor":{"dtype":"F32","shape":[16,8],"data_offsets":[0,512]}}<spaces to a multiple of 8>
+    <u64 little-endian N>
+    {"tensor":{"dtype":"F32","shape":[16,8],"data_offsets":[0,512]}}<spaces to a multiple of 8>
     <payload>
 
 Reading checks every field against the file size before any payload is used;

@@ -60,7 +60,9 @@ HELPER_PREFIX = "theta::"
 
 
 class StoreError(ThetaError):
-    """A remote object store could not do what was asked; names the store and, if any, the object."""
+    """A remote object store could not do what was asked; names the store and, if any,
+    the object.
+    """
 
     def __init__(
         self, url: str, message: str, *, oid: str | None = None, hint: str | None = None
@@ -200,7 +202,9 @@ class StoreLocation:
 
 
 def _thetaconfig_get(repo: GitRepo, key: str, revision: str | None) -> str | None:
-    """``key`` from the committed .thetaconfig: of ``revision``, else the work tree, index or HEAD."""
+    """``key`` from the committed .thetaconfig: of ``revision``, else the work tree,
+    index or HEAD.
+    """
     if revision is not None:
         sources = [["--blob", f"{revision}:{THETACONFIG}"]]
     else:

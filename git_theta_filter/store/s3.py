@@ -123,7 +123,9 @@ class S3Store(ObjectStore):
             raise StoreUnavailableError(self.url, str(exc), oid=oid) from None
 
     def _check_bucket(self) -> None:
-        """Once per store: a missing bucket or a refusal is named as such, not as missing objects."""
+        """Once per store: a missing bucket or a refusal is named as such,
+        not as missing objects.
+        """
         with self._bucket_lock:
             if self._bucket_checked:
                 return
@@ -155,7 +157,11 @@ class S3Store(ObjectStore):
         if len(wanted) <= 1:
             return {oid for oid in wanted if self.has(oid)}
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return {oid for oid, present in zip(wanted, pool.map(self.has, wanted)) if present}
+            return {
+                oid
+                for oid, present in zip(wanted, pool.map(self.has, wanted), strict=True)
+                if present
+            }
 
     def get(self, oid: str, destination: Path) -> None:
         self._check_bucket()

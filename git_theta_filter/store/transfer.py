@@ -57,7 +57,8 @@ class DownloadVerificationError(StoreError):
             url,
             f"is corrupt: its content hashes to {got}; refused",
             oid=oid,
-            hint="replace it from a clone with a good copy: delete it from the store, then `git theta push --all` there",
+            hint="replace it from a clone with a good copy: delete it from the store, "
+            "then `git theta push --all` there",
         )
         self.got = got
 
@@ -257,7 +258,10 @@ def download(
 
 
 def _summary(verb: str, preposition: str, url: str, result: TransferResult) -> str:
-    line = f"{verb} {result.transferred} tensor object{'s' * (result.transferred != 1)} ({human_bytes(result.transferred_bytes)}) {preposition} {url}"
+    line = (
+        f"{verb} {result.transferred} tensor object{'s' * (result.transferred != 1)} "
+        f"({human_bytes(result.transferred_bytes)}) {preposition} {url}"
+    )
     if result.skipped:
         line += f"; {result.skipped} already there"
     return line
