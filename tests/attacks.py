@@ -57,7 +57,9 @@ class RawEntry:
 
 
 def raw_zip(entries: list[RawEntry]) -> bytes:
-    """A zip archive laid out exactly as ``entries`` say: local records, central directory, end record."""
+    """A zip archive laid out exactly as ``entries`` say: local records, central directory,
+    end record.
+    """
     out = bytearray()
     offsets = []
     for entry in entries:
@@ -110,7 +112,9 @@ def _stored(entries: list[tuple[str, bytes]]) -> list[RawEntry]:
 
 
 def overlapping_entries(checkpoint: bytes) -> bytes:
-    """The central directory names the first storage record twice: ``data/1``'s entry points at ``data/0``."""
+    """The central directory names the first storage record twice:
+    ``data/1``'s entry points at ``data/0``.
+    """
     entries = _stored(torch_entries(checkpoint))
     first = next(i for i, e in enumerate(entries) if e.name.endswith(b"data/0"))
     second = next(i for i, e in enumerate(entries) if e.name.endswith(b"data/1"))
@@ -128,7 +132,9 @@ def compressed_entries(checkpoint: bytes) -> bytes:
 
 
 def zip_bomb(checkpoint: bytes, inflated: int = 256 << 20) -> bytes:
-    """A torch zip plus a deflated record of ``inflated`` zero bytes in about a thousandth of that."""
+    """A torch zip plus a deflated record of ``inflated`` zero bytes in about a
+    thousandth of that.
+    """
     compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
     chunk = bytes(1 << 20)
     parts = []
@@ -143,7 +149,9 @@ def zip_bomb(checkpoint: bytes, inflated: int = 256 << 20) -> bytes:
 
 
 def zip64_archive(checkpoint: bytes) -> bytes:
-    """The same records, each with zip64 sizes (0xFFFFFFFF in the header, the real ones in the extra field)."""
+    """The same records, each with zip64 sizes
+    (0xFFFFFFFF in the header, the real ones in the extra field).
+    """
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, data in torch_entries(checkpoint):

@@ -77,7 +77,7 @@ def mlp(seed: int = 0, sizes: tuple[int, ...] = (16, 32, 8)) -> torch.nn.Sequent
     """A small MLP whose weights depend only on ``seed``: Linear, ReLU, Linear, ..."""
     torch.manual_seed(seed)
     layers: list[torch.nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
         if i:
             layers.append(torch.nn.ReLU())
         layers.append(torch.nn.Linear(fan_in, fan_out))
@@ -187,7 +187,8 @@ def assert_object(
         assert got_shape == list(shape), f"object {oid}: shape {got_shape}, expected {list(shape)}"
     if payload is not None:
         assert got_payload == payload, (
-            f"object {oid}: payload of {len(got_payload)} bytes differs from the expected {len(payload)}"
+            f"object {oid}: payload of {len(got_payload)} bytes differs from the "
+            f"expected {len(payload)}"
         )
     return got_dtype, got_shape, got_payload
 
@@ -282,7 +283,8 @@ def bump_mtime(path: Path, seconds: float = 10.0) -> None:
 
 
 def isolated_git_env(root: Path) -> Any:
-    """The environment of conftest's ``git_env`` fixture, under ``root``, for module-scoped fixtures.
+    """The environment of conftest's ``git_env`` fixture, under ``root``,
+    for module-scoped fixtures.
 
     Building a history once per module and copying it per test keeps the
     suite fast; every git and filter process still runs isolated from the

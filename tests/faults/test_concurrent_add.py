@@ -1,4 +1,6 @@
-"""Four `git add` at once, in four worktrees of one repository, sharing one store and most tensors."""
+"""Four `git add` at once, in four worktrees of one repository,
+sharing one store and most tensors.
+"""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def assert_store_has_only_whole_objects(repo: Path) -> None:
         assert sha256_file(object_path(repo, oid)) == oid, f"partial object {oid}"
 
 
-# -- in process: a write that fails at every point -----------------------------------------------------
+# -- in process: a write that fails at every point -------------------------------------------------
 
 
 class FailingWrites:
@@ -157,8 +157,8 @@ def test_git_add_on_a_full_disk_fails_clearly_and_leaves_the_index_alone(
     stderr = result.stderr.decode()
     theta_dir = (repo / ".git" / "theta").resolve()
     assert (
-        f"git-theta: error: {MODEL}: cannot write objects to {theta_dir}: File too large; free some disk space"
-        in stderr
+        f"git-theta: error: {MODEL}: cannot write objects to {theta_dir}: File too large; "
+        "free some disk space" in stderr
     )
     assert f"{MODEL}: clean filter 'theta' failed" in stderr
     assert git_env.git(repo, "rev-parse", f":{MODEL}").strip() == staged
@@ -180,8 +180,8 @@ def test_checkout_on_a_full_disk_fails_clearly_and_writes_no_file(
     stderr = result.stderr.decode()
     theta_dir = (repo / ".git" / "theta").resolve()
     assert (
-        f"git-theta: error: {MODEL}: could not download 1 of 6 tensor objects: cannot write objects to {theta_dir}: File too large; free some disk space"
-        in stderr
+        f"git-theta: error: {MODEL}: could not download 1 of 6 tensor objects: cannot write "
+        f"objects to {theta_dir}: File too large; free some disk space" in stderr
     ), stderr
     assert f"{MODEL}: smudge filter theta failed" in stderr
     assert not (repo / MODEL).exists()

@@ -18,7 +18,9 @@ MODEL = "model.pth"
 def killed_filter_pid(
     tmp_dir: Path, proc: subprocess.Popen, min_size: int, timeout: float = 60
 ) -> int | None:
-    """The pid of the filter once one of its temp objects holds ``min_size`` bytes (its name starts with the pid)."""
+    """The pid of the filter once one of its temp objects holds ``min_size`` bytes
+    (its name starts with the pid).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         for temp in tmp_dir.glob("*.tmp") if tmp_dir.is_dir() else []:

@@ -27,7 +27,9 @@ _OVERRIDE = int(os.environ.get("THETA_FUZZ_EXAMPLES", "0"))
 
 
 def fuzz(ci_examples: int) -> settings:
-    """Settings for one target: ``ci_examples`` examples unless THETA_FUZZ_EXAMPLES says otherwise."""
+    """Settings for one target: ``ci_examples`` examples unless
+    THETA_FUZZ_EXAMPLES says otherwise.
+    """
     return settings(
         max_examples=_OVERRIDE or ci_examples,
         deadline=None,

@@ -1,4 +1,5 @@
-"""Fuzz the clean path (torch zip and safetensors parsers, skeleton and splicing) with damaged files.
+"""Fuzz the clean path (torch zip and safetensors parsers,
+skeleton and splicing) with damaged files.
 
 Whatever the bytes, clean stores them (per tensor or opaque) and smudge gives
 them back exactly: no input may raise, lose a byte, or leave a temp file.
@@ -108,7 +109,9 @@ JSON_VALUES = st.one_of(
 
 @st.composite
 def safetensors_headers(draw: st.DrawFn) -> bytes:
-    """Headers of every shape: right and wrong offsets, odd dtypes and shapes, extra keys, metadata."""
+    """Headers of every shape: right and wrong offsets, odd dtypes and shapes, extra keys,
+    metadata.
+    """
     header: dict = {}
     cursor = 0
     for index in range(draw(st.integers(0, 4))):

@@ -91,7 +91,8 @@ CASES: dict[str, tuple[bytes, str]] = {
     ),
     "manifest-100-MB": (
         VALID.encode() + b"metric x 1\n" * (HUGE // 11),
-        f"invalid manifest: {HUGE // 11 * 11 + len(VALID)} bytes is over the {MAX_MANIFEST_BYTES}-byte limit",
+        f"invalid manifest: {HUGE // 11 * 11 + len(VALID)} bytes is over the "
+        f"{MAX_MANIFEST_BYTES}-byte limit",
     ),
 }
 
@@ -138,11 +139,16 @@ def test_crafted_manifest_is_refused_before_any_allocation_or_file_access(
 
 
 def test_a_manifest_within_limits_opens_only_its_objects_in_the_store(tmp_path: Path) -> None:
-    """Parses (one 2**60-byte splice is a legal size), then the store's object disagrees: no byte is read into memory for it."""
+    """Parses (one 2**60-byte splice is a legal size), then the store's object disagrees:
+    no byte is read into memory for it.
+    """
     store = LocalStore(tmp_path / "theta")
     oid = store.write_bytes(b"tiny")
     empty = store.write_bytes(b"")
-    data = f"git-theta-manifest 1\nformat opaque\nsize {2**60}\nsha256 {SHA}\nskeleton {empty}\nsplice 0 {2**60} {oid}\n".encode()
+    data = (
+        f"git-theta-manifest 1\nformat opaque\nsize {2**60}\nsha256 {SHA}\n"
+        f"skeleton {empty}\nsplice 0 {2**60} {oid}\n"
+    ).encode()
     Manifest.parse(data)
     error, opened, peak = watch(lambda: prepare_smudge(data, store, "big.pth"))
     assert isinstance(error, ObjectFormatError) and error.oid == oid
@@ -253,7 +259,8 @@ def test_filter_process_refuses_a_100_MB_manifest_without_buffering_it(served: d
     assert served["growth"] < 64 << 20, f"the filter grew by {served['growth'] >> 20} MB"
     assert (
         served["errors"]["manifest-100-MB"]
-        == f"invalid manifest: starts like a manifest but is over the {MAX_MANIFEST_BYTES}-byte limit"
+        == "invalid manifest: starts like a manifest but is over the "
+        f"{MAX_MANIFEST_BYTES}-byte limit"
     )
 
 

@@ -46,7 +46,9 @@ def checkpoint() -> bytes:
 
 
 def cut_points(data: bytes) -> dict[str, int]:
-    """Where to cut the checkpoint: in a header, data.pkl, a storage, the central directory, the last byte."""
+    """Where to cut the checkpoint: in a header, data.pkl, a storage, the central directory,
+    the last byte.
+    """
     pkl_end = data.index(b"PK\x07\x08")  # data.pkl's data descriptor
     storage = data.index(b"archive/data/0") + 200
     central = data.index(b"PK\x01\x02")

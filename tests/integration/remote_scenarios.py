@@ -21,7 +21,9 @@ MODEL = "model.pth"
 
 
 def checkpoint(version: int) -> dict[str, torch.Tensor]:
-    """Version ``n``: the same small MLP with only its last layer moved, so versions share tensors."""
+    """Version ``n``: the same small MLP with only its last layer moved,
+    so versions share tensors.
+    """
     state = mlp_checkpoint(0, sizes=(16, 32, 8))
     state["2.weight"] = state["2.weight"] + version
     return state

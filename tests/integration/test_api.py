@@ -1,4 +1,6 @@
-"""The Python API (git_theta_filter.api, as ``import git_theta_filter as gtf``) against real repositories."""
+"""The Python API (git_theta_filter.api,
+as ``import git_theta_filter as gtf``) against real repositories.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import git_theta_filter as gtf
 
 @pytest.fixture
 def api_repo(git_env: GitEnv, repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``repo``, with this process's environment set to the isolated one, so the API's git commands use it."""
+    """``repo``, with this process's environment set to the isolated one,
+    so the API's git commands use it.
+    """
     for key in list(os.environ):
         if key.startswith("GIT_") or key in ("HOME", "XDG_CONFIG_HOME"):
             monkeypatch.delenv(key)
@@ -38,7 +42,9 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def filter_runs(repo: Path, *args: str) -> int:
-    """How many filter processes git starts for this command (none when the index's stat data is trusted)."""
+    """How many filter processes git starts for this command
+    (none when the index's stat data is trusted).
+    """
     trace = repo.parent / "trace.txt"
     trace.unlink(missing_ok=True)
     git(repo, *args, env={"GIT_TRACE": str(trace)})
@@ -77,7 +83,8 @@ def test_api_open_finds_the_repository_and_checks_the_filter(
 def test_api_import_is_cheap_until_the_api_is_used() -> None:
     code = (
         "import sys, git_theta_filter as gtf\n"
-        "assert not {'torch', 'numpy', 'git_theta_filter.api'} & set(sys.modules), sys.modules.keys()\n"
+        "assert not {'torch', 'numpy', 'git_theta_filter.api'} & set(sys.modules), "
+        "sys.modules.keys()\n"
         "gtf.open\n"
         "assert 'git_theta_filter.api' in sys.modules and 'torch' not in sys.modules\n"
     )

@@ -1,4 +1,6 @@
-"""benchmarks/run.py --quick: the CI smoke run of the benchmark (it proves the script works, not the speed)."""
+"""benchmarks/run.py --quick: the CI smoke run of the benchmark
+(it proves the script works, not the speed).
+"""
 
 from __future__ import annotations
 

@@ -258,7 +258,9 @@ def test_help_lists_every_subcommand(template: tuple) -> None:
 
 
 def test_install_quotes_a_script_path_with_a_space(git_env, tmp_path):
-    """git runs filter.theta.process through the shell: a path with a space must still start the filter."""
+    """git runs filter.theta.process through the shell:
+    a path with a space must still start the filter.
+    """
     spaced = tmp_path / "my tools"
     spaced.mkdir()
     launcher = spaced / "git-theta"

@@ -1,4 +1,6 @@
-"""examples/train_mnist.py: the commit-every-epoch workflow, run for two epochs in a temporary repository."""
+"""examples/train_mnist.py: the commit-every-epoch workflow,
+run for two epochs in a temporary repository.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ def test_example_mnist_commits_each_epoch_and_restores_the_best(
     best_epoch = 2 if accuracies[1] > accuracies[0] else 1
     best = git_env.git(repo, "rev-parse", f"HEAD~{2 - best_epoch}").strip()
     assert (
-        f"restored model.pth from {best[:7]} (epoch {best_epoch}, val acc {accuracies[best_epoch - 1]:.4f})"
-        in out
+        f"restored model.pth from {best[:7]} (epoch {best_epoch}, val acc "
+        f"{accuracies[best_epoch - 1]:.4f})" in out
     )
     # The restored file is that commit's, staged; nothing else differs.
     assert git_env.git(repo, "rev-parse", ":model.pth") == git_env.git(

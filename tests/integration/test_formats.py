@@ -1,4 +1,5 @@
-"""Every format and tensor kind of item 3-5: git add succeeds, objects are right, checkout is byte-exact.
+"""Every format and tensor kind of item 3-5: git add succeeds, objects are right,
+checkout is byte-exact.
 
 All files are added in one `git add` in a module-scoped template; each test
 works on a copy.
@@ -201,8 +202,10 @@ def test_formats_dtypes_and_0d_tensors_keep_their_type_and_values(repo_copy: tup
     git_env, repo, made, _ = repo_copy
     tensors = made["dtypes.pth"]
     expected_types = {
-        "bf16": "BF16", "fp16": "F16", "f64": "F64", "i64": "I64", "i8": "I8", "u8": "U8", "bool": "BOOL",
-        "scalar_f32": "F32", "scalar_i64": "I64", "scalar_bool": "BOOL", "scalar_bf16": "BF16", "complex": "C128", "empty": "F32",
+        "bf16": "BF16", "fp16": "F16", "f64": "F64", "i64": "I64",
+        "i8": "I8", "u8": "U8", "bool": "BOOL",
+        "scalar_f32": "F32", "scalar_i64": "I64", "scalar_bool": "BOOL", "scalar_bf16": "BF16",
+        "complex": "C128", "empty": "F32",
     }  # fmt: skip
     manifest = assert_manifest(
         index_manifest(git_env, repo, "dtypes.pth"),

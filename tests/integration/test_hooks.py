@@ -169,8 +169,8 @@ def test_hooks_pre_push_refuses_when_an_object_is_missing(
     assert result.returncode != 0
     assert f"git-theta: missing tensor object {victim}" in stderr
     assert (
-        "git-theta: error: refusing to push: 1 tensor object(s) behind these commits are not in the local store"
-        in stderr
+        "git-theta: error: refusing to push: "
+        "1 tensor object(s) behind these commits are not in the local store" in stderr
     )
     assert remote_ref(git_env, remote) == v1, "the refused push moved the remote ref"
 

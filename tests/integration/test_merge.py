@@ -43,7 +43,9 @@ def base_checkpoint() -> dict[str, Any]:
 def changed(
     checkpoint: dict[str, Any], seed: int, *names: str, epoch: int | None = None
 ) -> dict[str, Any]:
-    """A copy with the named tensors of ``model`` nudged by seeded noise, and optionally a new epoch."""
+    """A copy with the named tensors of ``model`` nudged by seeded noise,
+    and optionally a new epoch.
+    """
     new = {**checkpoint, "model": {k: v.clone() for k, v in checkpoint["model"].items()}}
     for offset, name in enumerate(names):
         new["model"][name] += 0.1 * _randn(seed * 100 + offset, *new["model"][name].shape)
@@ -109,7 +111,9 @@ def branches(repo: Repo, ours: Any, theirs: Any, name: str = MODEL) -> None:
 
 
 def saved_bytes_sha256(checkpoint: Any, tmp_path: Path, name: str = MODEL) -> str:
-    """What torch.save writes for ``checkpoint`` under this file name (the name is part of the bytes)."""
+    """What torch.save writes for ``checkpoint`` under this file name
+    (the name is part of the bytes).
+    """
     target = tmp_path / "expected" / name
     target.parent.mkdir(exist_ok=True)
     torch.save(checkpoint, target)
@@ -155,7 +159,8 @@ def test_merge_takes_each_side_s_changes_without_conflict(repo: Repo, tmp_path: 
     assert_same_tensors(merged["model"], expected["model"])
     # Non-tensor content comes from ours (both sides changed it).
     assert merged["epoch"] == 2 and merged["loss"] == 0.5
-    # The archive is exactly what torch.save writes for the merged checkpoint: CRCs and serialization id included.
+    # The archive is exactly what torch.save writes for the merged checkpoint:
+    # CRCs and serialization id included.
     assert sha256_file(repo.path / MODEL) == saved_bytes_sha256(expected, tmp_path)
     assert repo.git("status", "--porcelain") == ""
     repo.run("git", "theta", "fsck")
@@ -197,7 +202,9 @@ def test_merge_conflict_by_default_keeps_ours_and_lists_the_tensors(repo: Repo) 
 
 
 def dtype_checkpoint(seed: int, base: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """One tensor of each dtype the strategies combine; with ``base``, every tensor of it changed."""
+    """One tensor of each dtype the strategies combine; with ``base``,
+    every tensor of it changed.
+    """
     generator = torch.Generator().manual_seed(seed)
     if base is None:
         floats = {"f32": (5, 3), "f16": (6,), "bf16": (7,), "f64": (4,)}
@@ -359,7 +366,9 @@ def test_merge_safetensors_adds_and_removes_tensors(repo: Repo) -> None:
 
 
 def feature_history(repo: Repo) -> dict[str, Any]:
-    """main changes 1.bias; feature (from base) changes 0.weight, then 1.weight. Returns the checkpoints."""
+    """main changes 1.bias; feature (from base) changes 0.weight, then 1.weight.
+    Returns the checkpoints.
+    """
     base = base_checkpoint()
     main = changed(base, 1, "1.bias", epoch=2)
     first = changed(base, 2, "0.weight", epoch=2)

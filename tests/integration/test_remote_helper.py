@@ -98,7 +98,8 @@ def test_helper_session_capabilities_options_and_list(git_env, tmp_path, monkeyp
     RemoteHelper(GitRepo.discover(source), "origin", str(bare), commands, answers).serve()
     assert (
         answers.getvalue().decode()
-        == f"fetch\npush\noption\n\nok\nunsupported\n@refs/heads/main HEAD\n{head} refs/heads/main\n\n"
+        == f"fetch\npush\noption\n\nok\nunsupported\n@refs/heads/main HEAD\n{head} "
+        "refs/heads/main\n\n"
     )
 
 

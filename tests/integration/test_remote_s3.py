@@ -48,7 +48,9 @@ def s3_endpoint():
 
 @pytest.fixture
 def bucket(s3_endpoint, git_env, monkeypatch):
-    """A fresh bucket; the test's git commands (and this process) reach it through AWS_ENDPOINT_URL."""
+    """A fresh bucket; the test's git commands
+    (and this process) reach it through AWS_ENDPOINT_URL.
+    """
     for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
         monkeypatch.setenv(key, value)
         git_env.env[key] = value

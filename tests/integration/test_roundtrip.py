@@ -36,7 +36,9 @@ def nested_checkpoint(seed: int) -> dict:
 
 
 def build_history(git_env, repo: Path) -> dict[str, dict[str, str]]:
-    """main: v1 -> v2 -> v3; feature (from v1): v4 with other shapes. Returns {commit: {path: sha256}}."""
+    """main: v1 -> v2 -> v3; feature (from v1): v4 with other shapes.
+    Returns {commit: {path: sha256}}.
+    """
     history: dict[str, dict[str, str]] = {}
 
     def commit(message: str, model_seed: int, sizes: tuple[int, ...], opt_seed: int) -> None:
@@ -168,7 +170,8 @@ def test_roundtrip_missing_object_fails_checkout_with_one_clear_line(repo_copy: 
     ]
     assert errors == [
         f"git-theta: error: model.pth: tensor object {victim} is missing from the local store; "
-        "run `git theta fetch` to download it, or set GIT_THETA_SKIP_SMUDGE=1 to check out the manifest instead"
+        "run `git theta fetch` to download it, or set GIT_THETA_SKIP_SMUDGE=1 to check out the "
+        "manifest instead"
     ]
     # The other file of that commit still came out right.
     assert sha256_file(repo / "ckpt" / "opt.pth") == history[v1]["ckpt/opt.pth"]

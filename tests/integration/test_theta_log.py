@@ -66,7 +66,8 @@ def test_theta_log_lists_each_model_commit_with_metrics_norms_and_changes(histor
         0.5 * math.sqrt(128), rel=1e-6
     )
     assert by_epoch[3]["relative_change"] * by_epoch[2]["norm"] == pytest.approx(2.0, rel=1e-6)
-    # Each commit stores its changed tensors and a new skeleton; the first stores all four tensors too.
+    # Each commit stores its changed tensors and a new skeleton;
+    # the first stores all four tensors too.
     assert by_epoch[1]["new_storage_bytes"] > by_epoch[3]["new_storage_bytes"] > 0
 
 
@@ -149,8 +150,8 @@ def test_theta_log_console_script_and_alias_exit_128_like_git(history: History) 
         result = history.run(*command, "HEAD", "--", "missing.pth", check=False)
         assert result.returncode == 128 and result.stdout == b""
         assert result.stderr.decode().splitlines() == [
-            "git-theta: error: pathspec 'missing.pth' did not match any model file tracked by git-theta; "
-            "see `git theta ls-files`"
+            "git-theta: error: pathspec 'missing.pth' did not match any model file tracked by "
+            "git-theta; see `git theta ls-files`"
         ]
     assert history.run("git", "theta", "log", "-n", "1", "--json").stdout.count(b'"commit"') == 1
 

@@ -51,7 +51,9 @@ def new_repo(git_env: GitEnv, path: Path) -> Path:
 
 
 def commit(git_env: GitEnv, repo: Path, message: str, *paths: str, day: int) -> str:
-    """Add ``paths`` (if any) and commit at a distinct date, so that history order is unambiguous."""
+    """Add ``paths`` (if any) and commit at a distinct date,
+    so that history order is unambiguous.
+    """
     date = f"2026-01-{day:02d}T12:00:00Z"
     dates = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
     if paths:
@@ -122,7 +124,9 @@ class History:
         return json.loads(self.run(*args).stdout)
 
     def theta(self, command: str, *args: str, cwd: Path | None = None) -> Result:
-        """``git theta-<command> args`` run in this process (no interpreter start-up), as the script would."""
+        """``git theta-<command> args`` run in this process (no interpreter start-up),
+        as the script would.
+        """
         from git_theta_filter.cli import diff, log
 
         main = {"log": log.main, "diff": diff.main}[command]

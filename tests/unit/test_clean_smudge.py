@@ -170,7 +170,10 @@ def test_broken_safetensors_is_stored_opaque(
 
 
 def test_duplicate_safetensors_keys_are_stored_opaque(store: LocalStore) -> None:
-    body = b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    body = (
+        b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+        b'"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    )
     raw = struct.pack("<Q", len(body)) + body + b"x"
     out, warnings = do_clean(store, raw)
     assert Manifest.parse(out).format == "opaque"
@@ -298,7 +301,9 @@ def test_smudge_refuses_a_hostile_manifest(store: LocalStore) -> None:
 
 
 class Trickle:
-    """A pipe-like reader: each readinto returns a few bytes, sizes from a fixed pseudo-random cycle."""
+    """A pipe-like reader: each readinto returns a few bytes,
+    sizes from a fixed pseudo-random cycle.
+    """
 
     def __init__(self, data: bytes) -> None:
         self._data = memoryview(data)

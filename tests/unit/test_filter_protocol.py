@@ -50,7 +50,9 @@ def read_content(reader: PktLineReader) -> bytes:
 
 
 def read_response(reader: PktLineReader) -> tuple[list[str], bytes | None, list[str] | None]:
-    """(first status list, content, trailing status list); content is None for an error without content."""
+    """(first status list, content, trailing status list);
+    content is None for an error without content.
+    """
     status = reader.read_text_list()
     if status != ["status=success"]:
         return status, None, None
@@ -319,7 +321,8 @@ def test_filter_process_errors_then_recovers(
     lines = stderr.splitlines()
     assert lines[0] == "git-theta: error: a.pth: unsupported command 'frobnicate'"
     assert lines[1].startswith(
-        f"git-theta: error: models/orphan.pth: tensor object {missing} is missing from the local store; run `git theta fetch`"
+        f"git-theta: error: models/orphan.pth: tensor object {missing} is missing from the local "
+        "store; run `git theta fetch`"
     )
     assert len(lines) == 2
 

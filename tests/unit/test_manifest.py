@@ -81,7 +81,9 @@ def test_render_sorts_every_section() -> None:
 
 
 def test_an_empty_splice_sharing_an_offset_renders_first_and_parses() -> None:
-    """A zero-size tensor's splice may sit at the offset of the next one (safetensors [8,8] then [8,16])."""
+    """A zero-size tensor's splice may sit at the offset of the next one
+    (safetensors [8,8] then [8,16]).
+    """
     empty, full, other_empty = Splice(8, 0, OID_A), Splice(8, 8, OID_B), Splice(8, 0, OID_C)
     m = Manifest(
         format="safetensors",

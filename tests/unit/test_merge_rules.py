@@ -1,4 +1,6 @@
-"""merge: strategies, the per-tensor three-way rules, exact combination, and the torch zip rewrite."""
+"""merge: strategies, the per-tensor three-way rules, exact combination,
+and the torch zip rewrite.
+"""
 
 from __future__ import annotations
 
@@ -116,7 +118,8 @@ def test_plan_strategy_settles_a_tensor_changed_on_both_sides(strategy: str, wan
 
 
 def test_plan_strategy_limits() -> None:
-    # A dtype or shape change on both sides, or on one side with a change on the other, is always a conflict.
+    # A dtype or shape change on both sides, or on one side with a change on the other,
+    # is always a conflict.
     got, reason = outcome(entry("a"), entry("b", (5,)), entry("c", (6,)), "theirs")
     assert (
         got is Outcome.CONFLICT
@@ -165,7 +168,8 @@ def object_values(store: LocalStore, oid: str, like: torch.Tensor) -> torch.Tens
 )
 def test_combine_rounds_as_torch_does(store: LocalStore, dtype: torch.dtype, name: str) -> None:
     generator = torch.Generator().manual_seed(7)
-    # 70 000 elements: more than one chunk, and enough near-ties to catch a single-rounding shortcut.
+    # 70 000 elements: more than one chunk,
+    # and enough near-ties to catch a single-rounding shortcut.
     ours = torch.randn(70_000, generator=generator).to(dtype)
     theirs = (
         ours.double() + torch.randn(70_000, generator=generator, dtype=torch.float64) * 1e-3
@@ -251,7 +255,8 @@ def test_torch_zip_rewrite_keeps_a_serialization_id_it_does_not_recognise(
     raw = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo("model/.data/serialization_id")
-    # Another writer's id: other digits, with the CRCs (data descriptor, central directory) to match.
+    # Another writer's id: other digits, with the CRCs
+    # (data descriptor, central directory) to match.
     (name_length, extra_length) = struct.unpack_from("<HH", raw, info.header_offset + 26)
     data_offset = info.header_offset + 30 + name_length + extra_length
     raw[data_offset : data_offset + 40] = b"1" * 40

@@ -16,7 +16,10 @@ def test_lazy_top_level_names_are_exactly_the_api() -> None:
 
 
 def test_importing_the_package_imports_neither_the_api_nor_torch() -> None:
-    code = "import sys, git_theta_filter; print('git_theta_filter.api' in sys.modules, 'torch' in sys.modules)"
+    code = (
+        "import sys, git_theta_filter; "
+        "print('git_theta_filter.api' in sys.modules, 'torch' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

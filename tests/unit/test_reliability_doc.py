@@ -1,4 +1,6 @@
-"""docs/reliability.md stays true: its tests exist, it names every hostile/fault/fuzz test, its counts add up."""
+"""docs/reliability.md stays true: its tests exist, it names every hostile/fault/fuzz test,
+its counts add up.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def collected(paths: list[str]) -> set[str]:
 
 
 def covered_by(reference: str, node_ids: set[str]) -> set[str]:
-    """The collected items a reference stands for: itself, or every case of a parametrized function."""
+    """The collected items a reference stands for: itself,
+    or every case of a parametrized function.
+    """
     if "[" in reference:
         return {reference} & node_ids
     return {node for node in node_ids if node == reference or node.startswith(reference + "[")}

@@ -59,7 +59,9 @@ def random_tensor(
 
 
 def store_tensor(store: LocalStore, name: str, tensor: torch.Tensor) -> TensorEntry:
-    """Write ``tensor`` as an object of its own dtype (the filter's layout) and return its tensor line."""
+    """Write ``tensor`` as an object of its own dtype
+    (the filter's layout) and return its tensor line.
+    """
     dtype = MANIFEST_NAME[tensor.dtype]
     payload = tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
     oid = store.write_bytes(payload, dtype, tuple(tensor.shape))
@@ -295,10 +297,10 @@ def test_stats_computed_ahead_on_threads_equal_those_computed_one_by_one(theta_d
     store.object_path(gone.oid).chmod(0o644)
     store.object_path(gone.oid).unlink()
     threaded = Statistician(store, StatsCache(None), workers=3)
-    threaded.compute_ahead([*zip(olds, news), (gone, gone)], [*olds, lone, gone])
+    threaded.compute_ahead([*zip(olds, news, strict=True), (gone, gone)], [*olds, lone, gone])
     assert threaded.bytes_read == sum(e.nbytes for e in [*olds, *news, lone])
     serial = Statistician(store, StatsCache(None), workers=1)
-    for old, new in zip(olds, news):
+    for old, new in zip(olds, news, strict=True):
         assert threaded.delta_stats(old, new) == serial.delta_stats(old, new)
         assert threaded.tensor_stats(new) == serial.tensor_stats(new)
     assert threaded.tensor_stats(lone) == serial.tensor_stats(lone)

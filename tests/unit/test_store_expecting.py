@@ -1,4 +1,6 @@
-"""LocalStore.expecting(): payloads compared with the previous version's objects give the same ids."""
+"""LocalStore.expecting(): payloads compared with the previous version's objects
+give the same ids.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ def store(tmp_path: Path) -> LocalStore:
 
 @pytest.fixture
 def versions() -> list[dict]:
-    """A base state, then: one tensor changed in its last byte only, one changed throughout, one shape changed."""
+    """A base state, then: one tensor changed in its last byte only, one changed throughout,
+    one shape changed.
+    """
     generator = torch.Generator().manual_seed(0)
     # Larger than one copy chunk, so that a late difference comes after whole chunks agreed.
     big = torch.randn(COPY_CHUNK // 4 + 1000, generator=generator)
@@ -94,7 +98,9 @@ def test_a_missing_or_corrupt_expected_object_is_ignored(
 def test_a_truncated_new_version_loses_no_byte_while_comparing(
     store: LocalStore, versions: list[dict]
 ) -> None:
-    """The file ends inside a tensor that so far equals the previous version's: those bytes are kept too."""
+    """The file ends inside a tensor that so far equals the previous version's:
+    those bytes are kept too.
+    """
     base = torch_bytes(versions[0])
     previous = clean_manifest(store, base)
     biggest = max(previous.splices, key=lambda s: s.length)

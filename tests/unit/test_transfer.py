@@ -228,7 +228,13 @@ SLOW_DOWNLOAD = textwrap.dedent(
             super().get(oid, destination)
             time.sleep(0.3)  # the temp file is complete but not yet verified nor linked
 
-    download(LocalStore(Path(sys.argv[1])), SlowStore(Path(sys.argv[2])), sys.argv[3:], workers=2, show_progress=False)
+    download(
+        LocalStore(Path(sys.argv[1])),
+        SlowStore(Path(sys.argv[2])),
+        sys.argv[3:],
+        workers=2,
+        show_progress=False,
+    )
     """
 )
 
@@ -295,7 +301,8 @@ def test_progress_is_redrawn_on_a_terminal_and_summarised_otherwise():
     progress.advance(1_500_000_000)
     progress.finish("uploaded 2 tensor objects")
     assert terminal.getvalue() == (
-        "\rUploading tensors: 50% (1/2), 1.2 GB/2.7 GB\rUploading tensors: 100% (2/2), 2.7 GB/2.7 GB\n"
+        "\rUploading tensors: 50% (1/2), 1.2 GB/2.7 GB\rUploading tensors: 100% (2/2), "
+        "2.7 GB/2.7 GB\n"
     )
 
     log = io.StringIO()
@@ -386,7 +393,10 @@ def test_store_urls_and_transfer_setting(isolated_git, tmp_path):
 
 
 def test_the_filter_process_imports_neither_torch_nor_boto3():
-    code = "import sys, git_theta_filter.cli.filter_process; print(sorted({'torch', 'boto3'} & set(sys.modules)))"
+    code = (
+        "import sys, git_theta_filter.cli.filter_process; "
+        "print(sorted({'torch', 'boto3'} & set(sys.modules)))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
