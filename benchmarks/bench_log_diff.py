@@ -164,7 +164,8 @@ def main() -> int:
             env, root / "log-repo", sizes["commits"], sizes["tensors"], sizes["log_elements"]
         )
         print(
-            f"built {sizes['commits']} commits x {sizes['tensors']} tensors in {time.perf_counter() - started:.0f} s",
+            f"built {sizes['commits']} commits x {sizes['tensors']} tensors in "
+            f"{time.perf_counter() - started:.0f} s",
             file=sys.stderr,
         )
         clear_stats(log_repo)

@@ -57,12 +57,15 @@ class Row:
             self.step,
             f"{self.seconds:.2f}{self.detail}",
             f"{self.logical / mb / self.seconds:.0f}",
-            f"{self.transferred / mb:.0f} MB of {self.logical / mb:.0f} MB ({self.transferred / self.logical:.0%})",
+            f"{self.transferred / mb:.0f} MB of {self.logical / mb:.0f} MB "
+            f"({self.transferred / self.logical:.0%})",
         ]
 
 
 def make_checkpoints(directory: Path, versions: int, size_mb: int) -> list[Path]:
-    """``versions`` fp32 state_dicts of ``size_mb``; each changes CHANGED_PER_VERSION tensors of the last."""
+    """``versions`` fp32 state_dicts of ``size_mb``;
+    each changes CHANGED_PER_VERSION tensors of the last.
+    """
     import numpy as np
     import torch
 
@@ -194,7 +197,7 @@ def main() -> int:
                     root,
                     checkpoints,
                     {},
-                    lambda: tree_bytes(root / "models.git" / "theta" / "objects"),
+                    lambda root=root: tree_bytes(root / "models.git" / "theta" / "objects"),
                 )
             elif kind == "s3":
                 rows += bench_s3(root, checkpoints)

@@ -366,7 +366,8 @@ def render(
         f"Checkpoint: {ck.size / 2**20:.1f} MB, {ck.tensor_count} fp32 tensors (GPT-2-small-like); "
         f"fine-tune changes {ck.changed_tensors} tensors, {ck.changed_bytes / 2**20:.1f} MB. "
         f"Medians of {len(floors)} run(s). RSS is the largest process in the command's tree "
-        f"(git and its filter); growth is the apparent size added under .git (objects, theta/, lfs/).",
+        "(git and its filter); growth is the apparent size added under .git (objects, theta/, "
+        "lfs/).",
         "",
     ]
     if lfs_note:
@@ -378,7 +379,8 @@ def render(
         values = {t: med(t, kind, scenario) for t in tools}
         cells = " | ".join(fmt(values[t]) for t in tools)
         lines.append(
-            f"| {scenario} | {figure} | {cells} | {_ratio(values.get('theta'), values.get('git-lfs'))} |"
+            f"| {scenario} | {figure} | {cells} | "
+            f"{_ratio(values.get('theta'), values.get('git-lfs'))} |"
         )
 
     for scenario, _ in COMMITS:
@@ -447,19 +449,28 @@ def render(
     )
     if new is not None and openssl_floor:
         lines.append(
-            f"| (for reference, not a target) add+commit new, theta / (`cat` + OpenSSL sha256) | {new / openssl_floor:.2f} | |"
+            "| (for reference, not a target) add+commit new, theta / (`cat` + OpenSSL sha256) | "
+            f"{new / openssl_floor:.2f} | |"
         )
     return "\n".join(lines) + "\n\n" + extra
 
 
 def log_diff_section(args: argparse.Namespace) -> str:
-    """The theta-only scenarios (theta-log over 50 commits, theta-diff), from benchmarks/bench_log_diff.py."""
+    """The theta-only scenarios (theta-log over 50 commits, theta-diff),
+    from benchmarks/bench_log_diff.py.
+    """
     if not BENCH_LOG_DIFF.exists():
-        return "| theta only: `theta-log` over 50 commits, `theta-diff` | not yet available (benchmarks/bench_log_diff.py) |\n| --- | --- |\n"
+        return (
+            "| theta only: `theta-log` over 50 commits, `theta-diff` "
+            "| not yet available (benchmarks/bench_log_diff.py) |\n| --- | --- |\n"
+        )
     command = [sys.executable, str(BENCH_LOG_DIFF), "--json"] + (["--quick"] if args.quick else [])
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        return f"theta only: benchmarks/bench_log_diff.py failed ({result.returncode}):\n\n```\n{result.stderr.strip()}\n```\n"
+        return (
+            f"theta only: benchmarks/bench_log_diff.py failed ({result.returncode}):\n\n"
+            f"```\n{result.stderr.strip()}\n```\n"
+        )
     report = json.loads(result.stdout)
     spec = importlib.util.spec_from_file_location("bench_log_diff", BENCH_LOG_DIFF)
     module = importlib.util.module_from_spec(spec)
@@ -478,7 +489,8 @@ def log_diff_section(args: argparse.Namespace) -> str:
         limit = targets.get(name)
         verdict = "" if limit is None else f"≤ {limit:g} s: {_met(figures['seconds'] <= limit)}"
         lines.append(
-            f"| {name} | {_seconds(figures['seconds'])} | {figures['peak_rss_mb']:.1f} MB | {verdict} |"
+            f"| {name} | {_seconds(figures['seconds'])} | {figures['peak_rss_mb']:.1f} "
+            f"MB | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -496,9 +508,10 @@ def machine_description() -> str:
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return (
-        f"{datetime.date.today().isoformat()}; {os.cpu_count()} CPUs, {memory / 2**30:.1f} GB memory; "
-        f"Python {platform.python_version()}; {version('git', '--version')}; {version('git', 'lfs', 'version')}; "
-        f"load average {os.getloadavg()[0]:.2f} (other work on the machine makes times noisy; compare ratios)"
+        f"{datetime.date.today().isoformat()}; {os.cpu_count()} CPUs, {memory / 2**30:.1f} GB "
+        f"memory; Python {platform.python_version()}; {version('git', '--version')}; "
+        f"{version('git', 'lfs', 'version')}; load average {os.getloadavg()[0]:.2f} "
+        "(other work on the machine makes times noisy; compare ratios)"
     )
 
 
@@ -546,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.quick:
         lfs_note = (lfs_note + " " if lfs_note else "") + (
-            "--quick is a smoke test: at this size start-up costs dominate, and the targets apply to the full size."
+            "--quick is a smoke test: at this size start-up costs dominate, and the targets apply "
+            "to the full size."
         )
     if lfs_note:
         print(lfs_note, file=sys.stderr)

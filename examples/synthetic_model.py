@@ -31,7 +31,7 @@ def checkpoint(epoch: int) -> dict:
     model = build_model()
     generator = torch.Generator().manual_seed(epoch)
     with torch.no_grad():
-        for step in range(1, epoch):
+        for _step in range(1, epoch):
             # Fine-tune only the last two layers.
             for layer in (model[4], model[6]):
                 layer.weight.add_(0.01 * torch.randn(layer.weight.shape, generator=generator))

@@ -1,4 +1,5 @@
-"""Train a small MNIST classifier, committing the checkpoint every epoch through git-theta's Python API.
+"""Train a small MNIST classifier, committing the checkpoint every epoch
+through git-theta's Python API.
 
     python examples/train_mnist.py                      # a throwaway repository in /tmp
     python examples/train_mnist.py --repo runs/mnist --epochs 8
@@ -121,7 +122,7 @@ def git(repo: gtf.Repository, *args: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
         "--repo",
         type=Path,
@@ -177,8 +178,9 @@ def main() -> int:
     best = repo.best(MODEL_FILE, metric="val.acc", mode="max")
     assert best.commit == best_commit
     print(
-        f"\nrestored {MODEL_FILE} from {best_commit[:7]} (epoch {best.metrics['epoch']}, val acc "
-        f"{accuracy(model, val_images, val_labels):.4f}); it is staged: `git commit` keeps it as the new head"
+        f"\nrestored {MODEL_FILE} from {best_commit[:7]} (epoch {best.metrics['epoch']}, "
+        f"val acc {accuracy(model, val_images, val_labels):.4f}); it is staged: `git commit` keeps "
+        "it as the new head"
     )
     return 0
 
