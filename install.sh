@@ -13,9 +13,16 @@ if ! "$python" -m pip --version >/dev/null 2>&1; then
     exit 1
 fi
 
+started=$SECONDS
+step() { printf 'install.sh: [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
+
 # torch==2.13.0 (CPU) is pinned in the test extra: other torch specs pull a
-# multi-GB CUDA build.
-"$python" -m pip install --quiet -e ".[test]"
+# multi-GB CUDA build. pip's own lines say which package it is on; its
+# "Requirement already satisfied" chatter is left out.
+step "installing git-theta-filter and its test extra (torch CPU, lightning, transformers;" \
+    "2-3 minutes when nothing is installed yet)"
+"$python" -m pip install --progress-bar off -e ".[test]" \
+    | sed -u -n -e 's/^ *\(Collecting\|Downloading\|Building\|Installing collected\|Successfully installed\) */  \1 /p'
 
 # pyenv only sees new console scripts after a rehash.
 if command -v pyenv >/dev/null 2>&1; then
@@ -23,6 +30,7 @@ if command -v pyenv >/dev/null 2>&1; then
 fi
 
 # git-lfs is only needed by benchmarks/, to compare against it.
+step "checking for git-lfs (only the benchmarks use it)"
 if ! command -v git-lfs >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq git-lfs) >/dev/null 2>&1 \
         || echo "install.sh: could not install git-lfs; benchmarks will skip its column" >&2
@@ -36,6 +44,7 @@ fi
 # `git theta --help` becomes `man git-theta`, and man looks in ../share/man of
 # each PATH directory. An editable install does not copy data files, so place
 # the pages beside the interpreter's scripts and beside the git-theta on PATH.
+step "installing the man pages"
 scripts=$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 for bindir in "$scripts" "$(dirname "$(command -v git-theta)")"; do
     mandir="$bindir/../share/man/man1"
@@ -45,6 +54,7 @@ for bindir in "$scripts" "$(dirname "$(command -v git-theta)")"; do
 done
 
 if [ "${THETA_SKIP_GIT_INSTALL:-0}" != 1 ]; then
+    step "configuring git: git theta install --global"
     # Run from $HOME so that the hooks are not installed into this checkout.
     (cd "$HOME" && git theta install --global)
 fi

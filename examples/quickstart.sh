@@ -10,7 +10,17 @@ mkdir -p "$demo"
 cd "$demo"
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
-step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; "$@"; }
+# Print a command as one would type it: an argument with a glob or a space is
+# quoted, so `git theta track '*.pth'` is shown as the shell must receive it.
+shown() {
+    local word words=()
+    for word in "$@"; do
+        if [[ $word =~ ^[A-Za-z0-9_./:=@%+,^~-]+$ ]]; then words+=("$word")
+        else words+=("'${word//\'/\'\\\'\'}'"); fi
+    done
+    printf '%s' "${words[*]}"
+}
+step() { printf '\n%s$ %s%s\n' "$bold" "$(shown "$@")" "$plain"; "$@"; }
 model() { python3 "$here/synthetic_model.py" model.pth --epoch "$1"; }
 
 git init -q -b main .

@@ -60,7 +60,8 @@ class GitRepo:
 
     @classmethod
     def discover(cls, cwd: Path | str | None = None) -> GitRepo:
-        where = Path(cwd or os.getcwd())
+        # Absolute, so that an error names the directory whatever was passed (`gtf.open('.')`).
+        where = Path(os.path.abspath(cwd if cwd is not None else os.getcwd()))
         result = subprocess.run(
             [
                 "git",

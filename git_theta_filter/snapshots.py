@@ -87,10 +87,21 @@ def _tree_entries(
             out[f"{prefix}{entry.name}"] = entry.id
 
 
+def commit_label(revision: str, commit: pygit2.Commit) -> str:
+    """How a diff names a commit: the revision as typed, with its short id unless it is an id.
+
+    ``HEAD~1 (0a976b7)``, but ``0a976b7`` for ``0a976b7`` and for the full id.
+    """
+    short = str(commit.id)[:7]
+    if len(revision) >= 4 and str(commit.id).startswith(revision.lower()):
+        return revision if len(revision) < len(str(commit.id)) else short
+    return f"{revision} ({short})"
+
+
 def tree_snapshot(git: pygit2.Repository, commit: pygit2.Commit, label: str) -> Snapshot:
     entries: dict[str, pygit2.Oid] = {}
     _tree_entries(git, commit.tree, "", entries)
-    return Snapshot(f"{label} ({str(commit.id)[:7]})", git, entries, commit=commit)
+    return Snapshot(commit_label(label, commit), git, entries, commit=commit)
 
 
 def _index_entries(index: pygit2.Index) -> dict[str, pygit2.Oid]:

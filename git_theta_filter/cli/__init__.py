@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from importlib import import_module
 
@@ -52,8 +53,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_command_message(name: str) -> str:
+    """What git says for a command it does not know, with the closest ones (``trak`` → track).
+
+    As in git, only the commands that tie for the closest match are suggested.
+    """
+    lines = [f"git theta: '{name}' is not a git-theta command. See 'git theta --help'."]
+    scores = {command: difflib.SequenceMatcher(None, name, command).ratio() for command in COMMANDS}
+    best = max(scores.values())
+    if best >= 0.6:
+        similar = [command for command, score in scores.items() if score == best]
+        lines += ["", f"The most similar command{' is' if len(similar) == 1 else 's are'}"]
+        lines += [f"\t{command}" for command in similar]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(unknown_command_message(argv[0]), file=sys.stderr)
+        return 2
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -18,6 +18,7 @@ from helpers import copy_repo, sha256_file, tensor_bytes
 from safetensors.torch import save_file
 
 import git_theta_filter as gtf
+from git_theta_filter.gitrepo import NotARepositoryError
 
 
 @pytest.fixture
@@ -78,6 +79,19 @@ def test_api_open_finds_the_repository_and_checks_the_filter(
     with pytest.raises(gtf.FilterNotInstalledError) as error:
         gtf.open(api_repo)
     assert error.value.hint == "run `git theta install`"
+
+
+def test_api_open_outside_a_repository_names_the_absolute_path(
+    api_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    with pytest.raises(NotARepositoryError) as error:
+        gtf.open(".")
+    assert str(error.value) == f"not a git repository: {outside}"
+    assert error.value.exit_code == 128
 
 
 def test_api_import_is_cheap_until_the_api_is_used() -> None:

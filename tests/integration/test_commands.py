@@ -257,6 +257,23 @@ def test_help_lists_every_subcommand(template: tuple) -> None:
     assert bare.stdout.decode().startswith("usage: git theta")
 
 
+def test_unknown_command_suggests_the_closest_one_as_git_does(template: tuple) -> None:
+    git_env, repo = template
+    typo = git_env.run("git", "theta", "trak", cwd=repo, check=False)
+    assert typo.returncode == 2 and typo.stdout == b""
+    assert typo.stderr.decode().splitlines() == [
+        "git theta: 'trak' is not a git-theta command. See 'git theta --help'.",
+        "",
+        "The most similar command is",
+        "\ttrack",
+    ]
+    unrelated = git_env.run("git-theta", "zzzz", cwd=repo, check=False)
+    assert unrelated.returncode == 2
+    assert unrelated.stderr.decode().splitlines() == [
+        "git theta: 'zzzz' is not a git-theta command. See 'git theta --help'."
+    ]
+
+
 def test_install_quotes_a_script_path_with_a_space(git_env, tmp_path):
     """git runs filter.theta.process through the shell:
     a path with a space must still start the filter.

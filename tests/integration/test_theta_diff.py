@@ -259,7 +259,11 @@ def test_theta_diff_output_formats(history: History) -> None:
     first, last = history.commits[1], history.commits[3]
     text = history.theta_ok("diff", first, last)
     lines = text.splitlines()
-    assert lines[0].startswith("model.pth  (") and lines[1].split()[:3] == [
+    # Each side named once: a revision given as an id is not followed by the same id again.
+    assert lines[0] == f"model.pth  ({first[:7]} → {last[:7]}, file modified)"
+    named = history.theta_ok("diff", "HEAD~2", last[:9]).splitlines()[0]
+    assert named == f"model.pth  (HEAD~2 ({first[:7]}) → {last[:9]}, file modified)"
+    assert lines[1].split()[:3] == [
         "status",
         "tensor",
         "dtype",
