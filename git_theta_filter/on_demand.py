@@ -11,13 +11,8 @@ from __future__ import annotations
 
 from .gitrepo import GitRepo
 from .manifest import Manifest
-from .store.remote import (
-    ObjectStore,
-    RemoteObjectMissingError,
-    default_remote,
-    resolve_store,
-    transfer_workers,
-)
+from .remotes import default_remote, resolve_store, transfer_workers
+from .store.base import ObjectStore, RemoteObjectMissingError
 from .store.transfer import TransferFailedError, download
 
 __all__ = ["OnDemandFetcher"]

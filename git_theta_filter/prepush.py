@@ -8,7 +8,7 @@ name and URL as arguments, and reads lines on standard input::
 A local sha of all zeros is a deletion. A non-zero exit stops the push before
 any ref is updated.
 
-So the objects are uploaded to the remote's store (store/remote.py) here,
+So the objects are uploaded to the remote's store (remotes.py) here,
 before git sends a single ref: a push whose upload fails is refused, and the
 remote never names a tensor that its store lacks.
 """
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import manifests_in_blobs, open_pygit2
-from .store.remote import HELPER_PREFIX, NoStoreError, StoreError, resolve_store, transfer_workers
+from .progress import Progress
+from .remotes import HELPER_PREFIX, NoStoreError, resolve_store, transfer_workers
+from .store.base import StoreError
 from .store.transfer import TransferFailedError, TransferResult, upload
 
 __all__ = [
@@ -123,7 +125,7 @@ def upload_for_push(
     updates: list[RefUpdate],
     *,
     require_store: bool = False,
-    show_progress: bool = True,
+    progress: type[Progress] = Progress,
 ) -> PushUpload:
     """Make sure the remote's store has every object the pushed commits need.
 
@@ -144,9 +146,7 @@ def upload_for_push(
             raise NoStoreError(remote)
         return PushUpload(len(wanted), None, None)
     try:
-        result = upload(
-            local, store, wanted, workers=transfer_workers(repo), show_progress=show_progress
-        )
+        result = upload(local, store, wanted, workers=transfer_workers(repo), progress=progress)
     except (StoreError, TransferFailedError) as exc:
         raise PushUploadError(remote, store.url, exc) from exc
     return PushUpload(len(wanted), store.url, result)

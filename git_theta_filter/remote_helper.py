@@ -17,7 +17,7 @@ writes commands to our stdin one per line, and reads the answers on stdout:
 
 ``<url>`` is an ordinary git URL (a path, ``file://``, ssh or https). Refs move
 with ``git ls-remote``/``fetch``/``push`` against it; tensor objects move
-through the store it resolves to (``store/remote.py``): pushes upload first
+through the store it resolves to (``remotes.py``): pushes upload first
 and only then send refs, and fetches prefetch the objects of the fetched
 commits in parallel. Nothing but protocol answers may reach stdout.
 """
@@ -34,7 +34,9 @@ from .errors import ThetaError
 from .gitrepo import GitError, GitRepo
 from .history import manifests_in_blobs, open_pygit2
 from .prepush import ZERO_SHA, RefUpdate, upload_for_push
-from .store.remote import HELPER_PREFIX, StoreError, resolve_store, transfer_workers
+from .progress import Progress, QuietProgress
+from .remotes import HELPER_PREFIX, resolve_store, transfer_workers
+from .store.base import StoreError
 from .store.transfer import TransferFailedError, download
 
 __all__ = ["HelperRecursionError", "HelperProtocolError", "RemoteHelper", "main", "GUARD_VARIABLE"]
@@ -195,7 +197,7 @@ class RemoteHelper:
                 store,
                 wanted,
                 workers=transfer_workers(self.repo),
-                show_progress=self.verbosity > 0,
+                progress=Progress if self.verbosity > 0 else QuietProgress,
             )
         except (StoreError, TransferFailedError) as exc:
             print(f"git-theta: warning: tensor objects were not prefetched: {exc}", file=sys.stderr)
@@ -217,7 +219,7 @@ class RemoteHelper:
                     self.url,
                     updates,
                     require_store=True,
-                    show_progress=self.verbosity > 0,
+                    progress=Progress if self.verbosity > 0 else QuietProgress,
                 )
             except ThetaError as exc:
                 why = _one_line(format_error(exc).removeprefix("git-theta: error: "))

@@ -18,9 +18,9 @@ from .gitrepo import GitRepo
 from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, tree_manifests
 from .inventory import _all_tips as all_ref_tips
 from .prepush import ZERO_SHA, ObjectsMissingLocallyError, RefUpdate, objects_to_push
+from .remotes import require_store, transfer_workers
 from .smudge import prepare_smudge
 from .store.local import LOCAL_WRITE_ERRNOS
-from .store.remote import require_store, transfer_workers
 from .store.transfer import TransferResult, download, upload
 
 __all__ = [

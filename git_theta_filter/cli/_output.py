@@ -1,23 +1,13 @@
-"""Shared output helpers: sizes, tables, JSON, progress on stderr."""
+"""Shared output helpers: tables and JSON on stdout."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["human_bytes", "print_table", "print_json", "Progress"]
-
-
-def human_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
+__all__ = ["print_table", "print_json"]
 
 
 def print_table(
@@ -36,28 +26,3 @@ def print_table(
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
-
-
-class Progress:
-    """``label: 45% (120/266)`` redrawn on a TTY stderr; silent otherwise."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label = label
-        self.total = total
-        self.done = 0
-        self._enabled = sys.stderr.isatty() and total > 0
-        self._last = 0.0
-
-    def advance(self, count: int = 1) -> None:
-        self.done += count
-        now = time.monotonic()
-        if self._enabled and (now - self._last > 0.1 or self.done == self.total):
-            self._last = now
-            percent = 100 * self.done // self.total
-            sys.stderr.write(f"\r{self.label}: {percent}% ({self.done}/{self.total})")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()

@@ -19,8 +19,9 @@ from ..revisions import Pathspec, split_arguments
 from ..stats import Statistician
 from ..tensor_diff import MetricChange, TensorDiff, TensorStatus
 from ..theta_diff import FileDiff, ThetaDiff, diff_snapshots, diff_to_json, resolve_sides
+from ..units import human_bytes
 from ._format import Colour, Styled, format_change, format_value, markdown_table, table_lines
-from ._output import human_bytes, print_json
+from ._output import print_json
 from ._standalone import register_alias, split_at_separator, standalone_main
 
 __all__ = ["main", "register", "run_argv", "build_parser"]

@@ -7,7 +7,8 @@ from dataclasses import asdict
 
 from ..gitrepo import GitRepo
 from ..inventory import disk_usage
-from ._output import human_bytes, print_json
+from ..units import human_bytes
+from ._output import print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

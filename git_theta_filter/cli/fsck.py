@@ -7,7 +7,8 @@ import sys
 
 from ..gitrepo import GitRepo
 from ..inventory import fsck
-from ._output import Progress, print_json
+from ..progress import Progress
+from ._output import print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
     report = fsck(repo, args.all, on_progress)
     if progress:
-        progress.close()
+        progress.finish()
     pickles = None
     if args.check_pickles:
         # Imported here: only this option needs the zip reader and the scanner.

@@ -7,7 +7,8 @@ from dataclasses import asdict
 
 from ..gc import DEFAULT_PRUNE, collect_garbage, parse_prune_date
 from ..gitrepo import GitRepo
-from ._output import human_bytes, print_json
+from ..units import human_bytes
+from ._output import print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ import sys
 from ..gitrepo import GitRepo
 from ..hooks import run_chained_hook
 from ..prepush import ObjectsMissingLocallyError, parse_ref_updates, upload_for_push
-from ..store.remote import HELPER_PREFIX
+from ..remotes import HELPER_PREFIX
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -17,8 +17,9 @@ from ..revisions import Pathspec, parse_range, split_arguments
 from ..stats import Statistician
 from ..theta_diff import json_number
 from ..theta_log import LogEntry, best_entry, entry_to_json, log_to_json, theta_log
+from ..units import human_bytes
 from ._format import Colour, Styled, format_value, sparkline, table_lines
-from ._output import human_bytes, print_json
+from ._output import print_json
 from ._standalone import register_alias, split_at_separator, standalone_main
 
 __all__ = ["main", "register", "run_argv", "build_parser"]

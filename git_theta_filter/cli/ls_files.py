@@ -7,7 +7,8 @@ from dataclasses import asdict
 
 from ..gitrepo import GitRepo
 from ..inventory import list_files
-from ._output import human_bytes, print_json, print_table
+from ..units import human_bytes
+from ._output import print_json, print_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

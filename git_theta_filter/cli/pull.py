@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..gitrepo import GitRepo
-from ..store.remote import default_remote
+from ..remotes import default_remote
 from ..sync import pull
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..gitrepo import GitRepo
-from ..store.remote import default_remote
+from ..remotes import default_remote
 from ..sync import push_objects
 
 

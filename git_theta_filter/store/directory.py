@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .base import ObjectStore, RemoteObjectMissingError, StoreUnavailableError
 from .local import COPY_CHUNK, LOCAL_WRITE_ERRNOS, is_valid_oid
 from .object_format import ObjectFormatError
-from .remote import ObjectStore, RemoteObjectMissingError, StoreUnavailableError
 
 __all__ = ["DirectoryStore"]
 

@@ -32,14 +32,14 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from .local import is_valid_oid
-from .object_format import ObjectFormatError
-from .remote import (
+from .base import (
     ObjectStore,
     RemoteObjectMissingError,
     StoreUnavailableError,
     UnsupportedStoreURLError,
 )
+from .local import is_valid_oid
+from .object_format import ObjectFormatError
 
 __all__ = ["S3Store", "MULTIPART_THRESHOLD", "PART_SIZE"]
 

@@ -8,9 +8,9 @@
   only a temp file that the next download removes.
 * **Parallel.** ``workers`` threads (``theta.transfers``, default 8). A store
   that turns out to be unreachable stops the whole transfer at once.
-* **Progress** goes to stderr: redrawn in place on a terminal, in git-lfs's
-  manner (``Uploading tensors: 45% (120/266), 1.2 GB/2.7 GB``), and as one
-  summary line otherwise.
+* **Progress** goes to stderr through the ``progress`` class the caller passes
+  (``progress.Progress``: redrawn in place on a terminal, one summary line
+  otherwise; ``progress.QuietProgress``: nothing).
 """
 
 from __future__ import annotations
@@ -18,27 +18,24 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from ..cli._output import human_bytes
 from ..errors import ThetaError
 from ..locks import writer_lock
+from ..progress import Progress
+from ..units import human_bytes
+from .base import ObjectStore, StoreError, StoreUnavailableError
 from .local import LOCAL_WRITE_ERRNOS, LocalStore, ObjectMissingError, StoreWriteError
-from .remote import ObjectStore, StoreError, StoreUnavailableError
 
 __all__ = [
     "DownloadVerificationError",
     "TransferFailedError",
     "TransferResult",
-    "TransferProgress",
     "upload",
     "download",
     "DOWNLOAD_PREFIX",
@@ -84,59 +81,11 @@ class TransferResult:
     skipped: int = 0
 
 
-class TransferProgress:
-    """Counts objects and bytes; draws itself on a TTY, prints a summary line otherwise."""
-
-    def __init__(
-        self,
-        title: str,
-        total: int,
-        total_bytes: int,
-        *,
-        enabled: bool = True,
-        stream: TextIO | None = None,
-    ) -> None:
-        self.title = title
-        self.total = total
-        self.total_bytes = total_bytes
-        self.done = 0
-        self.done_bytes = 0
-        self._stream = stream or sys.stderr
-        self._enabled = enabled
-        self._live = enabled and total > 0 and self._stream.isatty()
-        self._lock = threading.Lock()
-        self._last_draw = 0.0
-
-    def advance(self, nbytes: int) -> None:
-        with self._lock:
-            self.done += 1
-            self.done_bytes += nbytes
-            now = time.monotonic()
-            if self._live and (now - self._last_draw >= 0.1 or self.done == self.total):
-                self._last_draw = now
-                self._stream.write(f"\r{self.line()}")
-                self._stream.flush()
-
-    def line(self) -> str:
-        percent = 100 * self.done // self.total if self.total else 100
-        return (
-            f"{self.title}: {percent}% ({self.done}/{self.total}), "
-            f"{human_bytes(self.done_bytes)}/{human_bytes(self.total_bytes)}"
-        )
-
-    def finish(self, summary: str | None) -> None:
-        if self._live:
-            self._stream.write("\n")
-        elif self._enabled and summary:
-            self._stream.write(f"git-theta: {summary}\n")
-        self._stream.flush()
-
-
 def _run_parallel(
     oids: list[str],
     work: Callable[[str], int | None],
     workers: int,
-    progress: TransferProgress,
+    progress: Progress,
     size_hint: Callable[[str], int],
 ) -> tuple[TransferResult, dict[str, ThetaError]]:
     """``work(oid)`` for each oid: bytes moved, or None when the other side had it.
@@ -197,7 +146,7 @@ def upload(
     oids: Iterable[str],
     *,
     workers: int,
-    show_progress: bool = True,
+    progress: type[Progress] = Progress,
     list_remote: bool = False,
 ) -> TransferResult:
     """Send the objects ``remote`` lacks. ``list_remote`` learns what it has from one listing
@@ -214,12 +163,10 @@ def upload(
             raise ObjectMissingError(oid)
         return sizes[oid] if remote.put(oid, local.object_path(oid)) else None
 
-    progress = TransferProgress(
-        "Uploading tensors", len(todo), sum(sizes.values()), enabled=show_progress
-    )
-    result, failures = _run_parallel(todo, send, workers, progress, sizes.__getitem__)
+    bar = progress("Uploading tensors", len(todo), sum(sizes.values()))
+    result, failures = _run_parallel(todo, send, workers, bar, sizes.__getitem__)
     result.skipped += len(wanted) - len(todo)
-    progress.finish(_summary("uploaded", "to", remote.url, result) if result.transferred else None)
+    bar.finish(_summary("uploaded", "to", remote.url, result) if result.transferred else None)
     if failures:
         raise TransferFailedError("upload", remote.url, failures, len(todo))
     return result
@@ -231,7 +178,7 @@ def download(
     oids: Mapping[str, int] | Iterable[str],
     *,
     workers: int,
-    show_progress: bool = True,
+    progress: type[Progress] = Progress,
 ) -> TransferResult:
     """Fetch the objects the local store lacks, verifying each. ``oids`` may map each oid to its
     expected size, which only the progress display uses."""
@@ -240,18 +187,14 @@ def download(
     if not todo:
         return TransferResult(skipped=len(hints))
     fetch = functools.partial(_download_one, local, remote)
-    progress = TransferProgress(
-        "Downloading tensors", len(todo), sum(hints[oid] for oid in todo), enabled=show_progress
-    )
+    bar = progress("Downloading tensors", len(todo), sum(hints[oid] for oid in todo))
     # As a writer of objects, hold off `git theta gc`: it deletes temp files and
     # unreferenced objects, and a fetch may land objects before refs name them.
     with writer_lock(local.theta_dir):
         _remove_stale_downloads(local.tmp_dir)
-        result, failures = _run_parallel(todo, fetch, workers, progress, hints.__getitem__)
+        result, failures = _run_parallel(todo, fetch, workers, bar, hints.__getitem__)
     result.skipped += len(hints) - len(todo)
-    progress.finish(
-        _summary("downloaded", "from", remote.url, result) if result.transferred else None
-    )
+    bar.finish(_summary("downloaded", "from", remote.url, result) if result.transferred else None)
     if failures:
         raise TransferFailedError("download", remote.url, failures, len(todo))
     return result

@@ -22,7 +22,7 @@ from remote_scenarios import (
 )
 
 from git_theta_filter.store import s3
-from git_theta_filter.store.remote import StoreUnavailableError
+from git_theta_filter.store.base import StoreUnavailableError
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -1,9 +1,8 @@
-"""Stores, transfers and store resolution, without git clones: directory stores on disk."""
+"""Stores and transfers, without git clones: directory stores on disk."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import subprocess
@@ -15,23 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from git_theta_filter.gitrepo import GitRepo
+from git_theta_filter.progress import QuietProgress
+from git_theta_filter.store.base import RemoteObjectMissingError, StoreUnavailableError
 from git_theta_filter.store.directory import DirectoryStore
 from git_theta_filter.store.local import LocalStore
 from git_theta_filter.store.object_format import ObjectFormatError
-from git_theta_filter.store.remote import (
-    RemoteObjectMissingError,
-    StoreConfigError,
-    StoreUnavailableError,
-    UnsupportedStoreURLError,
-    locate_store,
-    open_store,
-    transfer_workers,
-)
 from git_theta_filter.store.transfer import (
     DownloadVerificationError,
     TransferFailedError,
-    TransferProgress,
     download,
     upload,
 )
@@ -138,14 +128,14 @@ def test_upload_skips_what_the_store_has_and_download_what_the_local_store_has(
 ):
     oids = make_objects(local, 5)
     remote.put(oids[0], local.object_path(oids[0]))
-    result = upload(local, remote, oids, workers=3, show_progress=False)
+    result = upload(local, remote, oids, workers=3, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 1)
     assert result.transferred_bytes == sum(local.size(oid) or 0 for oid in oids[1:])
     assert_store_valid(remote.root, set(oids))
 
     other = LocalStore(tmp_path / "other" / "theta")
     other.write_bytes(hashlib.sha256(b"0").digest() * 128)  # the same bytes as oids[0]
-    result = download(other, remote, {oid: 4096 for oid in oids}, workers=3, show_progress=False)
+    result = download(other, remote, {oid: 4096 for oid in oids}, workers=3, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 1)
     assert_store_valid(other.objects_dir, set(oids))
     assert list(other.tmp_dir.glob("*")) == []
@@ -153,14 +143,14 @@ def test_upload_skips_what_the_store_has_and_download_what_the_local_store_has(
 
 def test_download_refuses_a_corrupt_object_and_keeps_the_good_ones(local, remote, tmp_path):
     oids = make_objects(local, 3)
-    upload(local, remote, oids, workers=2, show_progress=False)
+    upload(local, remote, oids, workers=2, progress=QuietProgress)
     victim = remote.root / oids[1][:2] / oids[1][2:4] / oids[1]
     victim.chmod(0o644)
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
 
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     with pytest.raises(TransferFailedError) as failure:
-        download(fresh, remote, oids, workers=2, show_progress=False)
+        download(fresh, remote, oids, workers=2, progress=QuietProgress)
     assert isinstance(failure.value.failures[oids[1]], DownloadVerificationError)
     assert str(failure.value).startswith(
         f"could not download 1 of 3 tensor objects: object {oids[1]} in {remote.url}: is corrupt"
@@ -173,10 +163,10 @@ def test_unreachable_store_stops_the_transfer(local, tmp_path):
     oids = make_objects(local, 4)
     store = DirectoryStore(tmp_path / "gone" / "objects")
     with pytest.raises(StoreUnavailableError):
-        upload(local, store, oids, workers=2, show_progress=False)
+        upload(local, store, oids, workers=2, progress=QuietProgress)
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     with pytest.raises(StoreUnavailableError):
-        download(fresh, store, oids, workers=2, show_progress=False)
+        download(fresh, store, oids, workers=2, progress=QuietProgress)
     assert not fresh.objects_dir.exists() or object_files(fresh.objects_dir) == []
 
 
@@ -201,16 +191,16 @@ class InterruptingStore(DirectoryStore):
 
 def test_interrupted_download_leaves_no_partial_object_and_resumes(local, remote, tmp_path):
     oids = make_objects(local, 6)
-    upload(local, remote, oids, workers=2, show_progress=False)
+    upload(local, remote, oids, workers=2, progress=QuietProgress)
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     with pytest.raises(KeyboardInterrupt):
-        download(fresh, InterruptingStore(remote.root), oids, workers=1, show_progress=False)
+        download(fresh, InterruptingStore(remote.root), oids, workers=1, progress=QuietProgress)
     landed = {path.name for path in object_files(fresh.objects_dir)}
     assert len(landed) == 2
     assert_store_valid(fresh.objects_dir, landed)
     assert list(fresh.tmp_dir.glob("*")) == []
 
-    result = download(fresh, remote, oids, workers=2, show_progress=False)
+    result = download(fresh, remote, oids, workers=2, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 2)
     assert_store_valid(fresh.objects_dir, set(oids))
 
@@ -220,6 +210,7 @@ SLOW_DOWNLOAD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from git_theta_filter.store.directory import DirectoryStore
+    from git_theta_filter.progress import QuietProgress
     from git_theta_filter.store.local import LocalStore
     from git_theta_filter.store.transfer import download
 
@@ -233,7 +224,7 @@ SLOW_DOWNLOAD = textwrap.dedent(
         SlowStore(Path(sys.argv[2])),
         sys.argv[3:],
         workers=2,
-        show_progress=False,
+        progress=QuietProgress,
     )
     """
 )
@@ -241,7 +232,7 @@ SLOW_DOWNLOAD = textwrap.dedent(
 
 def test_killed_download_resumes_without_duplicates_or_partial_objects(local, remote, tmp_path):
     oids = make_objects(local, 8)
-    upload(local, remote, oids, workers=4, show_progress=False)
+    upload(local, remote, oids, workers=4, progress=QuietProgress)
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     child = subprocess.Popen(
         [sys.executable, "-c", SLOW_DOWNLOAD, str(fresh.theta_dir), str(remote.root), *oids]
@@ -264,7 +255,7 @@ def test_killed_download_resumes_without_duplicates_or_partial_objects(local, re
         "a killed download leaves its temp files"
     )
 
-    result = download(fresh, remote, oids, workers=4, show_progress=False)
+    result = download(fresh, remote, oids, workers=4, progress=QuietProgress)
     assert result.transferred == len(oids) - len(landed)
     assert_store_valid(fresh.objects_dir, set(oids))
     assert not [p.name for p in fresh.tmp_dir.glob("download-*")], (
@@ -280,116 +271,10 @@ def test_killed_upload_leaves_only_temp_files_that_are_never_objects(local, remo
     leftover.write_bytes(local.object_path(oids[0]).read_bytes()[:100])
     assert list(remote.list()) == [] and not remote.has(oids[0])
 
-    result = upload(local, remote, oids, workers=2, show_progress=False)
+    result = upload(local, remote, oids, workers=2, progress=QuietProgress)
     assert result.transferred == 3
     assert sorted(remote.list()) == sorted(oids)
     assert hashlib.sha256(remote._object_path(oids[0]).read_bytes()).hexdigest() == oids[0]
-
-
-# -- progress ---------------------------------------------------------------------------
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_is_redrawn_on_a_terminal_and_summarised_otherwise():
-    terminal = Terminal()
-    progress = TransferProgress("Uploading tensors", 2, 2_700_000_000, stream=terminal)
-    progress.advance(1_200_000_000)
-    progress.advance(1_500_000_000)
-    progress.finish("uploaded 2 tensor objects")
-    assert terminal.getvalue() == (
-        "\rUploading tensors: 50% (1/2), 1.2 GB/2.7 GB\rUploading tensors: 100% (2/2), "
-        "2.7 GB/2.7 GB\n"
-    )
-
-    log = io.StringIO()
-    progress = TransferProgress("Uploading tensors", 2, 100, stream=log)
-    progress.advance(50)
-    progress.advance(50)
-    progress.finish("uploaded 2 tensor objects (100 B) to s3://b")
-    assert log.getvalue() == "git-theta: uploaded 2 tensor objects (100 B) to s3://b\n"
-
-
-# -- where the store is ------------------------------------------------------------------
-
-
-@pytest.fixture
-def isolated_git(tmp_path, monkeypatch):
-    """git with no user or system configuration, outside any repository."""
-    for key in list(os.environ):
-        if key.startswith("GIT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-
-    def git(cwd: Path, *args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-        ).stdout
-
-    return git
-
-
-def test_store_precedence_config_then_thetaconfig_then_local_remote(isolated_git, tmp_path):
-    bare = tmp_path / "models.git"
-    isolated_git(tmp_path, "init", "-q", "--bare", str(bare))
-    work = tmp_path / "work"
-    isolated_git(tmp_path, "init", "-q", str(work))
-    isolated_git(work, "remote", "add", "origin", "../models.git")
-    repo = GitRepo.discover(work)
-
-    location = locate_store(repo, "origin")
-    assert location is not None and location.url == str(bare / "theta" / "objects")
-    assert location.anchor == bare
-
-    (work / ".thetaconfig").write_text("[theta]\n\turl = s3://team-models/resnet\n")
-    isolated_git(work, "add", ".thetaconfig")
-    isolated_git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "store")
-    assert locate_store(repo, "origin").url == "s3://team-models/resnet"
-    # Committed but gone from the work tree (a bare-like checkout): read from HEAD.
-    (work / ".thetaconfig").unlink()
-    isolated_git(work, "rm", "-q", "--cached", ".thetaconfig")
-    assert locate_store(repo, "origin").url == "s3://team-models/resnet"
-
-    isolated_git(work, "config", "theta.remote.origin.url", "/srv/objects")
-    assert locate_store(repo, "origin").url == "/srv/objects"
-
-
-def test_default_store_of_local_remotes(isolated_git, tmp_path):
-    other = tmp_path / "other"
-    isolated_git(tmp_path, "init", "-q", str(other))
-    work = tmp_path / "work"
-    isolated_git(tmp_path, "init", "-q", str(work))
-    repo = GitRepo.discover(work)
-    for url in (str(other), other.as_uri(), f"theta::{other}"):
-        assert locate_store(repo, "origin", url).url == str(other / ".git" / "theta" / "objects")
-    for url in (
-        "git@example.com:team/models.git",
-        "https://example.com/models.git",
-        str(tmp_path / "nowhere"),
-    ):
-        assert locate_store(repo, "origin", url) is None
-
-
-def test_store_urls_and_transfer_setting(isolated_git, tmp_path):
-    work = tmp_path / "work"
-    isolated_git(tmp_path, "init", "-q", str(work))
-    repo = GitRepo.discover(work)
-    assert isinstance(open_store("file:///srv/objects", base=work), DirectoryStore)
-    assert open_store("objects", base=work).root == work / "objects"
-    with pytest.raises(UnsupportedStoreURLError, match="https://example.com/objects"):
-        open_store("https://example.com/objects", base=work)
-    assert transfer_workers(repo) == 8
-    isolated_git(work, "config", "theta.transfers", "3")
-    assert transfer_workers(repo) == 3
-    isolated_git(work, "config", "theta.transfers", "many")
-    with pytest.raises(StoreConfigError, match="theta.transfers is 'many'"):
-        transfer_workers(repo)
 
 
 def test_the_filter_process_imports_neither_torch_nor_boto3():

@@ -1,0 +1,183 @@
+"""Where a git remote's object store is, and how many objects move at once.
+
+Which store belongs to a git remote is decided here, highest precedence first
+(``docs/remotes.md``):
+
+1. ``git config theta.remote.<remote>.url``;
+2. ``theta.url`` in a committed ``.thetaconfig`` (git-config syntax), read from
+   the work tree, else the index, else HEAD (or from a given revision);
+3. for a git remote that is a local path, that repository's own store:
+   ``<repo>/theta/objects`` when it is bare, ``<repo>/.git/theta/objects`` when not.
+
+Opening the store a URL names is ``store/remote.py``'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ThetaError
+from .gitrepo import GitRepo
+from .store.base import ObjectStore
+from .store.remote import DEFAULT_TRANSFERS, open_store, path_from_url
+
+__all__ = [
+    "StoreConfigError",
+    "NoStoreError",
+    "StoreLocation",
+    "THETACONFIG",
+    "HELPER_PREFIX",
+    "locate_store",
+    "resolve_store",
+    "require_store",
+    "transfer_workers",
+    "default_remote",
+    "local_repository_path",
+]
+
+THETACONFIG = ".thetaconfig"
+# Remote URLs that go through git-remote-theta; the rest is the inner git URL.
+HELPER_PREFIX = "theta::"
+
+
+class StoreConfigError(ThetaError):
+    """A theta.* configuration value that cannot be used."""
+
+    def __init__(self, key: str, value: str, expected: str) -> None:
+        super().__init__(f"git config {key} is {value!r}; expected {expected}")
+        self.key = key
+        self.value = value
+
+
+class NoStoreError(ThetaError):
+    """No object store is configured for a remote, and none can be derived."""
+
+    def __init__(self, remote: str) -> None:
+        super().__init__(
+            f"no object store for remote {remote!r}",
+            hint=f"set one with `git config theta.remote.{remote}.url <path|s3://bucket/prefix>` "
+            f"or a committed {THETACONFIG} (see docs/remotes.md)",
+        )
+        self.remote = remote
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A store URL and, for a repository's own store, the git dir that must exist
+    (its ``theta/`` may not, yet)."""
+
+    url: str
+    anchor: Path | None = None
+
+
+def _thetaconfig_get(repo: GitRepo, key: str, revision: str | None) -> str | None:
+    """``key`` from the committed .thetaconfig: of ``revision``, else the work tree,
+    index or HEAD.
+    """
+    if revision is not None:
+        sources = [["--blob", f"{revision}:{THETACONFIG}"]]
+    else:
+        sources = []
+        if repo.worktree is not None and (repo.worktree / THETACONFIG).is_file():
+            sources.append(["--file", str(repo.worktree / THETACONFIG)])
+        sources += [["--blob", f":{THETACONFIG}"], ["--blob", f"HEAD:{THETACONFIG}"]]
+    for source in sources:
+        # A blob that does not exist makes git config fail; that is "not set".
+        value = repo.git("config", *source, "--get", key, check=False).strip()
+        if value:
+            return value
+    return None
+
+
+def local_repository_path(repo: GitRepo, remote_url: str) -> Path | None:
+    """The git dir behind a remote URL that is a local path, or None."""
+    path = path_from_url(remote_url.removeprefix(HELPER_PREFIX), repo.cwd)
+    if path is None:
+        return None
+    if (path / ".git").is_dir():
+        return path / ".git"
+    if (path / "HEAD").is_file() and (path / "objects").is_dir():
+        return path
+    return None
+
+
+def _remote_url(repo: GitRepo, remote: str) -> str:
+    """The URL of a configured remote (insteadOf applied), or ``remote`` itself when it is a URL."""
+    url = repo.git("remote", "get-url", remote, check=False).strip()
+    return url or remote
+
+
+def locate_store(
+    repo: GitRepo, remote: str, remote_url: str | None = None, revision: str | None = None
+) -> StoreLocation | None:
+    """Where the store of ``remote`` is, by the precedence in the module docstring."""
+    key = f"theta.remote.{remote}.url"
+    configured = repo.config_get(key)
+    if configured:
+        return StoreLocation(configured)
+    committed = _thetaconfig_get(repo, "theta.url", revision)
+    if committed:
+        return StoreLocation(committed)
+    url = remote_url or _remote_url(repo, remote)
+    git_dir = local_repository_path(repo, url)
+    if git_dir is not None:
+        return StoreLocation(str(git_dir / "theta" / "objects"), anchor=git_dir)
+    return None
+
+
+def transfer_workers(repo: GitRepo) -> int:
+    """``theta.transfers``: how many objects move at once (default 8)."""
+    value = repo.config_get("theta.transfers")
+    if value is None:
+        return DEFAULT_TRANSFERS
+    if not re.fullmatch(r"[1-9][0-9]{0,3}", value):
+        raise StoreConfigError("theta.transfers", value, "a whole number from 1 to 9999")
+    return int(value)
+
+
+def _s3_endpoint(repo: GitRepo, revision: str | None) -> str | None:
+    return (
+        repo.config_get("theta.s3.endpoint")
+        or _thetaconfig_get(repo, "theta.s3.endpoint", revision)
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+
+
+def resolve_store(
+    repo: GitRepo, remote: str, remote_url: str | None = None, revision: str | None = None
+) -> ObjectStore | None:
+    """The store of ``remote``, opened; None when none is configured or derivable."""
+    location = locate_store(repo, remote, remote_url, revision)
+    if location is None:
+        return None
+    endpoint = _s3_endpoint(repo, revision) if location.url.startswith("s3://") else None
+    return open_store(
+        location.url,
+        base=repo.cwd,
+        s3_endpoint=endpoint,
+        workers=transfer_workers(repo),
+        anchor=location.anchor,
+    )
+
+
+def require_store(repo: GitRepo, remote: str) -> ObjectStore:
+    store = resolve_store(repo, remote)
+    if store is None:
+        raise NoStoreError(remote)
+    return store
+
+
+def default_remote(repo: GitRepo) -> str:
+    """The current branch's remote, else ``origin``, else the only remote there is."""
+    branch = repo.git("symbolic-ref", "--quiet", "--short", "HEAD", check=False).strip()
+    if branch:
+        upstream = repo.config_get(f"branch.{branch}.remote")
+        if upstream and upstream != ".":
+            return upstream
+    remotes = repo.git("remote", check=False).split()
+    if "origin" in remotes or len(remotes) != 1:
+        return "origin"
+    return remotes[0]

@@ -1,0 +1,97 @@
+"""The interface of an object store other than this repository's own, and its errors.
+
+Every store holds objects under the names of the local store (``docs/store.md``):
+``aa/bb/<oid>`` below its root, the oid being the sha256 of the object's bytes.
+A store is reached through :class:`ObjectStore`, the one interface that the
+transfer code knows: ``has``/``batch_has``, ``get`` (streamed to a file),
+``put`` (streamed from a file) and ``list``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..errors import ThetaError
+
+__all__ = [
+    "ObjectStore",
+    "StoreError",
+    "StoreUnavailableError",
+    "RemoteObjectMissingError",
+    "UnsupportedStoreURLError",
+]
+
+
+class StoreError(ThetaError):
+    """A remote object store could not do what was asked; names the store and, if any,
+    the object.
+    """
+
+    def __init__(
+        self, url: str, message: str, *, oid: str | None = None, hint: str | None = None
+    ) -> None:
+        subject = f"object {oid} in {url}" if oid else f"object store {url}"
+        super().__init__(f"{subject}: {message}", hint=hint)
+        self.url = url
+        self.oid = oid
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached, does not exist, or refuses us."""
+
+    def __init__(self, url: str, reason: str, *, oid: str | None = None) -> None:
+        super().__init__(
+            url,
+            f"unavailable ({reason})",
+            oid=oid,
+            hint="check the store URL (docs/remotes.md), the network and your credentials",
+        )
+        self.reason = reason
+
+
+class RemoteObjectMissingError(StoreError):
+    """The store does not hold an object that was asked for."""
+
+    def __init__(self, url: str, oid: str) -> None:
+        super().__init__(
+            url, "is not there", oid=oid, hint="push it from a clone that has it: `git theta push`"
+        )
+
+
+class UnsupportedStoreURLError(StoreError):
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "has an unsupported URL; use a path, file:// or s3://bucket/prefix")
+
+
+class ObjectStore(ABC):
+    """Where objects are shared. Implementations must be safe to call from several threads."""
+
+    url: str
+
+    @abstractmethod
+    def has(self, oid: str) -> bool:
+        """Whether the store holds ``oid``."""
+
+    def batch_has(self, oids: Iterable[str]) -> set[str]:
+        """The subset of ``oids`` the store holds."""
+        return {oid for oid in oids if self.has(oid)}
+
+    @abstractmethod
+    def get(self, oid: str, destination: Path) -> None:
+        """Write the object's bytes to ``destination`` (replacing it); unverified.
+
+        Raises :class:`RemoteObjectMissingError` when the store lacks it.
+        """
+
+    @abstractmethod
+    def put(self, oid: str, source: Path) -> bool:
+        """Store the file ``source`` as ``oid``, never replacing an existing object.
+
+        Returns False when the object was already there.
+        """
+
+    @abstractmethod
+    def list(self) -> Iterator[str]:
+        """Every object id in the store."""
