@@ -1,0 +1,247 @@
+"""Block codecs of stored objects: byte planes, XOR deltas and zstd.
+
+Specified in ``docs/store.md`` ("Encoded objects"). A payload is cut into
+blocks; each block is split into ``width`` byte planes (plane ``k`` holds byte
+``k`` of every element), and each plane is stored one of four ways::
+
+    mode 0  raw        the plane's bytes as they are
+    mode 1  zstd       one zstd frame of the plane
+    mode 2  xor-zstd   one zstd frame of (plane XOR the base's plane)
+    mode 3  same       equal to the base's plane; no data
+
+Splitting puts the sign and exponent bytes of floats together, where zstd
+finds their redundancy; the low mantissa bytes are noise and stay raw. XOR
+with the previous version of the same tensor turns the bits that training did
+not change into zeros.
+
+This module is pure: bytes and numpy arrays in, bytes and arrays out. Files,
+objects and chains are ``encoded.py``'s business.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import zstandard
+
+from ..errors import ThetaError
+
+__all__ = [
+    "MODE_RAW",
+    "MODE_ZSTD",
+    "MODE_XOR_ZSTD",
+    "MODE_SAME",
+    "WIDTHS",
+    "RAW_ABOVE",
+    "BlockFormatError",
+    "split_planes",
+    "join_planes",
+    "encode_block",
+    "decode_block",
+    "block_uses_base",
+]
+
+MODE_RAW = 0
+MODE_ZSTD = 1
+MODE_XOR_ZSTD = 2
+MODE_SAME = 3
+WIDTHS = (1, 2, 4, 8)
+# A compressed plane larger than this share of the plane is stored raw: its
+# decompression would cost time for almost no space.
+RAW_ABOVE = 0.97
+ZSTD_LEVEL = 1
+# Planes are first tried on a sample of this many bytes; a sample that does
+# not compress marks the plane as noise (the low mantissa bytes of floats),
+# which is then stored raw without paying for compressing all of it.
+_SAMPLE = 16 << 10
+_PLANE_RECORD = struct.Struct("<BI")  # mode, stored length
+
+BasePlanes = Callable[[], np.ndarray]
+
+
+class BlockFormatError(ThetaError):
+    """A block's bytes do not follow docs/store.md; the caller names the object."""
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One compressor per thread: zstandard's objects are not thread-safe."""
+    compressor = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_content_size=True, write_checksum=False
+        )
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
+def split_planes(block: bytes | bytearray | memoryview, width: int) -> np.ndarray:
+    """A ``(width, len(block) // width)`` array: row ``k`` is byte ``k`` of every element."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    if width == 1:
+        return data.reshape(1, -1)
+    elements = data.reshape(-1, width)
+    planes = np.empty((width, elements.shape[0]), dtype=np.uint8)
+    # One strided copy per plane; numpy's copy of the whole transposed array
+    # is several times slower for so narrow an inner dimension.
+    for k in range(width):
+        planes[k] = elements[:, k]
+    return planes
+
+
+def join_planes(planes: np.ndarray, out: memoryview | None = None) -> memoryview:
+    """The block bytes again: the inverse of :func:`split_planes`, written into ``out``."""
+    width, count = planes.shape
+    target = (
+        np.empty(width * count, dtype=np.uint8) if out is None else np.frombuffer(out, np.uint8)
+    )
+    if width == 1:
+        target[:count] = planes[0]
+    else:
+        elements = target[: width * count].reshape(count, width)
+        for k in range(width):
+            elements[:, k] = planes[k]
+    return memoryview(target)[: width * count]
+
+
+def _compressed_or_none(plane: np.ndarray) -> bytes | None:
+    """zstd of ``plane`` if that saves enough to be worth decompressing, else None."""
+    size = plane.shape[0]
+    compressor = _compressor()
+    if size > 2 * _SAMPLE:
+        sample = compressor.compress(plane[:_SAMPLE].tobytes())
+        if len(sample) > RAW_ABOVE * _SAMPLE:
+            return None
+    compressed = compressor.compress(plane.data)
+    return compressed if len(compressed) <= RAW_ABOVE * size else None
+
+
+def encode_block(
+    block: bytes | bytearray | memoryview, width: int, base: np.ndarray | None = None
+) -> bytes:
+    """The stored form of one block; ``base`` is the base's planes of the same block, if any.
+
+    ``len(block)`` must be a multiple of ``width``. Each plane gets the
+    smallest of the modes tried: ``same`` or ``xor-zstd`` against the base,
+    ``zstd``, or ``raw``. A plane whose XOR does not compress is stored from
+    its own bytes, so decoding it needs no base.
+    """
+    if width not in WIDTHS or len(block) % width:
+        raise ValueError(f"a block of {len(block)} bytes cannot have {width} planes")
+    planes = split_planes(block, width)
+    if base is not None and base.shape != planes.shape:
+        raise ValueError(f"base planes {base.shape} do not match the block's {planes.shape}")
+    parts: list[bytes] = []
+    for k in range(width):
+        plane = planes[k]
+        mode, data = MODE_RAW, b""
+        if base is not None:
+            delta = np.bitwise_xor(plane, base[k])
+            if not delta.any():
+                mode = MODE_SAME
+            elif (compressed := _compressed_or_none(delta)) is not None:
+                mode, data = MODE_XOR_ZSTD, compressed
+        if mode == MODE_RAW:
+            if (compressed := _compressed_or_none(plane)) is not None:
+                mode, data = MODE_ZSTD, compressed
+            else:
+                data = plane.tobytes()
+        parts.append(_PLANE_RECORD.pack(mode, len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _plane_records(data: memoryview, width: int, plane_size: int):
+    """(mode, stored bytes) of each plane, checked against the block's bounds."""
+    position = 0
+    for _ in range(width):
+        if position + _PLANE_RECORD.size > len(data):
+            raise BlockFormatError("block ends inside a plane record")
+        mode, length = _PLANE_RECORD.unpack_from(data, position)
+        position += _PLANE_RECORD.size
+        if mode > MODE_SAME:
+            raise BlockFormatError(f"unknown plane mode {mode}")
+        if position + length > len(data):
+            raise BlockFormatError("plane data runs past the end of the block")
+        if mode == MODE_RAW and length != plane_size:
+            raise BlockFormatError(f"raw plane of {length} bytes, expected {plane_size}")
+        if mode == MODE_SAME and length:
+            raise BlockFormatError("a 'same' plane carries data")
+        yield mode, data[position : position + length]
+        position += length
+    if position != len(data):
+        raise BlockFormatError(f"{len(data) - position} bytes after the last plane")
+
+
+def block_uses_base(data: bytes | bytearray | memoryview, width: int, size: int) -> bool:
+    """Whether decoding this block needs the base's planes."""
+    records = _plane_records(memoryview(data), width, size // width)
+    return any(mode in (MODE_XOR_ZSTD, MODE_SAME) for mode, _ in records)
+
+
+def _decompress_into(frame: memoryview, target: np.ndarray) -> None:
+    size = target.shape[0]
+    try:
+        params = zstandard.get_frame_parameters(frame)
+    except zstandard.ZstdError as exc:
+        raise BlockFormatError(f"not a zstd frame: {exc}") from None
+    if params.content_size != size:
+        raise BlockFormatError(f"zstd frame declares {params.content_size} bytes, expected {size}")
+    try:
+        # max_output_size bounds the work a hostile frame can cause.
+        plain = _decompressor().decompress(frame, max_output_size=size, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise BlockFormatError(f"zstd frame does not decode: {exc}") from None
+    if len(plain) != size:
+        raise BlockFormatError(f"zstd frame decodes to {len(plain)} bytes, expected {size}")
+    target[:] = np.frombuffer(plain, dtype=np.uint8)
+
+
+def decode_block(
+    data: bytes | bytearray | memoryview,
+    width: int,
+    size: int,
+    base: BasePlanes | None = None,
+) -> np.ndarray:
+    """The planes of a block of ``size`` payload bytes stored as ``data``.
+
+    ``base`` returns the base's planes of the same block; it is called only
+    if a plane needs them, and at most once. Raises :class:`BlockFormatError`
+    for anything that does not follow the format.
+    """
+    if width not in WIDTHS or size % width:
+        raise BlockFormatError(f"a block of {size} bytes cannot have {width} planes")
+    plane_size = size // width
+    planes = np.empty((width, plane_size), dtype=np.uint8)
+    base_planes: np.ndarray | None = None
+    for k, (mode, stored) in enumerate(_plane_records(memoryview(data), width, plane_size)):
+        if mode == MODE_RAW:
+            planes[k] = np.frombuffer(stored, dtype=np.uint8)
+        elif mode == MODE_ZSTD:
+            _decompress_into(stored, planes[k])
+        else:
+            if base is None:
+                raise BlockFormatError("a plane refers to a base, but the object has none")
+            if base_planes is None:
+                base_planes = base()
+                if base_planes.shape != planes.shape:
+                    raise BlockFormatError(
+                        f"base planes {base_planes.shape} do not match {planes.shape}"
+                    )
+            if mode == MODE_SAME:
+                planes[k] = base_planes[k]
+            else:
+                _decompress_into(stored, planes[k])
+                np.bitwise_xor(planes[k], base_planes[k], out=planes[k])
+    return planes

@@ -1,0 +1,546 @@
+"""Stored objects: a canonical object's bytes, or its encoded form.
+
+Specified in ``docs/store.md`` ("Encoded objects"). An object's id is always
+the sha256 of its canonical single-tensor safetensors file; how those bytes
+sit on disk is this module's business. A stored object is a byte region (a
+loose file, or an entry of a pack) that holds either
+
+* the canonical object itself, or
+* an encoded object: a fixed header, the canonical header verbatim, then the
+  payload in blocks of byte planes (``codec.py``), each plane raw,
+  zstd-compressed, or XOR'ed against the same block of a *base* object.
+
+:class:`StoredObject` reads either kind by block or by byte range, decoding a
+delta's chain as it goes; :class:`ObjectReader` is the file-like view of the
+canonical bytes that every reader gets, and verifies the sha256 when it has
+read them all. :class:`EncodingWriter` streams a payload into the encoded
+form on worker threads, or falls back to the canonical form when the first
+block does not compress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from .codec import (
+    RAW_ABOVE,
+    WIDTHS,
+    BlockFormatError,
+    decode_block,
+    encode_block,
+    join_planes,
+    split_planes,
+)
+from .object_format import MAX_OBJECT_HEADER, ObjectFormatError, ObjectHeader, parse_header_bytes
+
+__all__ = [
+    "MAGIC",
+    "BLOCK_SIZE",
+    "MAX_DEPTH",
+    "KIND_FULL",
+    "KIND_DELTA",
+    "EncodedHeader",
+    "DeltaBaseMissingError",
+    "StoredObject",
+    "ObjectReader",
+    "EncodingWriter",
+    "is_encoded",
+    "width_for",
+]
+
+MAGIC = b"\x89thz"
+VERSION = 1
+KIND_FULL = 1
+KIND_DELTA = 2
+BLOCK_SIZE = 1 << 20
+MIN_BLOCK_SIZE = 4 << 10
+MAX_BLOCK_SIZE = 16 << 20
+MAX_DEPTH = 255
+_FIXED = struct.Struct("<4sBBBBIIQ32s32s")
+_OID_OFFSET = 24  # where the oid sits in _FIXED
+_BLOCK_LENGTH = struct.Struct("<I")
+_NO_BASE = bytes(32)
+# Floating-point dtypes are split into byte planes; everything else is one plane.
+_FLOAT_WIDTHS = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "C64": 4}
+
+# Encoding and read-ahead decoding run here; zstd, hashlib and numpy release
+# the GIL on large buffers, so the blocks of one object use every core.
+_workers = ThreadPoolExecutor(
+    max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="theta-codec"
+)
+WORKERS = _workers._max_workers
+
+
+def width_for(dtype: str, nbytes: int) -> int:
+    """How many byte planes an object of ``dtype`` is split into (1: not split)."""
+    width = _FLOAT_WIDTHS.get(dtype, 1)
+    return width if nbytes % width == 0 else 1
+
+
+def is_encoded(prefix: bytes | bytearray | memoryview) -> bool:
+    """Whether stored bytes start like an encoded object (never like a canonical one)."""
+    return bytes(prefix[:4]) == MAGIC
+
+
+class DeltaBaseMissingError(ObjectFormatError):
+    """A delta's base object is not in the store, so the delta cannot be decoded."""
+
+    def __init__(self, oid: str, base: str) -> None:
+        super().__init__(oid, f"its delta base {base} is missing")
+        self.hint = (
+            "run `git theta fsck` (it moves the undecodable object aside), then "
+            "`git theta fetch` to restore it"
+        )
+        self.base = base
+
+
+@dataclass(frozen=True)
+class EncodedHeader:
+    """The fixed fields of an encoded object, and the canonical header it carries."""
+
+    kind: int
+    width: int
+    depth: int
+    block_size: int
+    canonical_header: bytes
+    payload_length: int
+    oid: str
+    base: str | None
+
+    @property
+    def size(self) -> int:
+        return _FIXED.size + len(self.canonical_header)
+
+    @property
+    def block_count(self) -> int:
+        return -(-self.payload_length // self.block_size)
+
+    def block_span(self, index: int) -> int:
+        """Payload bytes in block ``index``."""
+        return min(self.block_size, self.payload_length - index * self.block_size)
+
+    def to_bytes(self) -> bytes:
+        base = bytes.fromhex(self.base) if self.base else _NO_BASE
+        fixed = _FIXED.pack(
+            MAGIC,
+            VERSION,
+            self.kind,
+            self.width,
+            self.depth,
+            self.block_size,
+            len(self.canonical_header),
+            self.payload_length,
+            bytes.fromhex(self.oid),
+            base,
+        )
+        return fixed + self.canonical_header
+
+    @classmethod
+    def parse(cls, oid: str, data: bytes, region_size: int) -> EncodedHeader:
+        """Validate the header at the start of ``data`` (at least its first bytes)."""
+        if len(data) < _FIXED.size:
+            raise ObjectFormatError(oid, "encoded object shorter than its header")
+        (magic, version, kind, width, depth, block_size, header_length, payload_length, raw_oid,
+         raw_base) = _FIXED.unpack_from(data)  # fmt: skip
+        if magic != MAGIC:
+            raise ObjectFormatError(oid, "not an encoded object")
+        if version != VERSION:
+            raise ObjectFormatError(oid, f"encoded object version {version} is not supported")
+        if raw_oid.hex() != oid:
+            raise ObjectFormatError(oid, f"encoded object names {raw_oid.hex()}")
+        if kind not in (KIND_FULL, KIND_DELTA):
+            raise ObjectFormatError(oid, f"unknown encoding kind {kind}")
+        if (kind == KIND_DELTA) != (raw_base != _NO_BASE) or (kind == KIND_DELTA) != (depth > 0):
+            raise ObjectFormatError(oid, "base and depth disagree with the encoding kind")
+        if raw_base == raw_oid:
+            raise ObjectFormatError(oid, "is its own delta base")
+        if width not in WIDTHS:
+            raise ObjectFormatError(oid, f"plane width {width} is not 1, 2, 4 or 8")
+        if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size % width:
+            raise ObjectFormatError(oid, f"block size {block_size} is out of range")
+        if payload_length % width:
+            raise ObjectFormatError(oid, f"payload of {payload_length} bytes is not {width}-wide")
+        if header_length > 8 + MAX_OBJECT_HEADER or len(data) < _FIXED.size + header_length:
+            raise ObjectFormatError(oid, "canonical header runs past the end")
+        canonical = bytes(data[_FIXED.size : _FIXED.size + header_length])
+        parsed = parse_header_bytes(oid, canonical, header_length + payload_length)
+        if parsed.data_offset != header_length:
+            raise ObjectFormatError(oid, "canonical header length disagrees with its content")
+        header = cls(
+            kind,
+            width,
+            depth,
+            block_size,
+            canonical,
+            payload_length,
+            oid,
+            raw_base.hex() if kind == KIND_DELTA else None,
+        )
+        # Every block costs at least its length field and one plane record.
+        if header.size + header.block_count * (_BLOCK_LENGTH.size + 5) > region_size:
+            raise ObjectFormatError(oid, "encoded object is shorter than its blocks")
+        return header
+
+
+OpenBase = Callable[[str], "StoredObject"]
+
+
+class StoredObject:
+    """One stored object: ``length`` bytes at ``start`` of an open file, canonical or encoded.
+
+    Reads use ``os.pread``, so one instance serves several threads. A delta's
+    base is opened through ``open_base`` the first time a block needs it;
+    its depth must be below this object's, so every chain ends.
+    """
+
+    def __init__(
+        self, oid: str, fd: int, start: int, length: int, open_base: OpenBase | None = None
+    ) -> None:
+        self.oid = oid
+        self._fd = fd
+        self._start = start
+        self._length = length
+        self._open_base = open_base
+        self._base: StoredObject | None = None
+        self._lock = threading.Lock()
+        prefix = self._pread(0, min(length, _FIXED.size + 8 + MAX_OBJECT_HEADER))
+        self.encoded: EncodedHeader | None = None
+        if is_encoded(prefix):
+            self.encoded = EncodedHeader.parse(oid, prefix, length)
+            self.header = parse_header_bytes(
+                oid,
+                self.encoded.canonical_header,
+                len(self.encoded.canonical_header) + self.encoded.payload_length,
+            )
+            self.canonical_header = self.encoded.canonical_header
+            self.depth = self.encoded.depth
+            self._block_offsets = [self.encoded.size]
+        else:
+            self.header = parse_header_bytes(oid, prefix, length)
+            self.canonical_header = bytes(prefix[: self.header.data_offset])
+            self.depth = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes the object takes in storage."""
+        return self._length
+
+    @property
+    def base_oid(self) -> str | None:
+        return self.encoded.base if self.encoded else None
+
+    def _pread(self, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd, size, self._start + offset)
+        if len(data) != size:
+            raise ObjectFormatError(self.oid, "stored object ends early")
+        return data
+
+    # -- blocks ----------------------------------------------------------------
+    def _block_bytes(self, index: int) -> bytes:
+        """The stored bytes of block ``index``, found by walking the block lengths."""
+        assert self.encoded is not None
+        last = self.encoded.block_count - 1
+        with self._lock:
+            offsets = self._block_offsets
+            while len(offsets) <= index + 1:
+                block = len(offsets) - 1
+                (length,) = _BLOCK_LENGTH.unpack(self._pread(offsets[-1], _BLOCK_LENGTH.size))
+                end = offsets[-1] + _BLOCK_LENGTH.size + length
+                if end > self._length:
+                    raise ObjectFormatError(self.oid, f"block {block} runs past the end")
+                if block == last and end != self._length:
+                    raise ObjectFormatError(self.oid, "bytes after the last block")
+                offsets.append(end)
+            start, end = offsets[index], offsets[index + 1]
+        return self._pread(start + _BLOCK_LENGTH.size, end - start - _BLOCK_LENGTH.size)
+
+    def base(self) -> StoredObject:
+        """The delta's base, opened and checked the first time a block needs it."""
+        assert self.encoded is not None and self.encoded.base is not None
+        with self._lock:
+            if self._base is None:
+                self._base = self._checked_base(self.encoded.base)
+            return self._base
+
+    def _checked_base(self, base_oid: str) -> StoredObject:
+        if self._open_base is None:
+            raise DeltaBaseMissingError(self.oid, base_oid)
+        base = self._open_base(base_oid)
+        if base.depth >= self.depth:
+            raise ObjectFormatError(
+                self.oid, f"base {base.oid} has depth {base.depth}, not below {self.depth}"
+            )
+        if base.header.nbytes != self.header.nbytes:
+            raise ObjectFormatError(self.oid, f"base {base.oid} has another payload length")
+        return base
+
+    def planes(self, index: int, width: int, block_size: int) -> np.ndarray:
+        """The payload block ``index`` of ``block_size`` bytes, split into ``width`` planes."""
+        encoded = self.encoded
+        if encoded is not None and (encoded.width, encoded.block_size) == (width, block_size):
+            if not 0 <= index < encoded.block_count:
+                raise ObjectFormatError(self.oid, f"no block {index}")
+            try:
+                return decode_block(
+                    self._block_bytes(index),
+                    width,
+                    encoded.block_span(index),
+                    lambda: self.base().planes(index, width, block_size),
+                )
+            except BlockFormatError as exc:
+                raise ObjectFormatError(self.oid, f"block {index}: {exc}") from None
+        start = index * block_size
+        span = min(block_size, self.header.nbytes - start)
+        return split_planes(self.read_payload(start, span), width)
+
+    def read_payload(self, offset: int, size: int) -> bytes:
+        """Payload bytes ``[offset, offset + size)``, decoded."""
+        if offset < 0 or size < 0 or offset + size > self.header.nbytes:
+            raise ValueError(f"payload range {offset}+{size} is outside the object")
+        if self.encoded is None:
+            return self._pread(self.header.data_offset + offset, size)
+        encoded = self.encoded
+        parts = []
+        position = offset
+        while position < offset + size:
+            index = position // encoded.block_size
+            block = self.decoded_block(index)
+            begin = position - index * encoded.block_size
+            take = min(len(block) - begin, offset + size - position)
+            parts.append(bytes(block[begin : begin + take]))
+            position += take
+        return b"".join(parts)
+
+    def decoded_block(self, index: int) -> memoryview:
+        """Payload block ``index`` in this object's own block size."""
+        assert self.encoded is not None
+        return join_planes(self.planes(index, self.encoded.width, self.encoded.block_size))
+
+
+class ObjectReader(io.RawIOBase):
+    """The canonical bytes of a stored object, as a read-only, seekable file.
+
+    Opens positioned at the payload, as a canonical object file would be. If
+    every byte is read in order from the start, the sha256 is checked at the
+    end: a stored object that decodes to other bytes raises
+    :class:`ObjectFormatError` instead of ending quietly. Later blocks are
+    decoded on worker threads while the caller consumes earlier ones.
+    """
+
+    def __init__(
+        self, stored: StoredObject, close: Callable[[], None] | None = None, verify: bool = True
+    ) -> None:
+        super().__init__()
+        self.stored = stored
+        self._close = close
+        self._size = stored.header.data_offset + stored.header.nbytes
+        self._pos = stored.header.data_offset
+        self._hash = hashlib.sha256(stored.canonical_header) if verify else None
+        self._hashed_to = stored.header.data_offset  # bytes hashed in order so far
+        self._block: tuple[int, memoryview] | None = None
+        self._ahead: dict[int, Future] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _payload_block(self, index: int) -> memoryview:
+        encoded = self.stored.encoded
+        assert encoded is not None
+        if self._block is not None and self._block[0] == index:
+            return self._block[1]
+        pending = self._ahead.pop(index, None)
+        block = pending.result() if pending else self.stored.decoded_block(index)
+        for ahead in range(index + 1, min(index + 1 + WORKERS, encoded.block_count)):
+            if ahead not in self._ahead:
+                self._ahead[ahead] = _workers.submit(self.stored.decoded_block, ahead)
+        for stale in [i for i in self._ahead if i < index]:
+            self._ahead.pop(stale).cancel()
+        self._block = (index, block)
+        return block
+
+    def _read_range(self, position: int, size: int) -> memoryview:
+        header_size = self.stored.header.data_offset
+        if position < header_size:
+            return memoryview(self.stored.canonical_header)[position : position + size]
+        offset = position - header_size
+        encoded = self.stored.encoded
+        if encoded is None:
+            return memoryview(self.stored.read_payload(offset, size))
+        index = offset // encoded.block_size
+        begin = offset - index * encoded.block_size
+        return self._payload_block(index)[begin : begin + size]
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        target = memoryview(buffer).cast("B")
+        size = min(len(target), self._size - self._pos)
+        if size <= 0:
+            return 0
+        data = self._read_range(self._pos, size)
+        target[: len(data)] = data
+        if self._pos == self._hashed_to and self._hash is not None:
+            self._hash.update(data)
+            self._hashed_to += len(data)
+            if self._hashed_to == self._size:
+                digest, self._hash = self._hash.hexdigest(), None
+                if digest != self.stored.oid:
+                    raise ObjectFormatError(
+                        self.stored.oid, f"decodes to bytes hashing to {digest}"
+                    )
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end (a block boundary does not shorten it)."""
+        if size is None or size < 0:
+            size = self._size - self._pos
+        out = bytearray(max(0, min(size, self._size - self._pos)))
+        view = memoryview(out)
+        filled = 0
+        while filled < len(out) and (count := self.readinto(view[filled:])):
+            filled += count
+        return bytes(out[:filled])
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def close(self) -> None:
+        if not self.closed:
+            for pending in self._ahead.values():
+                pending.cancel()
+            self._ahead.clear()
+            if self._close is not None:
+                self._close()
+        super().close()
+
+
+class EncodingWriter:
+    """Streams a payload into an encoded object in ``out``; see :meth:`finish`.
+
+    Blocks are encoded on worker threads, at most a few in flight, so memory
+    stays bounded by the block size. When the first block's encoding is larger
+    than ``RAW_ABOVE`` of the block, the object is written canonical instead:
+    whatever the rest holds, it would not pay for decoding.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        canonical_header: bytes,
+        header: ObjectHeader,
+        width: int,
+        base: StoredObject | None = None,
+        block_size: int = BLOCK_SIZE,
+    ) -> None:
+        self._out = out
+        self._base = base
+        self._encoded = EncodedHeader(
+            KIND_DELTA if base else KIND_FULL,
+            width,
+            base.depth + 1 if base else 0,
+            block_size,
+            canonical_header,
+            header.nbytes,
+            "0" * 64,
+            base.oid if base else None,
+        )
+        self._pending: deque[tuple[bytes, Future]] = deque()
+        self._buffer = bytearray()
+        self._blocks = 0
+        self._canonical: bool | None = None  # decided by the first block
+        self._written = 0
+        out.write(self._encoded.to_bytes())
+
+    @property
+    def canonical(self) -> bool:
+        return bool(self._canonical)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        block_size = self._encoded.block_size
+        while view:
+            if self._canonical:
+                self._out.write(view)
+                self._written += len(view)
+                return
+            take = min(len(view), block_size - len(self._buffer))
+            self._buffer += view[:take]
+            view = view[take:]
+            if len(self._buffer) == block_size:
+                self._submit()
+
+    def _submit(self) -> None:
+        block, self._buffer = bytes(self._buffer), bytearray()
+        index = self._blocks
+        self._blocks += 1
+        self._pending.append((block, _workers.submit(self._encode, index, block)))
+        while len(self._pending) > 2 * WORKERS or (self._canonical is None and self._pending):
+            self._drain_one()
+
+    def _encode(self, index: int, block: bytes) -> bytes:
+        encoded = self._encoded
+        base = None
+        if self._base is not None:
+            base = self._base.planes(index, encoded.width, encoded.block_size)
+        return encode_block(block, encoded.width, base)
+
+    def _drain_one(self) -> None:
+        block, future = self._pending.popleft()
+        stored = future.result()
+        if self._canonical is None:
+            self._canonical = len(stored) + _BLOCK_LENGTH.size > RAW_ABOVE * len(block)
+            if self._canonical:
+                self._out.seek(0)
+                self._out.truncate()
+                self._out.write(self._encoded.canonical_header)
+        if self._canonical:
+            self._out.write(block)
+        else:
+            self._out.write(_BLOCK_LENGTH.pack(len(stored)) + stored)
+        self._written += len(block)
+
+    def finish(self, oid: str) -> None:
+        """Encode the last block and write ``oid`` into the header. ``out`` is left at its end."""
+        if self._buffer:
+            self._submit()
+        while self._pending:
+            self._drain_one()
+        if self._canonical is None:  # an empty payload: nothing to encode
+            self._canonical = True
+            self._out.seek(0)
+            self._out.truncate()
+            self._out.write(self._encoded.canonical_header)
+        if self._written != self._encoded.payload_length:
+            raise ValueError(
+                f"{self._written} payload bytes, expected {self._encoded.payload_length}"
+            )
+        if not self._canonical:
+            self._out.seek(_OID_OFFSET)
+            self._out.write(bytes.fromhex(oid))
+            self._out.seek(0, io.SEEK_END)
+
+    def abort(self) -> None:
+        for _block, future in self._pending:
+            future.cancel()
+        self._pending.clear()

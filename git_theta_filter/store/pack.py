@@ -1,0 +1,237 @@
+"""Packs: many stored objects in one file, found through a sorted index.
+
+Specified in ``docs/store.md`` ("Packs")::
+
+    theta/packs/pack-<sha256 of the .pack>.pack
+        "\\x89thp" 01 00 00 00, then the entries
+    theta/packs/pack-<sha256 of the .pack>.idx
+        "\\x89thi" 01 00 00 00 <count: u32>,
+        <count> × (oid: 32 bytes, offset: u64, length: u64), sorted by oid,
+        the pack's sha256, and the sha256 of everything before it
+
+An entry is a whole stored object (canonical or encoded, see ``encoded.py``);
+it describes itself, so it is verified like a loose object when it is read. A
+pack is written in ``theta/tmp`` and linked into place with its index last, so
+a reader that finds an index finds a complete pack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import ThetaError
+from .object_format import ObjectFormatError
+
+__all__ = [
+    "PACK_MAGIC",
+    "INDEX_MAGIC",
+    "PackError",
+    "PackTruncatedError",
+    "CorruptPackEntryError",
+    "PackIndex",
+    "PackWriter",
+    "pack_paths",
+]
+
+PACK_MAGIC = b"\x89thp"
+INDEX_MAGIC = b"\x89thi"
+VERSION = 1
+_PACK_HEADER = struct.Struct("<4sB3x")
+_INDEX_HEADER = struct.Struct("<4sB3xI")
+_RECORD = struct.Struct("<32sQQ")
+_TRAILER = 64
+# An index larger than this was not written by us (it would list 20 million objects).
+MAX_INDEX_BYTES = 1 << 30
+_INDEX_NAME = re.compile(r"pack-[0-9a-f]{64}\.idx\Z")
+
+
+class PackError(ThetaError):
+    """A pack or its index is not as docs/store.md specifies."""
+
+    def __init__(self, pack: Path, reason: str) -> None:
+        super().__init__(
+            f"pack {pack.name} is corrupt: {reason}",
+            hint="run `git theta fsck` (it moves the pack aside), then `git theta fetch` "
+            "to restore its objects",
+        )
+        self.pack = pack
+        self.reason = reason
+
+
+class PackTruncatedError(PackError):
+    """The pack file is shorter than its index says."""
+
+
+class CorruptPackEntryError(ObjectFormatError):
+    """A pack entry that does not decode to its object."""
+
+    def __init__(self, oid: str, pack: Path, reason: str) -> None:
+        super().__init__(oid, f"{reason} (in {pack.name})")
+        self.pack = pack
+
+
+def pack_paths(packs_dir: Path) -> list[Path]:
+    """The ``.pack`` files whose index is in place, in name order."""
+    try:
+        names = os.listdir(packs_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(packs_dir / f"{name[:-4]}.pack" for name in names if _INDEX_NAME.match(name))
+
+
+class PackIndex:
+    """A pack's index, checked when loaded, searched by bisection."""
+
+    def __init__(self, pack: Path) -> None:
+        self.pack = pack
+        index_path = pack.with_suffix(".idx")
+        with open(index_path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_INDEX_BYTES:
+                raise PackError(pack, f"index of {size} bytes is over the limit")
+            data = file.read()
+        if len(data) < _INDEX_HEADER.size + _TRAILER:
+            raise PackError(pack, "index is shorter than its header")
+        magic, version, count = _INDEX_HEADER.unpack_from(data)
+        if magic != INDEX_MAGIC or version != VERSION:
+            raise PackError(pack, "index does not start with the version-1 magic")
+        if len(data) != _INDEX_HEADER.size + count * _RECORD.size + _TRAILER:
+            raise PackError(pack, f"index of {len(data)} bytes cannot hold {count} entries")
+        if hashlib.sha256(data[:-32]).digest() != data[-32:]:
+            raise PackError(pack, "index checksum does not match")
+        self.pack_sha256 = data[-64:-32].hex()
+        if pack.name != f"pack-{self.pack_sha256}.pack":
+            raise PackError(pack, "name does not match the checksum in its index")
+        self._data = memoryview(data)
+        self.count = count
+        pack_size = os.stat(pack).st_size
+        previous = b""
+        for position in range(count):
+            oid, offset, length = self._record(position)
+            if oid <= previous:
+                raise PackError(pack, "index entries are not sorted")
+            previous = oid
+            if offset < _PACK_HEADER.size:
+                raise PackError(pack, f"entry {oid.hex()} overlaps the pack header")
+            if offset + length > pack_size:
+                raise PackTruncatedError(pack, f"entry {oid.hex()} runs past the end of the pack")
+
+    def _record(self, position: int) -> tuple[bytes, int, int]:
+        return _RECORD.unpack_from(self._data, _INDEX_HEADER.size + position * _RECORD.size)
+
+    def find(self, oid: str) -> tuple[int, int] | None:
+        """(offset, length) of the object's entry, or None."""
+        key = bytes.fromhex(oid)
+        low, high = 0, self.count
+        while low < high:
+            middle = (low + high) // 2
+            found, offset, length = self._record(middle)
+            if found == key:
+                return offset, length
+            if found < key:
+                low = middle + 1
+            else:
+                high = middle
+        return None
+
+    def entries(self) -> Iterator[tuple[str, int, int]]:
+        """(oid, offset, length) of every entry, in oid order."""
+        for position in range(self.count):
+            oid, offset, length = self._record(position)
+            yield oid.hex(), offset, length
+
+
+class PackWriter:
+    """Appends stored objects to a new pack in ``tmp_dir``; :meth:`finish` links it into place.
+
+    Objects added are readable at once through :attr:`fd` and :meth:`find`,
+    so a clean can read back what it wrote before the pack is finished.
+    """
+
+    def __init__(self, tmp_dir: Path, fsync: bool = False) -> None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-", suffix=".pack")
+        self._path = Path(name)
+        self._fsync = fsync
+        self._hash = hashlib.sha256()
+        self._entries: dict[str, tuple[int, int]] = {}
+        self._size = 0
+        self._append(_PACK_HEADER.pack(PACK_MAGIC, VERSION))
+
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self._hash.update(data)
+        self._size += len(data)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def add(self, oid: str, stored: bytes) -> None:
+        """Append one stored object (its whole canonical or encoded bytes) unless it is here."""
+        if oid not in self._entries:
+            self._entries[oid] = (self._size, len(stored))
+            self._append(stored)
+
+    def find(self, oid: str) -> tuple[int, int] | None:
+        return self._entries.get(oid)
+
+    def oids(self) -> list[str]:
+        return list(self._entries)
+
+    def finish(self, packs_dir: Path) -> Path | None:
+        """Write the index and link both into ``packs_dir``; the pack's path, or None if empty."""
+        try:
+            if not self._entries:
+                return None
+            records = b"".join(
+                _RECORD.pack(bytes.fromhex(oid), offset, length)
+                for oid, (offset, length) in sorted(self._entries.items())
+            )
+            pack_sha256 = self._hash.digest()
+            index = _INDEX_HEADER.pack(INDEX_MAGIC, VERSION, len(self._entries)) + records
+            index += pack_sha256
+            index += hashlib.sha256(index).digest()
+            if self._fsync:
+                os.fsync(self.fd)
+            packs_dir.mkdir(parents=True, exist_ok=True)
+            final = packs_dir / f"pack-{pack_sha256.hex()}.pack"
+            _link_read_only(self._path, final)
+            index_tmp = self._path.with_suffix(".idx")
+            with open(index_tmp, "wb") as file:
+                file.write(index)
+                if self._fsync:
+                    os.fsync(file.fileno())
+            # The index goes last: a reader that sees it sees the whole pack.
+            _link_read_only(index_tmp, final.with_suffix(".idx"))
+            return final
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Remove the temp files (a finished pack stays linked in place)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._path.unlink(missing_ok=True)
+        self._path.with_suffix(".idx").unlink(missing_ok=True)
+
+
+def _link_read_only(source: Path, target: Path) -> None:
+    """Link ``source`` to ``target``, never replacing an existing file (identical by name)."""
+    os.chmod(source, 0o444)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass

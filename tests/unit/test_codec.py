@@ -1,0 +1,128 @@
+"""Block codecs (docs/store.md, "Encoded objects"): byte planes, XOR deltas, zstd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from git_theta_filter.store.codec import (
+    MODE_RAW,
+    MODE_SAME,
+    MODE_XOR_ZSTD,
+    MODE_ZSTD,
+    BlockFormatError,
+    block_uses_base,
+    decode_block,
+    encode_block,
+    join_planes,
+    split_planes,
+)
+
+
+@st.composite
+def blocks(draw, with_base: bool = False):
+    width = draw(st.sampled_from([1, 2, 4, 8]))
+    count = draw(st.integers(0, 300))
+    data = draw(st.binary(min_size=width * count, max_size=width * count))
+    if not with_base:
+        return width, data, None
+    # Bases that share some bytes with the block, as a previous version does.
+    flips = draw(st.lists(st.integers(0, max(0, len(data) - 1)), max_size=20))
+    base = bytearray(data)
+    for position in flips:
+        if base:
+            base[position] ^= 0x5A
+    return width, data, bytes(base)
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks())
+def test_split_planes_then_join_is_identity(case) -> None:
+    width, data, _ = case
+    planes = split_planes(data, width)
+    assert planes.shape == (width, len(data) // width)
+    if data:
+        assert planes[0, 0] == data[0]
+    assert bytes(join_planes(planes)) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks())
+def test_encode_block_round_trips_without_base(case) -> None:
+    width, data, _ = case
+    stored = encode_block(data, width)
+    assert not block_uses_base(stored, width, len(data))
+    assert bytes(join_planes(decode_block(stored, width, len(data)))) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks(with_base=True))
+def test_encode_block_round_trips_against_a_base(case) -> None:
+    width, data, base = case
+    base_planes = split_planes(base, width)
+    stored = encode_block(data, width, base_planes)
+    decoded = decode_block(stored, width, len(data), lambda: base_planes)
+    assert bytes(join_planes(decoded)) == data
+
+
+def test_xor_of_float_versions_is_smaller_than_the_version_itself() -> None:
+    rng = np.random.default_rng(0)
+    old = (rng.standard_normal(1 << 16) * 0.02).astype(np.float32)
+    new = old + (rng.standard_normal(old.shape) * 1e-4).astype(np.float32)
+    full = encode_block(new.tobytes(), 4)
+    delta = encode_block(new.tobytes(), 4, split_planes(old.tobytes(), 4))
+    assert len(delta) < len(full) < new.nbytes
+    assert delta[0] == MODE_RAW  # plane 0, the lowest mantissa byte, is noise either way
+
+
+def test_planes_equal_to_the_base_are_stored_as_same_and_noise_raw() -> None:
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    stored = encode_block(data, 2, split_planes(data, 2))
+    assert stored == bytes([MODE_SAME, 0, 0, 0, 0]) * 2
+    stored = encode_block(data, 1)
+    assert stored[0] == MODE_RAW and len(stored) == 5 + len(data)
+
+
+def test_a_compressible_plane_is_zstd_and_a_changed_one_xor_zstd() -> None:
+    data = bytes(range(256)) * 64
+    base = bytearray(data)
+    base[100] ^= 1
+    assert encode_block(data, 1)[0] == MODE_ZSTD
+    assert encode_block(data, 1, split_planes(bytes(base), 1))[0] == MODE_XOR_ZSTD
+
+
+def _record(mode: int, data: bytes) -> bytes:
+    return bytes([mode]) + len(data).to_bytes(4, "little") + data
+
+
+@pytest.mark.parametrize(
+    "stored, message",
+    [
+        (_record(MODE_RAW, b"abc"), "raw plane of 3 bytes"),
+        (_record(9, b"abcd"), "unknown plane mode 9"),
+        (_record(MODE_RAW, b"abcd") + b"x", "1 bytes after the last plane"),
+        (_record(MODE_RAW, b"abcd")[:7], "runs past the end"),
+        (b"\x00\x04", "ends inside a plane record"),
+        (_record(MODE_ZSTD, b"not zstd"), "not a zstd frame"),
+        (_record(MODE_ZSTD, zstandard.ZstdCompressor().compress(b"abcde")), "declares 5 bytes"),
+        (
+            _record(MODE_ZSTD, zstandard.ZstdCompressor().compress(b"abcd") + b"!"),
+            "does not decode",
+        ),
+        (_record(MODE_SAME, b""), "refers to a base"),
+        (_record(MODE_SAME, b"abcd"), "carries data"),
+    ],
+)
+def test_decode_block_refuses_malformed_blocks(stored: bytes, message: str) -> None:
+    with pytest.raises(BlockFormatError, match=message):
+        decode_block(stored, 1, 4)
+
+
+def test_a_frame_without_a_content_size_is_refused() -> None:
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"abcd")
+    with pytest.raises(BlockFormatError, match="declares 18446744073709551615 bytes, expected 4"):
+        decode_block(_record(MODE_ZSTD, frame), 1, 4)

@@ -1,0 +1,291 @@
+"""Encoded objects (docs/store.md): round trips, delta chains, the canonical fallback, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from git_theta_filter.store.encoded import (
+    DeltaBaseMissingError,
+    EncodedHeader,
+    EncodingWriter,
+    ObjectReader,
+    StoredObject,
+    width_for,
+)
+from git_theta_filter.store.object_format import (
+    ObjectFormatError,
+    encode_header,
+    parse_header_bytes,
+)
+
+BLOCK = 4096
+
+
+class Objects:
+    """Stored objects in files of a temp dir, opened the way the local store opens them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: list[int] = []
+
+    def canonical(self, array: np.ndarray, dtype: str) -> tuple[str, bytes]:
+        payload = array.tobytes()
+        data = encode_header(dtype, array.shape, len(payload)) + payload
+        return hashlib.sha256(data).hexdigest(), data
+
+    def put(self, data: bytes, dtype: str, base: str | None = None, chunk: int = 1000) -> str:
+        oid = hashlib.sha256(data).hexdigest()
+        header = parse_header_bytes(oid, data, len(data))
+        out = io.BytesIO()
+        writer = EncodingWriter(
+            out,
+            data[: header.data_offset],
+            header,
+            width_for(dtype, header.nbytes),
+            self.open(base) if base else None,
+            block_size=BLOCK,
+        )
+        payload = memoryview(data)[header.data_offset :]
+        for start in range(0, len(payload), chunk):
+            writer.write(payload[start : start + chunk])
+        writer.finish(oid)
+        self.write(oid, out.getvalue())
+        return oid
+
+    def write(self, oid: str, stored: bytes) -> None:
+        (self.directory / oid).write_bytes(stored)
+
+    def stored(self, oid: str) -> bytes:
+        return (self.directory / oid).read_bytes()
+
+    def open(self, oid: str) -> StoredObject:
+        path = self.directory / oid
+        if not path.exists():
+            raise DeltaBaseMissingError("?" * 64, oid)
+        fd = os.open(path, os.O_RDONLY)
+        self._fds.append(fd)
+        return StoredObject(oid, fd, 0, os.fstat(fd).st_size, self.open)
+
+    def read(self, oid: str) -> bytes:
+        reader = ObjectReader(self.open(oid))
+        reader.seek(0)
+        return reader.read()
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+
+
+@pytest.fixture
+def objects(tmp_path: Path):
+    store = Objects(tmp_path)
+    yield store
+    store.close()
+
+
+def _weights(seed: int, shape=(3000,), dtype=np.float32) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * 0.02).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype, numpy_dtype",
+    [("F32", np.float32), ("F16", np.float16), ("F64", np.float64), ("I64", np.int64)],
+)
+def test_full_objects_round_trip_byte_exact(objects: Objects, dtype: str, numpy_dtype) -> None:
+    oid, data = objects.canonical(_weights(0, (2500,), numpy_dtype), dtype)
+    assert objects.put(data, dtype) == oid
+    assert objects.read(oid) == data
+
+
+def test_bf16_and_u8_objects_round_trip(objects: Objects) -> None:
+    bf16 = (_weights(1).view(np.uint32) >> 16).astype(np.uint16)
+    for array, dtype in ((bf16, "BF16"), (np.arange(5000, dtype=np.uint8), "U8")):
+        oid, data = objects.canonical(array, dtype)
+        objects.put(data, dtype)
+        assert objects.stored(oid)[:4] == b"\x89thz"
+        assert objects.read(oid) == data
+
+
+def test_delta_chain_of_ten_versions_round_trips_and_is_smaller(objects: Objects) -> None:
+    rng = np.random.default_rng(2)
+    weights = _weights(3, (5000,))
+    previous = None
+    for depth in range(11):
+        oid, data = objects.canonical(weights, "F32")
+        objects.put(data, "F32", base=previous)
+        stored = objects.stored(oid)
+        assert stored[7] == depth  # the depth byte
+        assert objects.read(oid) == data
+        if previous:
+            assert len(stored) < 0.9 * len(data)
+        previous = oid
+        weights = weights + (rng.standard_normal(weights.shape) * 1e-4).astype(np.float32)
+
+
+def test_reader_seeks_into_any_block_and_reads_across_blocks(objects: Objects) -> None:
+    oid, data = objects.canonical(_weights(4, (7000,)), "F32")
+    objects.put(data, "F32")
+    reader = ObjectReader(objects.open(oid))
+    header_size = reader.tell()
+    for start, size in ((0, 10), (BLOCK - 3, 10), (5 * BLOCK + 1, 3 * BLOCK), (len(data) - 5, 99)):
+        reader.seek(start)
+        assert reader.read(size) == data[start : start + size]
+    assert header_size == parse_header_bytes(oid, data, len(data)).data_offset
+
+
+def test_incompressible_payload_is_stored_canonical(objects: Objects) -> None:
+    noise = np.random.default_rng(5).integers(0, 256, 3 * BLOCK, dtype=np.uint8)
+    oid, data = objects.canonical(noise, "U8")
+    objects.put(data, "U8")
+    assert objects.stored(oid) == data
+
+
+def test_empty_payload_is_stored_canonical(objects: Objects) -> None:
+    oid, data = objects.canonical(np.zeros(0, np.float32), "F32")
+    objects.put(data, "F32")
+    assert objects.stored(oid) == data and objects.read(oid) == data
+
+
+def test_the_example_of_docs_store_md_decodes_and_the_encoder_stores_it_canonical(
+    objects: Objects,
+) -> None:
+    payload = np.array([1, 2, 3, 4], np.float32).tobytes()
+    canonical_header = encode_header("F32", (4,), 16)
+    oid = hashlib.sha256(canonical_header + payload).hexdigest()
+    out = io.BytesIO()
+    header = parse_header_bytes(oid, canonical_header + payload, 88)
+    writer = EncodingWriter(out, canonical_header, header, 4)
+    writer.write(payload)
+    writer.finish(oid)
+    assert out.getvalue() == canonical_header + payload  # rule 4: it does not pay
+    fixed = bytes.fromhex("89 74 68 7A 01 01 04 00 00 00 10 00 48 00 00 00 10 00 00 00 00 00 00 00")
+    planes = bytes.fromhex(
+        "24 00 00 00"
+        "00 04 00 00 00 00 00 00 00"
+        "00 04 00 00 00 00 00 00 00"
+        "00 04 00 00 00 80 00 40 80"
+        "00 04 00 00 00 3F 40 40 40"
+    )
+    example = fixed + bytes.fromhex(oid) + bytes(32) + canonical_header + planes
+    assert EncodedHeader.parse(oid, example, len(example)).to_bytes() == example[:160]
+    objects.write(oid, example)
+    assert objects.read(oid) == canonical_header + payload
+
+
+def _corrupt(objects: Objects, oid: str, offset: int, value: bytes) -> None:
+    stored = bytearray(objects.stored(oid))
+    stored[offset : offset + len(value)] = value
+    objects.write(oid, bytes(stored))
+
+
+@pytest.fixture
+def encoded(objects: Objects) -> tuple[str, bytes]:
+    oid, data = objects.canonical(_weights(6, (3000,)), "F32")
+    objects.put(data, "F32")
+    return oid, data
+
+
+@pytest.mark.parametrize(
+    "offset, value, message",
+    [
+        (4, b"\x02", "version 2 is not supported"),
+        (5, b"\x07", "unknown encoding kind 7"),
+        (6, b"\x03", "plane width 3"),
+        (7, b"\x01", "base and depth disagree"),
+        (8, struct.pack("<I", 100), "block size 100 is out of range"),
+        (16, struct.pack("<Q", 12), "header says"),
+        (24, b"\x00", "encoded object names"),
+    ],
+)
+def test_malformed_encoded_headers_are_named_errors(
+    objects: Objects, encoded, offset: int, value: bytes, message: str
+) -> None:
+    oid, _ = encoded
+    _corrupt(objects, oid, offset, value)
+    with pytest.raises(ObjectFormatError, match=message):
+        objects.read(oid)
+
+
+def test_a_flipped_payload_byte_fails_the_sha256_at_the_end(objects: Objects, encoded) -> None:
+    oid, data = encoded
+    stored = objects.stored(oid)
+    # A byte of block 0's plane 0 (mantissa noise, stored raw): it decodes, to other bytes.
+    plane = 88 + parse_header_bytes(oid, data, len(data)).data_offset + 4
+    assert stored[plane] == 0  # mode raw
+    position = plane + 5 + 10
+    _corrupt(objects, oid, position, bytes([stored[position] ^ 1]))
+    with pytest.raises(ObjectFormatError, match="decodes to bytes hashing to"):
+        objects.read(oid)
+
+
+def test_a_truncated_encoded_object_is_a_named_error(objects: Objects, encoded) -> None:
+    oid, _ = encoded
+    objects.write(oid, objects.stored(oid)[:-10])
+    with pytest.raises(ObjectFormatError, match="runs past the end|shorter than its blocks"):
+        objects.read(oid)
+
+
+def test_bytes_after_the_last_block_are_refused(objects: Objects, encoded) -> None:
+    oid, _ = encoded
+    objects.write(oid, objects.stored(oid) + b"extra")
+    with pytest.raises(ObjectFormatError, match="bytes after the last block"):
+        objects.read(oid)
+
+
+def test_a_missing_delta_base_is_a_named_error(objects: Objects) -> None:
+    base, base_data = objects.canonical(_weights(7), "F32")
+    objects.put(base_data, "F32")
+    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
+    objects.put(data, "F32", base=base)
+    (objects.directory / base).unlink()
+    with pytest.raises(DeltaBaseMissingError, match=f"delta base {base} is missing") as caught:
+        objects.read(oid)
+    assert caught.value.base == base and "git theta fetch" in caught.value.hint
+
+
+def test_a_base_deeper_than_its_delta_is_refused(objects: Objects) -> None:
+    first, first_data = objects.canonical(_weights(8), "F32")
+    objects.put(first_data, "F32")
+    second, second_data = objects.canonical(_weights(8) * 1.001, "F32")
+    objects.put(second_data, "F32", base=first)
+    third, third_data = objects.canonical(_weights(8) * 1.002, "F32")
+    objects.put(third_data, "F32", base=second)
+    _corrupt(objects, second, 7, b"\x05")  # deeper than the third's depth 2
+    with pytest.raises(ObjectFormatError, match="has depth 5, not below 2"):
+        objects.read(third)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 3 * BLOCK // 4),
+    st.sampled_from(["F32", "BF16", "U8", "F64"]),
+    st.integers(0, 3),
+    st.integers(1, 5000),
+)
+def test_any_payload_and_chain_round_trips(tmp_path_factory, count, dtype, depth, chunk) -> None:
+    objects = Objects(tmp_path_factory.mktemp("objects"))
+    itemsize = {"F32": 4, "BF16": 2, "U8": 1, "F64": 8}[dtype]
+    rng = np.random.default_rng(count)
+    raw = rng.integers(0, 4, count * itemsize, dtype=np.uint8)
+    previous = None
+    try:
+        for _ in range(depth + 1):
+            oid, data = objects.canonical(raw.view(np.uint8), "U8")
+            header = encode_header(dtype, (count,), len(raw))
+            data = header + raw.tobytes()
+            oid = hashlib.sha256(data).hexdigest()
+            objects.put(data, dtype, base=previous, chunk=chunk)
+            assert objects.read(oid) == data
+            previous = oid
+            raw = raw ^ (rng.integers(0, 50, raw.shape, dtype=np.uint8) == 0).astype(np.uint8)
+    finally:
+        objects.close()

@@ -1,0 +1,150 @@
+"""Packs (docs/store.md, "Packs"): many stored objects in one file with a sorted index."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from git_theta_filter.store.pack import (
+    PackError,
+    PackIndex,
+    PackTruncatedError,
+    PackWriter,
+    pack_paths,
+)
+
+
+def _oid(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def pack(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    writer = PackWriter(tmp_path / "tmp")
+    objects = {_oid(bytes([i]) * (i + 1)): bytes([i]) * (i + 1) for i in range(50)}
+    for oid, data in objects.items():
+        writer.add(oid, data)
+        writer.add(oid, data)  # a second add of the same object is a no-op
+    path = writer.finish(tmp_path / "packs")
+    assert path is not None
+    return path, objects
+
+
+def test_pack_round_trips_every_entry_and_is_named_by_its_sha256(pack) -> None:
+    path, objects = pack
+    data = path.read_bytes()
+    assert data[:8] == b"\x89thp\x01\x00\x00\x00"
+    assert path.name == f"pack-{hashlib.sha256(data).hexdigest()}.pack"
+    index = PackIndex(path)
+    assert index.count == len(objects)
+    for oid, content in objects.items():
+        offset, length = index.find(oid)
+        assert data[offset : offset + length] == content
+    assert index.find("0" * 64) is None
+    assert [oid for oid, _, _ in index.entries()] == sorted(objects)
+    assert pack_paths(path.parent) == [path]
+    assert oct(path.stat().st_mode & 0o777) == "0o444"
+    assert os.listdir(path.parent.parent / "tmp") == []
+
+
+def test_index_layout_matches_the_spec(pack) -> None:
+    path, objects = pack
+    index = path.with_suffix(".idx").read_bytes()
+    assert index[:8] == b"\x89thi\x01\x00\x00\x00"
+    assert struct.unpack_from("<I", index, 8)[0] == len(objects)
+    assert len(index) == 12 + 48 * len(objects) + 64
+    assert index[-64:-32] == hashlib.sha256(path.read_bytes()).digest()
+    assert index[-32:] == hashlib.sha256(index[:-32]).digest()
+
+
+def test_an_empty_pack_writes_nothing(tmp_path: Path) -> None:
+    writer = PackWriter(tmp_path / "tmp")
+    assert writer.finish(tmp_path / "packs") is None
+    assert pack_paths(tmp_path / "packs") == [] and os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_pack_without_its_index_is_not_seen(tmp_path: Path, pack) -> None:
+    path, _ = pack
+    path.with_suffix(".idx").unlink()
+    assert pack_paths(path.parent) == []
+
+
+def test_a_truncated_pack_is_a_named_error(pack) -> None:
+    path, _ = pack
+    data = path.read_bytes()
+    os.chmod(path, 0o644)
+    path.write_bytes(data[:-10])
+    with pytest.raises(PackTruncatedError, match="runs past the end of the pack"):
+        PackIndex(path)
+
+
+def _rewrite_index(path: Path, change) -> None:
+    index_path = path.with_suffix(".idx")
+    index = bytearray(index_path.read_bytes())
+    change(index)
+    os.chmod(index_path, 0o644)
+    index_path.write_bytes(bytes(index))
+
+
+def _reseal(index: bytearray) -> None:
+    index[-32:] = hashlib.sha256(index[:-32]).digest()
+
+
+def test_an_index_with_a_bad_checksum_is_refused(pack) -> None:
+    path, _ = pack
+    _rewrite_index(path, lambda index: index.__setitem__(20, index[20] ^ 1))
+    with pytest.raises(PackError, match="index checksum does not match"):
+        PackIndex(path)
+
+
+def test_an_unsorted_index_is_refused(pack) -> None:
+    path, _ = pack
+
+    def swap(index: bytearray) -> None:
+        first, second = index[12:60], index[60:108]
+        index[12:60], index[60:108] = second, first
+        _reseal(index)
+
+    _rewrite_index(path, swap)
+    with pytest.raises(PackError, match="not sorted"):
+        PackIndex(path)
+
+
+def test_an_entry_over_the_pack_header_is_refused(pack) -> None:
+    path, _ = pack
+
+    def point_at_header(index: bytearray) -> None:
+        index[12 + 32 : 12 + 40] = struct.pack("<Q", 2)
+        _reseal(index)
+
+    _rewrite_index(path, point_at_header)
+    with pytest.raises(PackError, match="overlaps the pack header"):
+        PackIndex(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda index: index.__setitem__(slice(0, 4), b"PACK"), "version-1 magic"),
+        (lambda index: index.__setitem__(8, 99), "cannot hold 99 entries"),
+        (lambda index: index.__delitem__(slice(12, None)), "shorter than its header"),
+    ],
+)
+def test_malformed_indexes_are_refused(pack, change, message: str) -> None:
+    path, _ = pack
+    _rewrite_index(path, change)
+    with pytest.raises(PackError, match=message):
+        PackIndex(path)
+
+
+def test_a_pack_renamed_away_from_its_checksum_is_refused(pack) -> None:
+    path, _ = pack
+    other = path.with_name("pack-" + "0" * 64 + ".pack")
+    os.rename(path, other)
+    os.rename(path.with_suffix(".idx"), other.with_suffix(".idx"))
+    with pytest.raises(PackError, match="name does not match"):
+        PackIndex(other)
