@@ -279,11 +279,10 @@ def test_any_payload_and_chain_round_trips(tmp_path_factory, count, dtype, depth
     previous = None
     try:
         for _ in range(depth + 1):
-            oid, data = objects.canonical(raw.view(np.uint8), "U8")
-            header = encode_header(dtype, (count,), len(raw))
-            data = header + raw.tobytes()
+            data = encode_header(dtype, (count,), len(raw)) + raw.tobytes()
             oid = hashlib.sha256(data).hexdigest()
-            objects.put(data, dtype, base=previous, chunk=chunk)
+            if oid != previous:  # the store never writes an object that is already there
+                objects.put(data, dtype, base=previous, chunk=chunk)
             assert objects.read(oid) == data
             previous = oid
             raw = raw ^ (rng.integers(0, 50, raw.shape, dtype=np.uint8) == 0).astype(np.uint8)
