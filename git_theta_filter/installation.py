@@ -37,8 +37,14 @@ def _scope_args(scope: str, repo: GitRepo | None) -> tuple[list[str], Path | Non
     return [f"--{scope}"], repo.cwd if repo else None
 
 
-def install(scope: str, repo: GitRepo | None, with_hooks: bool = True) -> list[str]:
-    """Write the filter configuration at ``scope``; install hooks when inside a repository."""
+def install(
+    scope: str, repo: GitRepo | None, with_hooks: bool = True, force_hooks: bool = False
+) -> list[str]:
+    """Write the filter configuration at ``scope``; install hooks when inside a repository.
+
+    ``force_hooks`` installs them even into a hooks directory that git tracks
+    (see :func:`hooks.install_hooks`).
+    """
     args, cwd = _scope_args(scope, repo)
     run_git(
         ["config", *args, "filter.theta.process", f"{filter_command()} filter-process"], cwd=cwd
@@ -50,7 +56,7 @@ def install(scope: str, repo: GitRepo | None, with_hooks: bool = True) -> list[s
     )
     changes = [f"configured filter.theta and merge.theta ({scope})"]
     if repo is not None and with_hooks:
-        changes += install_hooks(repo)
+        changes += install_hooks(repo, force=force_hooks)
     return changes
 
 

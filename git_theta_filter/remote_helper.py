@@ -20,6 +20,10 @@ with ``git ls-remote``/``fetch``/``push`` against it; tensor objects move
 through the store it resolves to (``remotes.py``): pushes upload first
 and only then send refs, and fetches prefetch the objects of the fetched
 commits in parallel. Nothing but protocol answers may reach stdout.
+
+git-lfs cannot read a ``theta::`` URL, so a configured remote without an
+``lfsurl`` gets the inner URL's LFS endpoint (:mod:`lfs_interop`) when the
+helper starts, before a clone's checkout needs it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .cli._errors import format_error
 from .errors import ThetaError
 from .gitrepo import GitError, GitRepo
 from .history import manifests_in_blobs, open_pygit2
+from .lfs_interop import record_lfs_url
 from .prepush import ZERO_SHA, RefUpdate, upload_for_push
 from .progress import Progress, QuietProgress
 from .remotes import HELPER_PREFIX, resolve_store, transfer_workers
@@ -268,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(GUARD_VARIABLE) or url.startswith(HELPER_PREFIX):
             raise HelperRecursionError(url)
         os.environ[GUARD_VARIABLE] = url
-        RemoteHelper(GitRepo.discover(), remote, url, sys.stdin.buffer, sys.stdout.buffer).serve()
+        repo = GitRepo.discover()
+        # git-lfs cannot read a theta:: URL: tell it where the LFS objects are.
+        record_lfs_url(repo, remote, url)
+        RemoteHelper(repo, remote, url, sys.stdin.buffer, sys.stdout.buffer).serve()
     except ThetaError as exc:
         print(format_error(exc), file=sys.stderr, flush=True)
         return exc.exit_code

@@ -6,9 +6,7 @@ import argparse
 import sys
 
 from ..gitrepo import GitRepo
-from ..hooks import run_chained_hook
-from ..prepush import ObjectsMissingLocallyError, parse_ref_updates, upload_for_push
-from ..remotes import HELPER_PREFIX
+from ..hooks import HOOK_NAMES, run_after_ours
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,18 +15,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run one of our git hooks (called by the scripts in hooks/)",
         description="pre-push: upload the tensor objects behind the pushed commits to the remote's "
         "object store before git sends the refs, refusing the push if they are missing locally or "
-        "the upload fails; then run any hook of yours that ours replaced.",
+        "the upload fails. Every hook then does git-lfs's work for that hook when the repository "
+        "uses Git LFS (unless the hook ours replaced does it), and runs the hook ours replaced.",
     )
-    p.add_argument("name", choices=["pre-push"])
+    p.add_argument("name", choices=HOOK_NAMES)
     p.add_argument("hook_args", nargs="*", help="the arguments git gave the hook")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
-    stdin = sys.stdin.buffer.read()
-    remote = args.hook_args[0] if args.hook_args else "origin"
-    remote_url = args.hook_args[1] if len(args.hook_args) > 1 else None
+    # Only pre-push reads standard input; git gives the others none to read.
+    stdin = sys.stdin.buffer.read() if args.name == "pre-push" else b""
+    if args.name == "pre-push":
+        _upload(repo, args.hook_args, stdin)
+    return run_after_ours(repo, args.name, args.hook_args, stdin)
+
+
+def _upload(repo: GitRepo, hook_args: list[str], stdin: bytes) -> None:
+    """Our pre-push work; imported here so the post-* hooks start fast."""
+    from ..prepush import ObjectsMissingLocallyError, parse_ref_updates, upload_for_push
+    from ..remotes import HELPER_PREFIX
+
+    remote = hook_args[0] if hook_args else "origin"
+    remote_url = hook_args[1] if len(hook_args) > 1 else None
     try:
         upload = upload_for_push(repo, remote, remote_url, parse_ref_updates(stdin))
     except ObjectsMissingLocallyError as exc:
@@ -46,4 +56,3 @@ def run(args: argparse.Namespace) -> int:
             f"theta.remote.{remote}.url` (see docs/remotes.md)",
             file=sys.stderr,
         )
-    return run_chained_hook(repo, args.name, args.hook_args, stdin)

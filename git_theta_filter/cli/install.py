@@ -37,11 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write filter.theta.process and filter.theta.required=true to git config, "
         "and merge.theta.driver for tensor-level merges (docs/merge.md), "
         "and install the hooks from hooks/ into the current repository (if in one). "
-        "Existing hooks are kept and run after ours.",
+        "Existing hooks are kept and run after ours. A hooks directory that git tracks "
+        "(core.hooksPath in the work tree) is left alone, and the line to add is printed.",
     )
     _add_scope(p, "(default)")
     p.add_argument(
         "--skip-hooks", action="store_true", help="do not install hooks into the current repository"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="install the hooks even into a hooks directory that git tracks, renaming its "
+        "hooks to <name>.pre-theta and running them after ours",
     )
     p.set_defaults(run=run_install)
 
@@ -63,7 +70,8 @@ def _repo_or_none() -> GitRepo | None:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    for line in install(args.scope, _repo_or_none(), with_hooks=not args.skip_hooks):
+    repo = _repo_or_none()
+    for line in install(args.scope, repo, with_hooks=not args.skip_hooks, force_hooks=args.force):
         print(line)
     return 0
 

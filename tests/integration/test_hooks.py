@@ -194,3 +194,41 @@ def test_hooks_pre_push_ignores_objects_of_commits_the_remote_has(
     object_path(repo, v1_only).unlink()
     git_env.git(repo, "push", "-q", "origin", "main")
     assert remote_ref(git_env, remote) == v2
+
+
+def test_hooks_tracked_hooks_path_is_never_rewritten_without_force(git_env, tmp_path: Path) -> None:
+    repo = tmp_path / "team"
+    git_env.run("git", "init", "-q", str(repo))
+    shared = repo / ".githooks"
+    shared.mkdir()
+    (shared / "pre-push").write_text(USER_HOOK)
+    (shared / "pre-push").chmod(0o755)
+    git_env.git(repo, "config", "core.hooksPath", ".githooks")
+    commit_all(git_env, repo, ".githooks/pre-push", message="team hooks")
+
+    for command in (("track", "*.pth"), ("install", "--local")):
+        out = git_env.theta(repo, *command).stdout.decode()
+        assert (
+            ".githooks/pre-push: left alone, as git tracks .githooks (core.hooksPath); "
+            'add the line `git-theta hook pre-push "$@" || exit $?` to it' in out
+        )
+        assert (shared / "pre-push").read_text() == USER_HOOK
+        assert sorted(p.name for p in shared.iterdir()) == ["pre-push"]
+    # The filter, which installs hooks by itself, says the same and writes nothing.
+    save(mlp_checkpoint(0), repo / "model.pth")
+    added = git_env.run("git", "add", "model.pth", ".gitattributes", cwd=repo)
+    assert "add the line `git-theta hook pre-push" in added.stderr.decode()
+    assert (shared / "pre-push").read_text() == USER_HOOK
+
+    # Once the team's hook calls ours, nothing more is said.
+    (shared / "pre-push").write_text(
+        USER_HOOK.replace("exit 0\n", 'git-theta hook pre-push "$@" || exit $?\n')
+    )
+    assert git_env.theta(repo, "install", "--local").stdout.decode().splitlines() == [
+        "configured filter.theta and merge.theta (local)"
+    ]
+
+    (shared / "pre-push").write_text(USER_HOOK)
+    out = git_env.theta(repo, "install", "--local", "--force").stdout.decode()
+    assert "kept your pre-push hook as pre-push.pre-theta; it runs after ours" in out
+    assert_our_hook(shared)

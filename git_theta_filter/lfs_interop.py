@@ -1,0 +1,164 @@
+"""Living beside git-lfs in one repository: its hook work, and its endpoint for ``theta::``.
+
+git-lfs installs four hooks (``pre-push``, ``post-checkout``, ``post-commit``,
+``post-merge``), each of which runs ``git lfs <hook> "$@"``. It refuses to
+install any of them once a hook it did not write is in place, and it writes
+them in that order, stopping at the first refusal. Whichever of git-lfs and
+theta checks out a file first therefore decides whose hooks a clone gets. So
+our hooks do git-lfs's work themselves when the repository uses Git LFS,
+unless the hook we replaced already does it.
+
+A repository uses Git LFS when ``filter.lfs.*`` is configured (``git lfs
+install`` writes it), or when its top-level ``.gitattributes`` or
+``info/attributes`` routes files through ``filter=lfs``.
+
+``theta::<url>`` remotes: git-lfs derives a remote's LFS endpoint from its URL
+and cannot read ``theta::``. :func:`lfs_endpoint` gives the endpoint git-lfs
+would derive from the inner URL; ``git-remote-theta`` records it as the
+remote's ``lfsurl`` unless the user set one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ThetaError
+from .gitrepo import GitRepo
+
+__all__ = [
+    "LFS_HOOK_NAMES",
+    "GitLfsNotFoundError",
+    "lfs_in_use",
+    "does_lfs_hook_work",
+    "run_lfs_hook",
+    "lfs_endpoint",
+    "record_lfs_url",
+]
+
+LFS_HOOK_NAMES = ("pre-push", "post-checkout", "post-commit", "post-merge")
+
+_LFS_ATTRIBUTE = re.compile(rb"(^|\s)filter=lfs(\s|$)", re.MULTILINE)
+
+
+class GitLfsNotFoundError(ThetaError):
+    """The repository uses Git LFS, but ``git-lfs`` is not on PATH to do its hook's work."""
+
+    exit_code = 2
+
+    def __init__(self, hook: str) -> None:
+        super().__init__(
+            f"{hook}: this repository uses Git LFS, but 'git-lfs' is not on PATH",
+            hint="install git-lfs (https://git-lfs.com), or remove filter=lfs from .gitattributes "
+            "and `git config --unset-all filter.lfs.process`",
+        )
+        self.hook = hook
+
+
+def lfs_in_use(repo: GitRepo) -> bool:
+    """Whether git-lfs's hooks have work to do here (see the module docstring)."""
+    configured = repo.git("config", "--get-regexp", r"^filter\.lfs\.", check=False)
+    if configured.strip():
+        return True
+    candidates = [repo.common_dir / "info" / "attributes"]
+    if repo.worktree is not None:
+        candidates.append(repo.worktree / ".gitattributes")
+    for path in candidates:
+        try:
+            if _LFS_ATTRIBUTE.search(path.read_bytes()):
+                return True
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+    return False
+
+
+def does_lfs_hook_work(hook_file: Path, name: str) -> bool:
+    """Whether the hook file runs ``git lfs <name>`` (git-lfs's own hook, or one that
+    calls it)."""
+    try:
+        text = hook_file.read_text(errors="replace")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
+    return re.search(rf"\bgit[ -]lfs\s+{re.escape(name)}\b", text) is not None
+
+
+def run_lfs_hook(repo: GitRepo, name: str, args: list[str], stdin: bytes) -> int:
+    """Run ``git lfs <name> <args>`` as git-lfs's own hook would; its exit code.
+
+    For a ``theta::`` remote without an ``lfsurl``, git-lfs is told the inner
+    URL's endpoint for this one run (git-lfs reads git config through git,
+    which takes it from ``GIT_CONFIG_COUNT``).
+    """
+    if shutil.which("git-lfs") is None:
+        raise GitLfsNotFoundError(name)
+    env = dict(os.environ)
+    if name == "pre-push" and len(args) >= 2:
+        remote, url = args[0], args[1]
+        if url.startswith("theta::") and not _configured_lfs_url(repo, remote):
+            endpoint = lfs_endpoint(url.removeprefix("theta::"), repo.cwd)
+            if endpoint is not None:
+                _add_config(env, "lfs.url", endpoint)
+    return subprocess.run(
+        ["git", "lfs", name, *args], input=stdin, cwd=repo.cwd, env=env
+    ).returncode
+
+
+def _configured_lfs_url(repo: GitRepo, remote: str) -> str | None:
+    return repo.config_get(f"remote.{remote}.lfsurl") or repo.config_get("lfs.url")
+
+
+def _add_config(env: dict[str, str], key: str, value: str) -> None:
+    count = int(env.get("GIT_CONFIG_COUNT", "0") or "0")
+    env[f"GIT_CONFIG_KEY_{count}"] = key
+    env[f"GIT_CONFIG_VALUE_{count}"] = value
+    env["GIT_CONFIG_COUNT"] = str(count + 1)
+
+
+def lfs_endpoint(url: str, base: Path) -> str | None:
+    """The LFS endpoint git-lfs derives from the git URL ``url``; None when it has none.
+
+    * a local path or ``file://`` URL: ``file://<absolute path>`` (git-lfs moves
+      objects to ``<repo>/lfs/objects`` with no server);
+    * ``http(s)://host/path``: ``…/path.git/info/lfs`` (``.git`` added when missing);
+    * ssh (``ssh://`` or ``user@host:path``): the URL itself, so git-lfs asks the
+      server over ssh (``git-lfs-authenticate``) as it does for an ssh remote.
+
+    Relative paths are taken from ``base``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        path = parts.path.rstrip("/")
+        path += "/info/lfs" if path.endswith(".git") else ".git/info/lfs"
+        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    if parts.scheme in ("ssh", "git+ssh", "ssh+git"):
+        return url
+    if parts.scheme == "file":
+        return url if parts.netloc in ("", "localhost") else None
+    if "://" in url:
+        return None
+    colon, slash = url.find(":"), url.find("/")
+    if colon != -1 and (slash == -1 or colon < slash):
+        return url  # scp-like "host:path": ssh
+    return Path(os.path.abspath(base / Path(url).expanduser())).as_uri()
+
+
+def record_lfs_url(repo: GitRepo, remote: str, url: str) -> str | None:
+    """Set ``remote.<remote>.lfsurl`` to the inner URL's endpoint, for a configured
+    ``theta::`` remote that has none (nor ``lfs.url``); the value set, or None.
+
+    git-remote-theta calls this when it starts, so a clone's checkout (git-lfs's
+    smudge) and later pushes reach the LFS objects beside the git repository.
+    """
+    configured = repo.config_get(f"remote.{remote}.url")
+    if configured is None or not configured.startswith("theta::"):
+        return None
+    if _configured_lfs_url(repo, remote):
+        return None
+    endpoint = lfs_endpoint(url, repo.cwd)
+    if endpoint is not None:
+        repo.git("config", f"remote.{remote}.lfsurl", endpoint)
+    return endpoint
