@@ -6,7 +6,8 @@ The format is detected from the content, never from the file name:
 * ``PK\\x03\\x04`` is tried as a torch zip;
 * a plausible safetensors header is tried as safetensors;
 * anything else, or any file whose structure turns out to be broken part way
-  through, is stored as one opaque object with a warning. Nothing is lost:
+  through, is stored as one opaque object with a warning
+  (``formats/opaque.py``). Nothing is lost:
   the bytes consumed so far are rebuilt from the skeleton and the objects
   already written, and the rest of the input follows them.
 """
@@ -17,11 +18,12 @@ import sys
 from collections.abc import Callable
 
 from .formats.base import CleanContext, NotThisFormat, ParsedFile
+from .formats.layout import SkeletonTooLargeError
+from .formats.opaque import store_opaque
 from .formats.safetensors_file import looks_like_safetensors, parse_safetensors
 from .formats.source import Readable, Source, TruncatedError
 from .formats.torch_zip import ZIP_MAGIC, parse_torch_zip
 from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
-from .splice import SkeletonTooLargeError, write_spliced
 from .store.local import LOCAL_WRITE_ERRNOS, LocalStore, StoreWriteError
 
 __all__ = ["clean", "Warn"]
@@ -70,7 +72,7 @@ def _clean(raw: Readable, store: LocalStore, path: str, warn: Warn) -> bytes:
             raise NotThisFormat("neither a torch zip archive nor a safetensors file")
     except (NotThisFormat, TruncatedError, SkeletonTooLargeError) as exc:
         warn(f"{path}: {exc}; stored as one opaque object")
-        parsed = _store_opaque(ctx)
+        parsed = store_opaque(ctx)
     return _manifest_for(ctx, parsed).render()
 
 
@@ -85,26 +87,6 @@ def _read_manifest(ctx: CleanContext) -> bytes | None:
     except ManifestError:
         return None
     return data
-
-
-def _store_opaque(ctx: CleanContext) -> ParsedFile:
-    """Turn everything, consumed or not, into one U8 object spliced over the whole file."""
-    layout = ctx.layout
-    writer = ctx.store.unsized_writer()
-    try:
-        write_spliced(layout.skeleton, layout.splices, ctx.store, writer.write)
-        ctx.source.copy_rest(writer.write)
-    except BaseException:
-        writer.abort()
-        raise
-    oid = writer.commit()
-    size = ctx.source.position
-    layout.skeleton = bytearray()
-    layout.splices = []
-    layout.size = 0
-    if size:
-        layout.add_splice(size, oid)
-    return ParsedFile("opaque")
 
 
 def _manifest_for(ctx: CleanContext, parsed: ParsedFile) -> Manifest:

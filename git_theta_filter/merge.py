@@ -27,8 +27,8 @@ from enum import Enum
 
 from .clean import clean
 from .errors import ThetaError
+from .formats.layout import SplicedFile
 from .formats.safetensors_writer import new_safetensors_file, read_stored_safetensors
-from .formats.spliced_file import SplicedFile
 from .formats.torch_zip_writer import StoredTorchZip, read_stored_torch_zip
 from .manifest import Manifest, ManifestError, TensorEntry, looks_like_manifest
 from .merge_values import COMBINABLE_DTYPES, InexactCombinationError, combine_objects

@@ -18,11 +18,11 @@ import zipfile
 from dataclasses import dataclass, field
 
 from .errors import ThetaError
+from .formats.layout import MAX_SKELETON_BYTES, SplicedReader, read_skeleton
 from .formats.pickle_scan import scan_pickle
 from .gitrepo import GitRepo
 from .inventory import referenced_manifests
 from .manifest import Manifest
-from .splice import MAX_SKELETON_BYTES, SplicedReader, read_skeleton
 from .store.local import LocalStore
 from .store.object_format import ObjectFormatError
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ThetaError
+from .formats.layout import read_skeleton, write_spliced
 from .formats.source import Readable
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
-from .splice import read_skeleton, write_spliced
 from .store.local import LocalStore
 from .store.object_format import ObjectFormatError
 

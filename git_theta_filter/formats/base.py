@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ThetaError
 from ..manifest import TensorEntry
-from ..splice import LayoutBuilder
 from ..store.local import LocalStore
 from ..store.object_format import object_dtype_for
+from .layout import LayoutBuilder
 from .source import Source, TruncatedError
 
 __all__ = ["NotThisFormat", "ParsedFile", "CleanContext"]

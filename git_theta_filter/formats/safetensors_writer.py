@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice, TensorEntry
-from ..splice import read_skeleton
 from ..store.local import LocalStore
-from .spliced_file import SplicedFile
+from .layout import SplicedFile, read_skeleton
 
 __all__ = [
     "SafetensorsHeaderError",

@@ -26,8 +26,8 @@ import zlib
 
 from ..dtypes import dtype_by_name
 from ..manifest import TensorEntry
-from ..splice import SplicedReader
 from .base import CleanContext, NotThisFormat, ParsedFile
+from .layout import SplicedReader
 from .pickle_scan import PickleScan, StorageRef, TensorRef, scan_pickle
 
 __all__ = ["ZIP_MAGIC", "parse_torch_zip"]

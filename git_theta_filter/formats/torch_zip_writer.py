@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice
-from ..splice import SplicedReader, read_skeleton
 from ..store.local import LocalStore
+from .layout import SplicedFile, SplicedReader, payload_crc32, read_skeleton
 from .pickle_scan import PickleScanError, StorageRef, scan_pickle
-from .spliced_file import SplicedFile, payload_crc32
 
 __all__ = [
     "ArchiveLayoutError",

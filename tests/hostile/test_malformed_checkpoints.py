@@ -32,7 +32,7 @@ from helpers import (
     tracked_repo,
 )
 
-import git_theta_filter.splice
+import git_theta_filter.formats.layout
 from git_theta_filter.clean import clean
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import prepare_smudge
@@ -167,7 +167,7 @@ def test_a_huge_record_size_in_a_local_header_is_refused_before_reading(
 ) -> None:
     """A stored record whose header says 64 MB, past the skeleton limit (1 MB here), must not be
     read into memory first: the file goes opaque with a flat memory profile."""
-    monkeypatch.setattr(git_theta_filter.splice, "MAX_SKELETON_BYTES", 1 << 20)
+    monkeypatch.setattr(git_theta_filter.formats.layout, "MAX_SKELETON_BYTES", 1 << 20)
     base = checkpoint()
     # data.pkl and the small records, then a stored record declaring 64 MB.
     second = base.index(b"PK\x03\x04", 4)

@@ -1,27 +1,37 @@
-"""Files as a skeleton with object payloads spliced in.
+"""Files as a skeleton with object payloads spliced in: the one layout of every stored file.
 
 Every stored file, whatever its format, is described the same way: the
 manifest's ``splice`` lines say which byte ranges are object payloads, and the
-skeleton object holds all the other bytes, in order. :class:`LayoutBuilder`
-records that description while a file streams in; :func:`write_spliced`
-streams the file back out.
+skeleton object holds all the other bytes, in order.
+
+* :class:`LayoutBuilder` records that description while a file streams in (clean);
+* :func:`write_spliced` streams the file back out (smudge), :func:`read_skeleton`
+  reads its skeleton within a bound, and :class:`SplicedReader` is a seekable
+  view of it for readers that need random access (a zip's central directory);
+* :class:`SplicedFile` is a file still to be written in this form: the merge
+  driver builds merged model files from objects already in the store and
+  streams them through clean like any other file.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from .errors import ThetaError
-from .manifest import Manifest, Splice
-from .store.local import COPY_CHUNK, LocalStore
-from .store.object_format import ObjectFormatError
+from ..errors import ThetaError
+from ..manifest import Manifest, Splice
+from ..store.local import COPY_CHUNK, LocalStore
+from ..store.object_format import ObjectFormatError
 
 __all__ = [
     "LayoutBuilder",
     "write_spliced",
     "read_skeleton",
     "SplicedReader",
+    "SplicedFile",
+    "payload_crc32",
     "MAX_SKELETON_BYTES",
     "SkeletonTooLargeError",
 ]
@@ -42,6 +52,12 @@ class LayoutBuilder:
     def __init__(self) -> None:
         self.skeleton = bytearray()
         self.splices: list[Splice] = []
+        self.size = 0
+
+    def reset(self) -> None:
+        """Forget everything recorded: the file is about to be described anew."""
+        self.skeleton = bytearray()
+        self.splices = []
         self.size = 0
 
     def check_room(self, size: int) -> None:
@@ -188,3 +204,37 @@ class SplicedReader(io.RawIOBase):
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+@dataclass
+class SplicedFile:
+    """``splices`` in file order; every byte they do not cover comes from ``skeleton``, in order."""
+
+    skeleton: bytes
+    splices: list[Splice]
+
+    @property
+    def size(self) -> int:
+        return len(self.skeleton) + sum(splice.length for splice in self.splices)
+
+    def payload_oids(self) -> list[str]:
+        return [splice.oid for splice in self.splices]
+
+    def reader(self, store: LocalStore) -> SplicedReader:
+        """The file's bytes, read from the skeleton and the store as they are asked for."""
+        return SplicedReader(self.skeleton, self.splices, self.size, store)
+
+
+def payload_crc32(store: LocalStore, oid: str) -> int:
+    """The CRC-32 of an object's payload, as a zip entry of it would record it."""
+    file, header = store.open_object(oid)
+    crc = 0
+    with file:
+        left = header.nbytes
+        while left:
+            chunk = file.read(min(left, COPY_CHUNK))
+            if not chunk:
+                raise ObjectFormatError(oid, "payload ends early")
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+    return crc
