@@ -438,7 +438,10 @@ class Repository:
         winner, _ = best_entry(entries, name, mode)
         assert winner is not None  # resolve_metric found the name in some entry
         diff = diff_manifests(
-            winner.change.old, winner.change.new, Statistician.for_repo(self._repo.theta_dir)
+            winner.change.old,
+            winner.change.new,
+            Statistician.for_repo(self._repo.theta_dir),
+            path=winner.path,
         )
         return _history_entry(winner, diff, diff.summary.missing_objects == 0)
 
@@ -467,7 +470,7 @@ def _history_entry(entry: LogEntry, diff: ManifestDiff, norms_available: bool) -
         metrics=dict(entry.metrics),
         norm=summary.new_norm if available else None,
         rel_change=summary.relative_change if available else None,
-        tensors_changed=summary.changed,
+        tensors_changed=summary.theta_changed,
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pygit2
 
+from .errors import ThetaError
 from .gitrepo import GitRepo
 from .metrics import Metric, collect_metrics
 from .revisions import BadRevisionError, Pathspec, range_sides, resolve_commit
@@ -33,13 +34,15 @@ from .tensor_diff import (
     ManifestDiff,
     MetricChange,
     TensorDiff,
+    TensorFilter,
     diff_manifests,
     diff_metrics,
-    new_storage_bytes,
+    new_bytes,
 )
 
 __all__ = [
     "DIFF_SCHEMA",
+    "TooManyRevisionsError",
     "FileDiff",
     "ThetaDiff",
     "resolve_sides",
@@ -49,8 +52,24 @@ __all__ = [
 ]
 
 DIFF_SCHEMA = "git-theta-diff/1"
+USAGE = "git theta-diff [<options>] [--cached] [<commit> [<commit>]] [--] [<path>...]"
 
 Warn = Callable[[str], None]
+
+
+class TooManyRevisionsError(ThetaError):
+    """More revisions than a diff has sides: a usage error, as in git."""
+
+    exit_code = 2
+
+    def __init__(self, revisions: list[str], cached: bool) -> None:
+        most = "one revision with --cached" if cached else "two revisions"
+        super().__init__(
+            f"a diff compares two versions: at most {most}, not {len(revisions)} "
+            f"({' '.join(revisions)})",
+            hint=f"usage: {USAGE}",
+        )
+        self.revisions = revisions
 
 
 @dataclass
@@ -59,7 +78,7 @@ class FileDiff:
     status: str  # modified | added | removed
     changes: ManifestDiff
     metrics: list[MetricChange]
-    new_storage_bytes: int
+    new_bytes: int  # see docs/store.md, "Sizes"
     old_size: int | None
     new_size: int | None
 
@@ -79,8 +98,8 @@ def resolve_sides(
     repo: GitRepo, git: pygit2.Repository, revisions: list[str], cached: bool
 ) -> tuple[Snapshot, Snapshot]:
     """The two snapshots that ``git diff``'s revision arguments name (see the module docstring)."""
-    if len(revisions) > 2 or (cached and len(revisions) > 1):
-        raise BadRevisionError(" ".join(revisions))
+    if len(revisions) > (1 if cached else 2):
+        raise TooManyRevisionsError(revisions, cached)
     if len(revisions) == 1 and (sides := range_sides(revisions[0])) is not None:
         left, right = resolve_commit(git, sides[0]), resolve_commit(git, sides[1])
         if sides[2]:
@@ -126,8 +145,11 @@ def diff_snapshots(
     declared_metrics: list[str],
     all_metrics: bool,
     warn: Warn,
+    select: TensorFilter | None = None,
 ) -> ThetaDiff:
-    """Compare every model file that differs between two snapshots (and matches ``pathspec``)."""
+    """Compare every model file that differs between two snapshots (and matches ``pathspec``);
+    with ``select``, only the tensors it accepts (see :func:`.tensor_diff.diff_manifests`).
+    """
     old_files, new_files = old.model_files(), new.model_files()
     pathspec.check_tracked(old_files.keys() | new_files.keys())
     result = ThetaDiff(old, new)
@@ -137,7 +159,11 @@ def diff_snapshots(
         if not pathspec.match(path) or (before and after and before.blob_id == after.blob_id):
             continue
         changes = diff_manifests(
-            before.manifest if before else None, after.manifest if after else None, store_stats
+            before.manifest if before else None,
+            after.manifest if after else None,
+            store_stats,
+            select,
+            path,
         )
         new_oids: set[str] = set()
         if after is not None:
@@ -154,7 +180,7 @@ def diff_snapshots(
                 status="added" if before is None else "removed" if after is None else "modified",
                 changes=changes,
                 metrics=metrics,
-                new_storage_bytes=new_storage_bytes(after.manifest, new_oids) if after else 0,
+                new_bytes=new_bytes(after.manifest, new_oids) if after else 0,
                 old_size=before.manifest.size if before else None,
                 new_size=after.manifest.size if after else None,
             )
@@ -190,6 +216,7 @@ def tensor_to_json(tensor: TensorDiff) -> dict[str, Any]:
         "delta_norm": json_number(tensor.delta_norm),
         "relative_change": json_number(tensor.relative_change),
         "cosine_similarity": json_number(tensor.cosine_similarity),
+        "group": tensor.group.value,
         "max_abs_delta": json_number(tensor.delta.max_abs_delta) if tensor.delta else None,
         "changed_fraction": json_number(tensor.changed_fraction),
         "old_nan_count": old_stats.nan_count if old_stats else None,
@@ -232,7 +259,12 @@ def diff_to_json(
                     "new_norm": json_number(summary.new_norm),
                     "delta_norm": json_number(summary.delta_norm),
                     "relative_change": json_number(summary.relative_change),
-                    "new_storage_bytes": file.new_storage_bytes,
+                    "theta_tensors": summary.theta_tensors,
+                    "theta_tensors_changed": summary.theta_changed,
+                    "optimizer_tensors": summary.optimizer_tensors,
+                    "optimizer_tensors_changed": summary.optimizer_changed,
+                    "optimizer_delta_norm": json_number(summary.optimizer_delta_norm),
+                    "new_storage_bytes": file.new_bytes,
                     "missing_objects": summary.missing_objects,
                 },
                 "metrics": [metric_to_json(m) for m in file.metrics],

@@ -28,7 +28,7 @@ from .manifest import Manifest
 from .metrics import Metric, collect_metrics, default_direction, is_number
 from .revisions import PathNotTrackedError, Pathspec, RevisionRange
 from .stats import Statistician
-from .tensor_diff import ManifestDiff, diff_manifests, new_storage_bytes
+from .tensor_diff import ManifestDiff, diff_manifests, new_bytes
 from .theta_diff import json_number
 
 __all__ = [
@@ -65,7 +65,7 @@ class LogEntry:
     change: ModelChange
     metrics: dict[str, Metric]
     diff: ManifestDiff
-    new_storage_bytes: int
+    new_bytes: int  # see docs/store.md, "Sizes"
     with_stats: bool
 
     @property
@@ -220,8 +220,8 @@ def theta_log(
             LogEntry(
                 change=change,
                 metrics=metrics,
-                diff=diff_manifests(change.old, change.new, stats),
-                new_storage_bytes=new_storage_bytes(change.new, new_oids) if change.new else 0,
+                diff=diff_manifests(change.old, change.new, stats, path=change.path),
+                new_bytes=new_bytes(change.new, new_oids) if change.new else 0,
                 with_stats=stats is not None,
             )
         )
@@ -275,7 +275,9 @@ def entry_to_json(entry: LogEntry, metric_names: list[str] | None) -> dict[str, 
         "relative_change": json_number(summary.relative_change),
         "tensors_changed": summary.changed,
         "tensors": len(entry.change.new.tensors) if entry.change.new else 0,
-        "new_storage_bytes": entry.new_storage_bytes,
+        "theta_tensors_changed": summary.theta_changed,
+        "theta_tensors": summary.theta_tensors,
+        "new_storage_bytes": entry.new_bytes,
         "non_finite": summary.non_finite > 0 if entry.norms_available else None,
         "norms_available": entry.norms_available,
     }

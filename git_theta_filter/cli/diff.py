@@ -7,6 +7,7 @@ Grammar, as git diff's:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import math
 import sys
 from collections.abc import Callable
@@ -17,8 +18,8 @@ from ..history import open_pygit2
 from ..metrics import declared_metrics_files
 from ..revisions import Pathspec, split_arguments
 from ..stats import Statistician
-from ..tensor_diff import MetricChange, TensorDiff, TensorStatus
-from ..theta_diff import FileDiff, ThetaDiff, diff_snapshots, diff_to_json, resolve_sides
+from ..tensor_diff import MetricChange, TensorDiff, TensorFilter, TensorGroup, TensorStatus
+from ..theta_diff import USAGE, FileDiff, ThetaDiff, diff_snapshots, diff_to_json, resolve_sides
 from ..units import human_bytes
 from ._format import Colour, Styled, format_change, format_value, markdown_table, table_lines
 from ._output import print_json
@@ -46,11 +47,11 @@ def _count(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="git theta-diff",
-        description="For each tracked model file that differs: every tensor's status, norms, "
-        "‖new−old‖, relative change, cosine similarity, max |Δ| and fraction of elements changed; "
-        "a summary with the global ‖Δθ‖/‖θ‖; and the metrics that changed. "
-        "Revisions and paths as for `git diff`.",
-        usage="git theta-diff [<options>] [--cached] [<commit> [<commit>]] [--] [<path>...]",
+        description="For each tracked model file that differs: every model tensor's status, "
+        "norms, ‖new−old‖, relative change, cosine similarity, max |Δ| and fraction of elements "
+        "changed; optimizer state in one summary line; a summary with the global ‖Δθ‖/‖θ‖; and "
+        "the metrics that changed. Revisions and paths as for `git diff`.",
+        usage=USAGE,
     )
     parser.add_argument(
         "--cached", "--staged", action="store_true", help="compare the index with a commit (HEAD)"
@@ -69,7 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top", type=_count, metavar="N", help="show at most N tensors per file")
     parser.add_argument(
-        "--all", action="store_true", help="also list unchanged tensors and metrics"
+        "--all",
+        action="store_true",
+        help="also list optimizer state tensor by tensor, and unchanged tensors and metrics",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="compare only tensors whose name matches GLOB (repeatable; `*` matches dots too); "
+        "the summary is then over those",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="leave out tensors whose name matches GLOB (repeatable)",
     )
     parser.add_argument("revisions", nargs="*", help=argparse.SUPPRESS)
     return parser
@@ -108,16 +124,17 @@ def run_argv(argv: list[str]) -> int:
         declared_metrics_files(repo, git),
         args.all,
         warn,
+        select=_name_filter(args.include, args.exclude),
     )
-    listed = _tensor_selector(args.sort, args.top, args.all)
+    listed = _tensor_selector(args.sort, args.top, args.all, every_group=args.json or args.all)
     if args.json:
         print_json(diff_to_json(diff, listed))
     elif args.md:
-        _print_markdown(diff, listed)
+        _print_markdown(diff, listed, args.all)
     elif args.stat:
         _print_stat(diff)
     else:
-        _print_text(diff, listed, Colour(sys.stdout))
+        _print_text(diff, listed, Colour(sys.stdout), args.all)
     if diff.missing_objects:
         print(
             f"git-theta: some norms are unavailable: {diff.missing_objects} tensor object(s) are "
@@ -149,14 +166,35 @@ def _sort_key(order: str) -> Callable[[TensorDiff], tuple]:
     return lambda t: (rank[t.status], by_number(t.relative_change), t.name)
 
 
+def _name_filter(include: list[str] | None, exclude: list[str] | None) -> TensorFilter | None:
+    """Tensor names that match an ``--include`` glob (when given) and no ``--exclude`` glob."""
+    if not include and not exclude:
+        return None
+
+    def select(name: str) -> bool:
+        if include and not any(fnmatch.fnmatchcase(name, glob) for glob in include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, glob) for glob in exclude or ())
+
+    return select
+
+
 def _tensor_selector(
-    order: str, top: int | None, show_all: bool
+    order: str, top: int | None, show_all: bool, every_group: bool
 ) -> Callable[[FileDiff], list[TensorDiff]]:
+    """The tensors to list: model tensors first, then optimizer state (only with
+    ``every_group``), each in ``order``; unchanged ones only with ``show_all``.
+    """
+    key = _sort_key(order)
+
     def select(file: FileDiff) -> list[TensorDiff]:
         tensors = [
-            t for t in file.changes.tensors if show_all or t.status is not TensorStatus.UNCHANGED
+            t
+            for t in file.changes.tensors
+            if (show_all or t.status is not TensorStatus.UNCHANGED)
+            and (every_group or t.group is TensorGroup.MODEL)
         ]
-        tensors.sort(key=_sort_key(order))
+        tensors.sort(key=lambda t: (t.group is TensorGroup.OPTIMIZER, *key(t)))
         return tensors[:top] if top is not None else tensors
 
     return select
@@ -227,16 +265,39 @@ _TENSOR_HEADER = [
 
 
 def _summary_line(file: FileDiff) -> str:
+    """The model's status counts, θ's changed tensors and ‖Δθ‖/‖θ‖, and the new bytes."""
     summary = file.changes.summary
-    parts = [f"{summary.modified} modified", f"{summary.added} added", f"{summary.removed} removed"]
-    if summary.retyped:
-        parts.append(f"{summary.retyped} retyped")
+    counts = {status: 0 for status in TensorStatus}
+    for tensor in file.changes.tensors:
+        if tensor.group is TensorGroup.MODEL:
+            counts[tensor.status] += 1
+    parts = [
+        f"{counts[TensorStatus.MODIFIED]} modified",
+        f"{counts[TensorStatus.ADDED]} added",
+        f"{counts[TensorStatus.REMOVED]} removed",
+    ]
+    if counts[TensorStatus.RETYPED]:
+        parts.append(f"{counts[TensorStatus.RETYPED]} retyped")
+    parts.append(f"θ changed {summary.theta_changed}/{summary.theta_tensors}")
     if summary.missing_objects:
         parts.append("‖Δθ‖/‖θ‖ n/a (objects missing)")
     else:
         parts.append(f"‖Δθ‖/‖θ‖ {format_value(summary.relative_change)}")
-    parts.append(f"new storage {human_bytes(file.new_storage_bytes)}")
+    parts.append(f"new {human_bytes(file.new_bytes)}")
     return ", ".join(parts)
+
+
+def _optimizer_line(file: FileDiff, expanded: bool) -> str | None:
+    """Optimizer state in one line (None when the file has none)."""
+    summary = file.changes.summary
+    if not summary.optimizer_tensors:
+        return None
+    norm = "n/a" if summary.missing_objects else format_value(summary.optimizer_delta_norm)
+    line = (
+        f"optimizer state: {summary.optimizer_changed} of {summary.optimizer_tensors} "
+        f"tensors changed, ‖Δ‖ {norm}"
+    )
+    return line if expanded or not summary.optimizer_changed else f"{line} (--all lists them)"
 
 
 def _metric_rows(metrics: list[MetricChange]) -> list[list[str]]:
@@ -245,9 +306,26 @@ def _metric_rows(metrics: list[MetricChange]) -> list[list[str]]:
     ]
 
 
+def _by_group(tensors: list[TensorDiff]) -> tuple[list[TensorDiff], list[TensorDiff]]:
+    model = [t for t in tensors if t.group is TensorGroup.MODEL]
+    return model, [t for t in tensors if t.group is TensorGroup.OPTIMIZER]
+
+
 def _print_text(
-    diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]], colour: Colour
+    diff: ThetaDiff,
+    listed: Callable[[FileDiff], list[TensorDiff]],
+    colour: Colour,
+    expanded: bool,
 ) -> None:
+    def print_tensors(tensors: list[TensorDiff]) -> None:
+        rows = []
+        for tensor in tensors:
+            status = Styled(tensor.status.value, _STATUS_COLOURS[tensor.status.value])
+            rows.append([status, *_tensor_cells(tensor), _non_finite(tensor)])
+        header = ["status", *_TENSOR_HEADER, ""]
+        for line in table_lines(header, rows, colour, right=tuple(range(4, 11)), indent="  "):
+            print(line)
+
     for number, file in enumerate(diff.files):
         if number:
             print()
@@ -255,20 +333,14 @@ def _print_text(
             colour(f"{file.path}", "bold")
             + f"  ({diff.old.label} → {diff.new.label}, file {file.status})"
         )
-        tensors = listed(file)
-        if tensors:
-            rows = []
-            for tensor in tensors:
-                status = Styled(tensor.status.value, _STATUS_COLOURS[tensor.status.value])
-                rows.append([status, *_tensor_cells(tensor), _non_finite(tensor)])
-            for line in table_lines(
-                ["status", *_TENSOR_HEADER, ""],
-                rows,
-                colour,
-                right=tuple(range(4, 11)),
-                indent="  ",
-            ):
-                print(line)
+        model, optimizer = _by_group(listed(file))
+        if model:
+            print_tensors(model)
+        optimizer_line = _optimizer_line(file, expanded)
+        if optimizer_line:
+            print("  " + optimizer_line)
+        if optimizer:
+            print_tensors(optimizer)
         print("  " + _summary_line(file))
         if file.metrics:
             print()
@@ -285,24 +357,39 @@ def _print_text(
 def _print_stat(diff: ThetaDiff) -> None:
     width = max((len(f.path) for f in diff.files), default=0)
     for file in diff.files:
-        print(f"{file.path.ljust(width)} | {_summary_line(file)}")
+        summary = file.changes.summary
+        optimizer = (
+            f"; optimizer state {summary.optimizer_changed}/{summary.optimizer_tensors} changed"
+            if summary.optimizer_tensors
+            else ""
+        )
+        print(f"{file.path.ljust(width)} | {_summary_line(file)}{optimizer}")
 
 
-def _print_markdown(diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]]) -> None:
+def _print_markdown(
+    diff: ThetaDiff, listed: Callable[[FileDiff], list[TensorDiff]], expanded: bool
+) -> None:
+    def print_tensors(tensors: list[TensorDiff]) -> None:
+        rows = [[t.status.value, *_tensor_cells(t), _non_finite(t)] for t in tensors]
+        rows = [[f"`{row[1]}`" if i == 1 else cell for i, cell in enumerate(row)] for row in rows]
+        for line in markdown_table(["status", *_TENSOR_HEADER, "NaN/Inf"], rows):
+            print(line)
+        print()
+
     for number, file in enumerate(diff.files):
         if number:
             print()
         print(f"### `{file.path}` ({diff.old.label} → {diff.new.label})")
         print()
-        tensors = listed(file)
-        if tensors:
-            rows = [[t.status.value, *_tensor_cells(t), _non_finite(t)] for t in tensors]
-            rows = [
-                [f"`{row[1]}`" if i == 1 else cell for i, cell in enumerate(row)] for row in rows
-            ]
-            for line in markdown_table(["status", *_TENSOR_HEADER, "NaN/Inf"], rows):
-                print(line)
+        model, optimizer = _by_group(listed(file))
+        if model:
+            print_tensors(model)
+        optimizer_line = _optimizer_line(file, expanded)
+        if optimizer_line:
+            print(optimizer_line)
             print()
+        if optimizer:
+            print_tensors(optimizer)
         print(_summary_line(file))
         if file.metrics:
             print()

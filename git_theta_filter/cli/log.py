@@ -198,7 +198,6 @@ def _row(entry: LogEntry, metrics: list[str], show_path: bool) -> list[str | Sty
     else:
         flag = Styled("NaN/Inf", "red") if summary.non_finite else ""
         norm_cells = [format_value(summary.new_norm), format_value(summary.relative_change), flag]
-    total = len(entry.change.new.tensors) if entry.change.new else 0
     subject = entry.subject if len(entry.subject) <= 40 else entry.subject[:39] + "…"
     return [
         Styled(str(entry.commit.id)[:7], "yellow"),
@@ -208,8 +207,10 @@ def _row(entry: LogEntry, metrics: list[str], show_path: bool) -> list[str | Sty
         *[format_value(entry.metrics.get(name)) for name in metrics],
         norm_cells[0],
         norm_cells[1],
-        f"{summary.changed}/{total}" if entry.status != "removed" else str(summary.changed),
-        human_bytes(entry.new_storage_bytes),
+        f"{summary.theta_changed}/{summary.theta_tensors}"
+        if entry.status != "removed"
+        else str(summary.theta_changed),
+        human_bytes(entry.new_bytes),
         norm_cells[2],
     ]
 
@@ -227,7 +228,7 @@ def _print_table(entries: list[LogEntry], metrics: list[str]) -> None:
         "‖θ‖",
         "‖Δθ‖/‖θ‖",
         "changed",
-        "stored",
+        "new",
         "",
     ]
     first_number = 4 if show_path else 3

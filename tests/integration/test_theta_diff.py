@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -272,12 +273,15 @@ def test_theta_diff_output_formats(history: History) -> None:
         "modified",
         "model.0.weight",
     ]
-    assert "2 modified, 0 added, 0 removed, ‖Δθ‖/‖θ‖" in text
+    assert "2 modified, 0 added, 0 removed, θ changed 2/4, ‖Δθ‖/‖θ‖" in text
+    assert "optimizer state" not in text  # a plain state_dict has none
     assert any(line.split() == ["Metric", "old", "new", "change"] for line in lines)
     assert any(line.split() == ["epoch", "1", "3", "+2"] for line in lines)
     assert "\x1b[" not in text  # no colour off a terminal
     stat = history.theta_ok("diff", "--stat", first, last).splitlines()
-    assert len(stat) == 1 and stat[0].startswith("model.pth | 2 modified, 0 added, 0 removed")
+    assert len(stat) == 1 and stat[0].startswith(
+        "model.pth | 2 modified, 0 added, 0 removed, θ changed 2/4"
+    )
     markdown = history.theta_ok("diff", "--md", first, last)
     assert (
         "| status | tensor | dtype | shape |" in markdown
@@ -315,7 +319,6 @@ def test_theta_diff_missing_objects_show_unavailable_norms(own_history: History)
     [
         (("nope",), "ambiguous argument 'nope'"),
         (("nope", "--"), "bad revision 'nope'"),
-        (("HEAD", "HEAD~1", "HEAD~2"), "bad revision"),
         (("HEAD~1", "--", "results.toml"), "pathspec 'results.toml' did not match any model file"),
         (("--", "no/such/model.pth"), "pathspec 'no/such/model.pth' did not match any model file"),
     ],
@@ -326,6 +329,25 @@ def test_theta_diff_bad_input_exits_128(
     result = history.theta("diff", *args)
     assert result.returncode == 128 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, most",
+    [
+        (("HEAD", "HEAD~1", "HEAD~2"), "two revisions, not 3"),
+        (("--cached", "HEAD", "HEAD~1"), "one"),
+    ],
+)
+def test_theta_diff_more_revisions_than_sides_is_a_usage_error(
+    history: History, args: tuple[str, ...], most: str
+) -> None:
+    result = history.theta("diff", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert f"a diff compares two versions: at most {most}" in line
+    assert "usage: git theta-diff" in line and "bad revision" not in line
+    script = history.run("git", "theta-diff", "HEAD", "HEAD~1", "HEAD~2", check=False)
+    assert script.returncode == 2
 
 
 def test_theta_diff_console_script_alias_and_subdirectory(history: History) -> None:
@@ -356,9 +378,8 @@ def test_theta_diff_cached_before_the_first_commit(history: History, tmp_path: P
     assert history.theta("log", cwd=fresh).returncode == 128  # no HEAD to walk from, as git log
 
 
-def test_theta_diff_theta_leaves_out_optimizer_state(own_history: History) -> None:
-    """Adam's moments and step counts are listed, but ‖θ‖ is the model's weights alone."""
-    history = own_history
+def commit_adam_history(history: History) -> list[dict]:
+    """adam.pth twice: a linear model with Adam's state after one and after two steps."""
     torch.manual_seed(2)
     model = torch.nn.Linear(8, 4)
     optimizer = torch.optim.Adam(model.parameters())
@@ -369,19 +390,30 @@ def test_theta_diff_theta_leaves_out_optimizer_state(own_history: History) -> No
         states.append(
             {
                 "model": {k: v.clone() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
             }
         )
         torch.save(states[-1], history.repo / "adam.pth")
         commit(
             history.git_env, history.repo, f"adam {len(states)}", "adam.pth", day=22 + len(states)
         )
+    return states
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.double().flatten() for t in tensors])
+
+
+def test_theta_diff_theta_leaves_out_optimizer_state(own_history: History) -> None:
+    """Adam's moments and step counts are listed, but ‖θ‖ is the model's weights alone."""
+    history = own_history
+    states = commit_adam_history(history)
     result = history.theta_json("diff", "HEAD~1", "HEAD", "--", "adam.pth")
     (file,) = result["files"]
     names = {t["name"] for t in file["tensors"]}
     assert "optimizer.state.0.exp_avg" in names and "optimizer.state.0.step" in names
-    old_weights = torch.cat([t.double().flatten() for t in states[0]["model"].values()])
-    new_weights = torch.cat([t.double().flatten() for t in states[1]["model"].values()])
+    old_weights = flat(states[0]["model"].values())
+    new_weights = flat(states[1]["model"].values())
     summary = file["summary"]
     assert math.isclose(
         summary["old_norm"], torch.linalg.vector_norm(old_weights).item(), rel_tol=1e-9
@@ -391,3 +423,76 @@ def test_theta_diff_theta_leaves_out_optimizer_state(own_history: History) -> No
         torch.linalg.vector_norm(new_weights - old_weights).item(),
         rel_tol=1e-9,
     )
+    # "changed n/m" counts the same set as ‖θ‖: the two weights, not Adam's six tensors.
+    assert (summary["theta_tensors_changed"], summary["theta_tensors"]) == (2, 2)
+    assert (summary["optimizer_tensors_changed"], summary["optimizer_tensors"]) == (6, 6)
+    old_state = [t for s in states[0]["optimizer"]["state"].values() for t in s.values()]
+    new_state = [t for s in states[1]["optimizer"]["state"].values() for t in s.values()]
+    assert math.isclose(
+        summary["optimizer_delta_norm"],
+        torch.linalg.vector_norm(flat(new_state) - flat(old_state)).item(),
+        rel_tol=1e-9,
+    )
+    (entry, *_) = history.theta_json("log", "--", "adam.pth")["entries"]
+    assert (entry["theta_tensors_changed"], entry["theta_tensors"]) == (2, 2)
+    assert (entry["tensors_changed"], entry["tensors"]) == (8, 8)  # every tensor, as before
+    assert entry["norm"] == pytest.approx(torch.linalg.vector_norm(new_weights).item(), rel=1e-9)
+    row = history.theta_ok("log", "-n", "1", "--", "adam.pth").splitlines()[1]
+    assert " 2/2 " in row
+
+
+def test_theta_diff_lists_the_model_first_and_collapses_optimizer_state(
+    own_history: History,
+) -> None:
+    history = own_history
+    commit_adam_history(history)
+    text = history.theta_ok("diff", "HEAD~1", "HEAD", "--", "adam.pth").splitlines()
+    assert {line.split()[1] for line in text[2:4]} == {"model.weight", "model.bias"}
+    assert text[4].startswith("  optimizer state: 6 of 6 tensors changed, ‖Δ‖ ")
+    assert text[4].endswith(" (--all lists them)")
+    assert text[5].startswith("  2 modified, 0 added, 0 removed, θ changed 2/2, ‖Δθ‖/‖θ‖ ")
+    assert not any("optimizer.state" in line for line in text)
+    expanded = history.theta_ok("diff", "--all", "HEAD~1", "HEAD", "--", "adam.pth").splitlines()
+    listed = [line.split()[1] for line in expanded if line.startswith("  modified")]
+    assert len(listed) == 8 and all(n.startswith("model.") for n in listed[:2])
+    assert all(n.startswith("optimizer.state.") for n in listed[2:])
+    assert not any(line.endswith("(--all lists them)") for line in expanded)
+    stat = history.theta_ok("diff", "--stat", "HEAD~1", "HEAD", "--", "adam.pth")
+    assert stat.rstrip().endswith("; optimizer state 6/6 changed")
+    # JSON lists every tensor, each with its group, the model's first.
+    (file,) = history.theta_json("diff", "HEAD~1", "HEAD", "--", "adam.pth")["files"]
+    groups = [t["group"] for t in file["tensors"]]
+    assert groups == ["model"] * 2 + ["optimizer"] * 6
+    markdown = history.theta_ok("diff", "--md", "HEAD~1", "HEAD", "--", "adam.pth")
+    assert "optimizer state: 6 of 6 tensors changed" in markdown
+    assert "`optimizer.state.0.exp_avg`" not in markdown
+
+
+def test_theta_diff_include_and_exclude_choose_the_tensors_and_the_summary(
+    history: History,
+) -> None:
+    first, last = history.commits[1], history.commits[3]
+    old, new = history.states[1], history.states[3]
+
+    def summary_over(*args: str) -> tuple[set[str], dict]:
+        (file,) = history.theta_json("diff", "--all", *args, first, last)["files"]
+        return {t["name"] for t in file["tensors"]}, file["summary"]
+
+    names, summary = summary_over("--include", "model.2.*")
+    assert names == {"model.2.weight", "model.2.bias"}
+    assert summary["tensors_modified"] == 1 and summary["tensors_unchanged"] == 1
+    assert summary["old_norm"] == pytest.approx(
+        norm(flat([old["model.2.weight"], old["model.2.bias"]]))
+    )
+    assert summary["theta_tensors"] == 2 and summary["theta_tensors_changed"] == 1
+    names, summary = summary_over("--exclude", "*.bias", "--exclude", "model.2.*")
+    assert names == {"model.0.weight"}
+    assert summary["relative_change"] == pytest.approx(
+        norm(new["model.0.weight"] - old["model.0.weight"]) / norm(old["model.0.weight"])
+    )
+    names, _ = summary_over("--include", "*.bias", "--exclude", "model.0.*")
+    assert names == {"model.2.bias"}
+    text = history.theta_ok("diff", "--include", "model.0.*", first, last)
+    assert "model.2.bias" not in text and "θ changed 1/2" in text
+    nothing = history.theta_json("diff", "--include", "no.such.*", first, last)["files"]
+    assert nothing[0]["tensors"] == [] and nothing[0]["summary"]["theta_tensors"] == 0
