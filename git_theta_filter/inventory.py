@@ -18,7 +18,6 @@ from .history import (
     tree_manifests,
 )
 from .manifest import Manifest
-from .store.local import LocalStore
 
 __all__ = ["FileEntry", "list_files", "DiskUsage", "disk_usage", "FsckReport", "fsck"]
 
@@ -29,14 +28,14 @@ class FileEntry:
     format: str
     tensors: int
     size: int
-    added_bytes: int
+    new_bytes: int  # see docs/store.md, "Sizes"
     missing_objects: int
 
 
-def _object_bytes(store: LocalStore, manifest: Manifest, oids: set[str]) -> int:
-    """Stored bytes of ``oids``: file sizes when present, payload lengths when not."""
+def _payload_bytes(manifest: Manifest, oids: set[str]) -> int:
+    """The payload bytes of ``oids``, as ``manifest`` records them (no object is read)."""
     lengths = manifest.payload_lengths()
-    return sum(store.size(oid) or lengths.get(oid, 0) for oid in oids)
+    return sum(lengths.get(oid, 0) for oid in oids)
 
 
 def _previous_version(git: pygit2.Repository, path: str, current_blob: str) -> Manifest | None:
@@ -57,7 +56,9 @@ def _previous_version(git: pygit2.Repository, path: str, current_blob: str) -> M
 
 
 def list_files(repo: GitRepo) -> list[FileEntry]:
-    """The tracked model files in the index, with what each version added to the store."""
+    """The tracked model files in the index, with the bytes each version brought in
+    over the previous version on HEAD's first-parent line ("new", docs/store.md).
+    """
     git = open_pygit2(repo)
     store = repo.store()
     entries = []
@@ -71,7 +72,7 @@ def list_files(repo: GitRepo) -> list[FileEntry]:
                 format=manifest.format,
                 tensors=len(manifest.tensors),
                 size=manifest.size,
-                added_bytes=_object_bytes(store, manifest, new_oids),
+                new_bytes=_payload_bytes(manifest, new_oids),
                 missing_objects=sum(not store.has(oid) for oid in manifest.object_ids()),
             )
         )

@@ -15,8 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "du",
         help="logical vs stored bytes, and the dedup ratio",
-        description="Sum the sizes of every model file version reachable from any ref or the index "
-        "(logical bytes), and the objects they reference (stored bytes, each object counted once).",
+        description="Logical: the sizes of every model file version reachable from any ref or "
+        "the index, added up. Stored: what the local store's files take for the objects those "
+        "versions reference, each object once. Store: every object in the local store, "
+        'referenced or not (docs/store.md, "Sizes").',
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"dedup    {usage.dedup_ratio:>9.2f}x")
     unreferenced = usage.store_objects - (usage.referenced_objects - usage.missing_objects)
     print(
-        f"on disk  {human_bytes(usage.store_bytes):>10}  in {usage.store_objects} objects "
+        f"store    {human_bytes(usage.store_bytes):>10}  in {usage.store_objects} objects "
         f"({unreferenced} unreferenced)"
     )
     return 0

@@ -15,9 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ls-files",
         help="list tracked model files with tensor counts and sizes",
-        description="For each model file in the index: its format, tensor count, logical size, "
-        "and the bytes its current version added to the store over the previous version "
-        "on HEAD's history.",
+        description="For each model file in the index: its format, tensor count, size, and "
+        "new: the payload bytes of the objects its version references that the previous "
+        'version on HEAD\'s first-parent line does not (docs/store.md, "Sizes").',
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
             e.format,
             e.tensors,
             human_bytes(e.size),
-            human_bytes(e.added_bytes),
+            human_bytes(e.new_bytes),
             f"{e.missing_objects} missing" if e.missing_objects else "",
         )
         for e in entries
     ]
-    print_table(("path", "format", "tensors", "size", "added", ""), rows, right=(2, 3, 4))
+    print_table(("path", "format", "tensors", "size", "new", ""), rows, right=(2, 3, 4))
     return 0

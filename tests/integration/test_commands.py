@@ -59,7 +59,7 @@ def file_size(repo: Path, oid: str) -> int:
     return object_path(repo, oid).stat().st_size
 
 
-def test_ls_files_json_counts_tensors_size_and_added_bytes(repo_copy: tuple) -> None:
+def test_ls_files_json_counts_tensors_size_and_new_bytes(repo_copy: tuple) -> None:
     git_env, repo = repo_copy
     v1 = read_manifest(git_env, repo, "HEAD~1:model.pth")
     v2 = read_manifest(git_env, repo, "HEAD:model.pth")
@@ -73,7 +73,7 @@ def test_ls_files_json_counts_tensors_size_and_added_bytes(repo_copy: tuple) -> 
             "format": "torch-zip",
             "tensors": 6,
             "size": (repo / "model.pth").stat().st_size,
-            "added_bytes": sum(file_size(repo, oid) for oid in new_in_v2),
+            "new_bytes": sum(v2.payload_lengths()[oid] for oid in new_in_v2),
             "missing_objects": 0,
         },
         "notes.bin": {
@@ -81,7 +81,7 @@ def test_ls_files_json_counts_tensors_size_and_added_bytes(repo_copy: tuple) -> 
             "format": "opaque",
             "tensors": 0,
             "size": 2000,
-            "added_bytes": sum(file_size(repo, oid) for oid in notes.object_ids()),
+            "new_bytes": sum(notes.payload_lengths().values()),
             "missing_objects": 0,
         },
     }
@@ -90,7 +90,7 @@ def test_ls_files_json_counts_tensors_size_and_added_bytes(repo_copy: tuple) -> 
 def test_ls_files_table(repo_copy: tuple) -> None:
     git_env, repo = repo_copy
     lines = git_env.theta(repo, "ls-files").stdout.decode().splitlines()
-    assert lines[0].split() == ["path", "format", "tensors", "size", "added"]
+    assert lines[0].split() == ["path", "format", "tensors", "size", "new"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert sorted(rows) == ["model.pth", "notes.bin"]
     assert rows["model.pth"][1:3] == ["torch-zip", "6"]
@@ -128,7 +128,7 @@ def test_du_json_reports_logical_stored_and_dedup_ratio(repo_copy: tuple) -> Non
     assert usage["dedup_ratio"] > 1.2
 
     lines = git_env.theta(repo, "du").stdout.decode().splitlines()
-    assert [line.split()[0] for line in lines] == ["logical", "stored", "dedup", "on"]
+    assert [line.split()[0] for line in lines] == ["logical", "stored", "dedup", "store"]
     assert lines[0].endswith(f"in {usage['file_versions']} file versions")
     assert lines[1].endswith(f"in {usage['referenced_objects']} objects")
     assert lines[2].split()[1] == f"{usage['dedup_ratio']:.2f}x"
