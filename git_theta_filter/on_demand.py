@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .gitrepo import GitRepo
 from .manifest import Manifest
+from .object_sizes import object_size_candidates
 from .remotes import default_remote, resolve_store, transfer_workers
 from .store.base import ObjectStore, RemoteObjectMissingError
 from .store.transfer import TransferFailedError, download
@@ -40,10 +41,17 @@ class OnDemandFetcher:
         store = self._remote_store()
         if store is None:
             return
-        lengths = Manifest.parse(manifest_bytes).payload_lengths()
+        manifest = Manifest.parse(manifest_bytes)
+        lengths = manifest.payload_lengths()
         missing = {oid: length for oid, length in lengths.items() if not self._local.has(oid)}
         try:
-            download(self._local, store, missing, workers=transfer_workers(self._repo))
+            download(
+                self._local,
+                store,
+                missing,
+                workers=transfer_workers(self._repo),
+                object_sizes=object_size_candidates([manifest]),
+            )
         except TransferFailedError as exc:
             if not all(
                 isinstance(error, RemoteObjectMissingError) for error in exc.failures.values()

@@ -38,6 +38,7 @@ from .errors import ThetaError
 from .gitrepo import GitError, GitRepo
 from .history import manifests_in_blobs, open_pygit2
 from .lfs_interop import record_lfs_url
+from .object_sizes import object_size_candidates
 from .prepush import ZERO_SHA, RefUpdate, upload_for_push
 from .progress import Progress, QuietProgress
 from .remotes import HELPER_PREFIX, resolve_store, transfer_workers
@@ -184,7 +185,8 @@ class RemoteHelper:
         listing = self.repo.git("rev-list", "--objects", *shas, "--not", "--all")
         blob_ids = [line.split(" ", 1)[0] for line in listing.splitlines() if " " in line]
         wanted: dict[str, int] = {}
-        for manifest in manifests_in_blobs(open_pygit2(self.repo), blob_ids):
+        manifests = list(manifests_in_blobs(open_pygit2(self.repo), blob_ids))
+        for manifest in manifests:
             wanted.update(manifest.payload_lengths())
         if not wanted:
             return
@@ -203,6 +205,7 @@ class RemoteHelper:
                 wanted,
                 workers=transfer_workers(self.repo),
                 progress=Progress if self.verbosity > 0 else QuietProgress,
+                object_sizes=object_size_candidates(manifests),
             )
         except (StoreError, TransferFailedError) as exc:
             print(f"git-theta: warning: tensor objects were not prefetched: {exc}", file=sys.stderr)

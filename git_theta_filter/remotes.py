@@ -7,7 +7,10 @@ Which store belongs to a git remote is decided here, highest precedence first
 2. ``theta.url`` in a committed ``.thetaconfig`` (git-config syntax), read from
    the work tree, else the index, else HEAD (or from a given revision);
 3. for a git remote that is a local path, that repository's own store:
-   ``<repo>/theta/objects`` when it is bare, ``<repo>/.git/theta/objects`` when not.
+   ``<repo>/theta/objects`` when it is bare, ``<repo>/.git/theta/objects`` when not;
+4. for an ``http(s)://``, ``ssh://`` or scp-like remote, its Git LFS server
+   (``lfs_remote.py``: ``remote.<remote>.lfsurl``, ``lfs.url``, or the remote's
+   URL with ``.git/info/lfs`` appended).
 
 Opening the store a URL names is ``store/remote.py``'s job.
 """
@@ -21,7 +24,9 @@ from pathlib import Path
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
+from .lfs_remote import explicit_endpoint, lfs_endpoint, open_lfs_store
 from .store.base import ObjectStore
+from .store.lfs_endpoint import LfsEndpoint
 from .store.remote import DEFAULT_TRANSFERS, open_store, path_from_url
 
 __all__ = [
@@ -58,7 +63,8 @@ class NoStoreError(ThetaError):
     def __init__(self, remote: str) -> None:
         super().__init__(
             f"no object store for remote {remote!r}",
-            hint=f"set one with `git config theta.remote.{remote}.url <path|s3://bucket/prefix>` "
+            hint=f"set one with `git config theta.remote.{remote}.url "
+            "<path|s3://bucket/prefix|lfs+https://host/repo.git/info/lfs>` "
             f"or a committed {THETACONFIG} (see docs/remotes.md)",
         )
         self.remote = remote
@@ -71,6 +77,8 @@ class StoreLocation:
 
     url: str
     anchor: Path | None = None
+    # For a Git LFS server found from the remote (not written as a store URL).
+    lfs: LfsEndpoint | None = None
 
 
 def _thetaconfig_get(repo: GitRepo, key: str, revision: str | None) -> str | None:
@@ -125,6 +133,9 @@ def locate_store(
     git_dir = local_repository_path(repo, url)
     if git_dir is not None:
         return StoreLocation(str(git_dir / "theta" / "objects"), anchor=git_dir)
+    endpoint = lfs_endpoint(repo, remote, url)
+    if endpoint is not None:
+        return StoreLocation(endpoint.store_url, lfs=endpoint)
     return None
 
 
@@ -153,6 +164,9 @@ def resolve_store(
     location = locate_store(repo, remote, remote_url, revision)
     if location is None:
         return None
+    lfs = location.lfs or explicit_endpoint(location.url)
+    if lfs is not None:
+        return open_lfs_store(repo, lfs)
     endpoint = _s3_endpoint(repo, revision) if location.url.startswith("s3://") else None
     return open_store(
         location.url,

@@ -17,6 +17,8 @@ from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, tree_manifests
 from .inventory import _all_tips as all_ref_tips
+from .manifest import Manifest
+from .object_sizes import object_size_candidates
 from .prepush import ZERO_SHA, ObjectsMissingLocallyError, RefUpdate, objects_to_push
 from .remotes import require_store, transfer_workers
 from .smudge import prepare_smudge
@@ -97,6 +99,13 @@ def objects_for_fetch(
 ) -> dict[str, int]:
     """Objects (with payload lengths) of the manifests in the trees of ``refs`` (default HEAD);
     with ``all_history``, in their whole history (all refs when none are given)."""
+    wanted: dict[str, int] = {}
+    for manifest in _manifests_for_fetch(repo, refs, all_history=all_history):
+        wanted.update(manifest.payload_lengths())
+    return wanted
+
+
+def _manifests_for_fetch(repo: GitRepo, refs: list[str], *, all_history: bool) -> list[Manifest]:
     git = open_pygit2(repo)
     if all_history:
         found = list(reachable_manifests(git, _tips(repo, git, refs)).values())
@@ -105,18 +114,24 @@ def objects_for_fetch(
         for ref in refs or ["HEAD"]:
             commit = git[pygit2.Oid(hex=_commit_id(repo, ref))].peel(pygit2.Commit)
             found.extend(tree_manifests(git, commit.tree))
-    wanted: dict[str, int] = {}
-    for ref in found:
-        wanted.update(ref.manifest.payload_lengths())
-    return wanted
+    return [ref.manifest for ref in found]
 
 
 def fetch_objects(
     repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False
 ) -> TransferResult:
     store = require_store(repo, remote)
-    wanted = objects_for_fetch(repo, refs, all_history=all_history)
-    return download(repo.store(), store, wanted, workers=transfer_workers(repo))
+    manifests = _manifests_for_fetch(repo, refs, all_history=all_history)
+    wanted: dict[str, int] = {}
+    for manifest in manifests:
+        wanted.update(manifest.payload_lengths())
+    return download(
+        repo.store(),
+        store,
+        wanted,
+        workers=transfer_workers(repo),
+        object_sizes=object_size_candidates(manifests),
+    )
 
 
 @dataclass
@@ -140,7 +155,15 @@ def pull(repo: GitRepo, remote: str) -> PullResult:
     wanted: dict[str, int] = {}
     for ref in refs:
         wanted.update(ref.manifest.payload_lengths())
-    result = PullResult(download(repo.store(), store, wanted, workers=transfer_workers(repo)))
+    result = PullResult(
+        download(
+            repo.store(),
+            store,
+            wanted,
+            workers=transfer_workers(repo),
+            object_sizes=object_size_candidates(ref.manifest for ref in refs),
+        )
+    )
     for ref in refs:
         if _write_if_manifest(repo, git, ref):
             result.written.append(ref.path)

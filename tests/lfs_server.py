@@ -47,9 +47,12 @@ def free_port() -> int:
 class LfsServer:
     """A giftless process on a free port; ``endpoint`` is its LFS URL for ``team/models``."""
 
-    def __init__(self, root: Path, *, auth: str | None = None) -> None:
+    def __init__(self, root: Path, *, auth: str | None = None, git: bool = False) -> None:
         self.root = root
         self.storage = root / "storage"
+        # With git=True it also serves git itself (smart HTTP) from root/git, so a
+        # remote URL http://127.0.0.1:<port>/team/models.git is a whole hosted repository.
+        self.git_root = root / "git" if git else None
         self.port = free_port()
         self.auth = auth
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,20 +61,33 @@ class LfsServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def remote_url(self) -> str:
+    def remote_url(self, name: str = REPO) -> str:
         """A git remote URL whose derived LFS endpoint is this server's."""
-        return f"{self.base}/{ORG}/{REPO}.git"
+        return f"{self.base}/{ORG}/{name}.git"
 
-    @property
-    def endpoint(self) -> str:
-        return f"{self.remote_url}/info/lfs"
+    def endpoint(self, name: str = REPO) -> str:
+        return f"{self.remote_url(name)}/info/lfs"
+
+    def bare(self, name: str = REPO) -> Path:
+        """A hosted bare repository (``git=True``), created on first use."""
+        assert self.git_root is not None
+        path = self.git_root / ORG / f"{name}.git"
+        if not path.exists():
+            path.mkdir(parents=True)
+            subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
+            subprocess.run(
+                ["git", "-C", str(path), "config", "http.receivepack", "true"], check=True
+            )
+        return path
 
     def start(self) -> LfsServer:
         self.root.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, __file__, "--port", str(self.port), "--storage", str(self.storage)]
         if self.auth:
             args += ["--auth", self.auth]
+        if self.git_root is not None:
+            self.git_root.mkdir(parents=True, exist_ok=True)
+            args += ["--git-root", str(self.git_root)]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(args, stdout=log, stderr=log)
         deadline = time.monotonic() + 60
@@ -121,9 +137,9 @@ class LfsServer:
     def count(self, kind: str) -> int:
         return sum(1 for entry in self.stats() if entry["kind"] == kind)
 
-    def stored(self) -> dict[str, bytes]:
-        """Objects on the server: oid -> bytes."""
-        folder = self.storage / ORG / REPO
+    def stored(self, name: str = REPO) -> dict[str, bytes]:
+        """Objects on the server for repository ``name``: oid -> bytes."""
+        folder = self.storage / ORG / name
         if not folder.is_dir():
             return {}
         return {path.name: path.read_bytes() for path in folder.iterdir()}
@@ -133,8 +149,9 @@ class LfsServer:
 class TestWrapper:
     """WSGI middleware around giftless: Basic auth, request records, fault injection."""
 
-    def __init__(self, app, auth: str | None, signal_dir: Path) -> None:
+    def __init__(self, app, auth: str | None, signal_dir: Path, git_root: Path | None) -> None:
         self.app = app
+        self.git_root = git_root
         self.auth = auth
         self.signal_dir = signal_dir
         self.lock = threading.Lock()
@@ -174,6 +191,8 @@ class TestWrapper:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         if path in ("/_control", "/_stats"):
             return self._test_api(environ, start_response, path)
+        if self.git_root is not None and _is_git_path(path):
+            return self._git(environ, start_response)
         kind = self._kind(method, path)
         # Like a hosted server: the batch API wants the user's credentials; the
         # transfer URLs it hands out carry giftless's own tokens, which giftless checks.
@@ -212,10 +231,44 @@ class TestWrapper:
             return self.app(environ, self._with_length(start_response, path))
         return self.app(environ, start_response)
 
+    def _git(self, environ, start_response):
+        """Serve git's smart HTTP protocol from ``git_root`` through ``git http-backend`` (CGI)."""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        env = {
+            "PATH": os.environ["PATH"],
+            "GIT_PROJECT_ROOT": str(self.git_root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "REQUEST_METHOD": environ["REQUEST_METHOD"],
+            "PATH_INFO": environ.get("PATH_INFO", ""),
+            "QUERY_STRING": environ.get("QUERY_STRING", ""),
+            "CONTENT_TYPE": environ.get("CONTENT_TYPE", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_USER": "tester",
+            "REMOTE_ADDR": "127.0.0.1",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "HOME": str(self.git_root),
+        }
+        if environ.get("HTTP_GIT_PROTOCOL"):
+            env["GIT_PROTOCOL"] = environ["HTTP_GIT_PROTOCOL"]
+        result = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True)
+        head, _, content = result.stdout.partition(b"\r\n\r\n")
+        status, headers = "200 OK", []
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = value.strip()
+            elif name:
+                headers.append((name, value.strip()))
+        headers.append(("Content-Length", str(len(content))))
+        start_response(status, headers)
+        return [content]
+
     def _with_length(self, start_response, path: str):
         """giftless streams downloads without a length, which makes waitress close the
         connection after each; a length (from the stored file) lets it be kept alive."""
-        stored = self.signal_dir / "storage" / ORG / REPO / path.rpartition("/")[2]
+        parts = path.strip("/").split("/")  # <org>/<repo>/objects/storage/<oid> (legacy form)
+        stored = self.signal_dir / "storage" / parts[0] / parts[1] / parts[-1]
 
         def respond(status, headers, exc_info=None):
             if status.startswith("200") and stored.is_file():
@@ -269,11 +322,21 @@ class TestWrapper:
             return self._json(start_response, "200 OK", list(self.records))
 
 
+def _is_git_path(path: str) -> bool:
+    """git's own URLs in a repository (not its LFS API): refs, packs, loose objects."""
+    if "/info/lfs" in path:
+        return False
+    return bool(
+        re.search(r"\.git/(info/refs|git-upload-pack|git-receive-pack|HEAD|objects/)", path)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--storage", required=True)
     parser.add_argument("--auth")
+    parser.add_argument("--git-root")
     args = parser.parse_args()
     storage = Path(args.storage)
     storage.mkdir(parents=True, exist_ok=True)
@@ -293,7 +356,8 @@ def main() -> None:
     from giftless.app import init_app
 
     app = init_app()
-    app.wsgi_app = TestWrapper(app.wsgi_app, args.auth, storage.parent)
+    git_root = Path(args.git_root) if args.git_root else None
+    app.wsgi_app = TestWrapper(app.wsgi_app, args.auth, storage.parent, git_root)
     # waitress keeps connections alive (werkzeug's development server closes each one),
     # so the tests can see the client reuse them.
     waitress.serve(app, host="127.0.0.1", port=args.port, threads=16, _quiet=True)

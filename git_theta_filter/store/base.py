@@ -10,8 +10,9 @@ transfer code knows: ``has``/``batch_has``, ``get`` (streamed to a file),
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from ..errors import ThetaError
 
@@ -62,13 +63,30 @@ class RemoteObjectMissingError(StoreError):
 
 class UnsupportedStoreURLError(StoreError):
     def __init__(self, url: str) -> None:
-        super().__init__(url, "has an unsupported URL; use a path, file:// or s3://bucket/prefix")
+        super().__init__(
+            url,
+            "has an unsupported URL; use a path, file://, s3://bucket/prefix "
+            "or lfs+https://host/org/repo.git/info/lfs",
+        )
 
 
 class ObjectStore(ABC):
     """Where objects are shared. Implementations must be safe to call from several threads."""
 
     url: str
+    # Whether list() works; a Git LFS server has no listing, so callers ask batch_has instead.
+    supports_listing: bool = True
+    # How many objects this store moves at once when its own settings say so
+    # (lfs.concurrenttransfers); None leaves it to theta.transfers.
+    preferred_workers: int | None = None
+
+    def prepare(
+        self, operation: Literal["upload", "download"], sizes: Mapping[str, Sequence[int]]
+    ) -> None:
+        """Announce objects about to move: oid -> the sizes in bytes it may have, most likely
+        first (exact for uploads). A store whose protocol needs sizes, or batches its
+        requests (Git LFS), uses this; the others need not."""
+        return None  # the directory and S3 stores need neither sizes nor batches
 
     @abstractmethod
     def has(self, oid: str) -> bool:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .base import StoreUnavailableError
 from .lfs_protocol import printable, redact_url
-from .remote import StoreUnavailableError
 
 __all__ = ["Credential", "CredentialError", "GitCredentials", "credential_description"]
 

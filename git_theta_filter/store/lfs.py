@@ -46,6 +46,7 @@ import requests
 import requests.adapters
 import requests.auth
 
+from .base import ObjectStore, RemoteObjectMissingError, StoreError, StoreUnavailableError
 from .git_credential import Credential
 from .lfs_endpoint import LfsEndpoint
 from .lfs_protocol import (
@@ -66,7 +67,6 @@ from .lfs_protocol import (
 from .lfs_ssh import SshAuthenticator
 from .local import COPY_CHUNK, is_valid_oid
 from .object_format import ObjectFormatError
-from .remote import ObjectStore, RemoteObjectMissingError, StoreError, StoreUnavailableError
 
 __all__ = [
     "LfsStore",

@@ -18,6 +18,7 @@ every message is the bare one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -33,6 +34,8 @@ __all__ = [
 # A store URL naming an LFS endpoint: lfs+https://host/org/repo.git/info/lfs
 LFS_SCHEME_PREFIX = "lfs+"
 _HELPER_PREFIX = "theta::"
+# "<transport>::<address>" runs git-remote-<transport>: not a host name and path.
+_REMOTE_HELPER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*::")
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def scp_like_parts(url: str) -> tuple[str, str] | None:
 
     Git reads ``host:path`` as ssh only when the colon comes before any slash.
     """
-    if "://" in url:
+    if "://" in url or _REMOTE_HELPER.match(url):
         return None
     colon, slash = url.find(":"), url.find("/")
     if colon <= 0 or (slash != -1 and slash < colon):
@@ -137,6 +140,8 @@ def _ssh_from_url(url: str) -> LfsEndpoint | None:
 def endpoint_from_remote_url(url: str) -> LfsEndpoint | None:
     """The endpoint git-lfs derives from a git remote's URL, or None for path and file remotes."""
     url = url.removeprefix(_HELPER_PREFIX)
+    if _REMOTE_HELPER.match(url):
+        return None  # another remote helper's URL: git-lfs has no endpoint for it either
     if url.startswith(("http://", "https://")):
         bare, username, password = _without_userinfo(url)
         return LfsEndpoint(_with_info_lfs(bare), username, password)

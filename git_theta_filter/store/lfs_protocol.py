@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from .base import StoreUnavailableError
 from .local import is_valid_oid
-from .remote import StoreUnavailableError
 
 __all__ = [
     "MEDIA_TYPE",

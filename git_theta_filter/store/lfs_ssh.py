@@ -24,9 +24,9 @@ import time
 from collections.abc import Mapping
 from pathlib import PurePath
 
+from .base import StoreUnavailableError
 from .lfs_endpoint import SshTarget
 from .lfs_protocol import Operation, SshAuthentication, parse_ssh_authenticate, printable
-from .remote import StoreUnavailableError
 
 __all__ = ["SshAuthenticator", "SshAuthenticationError", "ssh_command_line"]
 

@@ -1,7 +1,8 @@
 """Opening the object store a URL names.
 
-A store URL is a path, a ``file://`` URL or ``s3://bucket/prefix``. boto3 is
-imported only when an S3 store is actually opened. Which store belongs to a git
+A store URL is a path, a ``file://`` URL, ``s3://bucket/prefix`` or a Git LFS
+endpoint ``lfs+https://host/org/repo.git/info/lfs``. boto3 and requests are
+imported only when an S3 or LFS store is actually opened. Which store belongs to a git
 remote is decided in ``remotes.py``.
 """
 
@@ -45,6 +46,14 @@ def open_store(
 
     A directory store must have ``anchor`` (default: its parent directory) in place.
     """
+    if url.startswith("lfs+http://") or url.startswith("lfs+https://"):
+        from .lfs import LfsStore
+        from .lfs_endpoint import endpoint_from_lfs_url
+
+        endpoint = endpoint_from_lfs_url(url.removeprefix("lfs+"))
+        if endpoint is None:
+            raise UnsupportedStoreURLError(url)
+        return LfsStore(endpoint)
     if url.startswith("s3://"):
         from .s3 import S3Store  # boto3 is heavy: only S3 users pay for it
 

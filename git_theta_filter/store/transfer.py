@@ -20,7 +20,7 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,9 +154,14 @@ def upload(
     wanted = sorted(set(oids))
     if not wanted:
         return TransferResult()
-    present = set(remote.list()) if list_remote else remote.batch_has(wanted)
+    all_sizes = {oid: local.size(oid) or 0 for oid in wanted}
+    remote.prepare("upload", {oid: (size,) for oid, size in all_sizes.items()})
+    if list_remote and remote.supports_listing:
+        present = set(remote.list())
+    else:
+        present = remote.batch_has(wanted)
     todo = [oid for oid in wanted if oid not in present]
-    sizes = {oid: local.size(oid) or 0 for oid in todo}
+    sizes = {oid: all_sizes[oid] for oid in todo}
 
     def send(oid: str) -> int | None:
         if not local.has(oid):
@@ -164,6 +169,7 @@ def upload(
         return sizes[oid] if remote.put(oid, local.object_path(oid)) else None
 
     bar = progress("Uploading tensors", len(todo), sum(sizes.values()))
+    workers = remote.preferred_workers or workers
     result, failures = _run_parallel(todo, send, workers, bar, sizes.__getitem__)
     result.skipped += len(wanted) - len(todo)
     bar.finish(_summary("uploaded", "to", remote.url, result) if result.transferred else None)
@@ -179,13 +185,18 @@ def download(
     *,
     workers: int,
     progress: type[Progress] = Progress,
+    object_sizes: Mapping[str, Sequence[int]] | None = None,
 ) -> TransferResult:
     """Fetch the objects the local store lacks, verifying each. ``oids`` may map each oid to its
-    expected size, which only the progress display uses."""
+    expected size, which only the progress display uses. ``object_sizes`` gives the sizes
+    each object file may have (``object_sizes.py``), which a Git LFS store must send."""
     hints = dict(oids) if isinstance(oids, Mapping) else dict.fromkeys(oids, 0)
     todo = [oid for oid in sorted(hints) if not local.has(oid)]
     if not todo:
         return TransferResult(skipped=len(hints))
+    if object_sizes is not None:
+        remote.prepare("download", {oid: object_sizes.get(oid, ()) for oid in todo})
+    workers = remote.preferred_workers or workers
     fetch = functools.partial(_download_one, local, remote)
     bar = progress("Downloading tensors", len(todo), sum(hints[oid] for oid in todo))
     # As a writer of objects, hold off `git theta gc`: it deletes temp files and

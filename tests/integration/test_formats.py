@@ -376,3 +376,18 @@ def test_formats_pth_truncated_inside_a_storage_checks_out_byte_exact(
     (repo / "cut.pth").unlink()
     git_env.git(repo, "checkout", "--", "cut.pth")
     assert (repo / "cut.pth").read_bytes() == cut
+
+
+def test_formats_object_size_candidates_put_each_object_files_size_first(template: tuple) -> None:
+    # A Git LFS store must send each object's size before downloading it; the
+    # manifest gives payload lengths, object_sizes the whole file's.
+    from git_theta_filter.object_sizes import object_size_candidates
+
+    git_env, repo, _, digests, _ = template
+    manifests = [index_manifest(git_env, repo, name) for name in digests]
+    candidates = object_size_candidates(manifests)
+    objects = assert_all_objects_valid(repo)
+    assert set(candidates) == objects
+    for oid in objects:
+        size = next((repo / ".git" / "theta" / "objects").glob(f"*/*/{oid}")).stat().st_size
+        assert candidates[oid][0] == size, f"object {oid}: {size} bytes, guessed {candidates[oid]}"

@@ -67,12 +67,14 @@ def test_default_store_of_local_remotes(isolated_git, tmp_path):
     repo = GitRepo.discover(work)
     for url in (str(other), other.as_uri(), f"theta::{other}"):
         assert locate_store(repo, "origin", url).url == str(other / ".git" / "theta" / "objects")
-    for url in (
-        "git@example.com:team/models.git",
-        "https://example.com/models.git",
-        str(tmp_path / "nowhere"),
+    assert locate_store(repo, "origin", str(tmp_path / "nowhere")) is None
+    # An http(s) or ssh remote's store is its Git LFS server.
+    for url, store in (
+        ("git@example.com:team/models.git", "lfs+https://example.com/team/models.git/info/lfs"),
+        ("https://example.com/models.git", "lfs+https://example.com/models.git/info/lfs"),
+        ("https://example.com/models", "lfs+https://example.com/models.git/info/lfs"),
     ):
-        assert locate_store(repo, "origin", url) is None
+        assert locate_store(repo, "origin", url).url == store
 
 
 def test_store_urls_and_transfer_setting(isolated_git, tmp_path):
