@@ -24,6 +24,7 @@ from .progress import Progress
 from .remotes import HELPER_PREFIX, NoStoreError, resolve_store, transfer_workers
 from .store.base import StoreError
 from .store.transfer import TransferFailedError, TransferResult, upload
+from .upload_limits import refuse_oversized_objects
 
 __all__ = [
     "ZERO_SHA",
@@ -145,6 +146,9 @@ def upload_for_push(
         if require_store:
             raise NoStoreError(remote)
         return PushUpload(len(wanted), None, None)
+    refuse_oversized_objects(
+        repo, store, wanted, [update.local_sha for update in updates if not update.is_delete]
+    )
     try:
         result = upload(local, store, wanted, workers=transfer_workers(repo), progress=progress)
     except (StoreError, TransferFailedError) as exc:

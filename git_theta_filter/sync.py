@@ -24,6 +24,7 @@ from .remotes import require_store, transfer_workers
 from .smudge import prepare_smudge
 from .store.local import LOCAL_WRITE_ERRNOS
 from .store.transfer import TransferResult, download, upload
+from .upload_limits import refuse_oversized_objects
 
 __all__ = [
     "WorkTreeWriteError",
@@ -91,6 +92,8 @@ def push_objects(
     missing = sorted(oid for oid in wanted if not local.has(oid))
     if missing:
         raise ObjectsMissingLocallyError(missing)
+    tips = [_commit_id(repo, ref) for ref in refs or ["HEAD"]]
+    refuse_oversized_objects(repo, store, wanted, tips)
     return upload(local, store, wanted, workers=transfer_workers(repo), list_remote=all_history)
 
 

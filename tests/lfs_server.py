@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import re
@@ -124,7 +125,7 @@ class LfsServer:
 
     def control(self, **settings: object) -> None:
         """Replace the wrapper's settings (faults, expires_in, expires_at, extra_bytes,
-        hang_upload)."""
+        object_errors, hang_upload)."""
         self._call("/_control", settings)
 
     def reset(self) -> None:
@@ -194,6 +195,12 @@ class TestWrapper:
         if self.git_root is not None and _is_git_path(path):
             return self._git(environ, start_response)
         kind = self._kind(method, path)
+        batch_size = None
+        if kind == "batch":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length)
+            environ["wsgi.input"] = io.BytesIO(body)
+            batch_size = len(json.loads(body or b"{}").get("objects", []))
         # Like a hosted server: the batch API wants the user's credentials; the
         # transfer URLs it hands out carry giftless's own tokens, which giftless checks.
         authorized = self.auth is None or kind != "batch" or self._authorized(environ)
@@ -207,6 +214,7 @@ class TestWrapper:
                     "authorization": bool(environ.get("HTTP_AUTHORIZATION")),
                     "authorized": authorized,
                     "extra_header": environ.get("HTTP_X_THETA_TEST"),
+                    "objects": batch_size,
                 }
             )
         if not authorized:
@@ -301,7 +309,11 @@ class TestWrapper:
 
     def _patch_batch(self, body: bytes) -> bytes:
         data = json.loads(body)
+        errors = self.settings.get("object_errors", {})
         for entry in data.get("objects", []):
+            if entry.get("oid") in errors:
+                entry.pop("actions", None)
+                entry["error"] = {"code": errors[entry["oid"]], "message": "injected"}
             for action in (entry.get("actions") or {}).values():
                 if "expires_in" in self.settings:
                     action["expires_in"] = self.settings["expires_in"]

@@ -79,6 +79,8 @@ class ObjectStore(ABC):
     # How many objects this store moves at once when its own settings say so
     # (lfs.concurrenttransfers); None leaves it to theta.transfers.
     preferred_workers: int | None = None
+    # The largest object the store accepts, in bytes (theta.lfs.maxObjectSize); None: no limit.
+    max_object_size: int | None = None
 
     def prepare(
         self, operation: Literal["upload", "download"], sizes: Mapping[str, Sequence[int]]

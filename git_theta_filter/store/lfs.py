@@ -294,6 +294,7 @@ class LfsStore(ObjectStore):
         self.endpoint = endpoint
         self.url = endpoint.store_url
         self.settings = settings or LfsSettings()
+        self.max_object_size = self.settings.max_object_size
         self._credentials = credentials
         self._http_options = http_options or (lambda _url: HttpOptions())
         self._ssh = ssh
