@@ -8,9 +8,11 @@ the LFS server is the default store of an http(s) remote.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from helpers import sha256_file
@@ -127,3 +129,145 @@ def test_lfs_server_killed_mid_push_moves_no_ref(git_env, tmp_path):
     assert "refusing to push to 'origin'" in stderr.decode(), stderr.decode()
     assert git_env.git(server.bare(), "for-each-ref") == "", "a ref moved"
     assert not list((a / ".git" / "theta" / "tmp").glob("*"))
+
+
+def test_lfs_through_the_theta_remote_helper(git_env, tmp_path, server, hosted):
+    url, name = hosted
+    run_round_trip(git_env, tmp_path, f"theta::{url}")
+    stored = server.stored(name)
+    assert_valid_objects(set(stored), stored.__getitem__)
+    assert server.count("upload") == len(stored)
+
+
+def test_lfs_objects_gc_deleted_locally_come_back_from_the_server(
+    git_env, tmp_path, server, hosted
+):
+    url, _ = hosted
+    a = init_clone(git_env, tmp_path / "A", url)
+    commit_versions(git_env, a, range(1), History())
+    git_env.git(a, "push", "-q", "-u", "origin", "main")
+    git_env.git(a, "checkout", "-q", "-b", "scratch")
+    history = History()
+    commit_versions(git_env, a, range(5, 6), history)
+    git_env.git(a, "push", "-q", "origin", "scratch")
+    git_env.git(a, "checkout", "-q", "main")
+    git_env.git(a, "branch", "-q", "-D", "scratch")
+    git_env.git(a, "update-ref", "-d", "refs/remotes/origin/scratch")
+    git_env.git(a, "reflog", "expire", "--expire=now", "--all")
+    git_env.theta(a, "gc", "--prune=now")
+    ((commit, digest),) = history.files.items()
+    git_env.git(a, "fetch", "-q", "origin", "scratch")
+    git_env.git(a, "checkout", "-q", commit)
+    assert sha256_file(a / MODEL) == digest
+
+
+def test_lfs_push_refuses_an_object_over_theta_lfs_max_object_size(
+    git_env, tmp_path, server, hosted
+):
+    url, name = hosted
+    a = init_clone(git_env, tmp_path / "A", url)
+    commit_versions(git_env, a, range(1), History())
+    git_env.git(a, "config", "theta.lfs.maxObjectSize", "1k")
+    result = git_env.run("git", "push", "origin", "main", cwd=a, check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode != 0
+    assert re.search(r"refusing to upload (tensor '[^']+' of )?model\.pth \(", stderr), stderr
+    assert "it is over theta.lfs.maxObjectSize (" in stderr, stderr
+    assert git_env.git(server.bare(name), "for-each-ref") == ""
+    assert server.stored(name) == {}
+
+
+def test_lfs_objects_theta_uploaded_are_fetched_by_git_lfs_itself(
+    git_env, tmp_path, server, hosted
+):
+    url, name = hosted
+    a = init_clone(git_env, tmp_path / "A", url)
+    commit_versions(git_env, a, range(1), History())
+    git_env.git(a, "push", "-q", "-u", "origin", "main")
+    oid, data = max(server.stored(name).items(), key=lambda item: len(item[1]))
+
+    plain = tmp_path / "plain-lfs"
+    git_env.run("git", "init", "-q", str(plain))
+    (plain / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    (plain / "tensor.bin").write_text(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n"
+    )
+    git_env.git(plain, "add", ".gitattributes", "tensor.bin")
+    git_env.git(plain, "commit", "-qm", "a pointer to theta's object")
+    git_env.git(plain, "config", "lfs.url", server.endpoint(name))
+    git_env.run("git", "lfs", "fetch", cwd=plain)
+    fetched = plain / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    assert fetched.read_bytes() == data
+
+
+HELPER = """#!/bin/sh
+here=$(dirname "$0")
+echo "$1" >> "$here/log"
+cat > /dev/null
+if [ "$1" = get ]; then
+    echo username=tester
+    echo "password=$(cat "$here/password")"
+fi
+"""
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    server = LfsServer(tmp_path_factory.mktemp("lfs-auth"), auth="tester:pw-7c41", git=True)
+    yield server.start()
+    server.stop()
+
+
+def credential_helper(folder: Path, password: str) -> Path:
+    folder.mkdir()
+    script = folder / "helper.sh"
+    script.write_text(HELPER)
+    script.chmod(0o755)
+    (folder / "password").write_text(password)
+    return script
+
+
+def test_lfs_credentials_come_from_git_credential_and_are_approved(git_env, tmp_path, auth_server):
+    name = f"auth-{uuid.uuid4().hex[:8]}"
+    auth_server.bare(name)
+    auth_server.reset()
+    helper = credential_helper(tmp_path / "helper", "pw-7c41")
+    a = init_clone(git_env, tmp_path / "A", auth_server.remote_url(name))
+    git_env.git(a, "config", "credential.helper", str(helper))
+    git_env.git(a, "config", f"http.{auth_server.base}/.extraHeader", "X-Theta-Test: yes")
+    commit_versions(git_env, a, range(1), History())
+    git_env.git(a, "push", "-q", "origin", "main")
+    assert (tmp_path / "helper" / "log").read_text().split() == ["get", "store"]
+    batches = [entry for entry in auth_server.stats() if entry["kind"] == "batch"]
+    assert not batches[0]["authorization"], "the first request goes without credentials"
+    assert all(entry["authorized"] for entry in batches[1:])
+    assert {entry["extra_header"] for entry in auth_server.stats()} == {"yes"}
+    local = {path.name for path in (a / ".git" / "theta" / "objects").glob("*/*/*")}
+    assert set(auth_server.stored(name)) == local
+
+
+def test_lfs_wrong_password_is_a_clean_401_and_git_credential_reject(
+    git_env, tmp_path, auth_server
+):
+    name = f"auth-{uuid.uuid4().hex[:8]}"
+    auth_server.bare(name)
+    helper = credential_helper(tmp_path / "helper", "pw-wrong-93d2")
+    a = init_clone(git_env, tmp_path / "A", auth_server.remote_url(name))
+    git_env.git(a, "config", "credential.helper", str(helper))
+    commit_versions(git_env, a, range(1), History())
+    result = git_env.run("git", "push", "origin", "main", cwd=a, check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode != 0
+    assert "refusing to push to 'origin'" in stderr
+    assert "batch request was refused with HTTP 401: Credentials needed" in stderr, stderr
+    assert "Traceback" not in stderr and "pw-wrong-93d2" not in stderr
+    assert (tmp_path / "helper" / "log").read_text().split() == ["get", "erase"]
+    assert git_env.git(auth_server.bare(name), "for-each-ref") == ""
+
+    # No helper and no terminal: git's own refusal, named.
+    git_env.git(a, "config", "--unset", "credential.helper")
+    result = git_env.run(
+        "git", "push", "origin", "main", cwd=a, check=False, env={"GIT_TERMINAL_PROMPT": "0"}
+    )
+    assert result.returncode != 0
+    assert "no credentials: `git credential fill` failed" in result.stderr.decode()
