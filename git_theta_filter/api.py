@@ -207,7 +207,7 @@ class Repository:
     def _check_tracked(self, path: str) -> None:
         # `git check-attr` reads the work tree's .gitattributes, committed or not,
         # as `git add` does.
-        line = self._repo.git("check-attr", "filter", "--", path).strip()
+        line = self._repo.git("check-attr", "filter", operands=[path]).strip()
         if not line.endswith(": filter: theta"):
             raise NotTrackedError(path)
 
@@ -219,7 +219,7 @@ class Repository:
         from .installation import track
 
         track(self._repo, list(patterns))
-        self._repo.git("add", "--", ".gitattributes")
+        self._repo.git("add", operands=[".gitattributes"])
 
     def commit_checkpoint(
         self,
@@ -258,8 +258,8 @@ class Repository:
                 manifest = clean(file, self._store, relative)
             self._stage(relative, self._git.create_blob(manifest), stat)
         if metrics is not None:
-            self._repo.git("add", "--", relative + CONVENTION_SUFFIX)
-        self._repo.git("commit", "-q", "-m", message)
+            self._repo.git("add", operands=[relative + CONVENTION_SUFFIX])
+        self._repo.git("commit", "-q", f"--message={message}")
         return self._repo.git("rev-parse", "HEAD").strip()
 
     def _staged_payloads(self, path: str) -> list[str]:
@@ -322,7 +322,13 @@ class Repository:
             _write_atomically(target, plan)
             self._stage(relative, blob.id, _settled_stat(target))
         if relative + CONVENTION_SUFFIX in commit.tree:
-            self._repo.git("checkout", str(commit.id), "--", relative + CONVENTION_SUFFIX)
+            self._repo.git(
+                "restore",
+                f"--source={commit.id}",
+                "--staged",
+                "--worktree",
+                operands=[relative + CONVENTION_SUFFIX],
+            )
 
     def _smudge_plan(self, content: bytes, path: str) -> SmudgePlan:
         try:

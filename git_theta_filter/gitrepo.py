@@ -11,13 +11,24 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .errors import ThetaError
 from .store.local import LocalStore
 
-__all__ = ["GitError", "NotARepositoryError", "GitRepo", "run_git", "filter_command"]
+__all__ = [
+    "GitError",
+    "OptionLikeArgumentError",
+    "NotARepositoryError",
+    "GitRepo",
+    "git_process",
+    "run_git",
+    "refuse_option_like",
+    "filter_command",
+]
 
 
 class GitError(ThetaError):
@@ -25,10 +36,24 @@ class GitError(ThetaError):
 
     exit_code = 128
 
-    def __init__(self, args: list[str], stderr: str) -> None:
+    def __init__(self, args: Sequence[str], stderr: str) -> None:
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else "failed"
         super().__init__(f"`git {' '.join(args)}`: {detail}")
         self.stderr = stderr
+
+
+class OptionLikeArgumentError(ThetaError):
+    """A URL, remote name or ref that begins with ``-`` and would read as an option."""
+
+    exit_code = 128
+
+    def __init__(self, value: str, what: str) -> None:
+        super().__init__(
+            f"refusing {what} {value!r}: it begins with '-' and would be read as an option",
+            hint=f"a {what} never begins with '-'; check where it came from",
+        )
+        self.value = value
+        self.what = what
 
 
 class NotARepositoryError(ThetaError):
@@ -38,18 +63,73 @@ class NotARepositoryError(ThetaError):
         super().__init__(f"not a git repository: {where}")
 
 
+Output = Literal["capture", "show", "discard"]
+_OUTPUT = {"capture": subprocess.PIPE, "show": None, "discard": subprocess.DEVNULL}
+
+
+def git_process(
+    args: Sequence[str],
+    *,
+    revisions: Sequence[str] = (),
+    operands: Sequence[str] = (),
+    cwd: Path | str | None = None,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: Output = "capture",
+    stderr: Output = "capture",
+) -> subprocess.CompletedProcess[bytes]:
+    """Run git: the one place in the package that starts a git process.
+
+    ``args`` are the subcommand and its options, each written in our own source
+    so that it begins with a character we chose (``tests/unit/test_git_arguments.py``
+    checks every call). Values that come from elsewhere (a URL, a remote name,
+    a ref, a path, a commit message) go in ``revisions``, placed after
+    ``--end-of-options``, or in ``operands``, placed after ``--``, or are fused
+    into an option (``--message=<text>``). git then never reads them as
+    options, whatever they start with (CVE-2017-1000117 was ``-oProxyCommand``
+    read as an option by ssh).
+    """
+    argv = ["git", *args]
+    if revisions:
+        argv += ["--end-of-options", *revisions]
+    if operands:
+        argv += ["--", *operands]
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        input=input,
+        stdout=_OUTPUT[stdout],
+        stderr=_OUTPUT[stderr],
+        env=None if env is None else dict(env),
+    )
+
+
 def run_git(
-    args: list[str],
+    args: Sequence[str],
     cwd: Path | str | None = None,
     *,
+    revisions: Sequence[str] = (),
+    operands: Sequence[str] = (),
     input: bytes | None = None,
     check: bool = True,
 ) -> str:
-    """Run git and return its stdout as text."""
-    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
+    """Run git (through :func:`git_process`) and return its stdout as text."""
+    result = git_process(args, revisions=revisions, operands=operands, cwd=cwd, input=input)
     if check and result.returncode != 0:
-        raise GitError(args, result.stderr.decode("utf-8", "replace"))
+        raise GitError([*args, *revisions, *operands], result.stderr.decode("utf-8", "replace"))
     return result.stdout.decode("utf-8", "surrogateescape")
+
+
+def refuse_option_like(value: str, what: str) -> str:
+    """``value`` itself, unless it begins with ``-`` (an option to git, ssh or a shell).
+
+    As git refuses such ssh hosts and paths since CVE-2017-1000117, a URL,
+    remote name or ref we are handed must not look like an option even where
+    ``--`` already keeps it from being read as one.
+    """
+    if value.startswith("-"):
+        raise OptionLikeArgumentError(value, what)
+    return value
 
 
 @dataclass(frozen=True)
@@ -62,9 +142,8 @@ class GitRepo:
     def discover(cls, cwd: Path | str | None = None) -> GitRepo:
         # Absolute, so that an error names the directory whatever was passed (`gtf.open('.')`).
         where = Path(os.path.abspath(cwd if cwd is not None else os.getcwd()))
-        result = subprocess.run(
+        result = git_process(
             [
-                "git",
                 "rev-parse",
                 "--path-format=absolute",
                 "--git-dir",
@@ -72,12 +151,10 @@ class GitRepo:
                 "--is-bare-repository",
             ],
             cwd=where,
-            capture_output=True,
-            text=True,
         )
         if result.returncode != 0:
             raise NotARepositoryError(where)
-        git_dir, common_dir, bare = result.stdout.splitlines()
+        git_dir, common_dir, bare = os.fsdecode(result.stdout).splitlines()
         worktree = None
         if bare != "true":
             top = run_git(["rev-parse", "--show-toplevel"], cwd=where, check=False).strip()
@@ -95,8 +172,18 @@ class GitRepo:
     def cwd(self) -> Path:
         return self.worktree or self.git_dir
 
-    def git(self, *args: str, input: bytes | None = None, check: bool = True) -> str:
-        return run_git(list(args), cwd=self.cwd, input=input, check=check)
+    def git(
+        self,
+        *args: str,
+        revisions: Sequence[str] = (),
+        operands: Sequence[str] = (),
+        input: bytes | None = None,
+        check: bool = True,
+    ) -> str:
+        """git in this repository; see :func:`git_process` for ``revisions`` and ``operands``."""
+        return run_git(
+            args, cwd=self.cwd, revisions=revisions, operands=operands, input=input, check=check
+        )
 
     def hooks_dir(self) -> Path:
         """Where git looks for hooks, honouring ``core.hooksPath``."""
@@ -104,7 +191,7 @@ class GitRepo:
         return path
 
     def config_get(self, key: str) -> str | None:
-        value = self.git("config", "--get", key, check=False).strip()
+        value = self.git("config", "--get", operands=[key], check=False).strip()
         return value or None
 
 

@@ -87,7 +87,7 @@ def _tracked_hooks_dir(repo: GitRepo, hooks: Path) -> str | None:
         relative = hooks.resolve().relative_to(repo.worktree.resolve())
     except ValueError:
         return None
-    if not repo.git("ls-files", "-z", "--", str(relative) or ".", check=False):
+    if not repo.git("ls-files", "-z", operands=[str(relative) or "."], check=False):
         return None
     return relative.as_posix()
 

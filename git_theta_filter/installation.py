@@ -29,12 +29,13 @@ ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
 MERGE_DRIVER_NAME = "git-theta tensor-level merge"
 
 
-def _scope_args(scope: str, repo: GitRepo | None) -> tuple[list[str], Path | None]:
-    if scope == "local":
-        if repo is None:
-            raise ValueError("--local needs a repository")
-        return ["--local"], repo.cwd
-    return [f"--{scope}"], repo.cwd if repo else None
+def _scope_cwd(scope: str, repo: GitRepo | None) -> Path | None:
+    """Where to run ``git config --<scope>``: ``--local`` needs the repository."""
+    if scope not in ("local", "global", "system"):
+        raise ValueError(f"unknown config scope {scope!r}")
+    if scope == "local" and repo is None:
+        raise ValueError("--local needs a repository")
+    return repo.cwd if repo else None
 
 
 def install(
@@ -45,15 +46,14 @@ def install(
     ``force_hooks`` installs them even into a hooks directory that git tracks
     (see :func:`hooks.install_hooks`).
     """
-    args, cwd = _scope_args(scope, repo)
-    run_git(
-        ["config", *args, "filter.theta.process", f"{filter_command()} filter-process"], cwd=cwd
-    )
-    run_git(["config", *args, "filter.theta.required", "true"], cwd=cwd)
-    run_git(["config", *args, "merge.theta.name", MERGE_DRIVER_NAME], cwd=cwd)
-    run_git(
-        ["config", *args, "merge.theta.driver", f"{filter_command()} merge %O %A %B %P"], cwd=cwd
-    )
+    cwd = _scope_cwd(scope, repo)
+    for key, value in (
+        ("filter.theta.process", f"{filter_command()} filter-process"),
+        ("filter.theta.required", "true"),
+        ("merge.theta.name", MERGE_DRIVER_NAME),
+        ("merge.theta.driver", f"{filter_command()} merge %O %A %B %P"),
+    ):
+        run_git(["config", f"--{scope}"], operands=[key, value], cwd=cwd)
     changes = [f"configured filter.theta and merge.theta ({scope})"]
     if repo is not None and with_hooks:
         changes += install_hooks(repo, force=force_hooks)
@@ -61,9 +61,14 @@ def install(
 
 
 def uninstall(scope: str, repo: GitRepo | None) -> list[str]:
-    args, cwd = _scope_args(scope, repo)
+    cwd = _scope_cwd(scope, repo)
     for section in ("filter.theta", "merge.theta"):
-        run_git(["config", *args, "--remove-section", section], cwd=cwd, check=False)
+        run_git(
+            ["config", f"--{scope}", "--remove-section"],
+            operands=[section],
+            cwd=cwd,
+            check=False,
+        )
     changes = [f"removed filter.theta and merge.theta ({scope})"]
     if repo is not None:
         changes += uninstall_hooks(repo)

@@ -23,12 +23,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ThetaError
-from .gitrepo import GitRepo
+from .gitrepo import GitRepo, git_process
 
 __all__ = [
     "LFS_HOOK_NAMES",
@@ -102,8 +101,16 @@ def run_lfs_hook(repo: GitRepo, name: str, args: list[str], stdin: bytes) -> int
             endpoint = lfs_endpoint(url.removeprefix("theta::"), repo.cwd)
             if endpoint is not None:
                 _add_config(env, "lfs.url", endpoint)
-    return subprocess.run(
-        ["git", "lfs", name, *args], input=stdin, cwd=repo.cwd, env=env
+    if name not in LFS_HOOK_NAMES:  # a name of ours, never a value from outside
+        raise ValueError(f"not a git-lfs hook: {name!r}")
+    return git_process(
+        ["lfs", name],
+        operands=args,
+        input=stdin,
+        cwd=repo.cwd,
+        env=env,
+        stdout="show",
+        stderr="show",
     ).returncode
 
 
@@ -160,5 +167,5 @@ def record_lfs_url(repo: GitRepo, remote: str, url: str) -> str | None:
         return None
     endpoint = lfs_endpoint(url, repo.cwd)
     if endpoint is not None:
-        repo.git("config", f"remote.{remote}.lfsurl", endpoint)
+        repo.git("config", operands=[f"remote.{remote}.lfsurl", endpoint])
     return endpoint

@@ -150,7 +150,10 @@ def declared_metrics_files(repo: GitRepo, git: pygit2.Repository) -> list[str]:
     except KeyError:
         return []
     text = run_git(
-        ["config", "--blob", str(blob.id), "--get-all", _CONFIG_KEY], cwd=repo.cwd, check=False
+        ["config", f"--blob={blob.id}", "--get-all"],
+        operands=[_CONFIG_KEY],
+        cwd=repo.cwd,
+        check=False,
     )
     return text.splitlines()
 
@@ -162,7 +165,11 @@ def add_metrics_file(repo: GitRepo, path: str) -> bool:
     config_path = repo.worktree / THETACONFIG
     if config_path.is_file() and path in _config_values(config_path):
         return False
-    run_git(["config", "-f", str(config_path), "--add", _CONFIG_KEY, path], cwd=repo.worktree)
+    run_git(
+        ["config", f"--file={config_path}", "--add"],
+        operands=[_CONFIG_KEY, path],
+        cwd=repo.worktree,
+    )
     return True
 
 

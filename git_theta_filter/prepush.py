@@ -96,14 +96,19 @@ def objects_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> dic
     for update in updates:
         if update.is_delete:
             continue
-        exclude = (
-            [f"^{update.remote_sha}"]
-            if update.remote_sha in git and not set(update.remote_sha) == {"0"}
-            else []
-        )
-        if not exclude:
-            exclude = ["--not", f"--remotes={remote}"]
-        listing = repo.git("rev-list", "--objects", update.local_sha, *exclude)
+        if update.remote_sha in git and not set(update.remote_sha) == {"0"}:
+            listing = repo.git(
+                "rev-list", "--objects", revisions=[update.local_sha, f"^{update.remote_sha}"]
+            )
+        else:
+            listing = repo.git(
+                "rev-list",
+                "--objects",
+                "--not",
+                f"--remotes={remote}",
+                "--not",
+                revisions=[update.local_sha],
+            )
         blob_ids = [line.split(" ", 1)[0] for line in listing.splitlines() if " " in line]
         for manifest in manifests_in_blobs(git, blob_ids):
             wanted.update(manifest.payload_lengths())

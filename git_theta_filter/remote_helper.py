@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from .cli._errors import format_error
 from .errors import ThetaError
-from .gitrepo import GitError, GitRepo
+from .gitrepo import GitError, GitRepo, git_process, refuse_option_like
 from .history import manifests_in_blobs, open_pygit2
 from .lfs_interop import record_lfs_url
 from .object_sizes import object_size_candidates
@@ -123,16 +123,21 @@ class RemoteHelper:
         self._stdout.write(text.encode("utf-8", "surrogateescape"))
         self._stdout.flush()
 
-    def _git(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def _git(
+        self, *args: str, operands: list[str], input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         """git with its stdout captured (stdout is ours), its stderr shown when verbose."""
-        stderr = None if self.verbosity > 0 else subprocess.DEVNULL
-        return subprocess.run(
-            ["git", *args], cwd=self.repo.cwd, input=input, stdout=subprocess.PIPE, stderr=stderr
+        return git_process(
+            args,
+            operands=operands,
+            cwd=self.repo.cwd,
+            input=input,
+            stderr="show" if self.verbosity > 0 else "discard",
         )
 
     # -- commands ------------------------------------------------------------
     def _list(self) -> list[str]:
-        listing = self.repo.git("ls-remote", "--symref", self.url)
+        listing = self.repo.git("ls-remote", "--symref", operands=[self.url])
         symrefs: dict[str, str] = {}
         self._remote_refs = {}
         for line in listing.splitlines():
@@ -161,15 +166,14 @@ class RemoteHelper:
 
     def _fetch(self, wanted: list[str]) -> None:
         shas = list(dict.fromkeys(item.split(" ", 1)[0] for item in wanted))
-        flags = ["--progress"] if self.progress else ["--quiet"]
         # By id, not by name: exactly the commits we listed, even if a ref moved since.
         result = self._git(
             "fetch",
-            *flags,
+            "--progress" if self.progress else "--quiet",
             "--no-tags",
             "--no-write-fetch-head",
             "--stdin",
-            self.url,
+            operands=[self.url],
             input="\n".join(shas).encode(),
         )
         if result.returncode != 0:
@@ -182,7 +186,8 @@ class RemoteHelper:
         Failures are warnings: the refs are fetched, and a checkout that still
         lacks an object fetches it on demand or says what is missing.
         """
-        listing = self.repo.git("rev-list", "--objects", *shas, "--not", "--all")
+        # What the fetched commits bring that no ref had: `--not --all --not <shas>`.
+        listing = self.repo.git("rev-list", "--objects", "--not", "--all", "--not", revisions=shas)
         blob_ids = [line.split(" ", 1)[0] for line in listing.splitlines() if " " in line]
         wanted: dict[str, int] = {}
         manifests = list(manifests_in_blobs(open_pygit2(self.repo), blob_ids))
@@ -215,7 +220,9 @@ class RemoteHelper:
         updates = []
         for spec in specs:
             src, _, dst = spec.lstrip("+").partition(":")
-            local_sha = self.repo.git("rev-parse", "--verify", src).strip() if src else ZERO_SHA
+            local_sha = (
+                self.repo.git("rev-parse", "--verify", revisions=[src]).strip() if src else ZERO_SHA
+            )
             pushes.append((spec, dst))
             updates.append(RefUpdate(src, local_sha, dst, self._remote_refs.get(dst, ZERO_SHA)))
         if not self.dry_run:
@@ -233,10 +240,14 @@ class RemoteHelper:
                 why = _one_line(format_error(exc).removeprefix("git-theta: error: "))
                 return [f"error {dst} {why}" for _, dst in pushes]
         # Not --quiet: that would drop the porcelain status lines we parse.
-        flags = (["--dry-run"] if self.dry_run else []) + (["--progress"] if self.progress else [])
         # Our caller already ran the pre-push hook; the inner push must not run it again.
         result = self._git(
-            "push", "--porcelain", "--no-verify", *flags, self.url, *(spec for spec, _ in pushes)
+            "push",
+            "--porcelain",
+            "--no-verify",
+            "--dry-run" if self.dry_run else "--no-dry-run",
+            "--progress" if self.progress else "--no-progress",
+            operands=[self.url, *(spec for spec, _ in pushes)],
         )
         statuses = _porcelain_statuses(result.stdout.decode("utf-8", "replace"))
         answers = []
@@ -275,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if os.environ.get(GUARD_VARIABLE) or url.startswith(HELPER_PREFIX):
             raise HelperRecursionError(url)
+        # Git hands both to us verbatim from a remote's config or the command line.
+        refuse_option_like(remote, "remote name")
+        refuse_option_like(url, "URL")
         os.environ[GUARD_VARIABLE] = url
         repo = GitRepo.discover()
         # git-lfs cannot read a theta:: URL: tell it where the LFS objects are.

@@ -86,15 +86,16 @@ def _thetaconfig_get(repo: GitRepo, key: str, revision: str | None) -> str | Non
     index or HEAD.
     """
     if revision is not None:
-        sources = [["--blob", f"{revision}:{THETACONFIG}"]]
+        sources = [("blob", f"{revision}:{THETACONFIG}")]
     else:
         sources = []
         if repo.worktree is not None and (repo.worktree / THETACONFIG).is_file():
-            sources.append(["--file", str(repo.worktree / THETACONFIG)])
-        sources += [["--blob", f":{THETACONFIG}"], ["--blob", f"HEAD:{THETACONFIG}"]]
-    for source in sources:
+            sources.append(("file", str(repo.worktree / THETACONFIG)))
+        sources += [("blob", f":{THETACONFIG}"), ("blob", f"HEAD:{THETACONFIG}")]
+    for kind, source in sources:
         # A blob that does not exist makes git config fail; that is "not set".
-        value = repo.git("config", *source, "--get", key, check=False).strip()
+        value = repo.git("config", f"--{kind}={source}", "--get", operands=[key], check=False)
+        value = value.strip()
         if value:
             return value
     return None
@@ -114,7 +115,7 @@ def local_repository_path(repo: GitRepo, remote_url: str) -> Path | None:
 
 def _remote_url(repo: GitRepo, remote: str) -> str:
     """The URL of a configured remote (insteadOf applied), or ``remote`` itself when it is a URL."""
-    url = repo.git("remote", "get-url", remote, check=False).strip()
+    url = repo.git("remote", "get-url", operands=[remote], check=False).strip()
     return url or remote
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
 
-from .gitrepo import GitError, GitRepo
+from .gitrepo import GitError, GitRepo, git_process
 from .history import read_manifest_blob
 from .manifest import Manifest
 
@@ -141,21 +140,12 @@ def _cleaned_entries(repo: GitRepo, model_paths: list[str]) -> dict[str, pygit2.
             # last `git add` is then still re-read rather than taken as unchanged.
             shutil.copy2(real_index, index_path)
         # The pathspecs are exact paths, so a name with glob characters means itself.
-        args = [
-            "git",
-            "--literal-pathspecs",
-            "add",
-            "-u",
-            "--pathspec-from-file=-",
-            "--pathspec-file-nul",
-        ]
-        result = subprocess.run(
-            args,
+        result = git_process(
+            ["--literal-pathspecs", "add", "-u", "--pathspec-from-file=-", "--pathspec-file-nul"],
             cwd=repo.worktree,
             input=b"\0".join(p.encode("utf-8", "surrogateescape") for p in model_paths),
-            capture_output=True,
             env={**os.environ, "GIT_INDEX_FILE": str(index_path)},
         )
         if result.returncode != 0:
-            raise GitError(args[1:], result.stderr.decode("utf-8", "replace"))
+            raise GitError(["add", "-u"], result.stderr.decode("utf-8", "replace"))
         return _index_entries(pygit2.Index(str(index_path)))

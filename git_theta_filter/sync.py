@@ -57,7 +57,7 @@ class UnknownRevisionError(ThetaError):
 
 def _commit_id(repo: GitRepo, revision: str) -> str:
     sha = repo.git(
-        "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False
+        "rev-parse", "--verify", "--quiet", revisions=[f"{revision}^{{commit}}"], check=False
     ).strip()
     if not sha:
         raise UnknownRevisionError(revision)

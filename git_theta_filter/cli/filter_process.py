@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
 from ..clean import clean
 from ..filter_protocol import serve
-from ..gitrepo import GitRepo
+from ..gitrepo import GitRepo, git_process
 from ..hooks import hooks_installed, install_hooks
 from ..locks import writer_lock
 from ..manifest import Manifest, ManifestError, looks_like_manifest
@@ -78,7 +77,7 @@ def _staged_payload_objects(pathname: str) -> list[str]:
             return []
     except OSError:
         return []
-    staged = subprocess.run(["git", "cat-file", "blob", f":{pathname}"], capture_output=True)
+    staged = git_process(["cat-file", "blob", f":{pathname}"])
     if staged.returncode != 0 or not looks_like_manifest(staged.stdout):
         return []
     try:
