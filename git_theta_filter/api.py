@@ -39,7 +39,7 @@ import pygit2
 from .clean import clean
 from .errors import ThetaError
 from .gitrepo import GitRepo
-from .history import open_pygit2, read_manifest_blob
+from .history import open_pygit2, read_blob, read_manifest_blob
 from .locks import writer_lock
 from .manifest import Manifest
 from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_metric
@@ -317,7 +317,7 @@ class Repository:
         commit = resolve_commit(self._git, rev)
         blob = _blob_at(commit, relative, rev)
         target = self._worktree() / relative
-        plan = self._smudge_plan(blob.data, relative)
+        plan = self._smudge_plan(read_blob(self._git, blob.id), relative)
         with writer_lock(self._repo.theta_dir):
             _write_atomically(target, plan)
             self._stage(relative, blob.id, _settled_stat(target))

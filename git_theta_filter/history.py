@@ -3,6 +3,11 @@
 A blob is a manifest when it starts with the manifest magic and parses; the
 blob's size is read from the object header first, so large non-manifest
 blobs are never loaded.
+
+In a partial clone a tree or blob may not be local. An absent object is never
+taken for "not a manifest": the walkers here collect the ids they will read
+and fetch the absent ones in one batch (:mod:`promisor`); a single read that
+finds its blob absent fetches it alone. What cannot be fetched is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import pygit2
 
 from .gitrepo import GitRepo
 from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError
+from .promisor import fetch_missing
 
 __all__ = [
     "ManifestRef",
@@ -23,6 +29,9 @@ __all__ = [
     "tree_manifests",
     "reachable_manifests",
     "manifests_in_blobs",
+    "read_blob",
+    "lookup_tree",
+    "tree_blobs",
 ]
 
 
@@ -37,13 +46,31 @@ def open_pygit2(repo: GitRepo) -> pygit2.Repository:
     return pygit2.Repository(str(repo.git_dir))
 
 
+def read_blob(git: pygit2.Repository, blob_id: pygit2.Oid | str) -> bytes:
+    """A blob's bytes, fetched first if a partial clone left it out."""
+    oid = pygit2.Oid(hex=blob_id) if isinstance(blob_id, str) else blob_id
+    fetch_missing(git, [oid])
+    return git[oid].data
+
+
+def lookup_tree(git: pygit2.Repository, tree_id: pygit2.Oid) -> pygit2.Tree:
+    """A tree, fetched first (with the trees below it) if a partial clone left it out."""
+    fetch_missing(git, [tree_id])
+    return git[tree_id].peel(pygit2.Tree)
+
+
 def read_manifest_blob(git: pygit2.Repository, blob_id: pygit2.Oid | str) -> Manifest | None:
-    """The manifest in a blob, or None when the blob is not one."""
+    """The manifest in a blob, or None when the blob is not one.
+
+    A blob that is not local is fetched (:mod:`promisor`) or raises
+    :class:`promisor.GitObjectsUnavailableError`; it is never "not a manifest".
+    """
     oid = pygit2.Oid(hex=blob_id) if isinstance(blob_id, str) else blob_id
     try:
         kind, size = git.odb.read_header(oid)
     except KeyError:
-        return None
+        fetch_missing(git, [oid])
+        kind, size = git.odb.read_header(oid)
     if kind != pygit2.enums.ObjectType.BLOB or size > MAX_MANIFEST_BYTES or size < len(MAGIC):
         return None
     data = git[oid].data
@@ -57,26 +84,37 @@ def read_manifest_blob(git: pygit2.Repository, blob_id: pygit2.Oid | str) -> Man
 
 def index_manifests(repo: GitRepo, git: pygit2.Repository | None = None) -> list[ManifestRef]:
     git = git or open_pygit2(repo)
-    index = git.index
+    entries = list(git.index)
+    fetch_missing(git, (entry.id for entry in entries))
     refs = []
-    for entry in index:
+    for entry in entries:
         manifest = read_manifest_blob(git, entry.id)
         if manifest is not None:
             refs.append(ManifestRef(entry.path, str(entry.id), manifest))
     return refs
 
 
-def tree_manifests(
+def tree_blobs(
     git: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
-) -> Iterator[ManifestRef]:
+) -> Iterator[tuple[str, pygit2.Oid]]:
+    """``(path, blob id)`` of every file below ``tree``, fetching absent subtrees."""
     for entry in tree:
         path = f"{prefix}{entry.name}"
         if entry.type == pygit2.enums.ObjectType.TREE:
-            yield from tree_manifests(git, git[entry.id], path + "/")
+            yield from tree_blobs(git, lookup_tree(git, entry.id), path + "/")
         elif entry.type == pygit2.enums.ObjectType.BLOB:
-            manifest = read_manifest_blob(git, entry.id)
-            if manifest is not None:
-                yield ManifestRef(path, str(entry.id), manifest)
+            yield path, entry.id
+
+
+def tree_manifests(
+    git: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
+) -> Iterator[ManifestRef]:
+    files = list(tree_blobs(git, tree, prefix))
+    fetch_missing(git, (blob_id for _, blob_id in files))
+    for path, blob_id in files:
+        manifest = read_manifest_blob(git, blob_id)
+        if manifest is not None:
+            yield ManifestRef(path, str(blob_id), manifest)
 
 
 def reachable_manifests(
@@ -85,10 +123,9 @@ def reachable_manifests(
     """Every distinct manifest blob in the history of ``tips``, keyed by blob id.
 
     Trees already visited are skipped, so the walk costs one visit per distinct tree.
+    In a partial clone the absent trees, then the absent blobs, come down in a
+    batch each.
     """
-    seen_trees: set[pygit2.Oid] = set()
-    seen_blobs: set[pygit2.Oid] = set()
-    found: dict[str, ManifestRef] = {}
     walker = None
     for tip in tips:
         if walker is None:
@@ -96,7 +133,11 @@ def reachable_manifests(
         else:
             walker.push(tip)
     if walker is None:
-        return found
+        return {}
+    root_trees = [commit.tree_id for commit in walker]
+    fetch_missing(git, root_trees)
+    seen_trees: set[pygit2.Oid] = set()
+    blobs: dict[pygit2.Oid, str] = {}  # blob id -> the first path it was met at
 
     def visit(tree: pygit2.Tree, prefix: str) -> None:
         if tree.id in seen_trees:
@@ -104,21 +145,24 @@ def reachable_manifests(
         seen_trees.add(tree.id)
         for entry in tree:
             if entry.type == pygit2.enums.ObjectType.TREE:
-                visit(git[entry.id], f"{prefix}{entry.name}/")
-            elif entry.type == pygit2.enums.ObjectType.BLOB and entry.id not in seen_blobs:
-                seen_blobs.add(entry.id)
-                manifest = read_manifest_blob(git, entry.id)
-                if manifest is not None:
-                    found[str(entry.id)] = ManifestRef(
-                        f"{prefix}{entry.name}", str(entry.id), manifest
-                    )
+                visit(lookup_tree(git, entry.id), f"{prefix}{entry.name}/")
+            elif entry.type == pygit2.enums.ObjectType.BLOB:
+                blobs.setdefault(entry.id, f"{prefix}{entry.name}")
 
-    for commit in walker:
-        visit(commit.tree, "")
+    for tree_id in root_trees:
+        visit(lookup_tree(git, tree_id), "")
+    fetch_missing(git, blobs)
+    found: dict[str, ManifestRef] = {}
+    for blob_id, path in blobs.items():
+        manifest = read_manifest_blob(git, blob_id)
+        if manifest is not None:
+            found[str(blob_id)] = ManifestRef(path, str(blob_id), manifest)
     return found
 
 
 def manifests_in_blobs(git: pygit2.Repository, blob_ids: Iterable[str]) -> list[Manifest]:
+    blob_ids = list(blob_ids)
+    fetch_missing(git, (pygit2.Oid(hex=blob_id) for blob_id in blob_ids))
     out = []
     for blob_id in blob_ids:
         manifest = read_manifest_blob(git, blob_id)

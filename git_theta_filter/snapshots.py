@@ -21,8 +21,9 @@ from pathlib import Path
 import pygit2
 
 from .gitrepo import GitError, GitRepo, git_process
-from .history import read_manifest_blob
+from .history import lookup_tree, read_blob, read_manifest_blob
 from .manifest import Manifest
+from .promisor import fetch_missing
 
 __all__ = ["ModelVersion", "Snapshot", "tree_snapshot", "index_snapshot", "worktree_snapshot"]
 
@@ -57,6 +58,8 @@ class Snapshot:
     def model_files(self) -> dict[str, ModelVersion]:
         if self._models is None:
             self._models = {}
+            # In a partial clone, every absent blob comes down in one batch.
+            fetch_missing(self._git, self._entries.values())
             for path, blob_id in self._entries.items():
                 manifest = read_manifest_blob(self._git, blob_id)
                 if manifest is not None:
@@ -72,8 +75,7 @@ class Snapshot:
         blob_id = self._entries.get(path)
         if blob_id is None:
             return None
-        blob = self._git[blob_id]
-        return blob.data if isinstance(blob, pygit2.Blob) else None
+        return read_blob(self._git, blob_id)
 
 
 def _tree_entries(
@@ -81,7 +83,7 @@ def _tree_entries(
 ) -> None:
     for entry in tree:
         if entry.type == pygit2.enums.ObjectType.TREE:
-            _tree_entries(git, git[entry.id], f"{prefix}{entry.name}/", out)
+            _tree_entries(git, lookup_tree(git, entry.id), f"{prefix}{entry.name}/", out)
         elif entry.type == pygit2.enums.ObjectType.BLOB:
             out[f"{prefix}{entry.name}"] = entry.id
 

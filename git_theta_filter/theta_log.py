@@ -17,15 +17,16 @@ The JSON form is specified in docs/json-schema.md.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pygit2
 
-from .history import read_manifest_blob, tree_manifests
+from .history import read_blob, read_manifest_blob, tree_manifests
 from .manifest import Manifest
 from .metrics import Metric, collect_metrics, default_direction, is_number
+from .promisor import fetch_missing
 from .revisions import PathNotTrackedError, Pathspec, RevisionRange
 from .stats import Statistician
 from .tensor_diff import ManifestDiff, diff_manifests, new_bytes
@@ -154,13 +155,10 @@ def walk_model_changes(
     for commit in revisions.exclude:
         walker.hide(commit.id)
     commits = 0
-    for commit in walker:
+    for commit, per_parent in _changes_prefetched(git, walker):
         if max_count is not None and commits >= max_count:
             return
         parents = list(commit.parents)
-        per_parent = [_changed_blobs(git, parent, commit) for parent in parents] or [
-            _changed_blobs(git, None, commit)
-        ]
         shown = False
         for path in sorted(per_parent[0]):
             if not all(path in changed for changed in per_parent):
@@ -177,13 +175,57 @@ def walk_model_changes(
         commits += shown
 
 
-def _read_from(commit: pygit2.Commit) -> Callable[[str], bytes | None]:
+Changes = list[dict[str, tuple[pygit2.Oid | None, pygit2.Oid | None]]]
+
+# Commits whose changed blobs a partial clone fetches in one batch.
+_PREFETCH_COMMITS = 256
+
+
+def _changes_prefetched(
+    git: pygit2.Repository, walker: Iterable[pygit2.Commit]
+) -> Iterator[tuple[pygit2.Commit, Changes]]:
+    """Each commit with its changes against each parent (or the empty tree).
+
+    The blobs the walk will read are made local a batch of commits at a time:
+    in a partial clone they may be absent, and never "not a manifest".
+    """
+    chunk: list[tuple[pygit2.Commit, Changes]] = []
+
+    def flush() -> Iterator[tuple[pygit2.Commit, Changes]]:
+        fetch_missing(
+            git,
+            (
+                blob_id
+                for _, per_parent in chunk
+                for changed in per_parent
+                for pair in changed.values()
+                for blob_id in pair
+                if blob_id is not None
+            ),
+        )
+        yield from chunk
+        chunk.clear()
+
+    for commit in walker:
+        parents = list(commit.parents)
+        per_parent = [_changed_blobs(git, parent, commit) for parent in parents] or [
+            _changed_blobs(git, None, commit)
+        ]
+        chunk.append((commit, per_parent))
+        if len(chunk) == _PREFETCH_COMMITS:
+            yield from flush()
+    yield from flush()
+
+
+def _read_from(git: pygit2.Repository, commit: pygit2.Commit) -> Callable[[str], bytes | None]:
     def read(path: str) -> bytes | None:
         try:
-            blob = commit.tree[path]
+            entry = commit.tree[path]
         except KeyError:
             return None
-        return blob.data if isinstance(blob, pygit2.Blob) else None
+        if entry.type != pygit2.enums.ObjectType.BLOB:
+            return None
+        return read_blob(git, entry.id)
 
     return read
 
@@ -208,7 +250,11 @@ def theta_log(
         new_oids: set[str] = set()
         if change.new is not None:
             metrics = collect_metrics(
-                change.path, change.new.metrics, _read_from(change.commit), declared_metrics, warn
+                change.path,
+                change.new.metrics,
+                _read_from(git, change.commit),
+                declared_metrics,
+                warn,
             )
             parents_had = {
                 oid for parent in change.parents if parent for oid in parent.object_ids()
