@@ -50,7 +50,7 @@ def read_blob(git: pygit2.Repository, blob_id: pygit2.Oid | str) -> bytes:
     """A blob's bytes, fetched first if a partial clone left it out."""
     oid = pygit2.Oid(hex=blob_id) if isinstance(blob_id, str) else blob_id
     fetch_missing(git, [oid])
-    return git[oid].data
+    return git[oid].peel(pygit2.Blob).data
 
 
 def lookup_tree(git: pygit2.Repository, tree_id: pygit2.Oid) -> pygit2.Tree:

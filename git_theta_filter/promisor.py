@@ -51,8 +51,9 @@ def promisor_remotes(git: pygit2.Repository) -> list[str]:
     """The remotes that promised the objects a partial clone left out, preferred one first."""
     remotes: list[str] = []
     config = git.config
-    if "extensions.partialclone" in config:
-        remotes.append(config["extensions.partialclone"])
+    preferred = config["extensions.partialclone"] if "extensions.partialclone" in config else None
+    if preferred:
+        remotes.append(preferred)
     for entry in config:
         name = entry.name
         if name.startswith("remote.") and name.endswith(".promisor"):
