@@ -24,10 +24,11 @@ import os
 import re
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .errors import ThetaError
 from .gitrepo import GitRepo, git_process
+from .store.lfs_endpoint import endpoint_from_remote_url, scp_like_parts
 
 __all__ = [
     "LFS_HOOK_NAMES",
@@ -130,27 +131,21 @@ def lfs_endpoint(url: str, base: Path) -> str | None:
 
     * a local path or ``file://`` URL: ``file://<absolute path>`` (git-lfs moves
       objects to ``<repo>/lfs/objects`` with no server);
-    * ``http(s)://host/path``: ``…/path.git/info/lfs`` (``.git`` added when missing);
     * ssh (``ssh://`` or ``user@host:path``): the URL itself, so git-lfs asks the
-      server over ssh (``git-lfs-authenticate``) as it does for an ssh remote.
+      server over ssh (``git-lfs-authenticate``) as it does for an ssh remote;
+    * ``http(s)://host/path`` (and ``git://``): ``…/path.git/info/lfs``, as
+      :func:`store.lfs_endpoint.endpoint_from_remote_url` derives it.
 
     Relative paths are taken from ``base``.
     """
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https"):
-        path = parts.path.rstrip("/")
-        path += "/info/lfs" if path.endswith(".git") else ".git/info/lfs"
-        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-    if parts.scheme in ("ssh", "git+ssh", "ssh+git"):
+    if url.startswith("ssh://") or scp_like_parts(url) is not None:
         return url
-    if parts.scheme == "file":
-        return url if parts.netloc in ("", "localhost") else None
-    if "://" in url:
-        return None
-    colon, slash = url.find(":"), url.find("/")
-    if colon != -1 and (slash == -1 or colon < slash):
-        return url  # scp-like "host:path": ssh
-    return Path(os.path.abspath(base / Path(url).expanduser())).as_uri()
+    if url.startswith("file://"):
+        return url if urlsplit(url).netloc in ("", "localhost") else None
+    if "://" not in url and "::" not in url:
+        return Path(os.path.abspath(base / Path(url).expanduser())).as_uri()
+    endpoint = endpoint_from_remote_url(url)
+    return endpoint.url if endpoint is not None and endpoint.ssh is None else None
 
 
 def record_lfs_url(repo: GitRepo, remote: str, url: str) -> str | None:

@@ -20,12 +20,12 @@ new pack by itself on the next lookup.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterable
 
 import pygit2
 
 from .errors import ThetaError
+from .gitrepo import git_process
 
 __all__ = ["GitObjectsUnavailableError", "missing_objects", "promisor_remotes", "fetch_missing"]
 
@@ -82,22 +82,20 @@ def fetch_missing(git: pygit2.Repository, oids: Iterable[pygit2.Oid]) -> int:
         )
     failures = []
     for remote in remotes:
-        result = subprocess.run(
+        result = git_process(
             [
-                "git",
                 f"--git-dir={git.path}",
                 "-c",
                 "fetch.negotiationAlgorithm=noop",
                 "fetch",
-                remote,
                 "--no-tags",
                 "--no-write-fetch-head",
                 "--recurse-submodules=no",
                 "--filter=blob:none",
                 "--stdin",
             ],
+            revisions=[remote],
             input="".join(f"{oid}\n" for oid in wanted).encode(),
-            capture_output=True,
         )
         if result.returncode != 0:
             lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
