@@ -307,16 +307,17 @@ def open_lfs_store(
     )
     ssh = None
     if endpoint.ssh is not None:
+        command = os.environ.get("GIT_SSH_COMMAND") or None
+        program = os.environ.get("GIT_SSH") or None
+        if command is None and program is None:
+            command = config.get("core.sshCommand") or None
         ssh = SshAuthenticator(
             endpoint.ssh,
             endpoint.store_url,
-            ssh_command=os.environ.get("GIT_SSH_COMMAND") or None,
-            ssh_program=os.environ.get("GIT_SSH") or None,
+            ssh_command=command,
+            ssh_program=program,
+            variant=os.environ.get("GIT_SSH_VARIANT") or config.get("ssh.variant") or None,
         )
-        if not os.environ.get("GIT_SSH_COMMAND") and not os.environ.get("GIT_SSH"):
-            command = config.get("core.sshCommand")
-            if command:
-                ssh = SshAuthenticator(endpoint.ssh, endpoint.store_url, ssh_command=command)
     store = LfsStore(
         endpoint,
         settings=settings,

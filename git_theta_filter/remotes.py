@@ -21,13 +21,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
-from .lfs_remote import explicit_endpoint, lfs_endpoint, open_lfs_store
 from .store.base import ObjectStore
-from .store.lfs_endpoint import LfsEndpoint
 from .store.remote import DEFAULT_TRANSFERS, open_store, path_from_url
+
+if TYPE_CHECKING:  # the LFS modules load only when a remote needs them (filter start-up)
+    from .store.lfs_endpoint import LfsEndpoint
 
 __all__ = [
     "StoreConfigError",
@@ -134,6 +136,8 @@ def locate_store(
     git_dir = local_repository_path(repo, url)
     if git_dir is not None:
         return StoreLocation(str(git_dir / "theta" / "objects"), anchor=git_dir)
+    from .lfs_remote import lfs_endpoint
+
     endpoint = lfs_endpoint(repo, remote, url)
     if endpoint is not None:
         return StoreLocation(endpoint.store_url, lfs=endpoint)
@@ -165,9 +169,12 @@ def resolve_store(
     location = locate_store(repo, remote, remote_url, revision)
     if location is None:
         return None
-    lfs = location.lfs or explicit_endpoint(location.url)
-    if lfs is not None:
-        return open_lfs_store(repo, lfs)
+    if location.lfs is not None or location.url.startswith("lfs+"):
+        from .lfs_remote import explicit_endpoint, open_lfs_store
+
+        lfs = location.lfs or explicit_endpoint(location.url)
+        if lfs is not None:
+            return open_lfs_store(repo, lfs)
     endpoint = _s3_endpoint(repo, revision) if location.url.startswith("s3://") else None
     return open_store(
         location.url,

@@ -24,7 +24,6 @@ before they reach an error message.
 from __future__ import annotations
 
 import datetime
-import email.utils
 import json
 import re
 import time
@@ -334,6 +333,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(int(value))
+    import email.utils  # only for an HTTP date, which few servers send
+
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -45,12 +45,14 @@ def ssh_command_line(
     *,
     ssh_command: str | None = None,
     ssh_program: str | None = None,
+    variant: str | None = None,
 ) -> list[str]:
     """The argv that runs ``git-lfs-authenticate`` on ``target``.
 
     ``ssh_command`` is a shell command (``GIT_SSH_COMMAND``/``core.sshCommand``), run
     through ``sh`` with the arguments appended as git does; ``ssh_program`` is a
-    program path (``GIT_SSH``).
+    program path (``GIT_SSH``); ``variant`` is git's ``ssh.variant``/``GIT_SSH_VARIANT``
+    (else guessed from the program's name, as git does).
     """
     if target.user_and_host.startswith("-"):
         raise ValueError("an ssh host may not start with '-'")
@@ -58,7 +60,7 @@ def ssh_command_line(
     if ssh_command:
         words = shlex.split(ssh_command)
         program = words[0] if words else "ssh"
-    variant = PurePath(program).name.lower().removesuffix(".exe")
+    variant = (variant or PurePath(program).name).lower().removesuffix(".exe")
     args: list[str] = []
     if target.port is not None:
         args += ["-P" if variant in ("plink", "tortoiseplink") else "-p", str(target.port)]
@@ -81,9 +83,11 @@ class SshAuthenticator:
         *,
         ssh_command: str | None = None,
         ssh_program: str | None = None,
+        variant: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.target = target
+        self._variant = variant
         self._url = url
         self._ssh_command = ssh_command
         self._ssh_program = ssh_program
@@ -108,6 +112,7 @@ class SshAuthenticator:
                 operation,
                 ssh_command=self._ssh_command,
                 ssh_program=self._ssh_program,
+                variant=self._variant,
             )
         except ValueError as exc:  # an unbalanced quote in the ssh command, a host like "-x"
             raise SshAuthenticationError(self._url, f"cannot run ssh: {exc}") from None

@@ -271,3 +271,50 @@ def test_lfs_wrong_password_is_a_clean_401_and_git_credential_reject(
     )
     assert result.returncode != 0
     assert "no credentials: `git credential fill` failed" in result.stderr.decode()
+
+
+# Stands in for ssh to a hosting site: git's own commands run locally on the
+# path, and git-lfs-authenticate answers as GitHub's does, with the LFS href
+# and a header for the batch API.
+FAKE_SSH = """#!/bin/sh
+here=$(dirname "$0")
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -p) echo "port $2" >> "$here/ssh.log"; shift 2 ;;
+        -o) shift 2 ;;
+        --) shift; break ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+host=$1
+shift
+echo "$host $*" >> "$here/ssh.log"
+case "$*" in
+    git-lfs-authenticate*)
+        printf '{"href": "%s", "header": {"X-Theta-Test": "ssh"}}' "$LFS_HREF" ;;
+    *) exec sh -c "$*" ;;
+esac
+"""
+
+
+def test_lfs_over_an_ssh_remote_asks_git_lfs_authenticate(git_env, tmp_path, server, hosted):
+    _, name = hosted
+    ssh = tmp_path / "ssh" / "fake-ssh"
+    ssh.parent.mkdir()
+    ssh.write_text(FAKE_SSH)
+    ssh.chmod(0o755)
+    env = {"GIT_SSH_COMMAND": str(ssh), "GIT_SSH_VARIANT": "ssh", "LFS_HREF": server.endpoint(name)}
+    git_env.env.update(env)
+    url = f"ssh://git@models.example:2222{server.bare(name)}"
+    run_round_trip(git_env, tmp_path, url)
+
+    log = (tmp_path / "ssh" / "ssh.log").read_text().splitlines()
+    path = str(server.bare(name)).lstrip("/")
+    assert f"git@models.example git-lfs-authenticate {path} upload" in log
+    assert f"git@models.example git-lfs-authenticate {path} download" in log
+    assert "port 2222" in log
+    batches = [entry for entry in server.stats() if entry["kind"] == "batch"]
+    assert batches and {entry["extra_header"] for entry in batches} == {"ssh"}
+    stored = server.stored(name)
+    assert_valid_objects(set(stored), stored.__getitem__)
