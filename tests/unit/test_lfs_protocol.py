@@ -1,0 +1,204 @@
+"""The batch API's JSON (docs/lfs-wire.md), endpoint discovery, and the ssh and credential
+inputs: what a server or a URL may send us, and what is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from git_theta_filter.store.git_credential import Credential, credential_description
+from git_theta_filter.store.lfs_endpoint import (
+    SshTarget,
+    endpoint_from_lfs_url,
+    endpoint_from_remote_url,
+)
+from git_theta_filter.store.lfs_protocol import (
+    MAX_BATCH,
+    LfsProtocolError,
+    batch_request,
+    parse_batch_response,
+    parse_retry_after,
+    parse_ssh_authenticate,
+    printable,
+    redact_url,
+)
+from git_theta_filter.store.lfs_ssh import ssh_command_line
+
+OID = "021a25ab31053d7b9c1e6dee318ba60b8327d365d7e78aabef799b2967683b32"
+OTHER = "177b7a6f858af2b6bb0a8c4767a0ddae8396c0046d466db83a920afb925563be"
+URL = "lfs+https://example.com/org/repo.git/info/lfs"
+
+
+def answer(*objects: dict, **extra) -> bytes:
+    return json.dumps({"transfer": "basic", "objects": list(objects), **extra}).encode()
+
+
+def download_entry(oid: str = OID, size: int = 10, **action) -> dict:
+    return {
+        "oid": oid,
+        "size": size,
+        "actions": {"download": {"href": "https://cdn.example.com/x?sig=s3cr3t", **action}},
+    }
+
+
+def test_lfs_protocol_batch_request_is_the_literal_form_of_the_spec():
+    body = json.loads(batch_request("upload", [(OID, 8264)]))
+    assert body == {
+        "operation": "upload",
+        "transfers": ["basic"],
+        "hash_algo": "sha256",
+        "objects": [{"oid": OID, "size": 8264}],
+    }
+    with pytest.raises(ValueError, match="1 to 100"):
+        batch_request("download", [(OID, 1)] * (MAX_BATCH + 1))
+
+
+def test_lfs_protocol_parses_actions_errors_and_expiry():
+    body = answer(
+        download_entry(expires_in=60, header={"Authorization": "RemoteAuth t"}),
+        {"oid": OTHER, "size": 5, "error": {"code": 404, "message": "Object does not exist"}},
+    )
+    answers = parse_batch_response(URL, body, "download", {OID: 10, OTHER: 5}, received_at=1000)
+    action = answers[OID].actions["download"]
+    assert action.headers == {"Authorization": "RemoteAuth t"}
+    assert action.expires_at == 1060 and action.expires_within(5, now=1056)
+    assert not action.expires_within(5, now=1054)
+    assert answers[OTHER].error.code == 404 and answers[OTHER].actions == {}
+    at = parse_batch_response(
+        URL,
+        answer(download_entry(expires_at="2016-11-10T15:29:07Z")),
+        "download",
+        {OID: 10},
+    )
+    assert at[OID].actions["download"].expires_at == 1478791747
+    present = parse_batch_response(URL, answer({"oid": OID, "size": 10}), "upload", {OID: 10})
+    assert present[OID].actions == {} and present[OID].error is None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"<html>", "not JSON"),
+        (json.dumps({"message": "hi"}).encode(), "no list of objects"),
+        (answer(download_entry(), transfer="multipart"), "transfer 'multipart' was not offered"),
+        (answer(download_entry(), hash_algo="sha1"), "not sha256"),
+        (answer(download_entry(oid="../../etc/passwd")), "is not a sha256"),
+        (answer(download_entry(oid=OTHER)), "which was not asked"),
+        (answer(download_entry(size=11)), "is 11 bytes in the answer, 10 in the request"),
+        (answer({"oid": OID, "size": 10, "actions": {}}), "neither a download action nor"),
+        (answer(download_entry(href="file:///etc/passwd")), "is not an http(s) URL"),
+        (answer(download_entry(href="https://h.example/a\r\nX: y")), "spaces or line breaks"),
+        (answer(download_entry(header={"X-A": "1\r\nCookie: x"})), "has a line break"),
+        (answer(download_entry(header={"Bad Name": "1"})), "is not valid"),
+        (answer(download_entry(expires_in="soon")), "expires_in is not a whole number"),
+        (answer(download_entry(expires_at="tomorrow")), "is not RFC 3339"),
+        (answer({"oid": OID, "size": 10, "error": {"code": "x"}}), "no numeric code"),
+        (b"[" * 100000 + b"]" * 100000, "not JSON"),
+    ],
+)
+def test_lfs_protocol_refuses_a_malformed_answer_whole(body, reason):
+    with pytest.raises(LfsProtocolError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        parse_batch_response(URL, body, "download", {OID: 10})
+
+
+def test_lfs_protocol_refuses_an_answer_over_16_mib():
+    body = answer(download_entry(header={"X-Pad": "a" * (17 << 20)}))
+    with pytest.raises(LfsProtocolError, match="more than"):
+        parse_batch_response(URL, body, "download", {OID: 10})
+
+
+def test_lfs_protocol_messages_and_urls_are_safe_to_print():
+    assert printable("bad\x1b[31mred\nline") == "bad\\x1b[31mred\\nline"
+    assert len(printable("x" * 1000)) == 300
+    assert (
+        redact_url("https://user:pass@cdn.example.com:8443/o/x?X-Amz-Signature=abc#f")
+        == "https://cdn.example.com:8443/o/x"
+    )
+
+
+def test_lfs_protocol_retry_after_in_seconds_or_as_a_date():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470) == 10.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_lfs_protocol_git_lfs_authenticate_answer():
+    auth = parse_ssh_authenticate(
+        URL,
+        b'{"href": "https://lfs.example.com/org/repo", "header": {"Authorization": "RemoteAuth x"},'
+        b' "expires_in": 60}',
+        received_at=100,
+    )
+    assert auth.href == "https://lfs.example.com/org/repo"
+    assert auth.headers == {"Authorization": "RemoteAuth x"} and auth.expires_at == 160
+    with pytest.raises(LfsProtocolError, match="is not an http"):
+        parse_ssh_authenticate(URL, b'{"href": "ext::sh -c touch% /tmp/pwned"}')
+
+
+@pytest.mark.parametrize(
+    ("remote", "endpoint"),
+    [
+        ("https://git-server.com/foo/bar", "https://git-server.com/foo/bar.git/info/lfs"),
+        ("https://git-server.com/foo/bar.git", "https://git-server.com/foo/bar.git/info/lfs"),
+        ("https://git-server.com/foo/bar/", "https://git-server.com/foo/bar.git/info/lfs"),
+        ("git@git-server.com:foo/bar.git", "https://git-server.com/foo/bar.git/info/lfs"),
+        ("ssh://git-server.com:2222/foo/bar.git", "https://git-server.com/foo/bar.git/info/lfs"),
+        ("git://git-server.com/foo/bar.git", "https://git-server.com/foo/bar.git/info/lfs"),
+        ("theta::https://h.example/m.git", "https://h.example/m.git/info/lfs"),
+        ("https://huggingface.co/org/model", "https://huggingface.co/org/model.git/info/lfs"),
+    ],
+)
+def test_lfs_endpoint_derived_from_a_remote_url_as_git_lfs_does(remote, endpoint):
+    assert endpoint_from_remote_url(remote).url == endpoint
+
+
+def test_lfs_endpoint_of_ssh_remotes_and_remotes_without_one():
+    scp = endpoint_from_remote_url("git@git-server.com:foo/bar.git")
+    assert scp.ssh == SshTarget("git@git-server.com", "foo/bar.git", None)
+    ssh = endpoint_from_remote_url("ssh://me@git-server.com:2222/foo/bar.git")
+    assert ssh.ssh == SshTarget("me@git-server.com", "foo/bar.git", 2222)
+    for remote in ("/srv/models.git", "file:///srv/models.git", "./models", "ext::git %s /x"):
+        assert endpoint_from_remote_url(remote) is None
+    for hostile in ("ssh://-oProxyCommand=touch%20x/repo", "-oProxyCommand=x:repo"):
+        assert endpoint_from_remote_url(hostile) is None
+
+
+def test_lfs_endpoint_takes_credentials_out_of_the_url():
+    endpoint = endpoint_from_lfs_url("https://me:s3cret@lfs.example.com/org/repo/")
+    assert endpoint.url == "https://lfs.example.com/org/repo"
+    assert (endpoint.username, endpoint.password) == ("me", "s3cret")
+    assert "s3cret" not in repr(endpoint) + endpoint.store_url
+    assert endpoint_from_lfs_url("ftp://lfs.example.com/x") is None
+
+
+def test_lfs_ssh_command_line_keeps_hosts_and_paths_from_becoming_options_or_commands():
+    target = SshTarget("git@h.example", "org/my repo;rm -rf ~.git", 2222)
+    argv = ssh_command_line(target, "upload")
+    assert argv == [
+        "ssh",
+        "-p",
+        "2222",
+        "--",
+        "git@h.example",
+        "git-lfs-authenticate 'org/my repo;rm -rf ~.git' upload",
+    ]
+    plink = ssh_command_line(target, "download", ssh_program="/usr/bin/plink")
+    assert plink[1:3] == ["-P", "2222"] and "--" not in plink
+    shell = ssh_command_line(SshTarget("h", "r.git"), "download", ssh_command="ssh -i key")
+    assert shell[:3] == ["sh", "-c", 'ssh -i key "$@"']
+    with pytest.raises(ValueError, match="may not start with '-'"):
+        ssh_command_line(SshTarget("-oProxyCommand=x", "r"), "upload")
+
+
+def test_lfs_credential_description_and_a_credential_that_never_prints():
+    assert credential_description("https://h.example:8443/org/repo.git/info/lfs") == [
+        ("protocol", "https"),
+        ("host", "h.example:8443"),
+        ("path", "org/repo.git/info/lfs"),
+    ]
+    with pytest.raises(ValueError, match="line break"):
+        credential_description("https://h.example/org%0Ahost=evil.example/repo")
+    credential = Credential((("username", "me"), ("password", "s3cret")))
+    assert "s3cret" not in repr(credential) and "s3cret" not in str(credential)
