@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .errors import ThetaError
+from .git_credential import GitCredentials
 from .gitrepo import GitRepo
-from .store.git_credential import GitCredentials
 from .store.lfs_endpoint import (
     LFS_SCHEME_PREFIX,
     LfsEndpoint,
@@ -117,14 +117,17 @@ def _canonical_key(key: str) -> str:
 
 def _committed_lfsconfig(repo: GitRepo, key: str) -> str | None:
     """``key`` from ``.lfsconfig`` in the work tree, else the index, else HEAD."""
-    sources = []
     if repo.worktree is not None and (repo.worktree / LFSCONFIG).is_file():
-        sources.append(["--file", str(repo.worktree / LFSCONFIG)])
-    sources += [["--blob", f":{LFSCONFIG}"], ["--blob", f"HEAD:{LFSCONFIG}"]]
-    for source in sources:
-        value = repo.git("config", *source, "--get", "--", key, check=False).strip()
-        if value:
-            return value
+        path = repo.worktree / LFSCONFIG
+        value = repo.git("config", f"--file={path}", "--get", operands=[key], check=False)
+        if value.strip():
+            return value.strip()
+    for revision in (":", "HEAD:"):  # the index, then HEAD
+        value = repo.git(
+            "config", f"--blob={revision}{LFSCONFIG}", "--get", operands=[key], check=False
+        )
+        if value.strip():
+            return value.strip()
     return None
 
 
@@ -250,11 +253,11 @@ def _extra_headers(config: GitConfig, url: str) -> tuple[tuple[str, str], ...]:
 
 
 def _url_setting(repo: GitRepo, key: str, url: str, *, bool_type: bool = False) -> str | None:
-    args = ["config", "--get-urlmatch"]
     if bool_type:
-        args.append("--bool")
-    value = repo.git(*args, "--", key, url, check=False).strip()
-    return value or None
+        value = repo.git("config", "--bool", "--get-urlmatch", operands=[key, url], check=False)
+    else:
+        value = repo.git("config", "--get-urlmatch", operands=[key, url], check=False)
+    return value.strip() or None
 
 
 def http_options_for(repo: GitRepo, config: GitConfig) -> Callable[[str], HttpOptions]:

@@ -47,13 +47,13 @@ import requests.adapters
 import requests.auth
 
 from .base import ObjectStore, RemoteObjectMissingError, StoreError, StoreUnavailableError
-from .git_credential import Credential
 from .lfs_endpoint import LfsEndpoint
 from .lfs_protocol import (
     MAX_BATCH,
     MAX_RESPONSE_BYTES,
     MEDIA_TYPE,
     Action,
+    Credential,
     ObjectAnswer,
     ObjectError,
     Operation,

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_RESPONSE_BYTES",
     "Operation",
+    "Credential",
     "Action",
     "ObjectError",
     "ObjectAnswer",
@@ -102,6 +103,30 @@ def redact_url(url: str) -> str:
         port = None
     netloc = f"{host}:{port}" if port is not None else host
     return printable(urlunsplit((parts.scheme, netloc, parts.path, "", "")))
+
+
+@dataclass(frozen=True, repr=False)
+class Credential:
+    """What ``git credential fill`` printed, passed back as is to ``approve``/``reject``."""
+
+    attributes: tuple[tuple[str, str], ...]
+
+    def get(self, key: str) -> str | None:
+        for name, value in self.attributes:
+            if name == key:
+                return value
+        return None
+
+    @property
+    def username(self) -> str:
+        return self.get("username") or ""
+
+    @property
+    def password(self) -> str:
+        return self.get("password") or ""
+
+    def __repr__(self) -> str:
+        return f"Credential(username={self.username!r}, password=<hidden>)"
 
 
 @dataclass(frozen=True)

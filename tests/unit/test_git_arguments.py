@@ -29,7 +29,13 @@ from git_theta_filter.gitrepo import (
 
 PACKAGE = Path(__file__).resolve().parents[2] / "git_theta_filter"
 # (module, function) pairs that may start a process.
-PROCESS_STARTERS = {("gitrepo.py", "git_process"), ("hooks.py", "run_chained_hook")}
+PROCESS_STARTERS = {
+    ("gitrepo.py", "git_process"),
+    ("hooks.py", "run_chained_hook"),
+    # ssh for git-lfs-authenticate: its argv comes from ssh_command_line, which
+    # refuses a host that starts with "-" and puts "--" before it (issue 15).
+    ("store/lfs_ssh.py", "_run"),
+}
 PROCESS_MODULES = {"subprocess", "pty", "asyncio"}
 OS_PROCESS_CALLS = ("system", "popen", "exec", "spawn", "posix_spawn", "fork")
 # Calls whose positional arguments are a git command line.

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from git_theta_filter.store.git_credential import Credential, credential_description
+from git_theta_filter.git_credential import credential_description
 from git_theta_filter.store.lfs_endpoint import (
     SshTarget,
     endpoint_from_lfs_url,
@@ -15,6 +15,7 @@ from git_theta_filter.store.lfs_endpoint import (
 )
 from git_theta_filter.store.lfs_protocol import (
     MAX_BATCH,
+    Credential,
     LfsProtocolError,
     batch_request,
     parse_batch_response,

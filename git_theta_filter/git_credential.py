@@ -19,16 +19,15 @@ A credential never reaches a message, a log or a ``repr``.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .base import StoreUnavailableError
-from .lfs_protocol import printable, redact_url
+from .gitrepo import git_process
+from .store.base import StoreUnavailableError
+from .store.lfs_protocol import Credential, printable, redact_url
 
-__all__ = ["Credential", "CredentialError", "GitCredentials", "credential_description"]
+__all__ = ["CredentialError", "GitCredentials", "credential_description"]
 
 _FORBIDDEN = ("\n", "\0")
 
@@ -38,30 +37,6 @@ class CredentialError(StoreUnavailableError):
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(url, f"no credentials: {reason}")
-
-
-@dataclass(frozen=True, repr=False)
-class Credential:
-    """What ``git credential fill`` printed, passed back as is to ``approve``/``reject``."""
-
-    attributes: tuple[tuple[str, str], ...]
-
-    def get(self, key: str) -> str | None:
-        for name, value in self.attributes:
-            if name == key:
-                return value
-        return None
-
-    @property
-    def username(self) -> str:
-        return self.get("username") or ""
-
-    @property
-    def password(self) -> str:
-        return self.get("password") or ""
-
-    def __repr__(self) -> str:
-        return f"Credential(username={self.username!r}, password=<hidden>)"
 
 
 def credential_description(url: str) -> list[tuple[str, str]]:
@@ -98,23 +73,15 @@ class GitCredentials:
         self._cwd = cwd
         self._env = dict(os.environ if env is None else env)
 
-    def _run(self, action: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            ["git", "credential", action],
-            input=data,
-            cwd=self._cwd,
-            env=self._env,
-            capture_output=True,
-            check=False,
-        )
-
     def fill(self, url: str) -> Credential:
         """A user name and password for ``url``, from a helper or the user."""
         try:
             description = credential_description(url)
         except ValueError as exc:
             raise CredentialError(redact_url(url), str(exc)) from None
-        result = self._run("fill", _encode(description))
+        result = git_process(
+            ["credential", "fill"], cwd=self._cwd, input=_encode(description), env=self._env
+        )
         if result.returncode != 0:
             # git's own message, e.g. "terminal prompts disabled"; it holds no secret.
             lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -132,8 +99,10 @@ class GitCredentials:
 
     def approve(self, credential: Credential) -> None:
         """Tell git's helpers that ``credential`` worked, so they keep it."""
-        self._run("approve", _encode(credential.attributes))
+        data = _encode(credential.attributes)
+        git_process(["credential", "approve"], cwd=self._cwd, input=data, env=self._env)
 
     def reject(self, credential: Credential) -> None:
         """Tell git's helpers that ``credential`` was refused, so they forget it."""
-        self._run("reject", _encode(credential.attributes))
+        data = _encode(credential.attributes)
+        git_process(["credential", "reject"], cwd=self._cwd, input=data, env=self._env)
