@@ -361,6 +361,11 @@ class _FileMerge:
             ours, theirs = self._header(pair[0]), self._header(pair[1])
             if (ours.dtype, ours.shape) != (theirs.dtype, theirs.shape):
                 reason = "their storages differ in type or size"
+            elif ours.dtype != tensor.ours.dtype:
+                # Storages are combined element by element in their own type; a storage
+                # that also holds other types is stored as bytes, whose average is not
+                # the average of this tensor's values.
+                reason = f"their storage is {ours.dtype}, not {tensor.ours.dtype}"
             else:
                 try:
                     self.combined[pair] = combine_objects(self.store, *pair, strategy.theirs_weight)

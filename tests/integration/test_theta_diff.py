@@ -256,6 +256,40 @@ def test_theta_diff_views_of_one_storage(own_history: History) -> None:
     assert tensors["every_fourth"]["changed_fraction"] == 0.1
 
 
+def test_theta_diff_a_view_that_moved_within_an_unchanged_storage_is_modified(
+    own_history: History,
+) -> None:
+    # The storage's bytes, so its object, stay the same; only the view's offset or
+    # stride changes, and with it every element the tensor holds.
+    history = own_history
+    storage = torch.arange(40, dtype=torch.float32) / 7
+    before = {"storage": storage, "window": storage[10:20], "grid": storage.view(5, 8)[:, 1:3]}
+    torch.save(before, history.repo / "views.pth")
+    commit(history.git_env, history.repo, "views", "views.pth", day=20)
+    after = {"storage": storage, "window": storage[12:22], "grid": storage.view(8, 5)[:5, 1:3]}
+    torch.save(after, history.repo / "views.pth")
+    history.run("git", "add", "views.pth")
+    old = {t.name: t for t in manifest_at(history, "HEAD:views.pth").tensors}
+    new = {t.name: t for t in manifest_at(history, ":views.pth").tensors}
+    (file,) = history.theta_json("diff", "--all", "--cached", "--", "views.pth")["files"]
+    tensors = {t["name"]: t for t in file["tensors"]}
+    assert {n: t["status"] for n, t in tensors.items()} == {
+        "storage": "unchanged",
+        "window": "modified",
+        "grid": "modified",
+    }
+    for name in ("window", "grid"):
+        # Same object on both sides: only the layout tells the two versions apart.
+        assert old[name].oid == new[name].oid
+        assert (old[name].offset, old[name].stride) != (new[name].offset, new[name].stride)
+        assert_numbers(tensors[name], before[name], after[name])
+    assert file["summary"]["tensors_modified"] == 2
+    assert file["summary"]["delta_norm"] == pytest.approx(
+        math.hypot(norm(after["window"] - before["window"]), norm(after["grid"] - before["grid"])),
+        rel=1e-9,
+    )
+
+
 def test_theta_diff_output_formats(history: History) -> None:
     first, last = history.commits[1], history.commits[3]
     text = history.theta_ok("diff", first, last)

@@ -4,7 +4,9 @@ and the torch zip rewrite.
 
 from __future__ import annotations
 
+import collections
 import io
+import pickle
 import struct
 import zipfile
 import zlib
@@ -16,13 +18,16 @@ import torch
 from helpers import tensor_bytes
 
 from git_theta_filter.clean import clean
+from git_theta_filter.elements import open_elements
 from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
 from git_theta_filter.manifest import Manifest, TensorEntry
 from git_theta_filter.merge import (
     InvalidStrategyError,
+    MergeResult,
     Outcome,
     Strategy,
     choose_strategy,
+    merge_manifests,
     plan_merge,
 )
 from git_theta_filter.merge_values import InexactCombinationError, combine_objects
@@ -273,3 +278,139 @@ def test_torch_zip_rewrite_keeps_a_serialization_id_it_does_not_recognise(
         assert archive.testzip() is None  # every CRC checks
         assert archive.read("model/.data/serialization_id") == b"1" * 40
         assert archive.read("model/data/0") == np.ones(2, dtype=np.float32).tobytes()
+
+
+def view_entry(oid: str, offset: int, stride: tuple[int, ...], dtype: str = "F32") -> TensorEntry:
+    return TensorEntry("t", dtype, (4,), OID[oid], offset, stride)
+
+
+@pytest.mark.parametrize("strategy", ["average", "weighted:0.25"])
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (view_entry("b", 2, (1,)), view_entry("c", 4, (1,))),
+        (view_entry("b", 0, (2,)), view_entry("c", 0, (1,))),
+        (view_entry("b", 0, (1,)), entry("c")),
+    ],
+    ids=["offset", "stride", "view-and-whole"],
+)
+def test_plan_views_of_different_parts_of_their_storages_conflict(
+    ours: TensorEntry, theirs: TensorEntry, strategy: str
+) -> None:
+    assert outcome(view_entry("a", 0, (1,)), ours, theirs, strategy) == (
+        Outcome.CONFLICT,
+        "changed on both sides, as views of different parts of their storages",
+    )
+
+
+def merge_states(
+    store: LocalStore, tmp_path: Path, states: list[dict[str, torch.Tensor]], strategy: str
+) -> MergeResult:
+    """merge_manifests over three torch.save'd states (base, ours, theirs), cleaned into
+    ``store``.
+    """
+    manifests = []
+    for state in states:
+        path = tmp_path / "model.pth"
+        torch.save(state, path)
+        with open(path, "rb", buffering=0) as file:
+            manifests.append(clean(file, store, "model.pth"))
+    return merge_manifests(*manifests, store, Strategy.parse(strategy), "model.pth")
+
+
+@pytest.mark.parametrize("strategy", ["average", "weighted:0.25"])
+@pytest.mark.parametrize(
+    "theirs_view",
+    [slice(4, 10), slice(0, 18, 3), slice(1, 13, 2)],
+    ids=["offset", "stride", "offset-and-stride"],
+)
+def test_merge_of_views_that_moved_within_their_storage_is_a_conflict(
+    store: LocalStore, tmp_path: Path, theirs_view: slice, strategy: str
+) -> None:
+    # Combining the two storages element by element would mix ours' elements 2..7 with
+    # other elements of theirs: the views do not cover the same elements.
+    storage = torch.randn(20, generator=torch.Generator().manual_seed(3))
+    states = [{"v": storage[2:8]}, {"v": (storage + 1)[2:8]}, {"v": (storage + 2)[theirs_view]}]
+    result = merge_states(store, tmp_path, states, strategy)
+    (tensor,) = result.tensors
+    assert result.manifest is None and tensor.outcome is Outcome.CONFLICT, tensor
+    assert tensor.reason == "changed on both sides, as views of different parts of their storages"
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.25])
+def test_merge_of_views_at_one_place_combines_the_views_own_elements(
+    store: LocalStore, tmp_path: Path, alpha: float
+) -> None:
+    generator = torch.Generator().manual_seed(4)
+    storage = torch.randn(24, generator=generator)
+    grid = lambda s: s.view(4, 6)[1:, 1:4]  # noqa: E731 - offset 7, stride [6, 1]
+    ours_storage = storage + torch.randn(24, generator=generator)
+    theirs_storage = storage + torch.randn(24, generator=generator)
+    strategy = "average" if alpha == 0.5 else f"weighted:{alpha}"
+    states = [{"v": grid(s)} for s in (storage, ours_storage, theirs_storage)]
+    result = merge_states(store, tmp_path, states, strategy)
+    assert result.manifest is not None, result.tensors
+    (merged,) = Manifest.parse(result.manifest).tensors
+    assert (merged.offset, merged.stride) == (7, (6, 1))
+    got = torch.from_numpy(np.array(open_elements(store, merged)))
+    want = ((1 - alpha) * grid(ours_storage).double() + alpha * grid(theirs_storage).double()).to(
+        torch.float32
+    )
+    assert tensor_bytes(got) == tensor_bytes(want)
+
+
+class _SharedStorage:
+    """Stands for the one storage of :func:`two_dtypes_one_storage` in the pickle."""
+
+
+_SHARED = _SharedStorage()
+
+
+class _TensorOfShared:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        args = (_SHARED, 0, (4,), (1,), False, collections.OrderedDict(), self.dtype)
+        return torch._utils._rebuild_tensor_v3, args
+
+
+class _SharedPickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> object:
+        return ("storage", torch.UntypedStorage, "0", "cpu", 16) if obj is _SHARED else None
+
+
+def two_dtypes_one_storage(values: list[float]) -> bytes:
+    """A torch zip whose F32 tensor ``a`` and I32 tensor ``b`` share one 16-byte storage
+    (torch.save refuses to write this; a crafted file can).
+    """
+    pkl = io.BytesIO()
+    _SharedPickler(pkl, protocol=2).dump(
+        {"a": _TensorOfShared(torch.float32), "b": _TensorOfShared(torch.int32)}
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        zip_file.writestr("archive/data.pkl", pkl.getvalue())
+        zip_file.writestr("archive/byteorder", "little")
+        zip_file.writestr("archive/data/0", np.array(values, dtype=np.float32).tobytes())
+        zip_file.writestr("archive/version", "3\n")
+    return archive.getvalue()
+
+
+def test_merge_of_tensors_whose_storage_holds_another_type_is_a_conflict(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    # The storage is stored as U8 bytes; averaging bytes is not averaging a's floats
+    # (it made 8.0 and 4.0 into 3.0).
+    manifests = []
+    for values in ([1, 2, 3, 4], [1.5, 2, 3, 4], [1, 2, 3, 8]):
+        (tmp_path / "model.pth").write_bytes(two_dtypes_one_storage(values))
+        with open(tmp_path / "model.pth", "rb", buffering=0) as file:
+            manifests.append(clean(file, store, "model.pth"))
+    assert {t.dtype for t in Manifest.parse(manifests[0]).tensors} == {"F32", "I32"}
+    result = merge_manifests(*manifests, store, Strategy.parse("average"), "model.pth")
+    assert result.manifest is None
+    assert {t.name: t.reason for t in result.conflicts} == {
+        "a": "changed on both sides; their storage is U8, not F32",
+        "b": "changed on both sides; their storage is U8, not I32",
+    }
