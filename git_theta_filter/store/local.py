@@ -21,6 +21,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,7 @@ __all__ = [
     "LOCAL_WRITE_ERRNOS",
     "COPY_CHUNK",
     "is_valid_oid",
+    "open_object_file",
 ]
 
 COPY_CHUNK = 1 << 20
@@ -280,6 +282,32 @@ class UnsizedObjectWriter:
         self._store._discard_temp(self._file, self._tmp_path)
 
 
+def open_object_file(path: Path, oid: str) -> BinaryIO:
+    """Open an object file for reading, unbuffered, refusing anything but a regular file.
+
+    A symbolic link is never followed (``O_NOFOLLOW``), so a link planted in
+    the store cannot make us read a file outside it; and the file is opened
+    without blocking and checked with ``fstat``, so a FIFO or a device planted
+    in its place is refused instead of blocking or streaming forever. Raises
+    ``FileNotFoundError`` when there is no such file.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ObjectFormatError(oid, "is a symbolic link") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ObjectFormatError(oid, "is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _subdirectories(path: Path) -> list[Path]:
     if not path.is_dir():
         return []
@@ -367,10 +395,9 @@ class LocalStore:
         while queue:
             oid = queue.popleft()
             try:
-                fd = os.open(self.object_path(oid), os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
+                file = open_object_file(self.object_path(oid), oid)
+            except (OSError, ObjectFormatError):
                 continue
-            file = os.fdopen(fd, "rb", buffering=0)
             file.seek(len(header))
             return _ExpectedObject(oid, file, len(header))
         return None
@@ -423,11 +450,8 @@ class LocalStore:
 
         ``path`` is the work-tree file that needs the object, for the error message.
         """
-        object_path = self.object_path(oid)
         try:
-            if object_path.is_symlink():
-                raise ObjectFormatError(oid, "is a symbolic link")
-            file = open(object_path, "rb", buffering=0)
+            file = open_object_file(self.object_path(oid), oid)
         except FileNotFoundError:
             raise ObjectMissingError(oid, path) from None
         try:

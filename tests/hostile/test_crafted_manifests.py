@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from git_theta_filter import splice
+from git_theta_filter.formats.safetensors_writer import read_stored_safetensors
+from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
 from git_theta_filter.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
+from git_theta_filter.pickle_check import read_data_pkl
 from git_theta_filter.pktline import FLUSH, MAX_PAYLOAD, PktLineReader, encode, encode_text
 from git_theta_filter.smudge import prepare_smudge
 from git_theta_filter.store.local import LocalStore
@@ -155,6 +159,50 @@ def test_a_manifest_within_limits_opens_only_its_objects_in_the_store(tmp_path: 
     assert "payload is 4 bytes, the manifest of big.pth says 1152921504606846976" in str(error)
     assert opened and all(Path(p).is_relative_to(store.objects_dir) for p in opened), opened
     assert peak < 1 << 20
+
+
+def stored_model(store: LocalStore, tmp_path: Path, file_format: str) -> Manifest:
+    """A small real model file of ``file_format``, cleaned into ``store``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from git_theta_filter.clean import clean
+
+    path = tmp_path / f"model.{file_format}"
+    state = {"w": torch.ones(4, 8), "b": torch.zeros(8)}
+    if file_format == "safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    with open(path, "rb", buffering=0) as file:
+        return Manifest.parse(clean(file, store, path.name))
+
+
+SKELETON_READERS = {
+    "smudge": ("pth", lambda manifest, store: prepare_smudge(manifest.render(), store, "m")),
+    "fsck-check-pickles": ("pth", lambda manifest, store: read_data_pkl(store, manifest, "m")),
+    "merge-torch-zip": ("pth", lambda manifest, store: read_stored_torch_zip(manifest, store, "m")),
+    "merge-safetensors": (
+        "safetensors",
+        lambda manifest, store: read_stored_safetensors(manifest, store, "m"),
+    ),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(SKELETON_READERS))
+def test_a_skeleton_over_the_limit_is_refused_before_its_object_is_opened(
+    reader: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reader of a skeleton holds it in memory, so its length is checked first."""
+    file_format, read = SKELETON_READERS[reader]
+    store = LocalStore(tmp_path / "theta")
+    manifest = stored_model(store, tmp_path, file_format)
+    read(manifest, store)  # within the limit, it reads
+    monkeypatch.setattr(splice, "MAX_SKELETON_BYTES", manifest.skeleton_length - 1)
+    error, opened, _ = watch(lambda: read(manifest, store))
+    assert isinstance(error, ObjectFormatError) and error.oid == manifest.skeleton, error
+    assert f"skeleton of {manifest.skeleton_length} bytes is over the limit" in str(error)
+    assert str(store.object_path(manifest.skeleton)) not in map(str, opened), opened
 
 
 # -- the real filter process ---------------------------------------------------------------------

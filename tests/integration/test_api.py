@@ -225,6 +225,31 @@ def test_api_history_best_and_restore(api_repo: Path, git_env: GitEnv) -> None:
     git_env.theta(api_repo, "fsck")
 
 
+@pytest.mark.parametrize("name", ["-m.pth", "--help.pth", "sub/-rf.pth"])
+def test_api_a_model_file_named_like_an_option_is_a_path_to_every_git_call(
+    api_repo: Path, git_env: GitEnv, name: str
+) -> None:
+    # Without "--", `git check-attr filter -m.pth` exits 129 and `git add -m.pth.metrics.json`
+    # takes it for options.
+    repo = gtf.open(api_repo)
+    first = repo.commit_checkpoint(
+        nested_checkpoint(1), name, message="epoch 1", metrics={"loss": 0.5}
+    )
+    sha = sha256_file(api_repo / name)
+    repo.commit_checkpoint(nested_checkpoint(2), name, message="epoch 2", metrics={"loss": 0.25})
+    assert git(api_repo, "ls-files").split() == sorted(
+        [".gitattributes", name, name + ".metrics.json"]
+    )
+    state = repo.load_state_dict(name, rev=first, prefix="model.")
+    assert tensor_bytes(state["table"]) == tensor_bytes(nested_checkpoint(1)["model"]["table"])
+    assert [entry.metrics["loss"] for entry in repo.history(name)] == [0.25, 0.5]
+    assert repo.best(name, metric="loss").commit != first
+    repo.restore(name, rev=first)
+    assert sha256_file(api_repo / name) == sha
+    assert json.loads((api_repo / (name + ".metrics.json")).read_text()) == {"loss": 0.5}
+    git_env.theta(api_repo, "fsck")
+
+
 def test_api_safetensors_commit_and_load(api_repo: Path) -> None:
     repo = gtf.open(api_repo)
     tensors = {"a": torch.randn(3, 2), "b": torch.arange(4, dtype=torch.int32)}

@@ -285,6 +285,12 @@ REJECTIONS = [
         replace("git-theta-manifest 1", "git-theta-manifest 01"),
         "line 1: unsupported manifest version '01'",
     ),
+    # A later version may change everything after its first line: the version alone decides.
+    (
+        b"git-theta-manifest 2\nchunks zstd\nobject 1 2\n",
+        "line 1: unsupported manifest version '2'; this git-theta-filter reads version 1",
+    ),
+    (b"git-theta-manifest 10\n", "line 1: unsupported manifest version '10'"),
     (replace("git-theta-manifest 1", "git-lfs-manifest 1"), "line 1: missing version line"),
     (b"version https://git-lfs.github.com/spec/v1\n", "line 1: missing version line"),
     # header

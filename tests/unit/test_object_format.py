@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import stat
 import struct
@@ -21,6 +22,7 @@ from git_theta_filter.store.object_format import (
     encode_header,
     object_dtype_for,
     parse_header_bytes,
+    read_header,
 )
 
 OID = "f" * 64
@@ -194,6 +196,42 @@ def test_hostile_object_headers_are_refused(
     assert info.value.oid == OID
     assert reason in str(info.value)
     assert str(info.value).startswith(f"object {OID} is corrupt: ")
+
+
+class CountingStream(io.RawIOBase):
+    """Endless bytes after a given prefix; counts what is asked for and what is read."""
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+        self.asked = 0
+        self.given = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        self.asked += size
+        data = self.prefix[self.given : self.given + size]
+        data += b" " * (size - len(data))
+        self.given += len(data)
+        return data
+
+
+@pytest.mark.parametrize("length", [MAX_OBJECT_HEADER + 1, 1 << 40, (1 << 64) - 1])
+def test_read_header_refuses_a_header_length_over_the_limit_before_reading_it(
+    length: int,
+) -> None:
+    stream = CountingStream(struct.pack("<Q", length))
+    with pytest.raises(ObjectFormatError, match=f"header of {length} bytes is over the"):
+        read_header(OID, stream, 1 << 50)
+    assert (stream.asked, stream.given) == (8, 8)
+
+
+def test_read_header_reads_exactly_a_header_within_the_limit() -> None:
+    header = encode_header("F32", (2,), 8)
+    stream = CountingStream(header + b"payload!")
+    assert read_header(OID, stream, len(header) + 8).data_offset == len(header)
+    assert stream.given == len(header)
 
 
 def test_types_without_a_safetensors_dtype_are_stored_as_bytes() -> None:

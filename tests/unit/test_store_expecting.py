@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from git_theta_filter.clean import clean
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import prepare_smudge
 from git_theta_filter.store.local import COPY_CHUNK, LocalStore
+from git_theta_filter.store.object_format import ObjectFormatError
 
 
 def torch_bytes(state: dict) -> bytes:
@@ -111,3 +113,75 @@ def test_a_truncated_new_version_loses_no_byte_while_comparing(
     rebuilt = bytearray()
     prepare_smudge(manifest.render(), store, "model.pth").write(rebuilt.extend)
     assert bytes(rebuilt) == cut
+
+
+def run_briefly(call, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    """``call()`` on a thread; fails (instead of hanging the suite) if it blocks."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "blocked: a FIFO was opened for reading"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]
+
+
+def unblock(fifo: Path) -> None:
+    """Give a FIFO a writer, so that a reader stuck in open() goes on (and sees EOF)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader waiting
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink-to-fifo-outside"])
+def test_clean_never_opens_a_fifo_planted_as_an_expected_object(
+    store: LocalStore, tmp_path: Path, planted: str
+) -> None:
+    """The previous version's object is swapped for a FIFO (or a link to one outside the
+    store) after expecting() read its header: comparing with it must not block.
+    """
+    data = torch_bytes({"w": torch.arange(64, dtype=torch.float32)})
+    previous = payload_oids(clean_manifest(store, data))
+    (oid,) = previous
+    path = store.object_path(oid)
+    fifo = path if planted == "fifo" else tmp_path / "outside-fifo"
+    with store.expecting(previous):
+        path.unlink()
+        os.mkfifo(fifo)
+        if planted != "fifo":
+            path.symlink_to(fifo)
+        try:
+            again = run_briefly(lambda: clean_manifest(store, data))
+        finally:
+            unblock(fifo)
+    assert payload_oids(again) == previous
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink", "directory"])
+def test_open_object_refuses_anything_but_a_regular_file_without_blocking(
+    store: LocalStore, tmp_path: Path, planted: str
+) -> None:
+    oid = store.write_bytes(b"abcd")
+    path = store.object_path(oid)
+    good = tmp_path / "good-copy"
+    good.write_bytes(path.read_bytes())
+    path.unlink()
+    {"fifo": os.mkfifo, "symlink": lambda p: p.symlink_to(good), "directory": os.mkdir}[planted](
+        path
+    )
+    reason = "is a symbolic link" if planted == "symlink" else "is not a regular file"
+    try:
+        with pytest.raises(ObjectFormatError, match=reason):
+            run_briefly(lambda: store.open_object(oid))
+    finally:
+        if planted == "fifo":
+            unblock(path)
