@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Push and clone+pull of a model history through each kind of remote store.
 
-    python benchmarks/bench_remotes.py                   # five 200 MB checkpoints, directory and S3
+    python benchmarks/bench_remotes.py                   # five 200 MB checkpoints, every store
     python benchmarks/bench_remotes.py --size-mb 50      # smaller checkpoints
-    python benchmarks/bench_remotes.py --stores directory
+    python benchmarks/bench_remotes.py --stores directory,lfs
 
 Each version of the checkpoint is a "fine-tune" of the one before: a fifth of
 its tensors change, so a push sends far fewer bytes than the history's
@@ -15,6 +15,13 @@ logical size, and the table shows by how much. Measured, per store:
 * **clone + pull**: ``GIT_THETA_SKIP_SMUDGE=1 git clone`` then ``git theta
   pull``, which writes the checked-out file straight from the store.
 * **fetch --all**: then every other version's objects, as ``git theta fetch --all``.
+
+The **lfs** store is a Git LFS server (giftless, from ``tests/lfs_server.py``,
+on 127.0.0.1) that also serves the git repository over smart HTTP, so the
+store is picked from the remote's URL as on GitHub. Its push is timed in two
+steps, the first version and then the four fine-tunes, and the same steps
+are timed for **git-lfs** pushing the whole files to the same server
+(``git lfs push``), then its clone + ``git lfs pull`` and ``git lfs fetch --all``.
 
 MB/s is the logical size (what the files add up to) over wall time;
 "transferred" is the bytes that actually reached the other side. torch is
@@ -176,7 +183,9 @@ def main() -> int:
         "--size-mb", type=int, default=200, help="size of each checkpoint (default 200)"
     )
     parser.add_argument("--versions", type=int, default=5, help="number of checkpoints (default 5)")
-    parser.add_argument("--stores", default="directory,s3", help="comma-separated: directory, s3")
+    parser.add_argument(
+        "--stores", default="directory,s3,lfs", help="comma-separated: directory, s3, lfs"
+    )
     parser.add_argument(
         "--workdir", type=Path, help="where to work (default: a temp dir, removed afterwards)"
     )
@@ -201,6 +210,8 @@ def main() -> int:
                 )
             elif kind == "s3":
                 rows += bench_s3(root, checkpoints)
+            elif kind == "lfs":
+                rows += bench_lfs(root, checkpoints)
             else:
                 raise SystemExit(f"unknown store kind {kind!r}")
         print(
@@ -253,6 +264,102 @@ def bench_s3(root: Path, checkpoints: list[Path]) -> list[Row]:
         return bench_store("s3", root, checkpoints, env, bucket_bytes)
     finally:
         server.stop()
+
+
+def bench_lfs(root: Path, checkpoints: list[Path]) -> list[Row]:
+    """theta with an LFS server as the store, then git-lfs itself, against one giftless."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from lfs_server import LfsServer
+
+    server = LfsServer(root / "server", git=True).start()
+    try:
+        return _bench_lfs_theta(root, checkpoints, server) + _bench_git_lfs(
+            root, checkpoints, server
+        )
+    finally:
+        server.stop()
+
+
+def _lfs_history(
+    bench: Bench, repo: Path, checkpoints: list[Path], push: list[str], stored
+) -> tuple[list[Row], int]:
+    """Commit and push the first version, then the fine-tunes; a row per push."""
+    size = checkpoints[0].stat().st_size
+    rows = []
+    for step, versions in (("push v0", checkpoints[:1]), ("push fine-tunes", checkpoints[1:])):
+        for checkpoint in versions:
+            shutil.copyfile(checkpoint, repo / "model.pth")
+            bench.run(repo, "git", "add", "model.pth", ".gitattributes")
+            bench.run(repo, "git", "commit", "-qm", checkpoint.stem)
+        before = stored()
+        seconds = bench.run(repo, *push)
+        rows.append(Row("", step, seconds, size * len(versions), stored() - before))
+    return rows, size
+
+
+def _bench_lfs_theta(root: Path, checkpoints: list[Path], server) -> list[Row]:
+    bench = Bench(root / "theta", {})
+    a, b = root / "theta" / "A", root / "theta" / "B"
+    url = server.remote_url("theta")
+    server.bare("theta")
+    bench.run(root, "git", "init", "-q", str(a))
+    bench.run(a, "git", "theta", "track", "*.pth")
+    bench.run(a, "git", "remote", "add", "origin", url)
+
+    def stored() -> int:
+        return tree_bytes(server.storage / "team" / "theta")
+
+    push = ["git", "push", "-q", "origin", "main"]
+    rows, size = _lfs_history(bench, a, checkpoints, push, stored)
+    clone = bench.run(root, "git", "clone", "-q", url, str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+    pull = bench.run(b, "git", "theta", "pull")
+    assert (b / "model.pth").read_bytes() == checkpoints[-1].read_bytes(), "the pulled file differs"
+    local = b / ".git" / "theta" / "objects"
+    pulled = tree_bytes(local)
+    rows.append(Row("", "clone + pull", clone + pull, size, pulled, f" ({clone:.2f} + {pull:.2f})"))
+    fetch = bench.run(b, "git", "theta", "fetch", "--all")
+    history = size * len(checkpoints)
+    rows.append(Row("", "fetch --all", fetch, history - size, tree_bytes(local) - pulled))
+    for row in rows:
+        row.store = "lfs (theta)"
+    return rows
+
+
+def _bench_git_lfs(root: Path, checkpoints: list[Path], server) -> list[Row]:
+    if shutil.which("git-lfs") is None:
+        print("git-lfs is not installed; skipping its column", file=sys.stderr)
+        return []
+    bench = Bench(root / "git-lfs", {})
+    c, d = root / "git-lfs" / "C", root / "git-lfs" / "D"
+    url = server.remote_url("gitlfs")
+    server.bare("gitlfs")
+    bench.run(root, "git", "init", "-q", str(c))
+    bench.run(c, "git", "lfs", "install", "--local")
+    bench.run(c, "git", "lfs", "track", "*.pth")
+    bench.run(c, "git", "remote", "add", "origin", url)
+
+    def stored() -> int:
+        return tree_bytes(server.storage / "team" / "gitlfs")
+
+    # Time the object upload alone (git lfs push), as theta's hook does it before git's push.
+    rows, size = _lfs_history(
+        bench, c, checkpoints, ["git", "lfs", "push", "origin", "main"], stored
+    )
+    bench.run(c, "git", "push", "-q", "origin", "main", env={"GIT_LFS_SKIP_PUSH": "1"})
+    skip = {"GIT_LFS_SKIP_SMUDGE": "1"}
+    clone = bench.run(root, "git", "clone", "-q", url, str(d), env=skip)
+    bench.run(d, "git", "lfs", "install", "--local")
+    pull = bench.run(d, "git", "lfs", "pull")
+    assert (d / "model.pth").read_bytes() == checkpoints[-1].read_bytes(), "git lfs pull differs"
+    local = d / ".git" / "lfs" / "objects"
+    pulled = tree_bytes(local)
+    rows.append(Row("", "clone + pull", clone + pull, size, pulled, f" ({clone:.2f} + {pull:.2f})"))
+    fetch = bench.run(d, "git", "lfs", "fetch", "--all")
+    history = size * len(checkpoints)
+    rows.append(Row("", "fetch --all", fetch, history - size, tree_bytes(local) - pulled))
+    for row in rows:
+        row.store = "git-lfs"
+    return rows
 
 
 if __name__ == "__main__":

@@ -75,7 +75,9 @@ class LfsServer:
         path = self.git_root / ORG / f"{name}.git"
         if not path.exists():
             path.mkdir(parents=True)
-            subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
+            subprocess.run(
+                ["git", "init", "-q", "--bare", "--initial-branch=main", str(path)], check=True
+            )
             subprocess.run(
                 ["git", "-C", str(path), "config", "http.receivepack", "true"], check=True
             )
