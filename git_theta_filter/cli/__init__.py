@@ -32,6 +32,7 @@ COMMANDS = {
     "diff": "diff",
     "metrics": "metrics",
     "merge": "merge",
+    "show": "show",
 }
 
 
