@@ -31,6 +31,7 @@ __all__ = [
     "Pathspec",
     "RevisionRange",
     "resolve_commit",
+    "ref_tips",
     "split_arguments",
     "parse_range",
     "is_revision",
@@ -78,10 +79,19 @@ def resolve_commit(git: pygit2.Repository, revision: str) -> pygit2.Commit:
 
 @dataclass
 class RevisionRange:
-    """The commits to walk: reachable from ``include``, not from ``exclude``."""
+    """The commits to walk: reachable from ``include``, not from ``exclude``.
+
+    ``names`` says how each ``include`` was named (``main``, ``HEAD~2``, a
+    branch of ``--all``), in the order given.
+    """
 
     include: list[pygit2.Commit] = field(default_factory=list)
     exclude: list[pygit2.Commit] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def add(self, name: str, commit: pygit2.Commit) -> None:
+        self.include.append(commit)
+        self.names.append(name)
 
 
 def range_sides(argument: str) -> tuple[str, str, bool] | None:
@@ -106,8 +116,17 @@ def is_revision(git: pygit2.Repository, argument: str) -> bool:
     return True
 
 
-def parse_range(git: pygit2.Repository, revisions: Iterable[str]) -> RevisionRange:
-    """``git log``'s revision arguments as commits to include and exclude; HEAD by default."""
+def parse_range(
+    git: pygit2.Repository,
+    revisions: Iterable[str],
+    refs: Iterable[tuple[str, pygit2.Commit]] | None = None,
+) -> RevisionRange:
+    """``git log``'s revision arguments as commits to include and exclude, then ``refs``
+    (from :func:`ref_tips`, for ``--all`` and ``--branches``).
+
+    HEAD when nothing is included, unless ``refs`` were asked for: as in git,
+    ``--branches=<pattern>`` that matches no branch lists nothing.
+    """
     walk = RevisionRange()
     for argument in revisions:
         sides = range_sides(argument)
@@ -115,24 +134,62 @@ def parse_range(git: pygit2.Repository, revisions: Iterable[str]) -> RevisionRan
             if argument.startswith("^"):
                 walk.exclude.append(resolve_commit(git, argument[1:]))
             else:
-                walk.include.append(resolve_commit(git, argument))
+                walk.add(argument, resolve_commit(git, argument))
             continue
         left, right, symmetric = (
             resolve_commit(git, sides[0]),
             resolve_commit(git, sides[1]),
             sides[2],
         )
-        walk.include.append(right)
+        walk.add(sides[1], right)
         if symmetric:
-            walk.include.append(left)
+            walk.add(sides[0], left)
             base = git.merge_base(left.id, right.id)
             if base is not None:
                 walk.exclude.append(git[base].peel(pygit2.Commit))
         else:
             walk.exclude.append(left)
-    if not walk.include:
-        walk.include.append(resolve_commit(git, "HEAD"))
+    for name, commit in refs or ():
+        walk.add(name, commit)
+    if not walk.include and refs is None:
+        walk.add("HEAD", resolve_commit(git, "HEAD"))
     return walk
+
+
+def _glob(pattern: str) -> str:
+    """git's rule for ``--branches=<pattern>``: without ``?``, ``*`` or ``[``, ``/*`` is implied."""
+    return pattern if any(c in pattern for c in "*?[") else pattern.rstrip("/") + "/*"
+
+
+def ref_tips(
+    git: pygit2.Repository, all_refs: bool, branch_patterns: Iterable[str] = ()
+) -> list[tuple[str, pygit2.Commit]]:
+    """The commits ``--all`` (every ref, and HEAD) and ``--branches[=<pattern>]`` name,
+    with their short names: HEAD's branch first, then the rest by name.
+
+    A pattern is a shell glob over branch names (``exp-*``); an empty one is every branch.
+    """
+    patterns = [p if not p else _glob(p) for p in branch_patterns]
+    current = None if git.head_is_unborn or git.head_is_detached else git.head.name
+    found: dict[str, tuple[str, pygit2.Commit]] = {}
+    for name in git.references:
+        is_branch = name.startswith("refs/heads/")
+        branch = name[len("refs/heads/") :]
+        wanted = all_refs or (
+            is_branch and any(not p or fnmatch.fnmatchcase(branch, p) for p in patterns)
+        )
+        if not wanted:
+            continue
+        reference = git.references[name]
+        try:
+            commit = reference.peel(pygit2.Commit)
+        except (pygit2.InvalidSpecError, ValueError, KeyError):
+            continue  # a ref to a tree or blob, or a dangling symbolic ref
+        found[name] = (reference.shorthand, commit)
+    if all_refs and not git.head_is_unborn and git.head_is_detached:
+        found["HEAD"] = ("HEAD", git.head.peel(pygit2.Commit))
+    order = sorted(found, key=lambda name: (name != current, found[name][0]))
+    return [found[name] for name in order]
 
 
 class Pathspec:

@@ -17,8 +17,10 @@ The JSON form is specified in docs/json-schema.md.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import pygit2
@@ -29,7 +31,7 @@ from .metrics import Metric, collect_metrics, default_direction, is_number
 from .promisor import fetch_missing
 from .revisions import PathNotTrackedError, Pathspec, RevisionRange
 from .stats import Statistician
-from .tensor_diff import ManifestDiff, diff_manifests, new_bytes
+from .tensor_diff import ManifestDiff, diff_manifests, is_optimizer_state, new_bytes
 from .theta_diff import json_number
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "theta_log",
     "best_entry",
     "log_to_json",
+    "rank_metric_columns",
+    "looks_like_metric",
 ]
 
 LOG_SCHEMA = "git-theta-log/1"
@@ -68,6 +72,13 @@ class LogEntry:
     diff: ManifestDiff
     new_bytes: int  # see docs/store.md, "Sizes"
     with_stats: bool
+    # When several revisions were given: those its commit is reachable from, in the order given.
+    sources: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str | None:
+        """The revision the row is shown under: the first one its commit is reachable from."""
+        return self.sources[0] if self.sources else None
 
     @property
     def commit(self) -> pygit2.Commit:
@@ -145,6 +156,8 @@ def walk_model_changes(
     ``max_count`` limits the number of commits; ``seen_model_paths`` collects
     every model path met, matched by ``pathspec`` or not (to check the pathspec).
     """
+    if not revisions.include or max_count == 0:
+        return  # e.g. --branches=<pattern> that matched no branch
     read = _ManifestReader(git)
     # Children before parents even when commit dates tie or skew.
     walker = git.walk(
@@ -155,9 +168,8 @@ def walk_model_changes(
     for commit in revisions.exclude:
         walker.hide(commit.id)
     commits = 0
-    for commit, per_parent in _changes_prefetched(git, walker):
-        if max_count is not None and commits >= max_count:
-            return
+    # With -n, the first batch is no larger than what is shown, so -n reads only that.
+    for commit, per_parent in _changes_prefetched(git, walker, max_count or _PREFETCH_COMMITS):
         parents = list(commit.parents)
         shown = False
         for path in sorted(per_parent[0]):
@@ -173,6 +185,8 @@ def walk_model_changes(
                 shown = True
                 yield ModelChange(commit, path, new, olds)
         commits += shown
+        if max_count is not None and commits >= max_count:
+            return  # before the next commit is read
 
 
 Changes = list[dict[str, tuple[pygit2.Oid | None, pygit2.Oid | None]]]
@@ -182,14 +196,16 @@ _PREFETCH_COMMITS = 256
 
 
 def _changes_prefetched(
-    git: pygit2.Repository, walker: Iterable[pygit2.Commit]
+    git: pygit2.Repository, walker: Iterable[pygit2.Commit], first_batch: int
 ) -> Iterator[tuple[pygit2.Commit, Changes]]:
     """Each commit with its changes against each parent (or the empty tree).
 
     The blobs the walk will read are made local a batch of commits at a time:
     in a partial clone they may be absent, and never "not a manifest".
+    Batches start at ``first_batch`` commits and double up to ``_PREFETCH_COMMITS``.
     """
     chunk: list[tuple[pygit2.Commit, Changes]] = []
+    batch = min(first_batch, _PREFETCH_COMMITS)
 
     def flush() -> Iterator[tuple[pygit2.Commit, Changes]]:
         fetch_missing(
@@ -212,9 +228,39 @@ def _changes_prefetched(
             _changed_blobs(git, None, commit)
         ]
         chunk.append((commit, per_parent))
-        if len(chunk) == _PREFETCH_COMMITS:
+        if len(chunk) >= batch:
             yield from flush()
+            batch = min(2 * batch, _PREFETCH_COMMITS)
     yield from flush()
+
+
+class _Sources:
+    """Which of several named revisions a commit is reachable from, in the order given;
+    a row is shown under the first (as ``git log --source`` names a ref).
+
+    Asked only for the commits shown, so ``-n`` stays cheap.
+    """
+
+    def __init__(self, git: pygit2.Repository, revisions: RevisionRange) -> None:
+        self.git = git
+        self.tips: dict[str, pygit2.Oid] = {}
+        for name, commit in zip(revisions.names, revisions.include, strict=True):
+            self.tips.setdefault(name, commit.id)
+        self._cache: dict[pygit2.Oid, tuple[str, ...]] = {}
+
+    def __call__(self, commit: pygit2.Commit) -> tuple[str, ...]:
+        if commit.id not in self._cache:
+            self._cache[commit.id] = tuple(
+                name
+                for name, tip in self.tips.items()
+                if tip == commit.id or self.git.descendant_of(tip, commit.id)
+            )
+        return self._cache[commit.id]
+
+
+def several_sources(revisions: RevisionRange) -> bool:
+    """Whether the rows should name their revision: more than one distinct tip was given."""
+    return len({commit.id for commit in revisions.include}) > 1
 
 
 def _read_from(git: pygit2.Repository, commit: pygit2.Commit) -> Callable[[str], bytes | None]:
@@ -245,6 +291,7 @@ def theta_log(
     seen: set[str] = set()
     entries = []
     stored_in_commit: dict[pygit2.Oid, set[str]] = {}
+    source = _Sources(git, revisions) if several_sources(revisions) else None
     for change in walk_model_changes(git, revisions, pathspec, max_count, seen):
         metrics = {}
         new_oids: set[str] = set()
@@ -269,9 +316,10 @@ def theta_log(
                 diff=diff_manifests(change.old, change.new, stats, path=change.path),
                 new_bytes=new_bytes(change.new, new_oids) if change.new else 0,
                 with_stats=stats is not None,
+                sources=source(change.commit) if source is not None else (),
             )
         )
-    if pathspec:
+    if pathspec and revisions.include:
         try:
             pathspec.check_tracked(seen)
         except PathNotTrackedError:
@@ -285,6 +333,81 @@ def _tip_model_paths(git: pygit2.Repository, revisions: RevisionRange) -> set[st
     a path that exists but did not change is no error.
     """
     return {ref.path for commit in revisions.include for ref in tree_manifests(git, commit.tree)}
+
+
+# Name parts that say "this is a metric", by how much a reader wants to see it first:
+# held-out results, then training results, then where in training, then the learning rate.
+_METRIC_TIERS = (
+    re.compile(r"(val|valid|validation|eval|test)(_.*)?$|.*_(val|eval|test)$"),
+    re.compile(r"(train.*|loss|acc|accuracy|f1|ppl|perplexity|bleu|rouge\w*|score|.*_(loss|acc))$"),
+    re.compile(r"(epoch|step|global_step)$"),
+    re.compile(r"(lr|learning_rate)$"),
+)
+# Key path components of learning-rate schedulers' state (Lightning, 🤗's scheduler.pt).
+_SCHEDULER_KEYS = frozenset({"lr_schedulers", "lr_scheduler", "scheduler", "schedulers"})
+
+
+# Timings and counters that trainers log beside their metrics (🤗's eval_runtime).
+_BOOKKEEPING = re.compile(r".*(runtime|per_second|flos)$")
+
+
+def _metric_tier(name: str) -> int | None:
+    """How metric-like ``name`` looks (0 is most), from its dotted parts; None: not at all."""
+    parts = [part for part in re.split(r"[./]", name.lower()) if part]
+    if any(_BOOKKEEPING.match(part) for part in parts):
+        return None
+    for tier, pattern in enumerate(_METRIC_TIERS):
+        if any(pattern.match(part) for part in parts):
+            return tier
+    return None
+
+
+def looks_like_metric(name: str) -> bool:
+    """``val.acc``, ``train_loss``, ``eval.f1``, ``epoch``, ``lr``; not ``config.use_amp``."""
+    return _metric_tier(name) is not None
+
+
+def _is_training_setting(name: str, paths: set[str]) -> bool:
+    """An optimizer's or scheduler's hyperparameter (``optimizer.param_groups.0.lr``)."""
+    components = set(name.split("."))
+    return not _SCHEDULER_KEYS.isdisjoint(components) or any(
+        is_optimizer_state(name, path) or PurePosixPath(path).stem == "scheduler" for path in paths
+    )
+
+
+def _is_integer_list_item(name: str, entries: list[LogEntry]) -> bool:
+    """An item of a list of integers, such as an optimizer's parameter ids: never a metric."""
+    if not name.rsplit(".", 1)[-1].isdigit():
+        return False
+    values = [entry.metrics[name] for entry in entries if name in entry.metrics]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def rank_metric_columns(entries: list[LogEntry]) -> list[str]:
+    """The metrics worth a column, most wanted first.
+
+    Metrics whose value changes across the rows come first, then names that
+    look like metrics (see :func:`looks_like_metric`). Optimizer and
+    scheduler hyperparameters appear only when they change (a learning-rate
+    schedule); integer list items never. With one row, the metric-like names.
+    """
+    paths: dict[str, set[str]] = {}
+    for entry in entries:
+        for name in entry.metrics:
+            paths.setdefault(name, set()).add(entry.path)
+    ranked = []
+    for name, where in paths.items():
+        if _is_integer_list_item(name, entries):
+            continue
+        # Over the rows that have it: a second model file without it is no change.
+        changes = len({repr(e.metrics[name]) for e in entries if name in e.metrics}) > 1
+        tier = _metric_tier(name)
+        setting = _is_training_setting(name, where)
+        if (setting and not changes) or (not changes and tier is None):
+            continue
+        unlike = tier is None
+        ranked.append(((not changes, unlike, setting, tier if tier is not None else 9, name), name))
+    return [name for _, name in sorted(ranked)]
 
 
 def best_entry(
@@ -315,6 +438,7 @@ def entry_to_json(entry: LogEntry, metric_names: list[str] | None) -> dict[str, 
         "date": entry.timestamp.isoformat(),
         "subject": entry.subject,
         "path": entry.path,
+        "branch": entry.source,
         "status": entry.status,
         "metrics": {name: json_number(entry.metrics.get(name)) for name in names},
         "norm": json_number(summary.new_norm),
