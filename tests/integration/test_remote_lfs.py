@@ -47,7 +47,8 @@ def test_lfs_round_trip_with_the_store_picked_from_an_http_remote(
     git_env, tmp_path, server, hosted
 ):
     url, name = hosted
-    a, b, history = run_round_trip(git_env, tmp_path, url)
+    # B gets the files by lazy fetch on checkout; A pulls with `git theta pull`.
+    a, b, history = run_round_trip(git_env, tmp_path, url, pull_with_theta=True)
     stored = server.stored(name)
     assert_valid_objects(set(stored), stored.__getitem__)
     local = {path.name for path in (a / ".git" / "theta" / "objects").glob("*/*/*")}
