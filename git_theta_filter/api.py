@@ -38,13 +38,15 @@ import pygit2
 
 from .clean import clean
 from .errors import ThetaError
+from .filter import smudge_or_fetch, staged_payload_objects
 from .gitrepo import GitRepo
 from .history import open_pygit2, read_blob, read_manifest_blob
 from .locks import writer_lock
 from .manifest import Manifest
 from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_metric
+from .on_demand import OnDemandFetcher
 from .revisions import Pathspec, parse_range, resolve_commit
-from .smudge import SmudgePlan, prepare_smudge
+from .smudge import write_atomically
 from .store.local import ObjectMissingError
 
 if TYPE_CHECKING:
@@ -253,7 +255,7 @@ class Repository:
             stat = _settled_stat(target)
             with (
                 target.open("rb", buffering=0) as file,
-                self._store.expecting(self._staged_payloads(relative)),
+                self._store.expecting(staged_payload_objects(self._repo, relative)),
             ):
                 manifest = clean(file, self._store, relative)
             self._stage(relative, self._git.create_blob(manifest), stat)
@@ -261,18 +263,6 @@ class Repository:
             self._repo.git("add", operands=[relative + CONVENTION_SUFFIX])
         self._repo.git("commit", "-q", f"--message={message}")
         return self._repo.git("rev-parse", "HEAD").strip()
-
-    def _staged_payloads(self, path: str) -> list[str]:
-        """The staged version's payload objects, in file order:
-        clean compares with them instead of rewriting.
-        """
-        self._git.index.read()
-        try:
-            blob_id = self._git.index[path].id
-        except KeyError:
-            return []
-        manifest = read_manifest_blob(self._git, blob_id)
-        return [splice.oid for splice in manifest.splices] if manifest is not None else []
 
     def _stage(self, path: str, blob_id: pygit2.Oid, stat: os.stat_result) -> None:
         """Put ``blob_id`` in the index at ``path`` with the work-tree file's stat data,
@@ -317,9 +307,10 @@ class Repository:
         commit = resolve_commit(self._git, rev)
         blob = _blob_at(commit, relative, rev)
         target = self._worktree() / relative
-        plan = self._smudge_plan(read_blob(self._git, blob.id), relative)
+        content = read_blob(self._git, blob.id)
+        plan = smudge_or_fetch(content, self._store, relative, OnDemandFetcher(self._repo))
         with writer_lock(self._repo.theta_dir):
-            _write_atomically(target, plan)
+            write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
             self._stage(relative, blob.id, _settled_stat(target))
         if relative + CONVENTION_SUFFIX in commit.tree:
             self._repo.git(
@@ -329,21 +320,6 @@ class Repository:
                 "--worktree",
                 operands=[relative + CONVENTION_SUFFIX],
             )
-
-    def _smudge_plan(self, content: bytes, path: str) -> SmudgePlan:
-        try:
-            return prepare_smudge(content, self._store, path)
-        except ObjectMissingError:
-            self._fetch_missing(content)
-            return prepare_smudge(content, self._store, path)
-
-    def _fetch_missing(self, manifest: bytes) -> None:
-        """Download the objects a manifest needs from the remote's store, as far as it has them
-        (as checkout does).
-        """
-        from .on_demand import OnDemandFetcher
-
-        OnDemandFetcher(self._repo).fetch_missing(manifest)
 
     # -- reading ----------------------------------------------------------------
     def load_state_dict(
@@ -364,7 +340,7 @@ class Repository:
         manifest = self._manifest_at(relative, rev)
         wanted = [t for t in manifest.tensors if t.name.startswith(prefix)]
         if any(not self._store.has(t.oid) for t in wanted):
-            self._fetch_missing(manifest.render())
+            OnDemandFetcher(self._repo).fetch_missing(manifest.render())
         users: dict[str, int] = {}
         for tensor in wanted:
             users[tensor.oid] = users.get(tensor.oid, 0) + 1
@@ -532,16 +508,3 @@ def _settled_stat(path: Path) -> os.stat_result:
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - 1_000_000_000))
     return path.stat()
-
-
-def _write_atomically(target: Path, plan: SmudgePlan) -> None:
-    """Stream a rebuilt file to a temporary file beside ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".theta-restore-", dir=target.parent))
-    try:
-        temporary = scratch / target.name
-        with temporary.open("wb") as file:
-            plan.write(file.write)
-        os.replace(temporary, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

@@ -38,12 +38,13 @@ class OnDemandFetcher:
         """Download what the manifest needs and the local store lacks,
         as far as the store has it.
         """
-        store = self._remote_store()
-        if store is None:
-            return
         manifest = Manifest.parse(manifest_bytes)
         lengths = manifest.payload_lengths()
         missing = {oid: length for oid, length in lengths.items() if not self._local.has(oid)}
+        # Finding the store runs git; a manifest whose objects are all here needs none.
+        store = self._remote_store() if missing else None
+        if store is None:
+            return
         try:
             download(
                 self._local,

@@ -3,20 +3,25 @@
 Before the first byte is sent, every object is checked to exist with the
 payload length the manifest expects, so a missing object fails cleanly. While
 streaming, the output is hashed; a size or sha256 that differs from the
-manifest's is an error, never a silently wrong file.
+manifest's is an error, never a silently wrong file. :func:`write_atomically`
+puts a rebuilt file in the work tree whole or not at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ThetaError
 from .formats.layout import read_skeleton, write_spliced
 from .formats.source import Readable
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
-from .store.local import LocalStore
+from .store.local import LOCAL_WRITE_ERRNOS, LocalStore
 from .store.object_format import ObjectFormatError
 
 __all__ = [
@@ -25,6 +30,8 @@ __all__ = [
     "SmudgePlan",
     "read_smudge_input",
     "prepare_smudge",
+    "WorkTreeWriteError",
+    "write_atomically",
 ]
 
 Write = Callable[[memoryview], object]
@@ -117,3 +124,42 @@ def prepare_smudge(content: bytes, store: LocalStore, path: str) -> SmudgePlan:
                 oid, f"payload is {header.nbytes} bytes, the manifest of {path} says {lengths[oid]}"
             )
     return SmudgePlan(path, store, manifest, skeleton=skeleton)
+
+
+class WorkTreeWriteError(ThetaError):
+    """The disk refused the rebuilt model file; the work-tree file is left as it was."""
+
+    def __init__(self, path: str, error: OSError, retry: str) -> None:
+        super().__init__(
+            f"{path}: cannot write the rebuilt file: {error.strerror or error}",
+            hint=f"free some disk space, then run `{retry}` again",
+        )
+        self.path = path
+        self.errno = error.errno
+
+
+def write_atomically(
+    plan: SmudgePlan, target: Path, *, retry: str, mode: int | None = None
+) -> None:
+    """Stream the rebuilt file to a temporary file beside ``target``, then rename it into place.
+
+    ``mode`` sets the file's permission bits (default: a new file's). A disk that
+    refuses the write raises :class:`WorkTreeWriteError`, whose hint is to run
+    ``retry`` again; ``target`` is then as it was, and no temporary file is left.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".theta-write-", dir=target.parent))
+        try:
+            temporary = scratch / target.name
+            with temporary.open("xb") as file:
+                plan.write(file.write)
+            if mode is not None:
+                os.chmod(temporary, mode)
+            os.replace(temporary, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except OSError as exc:
+        if exc.errno in LOCAL_WRITE_ERRNOS:
+            raise WorkTreeWriteError(plan.path, exc, retry) from exc
+        raise

@@ -7,7 +7,6 @@ functions. The pre-push hook and ``git-remote-theta`` upload through
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass, field
 
@@ -21,13 +20,11 @@ from .manifest import Manifest
 from .object_sizes import object_size_candidates
 from .prepush import ZERO_SHA, ObjectsMissingLocallyError, RefUpdate, objects_to_push
 from .remotes import require_store, transfer_workers
-from .smudge import prepare_smudge
-from .store.local import LOCAL_WRITE_ERRNOS
+from .smudge import prepare_smudge, write_atomically
 from .store.transfer import TransferResult, download, upload
 from .upload_limits import refuse_oversized_objects
 
 __all__ = [
-    "WorkTreeWriteError",
     "UnknownRevisionError",
     "PullResult",
     "push_objects",
@@ -35,18 +32,6 @@ __all__ = [
     "fetch_objects",
     "pull",
 ]
-
-
-class WorkTreeWriteError(ThetaError):
-    """The disk refused the rebuilt model file; the work-tree file is left as it was."""
-
-    def __init__(self, path: str, error: OSError) -> None:
-        super().__init__(
-            f"{path}: cannot write the rebuilt file: {error.strerror or error}",
-            hint="free some disk space, then run `git theta pull` again",
-        )
-        self.path = path
-        self.errno = error.errno
 
 
 class UnknownRevisionError(ThetaError):
@@ -198,16 +183,5 @@ def _write_if_manifest(repo: GitRepo, git: pygit2.Repository, ref: ManifestRef) 
     ):
         return False
     plan = prepare_smudge(content, repo.store(), ref.path)
-    temp = target.with_name(f".{target.name}.theta-pull-{os.getpid()}")
-    try:
-        with open(temp, "xb") as file:
-            plan.write(file.write)
-        os.chmod(temp, stat.S_IMODE(info.st_mode))
-        os.replace(temp, target)
-    except OSError as exc:
-        if exc.errno in LOCAL_WRITE_ERRNOS:
-            raise WorkTreeWriteError(ref.path, exc) from exc
-        raise
-    finally:
-        temp.unlink(missing_ok=True)
+    write_atomically(plan, target, retry="git theta pull", mode=stat.S_IMODE(info.st_mode))
     return True

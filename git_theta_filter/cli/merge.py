@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..gitrepo import GitRepo
 from ..locks import writer_lock
-from ..manifest import Manifest, ManifestError, looks_like_manifest
+from ..manifest import ManifestError, looks_like_manifest
 from ..merge import (
     STRATEGY_CONFIG_KEY,
     STRATEGY_ENVIRONMENT,
@@ -35,8 +35,8 @@ from ..merge import (
     choose_strategy,
     merge_manifests,
 )
+from ..on_demand import OnDemandFetcher
 from ..stats import Statistician
-from ..store.local import LocalStore
 from ._format import format_value
 from ._output import print_table
 
@@ -71,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
         repo.config_get(STRATEGY_CONFIG_KEY), os.environ.get(STRATEGY_ENVIRONMENT)
     )
     base, ours, theirs = (Path(name).read_bytes() for name in (args.base, args.ours, args.theirs))
+    fetcher = OnDemandFetcher(repo)
+    for version in (base, ours, theirs):
+        if looks_like_manifest(version):
+            with contextlib.suppress(ManifestError):  # the merge reports it
+                fetcher.fetch_missing(version)
     store = repo.store()
-    _fetch_missing(repo, store, [base, ours, theirs])
     # Held while objects are written,
     # so `git theta gc` cannot prune them before git records the result.
     with writer_lock(repo.theta_dir):
@@ -84,21 +88,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_conflicts(result, Statistician.for_repo(repo.theta_dir))
     return 1
-
-
-def _fetch_missing(repo: GitRepo, store: LocalStore, versions: list[bytes]) -> None:
-    """Download the objects the versions need and the local store lacks, as a checkout would."""
-    for data in versions:
-        if not looks_like_manifest(data):
-            continue
-        try:
-            needed = Manifest.parse(data).object_ids()
-        except ManifestError:
-            continue  # the merge reports it
-        if not all(store.has(oid) for oid in needed):
-            from ..on_demand import OnDemandFetcher
-
-            OnDemandFetcher(repo).fetch_missing(data)
 
 
 def _print_summary(result: MergeResult) -> None:

@@ -1,0 +1,98 @@
+"""The filter's core: clean and smudge against one repository's store.
+
+Git's filter process (``cli/filter_process.py``), the Python API, the merge
+driver and ``git theta pull`` all come through here, so a model file is
+cleaned and rebuilt the same way whoever asks:
+
+* :class:`ThetaFilter` is the handler :func:`filter_protocol.serve` calls;
+* :func:`staged_payload_objects` names the objects of the staged version of a
+  file, which clean compares with instead of hashing and writing them again;
+* :func:`smudge_or_fetch` prepares a smudge, and when the local store lacks an
+  object, fetches what the manifest needs from the remote's store and retries.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .clean import clean
+from .formats.source import Readable
+from .gitrepo import GitRepo, git_process
+from .manifest import Manifest, ManifestError, looks_like_manifest
+from .on_demand import OnDemandFetcher
+from .smudge import SmudgePlan, prepare_smudge, read_smudge_input
+from .store.local import LocalStore, ObjectMissingError
+
+__all__ = ["ThetaFilter", "staged_payload_objects", "smudge_or_fetch"]
+
+# Asking git for the staged version costs a process (a few ms); below this
+# size hashing and writing the file costs less than that.
+LOOK_UP_STAGED_FROM = 8 << 20
+
+
+class ThetaFilter:
+    """Clean and smudge against one repository's store (a :class:`filter_protocol.FilterHandler`).
+
+    ``skip_smudge`` checks manifests out as they are (``GIT_THETA_SKIP_SMUDGE=1``);
+    ``fetcher``, when given, fetches the objects a smudge lacks.
+    """
+
+    def __init__(
+        self, repo: GitRepo, skip_smudge: bool = False, fetcher: OnDemandFetcher | None = None
+    ) -> None:
+        self.repo = repo
+        self.store = repo.store()
+        self.skip_smudge = skip_smudge
+        self.fetcher = fetcher
+
+    def clean(self, pathname: str, content: Readable) -> bytes:
+        # A new version of a model mostly repeats the staged one's tensors;
+        # comparing with those costs far less than hashing and writing them.
+        with self.store.expecting(staged_payload_objects(self.repo, pathname)):
+            return clean(content, self.store, pathname)
+
+    def prepare_smudge(self, pathname: str, content: Readable) -> SmudgePlan:
+        data = read_smudge_input(content, pathname)
+        if self.skip_smudge:
+            return SmudgePlan(pathname, self.store, None, passthrough=data)
+        return smudge_or_fetch(data, self.store, pathname, self.fetcher)
+
+
+def staged_payload_objects(repo: GitRepo, path: str) -> list[str]:
+    """The payload objects of the index's version of ``path``, in file order; [] if it has none.
+
+    ``path`` is relative to the top of the work tree, as git names it. The
+    work-tree file tells the size to expect: a small file is not worth a look-up.
+    """
+    if repo.worktree is None:
+        return []
+    try:
+        if os.path.getsize(repo.worktree / path) < LOOK_UP_STAGED_FROM:
+            return []
+    except OSError:
+        return []
+    staged = git_process(["cat-file", "blob", f":{path}"], cwd=repo.worktree)
+    if staged.returncode != 0 or not looks_like_manifest(staged.stdout):
+        return []
+    try:
+        return [splice.oid for splice in Manifest.parse(staged.stdout).splices]
+    except ManifestError:
+        return []
+
+
+def smudge_or_fetch(
+    content: bytes, store: LocalStore, path: str, fetcher: OnDemandFetcher | None
+) -> SmudgePlan:
+    """:func:`smudge.prepare_smudge`, fetching what the local store lacks first if need be.
+
+    Every object the file lacks comes down in one batch; if the remote's store
+    lacks one too (or there is no ``fetcher``), the error is the one the local
+    store gave.
+    """
+    try:
+        return prepare_smudge(content, store, path)
+    except ObjectMissingError:
+        if fetcher is None:
+            raise
+        fetcher.fetch_missing(content)
+        return prepare_smudge(content, store, path)

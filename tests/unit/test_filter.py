@@ -1,0 +1,195 @@
+"""The filter's core (filter.py) and the work-tree write beside smudge (smudge.write_atomically)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as safetensors_save
+
+from git_theta_filter import filter as filter_module
+from git_theta_filter.clean import clean
+from git_theta_filter.filter import ThetaFilter, smudge_or_fetch, staged_payload_objects
+from git_theta_filter.gitrepo import GitRepo
+from git_theta_filter.manifest import Manifest
+from git_theta_filter.smudge import WorkTreeWriteError, write_atomically
+from git_theta_filter.store.local import LocalStore, ObjectMissingError
+
+
+def model_bytes(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return safetensors_save(
+        {"a": rng.standard_normal((64, 32)).astype(np.float32), "b": np.arange(8, dtype=np.int64)}
+    )
+
+
+def rebuild(plan) -> bytes:
+    out = bytearray()
+    plan.write(out.extend)
+    return bytes(out)
+
+
+class CopyingFetcher:
+    """Stands in for OnDemandFetcher: "downloads" from another local store, and records calls."""
+
+    def __init__(self, source: LocalStore, destination: LocalStore) -> None:
+        self.source = source
+        self.destination = destination
+        self.calls: list[bytes] = []
+
+    def fetch_missing(self, manifest_bytes: bytes) -> None:
+        self.calls.append(manifest_bytes)
+        for oid in Manifest.parse(manifest_bytes).object_ids():
+            if not self.destination.has(oid):
+                self.destination.import_verified(self._copy(oid), oid)
+
+    def _copy(self, oid: str) -> Path:
+        temporary = self.destination.tmp_dir / f"fetched-{oid}"
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.source.object_path(oid), temporary)
+        return temporary
+
+
+@pytest.fixture
+def theta_repo(git_env, repo: Path) -> GitRepo:
+    return GitRepo.discover(repo)
+
+
+# -- ThetaFilter ----------------------------------------------------------------------
+
+
+def test_filter_cleans_and_smudges_a_file_back_byte_for_byte(theta_repo: GitRepo) -> None:
+    data = model_bytes(0)
+    handler = ThetaFilter(theta_repo)
+    manifest = handler.clean("model.safetensors", io.BytesIO(data))
+    assert Manifest.parse(manifest).format == "safetensors"
+    assert rebuild(handler.prepare_smudge("model.safetensors", io.BytesIO(manifest))) == data
+
+
+def test_filter_with_skip_smudge_checks_the_manifest_out_as_it_is(theta_repo: GitRepo) -> None:
+    manifest = ThetaFilter(theta_repo).clean("model.safetensors", io.BytesIO(model_bytes(0)))
+    skipping = ThetaFilter(theta_repo, skip_smudge=True)
+    assert rebuild(skipping.prepare_smudge("model.safetensors", io.BytesIO(manifest))) == manifest
+
+
+# -- staged_payload_objects -----------------------------------------------------------
+
+
+def test_staged_payload_objects_names_the_index_versions_objects_in_file_order(
+    git_env, repo: Path, theta_repo: GitRepo, monkeypatch
+) -> None:
+    monkeypatch.setattr(filter_module, "LOOK_UP_STAGED_FROM", 0)
+    (repo / "model.safetensors").write_bytes(model_bytes(0))
+    assert staged_payload_objects(theta_repo, "model.safetensors") == [], "nothing staged yet"
+    git_env.git(repo, "add", "model.safetensors")
+    staged = Manifest.parse(
+        git_env.run("git", "cat-file", "blob", ":model.safetensors", cwd=repo).stdout
+    )
+    (repo / "model.safetensors").write_bytes(model_bytes(1))  # the work tree moved on
+    assert staged_payload_objects(theta_repo, "model.safetensors") == [
+        splice.oid for splice in staged.splices
+    ]
+
+
+def test_staged_payload_objects_skips_the_look_up_for_a_small_file_or_a_plain_blob(
+    git_env, repo: Path, theta_repo: GitRepo, monkeypatch
+) -> None:
+    (repo / "model.safetensors").write_bytes(model_bytes(0))
+    git_env.git(repo, "add", "model.safetensors")
+    assert staged_payload_objects(theta_repo, "model.safetensors") == [], (
+        "a file under LOOK_UP_STAGED_FROM is cheaper to hash than to look up"
+    )
+    monkeypatch.setattr(filter_module, "LOOK_UP_STAGED_FROM", 0)
+    (repo / "notes.txt").write_text("not a manifest\n")
+    git_env.git(repo, "add", "notes.txt")
+    assert staged_payload_objects(theta_repo, "notes.txt") == []
+    assert staged_payload_objects(theta_repo, "missing.safetensors") == []
+
+
+# -- smudge_or_fetch -------------------------------------------------------------------
+
+
+@pytest.fixture
+def cleaned(tmp_path: Path) -> tuple[LocalStore, bytes, bytes]:
+    """A store that has every object of a file, its manifest, and the file's bytes."""
+    full = LocalStore(tmp_path / "full")
+    data = model_bytes(2)
+    return full, clean(io.BytesIO(data), full, "model.safetensors"), data
+
+
+def test_smudge_or_fetch_fetches_what_the_store_lacks_then_rebuilds(
+    cleaned, tmp_path: Path
+) -> None:
+    full, manifest, data = cleaned
+    empty = LocalStore(tmp_path / "empty")
+    fetcher = CopyingFetcher(full, empty)
+    plan = smudge_or_fetch(manifest, empty, "model.safetensors", fetcher)  # type: ignore[arg-type]
+    assert fetcher.calls == [manifest]
+    assert rebuild(plan) == data
+
+
+def test_smudge_or_fetch_does_not_fetch_when_everything_is_here(cleaned) -> None:
+    full, manifest, data = cleaned
+    fetcher = CopyingFetcher(full, full)
+    assert rebuild(smudge_or_fetch(manifest, full, "m", fetcher)) == data  # type: ignore[arg-type]
+    assert fetcher.calls == []
+
+
+def test_smudge_or_fetch_without_a_fetcher_names_the_missing_object(
+    cleaned, tmp_path: Path
+) -> None:
+    _, manifest, _ = cleaned
+    with pytest.raises(ObjectMissingError, match="model.safetensors"):
+        smudge_or_fetch(manifest, LocalStore(tmp_path / "empty"), "model.safetensors", None)
+
+
+# -- write_atomically ------------------------------------------------------------------
+
+
+@dataclass
+class FakePlan:
+    path: str
+    write: Callable[[Callable[[memoryview], object]], None]
+
+
+def test_write_atomically_replaces_the_file_whole_with_the_given_mode(tmp_path: Path) -> None:
+    target = tmp_path / "models" / "model.pth"
+    plan = FakePlan("models/model.pth", lambda write: write(memoryview(b"rebuilt")))
+    write_atomically(plan, target, retry="git theta pull")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"rebuilt"
+    write_atomically(plan, target, retry="git theta pull", mode=0o600)  # type: ignore[arg-type]
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.pth"], "a temp file was left"
+
+
+def test_write_atomically_on_a_full_disk_names_the_file_and_leaves_it_as_it_was(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "model.pth"
+    target.write_bytes(b"manifest")
+
+    def fill_the_disk(write: Callable[[memoryview], object]) -> None:
+        write(memoryview(b"half"))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WorkTreeWriteError) as caught:
+        write_atomically(FakePlan("model.pth", fill_the_disk), target, retry="git theta pull")  # type: ignore[arg-type]
+    assert str(caught.value) == "model.pth: cannot write the rebuilt file: No space left on device"
+    assert caught.value.hint == "free some disk space, then run `git theta pull` again"
+    assert target.read_bytes() == b"manifest"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"], "a temp file was left"
+
+
+def test_write_atomically_lets_other_errors_through_unchanged(tmp_path: Path) -> None:
+    def broken(write: Callable[[memoryview], object]) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError) as caught:
+        write_atomically(FakePlan("m", broken), tmp_path / "m", retry="x")  # type: ignore[arg-type]
+    assert not isinstance(caught.value, WorkTreeWriteError) and caught.value.errno == errno.EIO
