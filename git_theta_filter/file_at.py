@@ -25,13 +25,13 @@ from pathlib import Path
 import pygit2
 
 from .errors import ThetaError
+from .filter import smudge_or_fetch
 from .gitrepo import GitRepo
 from .history import open_pygit2, read_blob
 from .manifest import MAX_MANIFEST_BYTES, looks_like_manifest
+from .on_demand import OnDemandFetcher
 from .promisor import fetch_missing
 from .revisions import resolve_commit
-from .smudge import SmudgePlan, prepare_smudge
-from .store.local import ObjectMissingError
 
 __all__ = ["FileSpecError", "NoSuchFileError", "FileAt", "locate_file", "write_file_at"]
 
@@ -121,20 +121,9 @@ def write_file_at(repo: GitRepo, file: FileAt, write: Write) -> None:
     if size <= MAX_MANIFEST_BYTES:
         content = read_blob(git, file.blob_id)
         if looks_like_manifest(content):
-            _smudge_plan(repo, content, file.path).write(write)
+            fetcher = OnDemandFetcher(repo)
+            smudge_or_fetch(content, repo.store(), file.path, fetcher).write(write)
             return
     with pygit2.BlobIO(git[file.blob_id].peel(pygit2.Blob)) as stream:
         while chunk := stream.read(_CHUNK):
             write(memoryview(chunk))
-
-
-def _smudge_plan(repo: GitRepo, manifest: bytes, path: str) -> SmudgePlan:
-    """A checked plan; objects the local store lacks come from the remote's store first."""
-    store = repo.store()
-    try:
-        return prepare_smudge(manifest, store, path)
-    except ObjectMissingError:
-        from .on_demand import OnDemandFetcher
-
-        OnDemandFetcher(repo).fetch_missing(manifest)
-        return prepare_smudge(manifest, store, path)
