@@ -136,11 +136,14 @@ def _host(url: str) -> str | None:
     return urlsplit(endpoint.url).hostname if endpoint is not None else None
 
 
-def explicit_endpoint(url: str) -> LfsEndpoint | None:
-    """The endpoint a store URL ``lfs+https://…`` (or ``lfs+http://``) names."""
+def explicit_endpoint(url: str, *, user_configured: bool = True) -> LfsEndpoint | None:
+    """The endpoint a store URL ``lfs+https://…`` (or ``lfs+http://``) names; from a
+    committed ``.thetaconfig``, ``user_configured`` is False."""
     if not url.startswith(LFS_SCHEME_PREFIX + "http"):
         return None
-    return endpoint_from_lfs_url(url.removeprefix(LFS_SCHEME_PREFIX))
+    return endpoint_from_lfs_url(
+        url.removeprefix(LFS_SCHEME_PREFIX), user_configured=user_configured
+    )
 
 
 def lfs_endpoint(

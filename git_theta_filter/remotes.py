@@ -81,6 +81,8 @@ class StoreLocation:
     anchor: Path | None = None
     # For a Git LFS server found from the remote (not written as a store URL).
     lfs: LfsEndpoint | None = None
+    # Named only by a committed file: an LFS endpoint there gets no credentials over http.
+    committed: bool = False
 
 
 def _thetaconfig_get(repo: GitRepo, key: str, revision: str | None) -> str | None:
@@ -131,7 +133,7 @@ def locate_store(
         return StoreLocation(configured)
     committed = _thetaconfig_get(repo, "theta.url", revision)
     if committed:
-        return StoreLocation(committed)
+        return StoreLocation(committed, committed=True)
     url = remote_url or _remote_url(repo, remote)
     git_dir = local_repository_path(repo, url)
     if git_dir is not None:
@@ -172,7 +174,9 @@ def resolve_store(
     if location.lfs is not None or location.url.startswith("lfs+"):
         from .lfs_remote import explicit_endpoint, open_lfs_store
 
-        lfs = location.lfs or explicit_endpoint(location.url)
+        lfs = location.lfs or explicit_endpoint(
+            location.url, user_configured=not location.committed
+        )
         if lfs is not None:
             return open_lfs_store(repo, lfs)
     endpoint = _s3_endpoint(repo, revision) if location.url.startswith("s3://") else None

@@ -108,3 +108,15 @@ def test_lfs_settings_from_git_config(work):
     git(work, "config", "theta.lfs.maxObjectSize", "big")
     with pytest.raises(LfsConfigError, match="theta.lfs.maxObjectSize is 'big'"):
         max_object_size(GitConfig(repo))
+
+
+def test_lfs_store_url_in_a_committed_thetaconfig_gets_no_credentials_over_http(work):
+    from git_theta_filter.remotes import locate_store, resolve_store
+
+    repo = GitRepo.discover(work)
+    url = "lfs+http://lfs.example.com/org/models.git/info/lfs"
+    git(work, "config", "--file", ".thetaconfig", "theta.url", url)
+    assert locate_store(repo, "origin", REMOTE).committed
+    assert resolve_store(repo, "origin", REMOTE).endpoint.user_configured is False
+    git(work, "config", "theta.remote.origin.url", url)
+    assert resolve_store(repo, "origin", REMOTE).endpoint.user_configured is True
