@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,11 +206,25 @@ class Repository:
             given = given.resolve().relative_to(self._worktree().resolve())
         return given.as_posix()
 
+    def tracked_paths(self, paths: Sequence[str | os.PathLike[str]]) -> set[str]:
+        """Those of ``paths`` (as repository-relative paths) that .gitattributes routes
+        through the theta filter.
+
+        `git check-attr` reads the work tree's .gitattributes, committed or
+        not, as `git add` does.
+        """
+        relatives = [self._relative(path) for path in paths]
+        if not relatives:
+            return set()
+        fields = self._repo.git("check-attr", "-z", "filter", operands=relatives).split("\0")
+        return {
+            fields[i]
+            for i in range(0, len(fields) - 2, 3)
+            if fields[i + 1] == "filter" and fields[i + 2] == "theta"
+        }
+
     def _check_tracked(self, path: str) -> None:
-        # `git check-attr` reads the work tree's .gitattributes, committed or not,
-        # as `git add` does.
-        line = self._repo.git("check-attr", "filter", operands=[path]).strip()
-        if not line.endswith(": filter: theta"):
+        if path not in self.tracked_paths([path]):
             raise NotTrackedError(path)
 
     # -- writing ----------------------------------------------------------------
@@ -244,25 +258,57 @@ class Repository:
         """
         relative = self._relative(path)
         self._check_tracked(relative)
-        target = self._worktree() / relative
-        _save(checkpoint, target)
+        _save(checkpoint, self._worktree() / relative)
+        return self.commit_files([relative], message, metrics)
+
+    def commit_files(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        message: str,
+        metrics: Mapping[str, Any] | None = None,
+        metrics_for: str | os.PathLike[str] | None = None,
+    ) -> str:
+        """Commit files already in the work tree (a framework's checkpoint folder);
+        returns the new commit's id.
+
+        Files the theta filter tracks are cleaned into the store here, in this
+        process; the others are added with ``git add`` (a path that no longer
+        exists is staged as deleted). Then ``git commit``
+        runs, as for :meth:`commit_checkpoint`. ``metrics`` go to
+        ``<metrics_for>.metrics.json`` (by default, beside the first tracked
+        file) in the same commit.
+        """
+        relatives = [self._relative(path) for path in paths]
+        tracked = self.tracked_paths(relatives)
+        # A deleted file is staged as deleted by `git add`, tracked or not.
+        models = [p for p in relatives if p in tracked and (self._worktree() / p).exists()]
+        others = [path for path in relatives if path not in models]
         if metrics is not None:
-            metrics_path = target.with_name(target.name + CONVENTION_SUFFIX)
+            owner = self._relative(metrics_for) if metrics_for is not None else None
+            owner = owner or (models or relatives)[0]
+            metrics_path = self._worktree() / (owner + CONVENTION_SUFFIX)
             metrics_path.write_text(
                 json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
             )
+            others.append(owner + CONVENTION_SUFFIX)
         with writer_lock(self._repo.theta_dir):
-            stat = _settled_stat(target)
-            with (
-                target.open("rb", buffering=0) as file,
-                self._store.expecting(staged_payload_objects(self._repo, relative)),
-            ):
-                manifest = clean(file, self._store, relative)
-            self._stage(relative, self._git.create_blob(manifest), stat)
-        if metrics is not None:
-            self._repo.git("add", operands=[relative + CONVENTION_SUFFIX])
+            for relative in models:
+                self._clean_and_stage(relative)
+        if others:
+            self._repo.git("add", operands=others)
         self._repo.git("commit", "-q", f"--message={message}")
         return self._repo.git("rev-parse", "HEAD").strip()
+
+    def _clean_and_stage(self, relative: str) -> None:
+        """What ``git add`` does for one tracked file, without starting the filter."""
+        target = self._worktree() / relative
+        stat = _settled_stat(target)
+        with (
+            target.open("rb", buffering=0) as file,
+            self._store.expecting(staged_payload_objects(self._repo, relative)),
+        ):
+            manifest = clean(file, self._store, relative)
+        self._stage(relative, self._git.create_blob(manifest), stat)
 
     def _stage(self, path: str, blob_id: pygit2.Oid, stat: os.stat_result) -> None:
         """Put ``blob_id`` in the index at ``path`` with the work-tree file's stat data,
