@@ -415,7 +415,7 @@ class Repository:
     def _read_payload(self, oid: str, path: str) -> torch.Tensor:
         import torch
 
-        file, header = self._store.open_object(oid, path)
+        file, header = self._store.open_verified(oid, path)
         payload = torch.empty(header.nbytes, dtype=torch.uint8)
         with file:
             view = memoryview(payload.numpy())

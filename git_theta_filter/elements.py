@@ -171,10 +171,13 @@ def open_elements(store: LocalStore, entry: TensorEntry, path: str | None = None
     """The tensor's stored elements as a read-only array over a memory map of its object.
 
     Raises :class:`~git_theta_filter.store.local.ObjectMissingError` when the
-    object is not in the store.
+    object is not in the store, and
+    :class:`~git_theta_filter.store.integrity.ObjectCorruptError` when its
+    bytes do not hash to its id.
     """
     raw_type = element_type(entry.dtype).raw
-    file, header = store.open_object(entry.oid, path)
+    # Statistics and merged values are built on these bytes: only from a verified object.
+    file, header = store.open_verified(entry.oid, path)
     with file:
         if entry.extent_bytes() > header.nbytes:
             raise TensorExtentError(entry.name, entry.oid)

@@ -24,7 +24,9 @@ from .manifest import TensorEntry
 __all__ = ["StatsCache", "layout_key", "CACHE_FILE"]
 
 # The version is in the file name: statistics computed differently go to a new file.
-CACHE_FILE = "v1.sqlite3"
+# v2: statistics are computed only from objects whose bytes hash to their id; v1 could
+# hold numbers read from a damaged object.
+CACHE_FILE = "v2.sqlite3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tensor_stats (

@@ -111,7 +111,7 @@ def read_skeleton(store: LocalStore, manifest: Manifest, path: str | None = None
         raise ObjectFormatError(
             manifest.skeleton, f"skeleton of {manifest.skeleton_length} bytes is over the limit"
         )
-    file, header = store.open_object(manifest.skeleton, path)
+    file, header = store.open_verified(manifest.skeleton, path)
     with file:
         if header.nbytes != manifest.skeleton_length:
             raise ObjectFormatError(
@@ -227,7 +227,7 @@ class SplicedFile:
 
 def payload_crc32(store: LocalStore, oid: str) -> int:
     """The CRC-32 of an object's payload, as a zip entry of it would record it."""
-    file, header = store.open_object(oid)
+    file, header = store.open_verified(oid)
     crc = 0
     with file:
         left = header.nbytes

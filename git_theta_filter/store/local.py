@@ -4,9 +4,11 @@ Layout and guarantees are specified in ``docs/store.md``:
 
 * an object's id is the sha256 of its file's bytes (64 lowercase hex digits);
 * objects are written to ``theta/tmp`` first and then hard-linked into place,
-  so a reader never sees a partial object and an existing object is never
-  rewritten (two writers of the same object both succeed);
-* objects are read-only files.
+  so a reader never sees a partial object and a good existing object is never
+  rewritten (two writers of the same object both succeed); a damaged one is
+  replaced whole, in one rename, by the good bytes being written;
+* objects are read-only files, and every read that uses their bytes checks
+  them against their id first (:meth:`LocalStore.open_verified`).
 
 Durability: object files are not fsync'ed, like Git's own loose objects by
 default (``core.fsync``). A crash can at worst leave an object that fails its
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ThetaError
+from .integrity import VERIFIED, ObjectCorruptError, file_sha256, same_bytes
 from .object_format import ObjectFormatError, ObjectHeader, encode_header, read_header
 
 __all__ = [
@@ -431,18 +434,55 @@ class LocalStore:
             if self._fsync:
                 os.fsync(file.fileno())
             file.close()
-            os.chmod(tmp_path, 0o444)
-            final = self.object_path(oid)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                # link() never replaces an existing file: a concurrent writer of
-                # the same object, or an existing object, wins and stays as is.
-                os.link(tmp_path, final)
-            except FileExistsError:
-                pass
+            self._place(tmp_path, oid)
         finally:
             self._discard_temp(file, tmp_path)
         return oid
+
+    def _place(self, tmp_path: Path, oid: str) -> None:
+        """Put the temp file ``tmp_path``, whose bytes hash to ``oid``, into the store.
+
+        ``link()`` never replaces a file, so of two writers of one object the
+        first wins and the object is never rewritten in place. An existing
+        file that does not hold these bytes (damaged, or not a regular file)
+        is moved to ``theta/bad/`` and the good copy renamed over it in one
+        step, so that the store can give back what was just added.
+        """
+        os.chmod(tmp_path, 0o444)
+        final = self.object_path(oid)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(tmp_path, final)
+        except FileExistsError:
+            if self._holds(final, tmp_path, oid):
+                return
+            self._keep_for_inspection(final, oid)
+            os.replace(tmp_path, final)
+        VERIFIED.add_path(final)
+
+    def _holds(self, final: Path, tmp_path: Path, oid: str) -> bool:
+        """Whether the existing object file ``final`` has the good bytes of ``tmp_path``."""
+        try:
+            with (
+                open_object_file(final, oid) as existing,
+                open(tmp_path, "rb", buffering=0) as good,
+            ):
+                if VERIFIED.knows(existing) or same_bytes(existing, good):
+                    VERIFIED.add(existing)
+                    return True
+        except (OSError, ObjectFormatError):
+            pass  # a link, a FIFO, a directory: not an object
+        return False
+
+    def _keep_for_inspection(self, final: Path, oid: str) -> None:
+        """Link a damaged object's file into ``theta/bad/`` before it is replaced (best effort)."""
+        bad = self.theta_dir / "bad" / oid
+        try:
+            bad.parent.mkdir(parents=True, exist_ok=True)
+            bad.unlink(missing_ok=True)
+            os.link(final, bad, follow_symlinks=False)
+        except OSError:
+            pass
 
     # -- reading -------------------------------------------------------------
     def open_object(self, oid: str, path: str | None = None) -> tuple[BinaryIO, ObjectHeader]:
@@ -461,14 +501,41 @@ class LocalStore:
             raise
         return file, header
 
+    def open_verified(self, oid: str, path: str | None = None) -> tuple[BinaryIO, ObjectHeader]:
+        """:meth:`open_object`, once the object's bytes are known to hash to its id.
+
+        Every reader that hands out an object's bytes or builds on them uses
+        this. The file is hashed on first use in this process, and again after
+        any change to it (see :mod:`.integrity`). Raises
+        :class:`~.integrity.ObjectCorruptError` for bytes that do not match.
+        """
+        file, header = self.open_object(oid, path)
+        try:
+            if not VERIFIED.knows(file):
+                self._check_digest(file, oid)
+                file.seek(header.data_offset)
+        except BaseException:
+            file.close()
+            raise
+        return file, header
+
+    def ensure_verified(self, oid: str, path: str | None = None) -> None:
+        """Raise unless the object is present, well formed and hashes to its id (cached)."""
+        file, _header = self.open_verified(oid, path)
+        file.close()
+
     def verify(self, oid: str) -> None:
-        """Re-hash an object and validate its header; raises on any problem."""
+        """Re-hash an object and validate its header, whatever was checked before (fsck)."""
         file, _header = self.open_object(oid)
         with file:
-            file.seek(0)
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
+            self._check_digest(file, oid)
+
+    @staticmethod
+    def _check_digest(file: BinaryIO, oid: str) -> None:
+        digest = file_sha256(file)
         if digest != oid:
-            raise ObjectFormatError(oid, f"content hashes to {digest}")
+            raise ObjectCorruptError(oid, digest)
+        VERIFIED.add(file)
 
     def quarantine(self, oid: str) -> Path:
         """Move a corrupt object to ``theta/bad/<oid>``, out of the way of a fetch that restores it.
@@ -487,18 +554,13 @@ class LocalStore:
         """Move a file from ``tmp_dir`` into the store as ``oid``;
         the caller has checked its sha256.
 
-        Like every write, it never replaces an existing object. ``path`` is gone afterwards.
+        Like every write, it keeps an existing good object and replaces a
+        damaged one (see :meth:`_place`). ``path`` is gone afterwards.
         """
         try:
             if self._fsync:
                 with open(path, "rb") as file:
                     os.fsync(file.fileno())
-            os.chmod(path, 0o444)
-            final = self.object_path(oid)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, final)
-            except FileExistsError:
-                pass
+            self._place(path, oid)
         finally:
             path.unlink(missing_ok=True)

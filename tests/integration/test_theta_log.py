@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from theta_history import CHANGED_IN, History, commit, norm, shared_history
 
+from git_theta_filter.stats_cache import CACHE_FILE
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
 
@@ -161,7 +163,7 @@ def test_theta_log_warm_cache_reads_no_payload_and_missing_objects_are_reported(
 ) -> None:
     history = own_history
     first = history.theta_json("log")["entries"]
-    assert (history.repo / ".git" / "theta" / "stats" / "v1.sqlite3").is_file()
+    assert (history.repo / ".git" / "theta" / "stats" / CACHE_FILE).is_file()
     objects = history.repo / ".git" / "theta" / "objects"
     for path in list(objects.rglob("*")):
         if path.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import struct
 from pathlib import Path
@@ -78,18 +79,47 @@ def test_same_payload_same_type_same_oid_and_it_matches_safetensors_numpy(
     assert sha256_bytes(safetensors_numpy_save({"tensor": array})) == oid
 
 
-def test_objects_are_read_only_and_never_rewritten(store: LocalStore) -> None:
+def test_objects_are_read_only_and_a_good_one_is_never_rewritten(store: LocalStore) -> None:
     oid = store.write_bytes(b"payload", "U8", (7,))
     path = store.object_path(oid)
     assert stat.S_IMODE(path.stat().st_mode) == 0o444
-    # Damage the object in place; writing the same object again must not "repair" or replace it.
-    path.chmod(0o644)
-    damaged = path.read_bytes()[:-1] + b"X"
-    path.write_bytes(damaged)
-    inode = path.stat().st_ino
+    before = path.stat()
     assert store.write_bytes(b"payload", "U8", (7,)) == oid
-    assert path.read_bytes() == damaged and path.stat().st_ino == inode
-    # No temp files are left behind.
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
+    assert list((store.theta_dir / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["payload", "truncated", "symlink", "fifo"])
+def test_writing_an_object_again_replaces_a_damaged_copy_whole(
+    store: LocalStore, tmp_path: Path, damage: str
+) -> None:
+    oid = store.write_bytes(b"payload", "U8", (7,))
+    path = store.object_path(oid)
+    good = path.read_bytes()
+    path.unlink()
+    if damage == "payload":
+        path.write_bytes(good[:-1] + b"X")
+    elif damage == "truncated":
+        path.write_bytes(good[:-3])
+    elif damage == "symlink":
+        (tmp_path / "outside").write_bytes(good[:-1] + b"Y")
+        path.symlink_to(tmp_path / "outside")
+    else:
+        os.mkfifo(path)
+    planted = os.lstat(path)
+    assert store.write_bytes(b"payload", "U8", (7,)) == oid
+    assert not path.is_symlink() and path.read_bytes() == good
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    store.verify(oid)
+    # The damaged file is kept for inspection, the outside file is untouched.
+    assert os.lstat(store.theta_dir / "bad" / oid).st_ino == planted.st_ino
+    if damage == "symlink":
+        assert (tmp_path / "outside").read_bytes() == good[:-1] + b"Y"
     assert list((store.theta_dir / "tmp").iterdir()) == []
 
 
