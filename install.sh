@@ -19,8 +19,8 @@ step() { printf 'install.sh: [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
 # torch==2.13.0 (CPU) is pinned in the test extra: other torch specs pull a
 # multi-GB CUDA build. pip's own lines say which package it is on; its
 # "Requirement already satisfied" chatter is left out.
-step "installing git-theta-filter and its test extra (torch CPU, lightning, transformers;" \
-    "2-3 minutes when nothing is installed yet)"
+step "installing git-theta-filter and its test extra (torch CPU, lightning, transformers:" \
+    "about 8 minutes into an empty environment on a busy 2-core machine)"
 "$python" -m pip install --progress-bar off -e ".[test]" \
     | sed -u -n -e 's/^ *\(Collecting\|Downloading\|Building\|Installing collected\|Successfully installed\) */  \1 /p'
 
