@@ -276,7 +276,8 @@ class Repository:
         exists is staged as deleted). Then ``git commit``
         runs, as for :meth:`commit_checkpoint`. ``metrics`` go to
         ``<metrics_for>.metrics.json`` (by default, beside the first tracked
-        file) in the same commit.
+        file) in the same commit. When nothing differs from HEAD, no commit is
+        made and HEAD's id is returned.
         """
         relatives = [self._relative(path) for path in paths]
         tracked = self.tracked_paths(relatives)
@@ -296,7 +297,12 @@ class Repository:
                 self._clean_and_stage(relative)
         if others:
             self._repo.git("add", operands=others)
-        self._repo.git("commit", "-q", f"--message={message}")
+        # Nothing new (a training loop saving the same state twice): no empty commit.
+        unchanged = not self._git.head_is_unborn and not self._repo.git(
+            "diff", "--cached", "--name-only", "-z"
+        )
+        if not unchanged:
+            self._repo.git("commit", "-q", f"--message={message}")
         return self._repo.git("rev-parse", "HEAD").strip()
 
     def _clean_and_stage(self, relative: str) -> None:

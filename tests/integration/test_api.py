@@ -280,3 +280,13 @@ def test_api_restore_resolves_a_conflicted_model_file(api_repo: Path) -> None:
     assert sha256_file(api_repo / "model.pth") == side_sha
     git(api_repo, "commit", "-q", "--no-edit")
     assert git(api_repo, "status", "--porcelain") == ""
+
+
+def test_api_commit_files_makes_no_empty_commit(api_repo: Path) -> None:
+    repo = gtf.open(api_repo)
+    first = repo.commit_checkpoint(
+        {"w": torch.ones(3)}, "model.pth", message="one", metrics={"a": 1}
+    )
+    again = repo.commit_files(["model.pth"], "the same again", metrics={"a": 1})
+    assert again == first == git(api_repo, "rev-parse", "HEAD").strip()
+    assert git(api_repo, "log", "--format=%s").splitlines()[0] == "one"
