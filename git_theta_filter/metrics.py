@@ -15,6 +15,12 @@ Sources, for a model file ``<path>`` in some version of the repository:
    Declared files apply to every model file. JSON is always read; ``.toml``
    with the standard library; ``.yaml``/``.yml`` when PyYAML is installed.
 
+Metrics files and ``.thetaconfig`` are written by whoever made the commit
+(docs/security.md, class 3): they are read as regular files inside the
+repository only, never through a symlink, at most 1 MiB (:mod:`repo_files`),
+and parsed within the budget of :mod:`metrics_files`. A file refused or
+unreadable is a warning, and its metrics are skipped.
+
 Keys are flattened with dots (``{"eval": {"acc": 0.9}}`` → ``eval.acc``);
 list items are numbered, except in lists longer than the manifest's limit
 (those are ids, not metrics). Only numbers and booleans are metrics. When two
@@ -26,19 +32,17 @@ A name given by a user may be any dotted suffix of a full name (``acc`` for
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import tomllib
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
 
 import pygit2
 
+from .committed_config import THETACONFIG, CommittedConfig, parse_config, read_committed_config
 from .errors import ThetaError
-from .formats.pickle_scan import MAX_METRIC_SEQUENCE
 from .gitrepo import GitRepo, run_git
+from .metrics_files import Metric, MetricsFileError, flatten, parse_metrics_file
+from .repo_files import UnsafeRepositoryFileError, read_worktree_file, repository_path_parts
 
 __all__ = [
     "Metric",
@@ -57,23 +61,12 @@ __all__ = [
     "is_number",
 ]
 
-Metric = int | float | bool
-THETACONFIG = ".thetaconfig"
 CONVENTION_SUFFIX = ".metrics.json"
 _CONFIG_KEY = "metrics.file"
 # Metrics that get better as they go down; every other metric is maximised by default.
 _LOWER_IS_BETTER = re.compile(
     r"loss|err|perplexity|ppl|mse|mae|rmse|nll|wer|cer|fid|distance|time|latency", re.I
 )
-
-
-class MetricsFileError(ThetaError):
-    """A metrics file that cannot be read."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"metrics file {path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 class UnknownMetricError(ThetaError):
@@ -93,82 +86,34 @@ class AmbiguousMetricError(ThetaError):
         self.name = name
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Metric]:
-    """Numeric and boolean leaves of nested dicts and lists, keyed by dotted paths."""
-    out: dict[str, Metric] = {}
-    if isinstance(data, (bool, int, float)):
-        if prefix:
-            out[prefix] = data
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(data, (list, tuple)) and len(data) <= MAX_METRIC_SEQUENCE:
-        for index, value in enumerate(data):
-            out.update(flatten(value, f"{prefix}.{index}" if prefix else str(index)))
-    return out
-
-
-def parse_metrics_file(path: str, data: bytes) -> dict[str, Metric]:
-    """The flattened metrics in a file, read by its extension (JSON when unknown)."""
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".toml":
-            parsed = tomllib.loads(data.decode("utf-8"))
-        elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise MetricsFileError(
-                    path, "reading YAML needs PyYAML (pip install pyyaml)"
-                ) from None
-            parsed = yaml.safe_load(data)
-        else:
-            parsed = json.loads(data)
-    except MetricsFileError:
-        raise
-    except Exception as exc:  # any syntax error of any of the three parsers
-        raise MetricsFileError(path, f"not valid {suffix.lstrip('.') or 'JSON'} ({exc})") from None
-    return flatten(parsed)
-
-
-def _config_values(config_path: Path) -> list[str]:
-    config = pygit2.Config(str(config_path))
-    try:
-        return list(config.get_multivar(_CONFIG_KEY))
-    except pygit2.GitError as exc:
-        raise MetricsFileError(str(config_path), f"not valid git-config syntax ({exc})") from None
-
-
 def declared_metrics_files(repo: GitRepo, git: pygit2.Repository) -> list[str]:
-    """The metrics files named in ``.thetaconfig``: the working tree's, else HEAD's."""
-    if repo.worktree is not None and (repo.worktree / THETACONFIG).is_file():
-        return _config_values(repo.worktree / THETACONFIG)
-    if git.head_is_unborn:
-        return []
-    try:
-        blob = git.head.peel(pygit2.Commit).tree[THETACONFIG]
-    except KeyError:
-        return []
-    text = run_git(
-        ["config", f"--blob={blob.id}", "--get-all"],
-        operands=[_CONFIG_KEY],
-        cwd=repo.cwd,
-        check=False,
-    )
-    return text.splitlines()
+    """The metrics files named in ``.thetaconfig``: the work tree's, else the index's, else HEAD's.
+
+    Read through :mod:`committed_config` (no symlink, no ``[include]``, 1 MiB at most).
+    """
+    config = read_committed_config(repo, THETACONFIG, git=git)
+    return config.get_all(_CONFIG_KEY) if config is not None else []
 
 
 def add_metrics_file(repo: GitRepo, path: str) -> bool:
-    """Declare a metrics file (repository-relative) in ``.thetaconfig``; False if it already was."""
-    if repo.worktree is None:
+    """Declare a metrics file (repository-relative) in ``.thetaconfig``; False if it already was.
+
+    git config would write through a symlink: a committed ``.thetaconfig`` that
+    is one (or anything but a regular file) is refused instead of followed.
+    """
+    worktree = repo.worktree
+    if worktree is None:
         raise ThetaError("`git theta metrics add` needs a working tree")
-    config_path = repo.worktree / THETACONFIG
-    if config_path.is_file() and path in _config_values(config_path):
+    repository_path_parts(path)
+    current = read_worktree_file(worktree, THETACONFIG)  # refuses a symlink or a device
+    if current is not None and path in CommittedConfig(
+        THETACONFIG, "the work tree", parse_config(repo, current)
+    ).get_all(_CONFIG_KEY):
         return False
     run_git(
-        ["config", f"--file={config_path}", "--add"],
+        ["config", f"--file={worktree / THETACONFIG}", "--add"],
         operands=[_CONFIG_KEY, path],
-        cwd=repo.worktree,
+        cwd=worktree,
     )
     return True
 
@@ -189,11 +134,14 @@ def collect_metrics(
     """
     metrics = dict(checkpoint_scalars)
     for path in [model_path + CONVENTION_SUFFIX, *declared]:
-        data = read_file(path)
-        if data is None:
-            continue
         try:
-            metrics.update(parse_metrics_file(path, data))
+            data = read_file(path)
+            if data is not None:
+                metrics.update(parse_metrics_file(path, data))
+        except UnsafeRepositoryFileError as exc:
+            warn(f"metrics file {exc.path}: {exc.reason}; skipped")
+        except OSError as exc:
+            warn(f"metrics file {path}: {exc.strerror or exc}; skipped")
         except MetricsFileError as exc:
             warn(str(exc))
     return metrics

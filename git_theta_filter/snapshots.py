@@ -21,9 +21,10 @@ from pathlib import Path
 import pygit2
 
 from .gitrepo import GitError, GitRepo, git_process
-from .history import lookup_tree, read_blob, read_manifest_blob
+from .history import lookup_tree, read_manifest_blob
 from .manifest import Manifest
 from .promisor import fetch_missing
+from .repo_files import read_index_file, read_tree_file, read_worktree_file
 
 __all__ = ["ModelVersion", "Snapshot", "tree_snapshot", "index_snapshot", "worktree_snapshot"]
 
@@ -67,15 +68,16 @@ class Snapshot:
         return self._models
 
     def read_file(self, path: str) -> bytes | None:
+        """A file of this version that committed content names (a metrics file), or None.
+
+        Regular files inside the repository only, never through a symlink
+        (:mod:`repo_files`); raises ``UnsafeRepositoryFileError`` otherwise.
+        """
         if self._worktree is not None:
-            try:
-                return (self._worktree / path).read_bytes()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                return None
-        blob_id = self._entries.get(path)
-        if blob_id is None:
-            return None
-        return read_blob(self._git, blob_id)
+            return read_worktree_file(self._worktree, path)
+        if self.commit is not None:
+            return read_tree_file(self._git, self.commit.tree, path)
+        return read_index_file(self._git, path)
 
 
 def _tree_entries(

@@ -25,10 +25,11 @@ from typing import Any
 
 import pygit2
 
-from .history import read_blob, read_manifest_blob, tree_manifests
+from .history import read_manifest_blob, tree_manifests
 from .manifest import Manifest
 from .metrics import Metric, collect_metrics, default_direction, is_number
 from .promisor import fetch_missing
+from .repo_files import read_tree_file
 from .revisions import PathNotTrackedError, Pathspec, RevisionRange
 from .stats import Statistician
 from .tensor_diff import ManifestDiff, diff_manifests, is_optimizer_state, new_bytes
@@ -265,13 +266,8 @@ def several_sources(revisions: RevisionRange) -> bool:
 
 def _read_from(git: pygit2.Repository, commit: pygit2.Commit) -> Callable[[str], bytes | None]:
     def read(path: str) -> bytes | None:
-        try:
-            entry = commit.tree[path]
-        except KeyError:
-            return None
-        if entry.type != pygit2.enums.ObjectType.BLOB:
-            return None
-        return read_blob(git, entry.id)
+        # Never through a committed symlink, regular blobs of at most 1 MiB (repo_files).
+        return read_tree_file(git, commit.tree, path)
 
     return read
 

@@ -31,9 +31,16 @@ class GitEnv:
         input: bytes | None = None,
         check: bool = True,
         env: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess:
+        """Run a command; ``timeout`` turns a hang (a FIFO read, a runaway parse) into a failure."""
         result = subprocess.run(
-            list(args), cwd=cwd, input=input, capture_output=True, env={**self.env, **(env or {})}
+            list(args),
+            cwd=cwd,
+            input=input,
+            capture_output=True,
+            env={**self.env, **(env or {})},
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(
