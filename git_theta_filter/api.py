@@ -360,7 +360,9 @@ class Repository:
         blob = _blob_at(commit, relative, rev)
         target = self._worktree() / relative
         content = read_blob(self._git, blob.id)
-        plan = smudge_or_fetch(content, self._store, relative, OnDemandFetcher(self._repo))
+        plan = smudge_or_fetch(
+            content, self._store, relative, OnDemandFetcher(self._repo), repo=self._repo
+        )
         with writer_lock(self._repo.theta_dir):
             write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
             self._stage(relative, blob.id, _settled_stat(target))
@@ -434,9 +436,13 @@ class Repository:
         return payload
 
     def _manifest_at(self, path: str, rev: str) -> Manifest:
-        manifest = read_manifest_blob(
-            self._git, _blob_at(resolve_commit(self._git, rev), path, rev).id
-        )
+        """The manifest of ``path`` at ``rev``; a raw or git-lfs version of a tracked file
+        is read as the manifest ``git add`` would make (see :mod:`.raw_versions`).
+        """
+        from .raw_versions import VersionReader
+
+        blob = _blob_at(resolve_commit(self._git, rev), path, rev)
+        manifest = VersionReader(self._git).manifest(blob.id, path, where=rev)
         if manifest is None:
             raise ModelNotFoundError(path, rev)
         return manifest

@@ -18,6 +18,7 @@ import os
 from .clean import clean
 from .formats.source import Readable
 from .gitrepo import GitRepo, git_process
+from .lfs_pointer import looks_like_lfs_pointer
 from .manifest import Manifest, ManifestError, looks_like_manifest
 from .on_demand import OnDemandFetcher
 from .smudge import SmudgePlan, prepare_smudge, read_smudge_input
@@ -55,7 +56,7 @@ class ThetaFilter:
         data = read_smudge_input(content, pathname)
         if self.skip_smudge:
             return SmudgePlan(pathname, self.store, None, passthrough=data)
-        return smudge_or_fetch(data, self.store, pathname, self.fetcher)
+        return smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
 
 
 def staged_payload_objects(repo: GitRepo, path: str) -> list[str]:
@@ -81,16 +82,23 @@ def staged_payload_objects(repo: GitRepo, path: str) -> list[str]:
 
 
 def smudge_or_fetch(
-    content: bytes, store: LocalStore, path: str, fetcher: OnDemandFetcher | None
+    content: bytes,
+    store: LocalStore,
+    path: str,
+    fetcher: OnDemandFetcher | None,
+    repo: GitRepo | None = None,
 ) -> SmudgePlan:
     """:func:`smudge.prepare_smudge`, fetching what the local store lacks first if need be.
 
     Every object the file lacks comes down in one batch; if the remote's store
     lacks one too (or there is no ``fetcher``), the error is the one the local
-    store gave.
+    store gave. With ``repo``, a git-lfs pointer (a version from before the
+    file was tracked) is the file in ``repo``'s git-lfs storage; where that
+    storage is costs a ``git config``, asked only for a pointer.
     """
+    lfs = repo.lfs_storage() if repo is not None and looks_like_lfs_pointer(content) else None
     try:
-        return prepare_smudge(content, store, path)
+        return prepare_smudge(content, store, path, lfs)
     except ObjectMissingError:
         if fetcher is None:
             raise

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ThetaError
+from .lfs_pointer import LfsStorage
 from .store.local import LocalStore
 
 __all__ = [
@@ -167,6 +168,12 @@ class GitRepo:
 
     def store(self) -> LocalStore:
         return LocalStore(self.theta_dir)
+
+    def lfs_storage(self) -> LfsStorage:
+        """git-lfs's local objects (``lfs.storage``, else ``<common dir>/lfs``)."""
+        return LfsStorage.for_git_dirs(
+            self.git_dir, self.common_dir, self.config_get("lfs.storage")
+        )
 
     @property
     def cwd(self) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .attributes import THETA_ATTRIBUTES, check_pattern, filter_lines, set_filter_line
 from .gitrepo import GitRepo, filter_command, run_git
 from .hooks import install_hooks, uninstall_hooks
 
@@ -25,7 +26,7 @@ __all__ = [
     "tracked_patterns",
 ]
 
-ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
+ATTRIBUTES = THETA_ATTRIBUTES
 MERGE_DRIVER_NAME = "git-theta tensor-level merge"
 
 
@@ -96,24 +97,50 @@ def tracked_patterns(repo: GitRepo) -> list[str]:
     return [p for line in path.read_text().splitlines() if (p := _line_pattern(line))]
 
 
-def track(repo: GitRepo, patterns: list[str]) -> list[str]:
-    """Add ``<pattern> filter=theta diff=theta merge=theta -text`` lines; make sure hooks exist."""
+def track(
+    repo: GitRepo,
+    patterns: list[str],
+    *,
+    renormalize: bool = False,
+    replace_lfs: bool = False,
+) -> list[str]:
+    """Add ``<pattern> filter=theta diff=theta merge=theta -text`` lines; make sure hooks exist.
+
+    Refuses a pattern that git-lfs (or another filter) tracks, unless
+    ``replace_lfs`` swaps git-lfs's line for ours in place. Returns what was
+    done, then what to do about files already committed another way (with
+    ``renormalize``, they are staged again through theta); see :mod:`.adoption`.
+    """
+    from .adoption import check_other_filters, guidance, index_versions
+    from .adoption import renormalize as renormalize_files
+
+    for pattern in patterns:
+        check_pattern(pattern)
     path = _attributes_file(repo)
-    existing = set(tracked_patterns(repo))
     text = path.read_text() if path.exists() else ""
+    check_other_filters(repo, text, patterns, {"lfs"} if replace_lfs else set())
+    existing = set(tracked_patterns(repo))
     changes = []
     for pattern in patterns:
         if pattern in existing:
             changes.append(f"{pattern!r} is already tracked")
             continue
-        if text and not text.endswith("\n"):
-            text += "\n"
-        text += f"{pattern} {ATTRIBUTES}\n"
+        replaced = replace_lfs and any(
+            line.pattern == pattern and line.filter == "lfs" for line in filter_lines(text)
+        )
+        text = set_filter_line(text, pattern, ATTRIBUTES, {"lfs"} if replace_lfs else ())
         existing.add(pattern)
-        changes.append(f"tracking {pattern!r}")
+        changes.append(
+            f"tracking {pattern!r} (in place of its git-lfs line)"
+            if replaced
+            else f"tracking {pattern!r}"
+        )
     path.write_text(text)
     changes += install_hooks(repo)
-    return changes
+    versions = index_versions(repo, patterns)
+    if renormalize:
+        renormalize_files(repo, versions.raw + versions.lfs)
+    return changes + guidance(versions, patterns, renormalize)
 
 
 def untrack(repo: GitRepo, patterns: list[str]) -> list[str]:

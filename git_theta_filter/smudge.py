@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import ThetaError
 from .formats.layout import read_skeleton, write_spliced
 from .formats.source import Readable
+from .lfs_pointer import LfsObjectMissingError, LfsPointer, LfsStorage, parse_lfs_pointer
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
 from .store.local import LOCAL_WRITE_ERRNOS, LocalStore
 from .store.object_format import ObjectFormatError
@@ -78,15 +79,22 @@ class SmudgeVerificationError(ThetaError):
 
 @dataclass
 class SmudgePlan:
-    """A checked manifest, ready to be streamed out (or raw content to pass through)."""
+    """A checked manifest, ready to be streamed out (or raw content to pass through,
+    or a git-lfs object to copy out in place of its pointer).
+    """
 
     path: str
     store: LocalStore
     manifest: Manifest | None
     passthrough: bytes = b""
     skeleton: bytes = b""
+    lfs_object: tuple[LfsStorage, LfsPointer] | None = None
 
     def write(self, write: Write) -> None:
+        if self.lfs_object is not None:
+            lfs, pointer = self.lfs_object
+            lfs.copy_verified(pointer, self.path, write)
+            return
         if self.manifest is None:
             write(memoryview(self.passthrough))
             return
@@ -105,13 +113,23 @@ class SmudgePlan:
             raise SmudgeVerificationError(self.path, self.manifest.sha256, got)
 
 
-def prepare_smudge(content: bytes, store: LocalStore, path: str) -> SmudgePlan:
+def prepare_smudge(
+    content: bytes, store: LocalStore, path: str, lfs: LfsStorage | None = None
+) -> SmudgePlan:
     """Parse and check ``content``; raises before any output if the file cannot be rebuilt.
 
     Content that is not a manifest (a file committed before it was tracked)
-    passes through unchanged.
+    passes through unchanged, except a git-lfs pointer (a version committed
+    while git-lfs tracked the file): given ``lfs``, the file comes from its
+    local git-lfs object, checked against the pointer, and a missing object
+    is an error rather than the pointer text written as the model.
     """
     if not looks_like_manifest(content):
+        pointer = parse_lfs_pointer(content) if lfs is not None else None
+        if pointer is not None and lfs is not None:
+            if not lfs.has(pointer):
+                raise LfsObjectMissingError(path, pointer.oid)
+            return SmudgePlan(path, store, None, lfs_object=(lfs, pointer))
         return SmudgePlan(path, store, None, passthrough=content)
     manifest = Manifest.parse(content)
     skeleton = read_skeleton(store, manifest, path)

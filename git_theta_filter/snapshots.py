@@ -21,9 +21,10 @@ from pathlib import Path
 import pygit2
 
 from .gitrepo import GitError, GitRepo, git_process
-from .history import lookup_tree, read_manifest_blob
+from .history import lookup_tree
 from .manifest import Manifest
 from .promisor import fetch_missing
+from .raw_versions import VersionReader
 from .repo_files import read_index_file, read_tree_file, read_worktree_file
 
 __all__ = ["ModelVersion", "Snapshot", "tree_snapshot", "index_snapshot", "worktree_snapshot"]
@@ -57,12 +58,16 @@ class Snapshot:
         self._models: dict[str, ModelVersion] | None = None
 
     def model_files(self) -> dict[str, ModelVersion]:
+        """Paths whose content is a manifest, or a raw or git-lfs version of a tracked file
+        (read as the manifest ``git add`` would make; see :mod:`.raw_versions`).
+        """
         if self._models is None:
             self._models = {}
             # In a partial clone, every absent blob comes down in one batch.
             fetch_missing(self._git, self._entries.values())
+            versions = VersionReader(self._git)
             for path, blob_id in self._entries.items():
-                manifest = read_manifest_blob(self._git, blob_id)
+                manifest = versions.manifest(blob_id, path, where=self.label)
                 if manifest is not None:
                     self._models[path] = ModelVersion(path, str(blob_id), manifest)
         return self._models

@@ -25,10 +25,11 @@ from typing import Any
 
 import pygit2
 
-from .history import read_manifest_blob, tree_manifests
+from .history import tree_manifests
 from .manifest import Manifest
 from .metrics import Metric, collect_metrics, default_direction, is_number
 from .promisor import fetch_missing
+from .raw_versions import VersionReader
 from .repo_files import read_tree_file
 from .revisions import PathNotTrackedError, Pathspec, RevisionRange
 from .stats import Statistician
@@ -114,18 +115,19 @@ class LogEntry:
 
 
 class _ManifestReader:
-    """Manifests by blob id, each parsed once per walk."""
+    """Manifests by blob id, each read once per walk; raw and git-lfs versions of
+    tracked files are read as manifests too (see :mod:`.raw_versions`).
+    """
 
     def __init__(self, git: pygit2.Repository) -> None:
-        self.git = git
-        self._cache: dict[pygit2.Oid, Manifest | None] = {}
+        self._versions = VersionReader(git)
 
-    def __call__(self, blob_id: pygit2.Oid | None) -> Manifest | None:
+    def __call__(
+        self, blob_id: pygit2.Oid | None, path: str, commit: pygit2.Commit
+    ) -> Manifest | None:
         if blob_id is None:
             return None
-        if blob_id not in self._cache:
-            self._cache[blob_id] = read_manifest_blob(self.git, blob_id)
-        return self._cache[blob_id]
+        return self._versions.manifest(blob_id, path, where=str(commit.id)[:7])
 
 
 def _changed_blobs(
@@ -176,8 +178,8 @@ def walk_model_changes(
         for path in sorted(per_parent[0]):
             if not all(path in changed for changed in per_parent):
                 continue
-            new = read(per_parent[0][path][1])
-            olds = [read(changed[path][0]) for changed in per_parent] if parents else []
+            new = read(per_parent[0][path][1], path, commit)
+            olds = [read(c[path][0], path, p) for c, p in zip(per_parent, parents, strict=False)]
             if new is None and not any(olds):
                 continue  # not a model file
             if seen_model_paths is not None:

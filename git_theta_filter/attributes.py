@@ -1,0 +1,147 @@
+"""``.gitattributes`` lines that route files through a filter, and the paths a pattern matches.
+
+A line is ``<pattern> <attr> <attr> ...``; the one that matters here is
+``filter=<driver>``: ``theta`` for us, ``lfs`` for git-lfs. Lines are edited
+in place, so that a migration and its reverse give back the same file, byte
+for byte, and with it the same commits.
+
+Which paths a pattern matches is decided by git itself: the patterns go into
+a temporary attributes file with an attribute of a random name, and
+``git check-attr`` reports the paths that have it. Patterns in that file
+match as in the top-level ``.gitattributes`` (``*.pth`` anywhere,
+``models/*.pth`` from the top), and no attribute the repository sets can
+interfere.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ThetaError
+from .gitrepo import GitRepo
+
+__all__ = [
+    "THETA_ATTRIBUTES",
+    "LFS_ATTRIBUTES",
+    "BadPatternError",
+    "FilterLine",
+    "check_pattern",
+    "filter_lines",
+    "set_filter_line",
+    "remove_filter_line",
+    "paths_matching",
+    "filters_of",
+]
+
+THETA_ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
+LFS_ATTRIBUTES = "filter=lfs diff=lfs merge=lfs -text"
+
+
+class BadPatternError(ThetaError):
+    exit_code = 2
+
+    def __init__(self, pattern: str, why: str) -> None:
+        super().__init__(f"cannot use {pattern!r} as a .gitattributes pattern: {why}")
+        self.pattern = pattern
+
+
+def check_pattern(pattern: str) -> None:
+    """Refuse what a ``.gitattributes`` line cannot hold as one pattern."""
+    if not pattern:
+        raise BadPatternError(pattern, "it is empty")
+    if any(c.isspace() for c in pattern):
+        raise BadPatternError(pattern, "it has white space; write [[:space:]] instead")
+    if pattern.startswith(("#", "!")):
+        raise BadPatternError(pattern, "a line starting with '#' or '!' is no pattern")
+
+
+@dataclass(frozen=True)
+class FilterLine:
+    number: int  # 0-based index into text.splitlines()
+    pattern: str
+    filter: str
+
+
+def filter_lines(text: str) -> list[FilterLine]:
+    """Every line that sets ``filter=<driver>``, in file order."""
+    found = []
+    for number, line in enumerate(text.splitlines()):
+        parts = line.split()
+        if len(parts) < 2 or parts[0].startswith("#"):
+            continue
+        for attribute in parts[1:]:
+            if attribute.startswith("filter="):
+                found.append(FilterLine(number, parts[0], attribute.removeprefix("filter=")))
+    return found
+
+
+def set_filter_line(text: str, pattern: str, attributes: str, replace: Iterable[str]) -> str:
+    """``text`` with ``<pattern> <attributes>`` in place of the first line for ``pattern``
+    whose filter is in ``replace``, or appended when there is none.
+
+    Other lines for ``pattern`` with a filter in ``replace`` are removed.
+    """
+    replace = set(replace)
+    lines = text.splitlines(keepends=True)
+    targets = [
+        line.number
+        for line in filter_lines(text)
+        if line.pattern == pattern and line.filter in replace
+    ]
+    new_line = f"{pattern} {attributes}"
+    if not targets:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        return "".join(lines) + new_line + "\n"
+    first = targets[0]
+    lines[first] = new_line + ("\n" if lines[first].endswith("\n") else "")
+    for number in reversed(targets[1:]):
+        del lines[number]
+    return "".join(lines)
+
+
+def remove_filter_line(text: str, pattern: str, filter_name: str) -> str:
+    """``text`` without the lines for ``pattern`` whose filter is ``filter_name``."""
+    drop = {
+        line.number
+        for line in filter_lines(text)
+        if line.pattern == pattern and line.filter == filter_name
+    }
+    return "".join(
+        line for number, line in enumerate(text.splitlines(keepends=True)) if number not in drop
+    )
+
+
+def _check_attr(
+    repo: GitRepo, attribute: str, paths: Iterable[str], attributes_file: Path | None = None
+) -> dict[str, str]:
+    """``git check-attr -z --stdin <attribute>`` over ``paths``: path -> value."""
+    data = b"".join(os.fsencode(path) + b"\0" for path in paths)
+    if not data:
+        return {}
+    config = ["-c", f"core.attributesFile={attributes_file}"] if attributes_file else []
+    output = repo.git(*config, "check-attr", "-z", "--stdin", attribute, input=data).split("\0")
+    # -z output is <path> NUL <attribute> NUL <value> NUL, repeated.
+    return {output[i]: output[i + 2] for i in range(0, len(output) - 2, 3)}
+
+
+def paths_matching(repo: GitRepo, patterns: list[str], paths: Iterable[str]) -> set[str]:
+    """The ``paths`` that one of ``patterns`` matches, as a top-level .gitattributes would."""
+    for pattern in patterns:
+        check_pattern(pattern)
+    probe = f"theta-probe-{secrets.token_hex(8)}"
+    with tempfile.TemporaryDirectory(prefix="theta-attributes-") as scratch:
+        attributes_file = Path(scratch) / "attributes"
+        attributes_file.write_text("".join(f"{pattern} {probe}\n" for pattern in patterns))
+        values = _check_attr(repo, probe, paths, attributes_file)
+    return {path for path, value in values.items() if value == "set"}
+
+
+def filters_of(repo: GitRepo, paths: Iterable[str]) -> dict[str, str]:
+    """The ``filter`` attribute of each path as git sees it now (``unspecified`` when none)."""
+    return _check_attr(repo, "filter", paths)
