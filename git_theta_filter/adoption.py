@@ -35,6 +35,7 @@ __all__ = [
     "check_other_filters",
     "index_versions",
     "guidance",
+    "check_work_tree_files",
     "renormalize",
 ]
 
@@ -200,19 +201,28 @@ def guidance(versions: IndexVersions, patterns: list[str], renormalized: bool) -
     return lines
 
 
-def renormalize(repo: GitRepo, paths: Iterable[str]) -> None:
-    """``git add --renormalize`` the paths, and ``.gitattributes`` with them."""
-    paths = list(paths)
+def check_work_tree_files(repo: GitRepo, patterns: list[str]) -> None:
+    """Refuse to renormalize a work-tree file that is a git-lfs pointer, not the model:
+    cleaned, the pointer text itself would be stored as the model.
+    """
     assert repo.worktree is not None
-    for path in paths:
-        with open(repo.worktree / path, "rb") as file:
-            head = file.read(MAX_POINTER_BYTES)
+    for path in sorted(paths_matching(repo, patterns, _index_entries(repo))):
+        try:
+            with open(repo.worktree / path, "rb") as file:
+                head = file.read(MAX_POINTER_BYTES)
+        except FileNotFoundError:
+            continue
         if parse_lfs_pointer(head) is not None:
             raise ThetaError(
-                f"{path} in the work tree is a git-lfs pointer, not the model",
+                f"{path} in the work tree is a git-lfs pointer, not the model; nothing was changed",
                 hint=f"run `git lfs fetch` and `git checkout -- {shlex.quote(path)}` "
                 "(theta reads the git-lfs object), then track again",
             )
+
+
+def renormalize(repo: GitRepo, paths: Iterable[str]) -> None:
+    """``git add --renormalize`` the paths, and ``.gitattributes`` with them."""
+    paths = list(paths)
     repo.git("add", "--", ".gitattributes")
     if paths:
         repo.git("--literal-pathspecs", "add", "--renormalize", "--", *paths)

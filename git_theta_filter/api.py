@@ -40,7 +40,7 @@ from .clean import clean
 from .errors import ThetaError
 from .filter import smudge_or_fetch, staged_payload_objects
 from .gitrepo import GitRepo
-from .history import open_pygit2, read_blob, read_manifest_blob
+from .history import open_pygit2, read_blob
 from .locks import writer_lock
 from .manifest import Manifest
 from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_metric

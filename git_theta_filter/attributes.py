@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import tempfile
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ __all__ = [
     "remove_filter_line",
     "paths_matching",
     "filters_of",
+    "FilterAttribute",
 ]
 
 THETA_ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
@@ -145,3 +148,52 @@ def paths_matching(repo: GitRepo, patterns: list[str], paths: Iterable[str]) -> 
 def filters_of(repo: GitRepo, paths: Iterable[str]) -> dict[str, str]:
     """The ``filter`` attribute of each path as git sees it now (``unspecified`` when none)."""
     return _check_attr(repo, "filter", paths)
+
+
+class FilterAttribute:
+    """The ``filter`` attribute of one path at a time, from one ``git check-attr`` process.
+
+    For callers that meet paths one by one (a history walk). It is git's own
+    answer, as ``git add`` would see it: the work tree's ``.gitattributes``
+    where it exists, the index's elsewhere (libgit2 merges both, and would
+    still see a line the work tree's file no longer has). git flushes its
+    answer to each path read from ``--stdin``.
+    """
+
+    def __init__(self, worktree: Path) -> None:
+        self._worktree = worktree
+        self._process: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def __call__(self, path: str) -> str:
+        if self._process is None:
+            self._process = subprocess.Popen(
+                ["git", "check-attr", "--stdin", "-z", "filter"],
+                cwd=self._worktree,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            self._finalizer = weakref.finalize(self, _end, self._process)
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(os.fsencode(path) + b"\0")
+        self._process.stdin.flush()
+        answer = b""
+        # <path> NUL filter NUL <value> NUL
+        while answer.count(b"\0") < 3:
+            chunk = self._process.stdout.read1(4096)
+            if not chunk:
+                raise ThetaError(f"`git check-attr` stopped while reading {path}")
+            answer += chunk
+        return answer.split(b"\0")[2].decode("utf-8", "surrogateescape")
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def _end(process: subprocess.Popen) -> None:
+    if process.stdin is not None:
+        process.stdin.close()
+    if process.stdout is not None:
+        process.stdout.close()
+    process.wait()

@@ -111,7 +111,7 @@ def track(
     done, then what to do about files already committed another way (with
     ``renormalize``, they are staged again through theta); see :mod:`.adoption`.
     """
-    from .adoption import check_other_filters, guidance, index_versions
+    from .adoption import check_other_filters, check_work_tree_files, guidance, index_versions
     from .adoption import renormalize as renormalize_files
 
     for pattern in patterns:
@@ -119,6 +119,8 @@ def track(
     path = _attributes_file(repo)
     text = path.read_text() if path.exists() else ""
     check_other_filters(repo, text, patterns, {"lfs"} if replace_lfs else set())
+    if renormalize:
+        check_work_tree_files(repo, patterns)
     existing = set(tracked_patterns(repo))
     changes = []
     for pattern in patterns:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pygit2
 
+from .attributes import FilterAttribute
 from .blob_stream import BlobStreamer
 from .clean import Warn, clean
 from .history import read_manifest_blob
@@ -140,17 +141,21 @@ class VersionReader:
         self._store: LocalStore | None = None
         self._blobs: BlobStreamer | None = None
         self._tracked: dict[str, bool] = {}
+        self._attributes: FilterAttribute | None = None
         self._parsed: dict[tuple[str, bool], Manifest | None] = {}
 
     def tracked(self, path: str) -> bool:
-        """Whether ``.gitattributes`` (of the work tree, else the index, else HEAD) routes
-        ``path`` through theta.
+        """Whether ``.gitattributes`` routes ``path`` through theta, as ``git add`` sees it
+        (in a bare repository: HEAD's ``.gitattributes``).
         """
         if path not in self._tracked:
-            try:
-                value = self._git.get_attr(path, "filter", pygit2.enums.AttrCheck.INCLUDE_HEAD)
-            except pygit2.GitError:
-                value = None
+            if self._git.workdir is None:
+                flags = pygit2.enums.AttrCheck.INDEX_ONLY | pygit2.enums.AttrCheck.INCLUDE_HEAD
+                value = self._git.get_attr(path, "filter", flags)
+            else:
+                if self._attributes is None:
+                    self._attributes = FilterAttribute(Path(self._git.workdir))
+                value = self._attributes(path)
             self._tracked[path] = value == "theta"
         return self._tracked[path]
 
@@ -211,3 +216,6 @@ class VersionReader:
         if self._blobs is not None:
             self._blobs.close()
             self._blobs = None
+        if self._attributes is not None:
+            self._attributes.close()
+            self._attributes = None

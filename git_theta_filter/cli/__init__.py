@@ -33,6 +33,7 @@ COMMANDS = {
     "metrics": "metrics",
     "merge": "merge",
     "show": "show",
+    "migrate": "migrate",
 }
 
 
