@@ -7,6 +7,8 @@ turned back into the file exactly as a checkout would turn it:
 * a manifest is rebuilt from the local store, after fetching the objects it
   lacks from the remote's store (as a checkout does); the result is checked
   against the manifest's size and sha256 while it streams;
+* a git-lfs pointer (a version committed while git-lfs tracked the file) is
+  its object from the local git-lfs storage, checked against the pointer;
 * any other blob (a file committed before it was tracked, a file theta does
   not track) is the file itself, streamed from git's object database.
 
@@ -28,6 +30,7 @@ from .errors import ThetaError
 from .filter import smudge_or_fetch
 from .gitrepo import GitRepo
 from .history import open_pygit2, read_blob
+from .lfs_pointer import parse_lfs_pointer
 from .manifest import MAX_MANIFEST_BYTES, looks_like_manifest
 from .on_demand import OnDemandFetcher
 from .promisor import fetch_missing
@@ -120,9 +123,10 @@ def write_file_at(repo: GitRepo, file: FileAt, write: Write) -> None:
     _, size = git.odb.read_header(file.blob_id)
     if size <= MAX_MANIFEST_BYTES:
         content = read_blob(git, file.blob_id)
-        if looks_like_manifest(content):
+        # A git-lfs pointer (a version from before theta) is its git-lfs object.
+        if looks_like_manifest(content) or parse_lfs_pointer(content) is not None:
             fetcher = OnDemandFetcher(repo)
-            smudge_or_fetch(content, repo.store(), file.path, fetcher).write(write)
+            smudge_or_fetch(content, repo.store(), file.path, fetcher, repo=repo).write(write)
             return
     with pygit2.BlobIO(git[file.blob_id].peel(pygit2.Blob)) as stream:
         while chunk := stream.read(_CHUNK):

@@ -101,6 +101,16 @@ def test_checkout_of_an_lfs_era_version_gives_the_real_file(lfs: Adopted) -> Non
     assert sha256(lfs.repo / "model.pth") == lfs.files[2]["model.pth"]
 
 
+@pytest.mark.parametrize("kind", ["raw", "lfs"])
+def test_show_writes_a_version_from_before_theta(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    history: Adopted = request.getfixturevalue(kind)
+    out = tmp_path / "epoch3.pth"
+    history.theta("show", f"{history.commits[3]}:model.pth", "-o", str(out))
+    assert sha256(out) == history.files[3]["model.pth"]
+
+
 def test_checkout_of_an_lfs_era_version_without_its_object_fails_clearly(lfs: Adopted) -> None:
     _lfs_object(lfs, 2).unlink()
     result = lfs.git_env.run(
