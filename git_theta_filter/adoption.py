@@ -154,7 +154,9 @@ def _is_lfs_pointer(git: pygit2.Repository, oid: pygit2.Oid) -> bool:
         _kind, size = git.odb.read_header(oid)
     except KeyError:
         return False
-    return size < MAX_POINTER_BYTES and parse_lfs_pointer(git[oid].data) is not None
+    if size >= MAX_POINTER_BYTES:
+        return False
+    return parse_lfs_pointer(git[oid].peel(pygit2.Blob).data) is not None
 
 
 def guidance(versions: IndexVersions, patterns: list[str], renormalized: bool) -> list[str]:
@@ -225,7 +227,7 @@ def renormalize(repo: GitRepo, paths: Iterable[str]) -> None:
     paths = list(paths)
     repo.git("add", "--", ".gitattributes")
     if paths:
-        repo.git("--literal-pathspecs", "add", "--renormalize", "--", *paths)
+        repo.git("--literal-pathspecs", "add", "--renormalize", operands=paths)
 
 
 def _is_are(paths: list[str]) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ThetaError
-from .gitrepo import GitRepo
+from .gitrepo import GitRepo, git_stream
 
 __all__ = [
     "THETA_ATTRIBUTES",
@@ -120,34 +120,47 @@ def remove_filter_line(text: str, pattern: str, filter_name: str) -> str:
     )
 
 
-def _check_attr(
-    repo: GitRepo, attribute: str, paths: Iterable[str], attributes_file: Path | None = None
-) -> dict[str, str]:
-    """``git check-attr -z --stdin <attribute>`` over ``paths``: path -> value."""
-    data = b"".join(os.fsencode(path) + b"\0" for path in paths)
-    if not data:
-        return {}
-    config = ["-c", f"core.attributesFile={attributes_file}"] if attributes_file else []
-    output = repo.git(*config, "check-attr", "-z", "--stdin", attribute, input=data).split("\0")
-    # -z output is <path> NUL <attribute> NUL <value> NUL, repeated.
-    return {output[i]: output[i + 2] for i in range(0, len(output) - 2, 3)}
+def _stdin_paths(paths: Iterable[str]) -> bytes:
+    return b"".join(os.fsencode(path) + b"\0" for path in paths)
+
+
+def _values(output: str) -> dict[str, str]:
+    """``git check-attr -z`` output, ``<path> NUL <attribute> NUL <value> NUL`` repeated."""
+    fields = output.split("\0")
+    return {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}
 
 
 def paths_matching(repo: GitRepo, patterns: list[str], paths: Iterable[str]) -> set[str]:
     """The ``paths`` that one of ``patterns`` matches, as a top-level .gitattributes would."""
     for pattern in patterns:
         check_pattern(pattern)
-    probe = f"theta-probe-{secrets.token_hex(8)}"
+    data = _stdin_paths(paths)
+    if not data:
+        return set()
+    token = secrets.token_hex(8)
     with tempfile.TemporaryDirectory(prefix="theta-attributes-") as scratch:
         attributes_file = Path(scratch) / "attributes"
-        attributes_file.write_text("".join(f"{pattern} {probe}\n" for pattern in patterns))
-        values = _check_attr(repo, probe, paths, attributes_file)
-    return {path for path, value in values.items() if value == "set"}
+        attributes_file.write_text(
+            "".join(f"{pattern} theta-probe-{token}\n" for pattern in patterns)
+        )
+        output = repo.git(
+            "-c",
+            f"core.attributesFile={attributes_file}",
+            "check-attr",
+            "-z",
+            "--stdin",
+            f"theta-probe-{token}",
+            input=data,
+        )
+    return {path for path, value in _values(output).items() if value == "set"}
 
 
 def filters_of(repo: GitRepo, paths: Iterable[str]) -> dict[str, str]:
     """The ``filter`` attribute of each path as git sees it now (``unspecified`` when none)."""
-    return _check_attr(repo, "filter", paths)
+    data = _stdin_paths(paths)
+    if not data:
+        return {}
+    return _values(repo.git("check-attr", "-z", "--stdin", "filter", input=data))
 
 
 class FilterAttribute:
@@ -167,11 +180,8 @@ class FilterAttribute:
 
     def __call__(self, path: str) -> str:
         if self._process is None:
-            self._process = subprocess.Popen(
-                ["git", "check-attr", "--stdin", "-z", "filter"],
-                cwd=self._worktree,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+            self._process = git_stream(
+                ["check-attr", "--stdin", "-z", "filter"], cwd=self._worktree
             )
             self._finalizer = weakref.finalize(self, _end, self._process)
         assert self._process.stdin is not None and self._process.stdout is not None
@@ -180,7 +190,7 @@ class FilterAttribute:
         answer = b""
         # <path> NUL filter NUL <value> NUL
         while answer.count(b"\0") < 3:
-            chunk = self._process.stdout.read1(4096)
+            chunk = os.read(self._process.stdout.fileno(), 4096)
             if not chunk:
                 raise ThetaError(f"`git check-attr` stopped while reading {path}")
             answer += chunk

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import ThetaError
+from .gitrepo import git_stream
 
 __all__ = ["BlobMissingError", "BlobStream", "BlobStreamer"]
 
@@ -73,11 +74,7 @@ class BlobStreamer:
     """One ``git cat-file --batch`` process; :meth:`open` one blob at a time."""
 
     def __init__(self, git_dir: Path) -> None:
-        self._process = subprocess.Popen(
-            ["git", f"--git-dir={git_dir}", "cat-file", "--batch"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+        self._process = git_stream([f"--git-dir={git_dir}", "cat-file", "--batch"])
         self._current: BlobStream | None = None
         # A reader dropped without close() (a generator left half-read) still ends git.
         self._finalizer = weakref.finalize(self, _end, self._process)

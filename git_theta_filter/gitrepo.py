@@ -21,6 +21,7 @@ from .lfs_pointer import LfsStorage
 from .store.local import LocalStore
 
 __all__ = [
+    "git_stream",
     "GitError",
     "OptionLikeArgumentError",
     "NotARepositoryError",
@@ -103,6 +104,17 @@ def git_process(
         stderr=_OUTPUT[stderr],
         env=None if env is None else dict(env),
     )
+
+
+def git_stream(args: Sequence[str], *, cwd: Path | str | None = None) -> subprocess.Popen[bytes]:
+    """Start a long-running git that reads requests on stdin and answers on stdout
+    (``cat-file --batch``, ``check-attr --stdin``, ``hash-object --stdin-paths``).
+
+    ``args`` follow :func:`git_process`'s rule; values from elsewhere (object
+    ids, paths) go through stdin, never the command line. The caller closes
+    stdin and waits for the process.
+    """
+    return subprocess.Popen(["git", *args], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
 def run_git(

@@ -87,7 +87,8 @@ def rewrite_history(
         others = [c for c in commit.file_changes if c.filename != ATTRIBUTES_PATH.encode()]
         original = ""
         if changes and changes[-1].type == b"M":
-            original = git[changes[-1].blob_id.decode()].data.decode("utf-8", "surrogateescape")
+            blob = git[changes[-1].blob_id.decode()].peel(pygit2.Blob)
+            original = blob.data.decode("utf-8", "surrogateescape")
         new = new_attributes(original)
         if new is not None:
             others.append(filter_repo.FileChange(b"M", ATTRIBUTES_PATH.encode(), new, b"100644"))
@@ -130,7 +131,7 @@ def rewrite_history(
         (metadata / "already_ran").unlink(missing_ok=True)
     mapping = _read_commit_map(metadata / "commit-map")
     # Oldest first, parents before children, as the new history reads.
-    order = repo.git("rev-list", "--reverse", "--topo-order", *refs).split()
+    order = repo.git("rev-list", "--reverse", "--topo-order", revisions=refs).split()
     rank = {new: number for number, new in enumerate(order)}
     return dict(sorted(mapping.items(), key=lambda item: rank.get(item[1], len(rank))))
 

@@ -22,6 +22,7 @@ checked against the oid and size wherever they are read.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,10 +131,10 @@ class LfsStorage:
         except FileNotFoundError:
             return False
 
-    def open(self, pointer: LfsPointer, path: str, where: str | None = None) -> BinaryIO:
+    def open(self, pointer: LfsPointer, path: str, where: str | None = None) -> io.FileIO:
         """The object's file, unbuffered; :class:`LfsObjectMissingError` when absent."""
         try:
-            return open(self.object_path(pointer.oid), "rb", buffering=0)
+            return io.FileIO(self.object_path(pointer.oid), "rb")
         except FileNotFoundError:
             raise LfsObjectMissingError(path, pointer.oid, where) from None
 

@@ -24,12 +24,13 @@ by the largest file, not by the history.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import pygit2
 
@@ -43,14 +44,14 @@ from .attributes import (
 )
 from .blob_stream import BlobStreamer
 from .errors import ThetaError
-from .gitrepo import GitRepo
+from .gitrepo import GitRepo, git_stream
 from .history import open_pygit2, read_manifest_blob
 from .history_rewrite import rewrite_history
 from .lfs_pointer import MAX_POINTER_BYTES, LfsPointer, parse_lfs_pointer
 from .locks import writer_lock
 from .manifest import Manifest
 from .raw_versions import ConversionCache, clean_blob
-from .smudge import prepare_smudge
+from .smudge import SmudgePlan, prepare_smudge
 from .store.local import LocalStore
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "LfsObjectsMissingError",
     "ThetaObjectsMissingError",
     "NoRefsError",
+    "NotARefError",
     "Version",
     "HistoryScan",
     "PatternSummary",
@@ -120,6 +122,17 @@ class ThetaObjectsMissingError(ThetaError):
         self.missing = missing
 
 
+class NotARefError(ThetaError):
+    exit_code = 128
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name!r} is not a branch or tag; only refs can be rewritten",
+            hint="name branches or tags (`git branch`, `git tag`), or use --everything",
+        )
+        self.name = name
+
+
 class NoRefsError(ThetaError):
     exit_code = 128
 
@@ -158,7 +171,14 @@ def resolve_refs(repo: GitRepo, refs: list[str], everything: bool) -> list[str]:
         listed = repo.git("for-each-ref", "--format=%(refname)", "refs/heads", "refs/tags")
         return listed.split()
     if refs:
-        return [repo.git("rev-parse", "--symbolic-full-name", ref).strip() or ref for ref in refs]
+        git = open_pygit2(repo)
+        names = []
+        for ref in refs:
+            try:
+                names.append(git.lookup_reference_dwim(ref).name)
+            except (KeyError, pygit2.InvalidSpecError):
+                raise NotARefError(ref) from None
+        return names
     head = repo.git("symbolic-ref", "-q", "HEAD", check=False).strip()
     if not head:
         raise NoRefsError()
@@ -177,7 +197,7 @@ def _tree_files(
     seen.add((tree.id, prefix))
     for entry in tree:
         if entry.type == pygit2.enums.ObjectType.TREE:
-            _tree_files(git, git[entry.id], f"{prefix}{entry.name}/", seen, out)
+            _tree_files(git, git[entry.id].peel(pygit2.Tree), f"{prefix}{entry.name}/", seen, out)
         elif entry.filemode in (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE):
             out.setdefault(f"{prefix}{entry.name}", set()).add(str(entry.id))
 
@@ -393,7 +413,7 @@ def migrate_export(
             plan = prepare_smudge(version.manifest.render(), store, version.path)
             if to == LFS:
                 pointer = LfsPointer(version.manifest.sha256, version.manifest.size)
-                lfs.store(pointer, lambda file, plan=plan: plan.write(file.write))
+                lfs.store(pointer, partial(_smudge_into, plan))
                 blob_map[blob_id] = str(git.create_blob(pointer.render()))
             else:
                 blob_map[blob_id] = writer.write(plan.write)
@@ -413,6 +433,10 @@ def migrate_export(
     return MigrateResult(refs, len(todo), commit_map)
 
 
+def _smudge_into(plan: SmudgePlan, file: BinaryIO) -> None:
+    plan.write(file.write)
+
+
 class _BlobWriter:
     """Plain blobs written by ``git hash-object -w``, from one temporary file at a time.
 
@@ -422,17 +446,8 @@ class _BlobWriter:
 
     def __init__(self, repo: GitRepo) -> None:
         self._scratch = Path(tempfile.mkdtemp(prefix="migrate-export-", dir=repo.common_dir))
-        self._process = subprocess.Popen(
-            [
-                "git",
-                f"--git-dir={repo.git_dir}",
-                "hash-object",
-                "-w",
-                "--no-filters",
-                "--stdin-paths",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+        self._process = git_stream(
+            [f"--git-dir={repo.git_dir}", "hash-object", "-w", "--no-filters", "--stdin-paths"]
         )
 
     def write(self, produce: Callable[[Callable[[memoryview], object]], None]) -> str:

@@ -195,7 +195,9 @@ class VersionReader:
             return False  # not local (a partial clone); cleaning it fetches it
         if kind != pygit2.enums.ObjectType.BLOB:
             return True
-        return size <= MAX_MANIFEST_BYTES and looks_like_manifest(self._git[oid].data)
+        if size > MAX_MANIFEST_BYTES:
+            return False
+        return looks_like_manifest(self._git[oid].peel(pygit2.Blob).data)
 
     def _convert(self, blob_id: str, path: str, where: str | None) -> bytes:
         assert self._store is not None

@@ -278,3 +278,9 @@ def test_migrate_import_on_a_detached_head_asks_for_refs(raw: Adopted) -> None:
     code, _out, err = raw.theta("migrate", "import", "--include=*.pth", check=False)
     assert code == 128
     assert "--everything" in err
+
+
+def test_migrate_rewrites_refs_only(raw: Adopted) -> None:
+    code, _out, err = raw.theta("migrate", "import", "--include=*.pth", "HEAD~1", check=False)
+    assert code == 128
+    assert "'HEAD~1' is not a branch or tag" in err

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from adoption_history import EPOCHS, Adopted, adopted_history, checkpoint_at, sha256
+from conftest import GitEnv
 
 from git_theta_filter.manifest import Manifest
 
@@ -185,3 +186,22 @@ def test_converted_versions_are_cached_by_blob(raw: Adopted) -> None:
     assert not all((store / o[0:2] / o[2:4] / o).exists() for o in needed)
     assert [e["metrics"]["epoch"] for e in _log_json(raw)][-1] == 1
     assert all((store / o[0:2] / o[2:4] / o).exists() for o in needed)
+
+
+def test_theta_diff_reads_a_raw_safetensors_version(git_env: GitEnv, tmp_path: Path) -> None:
+    """A safetensors file committed raw is read with the same reader as clean uses."""
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "repo"
+    git_env.run("git", "init", "-q", str(repo))
+    tensors = {"a": torch.zeros(4, 4), "b": torch.ones(8)}
+    save_file(tensors, str(repo / "model.safetensors"))
+    git_env.git(repo, "add", "model.safetensors")
+    git_env.git(repo, "commit", "-qm", "raw")
+    git_env.theta(repo, "track", "*.safetensors")
+    save_file({**tensors, "b": torch.full((8,), 2.0)}, str(repo / "model.safetensors"))
+    git_env.git(repo, "add", ".gitattributes", "model.safetensors")
+    git_env.git(repo, "commit", "-qm", "through theta")
+    out = git_env.theta(repo, "diff", "--json", "HEAD~1", "HEAD").stdout
+    (file,) = json.loads(out)["files"]
+    assert {t["name"]: t["status"] for t in file["tensors"]} == {"b": "modified"}

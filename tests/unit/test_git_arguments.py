@@ -31,6 +31,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "git_theta_filter"
 # (module, function) pairs that may start a process.
 PROCESS_STARTERS = {
     ("gitrepo.py", "git_process"),
+    ("gitrepo.py", "git_stream"),  # long-running git fed on stdin (cat-file --batch)
     ("hooks.py", "run_chained_hook"),
     # ssh for git-lfs-authenticate: its argv comes from ssh_command_line, which
     # refuses a host that starts with "-" and puts "--" before it (issue 15).
@@ -39,7 +40,7 @@ PROCESS_STARTERS = {
 PROCESS_MODULES = {"subprocess", "pty", "asyncio"}
 OS_PROCESS_CALLS = ("system", "popen", "exec", "spawn", "posix_spawn", "fork")
 # Calls whose positional arguments are a git command line.
-GIT_LIST_CALLS = {"git_process", "run_git"}  # first argument: the list of arguments
+GIT_LIST_CALLS = {"git_process", "run_git", "git_stream"}  # first argument: the list of arguments
 GIT_VARARG_CALLS = {"git", "_git"}  # GitRepo.git(*args), RemoteHelper._git(*args)
 # Names that may stand in a command line: wrappers handing their own ``args`` on
 # (their callers are checked instead), and a name the function checks against ours.
