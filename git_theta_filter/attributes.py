@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ThetaError
-from .gitrepo import GitRepo, git_stream
+from .gitrepo import GitError, GitRepo, git_process, git_stream
 
 __all__ = [
     "THETA_ATTRIBUTES",
@@ -39,6 +39,7 @@ __all__ = [
     "paths_matching",
     "filters_of",
     "FilterAttribute",
+    "filters_at",
 ]
 
 THETA_ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
@@ -161,6 +162,16 @@ def filters_of(repo: GitRepo, paths: Iterable[str]) -> dict[str, str]:
     if not data:
         return {}
     return _values(repo.git("check-attr", "-z", "--stdin", "filter", input=data))
+
+
+def filters_at(worktree: Path, paths: Iterable[str]) -> dict[str, str]:
+    """:func:`filters_of` for the work tree at ``worktree``."""
+    result = git_process(
+        ["check-attr", "-z", "--stdin", "filter"], cwd=worktree, input=_stdin_paths(paths)
+    )
+    if result.returncode != 0:
+        raise GitError(["check-attr"], result.stderr.decode("utf-8", "replace"))
+    return _values(result.stdout.decode("utf-8", "surrogateescape"))
 
 
 class FilterAttribute:

@@ -30,11 +30,12 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pygit2
 
-from .attributes import FilterAttribute
+from .attributes import FilterAttribute, filters_at
 from .blob_stream import BlobStreamer
 from .clean import Warn, clean
 from .history import read_manifest_blob
@@ -142,7 +143,8 @@ class VersionReader:
         self._blobs: BlobStreamer | None = None
         self._tracked: dict[str, bool] = {}
         self._attributes: FilterAttribute | None = None
-        self._parsed: dict[tuple[str, bool], Manifest | None] = {}
+        self._manifests: dict[str, Manifest | None] = {}  # manifest blobs, by blob id
+        self._converted: dict[str, Manifest | None] = {}  # other blobs at tracked paths
 
     def tracked(self, path: str) -> bool:
         """Whether ``.gitattributes`` routes ``path`` through theta, as ``git add`` sees it
@@ -159,6 +161,14 @@ class VersionReader:
             self._tracked[path] = value == "theta"
         return self._tracked[path]
 
+    def track_many(self, paths: Iterable[str]) -> None:
+        """Ask git about many paths in one ``git check-attr`` (a whole snapshot's files)."""
+        wanted = [path for path in paths if path not in self._tracked]
+        if self._git.workdir is None or not wanted:
+            return
+        for path, value in filters_at(Path(self._git.workdir), wanted).items():
+            self._tracked[path] = value == "theta"
+
     def manifest(
         self, blob_id: pygit2.Oid | str, path: str, where: str | None = None
     ) -> Manifest | None:
@@ -166,22 +176,39 @@ class VersionReader:
 
         ``where`` names the version (a commit) in errors.
         """
-        key = (str(blob_id), self.tracked(path))
-        if key not in self._parsed:
-            self._parsed[key] = self._read(key[0], path, where)
-        return self._parsed[key]
+        key = str(blob_id)
+        if key not in self._manifests:
+            self._manifests[key] = read_manifest_blob(self._git, pygit2.Oid(hex=key))
+        if self._manifests[key] is not None or not self.tracked(path):
+            return self._manifests[key]
+        if key not in self._converted:
+            self._converted[key] = self._read_converted(key, path, where)
+        return self._converted[key]
 
-    def _read(self, blob_id: str, path: str, where: str | None) -> Manifest | None:
-        oid = pygit2.Oid(hex=blob_id)
-        manifest = read_manifest_blob(self._git, oid)
-        if manifest is not None or not self.tracked(path):
-            return manifest
+    def manifests(
+        self, entries: dict[str, pygit2.Oid], where: str | None = None
+    ) -> dict[str, Manifest]:
+        """:meth:`manifest` of every ``path -> blob``, asking git about the paths at once."""
+        found = {}
+        for blob_id in entries.values():
+            key = str(blob_id)
+            if key not in self._manifests:
+                self._manifests[key] = read_manifest_blob(self._git, blob_id)
+        self.track_many(path for path, b in entries.items() if self._manifests[str(b)] is None)
+        for path, blob_id in entries.items():
+            manifest = self.manifest(blob_id, path, where)
+            if manifest is not None:
+                found[path] = manifest
+        return found
+
+    def _read_converted(self, blob_id: str, path: str, where: str | None) -> Manifest | None:
+        """A raw or git-lfs version at a tracked path, cleaned (or from the cache)."""
         if self._store is None:
             self._store = LocalStore(self._theta_dir)
         cache = ConversionCache(self._theta_dir, self._store)
         converted = cache.get(blob_id)
         if converted is None:
-            if self._damaged_manifest(oid):
+            if self._damaged_manifest(pygit2.Oid(hex=blob_id)):
                 return None
             converted = self._convert(blob_id, path, where)
             cache.put(blob_id, converted)

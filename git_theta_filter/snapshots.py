@@ -66,10 +66,8 @@ class Snapshot:
             # In a partial clone, every absent blob comes down in one batch.
             fetch_missing(self._git, self._entries.values())
             versions = VersionReader(self._git)
-            for path, blob_id in self._entries.items():
-                manifest = versions.manifest(blob_id, path, where=self.label)
-                if manifest is not None:
-                    self._models[path] = ModelVersion(path, str(blob_id), manifest)
+            for path, manifest in versions.manifests(self._entries, where=self.label).items():
+                self._models[path] = ModelVersion(path, str(self._entries[path]), manifest)
         return self._models
 
     def read_file(self, path: str) -> bytes | None:
