@@ -45,7 +45,9 @@ def clean(
     getting no manifest, leaves the index as it was.
     """
     try:
-        return _clean(raw, store, path, warn)
+        # Small objects go into one pack per file, in place before the manifest is returned.
+        with store.packing():
+            return _clean(raw, store, path, warn)
     except OSError as exc:
         if exc.errno in LOCAL_WRITE_ERRNOS:
             raise StoreWriteError(store.theta_dir, exc, path) from exc

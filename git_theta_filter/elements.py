@@ -171,18 +171,17 @@ def open_elements(store: LocalStore, entry: TensorEntry, path: str | None = None
     """The tensor's stored elements as a read-only array over a memory map of its object.
 
     Raises :class:`~git_theta_filter.store.local.ObjectMissingError` when the
-    object is not in the store, and
-    :class:`~git_theta_filter.store.integrity.ObjectCorruptError` when its
-    bytes do not hash to its id.
+    object is not in the store.
     """
     raw_type = element_type(entry.dtype).raw
-    # Statistics and merged values are built on these bytes: only from a verified object.
-    file, header = store.open_verified(entry.oid, path)
-    with file:
-        if entry.extent_bytes() > header.nbytes:
-            raise TensorExtentError(entry.name, entry.oid)
-        if entry.numel == 0:
-            return np.empty(entry.shape, dtype=raw_type)
+    header = store.check_readable(entry.oid, path)
+    if entry.extent_bytes() > header.nbytes:
+        raise TensorExtentError(entry.name, entry.oid)
+    if entry.numel == 0:
+        return np.empty(entry.shape, dtype=raw_type)
+    # An encoded object is decoded (and verified) into a temp file first; the
+    # map stays valid after the file is removed.
+    with store.canonical_file(entry.oid) as canonical, open(canonical, "rb") as file:
         flat = np.memmap(
             file, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.nbytes,)
         )

@@ -21,6 +21,7 @@ from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import ManifestRef, reachable_manifests, read_manifest_blob
 from .locks import exclusive_gc_lock
+from .store.repack import repack, with_delta_bases
 
 __all__ = ["BadPruneDateError", "GcReport", "parse_prune_date", "collect_garbage"]
 
@@ -119,18 +120,29 @@ def collect_garbage(repo: GitRepo, prune_before: float, dry_run: bool) -> GcRepo
             _index_manifests(git)
         ):
             needed |= ref.manifest.object_ids()
-        for oid in store.iter_oids():
-            path = store.object_path(oid)
-            stat = path.lstat()
-            if oid in needed:
-                report.kept += 1
-            elif stat.st_mtime >= prune_before:
-                report.kept_recent += 1
-            else:
+        recent: set[str] = set()
+        loose = list(store.iter_loose_oids())
+        for oid in loose:
+            if oid not in needed and store.object_path(oid).lstat().st_mtime >= prune_before:
+                recent.add(oid)
+        for pack, index in store.packs().items():
+            if pack.stat().st_mtime >= prune_before:  # a dedup hit freshens its pack
+                recent |= {oid for oid, _, _ in index.entries() if oid not in needed}
+        present = set(loose) | store.packed_oids()
+        report.kept = len(needed & present)
+        report.kept_recent = len(recent)
+        # A kept delta needs its base, however old or unreferenced the base is.
+        keep = with_delta_bases(store, (needed | recent) & present)
+        for oid in loose:
+            if oid not in keep:
+                path = store.object_path(oid)
                 report.deleted.append(oid)
-                report.freed_bytes += stat.st_size
+                report.freed_bytes += path.lstat().st_size
                 if not dry_run:
                     path.unlink()
+        repacked = repack(store, keep.__contains__, dry_run=dry_run)
+        report.deleted += repacked.dropped
+        report.freed_bytes += repacked.dropped_bytes
         # With the exclusive lock held no writer is running: every temp file is debris
         # of a killed process.
         if store.tmp_dir.is_dir():

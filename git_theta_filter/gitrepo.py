@@ -18,7 +18,8 @@ from typing import Literal
 
 from .errors import ThetaError
 from .lfs_pointer import LfsStorage
-from .store.local import LocalStore
+from .store.encoded import MAX_DEPTH
+from .store.local import DEFAULT_MAX_DELTA_DEPTH, LocalStore, StoreSettings
 
 __all__ = [
     "git_stream",
@@ -145,6 +146,23 @@ def refuse_option_like(value: str, what: str) -> str:
     return value
 
 
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}  # fmt: skip
+
+
+class BadStoreSettingError(ThetaError):
+    """``theta.compression`` or ``theta.maxDeltaDepth`` has a value we cannot use."""
+
+    exit_code = 128
+
+    def __init__(self, compression: str, depth: str) -> None:
+        super().__init__(
+            f"theta.compression={compression!r} or theta.maxDeltaDepth={depth!r} is not valid",
+            hint="set theta.compression to true or false and theta.maxDeltaDepth to "
+            f"0-{MAX_DEPTH}, e.g. `git config theta.maxDeltaDepth 10`",
+        )
+
+
 @dataclass(frozen=True)
 class GitRepo:
     git_dir: Path
@@ -179,7 +197,19 @@ class GitRepo:
         return self.common_dir / "theta"
 
     def store(self) -> LocalStore:
-        return LocalStore(self.theta_dir)
+        return LocalStore(self.theta_dir, self.store_settings)
+
+    def store_settings(self) -> StoreSettings:
+        """``theta.compression`` and ``theta.maxDeltaDepth`` from git config, in one call."""
+        found = self.git(
+            "config", "--get-regexp", r"^theta\.(compression|maxdeltadepth)$", check=False
+        )
+        values = dict(line.partition(" ")[::2] for line in found.splitlines())
+        compression = values.get("theta.compression", "true").lower()
+        depth = values.get("theta.maxdeltadepth", str(DEFAULT_MAX_DELTA_DEPTH))
+        if compression not in _BOOLEANS or not depth.isdigit() or int(depth) > MAX_DEPTH:
+            raise BadStoreSettingError(compression, depth)
+        return StoreSettings(_BOOLEANS[compression], int(depth))
 
     def lfs_storage(self) -> LfsStorage:
         """git-lfs's local objects (``lfs.storage``, else ``<common dir>/lfs``)."""

@@ -135,8 +135,7 @@ def prepare_smudge(
     skeleton = read_skeleton(store, manifest, path)
     lengths = {s.oid: s.length for s in manifest.splices}
     for oid in sorted(lengths):
-        file, header = store.open_object(oid, path)
-        file.close()
+        header = store.check_readable(oid, path)
         if header.nbytes != lengths[oid]:
             raise ObjectFormatError(
                 oid, f"payload is {header.nbytes} bytes, the manifest of {path} says {lengths[oid]}"

@@ -67,7 +67,8 @@ def refuse_oversized_objects(
     if limit is None:
         return
     local = repo.store()
-    over = [(size, oid) for oid in oids if (size := local.size(oid) or 0) > limit]
+    # What is uploaded is the canonical bytes (docs/store.md), not the local encoding.
+    over = [(size, oid) for oid in oids if (size := local.canonical_size(oid) or 0) > limit]
     if not over:
         return
     size, oid = max(over)

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import deserialize
 
 from git_theta_filter.manifest import Manifest
+from git_theta_filter.store.encoded import is_encoded
+from git_theta_filter.store.local import LocalStore
+from git_theta_filter.store.repack import repack
 
 __all__ = [
     "sha256_bytes",
@@ -99,31 +102,72 @@ def save(obj: Any, path: Path, **kwargs: Any) -> str:
 # -- the store ----------------------------------------------------------------
 
 
+_NUMPY_DTYPES = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16,
+    "U32": np.uint32, "I32": np.int32, "U64": np.uint64, "I64": np.int64,
+    "F16": np.float16, "F32": np.float32, "F64": np.float64, "C64": np.complex64,
+}  # fmt: skip
+
+
+def local_store(repo: Path) -> LocalStore:
+    """The repository's store (a work tree's, or a bare repository's ``theta/``)."""
+    theta = repo / ".git" / "theta"
+    return LocalStore(theta if (repo / ".git").exists() else repo / "theta")
+
+
+def canonical_bytes(repo: Path | LocalStore, oid: str) -> bytes:
+    """An object's canonical bytes, decoded from however it is stored (and verified)."""
+    store = repo if isinstance(repo, LocalStore) else local_store(repo)
+    file, _header = store.open_object(oid)
+    with file:
+        file.seek(0)
+        return file.read()
+
+
+def loose_object(store: LocalStore, oid: str) -> Path:
+    """The object as a loose canonical file at ``objects/aa/bb/<oid>`` (docs/store.md),
+    for tests that delete or damage one object.
+
+    An object stored encoded or in a pack is rewritten there first, and
+    dropped from its packs, so that the file is the object's only copy.
+    """
+    path = store.object_path(oid)
+    if path.is_file() and not path.is_symlink():
+        with open(path, "rb") as file:
+            if not is_encoded(file.read(4)):
+                return path
+    data = canonical_bytes(store, oid)
+    temp = path.with_name(f"{oid}.loosen")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(data)
+    temp.chmod(0o444)
+    os.replace(temp, path)
+    repack(store, keep=lambda other: other != oid, loose=False)
+    return path
+
+
 def object_path(repo: Path, oid: str) -> Path:
-    """Where docs/store.md puts an object: ``.git/theta/objects/aa/bb/<oid>``."""
-    return repo / ".git" / "theta" / "objects" / oid[:2] / oid[2:4] / oid
+    """:func:`loose_object` in the repository's store."""
+    return loose_object(local_store(repo), oid)
 
 
 def store_oids(repo: Path) -> set[str]:
-    """Every object file in the repository's store; fails on a file outside the layout."""
+    """Every object in the repository's store, loose or packed; fails on a loose file
+    outside the layout.
+    """
     root = repo / ".git" / "theta" / "objects"
-    if not root.exists():
-        return set()
-    oids = set()
-    for path in root.rglob("*"):
+    for path in root.rglob("*") if root.exists() else []:
         if path.is_dir():
             continue
         rel = path.relative_to(root).parts
         assert len(rel) == 3 and rel[0] == rel[2][:2] and rel[1] == rel[2][2:4], (
             f"object outside the aa/bb/<oid> layout: {path}"
         )
-        oids.add(rel[2])
-    return oids
+    return set(local_store(repo).iter_oids())
 
 
-def object_payload(path: Path) -> tuple[dict, bytes]:
-    """The safetensors header entry and the payload bytes of an object file."""
-    data = path.read_bytes()
+def object_payload(data: bytes) -> tuple[dict, bytes]:
+    """The safetensors header entry and the payload bytes of an object's canonical bytes."""
     (length,) = struct.unpack_from("<Q", data)
     header = json.loads(data[8 : 8 + length])
     return header["tensor"], data[8 + length :]
@@ -152,23 +196,28 @@ def assert_object(
     """Check an object against docs/store.md and, when given, the tensor it must hold.
 
     The object must exist at its path, be read-only, hash to its name and be a
-    safetensors file that ``safe_open`` reads with exactly one tensor. With
+    safetensors file with exactly one tensor, however the store encodes it. With
     ``tensor``, the object's dtype, shape and values must be the tensor's
     (bf16 is compared bit for bit, as numpy has no bfloat16).
     """
-    path = object_path(repo, oid)
-    assert path.is_file(), f"object {oid} is not in the store at {path}"
-    assert sha256_file(path) == oid, f"object {oid} hashes to {sha256_file(path)}"
-    assert path.stat().st_mode & 0o222 == 0, (
-        f"object {oid} has write bits: {oct(path.stat().st_mode)}"
+    store = local_store(repo)
+    assert store.has(oid), f"object {oid} is not in the store"
+    data = canonical_bytes(repo, oid)
+    assert sha256_bytes(data) == oid, f"object {oid} hashes to {sha256_bytes(data)}"
+    stored_in = store.object_path(oid)
+    if not stored_in.is_file():
+        stored_in = next(p for p, index in store.packs().items() if index.find(oid))
+    assert stored_in.stat().st_mode & 0o222 == 0, (
+        f"object {oid} has write bits: {oct(stored_in.stat().st_mode)}"
     )
-    with safe_open(str(path), framework="numpy") as f:
-        keys = list(f.keys())
-        assert keys == ["tensor"], f"object {oid} holds {keys}"
-        view = f.get_slice("tensor")
-        got_dtype, got_shape = view.get_dtype(), list(view.get_shape())
-        values = f.get_tensor("tensor") if got_dtype != "BF16" else None
-    _, got_payload = object_payload(path)
+    ((key, entry),) = deserialize(data)
+    assert key == "tensor", f"object {oid} holds {key!r}"
+    got_dtype, got_shape = entry["dtype"], list(entry["shape"])
+    values = None
+    if got_dtype in _NUMPY_DTYPES:  # numpy has no bfloat16 or float8: compared as bytes
+        values = np.frombuffer(bytes(entry["data"]), dtype=_NUMPY_DTYPES[got_dtype])
+        values = values.reshape(got_shape)
+    _, got_payload = object_payload(data)
     if tensor is not None:
         dtype = dtype or TORCH_TO_MANIFEST[tensor.dtype]
         shape = tuple(tensor.shape) if shape is None else shape

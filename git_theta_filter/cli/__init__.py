@@ -23,6 +23,7 @@ COMMANDS = {
     "fsck": "fsck",
     "gc": "gc",
     "prune": "gc",
+    "repack": "repack",
     "push": "push",
     "fetch": "fetch",
     "pull": "pull",
@@ -34,6 +35,7 @@ COMMANDS = {
     "merge": "merge",
     "show": "show",
     "migrate": "migrate",
+    "commit": "commit",
 }
 
 

@@ -15,7 +15,9 @@ with the previous version of the same tensor turns the bits that training did
 not change into zeros.
 
 This module is pure: bytes and numpy arrays in, bytes and arrays out. Files,
-objects and chains are ``encoded.py``'s business.
+objects and chains are ``encoded.py``'s business. numpy and zstandard are
+imported on first use: the filter answers git's handshake without them, and
+a one-plane block without a base (a small object) never needs numpy.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable
-
-import numpy as np
-import zstandard
+from typing import TYPE_CHECKING
 
 from ..errors import ThetaError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import zstandard
 
 __all__ = [
     "MODE_RAW",
@@ -41,6 +45,7 @@ __all__ = [
     "join_planes",
     "encode_block",
     "decode_block",
+    "decode_block_bytes",
     "block_uses_base",
 ]
 
@@ -59,7 +64,7 @@ ZSTD_LEVEL = 1
 _SAMPLE = 16 << 10
 _PLANE_RECORD = struct.Struct("<BI")  # mode, stored length
 
-BasePlanes = Callable[[], np.ndarray]
+BasePlanes = Callable[[], "np.ndarray"]
 
 
 class BlockFormatError(ThetaError):
@@ -73,6 +78,8 @@ def _compressor() -> zstandard.ZstdCompressor:
     """One compressor per thread: zstandard's objects are not thread-safe."""
     compressor = getattr(_local, "compressor", None)
     if compressor is None:
+        import zstandard
+
         compressor = _local.compressor = zstandard.ZstdCompressor(
             level=ZSTD_LEVEL, write_content_size=True, write_checksum=False
         )
@@ -82,12 +89,16 @@ def _compressor() -> zstandard.ZstdCompressor:
 def _decompressor() -> zstandard.ZstdDecompressor:
     decompressor = getattr(_local, "decompressor", None)
     if decompressor is None:
+        import zstandard
+
         decompressor = _local.decompressor = zstandard.ZstdDecompressor()
     return decompressor
 
 
 def split_planes(block: bytes | bytearray | memoryview, width: int) -> np.ndarray:
     """A ``(width, len(block) // width)`` array: row ``k`` is byte ``k`` of every element."""
+    import numpy as np
+
     data = np.frombuffer(block, dtype=np.uint8)
     if width == 1:
         return data.reshape(1, -1)
@@ -102,6 +113,8 @@ def split_planes(block: bytes | bytearray | memoryview, width: int) -> np.ndarra
 
 def join_planes(planes: np.ndarray, out: memoryview | None = None) -> memoryview:
     """The block bytes again: the inverse of :func:`split_planes`, written into ``out``."""
+    import numpy as np
+
     width, count = planes.shape
     target = (
         np.empty(width * count, dtype=np.uint8) if out is None else np.frombuffer(out, np.uint8)
@@ -115,15 +128,16 @@ def join_planes(planes: np.ndarray, out: memoryview | None = None) -> memoryview
     return memoryview(target)[: width * count]
 
 
-def _compressed_or_none(plane: np.ndarray) -> bytes | None:
+def _compressed_or_none(plane: np.ndarray | bytes | memoryview) -> bytes | None:
     """zstd of ``plane`` if that saves enough to be worth decompressing, else None."""
-    size = plane.shape[0]
+    view = memoryview(plane).cast("B")
+    size = len(view)
     compressor = _compressor()
     if size > 2 * _SAMPLE:
-        sample = compressor.compress(plane[:_SAMPLE].tobytes())
+        sample = compressor.compress(view[:_SAMPLE])
         if len(sample) > RAW_ABOVE * _SAMPLE:
             return None
-    compressed = compressor.compress(plane.data)
+    compressed = compressor.compress(view)
     return compressed if len(compressed) <= RAW_ABOVE * size else None
 
 
@@ -139,6 +153,13 @@ def encode_block(
     """
     if width not in WIDTHS or len(block) % width:
         raise ValueError(f"a block of {len(block)} bytes cannot have {width} planes")
+    if width == 1 and base is None:  # one plane, nothing to XOR: no numpy needed
+        compressed = _compressed_or_none(block)
+        if compressed is None:
+            return _PLANE_RECORD.pack(MODE_RAW, len(block)) + bytes(block)
+        return _PLANE_RECORD.pack(MODE_ZSTD, len(compressed)) + compressed
+    import numpy as np
+
     planes = split_planes(block, width)
     if base is not None and base.shape != planes.shape:
         raise ValueError(f"base planes {base.shape} do not match the block's {planes.shape}")
@@ -190,8 +211,10 @@ def block_uses_base(data: bytes | bytearray | memoryview, width: int, size: int)
     return any(mode in (MODE_XOR_ZSTD, MODE_SAME) for mode, _ in records)
 
 
-def _decompress_into(frame: memoryview, target: np.ndarray) -> None:
-    size = target.shape[0]
+def _decompressed(frame: memoryview, size: int) -> bytes:
+    """The plane a zstd frame holds, checked to be exactly ``size`` bytes."""
+    import zstandard
+
     try:
         params = zstandard.get_frame_parameters(frame)
     except zstandard.ZstdError as exc:
@@ -205,7 +228,7 @@ def _decompress_into(frame: memoryview, target: np.ndarray) -> None:
         raise BlockFormatError(f"zstd frame does not decode: {exc}") from None
     if len(plain) != size:
         raise BlockFormatError(f"zstd frame decodes to {len(plain)} bytes, expected {size}")
-    target[:] = np.frombuffer(plain, dtype=np.uint8)
+    return plain
 
 
 def decode_block(
@@ -220,6 +243,8 @@ def decode_block(
     if a plane needs them, and at most once. Raises :class:`BlockFormatError`
     for anything that does not follow the format.
     """
+    import numpy as np
+
     if width not in WIDTHS or size % width:
         raise BlockFormatError(f"a block of {size} bytes cannot have {width} planes")
     plane_size = size // width
@@ -229,7 +254,7 @@ def decode_block(
         if mode == MODE_RAW:
             planes[k] = np.frombuffer(stored, dtype=np.uint8)
         elif mode == MODE_ZSTD:
-            _decompress_into(stored, planes[k])
+            planes[k] = np.frombuffer(_decompressed(stored, plane_size), dtype=np.uint8)
         else:
             if base is None:
                 raise BlockFormatError("a plane refers to a base, but the object has none")
@@ -242,6 +267,24 @@ def decode_block(
             if mode == MODE_SAME:
                 planes[k] = base_planes[k]
             else:
-                _decompress_into(stored, planes[k])
+                planes[k] = np.frombuffer(_decompressed(stored, plane_size), dtype=np.uint8)
                 np.bitwise_xor(planes[k], base_planes[k], out=planes[k])
     return planes
+
+
+def decode_block_bytes(
+    data: bytes | bytearray | memoryview,
+    width: int,
+    size: int,
+    base: BasePlanes | None = None,
+) -> bytes | memoryview:
+    """The payload bytes of a block: :func:`decode_block`, joined; without numpy
+    for a one-plane block that needs no base.
+    """
+    if width == 1:
+        ((mode, stored),) = _plane_records(memoryview(data), 1, size)
+        if mode == MODE_RAW:
+            return stored
+        if mode == MODE_ZSTD:
+            return _decompressed(stored, size)
+    return join_planes(decode_block(data, width, size, base))

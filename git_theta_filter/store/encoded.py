@@ -26,23 +26,26 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
-
-import numpy as np
+from functools import partial
+from typing import TYPE_CHECKING, BinaryIO
 
 from .codec import (
     RAW_ABOVE,
     WIDTHS,
     BlockFormatError,
     decode_block,
+    decode_block_bytes,
     encode_block,
     join_planes,
     split_planes,
 )
 from .object_format import MAX_OBJECT_HEADER, ObjectFormatError, ObjectHeader, parse_header_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAGIC",
@@ -193,7 +196,8 @@ class EncodedHeader:
         return header
 
 
-OpenBase = Callable[[str], "StoredObject"]
+# Opens a delta's base by oid; None when the store does not have it.
+OpenBase = Callable[[str], "StoredObject | None"]
 
 
 class StoredObject:
@@ -205,15 +209,31 @@ class StoredObject:
     """
 
     def __init__(
-        self, oid: str, fd: int, start: int, length: int, open_base: OpenBase | None = None
+        self,
+        oid: str,
+        fd: int,
+        start: int,
+        length: int,
+        open_base: OpenBase | None = None,
+        owns_fd: bool = False,
     ) -> None:
         self.oid = oid
         self._fd = fd
+        self._owns_fd = owns_fd
+        self._base: StoredObject | None = None
+        self._lock = threading.Lock()
         self._start = start
         self._length = length
         self._open_base = open_base
-        self._base: StoredObject | None = None
-        self._lock = threading.Lock()
+        try:
+            self._read_headers()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_headers(self) -> None:
+        length = self._length
+        oid = self.oid
         prefix = self._pread(0, min(length, _FIXED.size + 8 + MAX_OBJECT_HEADER))
         self.encoded: EncodedHeader | None = None
         if is_encoded(prefix):
@@ -239,6 +259,10 @@ class StoredObject:
     @property
     def base_oid(self) -> str | None:
         return self.encoded.base if self.encoded else None
+
+    def read_stored(self) -> bytes:
+        """The stored bytes as they are (encoded or canonical), for copying into a pack."""
+        return self._pread(0, self._length)
 
     def _pread(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fd, size, self._start + offset)
@@ -274,16 +298,43 @@ class StoredObject:
             return self._base
 
     def _checked_base(self, base_oid: str) -> StoredObject:
-        if self._open_base is None:
+        base = self._open_base(base_oid) if self._open_base else None
+        if base is None:
             raise DeltaBaseMissingError(self.oid, base_oid)
-        base = self._open_base(base_oid)
         if base.depth >= self.depth:
+            base.close()
             raise ObjectFormatError(
                 self.oid, f"base {base.oid} has depth {base.depth}, not below {self.depth}"
             )
         if base.header.nbytes != self.header.nbytes:
+            base.close()
             raise ObjectFormatError(self.oid, f"base {base.oid} has another payload length")
         return base
+
+    def loose_canonical_fd(self) -> int | None:
+        """For a canonical object that owns its whole file: hand that file over
+        (this object is closed), so it is read directly. Otherwise None.
+        """
+        if self.encoded is not None or not self._owns_fd or self._start:
+            return None
+        fd, self._fd = self._fd, -1
+        return fd
+
+    def __enter__(self) -> StoredObject:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file if this object owns it, and the bases it opened."""
+        with self._lock:
+            base, self._base = self._base, None
+        if base is not None:
+            base.close()
+        if self._owns_fd and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def planes(self, index: int, width: int, block_size: int) -> np.ndarray:
         """The payload block ``index`` of ``block_size`` bytes, split into ``width`` planes."""
@@ -322,10 +373,25 @@ class StoredObject:
             position += take
         return b"".join(parts)
 
-    def decoded_block(self, index: int) -> memoryview:
+    def decoded_block(self, index: int) -> bytes | memoryview:
         """Payload block ``index`` in this object's own block size."""
+        encoded = self.encoded
+        assert encoded is not None
+        if not 0 <= index < encoded.block_count:
+            raise ObjectFormatError(self.oid, f"no block {index}")
+        try:
+            return decode_block_bytes(
+                self._block_bytes(index),
+                encoded.width,
+                encoded.block_span(index),
+                partial(self._base_planes, index),
+            )
+        except BlockFormatError as exc:
+            raise ObjectFormatError(self.oid, f"block {index}: {exc}") from None
+
+    def _base_planes(self, index: int) -> np.ndarray:
         assert self.encoded is not None
-        return join_planes(self.planes(index, self.encoded.width, self.encoded.block_size))
+        return self.base().planes(index, self.encoded.width, self.encoded.block_size)
 
 
 class ObjectReader(io.RawIOBase):
@@ -338,12 +404,9 @@ class ObjectReader(io.RawIOBase):
     decoded on worker threads while the caller consumes earlier ones.
     """
 
-    def __init__(
-        self, stored: StoredObject, close: Callable[[], None] | None = None, verify: bool = True
-    ) -> None:
+    def __init__(self, stored: StoredObject, verify: bool = True) -> None:
         super().__init__()
         self.stored = stored
-        self._close = close
         self._size = stored.header.data_offset + stored.header.nbytes
         self._pos = stored.header.data_offset
         self._hash = hashlib.sha256(stored.canonical_header) if verify else None
@@ -371,7 +434,7 @@ class ObjectReader(io.RawIOBase):
         if self._block is not None and self._block[0] == index:
             return self._block[1]
         pending = self._ahead.pop(index, None)
-        block = pending.result() if pending else self.stored.decoded_block(index)
+        block = memoryview(pending.result() if pending else self.stored.decoded_block(index))
         for ahead in range(index + 1, min(index + 1 + WORKERS, encoded.block_count)):
             if ahead not in self._ahead:
                 self._ahead[ahead] = _workers.submit(self.stored.decoded_block, ahead)
@@ -430,8 +493,7 @@ class ObjectReader(io.RawIOBase):
             for pending in self._ahead.values():
                 pending.cancel()
             self._ahead.clear()
-            if self._close is not None:
-                self._close()
+            self.stored.close()
         super().close()
 
 
@@ -509,7 +571,9 @@ class EncodingWriter:
         block, future = self._pending.popleft()
         stored = future.result()
         if self._canonical is None:
-            self._canonical = len(stored) + _BLOCK_LENGTH.size > RAW_ABOVE * len(block)
+            # The encoded form also carries the fixed header: for a small object it decides.
+            overhead = _FIXED.size + _BLOCK_LENGTH.size
+            self._canonical = overhead + len(stored) > RAW_ABOVE * len(block)
             if self._canonical:
                 self._out.seek(0)
                 self._out.truncate()
@@ -539,6 +603,34 @@ class EncodingWriter:
             self._out.seek(_OID_OFFSET)
             self._out.write(bytes.fromhex(oid))
             self._out.seek(0, io.SEEK_END)
+
+    def replay(self) -> Iterator[bytes | bytearray | memoryview]:
+        """The payload bytes written so far, read back and decoded (an input that ended early)."""
+        while self._pending:
+            self._drain_one()
+        encoded = self._encoded
+        if self._canonical:
+            self._out.seek(len(encoded.canonical_header))
+            left = self._written
+            while left:
+                chunk = self._out.read(min(left, encoded.block_size))
+                if not chunk:
+                    raise ValueError("the temp file ends early")
+                yield chunk
+                left -= len(chunk)
+        elif self._canonical is not None:
+            self._out.seek(encoded.size)
+            base = self._base
+            for index in range(self._written // encoded.block_size):
+                (length,) = _BLOCK_LENGTH.unpack(self._out.read(_BLOCK_LENGTH.size))
+                base_planes = None
+                if base is not None:
+                    base_planes = partial(base.planes, index, encoded.width, encoded.block_size)
+                planes = decode_block(
+                    self._out.read(length), encoded.width, encoded.block_span(index), base_planes
+                )
+                yield join_planes(planes)
+        yield self._buffer
 
     def abort(self) -> None:
         for _block, future in self._pending:

@@ -1,14 +1,14 @@
-"""The local object store: ``<git common dir>/theta/objects/aa/bb/<oid>``.
+"""The local object store: loose objects in ``theta/objects/aa/bb/<oid>``, packs in ``theta/packs``.
 
 Layout and guarantees are specified in ``docs/store.md``:
 
-* an object's id is the sha256 of its file's bytes (64 lowercase hex digits);
-* objects are written to ``theta/tmp`` first and then hard-linked into place,
-  so a reader never sees a partial object and a good existing object is never
-  rewritten (two writers of the same object both succeed); a damaged one is
-  replaced whole, in one rename, by the good bytes being written;
-* objects are read-only files, and every read that uses their bytes checks
-  them against their id first (:meth:`LocalStore.open_verified`).
+* an object's id is the sha256 of its canonical bytes (64 lowercase hex
+  digits), however it is stored: canonical, or encoded (``encoded.py``),
+  loose or in a pack (``pack.py``); every read decodes and verifies;
+* objects and packs are written to ``theta/tmp`` first and then hard-linked
+  into place, so a reader never sees a partial object and an existing object
+  is never rewritten (two writers of the same object both succeed);
+* objects and packs are read-only files.
 
 Durability: object files are not fsync'ed, like Git's own loose objects by
 default (``core.fsync``). A crash can at worst leave an object that fails its
@@ -20,34 +20,41 @@ each object before it is linked into place.
 from __future__ import annotations
 
 import errno
-import hashlib
+import io
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ThetaError
-from .integrity import VERIFIED, ObjectCorruptError, file_sha256, same_bytes
-from .object_format import ObjectFormatError, ObjectHeader, encode_header, read_header
+from . import fileio
+from .encoded import EncodingWriter, ObjectReader, StoredObject
+from .integrity import VERIFIED, ObjectCorruptError, file_sha256
+from .object_format import ObjectFormatError, ObjectHeader
+from .pack import CorruptPackEntryError, PackError, PackIndex, PackWriter, pack_paths
+from .writing import COPY_CHUNK, ExpectedObject, ObjectWriter, UnsizedObjectWriter
 
 __all__ = [
     "LocalStore",
+    "StoreSettings",
+    "DEFAULT_MAX_DELTA_DEPTH",
     "ObjectWriter",
+    "UnsizedObjectWriter",
     "ObjectMissingError",
     "StoreWriteError",
     "LOCAL_WRITE_ERRNOS",
     "COPY_CHUNK",
     "is_valid_oid",
-    "open_object_file",
 ]
 
-COPY_CHUNK = 1 << 20
+DEFAULT_MAX_DELTA_DEPTH = 10
 _OID_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -91,224 +98,15 @@ class StoreWriteError(ThetaError):
         self.path = path
 
 
-# The object's sha256 runs on this thread while the caller's thread writes
-# the same bytes to the temp file; both release the GIL on large buffers.
-_object_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theta-object-hash")
-# Below this, handing a buffer to the thread costs more than it saves.
-_HASH_IN_PARALLEL_FROM = 1 << 16
+@dataclass(frozen=True)
+class StoreSettings:
+    """How new objects are stored (docs/store.md).
 
-
-def _write_all(file: BinaryIO, data: bytes | bytearray | memoryview) -> None:
-    """Write every byte to an unbuffered file, which may take fewer per call."""
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[file.write(view) :]
-
-
-class ObjectWriter:
-    """Streams one object with a known payload size into the store.
-
-    The header goes first, so the object id is computed in the same pass that
-    writes the payload; nothing is read back.
-
-    When the store expects an object with the same header (see
-    :meth:`LocalStore.expecting`), the payload is first compared with that
-    object's instead: while they agree nothing is hashed or written, and if
-    every byte agrees the result is that object. At the first chunk that
-    differs, the agreeing prefix is copied from the expected object and the
-    write goes on as usual.
+    Set by ``theta.compression`` and ``theta.maxDeltaDepth``.
     """
 
-    def __init__(self, store: LocalStore, dtype: str, shape: tuple[int, ...], nbytes: int) -> None:
-        self._store = store
-        self._expected = nbytes
-        self._written = 0
-        self._header = encode_header(dtype, shape, nbytes)
-        self._hash = hashlib.sha256(self._header)
-        self._same = store._take_expected(self._header)
-        self._file: BinaryIO | None = None
-        self._tmp_path: Path | None = None
-        if self._same is None:
-            self._start_temp()
-        self.oid: str | None = None
-
-    def _start_temp(self) -> None:
-        self._file, self._tmp_path = self._store._open_temp()
-        try:
-            _write_all(self._file, self._header)
-        except BaseException:
-            self.abort()
-            raise
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hash and write ``data``; the caller may reuse its buffer when this returns."""
-        if self._same is not None:
-            if self._same.matches(data):
-                self._written += len(data)
-                return
-            self._diverge()
-        assert self._file is not None
-        if len(data) < _HASH_IN_PARALLEL_FROM:
-            self._hash.update(data)
-            _write_all(self._file, data)
-        else:
-            hashed = _object_hasher.submit(self._hash.update, data)
-            try:
-                _write_all(self._file, data)
-            finally:
-                hashed.result()
-        self._written += len(data)
-
-    def _diverge(self) -> None:
-        """Stop comparing: hash and write the payload bytes that agreed so far,
-        read from the expected object.
-        """
-        assert self._same is not None
-        same, self._same = self._same, None
-        try:
-            self._start_temp()
-            assert self._file is not None
-            for chunk in same.iter_prefix(self._written):
-                self._hash.update(chunk)
-                _write_all(self._file, chunk)
-        finally:
-            same.close()
-
-    def commit(self) -> str:
-        if self._written != self._expected:
-            self.abort()
-            raise ThetaError(f"object payload was {self._written} bytes, expected {self._expected}")
-        if self._same is not None:
-            self._same.close()
-            self.oid = self._same.oid
-            return self.oid
-        assert self._file is not None and self._tmp_path is not None
-        self.oid = self._store._link_temp(self._file, self._tmp_path, self._hash.hexdigest())
-        return self.oid
-
-    def commit_received(self) -> str:
-        """Store the payload bytes received so far as a U8 object, when the input ended early."""
-        partial = UnsizedObjectWriter(self._store)
-        try:
-            if self._same is not None:
-                chunks = self._same.iter_prefix(self._written)
-            else:
-                assert self._file is not None
-                self._file.seek(len(self._header))
-                chunks = iter(lambda: self._file.read(COPY_CHUNK), b"")  # type: ignore[union-attr]
-            for chunk in chunks:
-                partial.write(chunk)
-        except BaseException:
-            partial.abort()
-            raise
-        finally:
-            self.abort()
-        return partial.commit()
-
-    def abort(self) -> None:
-        if self._same is not None:
-            self._same.close()
-        if self._file is not None and self._tmp_path is not None:
-            self._store._discard_temp(self._file, self._tmp_path)
-
-
-class _ExpectedObject:
-    """An existing object being compared, chunk by chunk, with a payload that streams in."""
-
-    def __init__(self, oid: str, file: BinaryIO, payload_offset: int) -> None:
-        self.oid = oid
-        self._file = file  # unbuffered, positioned at the next payload byte to compare
-        self._payload_offset = payload_offset
-        self._stored = bytearray()  # the expected bytes of the chunk being compared
-
-    def matches(self, data: bytes | bytearray | memoryview) -> bool:
-        incoming = memoryview(data).cast("B")
-        if len(self._stored) < len(incoming):
-            self._stored = bytearray(len(incoming))
-        # The count check keeps stale bytes of the reused buffer out of the
-        # comparison; startswith() compares with memcmp, where memoryview's
-        # == would go byte by byte, thirty times slower.
-        count = self._file.readinto(memoryview(self._stored)[: len(incoming)])
-        return count == len(incoming) and self._stored.startswith(incoming)
-
-    def iter_prefix(self, size: int) -> Iterator[memoryview]:
-        """The first ``size`` payload bytes, in chunks of one reused buffer."""
-        self._file.seek(self._payload_offset)
-        buffer = memoryview(bytearray(min(size, COPY_CHUNK) or 1))
-        left = size
-        while left:
-            count = self._file.readinto(buffer[: min(left, len(buffer))])
-            if not count:
-                raise ObjectFormatError(self.oid, "payload ends early")
-            yield buffer[:count]
-            left -= count
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class UnsizedObjectWriter:
-    """Streams a U8 object whose length is known only at the end (opaque files).
-
-    The payload goes to a temp file first; :meth:`commit` then writes the
-    header and copies the payload behind it, hashing as it goes. This costs a
-    second pass, which only files that are neither torch zips nor safetensors pay.
-    """
-
-    def __init__(self, store: LocalStore) -> None:
-        self._store = store
-        self._file, self._tmp_path = store._open_temp()
-        self._written = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        _write_all(self._file, data)
-        self._written += len(data)
-
-    def commit(self) -> str:
-        self._file.flush()
-        self._file.seek(0)
-        try:
-            final = ObjectWriter(self._store, "U8", (self._written,), self._written)
-            try:
-                buffer = bytearray(COPY_CHUNK)
-                while count := self._file.readinto(buffer):
-                    final.write(memoryview(buffer)[:count])
-            except BaseException:
-                final.abort()
-                raise
-            oid = final.commit()
-        finally:
-            self.abort()
-        return oid
-
-    def abort(self) -> None:
-        self._store._discard_temp(self._file, self._tmp_path)
-
-
-def open_object_file(path: Path, oid: str) -> BinaryIO:
-    """Open an object file for reading, unbuffered, refusing anything but a regular file.
-
-    A symbolic link is never followed (``O_NOFOLLOW``), so a link planted in
-    the store cannot make us read a file outside it; and the file is opened
-    without blocking and checked with ``fstat``, so a FIFO or a device planted
-    in its place is refused instead of blocking or streaming forever. Raises
-    ``FileNotFoundError`` when there is no such file.
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ObjectFormatError(oid, "is a symbolic link") from None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ObjectFormatError(oid, "is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=0)
-    except BaseException:
-        os.close(fd)
-        raise
+    compression: bool = True
+    max_delta_depth: int = DEFAULT_MAX_DELTA_DEPTH
 
 
 def _subdirectories(path: Path) -> list[Path]:
@@ -318,17 +116,49 @@ def _subdirectories(path: Path) -> list[Path]:
 
 
 class LocalStore:
-    """Objects under ``<theta_dir>/objects``; temp files under ``<theta_dir>/tmp``."""
+    """Objects under ``<theta_dir>/objects`` and ``<theta_dir>/packs``; temp files in ``tmp``.
 
-    def __init__(self, theta_dir: Path) -> None:
+    ``settings`` gives the write settings (``theta.compression``,
+    ``theta.maxDeltaDepth``) when the first object is written, so a store
+    that is only read never asks for them.
+    """
+
+    def __init__(
+        self, theta_dir: Path, settings: Callable[[], StoreSettings] | None = None
+    ) -> None:
         self.theta_dir = Path(theta_dir)
         self.objects_dir = self.theta_dir / "objects"
+        self.packs_dir = self.theta_dir / "packs"
         self.tmp_dir = self.theta_dir / "tmp"
+        self._settings_source = settings
+        self._settings: StoreSettings | None = None
         self._fsync = os.environ.get("GIT_THETA_FSYNC") == "1"
         # Header bytes -> ids of objects with that header, in file order (see expecting()).
         self._expected: dict[bytes, deque[str]] = {}
+        # Packs in place: index and an open file each, loaded on the first lookup.
+        self._packs: dict[Path, tuple[PackIndex, int]] = {}
+        self._broken_packs: dict[Path, PackError] = {}
+        self._packs_seen: tuple[int, int] | None = None  # the packs dir's (mtime, size)
+        self._packing = False  # inside packing(): small objects go to _pack_writer
+        self._pack_writer: PackWriter | None = None  # created for the first small object
+
+    @property
+    def settings(self) -> StoreSettings:
+        if self._settings is None:
+            source = self._settings_source
+            self._settings = source() if source is not None else StoreSettings()
+        return self._settings
+
+    @property
+    def compression(self) -> bool:
+        return self.settings.compression
+
+    @property
+    def max_delta_depth(self) -> int:
+        return self.settings.max_delta_depth if self.settings.compression else 0
 
     def object_path(self, oid: str) -> Path:
+        """Where ``oid``'s loose object is (or would be)."""
         if not is_valid_oid(oid):
             # Manifests are parsed strictly, but this is the last line of
             # defence against an oid like "../../etc/passwd".
@@ -336,22 +166,105 @@ class LocalStore:
         return self.objects_dir / oid[0:2] / oid[2:4] / oid
 
     def has(self, oid: str) -> bool:
-        return self.object_path(oid).is_file()
+        return self.object_path(oid).is_file() or self._find_packed(oid) is not None
 
     def size(self, oid: str) -> int | None:
+        """Bytes the object takes in the store (its encoded size), or None if absent."""
         try:
             return self.object_path(oid).stat().st_size
         except FileNotFoundError:
-            return None
+            found = self._find_packed(oid)
+            return None if found is None else found[2]
 
     def iter_oids(self) -> Iterator[str]:
-        """Every object id present in the store (no content check)."""
+        """Every object id present in the store, loose or packed, once each (no content check)."""
+        return iter(sorted(set(self.iter_loose_oids()) | set(self.packed_oids())))
+
+    def iter_loose_oids(self) -> Iterator[str]:
         # Anything else that lands in objects/ (an editor's backup, .DS_Store) is skipped.
         for first in _subdirectories(self.objects_dir):
             for second in _subdirectories(first):
                 for name in sorted(os.listdir(second)):
                     if is_valid_oid(name) and name[0:2] == first.name and name[2:4] == second.name:
                         yield name
+
+    # -- packs -----------------------------------------------------------------
+    def packs(self) -> dict[Path, PackIndex]:
+        """The packs in place, with their indexes; broken ones are in :meth:`broken_packs`."""
+        self._refresh_packs(force=True)
+        return {path: index for path, (index, _fd) in self._packs.items()}
+
+    def broken_packs(self) -> dict[Path, PackError]:
+        self._refresh_packs(force=True)
+        return dict(self._broken_packs)
+
+    def packed_oids(self) -> set[str]:
+        return {oid for index in self.packs().values() for oid, _, _ in index.entries()}
+
+    def _refresh_packs(self, force: bool = False) -> bool:
+        """Load indexes of packs that appeared since the last look; True if any did."""
+        try:
+            info = os.stat(self.packs_dir)
+            seen = (info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            seen = (0, 0)
+        if seen == self._packs_seen and not force:
+            return False
+        self._packs_seen = seen
+        changed = False
+        present = set(pack_paths(self.packs_dir))
+        for gone in [path for path in self._packs if path not in present]:
+            # Repacked away; an open reader keeps its file, new lookups skip it.
+            del self._packs[gone]
+        for path in sorted(present - set(self._packs) - set(self._broken_packs)):
+            try:
+                index = PackIndex(path)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except PackError as exc:
+                self._broken_packs[path] = exc
+                continue
+            except FileNotFoundError:
+                continue
+            self._packs[path] = (index, fd)
+            changed = True
+        return changed
+
+    def _find_packed(self, oid: str) -> tuple[int, int, int, Path] | None:
+        """(file, offset, length, pack) of a packed copy of ``oid``, or None."""
+        writer = self._pack_writer
+        if writer is not None and (entry := writer.find(oid)) is not None:
+            return writer.fd, entry[0], entry[1], self.tmp_dir
+        if self._packs_seen is None:
+            self._refresh_packs()
+        for _attempt in range(2):
+            for path, (index, fd) in self._packs.items():
+                if (entry := index.find(oid)) is not None:
+                    return fd, entry[0], entry[1], path
+            if not self._refresh_packs():
+                return None
+        return None
+
+    @contextmanager
+    def packing(self) -> Iterator[None]:
+        """Within the block, small new objects go into one pack, in place when the block ends.
+
+        One clean of a file with thousands of small tensors then writes two
+        files, not thousands. If the block raises, the pack is discarded.
+        """
+        if self._packing:  # nested: the outer block finishes the pack
+            yield
+            return
+        self._packing = True
+        try:
+            yield
+            writer, self._pack_writer = self._pack_writer, None
+            if writer is not None and writer.finish(self.packs_dir) is not None:
+                self._refresh_packs(force=True)
+        finally:
+            self._packing = False
+            if self._pack_writer is not None:
+                self._pack_writer.abort()
+                self._pack_writer = None
 
     # -- writing -------------------------------------------------------------
     def writer(self, dtype: str, shape: tuple[int, ...], nbytes: int) -> ObjectWriter:
@@ -365,9 +278,10 @@ class LocalStore:
         file order. A new object takes the next one that has its header, and
         if the payloads are equal it *is* that object: neither hashed nor
         written again. A fine-tune that changes a tenth of the tensors then
-        costs a read of the unchanged ones instead of a sha256 and a write.
-        Like :meth:`_link_temp` finding an object already present, this
-        trusts an object to hash to its name; ``git theta fsck`` checks that.
+        costs a read of the unchanged ones instead of a sha256 and a write;
+        a tensor that changed is stored as a delta against it. Like
+        :meth:`_link_temp` finding an object already present, this trusts an
+        object to hash to its name; ``git theta fsck`` checks that.
         """
         expected: dict[bytes, deque[str]] = {}
         headers: dict[str, bytes | None] = {}
@@ -383,26 +297,27 @@ class LocalStore:
             self._expected = {}
 
     def _read_raw_header(self, oid: str) -> bytes | None:
-        """An object's header bytes, or None if it is missing or not valid."""
+        """An object's canonical header bytes, or None if it is missing or not valid."""
         try:
-            file, header = self.open_object(oid)
+            stored = self.open_stored(oid)
         except ThetaError:
             return None
-        with file:
-            file.seek(0)
-            return file.read(header.data_offset)
+        if stored is None:
+            return None
+        stored.close()
+        return stored.canonical_header
 
-    def _take_expected(self, header: bytes) -> _ExpectedObject | None:
-        """The next expected object with this header, opened at its payload."""
+    def _take_expected(self, header: bytes) -> ExpectedObject | None:
+        """The next expected object with this header, ready to be compared."""
         queue = self._expected.get(header)
         while queue:
             oid = queue.popleft()
             try:
-                file = open_object_file(self.object_path(oid), oid)
-            except (OSError, ObjectFormatError):
+                stored = self.open_stored(oid)
+            except (OSError, ThetaError):
                 continue
-            file.seek(len(header))
-            return _ExpectedObject(oid, file, len(header))
+            if stored is not None:
+                return ExpectedObject(stored)
         return None
 
     def unsized_writer(self) -> UnsizedObjectWriter:
@@ -419,6 +334,52 @@ class LocalStore:
             raise
         return writer.commit()
 
+    def _add_small(
+        self,
+        oid: str,
+        canonical_header: bytes,
+        header: ObjectHeader,
+        payload: bytearray,
+    ) -> None:
+        """Store a small object from memory: into the pack being written, or loose."""
+        damaged = False
+        if self.has(oid):
+            if self._holds(oid):  # small: decoding it costs little
+                self._freshen(oid)
+                return
+            damaged = True  # the good copy goes loose below, where lookups look first
+        if self.compression:
+            out = io.BytesIO()
+            encoder = EncodingWriter(out, canonical_header, header, 1)
+            encoder.write(payload)
+            encoder.finish(oid)
+            stored = out.getvalue()
+        else:
+            stored = canonical_header + payload
+        if self._packing and not damaged:
+            if self._pack_writer is None:
+                self._pack_writer = PackWriter(self.tmp_dir, self._fsync)
+            self._pack_writer.add(oid, stored)
+            return
+        file, tmp_path = self._open_temp()
+        try:
+            fileio.write_all(file, stored)
+        except BaseException:
+            self._discard_temp(file, tmp_path)
+            raise
+        self._link_temp(file, tmp_path, oid)
+
+    def _freshen(self, oid: str) -> None:
+        """Mark an existing object as just used, so a gc grace period counts from now."""
+        try:
+            os.utime(self.object_path(oid))
+        except FileNotFoundError:
+            found = self._find_packed(oid)
+            if found is not None and found[3] != self.tmp_dir:
+                os.utime(found[3])
+        except OSError:
+            pass  # a read-only store still serves reads
+
     def _open_temp(self) -> tuple[BinaryIO, Path]:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{os.getpid()}-", suffix=".tmp")
@@ -434,45 +395,29 @@ class LocalStore:
             if self._fsync:
                 os.fsync(file.fileno())
             file.close()
-            self._place(tmp_path, oid)
+            self._link_into_place(tmp_path, oid)
         finally:
             self._discard_temp(file, tmp_path)
         return oid
 
-    def _place(self, tmp_path: Path, oid: str) -> None:
-        """Put the temp file ``tmp_path``, whose bytes hash to ``oid``, into the store.
-
-        ``link()`` never replaces a file, so of two writers of one object the
-        first wins and the object is never rewritten in place. An existing
-        file that does not hold these bytes (damaged, or not a regular file)
-        is moved to ``theta/bad/`` and the good copy renamed over it in one
-        step, so that the store can give back what was just added.
-        """
-        os.chmod(tmp_path, 0o444)
+    def _link_into_place(self, path: Path, oid: str) -> None:
+        """Make ``path`` the loose object ``oid``: read-only, linked, never replacing one."""
+        os.chmod(path, 0o444)
         final = self.object_path(oid)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(tmp_path, final)
+            # link() never replaces an existing file: a concurrent writer of
+            # the same object, or an existing object, wins and stays as is.
+            os.link(path, final)
         except FileExistsError:
-            if self._holds(final, tmp_path, oid):
+            if self._holds(oid):
+                self._freshen(oid)
                 return
+            # A damaged copy: kept for inspection, and the good bytes renamed over it
+            # in one step, so that the store gives back what was just written.
             self._keep_for_inspection(final, oid)
-            os.replace(tmp_path, final)
+            os.replace(path, final)
         VERIFIED.add_path(final)
-
-    def _holds(self, final: Path, tmp_path: Path, oid: str) -> bool:
-        """Whether the existing object file ``final`` has the good bytes of ``tmp_path``."""
-        try:
-            with (
-                open_object_file(final, oid) as existing,
-                open(tmp_path, "rb", buffering=0) as good,
-            ):
-                if VERIFIED.knows(existing) or same_bytes(existing, good):
-                    VERIFIED.add(existing)
-                    return True
-        except (OSError, ObjectFormatError):
-            pass  # a link, a FIFO, a directory: not an object
-        return False
 
     def _keep_for_inspection(self, final: Path, oid: str) -> None:
         """Link a damaged object's file into ``theta/bad/`` before it is replaced (best effort)."""
@@ -485,35 +430,114 @@ class LocalStore:
             pass
 
     # -- reading -------------------------------------------------------------
-    def open_object(self, oid: str, path: str | None = None) -> tuple[BinaryIO, ObjectHeader]:
-        """Open an object positioned at its payload, after validating its header.
+    def open_stored(self, oid: str) -> StoredObject | None:
+        """The stored object ``oid`` (loose first, then packed), or None if there is none.
 
-        ``path`` is the work-tree file that needs the object, for the error message.
+        Its headers are checked; its blocks are decoded (and a delta's base
+        opened) only as they are read. The caller closes it.
         """
+        fd = self._open_loose(oid)
+        if fd is None:
+            found = self._find_packed(oid)
+            if found is None:
+                return None
+            fd, offset, length, pack = found
+            try:
+                return StoredObject(oid, fd, offset, length, self.open_stored)
+            except ObjectFormatError as exc:
+                raise CorruptPackEntryError(oid, pack, exc.reason) from None
+        return StoredObject(oid, fd, 0, os.fstat(fd).st_size, self.open_stored, owns_fd=True)
+
+    def _open_loose(self, oid: str) -> int | None:
+        """A read-only descriptor of the loose object, or None if there is none.
+
+        A symbolic link is never followed, and anything but a regular file
+        (a FIFO that would block, a device) is refused.
+        """
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            file = open_object_file(self.object_path(oid), oid)
+            fd = os.open(self.object_path(oid), flags)
         except FileNotFoundError:
-            raise ObjectMissingError(oid, path) from None
-        try:
-            header = read_header(oid, file, os.fstat(file.fileno()).st_size)
-        except BaseException:
-            file.close()
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ObjectFormatError(oid, "is a symbolic link") from None
             raise
-        return file, header
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ObjectFormatError(oid, "is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
+    def open_object(
+        self, oid: str, path: str | None = None, *, verify: bool = True
+    ) -> tuple[BinaryIO, ObjectHeader]:
+        """Open an object's canonical bytes positioned at its payload, after checking its header.
+
+        ``path`` is the work-tree file that needs the object, for the error
+        message. An encoded object is decoded as it is read, and with
+        ``verify`` its sha256 is checked once every byte has been read in
+        order; a caller that checks a hash over the bytes itself (smudge)
+        passes False. A loose canonical object is the file itself.
+        """
+        stored = self.open_stored(oid)
+        if stored is None:
+            raise ObjectMissingError(oid, path)
+        fd = stored.loose_canonical_fd()
+        if fd is None:
+            return ObjectReader(stored, verify=verify), stored.header
+        # A loose canonical object is read as the plain file: nothing to decode.
+        file = os.fdopen(fd, "rb", buffering=0)
+        file.seek(stored.header.data_offset)
+        return file, stored.header
+
+    def check_readable(self, oid: str, path: str | None = None) -> ObjectHeader:
+        """The object's header, after checking that it and every delta base it needs are here.
+
+        Headers only: nothing is decoded. Raises :class:`ObjectMissingError`,
+        or an :class:`ObjectFormatError` (a missing or unusable delta base
+        among them) naming the object.
+        """
+        stored = self.open_stored(oid)
+        if stored is None:
+            raise ObjectMissingError(oid, path)
+        try:
+            link = stored
+            while link.base_oid is not None:
+                link = link.base()
+            return stored.header
+        finally:
+            stored.close()
+
+    def canonical_size(self, oid: str) -> int | None:
+        """Bytes of the object's canonical form, or None if it is not here."""
+        try:
+            stored = self.open_stored(oid)
+        except ThetaError:
+            return self.size(oid)
+        if stored is None:
+            return None
+        stored.close()
+        return stored.header.data_offset + stored.header.nbytes
 
     def open_verified(self, oid: str, path: str | None = None) -> tuple[BinaryIO, ObjectHeader]:
         """:meth:`open_object`, once the object's bytes are known to hash to its id.
 
         Every reader that hands out an object's bytes or builds on them uses
-        this. The file is hashed on first use in this process, and again after
-        any change to it (see :mod:`.integrity`). Raises
+        this. A loose canonical file is hashed on first use in this process,
+        and again after any change to it (see :mod:`.integrity`); an encoded
+        or packed object is decoded and hashed completely first. Raises
         :class:`~.integrity.ObjectCorruptError` for bytes that do not match.
         """
         file, header = self.open_object(oid, path)
         try:
-            if not VERIFIED.knows(file):
+            if isinstance(file, ObjectReader):
+                file.seek(0)
+                while file.read(COPY_CHUNK):
+                    pass  # the reader checks the sha256 at the end
+            elif not VERIFIED.knows(file):
                 self._check_digest(file, oid)
-                file.seek(header.data_offset)
+            file.seek(header.data_offset)
         except BaseException:
             file.close()
             raise
@@ -525,9 +549,14 @@ class LocalStore:
         file.close()
 
     def verify(self, oid: str) -> None:
-        """Re-hash an object and validate its header, whatever was checked before (fsck)."""
+        """Decode an object completely and check its sha256, whatever was checked before (fsck)."""
         file, _header = self.open_object(oid)
         with file:
+            file.seek(0)
+            if isinstance(file, ObjectReader):
+                while file.read(COPY_CHUNK):
+                    pass  # the reader checks the sha256 at the end
+                return
             self._check_digest(file, oid)
 
     @staticmethod
@@ -537,16 +566,90 @@ class LocalStore:
             raise ObjectCorruptError(oid, digest)
         VERIFIED.add(file)
 
+    def _holds(self, oid: str) -> bool:
+        """Whether the stored object ``oid`` is present and decodes to its id."""
+        try:
+            self.verify(oid)
+        except (OSError, ThetaError):
+            return False
+        return True
+
+    def verify_packed(self, pack: Path, oid: str) -> None:
+        """Decode ``oid``'s entry in ``pack`` completely and check its sha256."""
+        index = self._packs[pack][0] if pack in self._packs else PackIndex(pack)
+        entry = index.find(oid)
+        if entry is None:
+            raise ObjectMissingError(oid)
+        fd = os.open(pack, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            stored = StoredObject(oid, fd, entry[0], entry[1], self.open_stored, owns_fd=True)
+        except ObjectFormatError as exc:
+            raise CorruptPackEntryError(oid, pack, exc.reason) from None
+        with ObjectReader(stored) as reader:
+            reader.seek(0)
+            try:
+                while reader.read(COPY_CHUNK):
+                    pass  # the reader checks the sha256 at the end
+            except ObjectFormatError as exc:
+                raise CorruptPackEntryError(oid, pack, exc.reason) from None
+
+    @contextmanager
+    def canonical_file(self, oid: str) -> Iterator[Path]:
+        """A file holding ``oid``'s canonical bytes, for uploaders that send a file.
+
+        A loose canonical object is handed out as it is (read-only; do not
+        modify it); any other is decoded, and verified, into a temp file that
+        is removed when the block ends. Raises :class:`ObjectMissingError`.
+        """
+        file, _header = self.open_object(oid)
+        if not isinstance(file, ObjectReader):
+            try:
+                if not VERIFIED.knows(file):
+                    self._check_digest(file, oid)
+            finally:
+                file.close()
+            yield self.object_path(oid)
+            return
+        temp, temp_path = self._open_temp()
+        try:
+            with file:
+                file.seek(0)
+                shutil.copyfileobj(file, temp, COPY_CHUNK)
+            temp.close()
+            yield temp_path
+        finally:
+            self._discard_temp(temp, temp_path)
+
     def quarantine(self, oid: str) -> Path:
-        """Move a corrupt object to ``theta/bad/<oid>``, out of the way of a fetch that restores it.
+        """Move a corrupt object out of the way of a fetch that restores it: to ``theta/bad``.
 
         Every write keeps an object that is already present, so a corrupt one
-        would otherwise stay forever; its bytes are kept for inspection.
+        would otherwise stay forever; its bytes are kept for inspection. A
+        packed object takes its whole pack along (packs are never rewritten);
+        the pack's other objects are then fetched again like it.
         """
         bad_dir = self.theta_dir / "bad"
         bad_dir.mkdir(parents=True, exist_ok=True)
-        target = bad_dir / oid
-        os.replace(self.object_path(oid), target)
+        loose = self.object_path(oid)
+        if loose.exists() or loose.is_symlink():
+            target = bad_dir / oid
+            os.replace(loose, target)
+            return target
+        found = self._find_packed(oid)
+        if found is None:
+            raise ObjectMissingError(oid)
+        return self.quarantine_pack(found[3])
+
+    def quarantine_pack(self, pack: Path) -> Path:
+        """Move a pack and its index to ``theta/bad``."""
+        bad_dir = self.theta_dir / "bad"
+        bad_dir.mkdir(parents=True, exist_ok=True)
+        target = bad_dir / pack.name
+        os.replace(pack.with_suffix(".idx"), target.with_suffix(".idx"))
+        if pack.exists():
+            os.replace(pack, target)
+        self._packs.pop(pack, None)
+        self._broken_packs.pop(pack, None)
         return target
 
     # -- importing -------------------------------------------------------------
@@ -554,13 +657,12 @@ class LocalStore:
         """Move a file from ``tmp_dir`` into the store as ``oid``;
         the caller has checked its sha256.
 
-        Like every write, it keeps an existing good object and replaces a
-        damaged one (see :meth:`_place`). ``path`` is gone afterwards.
+        Like every write, it never replaces an existing object. ``path`` is gone afterwards.
         """
         try:
             if self._fsync:
                 with open(path, "rb") as file:
                     os.fsync(file.fileno())
-            self._place(path, oid)
+            self._link_into_place(path, oid)
         finally:
             path.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ThetaError
+from . import fileio
 from .object_format import ObjectFormatError
 
 __all__ = [
@@ -156,18 +157,22 @@ class PackWriter:
 
     def __init__(self, tmp_dir: Path, fsync: bool = False) -> None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-", suffix=".pack")
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-", suffix=".pack")
+        self._file = os.fdopen(fd, "w+b", buffering=0)
+        self.fd = fd  # for readers of what is already written (os.pread)
         self._path = Path(name)
         self._fsync = fsync
         self._hash = hashlib.sha256()
         self._entries: dict[str, tuple[int, int]] = {}
         self._size = 0
-        self._append(_PACK_HEADER.pack(PACK_MAGIC, VERSION))
+        try:
+            self._append(_PACK_HEADER.pack(PACK_MAGIC, VERSION))
+        except BaseException:
+            self.abort()
+            raise
 
     def _append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        fileio.write_all(self._file, data)
         self._hash.update(data)
         self._size += len(data)
 
@@ -221,8 +226,8 @@ class PackWriter:
 
     def abort(self) -> None:
         """Remove the temp files (a finished pack stays linked in place)."""
-        if self.fd >= 0:
-            os.close(self.fd)
+        if not self._file.closed:
+            self._file.close()
             self.fd = -1
         self._path.unlink(missing_ok=True)
         self._path.with_suffix(".idx").unlink(missing_ok=True)

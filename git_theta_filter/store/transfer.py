@@ -154,7 +154,8 @@ def upload(
     wanted = sorted(set(oids))
     if not wanted:
         return TransferResult()
-    all_sizes = {oid: local.size(oid) or 0 for oid in wanted}
+    # Remote stores hold canonical bytes (docs/store.md): their sizes, not the encoded ones.
+    all_sizes = {oid: local.canonical_size(oid) or 0 for oid in wanted}
     remote.prepare("upload", {oid: (size,) for oid, size in all_sizes.items()})
     if list_remote and remote.supports_listing:
         present = set(remote.list())
@@ -166,7 +167,9 @@ def upload(
     def send(oid: str) -> int | None:
         if not local.has(oid):
             raise ObjectMissingError(oid)
-        return sizes[oid] if remote.put(oid, local.object_path(oid)) else None
+        # Remote stores hold canonical bytes (docs/store.md), whatever the local encoding.
+        with local.canonical_file(oid) as canonical:
+            return sizes[oid] if remote.put(oid, canonical) else None
 
     bar = progress("Uploading tensors", len(todo), sum(sizes.values()))
     workers = remote.preferred_workers or workers

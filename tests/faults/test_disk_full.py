@@ -34,7 +34,7 @@ from helpers import (
     tracked_repo,
 )
 
-import git_theta_filter.store.local as local_store
+import git_theta_filter.store.fileio as store_fileio
 from git_theta_filter.clean import clean
 from git_theta_filter.store.local import LocalStore, StoreWriteError
 
@@ -83,7 +83,7 @@ class FailingWrites:
     def __init__(self, budget: int | None) -> None:
         self.budget = budget
         self.written = 0
-        self._write_all = local_store._write_all
+        self._write_all = store_fileio.write_all
 
     def __call__(self, file, data) -> None:
         size = len(memoryview(data).cast("B"))
@@ -101,13 +101,13 @@ def test_a_write_failure_at_any_point_of_clean_leaves_only_whole_objects(
         torch_zip_bytes(mlp_checkpoint(0, (8, 16, 4))) if kind == "torch-zip" else os.urandom(3000)
     )
     counting = FailingWrites(None)
-    monkeypatch.setattr(local_store, "_write_all", counting)
+    monkeypatch.setattr(store_fileio, "write_all", counting)
     clean(io.BytesIO(data), LocalStore(tmp_path / "whole"), MODEL, warn=lambda message: None)
     total = counting.written
     budgets = sorted({0, 1, 63, 64, 65, total - 1} | set(range(0, total, max(1, total // 40))))
     for budget in budgets:
         store = LocalStore(tmp_path / f"budget-{budget}")
-        monkeypatch.setattr(local_store, "_write_all", FailingWrites(budget))
+        monkeypatch.setattr(store_fileio, "write_all", FailingWrites(budget))
         with pytest.raises(StoreWriteError) as info:
             clean(io.BytesIO(data), store, MODEL, warn=lambda message: None)
         assert (
@@ -118,7 +118,7 @@ def test_a_write_failure_at_any_point_of_clean_leaves_only_whole_objects(
         assert not store.tmp_dir.exists() or list(store.tmp_dir.iterdir()) == [], (
             f"budget {budget}: temp files left"
         )
-        monkeypatch.setattr(local_store, "_write_all", counting)
+        monkeypatch.setattr(store_fileio, "write_all", counting)
         for oid in store.iter_oids():
             store.verify(oid)
 

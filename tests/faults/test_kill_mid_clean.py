@@ -40,8 +40,9 @@ def test_filter_killed_mid_clean_leaves_no_corrupt_object_and_gc_removes_its_tem
 ) -> None:
     generator = torch.Generator().manual_seed(0)
     # 300 MB: a 240 MB storage streams long enough to be caught mid-write, then two more.
+    # Random values: the store compresses, and the temp object must still grow past 32 MB.
     checkpoint = {
-        "embedding": torch.full((60_000_000,), 0.5),
+        "embedding": torch.randn(60_000_000, generator=generator),
         "layer.weight": torch.randn(3_000_000, generator=generator),
         "layer.bias": torch.arange(12_000_000, dtype=torch.float32),
     }

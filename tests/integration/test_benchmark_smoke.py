@@ -33,3 +33,28 @@ def test_benchmark_quick_run_prints_every_scenario_and_target(tmp_path: Path) ->
         assert row in table, f"{row!r} missing from:\n{table}"
     assert "theta only" in table
     assert not list(tmp_path.iterdir()), "the benchmark left files behind"
+
+
+STORAGE_BENCHMARK = BENCHMARK.with_name("bench_storage.py")
+
+
+def test_storage_benchmark_quick_run_prints_every_scenario_and_target(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(STORAGE_BENCHMARK), "--quick", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    for row in (
+        "| training fp32 | growth per commit |",
+        "| training bf16 | amortised |",
+        "| training fp32 + Adam | checkout last |",
+        "| 300 tensors of 16 KB | add |",
+        "| MLP 784-128-64-10, add + commit in a loop | per commit (git theta commit) |",
+        "| training bf16: growth per commit (amortised) ≤ 0.45× |",
+        "| filter handshake ≤ 0.060 s |",
+    ):
+        assert row in table, f"{row!r} missing from:\n{table}"
+    assert not list(tmp_path.iterdir()), "the benchmark left files behind"

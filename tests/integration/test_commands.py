@@ -14,6 +14,7 @@ from helpers import (
     commit_all,
     copy_repo,
     isolated_git_env,
+    local_store,
     mlp_checkpoint,
     object_path,
     read_manifest,
@@ -56,7 +57,8 @@ def theta_json(git_env, repo: Path, *args: str) -> object:
 
 
 def file_size(repo: Path, oid: str) -> int:
-    return object_path(repo, oid).stat().st_size
+    """The bytes the object takes in the store, however it is stored."""
+    return local_store(repo).size(oid)
 
 
 def test_ls_files_json_counts_tensors_size_and_new_bytes(repo_copy: tuple) -> None:

@@ -24,6 +24,7 @@ from helpers import (
     copy_repo,
     index_manifest,
     isolated_git_env,
+    local_store,
     mlp,
     mlp_checkpoint,
     save,
@@ -389,5 +390,5 @@ def test_formats_object_size_candidates_put_each_object_files_size_first(templat
     objects = assert_all_objects_valid(repo)
     assert set(candidates) == objects
     for oid in objects:
-        size = next((repo / ".git" / "theta" / "objects").glob(f"*/*/{oid}")).stat().st_size
+        size = local_store(repo).canonical_size(oid)  # what a remote store holds
         assert candidates[oid][0] == size, f"object {oid}: {size} bytes, guessed {candidates[oid]}"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from helpers import local_store, store_oids
 
 from git_theta_filter.locks import writer_lock
 
@@ -21,10 +22,6 @@ def save_model(path: Path, seed: int, changed_layer: int | None = None) -> None:
         with torch.no_grad():
             model[changed_layer].weight.add_(float(seed))
     torch.save(model.state_dict(), path)
-
-
-def store_oids(repo: Path) -> set[str]:
-    return {p.name for p in (repo / ".git" / "theta" / "objects").glob("*/*/*")}
 
 
 def gc_json(git_env, repo: Path, *args: str) -> dict:
@@ -41,10 +38,7 @@ def test_gc_frees_exactly_a_deleted_branchs_unique_objects(git_env, repo):
     save_model(repo / "model.pth", 5, changed_layer=2)
     git_env.git(repo, "commit", "-qam", "experiment")
     branch_only = store_oids(repo) - before
-    branch_bytes = sum(
-        next((repo / ".git" / "theta" / "objects").glob(f"*/*/{oid}")).stat().st_size
-        for oid in branch_only
-    )
+    branch_bytes = sum(local_store(repo).size(oid) for oid in branch_only)
     # One changed tensor (model 2.weight) plus the new skeleton.
     assert len(branch_only) == 2
 
@@ -157,3 +151,45 @@ def test_gc_run_from_a_linked_worktree_keeps_the_main_worktrees_index(git_env, r
 
     assert gc_json(git_env, worktree, "--prune=now")["deleted"] == []
     git_env.theta(repo, "fsck")
+
+
+def test_gc_with_delta_chains_keeps_every_base_and_every_kept_commit_checks_out(git_env, repo):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    # Over 8 MB, so the filter pairs each version with the staged one and stores deltas.
+    rng = np.random.default_rng(0)
+    weights = (rng.standard_normal(2_400_000) * 0.02).astype(np.float32)
+    git_env.git(repo, "config", "theta.maxDeltaDepth", "2")
+    files = []
+    for step in range(5):
+        save_file({"w": weights, "step": np.array([step], np.int64)}, repo / "model.safetensors")
+        files.append((repo / "model.safetensors").read_bytes())
+        git_env.git(repo, "add", "model.safetensors")
+        git_env.git(repo, "commit", "-qm", f"step {step}")
+        weights = weights + (rng.standard_normal(weights.shape) * 1e-4).astype(np.float32)
+    store = local_store(repo)
+    depths = []
+    for rev in range(4, -1, -1):
+        manifest = git_env.git(repo, "cat-file", "blob", f"HEAD~{rev}:model.safetensors")
+        oid = next(
+            line.split()[-1] for line in manifest.splitlines() if line.startswith("tensor w ")
+        )
+        with store.open_stored(oid) as stored:
+            depths.append(stored.depth)
+    assert depths == [0, 1, 2, 0, 1]
+    # Only steps 2 and 4 stay reachable, in a history of their own: no kept manifest
+    # names steps 0, 1 and 3, but their tensors are the bases of steps 2 and 4.
+    git_env.git(repo, "checkout", "-q", "--orphan", "kept", "HEAD~2")
+    git_env.git(repo, "commit", "-qm", "step 2 alone")
+    (repo / "model.safetensors").write_bytes(files[4])
+    git_env.git(repo, "add", "model.safetensors")
+    git_env.git(repo, "commit", "-qm", "step 4 alone")
+    git_env.git(repo, "branch", "-qD", "main")
+    git_env.git(repo, "reflog", "expire", "--expire=now", "--all")
+    report = gc_json(git_env, repo, "--prune=now")
+    assert report["deleted"], "the old chain was not freed"
+    git_env.theta(repo, "fsck")
+    for rev, data in (("kept~1", files[2]), ("kept", files[4])):
+        git_env.git(repo, "checkout", "-q", rev)
+        assert (repo / "model.safetensors").read_bytes() == data, rev

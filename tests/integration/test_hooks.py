@@ -124,7 +124,9 @@ def test_hooks_fresh_clone_gets_the_hook_when_the_filter_runs(
     git_env.run("git", "clone", "-q", "--no-checkout", str(remote), str(clone))
     assert not (clone / ".git" / "hooks" / "pre-push").exists()
     # Objects travel by other means (a later issue); copy the store, then check out.
-    shutil.copytree(repo / ".git" / "theta" / "objects", clone / ".git" / "theta" / "objects")
+    for part in ("objects", "packs"):
+        if (repo / ".git" / "theta" / part).exists():
+            shutil.copytree(repo / ".git" / "theta" / part, clone / ".git" / "theta" / part)
     result = git_env.run("git", "checkout", "-q", "main", cwd=clone)
     assert "git-theta: installed pre-push hook" in result.stderr.decode()
     assert_our_hook(clone / ".git" / "hooks")

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import sha256_file
+from helpers import sha256_file, store_oids
 from lfs_server import LfsServer
 from remote_scenarios import (
     MODEL,
@@ -51,7 +51,7 @@ def test_lfs_round_trip_with_the_store_picked_from_an_http_remote(
     a, b, history = run_round_trip(git_env, tmp_path, url, pull_with_theta=True)
     stored = server.stored(name)
     assert_valid_objects(set(stored), stored.__getitem__)
-    local = {path.name for path in (a / ".git" / "theta" / "objects").glob("*/*/*")}
+    local = store_oids(a)
     assert local <= set(stored), "every object A has must be on the LFS server"
     assert not list((b / ".git" / "theta" / "tmp").glob("download-*"))
 
@@ -92,7 +92,7 @@ def test_lfs_fetch_all_and_lazy_checkout_of_old_commits(git_env, tmp_path, serve
     b = tmp_path / "B"
     git_env.run("git", "clone", "-q", url, str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
     git_env.theta(b, "fetch", "--all")
-    local = {path.name for path in (b / ".git" / "theta" / "objects").glob("*/*/*")}
+    local = store_oids(b)
     assert local == set(server.stored(name))
     # Every version now checks out with no server at all.
     git_env.git(b, "config", "remote.origin.lfsurl", "http://127.0.0.1:9/nowhere.git/info/lfs")
@@ -243,8 +243,7 @@ def test_lfs_credentials_come_from_git_credential_and_are_approved(git_env, tmp_
     assert not batches[0]["authorization"], "the first request goes without credentials"
     assert all(entry["authorized"] for entry in batches[1:])
     assert {entry["extra_header"] for entry in auth_server.stats()} == {"yes"}
-    local = {path.name for path in (a / ".git" / "theta" / "objects").glob("*/*/*")}
-    assert set(auth_server.stored(name)) == local
+    assert set(auth_server.stored(name)) == store_oids(a)
 
 
 def test_lfs_wrong_password_is_a_clean_401_and_git_credential_reject(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import mlp_checkpoint, sha256_bytes
+from helpers import loose_object, mlp_checkpoint, sha256_bytes
 from safetensors.torch import save as safetensors_save
 
 from git_theta_filter.clean import clean
@@ -244,7 +244,7 @@ def test_smudge_with_a_missing_object_fails_before_any_output(
     manifest_bytes, _ = do_clean(store, checkpoint_bytes)
     manifest = Manifest.parse(manifest_bytes)
     victim = manifest.splices[1].oid
-    path = store.object_path(victim)
+    path = loose_object(store, victim)
     path.unlink()
     with pytest.raises(ObjectMissingError) as info:
         prepare_smudge(manifest_bytes, store, "models/model.pth")
@@ -261,7 +261,7 @@ def test_smudge_detects_a_corrupt_payload_by_the_whole_file_hash(
 ) -> None:
     manifest_bytes, _ = do_clean(store, checkpoint_bytes)
     manifest = Manifest.parse(manifest_bytes)
-    path = store.object_path(manifest.splices[0].oid)
+    path = loose_object(store, manifest.splices[0].oid)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # same size, so the header still checks out
     path.chmod(0o644)
@@ -282,7 +282,7 @@ def test_smudge_refuses_an_object_of_the_wrong_length(
     manifest_bytes, _ = do_clean(store, checkpoint_bytes)
     manifest = Manifest.parse(manifest_bytes)
     victim = manifest.splices[0]
-    path = store.object_path(victim.oid)
+    path = loose_object(store, victim.oid)
     path.chmod(0o644)
     path.write_bytes(path.read_bytes() + b"extra")
     with pytest.raises(ObjectFormatError) as info:

@@ -35,7 +35,6 @@ class Objects:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._fds: list[int] = []
 
     def canonical(self, array: np.ndarray, dtype: str) -> tuple[str, bytes]:
         payload = array.tobytes()
@@ -67,13 +66,12 @@ class Objects:
     def stored(self, oid: str) -> bytes:
         return (self.directory / oid).read_bytes()
 
-    def open(self, oid: str) -> StoredObject:
+    def open(self, oid: str) -> StoredObject | None:
         path = self.directory / oid
         if not path.exists():
-            raise DeltaBaseMissingError("?" * 64, oid)
+            return None
         fd = os.open(path, os.O_RDONLY)
-        self._fds.append(fd)
-        return StoredObject(oid, fd, 0, os.fstat(fd).st_size, self.open)
+        return StoredObject(oid, fd, 0, os.fstat(fd).st_size, self.open, owns_fd=True)
 
     def read(self, oid: str) -> bytes:
         reader = ObjectReader(self.open(oid))
@@ -81,8 +79,7 @@ class Objects:
         return reader.read()
 
     def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
+        """Nothing to do: every StoredObject closes its own file."""
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import loose_object
 
 from git_theta_filter.dtypes import TORCH_DTYPE_NAMES
 from git_theta_filter.elements import CHUNK_ELEMENTS, TensorExtentError, element_type
@@ -196,7 +197,7 @@ def test_stats_cache_serves_without_the_object_and_missing_objects_raise(
     expected_old = stats.tensor_stats(old_entry)
     assert (theta_dir / "stats" / CACHE_FILE).is_file()
     for entry in (old_entry, new_entry):
-        path = stats.store.object_path(entry.oid)
+        path = loose_object(stats.store, entry.oid)
         path.chmod(0o644)
         path.unlink()
     fresh = Statistician.for_repo(theta_dir)
@@ -294,8 +295,8 @@ def test_stats_computed_ahead_on_threads_equal_those_computed_one_by_one(theta_d
     ]
     lone = store_tensor(store, "lone", random_tensor(torch.bfloat16, (300,), seed=99))
     gone = store_tensor(store, "gone", torch.ones(3))
-    store.object_path(gone.oid).chmod(0o644)
-    store.object_path(gone.oid).unlink()
+    loose_object(store, gone.oid).chmod(0o644)
+    loose_object(store, gone.oid).unlink()
     threaded = Statistician(store, StatsCache(None), workers=3)
     threaded.compute_ahead([*zip(olds, news, strict=True), (gone, gone)], [*olds, lone, gone])
     assert threaded.bytes_read == sum(e.nbytes for e in [*olds, *news, lone])

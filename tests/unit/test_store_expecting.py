@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import loose_object
 
 from git_theta_filter.clean import clean
 from git_theta_filter.manifest import Manifest
@@ -66,18 +67,18 @@ def test_expecting_gives_the_ids_a_plain_clean_gives(
         plain = clean_manifest(LocalStore(tmp_path / f"plain-{len(data)}-{id(state)}"), data)
         assert compared.render() == plain.render()
         for oid in payload_oids(compared):
-            with open(store.object_path(oid), "rb") as f:
+            with open(loose_object(store, oid), "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == oid
 
 
 def test_an_unchanged_payload_is_not_written_again(store: LocalStore, versions: list[dict]) -> None:
     data = torch_bytes(versions[0])
     previous = payload_oids(clean_manifest(store, data))
-    before = {oid: os.stat(store.object_path(oid)).st_ino for oid in previous}
+    stored_files = sorted(store.theta_dir.rglob("*"))
     with store.expecting(previous):
         again = clean_manifest(store, data)
     assert payload_oids(again) == previous
-    assert {oid: os.stat(store.object_path(oid)).st_ino for oid in previous} == before
+    assert sorted(store.theta_dir.rglob("*")) == stored_files  # no new object, loose or packed
     assert not any(store.tmp_dir.iterdir())
 
 
@@ -91,7 +92,7 @@ def test_a_missing_or_corrupt_expected_object_is_ignored_and_replaced(
     data = torch_bytes(versions[0])
     previous = payload_oids(clean_manifest(store, data))
     for oid in previous:
-        path = store.object_path(oid)
+        path = loose_object(store, oid)
         os.chmod(path, 0o644)
         good = path.read_bytes()
         path.write_bytes(

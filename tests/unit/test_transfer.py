@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import canonical_bytes, loose_object
 
 from git_theta_filter.progress import QuietProgress
 from git_theta_filter.store.base import RemoteObjectMissingError, StoreUnavailableError
@@ -37,6 +38,13 @@ def make_objects(store: LocalStore, count: int, size: int = 4096) -> list[str]:
 
 def object_files(root: Path) -> list[Path]:
     return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+def assert_local_store_valid(store: LocalStore, oids: set[str]) -> None:
+    """The local store holds exactly ``oids``, each decoding to bytes that hash to its id."""
+    assert set(store.iter_oids()) == oids
+    for oid in oids:
+        store.verify(oid)
 
 
 def assert_store_valid(root: Path, oids: set[str]) -> None:
@@ -67,12 +75,12 @@ def remote(tmp_path) -> DirectoryStore:
 def test_directory_store_put_get_has_list(local, remote, tmp_path):
     oids = make_objects(local, 3)
     assert remote.batch_has(oids) == set() and list(remote.list()) == []
-    assert remote.put(oids[0], local.object_path(oids[0])) is True
-    assert remote.put(oids[0], local.object_path(oids[0])) is False
+    assert remote.put(oids[0], loose_object(local, oids[0])) is True
+    assert remote.put(oids[0], loose_object(local, oids[0])) is False
     assert remote.has(oids[0]) and not remote.has(oids[1])
     assert list(remote.list()) == [oids[0]]
     remote.get(oids[0], tmp_path / "copy")
-    assert (tmp_path / "copy").read_bytes() == local.object_path(oids[0]).read_bytes()
+    assert (tmp_path / "copy").read_bytes() == loose_object(local, oids[0]).read_bytes()
     with pytest.raises(RemoteObjectMissingError, match=oids[1]):
         remote.get(oids[1], tmp_path / "copy")
     assert_store_valid(remote.root, {oids[0]})
@@ -81,7 +89,7 @@ def test_directory_store_put_get_has_list(local, remote, tmp_path):
 def test_directory_store_refuses_a_source_that_does_not_hash_to_its_oid(local, remote, tmp_path):
     (oid,) = make_objects(local, 1)
     corrupt = tmp_path / "corrupt"
-    corrupt.write_bytes(local.object_path(oid).read_bytes()[:-1] + b"!")
+    corrupt.write_bytes(loose_object(local, oid).read_bytes()[:-1] + b"!")
     with pytest.raises(
         ObjectFormatError, match=f"object {oid} is corrupt: the local copy hashes to"
     ):
@@ -94,7 +102,7 @@ def test_directory_store_whose_anchor_is_missing_is_unavailable(local, tmp_path)
     store = DirectoryStore(tmp_path / "not-mounted" / "objects")
     for call in (
         lambda: store.has(oid),
-        lambda: store.put(oid, local.object_path(oid)),
+        lambda: store.put(oid, loose_object(local, oid)),
         lambda: list(store.list()),
     ):
         with pytest.raises(StoreUnavailableError, match="not-mounted is not a directory"):
@@ -104,11 +112,12 @@ def test_directory_store_whose_anchor_is_missing_is_unavailable(local, tmp_path)
 
 def test_many_writers_of_the_same_object_at_once(local, remote):
     (oid,) = make_objects(local, 1, size=1 << 20)
+    canonical = loose_object(local, oid)
     barrier = threading.Barrier(12)
 
     def put() -> bool:
         barrier.wait()
-        return remote.put(oid, local.object_path(oid))
+        return remote.put(oid, canonical)
 
     threads_results: list[bool] = []
     threads = [threading.Thread(target=lambda: threads_results.append(put())) for _ in range(12)]
@@ -127,17 +136,18 @@ def test_upload_skips_what_the_store_has_and_download_what_the_local_store_has(
     local, remote, tmp_path
 ):
     oids = make_objects(local, 5)
-    remote.put(oids[0], local.object_path(oids[0]))
+    remote.put(oids[0], loose_object(local, oids[0]))
     result = upload(local, remote, oids, workers=3, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 1)
-    assert result.transferred_bytes == sum(local.size(oid) or 0 for oid in oids[1:])
+    # Remote stores hold canonical bytes (docs/store.md), however the local store encodes them.
+    assert result.transferred_bytes == sum(len(canonical_bytes(local, oid)) for oid in oids[1:])
     assert_store_valid(remote.root, set(oids))
 
     other = LocalStore(tmp_path / "other" / "theta")
     other.write_bytes(hashlib.sha256(b"0").digest() * 128)  # the same bytes as oids[0]
     result = download(other, remote, {oid: 4096 for oid in oids}, workers=3, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 1)
-    assert_store_valid(other.objects_dir, set(oids))
+    assert_local_store_valid(other, set(oids))
     assert list(other.tmp_dir.glob("*")) == []
 
 
@@ -155,7 +165,7 @@ def test_download_refuses_a_corrupt_object_and_keeps_the_good_ones(local, remote
     assert str(failure.value).startswith(
         f"could not download 1 of 3 tensor objects: object {oids[1]} in {remote.url}: is corrupt"
     )
-    assert_store_valid(fresh.objects_dir, {oids[0], oids[2]})
+    assert_local_store_valid(fresh, {oids[0], oids[2]})
     assert list(fresh.tmp_dir.glob("*")) == []
 
 
@@ -197,12 +207,12 @@ def test_interrupted_download_leaves_no_partial_object_and_resumes(local, remote
         download(fresh, InterruptingStore(remote.root), oids, workers=1, progress=QuietProgress)
     landed = {path.name for path in object_files(fresh.objects_dir)}
     assert len(landed) == 2
-    assert_store_valid(fresh.objects_dir, landed)
+    assert_local_store_valid(fresh, landed)
     assert list(fresh.tmp_dir.glob("*")) == []
 
     result = download(fresh, remote, oids, workers=2, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 2)
-    assert_store_valid(fresh.objects_dir, set(oids))
+    assert_local_store_valid(fresh, set(oids))
 
 
 SLOW_DOWNLOAD = textwrap.dedent(
@@ -250,14 +260,14 @@ def test_killed_download_resumes_without_duplicates_or_partial_objects(local, re
     child.wait()
     landed = {path.name for path in object_files(fresh.objects_dir)}
     assert 0 < len(landed) < len(oids), "the kill should land mid-transfer"
-    assert_store_valid(fresh.objects_dir, landed)
+    assert_local_store_valid(fresh, landed)
     assert [p.name for p in fresh.tmp_dir.glob("*")] != [], (
         "a killed download leaves its temp files"
     )
 
     result = download(fresh, remote, oids, workers=4, progress=QuietProgress)
     assert result.transferred == len(oids) - len(landed)
-    assert_store_valid(fresh.objects_dir, set(oids))
+    assert_local_store_valid(fresh, set(oids))
     assert not [p.name for p in fresh.tmp_dir.glob("download-*")], (
         "the dead process's temp files are removed"
     )
@@ -268,7 +278,7 @@ def test_killed_upload_leaves_only_temp_files_that_are_never_objects(local, remo
     # What a put killed mid-copy leaves: a partial temp file beside the final name.
     leftover = remote.root / oids[0][:2] / oids[0][2:4] / f".{oids[0][:16]}-dead.tmp"
     leftover.parent.mkdir(parents=True)
-    leftover.write_bytes(local.object_path(oids[0]).read_bytes()[:100])
+    leftover.write_bytes(loose_object(local, oids[0]).read_bytes()[:100])
     assert list(remote.list()) == [] and not remote.has(oids[0])
 
     result = upload(local, remote, oids, workers=2, progress=QuietProgress)

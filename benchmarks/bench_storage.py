@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Issue 16's scenarios: theta, git-lfs and plain git side by side, as Markdown tables.
+
+    python benchmarks/bench_storage.py            # 50M parameters, 10 steps (the full run)
+    python benchmarks/bench_storage.py --quick    # a tiny model, 3 steps (CI smoke)
+
+* **Training run.** A model of ~50M parameters (a stack of square linear
+  layers) trained with Adam on random data, committed after each of 10 steps:
+  weights in fp32, weights in bf16, and fp32 weights with the Adam state.
+  Growth per commit is the size added under ``.git`` by commits 2 to 10, as
+  a share of the checkpoint; *amortised* adds one full object every
+  ``theta.maxDeltaDepth + 1`` commits (the first commit's growth), which is
+  what a long run pays. Then ``git checkout`` of the first commit and back to
+  the last, the end of a delta chain.
+* **Many small tensors.** 6,000 tensors of 16 KB: ``git add`` + commit, and a
+  checkout away and back.
+* **Small model in a shell loop.** The 784-128-64-10 MLP, saved and committed
+  with ``git add`` + ``git commit`` at each of 20 steps.
+* **Filter start-up.** Starting ``git theta filter-process`` until it has
+  answered git's handshake.
+
+torch is imported here only, to make the checkpoints. Ratios are from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _sandbox import sandbox_env
+from run import TOOLS, git, measure, setup_repo, tree_bytes
+
+FULL = {"width": 2560, "layers": 8, "steps": 10, "small_tensors": 6000, "loop_steps": 20}
+QUICK = {"width": 256, "layers": 2, "steps": 3, "small_tensors": 300, "loop_steps": 3}
+LEARNING_RATE = 1e-4  # Adam; a usual rate for a model of this size
+WARMUP_STEPS = 5  # so that the optimizer state is not all zeros at the first commit
+DELTA_DEPTH = 10  # theta.maxDeltaDepth's default
+TARGETS = {"fp32": 0.75, "bf16": 0.45, "fp32 + Adam": 0.85}
+
+
+# -- checkpoints ----------------------------------------------------------------
+
+
+def training_checkpoints(directory: Path, width: int, layers: int, steps: int) -> dict:
+    """``{variant: [checkpoint after step 1, 2, ...]}``, each saved as ``model.pth``."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        *[
+            layer
+            for _ in range(layers)
+            for layer in (torch.nn.Linear(width, width), torch.nn.GELU())
+        ]
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    inputs, targets = torch.randn(64, width), torch.randn(64, width)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        optimizer.step()
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    out: dict[str, list[Path]] = {variant: [] for variant in TARGETS}
+    for index in range(steps):
+        step()
+        weights = model.state_dict()
+        states = {
+            "fp32": weights,
+            "bf16": {name: tensor.to(torch.bfloat16) for name, tensor in weights.items()},
+            "fp32 + Adam": {"model": weights, "optimizer": optimizer.state_dict()},
+        }
+        for variant, state in states.items():
+            path = directory / variant.replace(" + ", "-") / str(index) / "model.pth"
+            path.parent.mkdir(parents=True)
+            torch.save(state, path)
+            out[variant].append(path)
+    return out
+
+
+def small_tensor_checkpoint(directory: Path, count: int) -> Path:
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    path = directory / "small-tensors" / "model.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({f"t{i}": torch.randn(4096, generator=generator) for i in range(count)}, path)
+    return path
+
+
+def mlp_checkpoints(directory: Path, steps: int) -> list[Path]:
+    import torch
+
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(),
+        torch.nn.Linear(64, 10),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inputs, labels = torch.randn(32, 784), torch.randint(0, 10, (32,))
+    paths = []
+    for index in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+        path = directory / "mlp" / str(index) / "model.pth"
+        path.parent.mkdir(parents=True)
+        torch.save(model.state_dict(), path)
+        paths.append(path)
+    return paths
+
+
+# -- scenarios ------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def _repo(tool: str, workdir: Path, name: str) -> tuple[Path, dict[str, str]]:
+    home = workdir / f"home-{name}"
+    home.mkdir(parents=True)
+    env = sandbox_env(home)
+    for key, value in (("user.name", "Bench"), ("user.email", "bench@example.invalid")):
+        git(env, home, "config", "--global", key, value)
+    git(env, home, "config", "--global", "init.defaultBranch", "main")
+    repo = workdir / name
+    setup_repo(tool, repo, env)
+    return repo, env
+
+
+def training_run(tool: str, checkpoints: list[Path], workdir: Path) -> Figures:
+    repo, env = _repo(tool, workdir, "training")
+    figures = Figures()
+    growth = []
+    for index, source in enumerate(checkpoints):
+        shutil.copyfile(source, repo / "model.pth")
+        before = tree_bytes(repo / ".git")
+        git(env, repo, "add", "model.pth")
+        git(env, repo, "commit", "-qm", f"step {index}")
+        growth.append(tree_bytes(repo / ".git") - before)
+    size = checkpoints[0].stat().st_size
+    later = statistics.mean(growth[1:]) / size if len(growth) > 1 else growth[0] / size
+    first = growth[0] / size
+    figures.values["growth per commit"] = later
+    figures.values["amortised"] = (first + DELTA_DEPTH * later) / (DELTA_DEPTH + 1)
+    back = f"HEAD~{len(checkpoints) - 1}"
+    figures.values["checkout first"] = measure(["git", "checkout", "-q", back], repo, env).seconds
+    figures.values["checkout last"] = measure(["git", "checkout", "-q", "main"], repo, env).seconds
+    shutil.rmtree(repo)
+    return figures
+
+
+def small_tensors(tool: str, checkpoint: Path, workdir: Path) -> Figures:
+    repo, env = _repo(tool, workdir, "small")
+    figures = Figures()
+    shutil.copyfile(checkpoint, repo / "model.pth")
+    add = measure(["git", "add", "model.pth"], repo, env)
+    figures.values["add"] = add.seconds
+    git(env, repo, "commit", "-qm", "small tensors")
+    git(env, repo, "rm", "-q", "model.pth")
+    git(env, repo, "commit", "-qm", "removed")
+    figures.values["checkout"] = measure(["git", "checkout", "-q", "HEAD~1"], repo, env).seconds
+    shutil.rmtree(repo)
+    return figures
+
+
+def shell_loop(tool: str, checkpoints: list[Path], workdir: Path) -> Figures:
+    """Median seconds per step of ``git add`` + ``git commit``, and for theta of
+    ``git theta commit`` (which stages in-process).
+    """
+    figures = Figures()
+    ways = {"per commit": (("add", "model.pth"), ("commit", "-qm", "step"))}
+    if tool == "theta":
+        ways["per commit (git theta commit)"] = (("theta", "commit", "-m", "step", "model.pth"),)
+    for figure, commands in ways.items():
+        repo, env = _repo(tool, workdir, f"loop-{len(figures.values)}")
+        seconds = []
+        for source in checkpoints:
+            shutil.copyfile(source, repo / "model.pth")  # a fresh mtime, as a training loop's save
+            start = time.perf_counter()
+            for command in commands:
+                git(env, repo, *command)
+            seconds.append(time.perf_counter() - start)
+        shutil.rmtree(repo)
+        figures.values[figure] = statistics.median(seconds)
+    return figures
+
+
+def _packet(text: bytes) -> bytes:
+    return b"%04x" % (len(text) + 4) + text
+
+
+def handshake_seconds(workdir: Path, tries: int = 5) -> float:
+    """Median time from starting the filter to its answer to git's capabilities."""
+    repo, env = _repo("theta", workdir, "handshake")
+    times = []
+    for _ in range(tries):
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            ["git-theta", "filter-process"],  # as filter.theta.process starts it
+            cwd=repo,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(_packet(b"git-filter-client\n") + _packet(b"version=2\n") + b"0000")
+        process.stdin.write(_packet(b"capability=clean\n") + _packet(b"capability=smudge\n"))
+        process.stdin.write(b"0000")
+        process.stdin.flush()
+        answer = b""
+        while answer.count(b"0000") < 2:  # the version flush, then the capabilities flush
+            chunk = process.stdout.read(1)
+            if not chunk:
+                break
+            answer += chunk
+        times.append(time.perf_counter() - start)
+        process.stdin.close()
+        process.wait()
+    shutil.rmtree(repo)
+    return statistics.median(times)
+
+
+# -- the report -----------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or not b else f"{a / b:.2f}"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def render(results: dict[str, dict[str, Figures]], handshake: float, sizes: dict) -> str:
+    tools = [t for t in TOOLS if t in results]
+    lines = [
+        f"Training run: {sizes['params'] / 1e6:.1f}M parameters, Adam lr {LEARNING_RATE:g}, "
+        f"{sizes['steps']} commits, one per step; growth per commit is commits 2-{sizes['steps']}"
+        f" as a share of the checkpoint; amortised adds a full object every {DELTA_DEPTH + 1} "
+        "commits.",
+        "",
+        "| scenario | figure | " + " | ".join(tools) + " | theta / git-lfs | theta / git |",
+        "|" + " --- |" * (len(tools) + 4),
+    ]
+    checks: list[tuple[str, float | None, float]] = []
+
+    def row(scenario: str, figure: str, fmt=lambda v: f"{v:.3f}") -> dict[str, float | None]:
+        values = {t: results[t].get(scenario, Figures()).values.get(figure) for t in tools}
+        cells = " | ".join("n/a" if values[t] is None else fmt(values[t]) for t in tools)
+        theta = values.get("theta")
+        lfs, plain = _ratio(theta, values.get("git-lfs")), _ratio(theta, values.get("plain git"))
+        lines.append(f"| {scenario} | {figure} | {cells} | {lfs} | {plain} |")
+        return values
+
+    def seconds(value: float) -> str:
+        return f"{value:.2f} s"
+
+    for variant, limit in TARGETS.items():
+        scenario = f"training {variant}"
+        row(scenario, "growth per commit", lambda v: f"{v:.3f}×")
+        amortised = row(scenario, "amortised", lambda v: f"{v:.3f}×")["theta"]
+        checks.append((f"{scenario}: growth per commit (amortised) ≤ {limit}×", amortised, limit))
+        for figure in ("checkout first", "checkout last"):
+            values = row(scenario, figure, seconds)
+            if values.get("git-lfs"):
+                checks.append(
+                    (
+                        f"{scenario}: {figure}, theta / git-lfs ≤ 1.0",
+                        values["theta"] / values["git-lfs"],
+                        1.0,
+                    )
+                )
+    small_scenario = f"{sizes['small_tensors']} tensors of 16 KB"
+    small = {figure: row(small_scenario, figure, seconds) for figure in ("add", "checkout")}
+    loop = row("MLP 784-128-64-10, add + commit in a loop", "per commit", seconds)
+    fast = row(
+        "MLP 784-128-64-10, add + commit in a loop", "per commit (git theta commit)", seconds
+    )
+    for name, values, limit in (
+        ("small tensors: add, theta / git-lfs ≤ 1.0", small["add"], 1.0),
+        ("small tensors: checkout, theta / git-lfs ≤ 1.5", small["checkout"], 1.5),
+        ("shell loop: per commit, theta / git-lfs ≤ 1.5", loop, 1.5),
+        (
+            "shell loop with `git theta commit`: per commit, theta / git-lfs ≤ 1.5",
+            {"theta": fast.get("theta"), "git-lfs": loop.get("git-lfs")},
+            1.5,
+        ),
+    ):
+        if values.get("git-lfs") and values.get("theta") is not None:
+            checks.append((name, values["theta"] / values["git-lfs"], limit))  # type: ignore[operator]
+    checks.append(("filter handshake ≤ 0.060 s", handshake, 0.060))
+    lines += ["", f"Filter start-up to the handshake's answer: {handshake * 1000:.0f} ms.", ""]
+    lines += ["| target | measured | met |", "| --- | --- | --- |"]
+    for name, measured, limit in checks:
+        shown = "n/a" if measured is None else f"{measured:.3f}"
+        lines.append(
+            f"| {name} | {shown} | {'n/a' if measured is None else _met(measured <= limit)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    sizes = dict(QUICK if args.quick else FULL)
+    have_lfs = subprocess.run(["git", "lfs", "version"], capture_output=True).returncode == 0
+    tools = [t for t in args.tools.split(",") if t in TOOLS and (have_lfs or t != "git-lfs")]
+    with tempfile.TemporaryDirectory(prefix="theta-bench-storage-", dir=args.workdir) as tmp:
+        workdir = Path(tmp)
+        print("making checkpoints ...", file=sys.stderr)
+        training = training_checkpoints(
+            workdir / "checkpoints", sizes["width"], sizes["layers"], sizes["steps"]
+        )
+        sizes["params"] = sizes["layers"] * (sizes["width"] ** 2 + sizes["width"])
+        small = small_tensor_checkpoint(workdir / "checkpoints", sizes["small_tensors"])
+        loop = mlp_checkpoints(workdir / "checkpoints", sizes["loop_steps"])
+        results: dict[str, dict[str, Figures]] = {}
+        for tool in tools:
+            print(f"{tool} ...", file=sys.stderr)
+            scratch = workdir / tool.replace(" ", "-")
+            results[tool] = {
+                f"training {variant}": training_run(
+                    tool, paths, scratch / variant.replace(" + ", "-")
+                )
+                for variant, paths in training.items()
+            }
+            results[tool][f"{sizes['small_tensors']} tensors of 16 KB"] = small_tensors(
+                tool, small, scratch / "small"
+            )
+            results[tool]["MLP 784-128-64-10, add + commit in a loop"] = shell_loop(
+                tool, loop, scratch / "loop"
+            )
+        handshake = handshake_seconds(workdir / "handshake")
+        print(render(results, handshake, sizes), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Staging model files in-process: clean into the store, then write the index entry.
+
+``git add`` runs the filter in a new process, and ``git commit`` runs it again
+for every file whose modification time is in the same second as the index
+("racy git"). For a small model saved and committed at every training step,
+those two process starts cost more than the work. The Python API and
+``git theta commit`` stage here instead, and ``git theta commit`` makes the
+commit with git's plumbing, which does not re-read the work tree.
+
+Racy git stays correct: the index entry gets the stat data the file had
+*before* it was read, so a file written again while (or after) it was
+cleaned no longer matches that stat data, and git cleans it again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pygit2
+
+from .api import NotTrackedError
+from .clean import clean
+from .gitrepo import GitRepo
+from .history import read_manifest_blob
+from .locks import writer_lock
+
+__all__ = [
+    "NotTrackedError",
+    "check_tracked",
+    "stage_file",
+    "write_index_entry",
+    "staged_payloads",
+    "commit_index",
+]
+
+
+def check_tracked(repo: GitRepo, path: str) -> None:
+    """Raise :class:`NotTrackedError` unless .gitattributes routes ``path`` through theta."""
+    # `git check-attr` reads the work tree's .gitattributes, committed or not,
+    # as `git add` does.
+    line = repo.git("check-attr", "filter", operands=[path]).strip()
+    if not line.endswith(": filter: theta"):
+        raise NotTrackedError(path)
+
+
+def staged_payloads(git: pygit2.Repository, path: str) -> list[str]:
+    """The staged version's payload objects, in file order: clean compares with them
+    instead of rewriting, and stores changed tensors as deltas against them.
+    """
+    git.index.read()
+    try:
+        blob_id = git.index[path].id
+    except KeyError:
+        return []
+    manifest = read_manifest_blob(git, blob_id)
+    return [splice.oid for splice in manifest.splices] if manifest is not None else []
+
+
+def write_index_entry(
+    git: pygit2.Repository, path: str, blob_id: pygit2.Oid, stat: os.stat_result
+) -> None:
+    """Put ``blob_id`` in the index at ``path`` with the work-tree file's stat data,
+    as ``git add`` does.
+
+    pygit2's IndexEntry has no stat fields, and an entry without them
+    makes git read (and clean) the file again at the next status or
+    commit, so the entry is filled through pygit2's own cffi bindings.
+    """
+    from pygit2.errors import check_error
+    from pygit2.ffi import C, ffi
+
+    entry = ffi.new("git_index_entry *")
+    for name, nanoseconds in (("ctime", stat.st_ctime_ns), ("mtime", stat.st_mtime_ns)):
+        getattr(entry, name).seconds = nanoseconds // 1_000_000_000
+        getattr(entry, name).nanoseconds = nanoseconds % 1_000_000_000
+    entry.dev = stat.st_dev & 0xFFFFFFFF
+    entry.ino = stat.st_ino & 0xFFFFFFFF
+    entry.mode = 0o100755 if stat.st_mode & 0o100 else 0o100644
+    entry.uid = stat.st_uid & 0xFFFFFFFF
+    entry.gid = stat.st_gid & 0xFFFFFFFF
+    entry.file_size = stat.st_size & 0xFFFFFFFF
+    ffi.buffer(ffi.addressof(entry, "id"))[:] = blob_id.raw
+    c_path = ffi.new("char[]", os.fsencode(path))
+    entry.path = c_path
+    index = git.index
+    index.read()
+    # A stage-0 entry resolves a conflict only once the conflict's stages are gone,
+    # as `git add` does.
+    if index.conflicts is not None and path in index.conflicts:
+        del index.conflicts[path]
+    check_error(C.git_index_add(index._index, entry))
+    index.write()
+
+
+def stage_file(repo: GitRepo, git: pygit2.Repository, relative: str) -> None:
+    """Clean the work-tree file ``relative`` into the store and stage its manifest.
+
+    The stat data is taken before the file is read: if the file changes
+    while it is being cleaned, the entry does not match it, and git cleans it
+    again at the next status or commit.
+    """
+    assert repo.worktree is not None
+    check_tracked(repo, relative)
+    target = Path(repo.worktree) / relative
+    store = repo.store()
+    with writer_lock(repo.theta_dir):
+        stat = target.stat()
+        with (
+            target.open("rb", buffering=0) as file,
+            store.expecting(staged_payloads(git, relative)),
+        ):
+            manifest = clean(file, store, relative)
+        write_index_entry(git, relative, git.create_blob(manifest), stat)
+
+
+def commit_index(repo: GitRepo, message: str) -> str:
+    """Commit the index as it is, with git's plumbing; returns the new commit's id.
+
+    ``git commit`` would first refresh the index, cleaning again every file
+    saved in the same second as the index was written. ``write-tree`` takes
+    the index as it is. Commit hooks do not run.
+    """
+    tree = repo.git("write-tree").strip()
+    parent = repo.git("rev-parse", "--verify", "-q", "HEAD", check=False).strip()
+    # Ids that git printed are fused into options or passed after --end-of-options.
+    parents = [f"-p{parent}"] if parent else []
+    commit = repo.git("commit-tree", *parents, revisions=[tree], input=message.encode()).strip()
+    subject = message.splitlines()[0] if message.strip() else ""
+    reason = f"-m{'commit' if parent else 'commit (initial)'}: {subject}"
+    # The old value makes the update fail if HEAD moved meanwhile, as git commit's does.
+    repo.git("update-ref", reason, revisions=["HEAD", commit, parent or "0" * 40])
+    return commit

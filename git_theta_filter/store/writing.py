@@ -1,0 +1,322 @@
+"""Writing objects into the local store: hashed as they stream, stored encoded.
+
+An object's id is the sha256 of its canonical bytes, computed on a second
+thread while the payload is written. How it is stored (``docs/store.md``):
+
+* small objects (canonical size under :data:`PACK_BELOW`) are collected in
+  memory and, inside :meth:`LocalStore.packing`, appended to one pack per
+  clean; outside it they become loose files;
+* larger ones stream into a temp file through :class:`EncodingWriter`, whose
+  worker threads encode blocks while this thread reads the next ones;
+* either way, an object that is already stored is not written again.
+
+When the store expects an object with the same header (the previous version
+of the same tensor, see :meth:`LocalStore.expecting`), the payload is first
+compared with it: while they agree nothing is hashed or written. At the first
+difference, the expected object becomes the *delta base* of the new one
+(unless its chain is already at the depth limit), and the agreeing prefix is
+replayed from it into the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, BinaryIO
+
+from ..errors import ThetaError
+from . import fileio
+from .encoded import EncodingWriter, ObjectReader, StoredObject, width_for
+from .object_format import ObjectFormatError, ObjectHeader, encode_header
+
+if TYPE_CHECKING:
+    from .local import LocalStore
+
+__all__ = [
+    "ObjectWriter",
+    "UnsizedObjectWriter",
+    "ExpectedObject",
+    "UnbufferedOutput",
+    "encoding_width",
+    "PACK_BELOW",
+    "COPY_CHUNK",
+]
+
+COPY_CHUNK = 1 << 20
+# Objects smaller than this (canonical bytes) go into packs, and are encoded in memory.
+PACK_BELOW = 1 << 20
+
+# The object's sha256 runs on this thread while the caller's thread hands the
+# same bytes to the encoder; both release the GIL on large buffers.
+_object_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theta-object-hash")
+# Below this, handing a buffer to the thread costs more than it saves.
+_HASH_IN_PARALLEL_FROM = 1 << 16
+
+
+class UnbufferedOutput(io.RawIOBase):
+    """The temp file as the encoder's output: every write goes all the way down."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        super().__init__()
+        self._file = file
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        fileio.write_all(self._file, data)
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        return self._file.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._file.truncate(size)
+
+
+class ExpectedObject:
+    """An existing object being compared, chunk by chunk, with a payload that streams in."""
+
+    def __init__(self, stored: StoredObject) -> None:
+        self.stored = stored
+        self.oid = stored.oid
+        # The canonical bytes, decoded on worker threads as the comparison goes.
+        self._reader = ObjectReader(stored, verify=False)
+        self._owner = True  # closing the reader closes ``stored``
+        self._buffer = bytearray()
+
+    def matches(self, data: bytes | bytearray | memoryview) -> bool:
+        incoming = memoryview(data).cast("B")
+        if len(self._buffer) < len(incoming):
+            self._buffer = bytearray(len(incoming))
+        view = memoryview(self._buffer)[: len(incoming)]
+        filled = 0
+        while filled < len(view) and (count := self._reader.readinto(view[filled:])):
+            filled += count
+        # The count check keeps stale bytes of the reused buffer out of the
+        # comparison; startswith() compares with memcmp, where memoryview's
+        # == would go byte by byte, thirty times slower.
+        return filled == len(incoming) and self._buffer.startswith(incoming)
+
+    def iter_prefix(self, size: int) -> Iterator[memoryview]:
+        """The first ``size`` payload bytes, in chunks of one reused buffer."""
+        self._reader.seek(self.stored.header.data_offset)
+        buffer = memoryview(bytearray(min(size, COPY_CHUNK) or 1))
+        left = size
+        while left:
+            count = self._reader.readinto(buffer[: min(left, len(buffer))])
+            if not count:
+                raise ObjectFormatError(self.oid, "payload ends early")
+            yield buffer[:count]
+            left -= count
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def encoding_width(dtype: str, nbytes: int, header_size: int) -> int:
+    """The byte planes an object is stored in.
+
+    Small objects are plain zstd (one plane), without deltas: that needs no
+    numpy, and most bytes of a model are in its large tensors anyway.
+    """
+    return 1 if header_size + nbytes < PACK_BELOW else width_for(dtype, nbytes)
+
+
+class ObjectWriter:
+    """Streams one object with a known payload size into the store."""
+
+    def __init__(self, store: LocalStore, dtype: str, shape: tuple[int, ...], nbytes: int) -> None:
+        self._store = store
+        self._expected = nbytes
+        self._written = 0
+        self._header = encode_header(dtype, shape, nbytes)
+        self._object_header = ObjectHeader(dtype, shape, len(self._header), nbytes)
+        self._small = len(self._header) + nbytes < PACK_BELOW
+        self._width = encoding_width(dtype, nbytes, len(self._header))
+        self._hash = hashlib.sha256(self._header)
+        self._same = store._take_expected(self._header)
+        self._base: ExpectedObject | None = None  # kept open while it serves as delta base
+        self._memory: bytearray | None = None  # a small object's payload
+        self._file: BinaryIO | None = None  # a large object's temp file
+        self._encoder: EncodingWriter | None = None
+        self.oid: str | None = None
+        if self._same is None:
+            self._start(None)
+
+    def _start(self, base: StoredObject | None) -> None:
+        if self._small:
+            self._memory = bytearray()
+            return
+        self._file, self._tmp_path = self._store._open_temp()
+        try:
+            if self._store.compression:
+                self._encoder = EncodingWriter(
+                    UnbufferedOutput(self._file),
+                    self._header,
+                    self._object_header,
+                    self._width,
+                    base,
+                )
+            else:
+                fileio.write_all(self._file, self._header)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _store_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        if self._memory is not None:
+            self._memory += memoryview(data).cast("B")
+        elif self._encoder is not None:
+            self._encoder.write(data)
+        else:
+            assert self._file is not None
+            fileio.write_all(self._file, data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash and store ``data``; the caller may reuse its buffer when this returns."""
+        if self._same is not None:
+            if self._same.matches(data):
+                self._written += len(data)
+                return
+            self._diverge()
+        if len(data) < _HASH_IN_PARALLEL_FROM:
+            self._hash.update(data)
+            self._store_bytes(data)
+        else:
+            hashed = _object_hasher.submit(self._hash.update, data)
+            try:
+                self._store_bytes(data)
+            finally:
+                hashed.result()
+        self._written += len(data)
+
+    def _diverge(self) -> None:
+        """Stop comparing: the expected object becomes the delta base (if its chain
+        allows), and the payload bytes that agreed so far are replayed from it.
+        """
+        assert self._same is not None
+        same, self._same = self._same, None
+        self._base = same
+        usable = same.stored.depth < self._store.max_delta_depth  # 0 without compression
+        self._start(same.stored if usable else None)
+        for chunk in same.iter_prefix(self._written):
+            self._hash.update(chunk)
+            self._store_bytes(chunk)
+
+    def commit(self) -> str:
+        if self._written != self._expected:
+            self.abort()
+            raise ThetaError(f"object payload was {self._written} bytes, expected {self._expected}")
+        if self._same is not None:
+            self.oid = self._same.oid
+            self._same.close()
+            self._same = None
+            self._store._freshen(self.oid)
+            return self.oid
+        oid = self._hash.hexdigest()
+        try:
+            if self._memory is not None:
+                self._store._add_small(oid, self._header, self._object_header, self._memory)
+            else:
+                if self._encoder is not None:
+                    self._encoder.finish(oid)
+                assert self._file is not None
+                self._store._link_temp(self._file, self._tmp_path, oid)
+                self._file = None
+        finally:
+            self.abort()
+        self.oid = oid
+        return oid
+
+    def commit_received(self) -> str:
+        """Store the payload bytes received so far as a U8 object, when the input ended early."""
+        partial = UnsizedObjectWriter(self._store)
+        try:
+            if self._same is not None:
+                for chunk in self._same.iter_prefix(self._written):
+                    partial.write(chunk)
+            else:
+                self._replay_received(partial)
+        except BaseException:
+            partial.abort()
+            raise
+        finally:
+            self.abort()
+        return partial.commit()
+
+    def _replay_received(self, partial: UnsizedObjectWriter) -> None:
+        if self._memory is not None:
+            partial.write(self._memory)
+            return
+        assert self._file is not None
+        if self._encoder is not None:
+            for chunk in self._encoder.replay():
+                partial.write(chunk)
+            return
+        self._file.seek(len(self._header))
+        for chunk in iter(lambda: self._file.read(COPY_CHUNK), b""):  # type: ignore[union-attr]
+            partial.write(chunk)
+
+    def abort(self) -> None:
+        for expected in (self._same, self._base):
+            if expected is not None:
+                expected.close()
+        self._same = self._base = None
+        if self._encoder is not None:
+            self._encoder.abort()
+            self._encoder = None
+        if self._file is not None:
+            self._store._discard_temp(self._file, self._tmp_path)
+            self._file = None
+        self._memory = None
+
+
+class UnsizedObjectWriter:
+    """Streams a U8 object whose length is known only at the end (opaque files).
+
+    The payload goes to a temp file first; :meth:`commit` then streams it
+    through an :class:`ObjectWriter` of the now known size. This costs a
+    second pass, which only files that are neither torch zips nor
+    safetensors pay.
+    """
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+        self._file, self._tmp_path = store._open_temp()
+        self._written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        fileio.write_all(self._file, data)
+        self._written += len(data)
+
+    def commit(self) -> str:
+        self._file.flush()
+        self._file.seek(0)
+        try:
+            final = ObjectWriter(self._store, "U8", (self._written,), self._written)
+            try:
+                buffer = bytearray(COPY_CHUNK)
+                while count := self._file.readinto(buffer):
+                    final.write(memoryview(buffer)[:count])
+            except BaseException:
+                final.abort()
+                raise
+            oid = final.commit()
+        finally:
+            self.abort()
+        return oid
+
+    def abort(self) -> None:
+        self._store._discard_temp(self._file, self._tmp_path)

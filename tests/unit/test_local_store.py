@@ -1,0 +1,212 @@
+"""The local store with encodings and packs (docs/store.md): what clean writes, what
+every reader gets back, and the named errors for damaged packs and chains.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import canonical_bytes, sha256_bytes
+from safetensors.numpy import save as safetensors_save
+
+from git_theta_filter.clean import clean
+from git_theta_filter.manifest import Manifest
+from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
+from git_theta_filter.store.encoded import DeltaBaseMissingError, is_encoded
+from git_theta_filter.store.local import LocalStore, StoreSettings
+from git_theta_filter.store.pack import CorruptPackEntryError, PackTruncatedError
+from git_theta_filter.store.repack import repack, with_delta_bases
+
+BIG = 600 * 1024  # F32 elements: 2.4 MB, over the pack limit
+
+
+def weights(seed: int, count: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(count) * 0.02).astype(np.float32)
+
+
+def do_clean(store: LocalStore, data: bytes) -> Manifest:
+    return Manifest.parse(clean(io.BytesIO(data), store, "model.safetensors", warn=print))
+
+
+def smudged(store: LocalStore, manifest: Manifest) -> bytes:
+    out = bytearray()
+    prepare_smudge(manifest.render(), store, "model.safetensors").write(out.extend)
+    return bytes(out)
+
+
+def files_under(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "theta")
+
+
+def test_clean_of_thousands_of_small_tensors_writes_one_pack(store: LocalStore) -> None:
+    tensors = {f"layer{i}.w": weights(i, 64) for i in range(3000)}
+    data = safetensors_save(tensors)
+    manifest = do_clean(store, data)
+    assert files_under(store.objects_dir) == []
+    packs = files_under(store.packs_dir)
+    assert [p.suffix for p in packs] == [".idx", ".pack"]
+    assert len(store.packs()) == 1 and len(set(store.iter_oids())) == 3001  # and the skeleton
+    assert smudged(store, manifest) == data
+    assert files_under(store.tmp_dir) == []
+
+
+def test_a_mix_of_packed_and_loose_encoded_objects_round_trips(store: LocalStore) -> None:
+    tensors = {"big": weights(1, BIG), "small": weights(2, 100), "ints": np.arange(10**6)}
+    data = safetensors_save(tensors)
+    manifest = do_clean(store, data)
+    loose = files_under(store.objects_dir)
+    assert len(loose) == 2  # big and ints; small and the skeleton are packed
+    assert all(is_encoded(path.read_bytes()[:4]) for path in loose)
+    assert sum(path.stat().st_size for path in loose) < 0.9 * (BIG * 4 + 8 * 10**6)
+    assert smudged(store, manifest) == data
+    for entry in manifest.tensors:
+        raw = canonical_bytes(store, entry.oid)
+        assert sha256_bytes(raw) == entry.oid
+
+
+def test_compression_off_writes_canonical_objects(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "theta", lambda: StoreSettings(compression=False))
+    data = safetensors_save({"big": weights(3, BIG)})
+    manifest = do_clean(store, data)
+    (loose,) = files_under(store.objects_dir)
+    assert sha256_bytes(loose.read_bytes()) == manifest.tensors[0].oid
+
+
+def versions(count: int) -> list[bytes]:
+    rng = np.random.default_rng(7)
+    current = weights(8, BIG)
+    out = []
+    for _ in range(count):
+        out.append(safetensors_save({"w": current, "b": weights(9, 10)}))
+        current = current + (rng.standard_normal(BIG) * 1e-4).astype(np.float32)
+    return out
+
+
+def test_each_version_is_a_delta_of_the_previous_up_to_the_depth_limit(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "theta", lambda: StoreSettings(max_delta_depth=3))
+    previous: list[str] = []
+    depths = []
+    manifests = []
+    for data in versions(9):
+        with store.expecting(previous):
+            manifest = do_clean(store, data)
+        manifests.append((manifest, data))
+        previous = [splice.oid for splice in manifest.splices]
+        (w,) = [t for t in manifest.tensors if t.name == "w"]
+        stored = store.open_stored(w.oid)
+        depths.append(stored.depth)
+        stored.close()
+    assert depths == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    full = store.size(manifests[0][0].tensors[1].oid)
+    delta = store.size(manifests[1][0].tensors[1].oid)
+    assert delta < full
+    for manifest, data in manifests:  # the end of a chain decodes like its start
+        assert smudged(store, manifest) == data
+    for oid in store.iter_oids():
+        store.verify(oid)
+
+
+def _two_versions(store: LocalStore) -> tuple[Manifest, Manifest, str, str]:
+    first, second = versions(2)
+    old = do_clean(store, first)
+    with store.expecting([splice.oid for splice in old.splices]):
+        new = do_clean(store, second)
+    base = next(t.oid for t in old.tensors if t.name == "w")
+    delta = next(t.oid for t in new.tensors if t.name == "w")
+    return old, new, base, delta
+
+
+def test_a_missing_delta_base_fails_smudge_before_output_and_fsck_finds_it(
+    store: LocalStore,
+) -> None:
+    _old, new, base, delta = _two_versions(store)
+    assert with_delta_bases(store, {delta}) == {delta, base}
+    os.remove(store.object_path(base))
+    with pytest.raises(DeltaBaseMissingError) as caught:
+        prepare_smudge(new.render(), store, "model.safetensors")
+    assert caught.value.oid == delta and caught.value.base == base
+    with pytest.raises(DeltaBaseMissingError):
+        store.verify(delta)
+
+
+def test_a_corrupt_pack_entry_is_a_named_error(store: LocalStore) -> None:
+    manifest = do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(20)}))
+    ((pack, index),) = store.packs().items()
+    oid, offset, length = next(index.entries())
+    data = bytearray(pack.read_bytes())
+    data[offset + length - 3] ^= 0xFF  # inside the entry's last plane
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    with pytest.raises(CorruptPackEntryError) as caught:
+        store.verify_packed(pack, oid)
+    assert caught.value.oid == oid and caught.value.pack == pack
+    assert pack.name in str(caught.value)
+    with pytest.raises(SmudgeVerificationError):  # smudge hashes the whole file instead
+        smudged(store, manifest)
+
+
+def test_a_truncated_pack_is_a_named_error_and_its_objects_are_not_served(
+    store: LocalStore,
+) -> None:
+    do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(20)}))
+    ((pack, index),) = store.packs().items()
+    oid = next(index.entries())[0]
+    size = pack.stat().st_size
+    os.truncate(pack, size - 100)
+    fresh = LocalStore(store.theta_dir)
+    assert not fresh.has(oid)
+    ((broken, error),) = fresh.broken_packs().items()
+    assert broken == pack and isinstance(error, PackTruncatedError)
+    assert "runs past the end of the pack" in str(error) and "git theta fsck" in error.hint
+
+
+def test_canonical_file_gives_the_canonical_bytes_of_any_stored_form(store: LocalStore) -> None:
+    _old, new, _base, delta = _two_versions(store)
+    for tensor in new.tensors:
+        with store.canonical_file(tensor.oid) as path:
+            assert sha256_bytes(path.read_bytes()) == tensor.oid
+    assert store.canonical_size(delta) == len(canonical_bytes(store, delta))
+    assert files_under(store.tmp_dir) == []
+
+
+def test_repack_puts_packs_and_small_loose_objects_into_one(store: LocalStore) -> None:
+    manifests = [
+        (do_clean(store, data), data)
+        for data in (
+            safetensors_save({f"a{i}": weights(i, 200) for i in range(10)}),
+            safetensors_save({f"b{i}": weights(100 + i, 200) for i in range(10)}),
+        )
+    ]
+    store.write_bytes(b"a small loose object")  # outside a clean: loose
+    before = set(store.iter_oids())
+    assert len(store.packs()) == 2
+    report = repack(store)
+    assert (report.packs_removed, report.loose_removed) == (2, 1)
+    assert len(store.packs()) == 1 and set(store.iter_oids()) == before
+    assert files_under(store.objects_dir) == []
+    for manifest, data in manifests:
+        assert smudged(store, manifest) == data
+    assert repack(store).packed_objects == 0  # already one pack: nothing to do
+
+
+def test_repack_encodes_a_large_object_that_was_stored_canonical(tmp_path: Path) -> None:
+    plain = LocalStore(tmp_path / "theta", lambda: StoreSettings(compression=False))
+    data = safetensors_save({"big": weights(4, BIG)})
+    manifest = do_clean(plain, data)
+    oid = manifest.tensors[0].oid
+    canonical_size = plain.size(oid)
+    store = LocalStore(tmp_path / "theta")  # as after a fetch: canonical, then repacked
+    assert repack(store).encoded_loose == 1
+    assert store.size(oid) < 0.95 * canonical_size
+    assert is_encoded(store.object_path(oid).read_bytes()[:4])
+    assert smudged(store, manifest) == data
+    assert repack(store).encoded_loose == 0
