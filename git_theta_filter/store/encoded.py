@@ -42,6 +42,7 @@ from .codec import (
     join_planes,
     split_planes,
 )
+from .integrity import ObjectCorruptError
 from .object_format import MAX_OBJECT_HEADER, ObjectFormatError, ObjectHeader, parse_header_bytes
 
 if TYPE_CHECKING:
@@ -468,9 +469,7 @@ class ObjectReader(io.RawIOBase):
             if self._hashed_to == self._size:
                 digest, self._hash = self._hash.hexdigest(), None
                 if digest != self.stored.oid:
-                    raise ObjectFormatError(
-                        self.stored.oid, f"decodes to bytes hashing to {digest}"
-                    )
+                    raise ObjectCorruptError(self.stored.oid, digest)
         self._pos += len(data)
         return len(data)
 

@@ -220,7 +220,7 @@ def test_a_flipped_payload_byte_fails_the_sha256_at_the_end(objects: Objects, en
     assert stored[plane] == 0  # mode raw
     position = plane + 5 + 10
     _corrupt(objects, oid, position, bytes([stored[position] ^ 1]))
-    with pytest.raises(ObjectFormatError, match="decodes to bytes hashing to"):
+    with pytest.raises(ObjectFormatError, match="content hashes to"):
         objects.read(oid)
 
 
