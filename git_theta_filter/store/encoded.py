@@ -72,7 +72,7 @@ MIN_BLOCK_SIZE = 4 << 10
 MAX_BLOCK_SIZE = 16 << 20
 MAX_DEPTH = 255
 _FIXED = struct.Struct("<4sBBBBIIQ32s32s")
-_OID_OFFSET = 24  # where the oid sits in _FIXED
+OID_OFFSET = 24  # where the oid sits in _FIXED
 _BLOCK_LENGTH = struct.Struct("<I")
 _NO_BASE = bytes(32)
 # Floating-point dtypes are split into byte planes; everything else is one plane.
@@ -599,7 +599,7 @@ class EncodingWriter:
                 f"{self._written} payload bytes, expected {self._encoded.payload_length}"
             )
         if not self._canonical:
-            self._out.seek(_OID_OFFSET)
+            self._out.seek(OID_OFFSET)
             self._out.write(bytes.fromhex(oid))
             self._out.seek(0, io.SEEK_END)
 

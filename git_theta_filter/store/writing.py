@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ThetaError
 from . import fileio
-from .encoded import EncodingWriter, ObjectReader, StoredObject, width_for
+from .encoded import OID_OFFSET, EncodingWriter, ObjectReader, StoredObject, width_for
+from .integrity import ObjectCorruptError
 from .object_format import ObjectFormatError, ObjectHeader, encode_header
 
 if TYPE_CHECKING:
@@ -233,12 +235,47 @@ class ObjectWriter:
                 if self._encoder is not None:
                     self._encoder.finish(oid)
                 assert self._file is not None
+                if self._base is not None and self._base.oid == oid:
+                    self._drop_damaged_base(oid)
                 self._store._link_temp(self._file, self._tmp_path, oid)
                 self._file = None
         finally:
             self.abort()
         self.oid = oid
         return oid
+
+    def _drop_damaged_base(self, oid: str) -> None:
+        """The object compared with claims this very id, yet its bytes differed: it is
+        damaged, and the delta just written depends on it. Decode the delta (XOR
+        with the same damaged bytes gives the good ones back) into a full
+        encoding, which replaces the damaged copy when it is linked.
+        """
+        assert self._file is not None and self._base is not None
+        damaged = self._base.stored
+        self._file.close()
+        fd = os.open(self._tmp_path, os.O_RDWR)
+        # Named by zeros for the moment: the format refuses an object that is its own base.
+        os.pwrite(fd, bytes(32), OID_OFFSET)
+        size = os.fstat(fd).st_size
+        delta = StoredObject("0" * 64, fd, 0, size, lambda _oid: damaged, owns_fd=True)
+        file, tmp_path = self._store._open_temp()
+        try:
+            encoder = EncodingWriter(
+                UnbufferedOutput(file), self._header, self._object_header, self._width
+            )
+            digest = hashlib.sha256(self._header)
+            with ObjectReader(delta, verify=False) as reader:  # opens at the payload
+                while chunk := reader.read(COPY_CHUNK):
+                    digest.update(chunk)
+                    encoder.write(chunk)
+            if digest.hexdigest() != oid:
+                raise ObjectCorruptError(oid, digest.hexdigest())
+            encoder.finish(oid)
+        except BaseException:
+            self._store._discard_temp(file, tmp_path)
+            raise
+        self._tmp_path.unlink(missing_ok=True)
+        self._file, self._tmp_path = file, tmp_path
 
     def commit_received(self) -> str:
         """Store the payload bytes received so far as a U8 object, when the input ended early."""

@@ -163,7 +163,7 @@ def test_clean_never_opens_a_fifo_planted_as_an_expected_object(
     data = torch_bytes({"w": torch.arange(64, dtype=torch.float32)})
     previous = payload_oids(clean_manifest(store, data))
     (oid,) = previous
-    path = store.object_path(oid)
+    path = loose_object(store, oid)
     fifo = path if planted == "fifo" else tmp_path / "outside-fifo"
     with store.expecting(previous):
         path.unlink()
@@ -182,7 +182,7 @@ def test_open_object_refuses_anything_but_a_regular_file_without_blocking(
     store: LocalStore, tmp_path: Path, planted: str
 ) -> None:
     oid = store.write_bytes(b"abcd")
-    path = store.object_path(oid)
+    path = loose_object(store, oid)
     good = tmp_path / "good-copy"
     good.write_bytes(path.read_bytes())
     path.unlink()
