@@ -124,10 +124,13 @@ def commit_index(repo: GitRepo, message: str) -> str:
     tree = repo.git("write-tree").strip()
     parent = repo.git("rev-parse", "--verify", "-q", "HEAD", check=False).strip()
     # Ids that git printed are fused into options or passed after --end-of-options.
-    parents = [f"-p{parent}"] if parent else []
-    commit = repo.git("commit-tree", *parents, revisions=[tree], input=message.encode()).strip()
+    if parent:
+        commit = repo.git("commit-tree", f"-p{parent}", revisions=[tree], input=message.encode())
+    else:
+        commit = repo.git("commit-tree", revisions=[tree], input=message.encode())
+    commit = commit.strip()
     subject = message.splitlines()[0] if message.strip() else ""
-    reason = f"-m{'commit' if parent else 'commit (initial)'}: {subject}"
+    kind = "commit" if parent else "commit (initial)"
     # The old value makes the update fail if HEAD moved meanwhile, as git commit's does.
-    repo.git("update-ref", reason, revisions=["HEAD", commit, parent or "0" * 40])
+    repo.git("update-ref", f"-m{kind}: {subject}", revisions=["HEAD", commit, parent or "0" * 40])
     return commit

@@ -345,7 +345,6 @@ class LocalStore:
         damaged = False
         if self.has(oid):
             if self._holds(oid):  # small: decoding it costs little
-                self._freshen(oid)
                 return
             damaged = True  # the good copy goes loose below, where lookups look first
         if self.compression:
@@ -368,17 +367,6 @@ class LocalStore:
             self._discard_temp(file, tmp_path)
             raise
         self._link_temp(file, tmp_path, oid)
-
-    def _freshen(self, oid: str) -> None:
-        """Mark an existing object as just used, so a gc grace period counts from now."""
-        try:
-            os.utime(self.object_path(oid))
-        except FileNotFoundError:
-            found = self._find_packed(oid)
-            if found is not None and found[3] != self.tmp_dir:
-                os.utime(found[3])
-        except OSError:
-            pass  # a read-only store still serves reads
 
     def _open_temp(self) -> tuple[BinaryIO, Path]:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -411,7 +399,6 @@ class LocalStore:
             os.link(path, final)
         except FileExistsError:
             if self._holds(oid):
-                self._freshen(oid)
                 return
             # A damaged copy: kept for inspection, and the good bytes renamed over it
             # in one step, so that the store gives back what was just written.

@@ -225,7 +225,6 @@ class ObjectWriter:
             self.oid = self._same.oid
             self._same.close()
             self._same = None
-            self._store._freshen(self.oid)
             return self.oid
         oid = self._hash.hexdigest()
         try:

@@ -52,7 +52,9 @@ class CopyingFetcher:
     def _copy(self, oid: str) -> Path:
         temporary = self.destination.tmp_dir / f"fetched-{oid}"
         temporary.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.source.object_path(oid), temporary)
+        # What a remote store would send: the canonical bytes (docs/store.md).
+        with self.source.canonical_file(oid) as canonical:
+            shutil.copyfile(canonical, temporary)
         return temporary
 
 
