@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,8 @@ __all__ = [
     "transfer_workers",
     "default_remote",
     "local_repository_path",
+    "remotes_in_lookup_order",
+    "remotes_to_try",
 ]
 
 THETACONFIG = ".thetaconfig"
@@ -207,3 +210,36 @@ def default_remote(repo: GitRepo) -> str:
     if "origin" in remotes or len(remotes) != 1:
         return "origin"
     return remotes[0]
+
+
+def remotes_in_lookup_order(repo: GitRepo, commit: str | None = None) -> list[str]:
+    """The remotes, in the order an object missing here is looked for (docs/remotes.md).
+
+    First those whose remote-tracking refs contain ``commit`` (the commit being
+    read, when known), then the current branch's remote (:func:`default_remote`),
+    then every other remote (in the order `git remote` lists them).
+    """
+    remotes = repo.git("remote", check=False).split()
+    containing: list[str] = []
+    if commit:
+        listing = repo.git(
+            "for-each-ref",
+            "--format=%(refname)",
+            f"--contains={commit}",
+            "refs/remotes/",
+            check=False,
+        )
+        refs = listing.split()
+        containing = [
+            r for r in remotes if any(ref.startswith(f"refs/remotes/{r}/") for ref in refs)
+        ]
+    return list(dict.fromkeys([*containing, default_remote(repo), *remotes]))
+
+
+def remotes_to_try(repo: GitRepo, commit: str | None = None) -> Iterator[tuple[str, ObjectStore]]:
+    """``(remote, store)`` for every remote that has a store, in lookup order; each store is
+    opened only when the one before it did not have what was wanted."""
+    for remote in remotes_in_lookup_order(repo, commit):
+        store = resolve_store(repo, remote)
+        if store is not None:
+            yield remote, store
