@@ -38,6 +38,7 @@ __all__ = [
     "TransferResult",
     "upload",
     "download",
+    "relay",
     "DOWNLOAD_PREFIX",
 ]
 
@@ -224,7 +225,9 @@ def _summary(verb: str, preposition: str, url: str, result: TransferResult) -> s
     return line
 
 
-def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
+def _fetch_verified(local: LocalStore, remote: ObjectStore, oid: str) -> Path:
+    """``oid`` from ``remote`` in a temp file of ``theta/tmp``, its sha256 checked; the
+    caller removes the file."""
     local.tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(
         dir=local.tmp_dir, prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".tmp"
@@ -237,6 +240,16 @@ def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
             got = hashlib.file_digest(file, "sha256").hexdigest()
         if got != oid:
             raise DownloadVerificationError(remote.url, oid, got)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
+    temp: Path | None = None
+    try:
+        temp = _fetch_verified(local, remote, oid)
         size = temp.stat().st_size
         local.import_verified(temp, oid)
         return size
@@ -246,7 +259,56 @@ def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
             raise StoreWriteError(local.theta_dir, exc) from exc
         raise
     finally:
-        temp.unlink(missing_ok=True)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+
+
+def relay(
+    local: LocalStore,
+    source: ObjectStore,
+    target: ObjectStore,
+    oids: Mapping[str, Sequence[int]],
+    *,
+    workers: int,
+    progress: type[Progress] = Progress,
+) -> TransferResult:
+    """Copy objects from ``source`` to ``target`` without adding them to the local store.
+
+    Each one passes through a temp file in ``theta/tmp`` and is verified on the
+    way, as a download is. ``oids`` maps each oid to the sizes its object file
+    may have (``object_sizes.py``), which a Git LFS source needs. A clone that
+    checked out only some versions can so fill a new store with all of them.
+    """
+    todo = sorted(oids)
+    if not todo:
+        return TransferResult()
+    source.prepare("download", {oid: oids[oid] for oid in todo})
+
+    def copy(oid: str) -> int | None:
+        temp = _fetch_verified(local, source, oid)
+        try:
+            size = temp.stat().st_size
+            target.prepare("upload", {oid: (size,)})
+            return size if target.put(oid, temp) else None
+        finally:
+            temp.unlink(missing_ok=True)
+
+    bar = progress(
+        "Copying tensors", len(todo), sum(sizes[0] if sizes else 0 for sizes in oids.values())
+    )
+    with writer_lock(local.theta_dir):  # gc removes temp files of theta/tmp
+        result, failures = _run_parallel(
+            todo,
+            copy,
+            target.preferred_workers or workers,
+            bar,
+            lambda oid: oids[oid][0] if oids[oid] else 0,
+        )
+    line = _summary("copied", f"from {source.url} to", target.url, result)
+    bar.finish(line if result.transferred else None)
+    if failures:
+        raise TransferFailedError("copy", target.url, failures, len(todo))
+    return result
 
 
 def _process_alive(pid: int) -> bool:

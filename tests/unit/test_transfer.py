@@ -24,6 +24,7 @@ from git_theta_filter.store.transfer import (
     DownloadVerificationError,
     TransferFailedError,
     download,
+    relay,
     upload,
 )
 
@@ -296,3 +297,35 @@ def test_the_filter_process_imports_neither_torch_nor_boto3():
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
     assert out.strip() == "[]"
+
+
+# -- relay ----------------------------------------------------------------------
+
+
+def test_relay_copies_between_stores_verified_and_never_into_the_local_store(local, tmp_path):
+    source_clone = LocalStore(tmp_path / "source-clone" / "theta")
+    oids = make_objects(source_clone, 4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    source, target = (
+        DirectoryStore(tmp_path / "a" / "objects"),
+        DirectoryStore(tmp_path / "b" / "objects"),
+    )
+    upload(source_clone, source, oids, workers=2, progress=QuietProgress)
+    # A corrupt copy in the source is refused, not passed on.
+    bad = source.root / oids[0][:2] / oids[0][2:4] / oids[0]
+    bad.chmod(0o644)
+    bad.write_bytes(b"not the object")
+    target.put(oids[1], source_clone.object_path(oids[1]))
+
+    with pytest.raises(TransferFailedError) as caught:
+        relay(local, source, target, {oid: () for oid in oids}, workers=2, progress=QuietProgress)
+    assert isinstance(caught.value.failures[oids[0]], DownloadVerificationError)
+    assert_store_valid(target.root, set(oids[1:]))
+    assert list(local.iter_oids()) == []
+    assert not any(local.tmp_dir.iterdir()), "relay left temp files behind"
+
+    result = relay(
+        local, source, target, {oid: () for oid in oids[1:]}, workers=2, progress=QuietProgress
+    )
+    assert (result.transferred, result.skipped) == (0, 3)
