@@ -41,6 +41,7 @@ from .errors import ThetaError
 from .filter import smudge_or_fetch, staged_payload_objects
 from .gitrepo import GitRepo
 from .history import open_pygit2, read_blob
+from .installation import FilterNotInstalledError, require_filter
 from .locks import writer_lock
 from .manifest import Manifest
 from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_metric
@@ -66,15 +67,6 @@ __all__ = [
     "UnsupportedDTypeError",
     "ThetaWarning",
 ]
-
-
-class FilterNotInstalledError(ThetaError):
-    def __init__(self, repo_path: Path) -> None:
-        super().__init__(
-            f"{repo_path}: the theta filter is not configured (filter.theta.process)",
-            hint="run `git theta install`",
-        )
-        self.repo_path = repo_path
 
 
 class NotTrackedError(ThetaError):
@@ -172,8 +164,7 @@ _TORCH_DTYPES = {
 def open(path: str | os.PathLike[str] = ".") -> Repository:  # noqa: A001 - the API's entry point, gtf.open
     """The repository that contains ``path``; checks that the theta filter is configured."""
     repo = GitRepo.discover(path)
-    if not repo.config_get("filter.theta.process"):
-        raise FilterNotInstalledError(repo.worktree or repo.git_dir)
+    require_filter(repo)
     return Repository(repo)
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .attributes import THETA_ATTRIBUTES, check_pattern, filter_lines, set_filter_line
+from .errors import ThetaError
 from .gitrepo import GitRepo, filter_command, run_git
 from .hooks import install_hooks, uninstall_hooks
 
 __all__ = [
+    "FilterNotInstalledError",
+    "require_filter",
     "ATTRIBUTES",
     "MERGE_DRIVER_NAME",
     "install",
@@ -28,6 +31,27 @@ __all__ = [
 
 ATTRIBUTES = THETA_ATTRIBUTES
 MERGE_DRIVER_NAME = "git-theta tensor-level merge"
+
+
+class FilterNotInstalledError(ThetaError):
+    """The theta filter is not configured, so git would take model files as they are."""
+
+    def __init__(self, repo_path: Path) -> None:
+        super().__init__(
+            f"{repo_path}: the theta filter is not configured (filter.theta.process)",
+            hint="run `git theta install`",
+        )
+        self.repo_path = repo_path
+
+
+def require_filter(repo: GitRepo) -> None:
+    """Refuse to write model files into a work tree whose git would not clean them.
+
+    Without the filter, the next ``git add`` (or ``commit -a``) of such a file
+    would store the whole raw checkpoint in history.
+    """
+    if not repo.config_get("filter.theta.process"):
+        raise FilterNotInstalledError(repo.worktree or repo.git_dir)
 
 
 def _scope_cwd(scope: str, repo: GitRepo | None) -> Path | None:

@@ -15,6 +15,7 @@ import pygit2
 from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, tree_manifests
+from .installation import require_filter
 from .inventory import _all_tips as all_ref_tips
 from .manifest import Manifest
 from .object_sizes import object_size_candidates
@@ -137,21 +138,26 @@ def pull(repo: GitRepo, remote: str) -> PullResult:
     """
     if repo.worktree is None:
         raise ThetaError("git theta pull needs a work tree")
+    require_filter(repo)
     git = open_pygit2(repo)
     refs = index_manifests(repo, git)
-    store = require_store(repo, remote)
     wanted: dict[str, int] = {}
     for ref in refs:
         wanted.update(ref.manifest.payload_lengths())
-    result = PullResult(
-        download(
-            repo.store(),
-            store,
-            wanted,
-            workers=transfer_workers(repo),
-            object_sizes=object_size_candidates(ref.manifest for ref in refs),
+    local = repo.store()
+    if all(local.has(oid) for oid in wanted):
+        # Nothing to download (e.g. after GIT_THETA_SKIP_SMUDGE=1): no store needed.
+        result = PullResult(TransferResult(skipped=len(wanted)))
+    else:
+        result = PullResult(
+            download(
+                local,
+                require_store(repo, remote),
+                wanted,
+                workers=transfer_workers(repo),
+                object_sizes=object_size_candidates(ref.manifest for ref in refs),
+            )
         )
-    )
     for ref in refs:
         if _write_if_manifest(repo, git, ref):
             result.written.append(ref.path)
