@@ -351,9 +351,8 @@ class Repository:
         blob = _blob_at(commit, relative, rev)
         target = self._worktree() / relative
         content = read_blob(self._git, blob.id)
-        plan = smudge_or_fetch(
-            content, self._store, relative, OnDemandFetcher(self._repo), repo=self._repo
-        )
+        fetcher = OnDemandFetcher(self._repo, str(commit.id))
+        plan = smudge_or_fetch(content, self._store, relative, fetcher, repo=self._repo)
         with writer_lock(self._repo.theta_dir):
             write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
             self._stage(relative, blob.id, _settled_stat(target))
@@ -385,7 +384,8 @@ class Repository:
         manifest = self._manifest_at(relative, rev)
         wanted = [t for t in manifest.tensors if t.name.startswith(prefix)]
         if any(not self._store.has(t.oid) for t in wanted):
-            OnDemandFetcher(self._repo).fetch_missing(manifest.render())
+            commit = str(resolve_commit(self._git, rev).id)
+            OnDemandFetcher(self._repo, commit).fetch_missing(manifest.render())
         users: dict[str, int] = {}
         for tensor in wanted:
             users[tensor.oid] = users.get(tensor.oid, 0) + 1

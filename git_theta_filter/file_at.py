@@ -69,11 +69,13 @@ class NoSuchFileError(ThetaError):
 
 @dataclass(frozen=True)
 class FileAt:
-    """A file as one revision holds it; ``revision`` is "" for the index."""
+    """A file as one revision holds it; ``revision`` is "" (and ``commit`` None) for the
+    index."""
 
     revision: str
     path: str
     blob_id: pygit2.Oid
+    commit: str | None = None
 
 
 def _top_relative(repo: GitRepo, path: str, cwd: Path | None) -> str:
@@ -102,14 +104,15 @@ def locate_file(repo: GitRepo, spec: str, cwd: Path | None = None) -> FileAt:
         except (KeyError, ValueError):
             raise NoSuchFileError("", path or raw_path) from None
         return FileAt("", path, entry.id)
-    tree = resolve_commit(git, revision).tree
+    commit = resolve_commit(git, revision)
+    tree = commit.tree
     try:
         found = tree[path] if path else None
     except KeyError:
         found = None
     if found is None or found.type != pygit2.enums.ObjectType.BLOB:
         raise NoSuchFileError(revision, path or raw_path)
-    return FileAt(revision, path, found.id)
+    return FileAt(revision, path, found.id, str(commit.id))
 
 
 def write_file_at(repo: GitRepo, file: FileAt, write: Write) -> None:
@@ -125,7 +128,7 @@ def write_file_at(repo: GitRepo, file: FileAt, write: Write) -> None:
         content = read_blob(git, file.blob_id)
         # A git-lfs pointer (a version from before theta) is its git-lfs object.
         if looks_like_manifest(content) or parse_lfs_pointer(content) is not None:
-            fetcher = OnDemandFetcher(repo)
+            fetcher = OnDemandFetcher(repo, file.commit)
             smudge_or_fetch(content, repo.store(), file.path, fetcher, repo=repo).write(write)
             return
     with pygit2.BlobIO(git[file.blob_id].peel(pygit2.Blob)) as stream:

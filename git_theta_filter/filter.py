@@ -52,10 +52,16 @@ class ThetaFilter:
         with self.store.expecting(staged_payload_objects(self.repo, pathname)):
             return clean(content, self.store, pathname)
 
-    def prepare_smudge(self, pathname: str, content: Readable) -> SmudgePlan:
+    def prepare_smudge(
+        self, pathname: str, content: Readable, treeish: str | None = None
+    ) -> SmudgePlan:
+        """``treeish`` is the commit git checks out, when it says (git 2.27+): the remotes
+        that have it are asked first for missing objects."""
         data = read_smudge_input(content, pathname)
         if self.skip_smudge:
             return SmudgePlan(pathname, self.store, None, passthrough=data)
+        if self.fetcher is not None:
+            self.fetcher.reading(treeish)
         return smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
 
 
@@ -90,17 +96,22 @@ def smudge_or_fetch(
 ) -> SmudgePlan:
     """:func:`smudge.prepare_smudge`, fetching what the local store lacks first if need be.
 
-    Every object the file lacks comes down in one batch; if the remote's store
-    lacks one too (or there is no ``fetcher``), the error is the one the local
-    store gave. With ``repo``, a git-lfs pointer (a version from before the
-    file was tracked) is the file in ``repo``'s git-lfs storage; where that
-    storage is costs a ``git config``, asked only for a pointer.
+    Every object the file lacks comes down in one batch per remote store
+    (:mod:`on_demand`). Without a ``fetcher`` the error is the one the local
+    store gave; with one, an object no store has raises the fetcher's account
+    of where it looked (:meth:`OnDemandFetcher.unavailable`). With ``repo``, a
+    git-lfs pointer (a version from before the file was tracked) is the file in
+    ``repo``'s git-lfs storage; where that storage is costs a ``git config``,
+    asked only for a pointer, and theta's stores are not asked for it.
     """
     lfs = repo.lfs_storage() if repo is not None and looks_like_lfs_pointer(content) else None
     try:
         return prepare_smudge(content, store, path, lfs)
     except ObjectMissingError:
-        if fetcher is None:
+        if fetcher is None or lfs is not None:
             raise
-        fetcher.fetch_missing(content)
+    fetcher.fetch_missing(content)
+    try:
         return prepare_smudge(content, store, path)
+    except ObjectMissingError as exc:
+        raise fetcher.unavailable(exc) from None

@@ -8,7 +8,9 @@ Git's contract (gitattributes(5), "Long Running Filter Process"), all in pkt-lin
   filter answers with the subset it supports, flush.
 * Each request: ``command=clean|smudge``, ``pathname=<path>`` and possibly
   more ``key=value`` lines, flush, the content packets, flush. The filter
-  reads the whole request before answering.
+  reads the whole request before answering. A smudge for a checkout of a
+  commit also has ``ref=`` (when a branch is checked out), ``treeish=<commit>``
+  and ``blob=<blob id>`` (git 2.27+); ``treeish`` reaches the handler.
 * Each response: ``status=success``, flush, the content packets, flush, then
   a second status list; an empty one (just flush) keeps "success", and
   ``status=error`` there marks the file failed even after content was sent.
@@ -45,7 +47,9 @@ class FilterHandler(Protocol):
 
     def clean(self, pathname: str, content: PktLineReader) -> bytes: ...
 
-    def prepare_smudge(self, pathname: str, content: PktLineReader) -> SmudgeOutput: ...
+    def prepare_smudge(
+        self, pathname: str, content: PktLineReader, treeish: str | None
+    ) -> SmudgeOutput: ...
 
 
 Report = Callable[[BaseException, str], None]
@@ -96,7 +100,7 @@ def serve(
         elif command == "clean":
             _serve_clean(reader, writer, handler, report, pathname)
         else:
-            _serve_smudge(reader, writer, handler, report, pathname)
+            _serve_smudge(reader, writer, handler, report, pathname, headers.get("treeish"))
 
 
 def _accept_request(
@@ -151,9 +155,14 @@ def _serve_smudge(
     handler: FilterHandler,
     report: Report,
     pathname: str,
+    treeish: str | None,
 ) -> None:
     output = _accept_request(
-        reader, writer, report, pathname, lambda content: handler.prepare_smudge(pathname, content)
+        reader,
+        writer,
+        report,
+        pathname,
+        lambda content: handler.prepare_smudge(pathname, content, treeish),
     )
     if output is None:
         return

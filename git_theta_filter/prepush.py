@@ -11,19 +11,34 @@ any ref is updated.
 So the objects are uploaded to the remote's store (remotes.py) here,
 before git sends a single ref: a push whose upload fails is refused, and the
 remote never names a tensor that its store lacks.
+
+:func:`fill_store` does the moving, for this hook, ``git-remote-theta`` and
+``git theta push`` alike: it asks the store which objects it lacks, uploads
+those this clone has, and copies the others straight from another remote's
+store (``transfer.relay``). A clone that checked out only the newest commit
+can so push a whole history to a new remote.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import manifests_in_blobs, open_pygit2
+from .manifest import Manifest
+from .object_sizes import object_size_candidates
 from .progress import Progress
-from .remotes import HELPER_PREFIX, NoStoreError, resolve_store, transfer_workers
-from .store.base import StoreError
-from .store.transfer import TransferFailedError, TransferResult, upload
+from .remotes import (
+    HELPER_PREFIX,
+    NoStoreError,
+    remotes_to_try,
+    resolve_store,
+    transfer_workers,
+)
+from .store.base import ObjectStore, StoreError
+from .store.transfer import TransferFailedError, TransferResult, relay, upload
 from .upload_limits import refuse_oversized_objects
 
 __all__ = [
@@ -31,6 +46,9 @@ __all__ = [
     "RefUpdate",
     "parse_ref_updates",
     "objects_to_push",
+    "manifests_to_push",
+    "payload_lengths",
+    "fill_store",
     "ObjectsMissingLocallyError",
     "PushUploadError",
     "PushUpload",
@@ -41,16 +59,23 @@ ZERO_SHA = "0" * 40
 
 
 class ObjectsMissingLocallyError(ThetaError):
-    """Commits being pushed need tensor objects that this clone does not have."""
+    """Commits being pushed need tensor objects that this clone does not have, nor (when
+    ``tried`` names any) the stores of those remotes."""
 
-    def __init__(self, oids: list[str]) -> None:
+    def __init__(self, oids: list[str], tried: list[str] | None = None) -> None:
+        where = "in the local store"
+        if tried:
+            where += f" nor in the stores of {', '.join(repr(name) for name in tried)}"
         super().__init__(
-            f"refusing to push: {len(oids)} tensor object(s) behind these commits are not "
-            "in the local store",
-            hint="get them with `git theta fetch --all`, "
+            f"refusing to push: {len(oids)} tensor object(s) behind these commits are not {where}",
+            hint="run `git theta push` in a clone that has them, "
+            "or `git theta fsck --all` to see which files need them"
+            if tried
+            else "get them with `git theta fetch --all`, "
             "or run `git theta fsck` to see which files need them",
         )
         self.oids = oids
+        self.tried = tried or []
 
 
 class PushUploadError(ThetaError):
@@ -91,8 +116,21 @@ def objects_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> dic
     """Object ids (with payload lengths) of the manifests in
     ``rev-list --objects <local> ^<remote>``.
     """
-    git = open_pygit2(repo)
+    return payload_lengths(manifests_to_push(repo, remote, updates))
+
+
+def payload_lengths(manifests: Iterable[Manifest]) -> dict[str, int]:
+    """Every object the manifests name, with its payload length."""
     wanted: dict[str, int] = {}
+    for manifest in manifests:
+        wanted.update(manifest.payload_lengths())
+    return wanted
+
+
+def manifests_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> list[Manifest]:
+    """The manifests in ``rev-list --objects <local> ^<remote>``."""
+    git = open_pygit2(repo)
+    found: list[Manifest] = []
     for update in updates:
         if update.is_delete:
             continue
@@ -110,9 +148,8 @@ def objects_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> dic
                 revisions=[update.local_sha],
             )
         blob_ids = [line.split(" ", 1)[0] for line in listing.splitlines() if " " in line]
-        for manifest in manifests_in_blobs(git, blob_ids):
-            wanted.update(manifest.payload_lengths())
-    return wanted
+        found.extend(manifests_in_blobs(git, blob_ids))
+    return found
 
 
 @dataclass(frozen=True)
@@ -139,23 +176,86 @@ def upload_for_push(
     push through ``theta::`` is left to git-remote-theta, which uploads itself.
     Without a store, nothing is uploaded unless ``require_store`` makes that an error.
     """
-    wanted = objects_to_push(repo, remote, updates)
-    local = repo.store()
-    missing = sorted(oid for oid in wanted if not local.has(oid))
-    if missing:
-        raise ObjectsMissingLocallyError(missing)
+    manifests = manifests_to_push(repo, remote, updates)
+    wanted = payload_lengths(manifests)
     if not wanted or (remote_url or "").startswith(HELPER_PREFIX):
         return PushUpload(len(wanted), None, None)
     store = resolve_store(repo, remote, remote_url)
     if store is None:
         if require_store:
             raise NoStoreError(remote)
+        local = repo.store()
+        missing = sorted(oid for oid in wanted if not local.has(oid))
+        if missing:
+            raise ObjectsMissingLocallyError(missing)
         return PushUpload(len(wanted), None, None)
-    refuse_oversized_objects(
-        repo, store, wanted, [update.local_sha for update in updates if not update.is_delete]
-    )
+    commits = [update.local_sha for update in updates if not update.is_delete]
+    result = fill_store(repo, remote, store, manifests, commits, progress=progress)
+    return PushUpload(len(wanted), store.url, result)
+
+
+def fill_store(
+    repo: GitRepo,
+    remote: str,
+    store: ObjectStore,
+    manifests: list[Manifest],
+    commits: list[str],
+    *,
+    list_store: bool = False,
+    progress: type[Progress] = Progress,
+) -> TransferResult:
+    """Make ``store`` (``remote``'s) hold every object the manifests name.
+
+    The store is asked what it has (one listing with ``list_store``, else a batch
+    existence check): objects it lacks are uploaded from the local store, or,
+    when this clone does not have them, copied from the first other remote's
+    store that does. ``commits`` are the commits pushed, for messages. Raises
+    :class:`ObjectsMissingLocallyError` when no store has an object, before
+    anything moves, and :class:`PushUploadError` when a transfer fails.
+    """
+    wanted = payload_lengths(manifests)
+    local = repo.store()
+    workers = transfer_workers(repo)
+    absent = {oid for oid in wanted if not local.has(oid)}
+    sizes = object_size_candidates(manifests)
+    copies: list[tuple[ObjectStore, set[str]]] = []
+    here: dict[str, int] = {}
     try:
-        result = upload(local, store, wanted, workers=transfer_workers(repo), progress=progress)
+        if absent:
+            store.prepare("download", {oid: sizes.get(oid, ()) for oid in absent})
+            absent -= store.batch_has(sorted(absent))
+            tried = []
+            for name, source in remotes_to_try(repo, commits[0] if commits else None):
+                if not absent:
+                    break
+                if name == remote or source.url == store.url:
+                    continue
+                tried.append(name)
+                source.prepare("download", {oid: sizes.get(oid, ()) for oid in absent})
+                found = source.batch_has(sorted(absent))
+                if found:
+                    copies.append((source, found))
+                    absent -= found
+            if absent:
+                raise ObjectsMissingLocallyError(sorted(absent), tried)
+        here = {oid: length for oid, length in wanted.items() if local.has(oid)}
+        refuse_oversized_objects(repo, store, here, commits)
+        result = upload(
+            local, store, here, workers=workers, progress=progress, list_remote=list_store
+        )
+        for source, oids in copies:
+            copied = relay(
+                local,
+                source,
+                store,
+                {oid: sizes.get(oid, ()) for oid in oids},
+                workers=workers,
+                progress=progress,
+            )
+            result.transferred += copied.transferred
+            result.transferred_bytes += copied.transferred_bytes
+            result.skipped += copied.skipped
     except (StoreError, TransferFailedError) as exc:
         raise PushUploadError(remote, store.url, exc) from exc
-    return PushUpload(len(wanted), store.url, result)
+    result.skipped += len(wanted) - len(here) - sum(len(oids) for _, oids in copies)
+    return result

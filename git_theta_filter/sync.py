@@ -19,11 +19,12 @@ from .installation import require_filter
 from .inventory import _all_tips as all_ref_tips
 from .manifest import Manifest
 from .object_sizes import object_size_candidates
-from .prepush import ZERO_SHA, ObjectsMissingLocallyError, RefUpdate, objects_to_push
+from .on_demand import OnDemandFetcher
+from .prepush import fill_store, payload_lengths
 from .remotes import require_store, transfer_workers
 from .smudge import prepare_smudge, write_atomically
-from .store.transfer import TransferResult, download, upload
-from .upload_limits import refuse_oversized_objects
+from .store.local import ObjectMissingError
+from .store.transfer import TransferResult, download
 
 __all__ = [
     "UnknownRevisionError",
@@ -57,30 +58,23 @@ def _tips(repo: GitRepo, git: pygit2.Repository, refs: list[str]) -> list[pygit2
 
 
 def push_objects(
-    repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False
-) -> TransferResult:
-    """Upload the objects behind ``refs`` (default HEAD) to ``remote``'s store.
+    repo: GitRepo, remote: str, refs: list[str], *, all_refs: bool = False
+) -> tuple[TransferResult, str]:
+    """Make ``remote``'s store hold every object that the history of ``refs`` needs
+    (default HEAD; with ``all_refs`` and no refs, every ref's history).
 
-    Normally only commits that ``remote``'s tracking refs do not have count, as
-    in the pre-push hook; ``all_history`` sends every object of every given
-    ref's history (all refs when none are given), e.g. to fill a new store.
+    What the store holds is asked of the store itself, not read from the
+    remote-tracking refs: so this repairs a push that skipped the pre-push hook
+    (``git push --no-verify``, a machine without theta). Objects this clone
+    lacks are copied from another remote's store (:func:`prepush.fill_store`).
+    Returns what moved and the store's URL.
     """
     store = require_store(repo, remote)
-    if all_history:
-        git = open_pygit2(repo)
-        wanted: dict[str, int] = {}
-        for ref in reachable_manifests(git, _tips(repo, git, refs)).values():
-            wanted.update(ref.manifest.payload_lengths())
-    else:
-        updates = [RefUpdate(ref, _commit_id(repo, ref), ref, ZERO_SHA) for ref in refs or ["HEAD"]]
-        wanted = objects_to_push(repo, remote, updates)
-    local = repo.store()
-    missing = sorted(oid for oid in wanted if not local.has(oid))
-    if missing:
-        raise ObjectsMissingLocallyError(missing)
-    tips = [_commit_id(repo, ref) for ref in refs or ["HEAD"]]
-    refuse_oversized_objects(repo, store, wanted, tips)
-    return upload(local, store, wanted, workers=transfer_workers(repo), list_remote=all_history)
+    git = open_pygit2(repo)
+    tips = _tips(repo, git, refs or ([] if all_refs else ["HEAD"]))
+    manifests = [ref.manifest for ref in reachable_manifests(git, tips).values()]
+    commits = [str(tip) for tip in tips]
+    return fill_store(repo, remote, store, manifests, commits, list_store=all_refs), store.url
 
 
 def objects_for_fetch(
@@ -107,20 +101,37 @@ def _manifests_for_fetch(repo: GitRepo, refs: list[str], *, all_history: bool) -
 
 
 def fetch_objects(
-    repo: GitRepo, remote: str, refs: list[str], *, all_history: bool = False
+    repo: GitRepo, remote: str | None, refs: list[str], *, all_history: bool = False
 ) -> TransferResult:
-    store = require_store(repo, remote)
+    """Download the objects of the files in ``refs`` (default HEAD; with ``all_history``,
+    of their whole history) that the local store lacks, from ``remote``'s store, or with
+    no ``remote`` from every remote's store in lookup order (docs/remotes.md)."""
     manifests = _manifests_for_fetch(repo, refs, all_history=all_history)
-    wanted: dict[str, int] = {}
-    for manifest in manifests:
-        wanted.update(manifest.payload_lengths())
-    return download(
-        repo.store(),
-        store,
-        wanted,
-        workers=transfer_workers(repo),
-        object_sizes=object_size_candidates(manifests),
-    )
+    commit = _commit_id(repo, refs[0]) if refs else None
+    return _download(repo, remote, manifests, commit)
+
+
+def _download(
+    repo: GitRepo, remote: str | None, manifests: list[Manifest], commit: str | None
+) -> TransferResult:
+    """What the manifests need and the local store lacks: from ``remote``'s store, or from
+    the first remote's store that has each object."""
+    wanted = payload_lengths(manifests)
+    sizes = object_size_candidates(manifests)
+    local = repo.store()
+    if remote is not None:
+        if all(local.has(oid) for oid in wanted):
+            return TransferResult(skipped=len(wanted))  # no store needed
+        workers = transfer_workers(repo)
+        return download(
+            local, require_store(repo, remote), wanted, workers=workers, object_sizes=sizes
+        )
+    fetcher = OnDemandFetcher(repo, commit)
+    result = fetcher.fetch(wanted, sizes)
+    missing = sorted(oid for oid in wanted if not local.has(oid))
+    if missing:
+        raise fetcher.unavailable(ObjectMissingError(missing[0]))
+    return result
 
 
 @dataclass
@@ -129,35 +140,22 @@ class PullResult:
     written: list[str] = field(default_factory=list)
 
 
-def pull(repo: GitRepo, remote: str) -> PullResult:
+def pull(repo: GitRepo, remote: str | None) -> PullResult:
     """Fetch the objects of the checked-out files, then write every file that is still a manifest.
 
     Writing the files here, rather than through ``git checkout``, streams them
     from the store to disk: git would hold each whole smudged file in memory.
     The index's stat data is refreshed afterwards so ``git status`` stays clean.
+    Objects come from ``remote``'s store, or with no ``remote`` from every
+    remote's (as :func:`fetch_objects`); none is needed when all are here.
     """
     if repo.worktree is None:
         raise ThetaError("git theta pull needs a work tree")
     require_filter(repo)
     git = open_pygit2(repo)
     refs = index_manifests(repo, git)
-    wanted: dict[str, int] = {}
-    for ref in refs:
-        wanted.update(ref.manifest.payload_lengths())
-    local = repo.store()
-    if all(local.has(oid) for oid in wanted):
-        # Nothing to download (e.g. after GIT_THETA_SKIP_SMUDGE=1): no store needed.
-        result = PullResult(TransferResult(skipped=len(wanted)))
-    else:
-        result = PullResult(
-            download(
-                local,
-                require_store(repo, remote),
-                wanted,
-                workers=transfer_workers(repo),
-                object_sizes=object_size_candidates(ref.manifest for ref in refs),
-            )
-        )
+    head = None if git.head_is_unborn else str(git.head.target)
+    result = PullResult(_download(repo, remote, [ref.manifest for ref in refs], head))
     for ref in refs:
         if _write_if_manifest(repo, git, ref):
             result.written.append(ref.path)

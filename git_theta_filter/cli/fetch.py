@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..gitrepo import GitRepo
-from ..remotes import default_remote
 from ..sync import fetch_objects
 
 
@@ -18,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "see `git theta pull`. The store is found as described in docs/remotes.md.",
     )
     p.add_argument(
-        "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"
+        "remote",
+        nargs="?",
+        help="the git remote whose store to use (default: every remote with a store, the "
+        "current branch's first; see docs/remotes.md)",
     )
     p.add_argument(
         "refs",
@@ -36,5 +38,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
-    fetch_objects(repo, args.remote or default_remote(repo), args.refs, all_history=args.all)
+    fetch_objects(repo, args.remote, args.refs, all_history=args.all)
     return 0

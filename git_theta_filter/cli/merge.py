@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..gitrepo import GitRepo
 from ..locks import writer_lock
-from ..manifest import ManifestError, looks_like_manifest
+from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..merge import (
     STRATEGY_CONFIG_KEY,
     STRATEGY_ENVIRONMENT,
@@ -35,8 +35,9 @@ from ..merge import (
     choose_strategy,
     merge_manifests,
 )
-from ..on_demand import OnDemandFetcher
+from ..on_demand import OnDemandFetcher, incoming_commit
 from ..stats import Statistician
+from ..store.local import LocalStore, ObjectMissingError
 from ._format import format_value
 from ._output import print_table
 
@@ -71,12 +72,18 @@ def run(args: argparse.Namespace) -> int:
         repo.config_get(STRATEGY_CONFIG_KEY), os.environ.get(STRATEGY_ENVIRONMENT)
     )
     base, ours, theirs = (Path(name).read_bytes() for name in (args.base, args.ours, args.theirs))
-    fetcher = OnDemandFetcher(repo)
+    # Remotes that have the commit being merged in are asked first.
+    fetcher = OnDemandFetcher(repo, incoming_commit(repo))
     for version in (base, ours, theirs):
         if looks_like_manifest(version):
             with contextlib.suppress(ManifestError):  # the merge reports it
                 fetcher.fetch_missing(version)
     store = repo.store()
+    # Missing objects are a missing-object error, never a conflict of tensors.
+    for version in (ours, theirs):
+        missing = _first_missing(store, version)
+        if missing is not None:
+            raise fetcher.unavailable(ObjectMissingError(missing, args.path))
     # Held while objects are written,
     # so `git theta gc` cannot prune them before git records the result.
     with writer_lock(repo.theta_dir):
@@ -88,6 +95,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_conflicts(result, Statistician.for_repo(repo.theta_dir))
     return 1
+
+
+def _first_missing(store: LocalStore, version: bytes) -> str | None:
+    """The first object a version needs that the store lacks; None if it has them all or the
+    version is not a readable manifest (the merge reports that)."""
+    if not looks_like_manifest(version):
+        return None
+    try:
+        needed = Manifest.parse(version).object_ids()
+    except ManifestError:
+        return None
+    return next((oid for oid in sorted(needed) if not store.has(oid)), None)
 
 
 def _print_summary(result: MergeResult) -> None:

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from ..gitrepo import GitRepo
-from ..remotes import default_remote
 from ..sync import pull
 
 
@@ -21,14 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Run `git pull` first to update the commit itself.",
     )
     p.add_argument(
-        "remote", nargs="?", help="the git remote (default: the current branch's, else origin)"
+        "remote",
+        nargs="?",
+        help="the git remote whose store to use (default: every remote with a store, the "
+        "current branch's first; see docs/remotes.md)",
     )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
-    result = pull(repo, args.remote or default_remote(repo))
+    result = pull(repo, args.remote)
     if result.written:
         print(
             f"git-theta: wrote {len(result.written)} model file(s): {', '.join(result.written)}",

@@ -163,7 +163,7 @@ class EchoHandler:
     def clean(self, pathname: str, content: PktLineReader) -> bytes:
         return self._read(content)
 
-    def prepare_smudge(self, pathname: str, content: PktLineReader):
+    def prepare_smudge(self, pathname: str, content: PktLineReader, treeish: str | None = None):
         data = self._read(content)
         if pathname.startswith("fail"):
             raise ValueError("refused")

@@ -221,7 +221,7 @@ def test_object_absent_from_the_store_gives_the_missing_object_error(git_env, tm
     result = git_env.run("git", "clone", "-q", str(bare), str(tmp_path / "B"), check=False)
     stderr = result.stderr.decode()
     assert result.returncode != 0
-    assert f"tensor object {victim.name} is missing from the local store" in stderr
+    assert f"tensor object {victim.name} is in no remote's store (tried 'origin')" in stderr
 
 
 def test_two_clones_pushing_the_same_objects_at_once(git_env, tmp_path):

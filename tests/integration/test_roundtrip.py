@@ -169,9 +169,10 @@ def test_roundtrip_missing_object_fails_checkout_with_one_clear_line(repo_copy: 
         line for line in result.stderr.decode().splitlines() if line.startswith("git-theta: error:")
     ]
     assert errors == [
-        f"git-theta: error: model.pth: tensor object {victim} is missing from the local store; "
-        "run `git theta fetch` to download it, or set GIT_THETA_SKIP_SMUDGE=1 to check out the "
-        "manifest instead"
+        f"git-theta: error: model.pth: tensor object {victim} is missing from the local store, "
+        "and no remote has an object store; set `git config theta.remote.origin.url "
+        "<path|s3://bucket/prefix>` to a store that has it (docs/remotes.md), or set "
+        "GIT_THETA_SKIP_SMUDGE=1 to check out the manifest instead"
     ]
     # The other file of that commit still came out right.
     assert sha256_file(repo / "ckpt" / "opt.pth") == history[v1]["ckpt/opt.pth"]

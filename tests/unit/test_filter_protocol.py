@@ -86,7 +86,9 @@ class FakeHandler:
                 raise ValueError("cannot clean this")
         return b"clean:" + bytes(data).upper()
 
-    def prepare_smudge(self, pathname: str, content: PktLineReader) -> FakeOutput:
+    def prepare_smudge(
+        self, pathname: str, content: PktLineReader, treeish: str | None = None
+    ) -> FakeOutput:
         if pathname == "fail-prepare":
             raise ValueError("missing object")
         data = read_all(content)
@@ -322,7 +324,7 @@ def test_filter_process_errors_then_recovers(
     assert lines[0] == "git-theta: error: a.pth: unsupported command 'frobnicate'"
     assert lines[1].startswith(
         f"git-theta: error: models/orphan.pth: tensor object {missing} is missing from the local "
-        "store; run `git theta fetch`"
+        "store, and no remote has an object store"
     )
     assert len(lines) == 2
 
