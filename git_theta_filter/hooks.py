@@ -8,9 +8,10 @@ carries :data:`MARKER`.
   is renamed to ``pre-push.pre-theta`` and run by ours afterwards, with the
   same arguments and standard input. ``uninstall`` puts it back.
 * ``post-checkout``, ``post-commit`` and ``post-merge`` are git-lfs's
-  (:mod:`lfs_interop`). We install ours only when the repository uses Git LFS
-  and the slot is empty: git-lfs could not install its own because our
-  ``pre-push`` was there first. A hook already in such a slot is left alone.
+  (:mod:`lfs_interop`). We install ours only when the repository uses Git LFS,
+  git-lfs is on PATH, and the slot is empty: git-lfs could not install its own
+  because our ``pre-push`` was there first. A hook already in such a slot is
+  left alone.
 
 A hooks directory that git tracks (``core.hooksPath`` pointing into the work
 tree) is the team's shared setup: nothing is written there without
@@ -26,7 +27,13 @@ from importlib import resources
 from pathlib import Path
 
 from .gitrepo import GitRepo
-from .lfs_interop import LFS_HOOK_NAMES, does_lfs_hook_work, lfs_in_use, run_lfs_hook
+from .lfs_interop import (
+    LFS_HOOK_NAMES,
+    does_lfs_hook_work,
+    git_lfs_available,
+    lfs_in_use,
+    run_lfs_hook,
+)
 
 __all__ = [
     "HOOK_NAMES",
@@ -76,7 +83,13 @@ def hooks_installed(repo: GitRepo) -> bool:
     if not _calls_us(hooks / ALWAYS, ALWAYS):
         return False
     lfs_slots = [hooks / name for name in HOOK_NAMES if name != ALWAYS]
-    return all(slot.exists() for slot in lfs_slots) or not lfs_in_use(repo)
+    return all(slot.exists() for slot in lfs_slots) or not _stand_in_for_lfs(repo)
+
+
+def _stand_in_for_lfs(repo: GitRepo) -> bool:
+    """Whether we fill git-lfs's hook slots: the repository uses it, and git-lfs is here
+    to run (a clone without it gets no hooks that would fail every checkout)."""
+    return lfs_in_use(repo) and git_lfs_available()
 
 
 def _tracked_hooks_dir(repo: GitRepo, hooks: Path) -> str | None:
@@ -95,7 +108,8 @@ def _tracked_hooks_dir(repo: GitRepo, hooks: Path) -> str | None:
 def install_hooks(repo: GitRepo, *, force: bool = False) -> list[str]:
     """Install or refresh our hooks; returns a line per change made (or advised)."""
     hooks = repo.hooks_dir()
-    wanted = [ALWAYS] + ([n for n in HOOK_NAMES if n != ALWAYS] if lfs_in_use(repo) else [])
+    lfs_slots = [name for name in HOOK_NAMES if name != ALWAYS]
+    wanted = [ALWAYS] + (lfs_slots if _stand_in_for_lfs(repo) else [])
     changes = []
     shared: str | None = None
     for name in wanted:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,7 +34,9 @@ from .store.lfs_endpoint import endpoint_from_remote_url, scp_like_parts
 __all__ = [
     "LFS_HOOK_NAMES",
     "GitLfsNotFoundError",
+    "lfs_configured",
     "lfs_in_use",
+    "git_lfs_available",
     "does_lfs_hook_work",
     "run_lfs_hook",
     "lfs_endpoint",
@@ -59,10 +62,14 @@ class GitLfsNotFoundError(ThetaError):
         self.hook = hook
 
 
+def lfs_configured(repo: GitRepo) -> bool:
+    """Whether ``filter.lfs.*`` is configured: the user installed git-lfs for this repository."""
+    return bool(repo.git("config", "--get-regexp", r"^filter\.lfs\.", check=False).strip())
+
+
 def lfs_in_use(repo: GitRepo) -> bool:
     """Whether git-lfs's hooks have work to do here (see the module docstring)."""
-    configured = repo.git("config", "--get-regexp", r"^filter\.lfs\.", check=False)
-    if configured.strip():
+    if lfs_configured(repo):
         return True
     candidates = [repo.common_dir / "info" / "attributes"]
     if repo.worktree is not None:
@@ -74,6 +81,10 @@ def lfs_in_use(repo: GitRepo) -> bool:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             continue
     return False
+
+
+def git_lfs_available() -> bool:
+    return shutil.which("git-lfs") is not None
 
 
 def does_lfs_hook_work(hook_file: Path, name: str) -> bool:
@@ -92,9 +103,21 @@ def run_lfs_hook(repo: GitRepo, name: str, args: list[str], stdin: bytes) -> int
     For a ``theta::`` remote without an ``lfsurl``, git-lfs is told the inner
     URL's endpoint for this one run (git-lfs reads git config through git,
     which takes it from ``GIT_CONFIG_COUNT``).
+
+    Without ``git-lfs`` on PATH, a push is refused where the user configured
+    git-lfs (as git-lfs's own hook would refuse it); where only a committed
+    ``.gitattributes`` names it, this clone never made LFS objects to send,
+    so the hook goes on with a warning rather than failing every checkout.
     """
-    if shutil.which("git-lfs") is None:
-        raise GitLfsNotFoundError(name)
+    if not git_lfs_available():
+        if name == "pre-push" and lfs_configured(repo):
+            raise GitLfsNotFoundError(name)
+        print(
+            f"git-theta: warning: {name}: this repository uses Git LFS, but 'git-lfs' is not "
+            "on PATH; its hook work is skipped (install git-lfs: https://git-lfs.com)",
+            file=sys.stderr,
+        )
+        return 0
     env = dict(os.environ)
     if name == "pre-push" and len(args) >= 2:
         remote, url = args[0], args[1]

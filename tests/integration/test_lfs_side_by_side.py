@@ -113,6 +113,16 @@ def test_lfs_install_after_theta_still_pushes_lfs_objects(lfs_env, tmp_path: Pat
     assert_both_byte_exact(b, files)
 
 
+def path_without_git_lfs(git_env, tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH has git and git-theta but not git-lfs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("git", "git-theta"):
+        found = git_env.run("sh", "-c", f"command -v {tool}").stdout.decode().strip()
+        (bin_dir / tool).symlink_to(found)
+    return {"PATH": str(bin_dir), "GIT_EXEC_PATH": exec_path(git_env)}
+
+
 def test_lfs_pre_push_without_git_lfs_on_path_refuses_the_push(
     lfs_env, repo: Path, tmp_path: Path
 ) -> None:
@@ -121,27 +131,39 @@ def test_lfs_pre_push_without_git_lfs_on_path_refuses_the_push(
     git_env.git(repo, "remote", "add", "origin", str(bare))
     save(mlp_checkpoint(0), repo / "model.pth")
     commit_all(git_env, repo, "model.pth")
-    # A PATH with git and git-theta but not git-lfs.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("git", "git-theta"):
-        found = git_env.run("sh", "-c", f"command -v {tool}").stdout.decode().strip()
-        (bin_dir / tool).symlink_to(found)
-    result = git_env.run(
-        "git",
-        "push",
-        "origin",
-        "main",
-        cwd=repo,
-        check=False,
-        env={"PATH": str(bin_dir), "GIT_EXEC_PATH": exec_path(git_env)},
-    )
+    env = path_without_git_lfs(git_env, tmp_path)
+    result = git_env.run("git", "push", "origin", "main", cwd=repo, check=False, env=env)
     assert result.returncode != 0
     assert "this repository uses Git LFS, but 'git-lfs' is not on PATH" in result.stderr.decode()
     assert (
         git_env.run("git", "rev-parse", "-q", "--verify", "main", cwd=bare, check=False).stdout
         == b""
     )
+
+
+def test_lfs_named_only_by_gitattributes_without_git_lfs_warns_and_fails_nothing(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
+    """A clone of an LFS repository on a machine without git-lfs (filter.lfs not configured):
+    no hooks that would fail every checkout, and pushes go through with a warning."""
+    env = path_without_git_lfs(git_env, tmp_path)
+    with (repo / ".gitattributes").open("a") as attributes:
+        attributes.write("*.dat filter=lfs diff=lfs merge=lfs -text\n")
+    git_env.theta(repo, "install", "--local", env=env)
+    hooks = repo / ".git" / "hooks"
+    assert not (hooks / "post-checkout").exists()
+    bare = bare_repo(git_env, tmp_path)
+    git_env.git(repo, "remote", "add", "origin", str(bare))
+    save(mlp_checkpoint(0), repo / "model.pth")
+    commit_all(git_env, repo, ".gitattributes", "model.pth")
+    pushed = git_env.run("git", "push", "-q", "origin", "main", cwd=repo, env=env)
+    assert (
+        "pre-push: this repository uses Git LFS, but 'git-lfs' is not on PATH; its hook "
+        "work is skipped" in pushed.stderr.decode()
+    )
+    # With git-lfs at hand, its empty hook slots get ours.
+    git_env.theta(repo, "install", "--local")
+    assert (hooks / "post-checkout").is_file()
 
 
 def exec_path(git_env) -> str:
