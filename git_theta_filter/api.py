@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import warnings
@@ -49,6 +50,7 @@ from .on_demand import OnDemandFetcher
 from .revisions import Pathspec, parse_range, resolve_commit
 from .smudge import write_atomically
 from .store.local import ObjectMissingError
+from .terminal import printable
 
 if TYPE_CHECKING:
     import torch
@@ -76,9 +78,10 @@ class NotTrackedError(ThetaError):
         suffix = Path(path).suffix
         super().__init__(
             f"{path} is not tracked by git-theta",
-            hint=f"run `git theta track '*{suffix}'`"
+            # Quoted for the shell: the command is meant to be pasted.
+            hint=f"run `git theta track {shlex.quote('*' + suffix)}`"
             if suffix
-            else f"run `git theta track '{path}'`",
+            else f"run `git theta track -- {shlex.quote(path)}`",
         )
         self.path = path
 
@@ -485,7 +488,7 @@ class Repository:
             parse_range(self._git, [rev]),
             pathspec,
             declared_metrics_files(self._repo, self._git),
-            lambda message: warnings.warn(message, ThetaWarning, stacklevel=1),
+            lambda message: warnings.warn(printable(message), ThetaWarning, stacklevel=1),
             stats=stats,
         )
 

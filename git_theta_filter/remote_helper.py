@@ -44,6 +44,7 @@ from .progress import Progress, QuietProgress
 from .remotes import HELPER_PREFIX, resolve_store, transfer_workers
 from .store.base import StoreError
 from .store.transfer import TransferFailedError, download
+from .terminal import escaping_output
 
 __all__ = ["HelperRecursionError", "HelperProtocolError", "RemoteHelper", "main", "GUARD_VARIABLE"]
 
@@ -283,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     remote = args[0]
     url = args[1] if len(args) == 2 else remote.removeprefix(HELPER_PREFIX)
+    with escaping_output():  # stdout is answered through .buffer; messages are text
+        return _serve(remote, url)
+
+
+def _serve(remote: str, url: str) -> int:
     try:
         if os.environ.get(GUARD_VARIABLE) or url.startswith(HELPER_PREFIX):
             raise HelperRecursionError(url)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ class NoStoreError(ThetaError):
     def __init__(self, remote: str) -> None:
         super().__init__(
             f"no object store for remote {remote!r}",
-            hint=f"set one with `git config theta.remote.{remote}.url "
+            hint=f"set one with `git config {shlex.quote(f'theta.remote.{remote}.url')} "
             "<path|s3://bucket/prefix|lfs+https://host/repo.git/info/lfs>` "
             f"or a committed {THETACONFIG} (see docs/remotes.md)",
         )

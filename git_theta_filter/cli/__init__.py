@@ -8,6 +8,7 @@ import sys
 from importlib import import_module
 
 from .. import __version__
+from ..terminal import escaping_output
 from ._errors import exit_code_for, report_error
 
 __all__ = ["main", "COMMANDS"]
@@ -82,15 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 141
-    except Exception as exc:  # the one place errors become messages
-        report_error(exc)
-        return exit_code_for(exc)
+    # Names from the repository reach the terminal escaped (terminal.py).
+    with escaping_output():
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:
+            return 141
+        except Exception as exc:  # the one place errors become messages
+            report_error(exc)
+            return exit_code_for(exc)
 
 
 if __name__ == "__main__":

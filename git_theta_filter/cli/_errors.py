@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ThetaError
+from ..terminal import printable
 
 __all__ = ["format_error", "report_error", "exit_code_for"]
 
@@ -17,7 +18,8 @@ def format_error(exc: BaseException, path: str | None = None) -> str:
     hint = getattr(exc, "hint", None)
     if hint:
         message = f"{message}; {hint}"
-    return f"git-theta: error: {message}"
+    # One line whatever the message quotes (a file, tensor or metric name).
+    return f"git-theta: error: {printable(message)}"
 
 
 def report_error(exc: BaseException, path: str | None = None) -> None:

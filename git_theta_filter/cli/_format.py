@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from ..terminal import printable
+
 __all__ = [
     "format_value",
     "format_change",
@@ -82,9 +84,12 @@ class Colour:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     def escape(cell: str) -> str:
-        return cell.replace("|", "\\|")
+        return printable(cell).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines = [
+        "| " + " | ".join(escape(c) for c in header) + " |",
+        "|" + "|".join(" --- " for _ in header) + "|",
+    ]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
     return lines
 
@@ -110,13 +115,14 @@ def table_lines(
     """Aligned columns, two spaces apart;
     colour is applied after padding so it does not skew widths.
     """
-    cells = [list(header)] + [[str(c) for c in row] for row in rows]
+    # Names (paths, tensors, metrics, subjects) are escaped before widths are measured.
+    cells = [[printable(str(c)) for c in row] for row in [list(header), *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = []
     for number, row in enumerate([list(header), *rows]):
         parts = []
         for i, cell in enumerate(row):
-            text = str(cell)
+            text = cells[number][i]
             padded = text.rjust(widths[i]) if i in right else text.ljust(widths[i])
             if isinstance(cell, Styled):
                 padded = padded.replace(text, colour(text, cell.colour), 1)

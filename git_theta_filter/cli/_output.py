@@ -7,13 +7,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..terminal import printable
+
 __all__ = ["print_table", "print_json"]
 
 
 def print_table(
     header: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()
 ) -> None:
-    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    # Names in rows come from the repository: escaped before the widths are measured.
+    cells = [list(map(str, header))] + [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         parts = [

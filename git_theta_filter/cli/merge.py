@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -173,8 +174,9 @@ def _print_conflicts(result: MergeResult, stats: Statistician) -> None:
     print(
         "git-theta: ‖Δ‖ is each side's change from the base. "
         "To settle every conflicting tensor one way, run\n"
-        f"  {STRATEGY_ENVIRONMENT}=average git checkout -m -- {result.path}\n"
-        f"with one of {_STRATEGIES}, then `git add {result.path}`.",
+        # Quoted for the shell: the path is the committer's, the command is pasted.
+        f"  {STRATEGY_ENVIRONMENT}=average git checkout -m -- {shlex.quote(result.path)}\n"
+        f"with one of {_STRATEGIES}, then `git add -- {shlex.quote(result.path)}`.",
         file=sys.stderr,
     )
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from ..terminal import printable as escape_for_terminal
 from .base import StoreUnavailableError
 from .local import is_valid_oid
 
@@ -81,10 +82,7 @@ class LfsProtocolError(StoreUnavailableError):
 
 def printable(text: str, limit: int = _MESSAGE_LIMIT) -> str:
     """Server text made safe for a terminal: control characters escaped, length bounded."""
-    escaped = "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
-    )
-    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+    return escape_for_terminal(text, limit)
 
 
 def redact_url(url: str) -> str:
