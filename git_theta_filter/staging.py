@@ -114,14 +114,19 @@ def stage_file(repo: GitRepo, git: pygit2.Repository, relative: str) -> None:
         write_index_entry(git, relative, git.create_blob(manifest), stat)
 
 
-def commit_index(repo: GitRepo, message: str) -> str:
+def commit_index(repo: GitRepo, git: pygit2.Repository, message: str) -> str:
     """Commit the index as it is, with git's plumbing; returns the new commit's id.
 
     ``git commit`` would first refresh the index, cleaning again every file
-    saved in the same second as the index was written. ``write-tree`` takes
-    the index as it is. Commit hooks do not run.
+    saved in the same second as the index was written. ``git write-tree``
+    does not refresh, but it rewrites the index, and writing an index checks
+    each racily clean entry against the work tree, which cleans the file
+    again (file times are coarser than the gap between saving the model and
+    writing its entry). libgit2 builds the tree from the index without
+    writing the index. Commit hooks do not run.
     """
-    tree = repo.git("write-tree").strip()
+    git.index.read()
+    tree = str(git.index.write_tree())
     parent = repo.git("rev-parse", "--verify", "-q", "HEAD", check=False).strip()
     # Ids that git printed are fused into options or passed after --end-of-options.
     if parent:

@@ -151,6 +151,17 @@ def object_path(repo: Path, oid: str) -> Path:
     return loose_object(local_store(repo), oid)
 
 
+def remove_local_objects(repo: Path) -> None:
+    """Delete every object from the repository's store, loose and packed, as a clone
+    that never fetched them would be.
+    """
+    theta = repo / ".git" / "theta"
+    for path in [*theta.joinpath("objects").rglob("*"), *theta.joinpath("packs").rglob("*")]:
+        if path.is_file():
+            path.chmod(0o644)
+            path.unlink()
+
+
 def store_oids(repo: Path) -> set[str]:
     """Every object in the repository's store, loose or packed; fails on a loose file
     outside the layout.

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"git theta commit: {path} is outside the work tree {top}", file=sys.stderr)
             return 128
         stage_file(repo, git, absolute.relative_to(top).as_posix())
-    commit = commit_index(repo, args.message)
+    commit = commit_index(repo, git, args.message)
     if args.json:
         print_json({"commit": commit})
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from adoption_history import EPOCHS, Adopted, adopted_history, git_dir_bytes, sha256
+from helpers import object_path
 
 from git_theta_filter.lfs_pointer import parse_lfs_pointer
 from git_theta_filter.manifest import Manifest
@@ -193,7 +194,7 @@ def test_migrate_export_refuses_missing_theta_objects(raw: Adopted) -> None:
     imported = _commits(raw)
     manifest = Manifest.parse(raw.git("cat-file", "blob", "HEAD~4:model.pth").encode())
     oid = manifest.skeleton  # no other version has the same data.pkl
-    (raw.repo / ".git" / "theta" / "objects" / oid[0:2] / oid[2:4] / oid).unlink()
+    object_path(raw.repo, oid).unlink()
     code, _out, err = raw.theta("migrate", "export", "--to=raw", "--include=*.pth", check=False)
     assert code == 1
     assert "not in the local store" in err and "git theta fetch --all" in err

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import commit_all, mlp_checkpoint, save, sha256_file
+from helpers import commit_all, mlp_checkpoint, save, sha256_file, store_oids
 
 
 def bare_store(path: Path) -> set[str]:
@@ -34,7 +34,7 @@ def test_push_recovery_theta_push_uploads_what_a_no_verify_push_left_out(
 
     # The tracking ref already has the commit; the store does not: push checks the store.
     pushed = git_env.theta(repo, "push")
-    local = {p.name for p in (repo / ".git" / "theta" / "objects").glob("*/*/*")}
+    local = store_oids(repo)
     assert bare_store(shared) == local
     assert f"uploaded {len(local)} tensor objects" in pushed.stderr.decode()
 

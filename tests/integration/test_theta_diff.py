@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import remove_local_objects
 from theta_history import History, commit, model_at, norm, shared_history
 
 from git_theta_filter.manifest import Manifest
@@ -334,11 +335,9 @@ def test_theta_diff_output_formats(history: History) -> None:
 
 def test_theta_diff_missing_objects_show_unavailable_norms(own_history: History) -> None:
     history = own_history
-    theta = history.repo / ".git" / "theta"
-    for path in [*theta.joinpath("objects").rglob("*"), *theta.joinpath("stats").glob("*")]:
-        if path.is_file():
-            path.chmod(0o644)
-            path.unlink()
+    remove_local_objects(history.repo)
+    for path in (history.repo / ".git" / "theta" / "stats").glob("*"):
+        path.unlink()
     result = history.theta("diff", "HEAD~1", "HEAD")
     assert result.returncode == 0
     assert "n/a" in result.stdout and "git theta fetch" in result.stderr

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import remove_local_objects
 from theta_history import CHANGED_IN, History, commit, norm, shared_history
 
 from git_theta_filter.stats_cache import CACHE_FILE
@@ -164,11 +165,7 @@ def test_theta_log_warm_cache_reads_no_payload_and_missing_objects_are_reported(
     history = own_history
     first = history.theta_json("log")["entries"]
     assert (history.repo / ".git" / "theta" / "stats" / CACHE_FILE).is_file()
-    objects = history.repo / ".git" / "theta" / "objects"
-    for path in list(objects.rglob("*")):
-        if path.is_file():
-            path.chmod(0o644)
-            path.unlink()
+    remove_local_objects(history.repo)
     # Every statistic is cached, so the store is not needed at all.
     warm = history.theta("log", "--json")
     assert json.loads(warm.stdout)["entries"] == first and warm.stderr == ""

@@ -316,7 +316,7 @@ def test_relay_copies_between_stores_verified_and_never_into_the_local_store(loc
     bad = source.root / oids[0][:2] / oids[0][2:4] / oids[0]
     bad.chmod(0o644)
     bad.write_bytes(b"not the object")
-    target.put(oids[1], source_clone.object_path(oids[1]))
+    target.put(oids[1], loose_object(source_clone, oids[1]))
 
     with pytest.raises(TransferFailedError) as caught:
         relay(local, source, target, {oid: () for oid in oids}, workers=2, progress=QuietProgress)
