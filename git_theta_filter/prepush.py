@@ -45,7 +45,6 @@ __all__ = [
     "ZERO_SHA",
     "RefUpdate",
     "parse_ref_updates",
-    "objects_to_push",
     "manifests_to_push",
     "payload_lengths",
     "fill_store",
@@ -110,13 +109,6 @@ def parse_ref_updates(stdin: bytes) -> list[RefUpdate]:
         if len(parts) == 4:
             updates.append(RefUpdate(*parts))
     return updates
-
-
-def objects_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> dict[str, int]:
-    """Object ids (with payload lengths) of the manifests in
-    ``rev-list --objects <local> ^<remote>``.
-    """
-    return payload_lengths(manifests_to_push(repo, remote, updates))
 
 
 def payload_lengths(manifests: Iterable[Manifest]) -> dict[str, int]:
