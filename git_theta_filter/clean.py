@@ -72,10 +72,36 @@ def _clean(raw: Readable, store: LocalStore, path: str, warn: Warn) -> bytes:
             parsed = parse_safetensors(ctx)
         else:
             raise NotThisFormat("neither a torch zip archive nor a safetensors file")
+        _check_manifest(ctx, parsed)
     except (NotThisFormat, TruncatedError, SkeletonTooLargeError) as exc:
         warn(f"{path}: {exc}; stored as one opaque object")
         parsed = store_opaque(ctx)
     return _manifest_for(ctx, parsed).render()
+
+
+def _check_manifest(ctx: CleanContext, parsed: ParsedFile) -> None:
+    """Raise NotThisFormat unless the manifest for ``parsed`` is one that readers accept.
+
+    Clean must never write a manifest that smudge then refuses: one over the
+    size limit (a pickle with a million metrics) or over the work limit (a
+    small storage viewed as 2**40 elements, a tensor spliced thousands of
+    times). Such a file is stored opaque instead, whose manifest always is.
+    Only the skeleton's id is not known yet; any id gives the same checks.
+    """
+    ctx.source.finish()  # the whole input has been read; this gives its size
+    candidate = Manifest(
+        format=parsed.format,
+        size=ctx.source.position,
+        sha256="0" * 64,
+        skeleton="0" * 64,
+        metrics=parsed.metrics,
+        tensors=parsed.tensors,
+        splices=ctx.layout.splices,
+    )
+    try:
+        Manifest.parse(candidate.render())
+    except ManifestError as exc:
+        raise NotThisFormat(f"its manifest would be refused ({exc})") from None
 
 
 def _read_manifest(ctx: CleanContext) -> bytes | None:

@@ -20,6 +20,9 @@ __all__ = [
     "MAGIC",
     "VERSION",
     "MAX_MANIFEST_BYTES",
+    "MAX_DIMS",
+    "WORK_RATIO",
+    "WORK_FLOOR",
     "FORMATS",
     "ManifestError",
     "TensorEntry",
@@ -38,7 +41,13 @@ FORMATS = ("torch-zip", "safetensors", "opaque")
 # Sizes and counts above this cannot describe a real file; refusing them early
 # keeps arithmetic on hostile input far from overflow.
 _MAX_SIZE = 1 << 60
-_MAX_DIMS = 64
+MAX_DIMS = 64
+# What a manifest may make a reader do is bounded by the bytes its objects hold
+# (docs/manifest.md, "Work"): the file it rebuilds, and the tensor bytes that
+# statistics, merges and loads read, are each at most this many times those
+# bytes, plus a floor for small files.
+WORK_RATIO = 64
+WORK_FLOOR = 256 << 20
 
 _OID_RE = re.compile(r"[0-9a-f]{64}\Z")
 _INT_RE = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
@@ -121,8 +130,8 @@ def _parse_ints(text: str, what: str, line_number: int) -> tuple[int, ...]:
         raise ManifestError(f"bad {what} {text!r}", line_number=line_number)
     body = text[1:-1]
     values = tuple(_parse_int(v, what, line_number) for v in body.split(",")) if body else ()
-    if len(values) > _MAX_DIMS:
-        raise ManifestError(f"{what} has more than {_MAX_DIMS} dimensions", line_number=line_number)
+    if len(values) > MAX_DIMS:
+        raise ManifestError(f"{what} has more than {MAX_DIMS} dimensions", line_number=line_number)
     return values
 
 
@@ -234,6 +243,15 @@ class Manifest:
     def object_ids(self) -> set[str]:
         """Every object this manifest needs: the skeleton and all spliced payloads."""
         return {self.skeleton} | {s.oid for s in self.splices}
+
+    def stored_bytes(self) -> int:
+        """The bytes the manifest's objects hold: the skeleton's, and each spliced object's once."""
+        distinct = {splice.oid: splice.length for splice in self.splices}
+        return self.skeleton_length + sum(distinct.values())
+
+    def work_limit(self) -> int:
+        """The most bytes this manifest may make a reader produce or read (docs/manifest.md)."""
+        return WORK_RATIO * self.stored_bytes() + WORK_FLOOR
 
     def payload_lengths(self) -> dict[str, int]:
         """The payload length of each object, as the manifest implies it."""
@@ -386,3 +404,26 @@ class Manifest:
             # Checked with exact integers, so a 2**62-element shape cannot wrap around.
             if tensor.extent_bytes() > lengths[tensor.oid]:
                 raise ManifestError(f"tensor {tensor.name!r} reaches past the end of its object")
+        self._check_work()
+
+    def _check_work(self) -> None:
+        """Refuse a manifest that makes much work of few stored bytes: a small object
+        spliced thousands of times, a stride-0 view of 2**40 elements, thousands of
+        tensor lines over one object.
+        """
+        limit = self.work_limit()
+        stored = self.stored_bytes()
+        if self.size > limit:
+            raise ManifestError(
+                f"a file of {self.size} bytes from {stored} stored bytes is over the work "
+                f"limit ({WORK_RATIO} times the stored bytes, plus {WORK_FLOOR})"
+            )
+        read = 0
+        for tensor in self.tensors:
+            read += tensor.nbytes
+            if read > limit:
+                raise ManifestError(
+                    f"tensors of more than {limit} bytes from {stored} stored bytes are over "
+                    f"the work limit ({WORK_RATIO} times the stored bytes, plus {WORK_FLOOR}); "
+                    f"the first over it is {tensor.name!r}"
+                )

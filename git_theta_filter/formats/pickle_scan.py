@@ -27,6 +27,7 @@ from typing import Any
 
 from ..dtypes import TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, dtype_by_name
 from ..errors import ThetaError
+from ..manifest import MAX_DIMS
 
 __all__ = [
     "PickleScanError",
@@ -42,6 +43,11 @@ __all__ = [
 MAX_METRIC_SEQUENCE = 8
 # Bounds the walk over a hostile object graph built from a small pickle.
 MAX_NODES = 5_000_000
+# The recorded names go into the manifest, which holds at most 32 MiB.
+MAX_NAME_CHARACTERS = 32 << 20
+# Real checkpoints nest a few levels (a Lightning checkpoint's optimizer state, about 6);
+# a pickle nested deeper is refused as soon as the walk gets there.
+MAX_DEPTH = 1000
 
 
 class PickleScanError(ThetaError):
@@ -149,6 +155,12 @@ def _rebuild_tensor_v3(
 
 
 def _tensor(storage: StorageRef, dtype: str, offset: Any, size: Any, stride: Any) -> TensorRef:
+    if (
+        not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)))
+        or len(size) > MAX_DIMS
+    ):
+        # The product of a million sizes would take hours to compute.
+        raise PickleScanError(f"tensor with a bad size or stride (at most {MAX_DIMS} dimensions)")
     ints = (offset, *size, *stride)
     if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride):
         raise PickleScanError("tensor with a bad offset, size or stride")
@@ -269,15 +281,40 @@ def _children(node: Any) -> Iterator[tuple[str, Any]]:
             yield f"args.{index}", value
 
 
+# A key path as a chain of (parent, key) links, joined into a name only for the
+# tensors and scalars that are recorded: building every node's full name would cost
+# time in proportion to its depth, and a pickle of a million nested lists would
+# take hours (the depth squared).
+_Path = tuple[Any, str] | None
+
+
+def _join(path: _Path) -> str:
+    keys = []
+    while path is not None:
+        path, key = path
+        keys.append(key)
+    return ".".join(reversed(keys))
+
+
 def _walk(root: Any, scan: PickleScan) -> None:
-    """Depth-first over the graph; a shared container is entered once."""
+    """Depth-first over the graph; a shared container is entered once.
+
+    Runs in time linear in the number of nodes plus the length of the names it
+    records, which is bounded by :data:`MAX_NAME_CHARACTERS`; refuses a graph
+    nested more than :data:`MAX_DEPTH` levels deep.
+    """
     seen: set[int] = set()
     used_names: set[str] = set()
-    stack: list[tuple[str, Any, bool]] = [("", root, False)]
+    stack: list[tuple[_Path, Any, bool, int]] = [(None, root, False, 0)]
     nodes = 0
+    name_characters = 0
 
-    def unique(name: str) -> str:
-        name = name or "."
+    def unique(path: _Path) -> str:
+        nonlocal name_characters
+        name = _join(path) or "."
+        name_characters += len(name)
+        if name_characters > MAX_NAME_CHARACTERS:
+            raise PickleScanError(f"names of more than {MAX_NAME_CHARACTERS} characters in all")
         candidate, n = name, 1
         while candidate in used_names:
             n += 1
@@ -286,23 +323,25 @@ def _walk(root: Any, scan: PickleScan) -> None:
         return candidate
 
     while stack:
-        path, node, in_long_sequence = stack.pop()
+        path, node, in_long_sequence, depth = stack.pop()
         nodes += 1
         if nodes > MAX_NODES:
             raise PickleScanError(f"more than {MAX_NODES} objects")
         if isinstance(node, (TensorRef, StorageRef)):
             scan.tensors.append((unique(path), node))
         elif isinstance(node, bool) or (isinstance(node, (int, float)) and not in_long_sequence):
-            if path and not (isinstance(node, int) and abs(node) > 2**63):
+            if path is not None and not (isinstance(node, int) and abs(node) > 2**63):
                 scan.scalars[unique(path)] = node
         elif isinstance(node, (dict, list, tuple, ForeignObject)):
             if id(node) in seen:
                 continue
             seen.add(id(node))
+            if depth == MAX_DEPTH:
+                raise PickleScanError(f"nested more than {MAX_DEPTH} levels deep")
             long_sequence = isinstance(node, (list, tuple)) and len(node) > MAX_METRIC_SEQUENCE
             children = list(_children(node))
             for key, child in reversed(children):
-                stack.append((f"{path}.{key}" if path else key, child, long_sequence))
+                stack.append(((path, key), child, long_sequence, depth + 1))
 
 
 def scan_pickle(data: bytes) -> PickleScan:

@@ -14,7 +14,7 @@ import math
 import struct
 
 from ..dtypes import DTYPES
-from ..manifest import TensorEntry
+from ..manifest import MAX_DIMS, TensorEntry
 from .base import CleanContext, NotThisFormat, ParsedFile
 
 __all__ = ["MAX_HEADER_BYTES", "looks_like_safetensors", "parse_safetensors"]
@@ -43,6 +43,10 @@ def parse_safetensors(ctx: CleanContext) -> ParsedFile:
         header = json.loads(raw, object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise NotThisFormat("safetensors header is not JSON") from None
+    except RecursionError:
+        raise NotThisFormat("safetensors header is nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than int() takes
+        raise NotThisFormat(f"safetensors header: {exc}") from None
     if not isinstance(header, dict):
         raise NotThisFormat("safetensors header is not an object")
     metadata = header.pop("__metadata__", None)
@@ -60,8 +64,14 @@ def parse_safetensors(ctx: CleanContext) -> ParsedFile:
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in DTYPES or not DTYPES[dtype].in_safetensors:
             raise NotThisFormat(f"tensor {name!r}: dtype {dtype!r} is not supported")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise NotThisFormat(f"tensor {name!r}: bad shape")
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= MAX_DIMS
+            and all(type(d) is int and d >= 0 for d in shape)
+        ):
+            # More dimensions than a manifest holds; and the product of a million of
+            # them would take hours to compute.
+            raise NotThisFormat(f"tensor {name!r}: bad shape (at most {MAX_DIMS} dimensions)")
         if not (
             isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
         ):

@@ -36,6 +36,8 @@ __all__ = [
 TENSOR_KEY = "tensor"
 # Our headers are a few hundred bytes; anything larger was not written by us.
 MAX_OBJECT_HEADER = 64 << 10
+# As many as a manifest's shapes may have (manifest.MAX_DIMS; store does not import it).
+MAX_OBJECT_DIMS = 64
 
 
 class ObjectFormatError(ThetaError):
@@ -101,8 +103,14 @@ def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPES or not DTYPES[dtype].in_safetensors:
         raise ObjectFormatError(oid, f"unknown dtype {dtype!r}")
-    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-        raise ObjectFormatError(oid, "shape must be a list of non-negative integers")
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= MAX_OBJECT_DIMS
+        and all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise ObjectFormatError(
+            oid, f"shape must be a list of at most {MAX_OBJECT_DIMS} non-negative integers"
+        )
     if not (
         isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
     ):

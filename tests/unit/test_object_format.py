@@ -200,11 +200,11 @@ VALID_ENTRY = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
         (header_with({"tensor": {**VALID_ENTRY, "dtype": "C128"}}), "unknown dtype 'C128'"),
         (
             header_with({"tensor": {**VALID_ENTRY, "shape": [-1]}}),
-            "shape must be a list of non-negative integers",
+            "shape must be a list of at most 64 non-negative integers",
         ),
         (
             header_with({"tensor": {**VALID_ENTRY, "shape": [True]}}),
-            "shape must be a list of non-negative integers",
+            "shape must be a list of at most 64 non-negative integers",
         ),
         (
             header_with({"tensor": {**VALID_ENTRY, "data_offsets": [0]}}),
