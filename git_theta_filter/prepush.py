@@ -247,6 +247,7 @@ def fill_store(
             result.transferred += copied.transferred
             result.transferred_bytes += copied.transferred_bytes
             result.skipped += copied.skipped
+            result.copied += copied.copied
     except (StoreError, TransferFailedError) as exc:
         raise PushUploadError(remote, store.url, exc) from exc
     result.skipped += len(wanted) - len(here) - sum(len(oids) for _, oids in copies)

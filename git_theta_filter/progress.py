@@ -4,7 +4,8 @@ On a terminal the line is redrawn in place by tqdm, in git-lfs's manner
 (``Uploading tensors: 45% (120/266), 1.2 GB/2.7 GB``); elsewhere nothing is
 drawn and :meth:`Progress.finish` prints one summary line instead. The core
 functions take the class as a parameter (as huggingface_hub takes
-``tqdm_class``); :class:`QuietProgress` says nothing.
+``tqdm_class``); :class:`QuietProgress` says nothing, and :class:`BarOnlyProgress`
+leaves the summary to a caller that sums up several transfers in one line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .units import human_bytes
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["Progress", "QuietProgress"]
+__all__ = ["Progress", "QuietProgress", "BarOnlyProgress"]
 
 # How often a live line is redrawn at most, in seconds.
 REDRAW_INTERVAL = 0.1
@@ -90,3 +91,11 @@ class QuietProgress(Progress):
     """Counts like :class:`Progress` and shows nothing."""
 
     speaks = False
+
+
+class BarOnlyProgress(Progress):
+    """Draws the live line on a terminal like :class:`Progress`, but prints no summary:
+    the caller prints one line for all its transfers."""
+
+    def finish(self, summary: str | None = None) -> None:
+        super().finish(None)

@@ -21,6 +21,7 @@ from .manifest import Manifest
 from .object_sizes import object_size_candidates
 from .on_demand import OnDemandFetcher
 from .prepush import fill_store, payload_lengths
+from .progress import Progress
 from .remotes import require_store, transfer_workers
 from .smudge import prepare_smudge, write_atomically
 from .store.local import ObjectMissingError
@@ -58,7 +59,12 @@ def _tips(repo: GitRepo, git: pygit2.Repository, refs: list[str]) -> list[pygit2
 
 
 def push_objects(
-    repo: GitRepo, remote: str, refs: list[str], *, all_refs: bool = False
+    repo: GitRepo,
+    remote: str,
+    refs: list[str],
+    *,
+    all_refs: bool = False,
+    progress: type[Progress] = Progress,
 ) -> tuple[TransferResult, str]:
     """Make ``remote``'s store hold every object that the history of ``refs`` needs
     (default HEAD; with ``all_refs`` and no refs, every ref's history).
@@ -74,7 +80,10 @@ def push_objects(
     tips = _tips(repo, git, refs or ([] if all_refs else ["HEAD"]))
     manifests = [ref.manifest for ref in reachable_manifests(git, tips).values()]
     commits = [str(tip) for tip in tips]
-    return fill_store(repo, remote, store, manifests, commits, list_store=all_refs), store.url
+    result = fill_store(
+        repo, remote, store, manifests, commits, list_store=all_refs, progress=progress
+    )
+    return result, store.url
 
 
 def objects_for_fetch(

@@ -6,8 +6,11 @@ import argparse
 import sys
 
 from ..gitrepo import GitRepo
+from ..progress import BarOnlyProgress
 from ..remotes import default_remote
+from ..store.transfer import TransferResult
 from ..sync import push_objects
+from ..units import human_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,11 +41,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     repo = GitRepo.discover()
     result, url = push_objects(
-        repo, args.remote or default_remote(repo), args.refs, all_refs=args.all
+        repo,
+        args.remote or default_remote(repo),
+        args.refs,
+        all_refs=args.all,
+        progress=BarOnlyProgress,
     )
-    if not result.transferred:
-        # The transfer prints its own line when it moves something.
-        print(
-            f"git-theta: nothing to upload: {url} already has all {result.skipped}", file=sys.stderr
-        )
+    print(f"git-theta: {url}: {summary(result)}", file=sys.stderr)
     return 0
+
+
+def summary(result: TransferResult) -> str:
+    """What the push did, in one line: ``uploaded 12 tensor objects, 48 MB; the store already
+    had 130`` (the uploads and the copies from other stores summed up)."""
+    if not result.transferred and not result.skipped:
+        return "nothing to upload: no model file in the history pushed"
+    if not result.transferred:
+        return f"nothing to upload; the store already had all {result.skipped}"
+    plural = "s" * (result.transferred != 1)
+    line = f"uploaded {result.transferred} tensor object{plural}, "
+    line += human_bytes(result.transferred_bytes)
+    if result.copied:
+        line += f" ({result.copied} copied from other remotes' stores)"
+    return f"{line}; the store already had {result.skipped}"

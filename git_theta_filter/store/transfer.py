@@ -77,9 +77,13 @@ class TransferFailedError(ThetaError):
 
 @dataclass
 class TransferResult:
+    """What a transfer did: objects moved (and their bytes), objects the other side had, and,
+    of those moved, how many were copied between two remote stores (:func:`relay`)."""
+
     transferred: int = 0
     transferred_bytes: int = 0
     skipped: int = 0
+    copied: int = 0
 
 
 def _run_parallel(
@@ -304,6 +308,7 @@ def relay(
             bar,
             lambda oid: oids[oid][0] if oids[oid] else 0,
         )
+    result.copied = result.transferred
     line = _summary("copied", f"from {source.url} to", target.url, result)
     bar.finish(line if result.transferred else None)
     if failures:

@@ -139,7 +139,11 @@ def test_forks_first_push_to_a_new_remote_from_a_lazy_clone_streams_old_objects(
         git_env.git(c, "push", "-q", "mirror", "main")
     else:
         git_env.git(c, "push", "-q", "--no-verify", "mirror", "main")
-        git_env.theta(c, "push", "--all", "mirror")
+        said = git_env.theta(c, "push", "--all", "mirror").stderr.decode()
+        copied = len(bare_store(upstream) - store_oids(c))
+        assert (
+            "tensor objects, " in said and f" ({copied} copied from other remotes' stores)" in said
+        )
     assert bare_store(mirror) == bare_store(upstream)
     # Streamed across, not downloaded into C's own store first.
     assert store_oids(c) != bare_store(upstream)
