@@ -11,6 +11,14 @@ from pathlib import Path
 
 import pytest
 
+# Some environments (this project's CI among them) set PYTHONDONTWRITEBYTECODE.
+# Without cached bytecode, each of the thousands of git-theta and filter processes
+# the tests start compiles the package again, and pytest rewrites every test
+# module's asserts again: minutes of the suite's time. Tests write bytecode as
+# Python does by default.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:

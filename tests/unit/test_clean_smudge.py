@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import random
 import struct
 import zipfile
 from pathlib import Path
@@ -182,7 +182,14 @@ def test_duplicate_safetensors_keys_are_stored_opaque(store: LocalStore) -> None
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"x", b"hello world\n", os.urandom(5000), b"PK\x03\x04" + b"\0" * 40, b"\x80\x02}q\x00."],
+    [
+        b"",
+        b"x",
+        b"hello world\n",
+        random.Random(5000).randbytes(5000),
+        b"PK\x03\x04" + b"\0" * 40,
+        b"\x80\x02}q\x00.",
+    ],
 )
 def test_opaque_round_trip(store: LocalStore, data: bytes) -> None:
     out, warnings = do_clean(store, data, "f.bin")
