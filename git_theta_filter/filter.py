@@ -14,15 +14,19 @@ cleaned and rebuilt the same way whoever asks:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .clean import clean
 from .formats.source import Readable
 from .gitrepo import GitRepo, git_process
 from .lfs_pointer import looks_like_lfs_pointer
 from .manifest import Manifest, ManifestError, looks_like_manifest
-from .on_demand import OnDemandFetcher
 from .smudge import SmudgePlan, prepare_smudge, read_smudge_input
 from .store.local import LocalStore, ObjectMissingError
+
+if TYPE_CHECKING:
+    # The remotes and transfers load only when a smudge lacks an object.
+    from .on_demand import OnDemandFetcher
 
 __all__ = ["ThetaFilter", "staged_payload_objects", "smudge_or_fetch"]
 

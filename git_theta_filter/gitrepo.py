@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -245,17 +244,31 @@ class GitRepo:
 
 
 def filter_command() -> str:
-    """How git should start us: by name when ``git-theta`` on PATH is this install.
+    """How git should start us: by name when every ``git-theta`` on PATH is this script.
 
     Otherwise the script's absolute path, shell-quoted: git runs the
-    configured command through the shell, so a path with a space must be quoted.
+    configured command through the shell, so a path with a space must be
+    quoted. A second ``git-theta`` on PATH is typically a version manager's
+    shim (pyenv, asdf), which runs before this script in the user's shell but
+    after it here (``pyenv exec`` puts the interpreter's directory first).
+    Through the shim, every filter start would cost several extra bash
+    processes (more than the filter's own start-up) and the interpreter would
+    be chosen by the repository's ``.python-version`` file.
     """
-    on_path = shutil.which("git-theta")
     script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if on_path and (
-        script is None or script.name != "git-theta" or Path(on_path).resolve() == script
-    ):
+    if script is None or script.name != "git-theta" or not script.exists():
+        return "git-theta"  # run as a module (tests, python -m): by name, as installed
+    on_path = _executables_on_path("git-theta")
+    if on_path and all(path.resolve() == script for path in on_path):
         return "git-theta"
-    if script is not None and script.name == "git-theta" and script.exists():
-        return shlex.quote(str(script))
-    return "git-theta"
+    return shlex.quote(str(script))
+
+
+def _executables_on_path(name: str) -> list[Path]:
+    """Every executable file called ``name`` in the directories of PATH, in order."""
+    found = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory or ".") / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            found.append(candidate)
+    return found

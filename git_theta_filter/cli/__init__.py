@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import sys
+from collections.abc import Callable
 from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..terminal import escaping_output
 from ._errors import exit_code_for, report_error
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["main", "COMMANDS"]
 
@@ -46,6 +49,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     Importing every command module costs about 0.4 s (numpy, pygit2), and git
     starts ``filter-process`` for every add, status and checkout.
     """
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="git theta",
         description="Version PyTorch model files in Git: byte-exact, deduplicated per tensor.",
@@ -63,6 +68,8 @@ def unknown_command_message(name: str) -> str:
 
     As in git, only the commands that tie for the closest match are suggested.
     """
+    import difflib  # only here: the filter process starts through main() for every add
+
     lines = [f"git theta: '{name}' is not a git-theta command. See 'git theta --help'."]
     scores = {command: difflib.SequenceMatcher(None, name, command).ratio() for command in COMMANDS}
     best = max(scores.values())
@@ -75,6 +82,12 @@ def unknown_command_message(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["filter-process"]:
+        # What git runs for every add, status and checkout, and waits on: it
+        # takes no options, so argparse is neither imported nor built for it.
+        from .filter_process import run
+
+        return _run(run, None)
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         print(unknown_command_message(argv[0]), file=sys.stderr)
         return 2
@@ -83,10 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    return _run(args.run, args)
+
+
+def _run(command: Callable[[Any], int], args: argparse.Namespace | None) -> int:
     # Names from the repository reach the terminal escaped (terminal.py).
     with escaping_output():
         try:
-            return args.run(args)
+            return command(args)
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:

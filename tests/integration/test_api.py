@@ -49,7 +49,11 @@ def filter_runs(repo: Path, *args: str) -> int:
     trace = repo.parent / "trace.txt"
     trace.unlink(missing_ok=True)
     git(repo, *args, env={"GIT_TRACE": str(trace)})
-    return trace.read_text().count("run_command: git-theta filter-process")
+    # By name, or by the script's path when another git-theta (a shim) is on PATH.
+    return sum(
+        "run_command:" in line and line.endswith("git-theta filter-process")
+        for line in trace.read_text().splitlines()
+    )
 
 
 def nested_checkpoint(epoch: int) -> dict:

@@ -298,3 +298,34 @@ def test_install_quotes_a_script_path_with_a_space(git_env, tmp_path):
     (repo / "x.bin").write_bytes(b"\x00" * 100)
     git_env.git(repo, "add", "x.bin")
     assert git_env.git(repo, "cat-file", "-p", ":x.bin").startswith("git-theta-manifest 1\n")
+
+
+def _installed_filter(git_env, script: Path, path: str) -> str:
+    git_env.run(str(script), "install", "--global", cwd=git_env.home, env={"PATH": path})
+    return (
+        git_env.run("git", "config", "--global", "filter.theta.process", cwd=git_env.home)
+        .stdout.decode()
+        .strip()
+    )
+
+
+def test_install_names_the_filter_when_it_is_the_only_git_theta_on_path(git_env):
+    bin_dir = Path(sys.executable).parent
+    script = bin_dir / "git-theta"
+    assert _installed_filter(git_env, script, f"{bin_dir}:/usr/bin:/bin") == (
+        "git-theta filter-process"
+    )
+
+
+def test_install_writes_the_script_path_when_a_shim_is_also_on_path(git_env, tmp_path):
+    """A version manager's shim (pyenv's runs several bash scripts per start) comes first
+    in the user's shell, though `pyenv exec` put the real script first for install."""
+    bin_dir = Path(sys.executable).parent
+    script = bin_dir / "git-theta"
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    shim = shims / "git-theta"
+    shim.write_text(f'#!/bin/sh\nexec "{script}" "$@"\n')
+    shim.chmod(0o755)
+    process = _installed_filter(git_env, script, f"{bin_dir}:{shims}:/usr/bin:/bin")
+    assert process == f"{script.resolve()} filter-process"

@@ -341,6 +341,85 @@ def test_filter_process_refuses_a_bad_handshake(
     )
 
 
+# What git waits for is the handshake's answer; only the protocol may be loaded before it.
+_HEAVY_BEFORE_HANDSHAKE = (
+    "numpy", "zstandard", "boto3", "botocore", "requests", "urllib3", "torch", "safetensors",
+    "pygit2", "email", "socket", "ssl", "http", "json", "subprocess", "concurrent",
+    "dataclasses", "pickle", "hashlib", "sqlite3", "argparse",
+)  # fmt: skip
+_PROTOCOL_MODULES = {
+    "git_theta_filter", "git_theta_filter.errors", "git_theta_filter.pktline",
+    "git_theta_filter.filter_protocol", "git_theta_filter.cli", "git_theta_filter.cli._errors",
+    "git_theta_filter.cli.filter_process",
+}  # fmt: skip
+
+
+def _imported_modules(argv: list[str], cwd: Path, env: dict, session: bytes) -> tuple[set, bytes]:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv],
+        cwd=cwd,
+        env=env,
+        input=session,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    imported = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    return imported, result.stdout
+
+
+def test_filter_process_answers_the_handshake_before_importing_anything_heavy(
+    git_env, repo: Path
+) -> None:
+    """git waits for the handshake on every add, status and checkout: the modules the
+    filter adds to a bare interpreter by then are the protocol's, nothing more."""
+    script = shutil.which("git-theta", path=git_env.env["PATH"])
+    assert script is not None
+    bare, _ = _imported_modules(["-c", "pass"], repo, git_env.env, b"")
+    # Git closes the pipe after the handshake: the filter has done all it would before a request.
+    imported, answer = _imported_modules(
+        [script, "filter-process"], repo, git_env.env, HANDSHAKE + CAPABILITIES
+    )
+    reader = PktLineReader(io.BytesIO(answer))
+    assert reader.read_text_list() == ["git-filter-server", "version=2"]
+    assert reader.read_text_list() == ["capability=clean", "capability=smudge"]
+    added = imported - bare
+    heavy = {m for m in added if m.split(".")[0] in _HEAVY_BEFORE_HANDSHAKE}
+    assert not heavy, sorted(heavy)
+    ours = {m for m in added if m.startswith("git_theta_filter")}
+    assert ours <= _PROTOCOL_MODULES, sorted(ours - _PROTOCOL_MODULES)
+    assert not (repo / ".git" / "theta" / "gc.lock").exists()  # no lock before a request
+
+
+def test_filter_process_outside_a_repository_fails_each_request_not_the_handshake(
+    git_env, tmp_path: Path
+) -> None:
+    script = shutil.which("git-theta", path=git_env.env["PATH"])
+    assert script is not None
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    session = HANDSHAKE + CAPABILITIES + request("clean", "a.bin", b"data")
+    result = subprocess.run(
+        [script, "filter-process"],
+        cwd=outside,
+        env={**git_env.env, "GIT_CEILING_DIRECTORIES": str(tmp_path)},
+        input=session,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    reader = PktLineReader(io.BytesIO(result.stdout))
+    reader.read_text_list(), reader.read_text_list()
+    assert read_response(reader) == (["status=error"], None, None)
+    assert result.stderr.decode().strip() == (
+        f"git-theta: error: a.bin: not a git repository: {outside}"
+    )
+
+
 def test_filter_process_never_imports_torch(git_env, repo: Path, tmp_path: Path) -> None:
     """Item 10: the filter stays light; -X importtime lists every module it loads."""
     save({"w": torch.ones(4)}, tmp_path / "a.pth")
