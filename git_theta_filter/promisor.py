@@ -98,8 +98,10 @@ def fetch_missing(git: pygit2.Repository, oids: Iterable[pygit2.Oid]) -> int:
             input="".join(f"{oid}\n" for oid in wanted).encode(),
         )
         if result.returncode != 0:
+            # git's first fatal line says why; the lines after it are generic advice.
             lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-            failures.append(f"{remote}: {lines[-1] if lines else 'fetch failed'}")
+            fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+            failures.append(f"{remote}: {(fatal or lines or ['fetch failed'])[0]}")
         wanted = missing_objects(git, wanted)
         if not wanted:
             return count

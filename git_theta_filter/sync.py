@@ -23,12 +23,12 @@ from .on_demand import OnDemandFetcher
 from .prepush import fill_store, payload_lengths
 from .progress import Progress
 from .remotes import require_store, transfer_workers
+from .revisions import BadRevisionError
 from .smudge import prepare_smudge, write_atomically
 from .store.local import ObjectMissingError
 from .store.transfer import TransferResult, download
 
 __all__ = [
-    "UnknownRevisionError",
     "PullResult",
     "push_objects",
     "objects_for_fetch",
@@ -37,18 +37,12 @@ __all__ = [
 ]
 
 
-class UnknownRevisionError(ThetaError):
-    def __init__(self, revision: str) -> None:
-        super().__init__(f"unknown revision {revision!r}")
-        self.revision = revision
-
-
 def _commit_id(repo: GitRepo, revision: str) -> str:
     sha = repo.git(
         "rev-parse", "--verify", "--quiet", revisions=[f"{revision}^{{commit}}"], check=False
     ).strip()
     if not sha:
-        raise UnknownRevisionError(revision)
+        raise BadRevisionError(revision)
     return sha
 
 

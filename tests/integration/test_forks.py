@@ -102,6 +102,28 @@ def test_forks_checkout_of_an_upstream_commit_fetches_from_upstream(git_env, for
     assert sha256_file(b / MODEL) == digest
 
 
+def test_forks_fetch_of_a_named_remote_and_ref_uses_that_remote_s_store(
+    git_env, fork_setup
+) -> None:
+    a, b, upstream, fork = fork_setup
+    commit(git_env, a, version("2.weight"), "upstream moves 2.weight")
+    git_env.git(a, "push", "-q", "origin", "main")
+    git_env.git(b, "fetch", "-q", "origin")
+    needed = bare_store(upstream) - store_oids(b)
+    assert needed
+
+    # The fork's store lacks them, and only the named remote's store is asked.
+    wrong = git_env.theta(b, "fetch", "fork", "origin/main", check=False)
+    assert wrong.returncode == 1
+    assert f"in {fork / 'theta' / 'objects'}: is not there" in wrong.stderr.decode()
+    assert store_oids(b) & needed == set()
+
+    git_env.theta(b, "fetch", "origin", "origin/main")
+    assert needed <= store_oids(b)
+    bad = git_env.theta(b, "fetch", "origin", "no-such-ref", check=False)
+    assert bad.returncode == 128 and "bad revision 'no-such-ref'" in bad.stderr.decode()
+
+
 def test_forks_lookup_order_is_the_commit_s_remote_then_the_branch_s_then_the_rest(
     git_env, fork_setup
 ) -> None:

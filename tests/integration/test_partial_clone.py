@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import isolated_git_env, mlp_checkpoint, save
+from helpers import isolated_git_env, mlp_checkpoint, save, store_oids
 
 VERSIONS = 6
 
@@ -81,14 +81,33 @@ def test_partial_clone_du_fsck_and_fetch_all_see_the_whole_history(shared, tmp_p
 
 
 def test_partial_clone_without_its_promisor_fails_loudly(shared, tmp_path) -> None:
-    git_env, bare, _ = shared
+    git_env, bare, full = shared
     moved = tmp_path / "shared.git"
     shutil.copytree(bare, moved)
     clone = partial_clone(git_env, moved, tmp_path / "clone")
     shutil.rmtree(moved)
-    for command in (("theta-log",), ("theta", "du"), ("theta", "fsck", "--all")):
+    # Every version's objects are here, but only HEAD's manifest blob is.
+    for name in ("objects", "packs"):
+        if (full / ".git" / "theta" / name).exists():
+            shutil.copytree(
+                full / ".git" / "theta" / name,
+                clone / ".git" / "theta" / name,
+                dirs_exist_ok=True,
+            )
+    kept = store_oids(clone)
+    assert kept == store_oids(full)
+    for command in (
+        ("theta-log",),
+        ("theta", "du"),
+        ("theta", "fsck", "--all"),
+        ("theta", "fetch", "--all"),
+        ("theta", "gc", "--prune=now"),
+    ):
         result = git_env.run("git", *command, cwd=clone, check=False)
         stderr = result.stderr.decode()
         assert result.returncode == 128, f"git {' '.join(command)}: {result.returncode} {stderr}"
         assert "is not in this clone: this partial clone could not fetch it from 'origin'" in stderr
+        assert "(origin: fatal: " in stderr, "git's reason is not the line quoted"
         assert "check that 'origin' can be reached, then run the command again" in stderr
+    # gc took no unreadable blob for "not a model file": it deleted nothing.
+    assert store_oids(clone) == kept
