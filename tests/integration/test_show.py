@@ -7,6 +7,7 @@ import io
 import os
 import pty
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,50 @@ def test_show_refuses_to_write_a_model_to_a_terminal(git_env, history) -> None:
         os.close(controller)
     assert result.returncode == 2
     assert "refusing to write a model file to a terminal" in result.stderr.decode()
+
+
+def test_restore_cat_file_filters_and_archive_give_the_real_file(git_env, history) -> None:
+    """What docs/remotes.md ("Getting a model out of history") says git itself does."""
+    repo, digests = history
+    path = "models/model.pth"
+    filtered = git_env.run("git", "cat-file", "--filters", f"HEAD~1:{path}", cwd=repo).stdout
+    assert hashlib.sha256(filtered).hexdigest() == digests[0]
+
+    archive = git_env.run("git", "archive", "HEAD~1", path, cwd=repo).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        member = tar.extractfile(path)
+        assert member is not None
+        assert hashlib.sha256(member.read()).hexdigest() == digests[0]
+
+    git_env.git(repo, "restore", "--source=HEAD~1", "--", path)
+    assert sha256_file(repo / path) == digests[0]
+    git_env.git(repo, "restore", "--", path)
+    assert git_env.git(repo, "status", "--porcelain") == ""
+
+
+def test_push_all_moves_the_tensors_of_a_mirror_and_of_a_bundle(
+    git_env, history, tmp_path: Path
+) -> None:
+    """docs/remotes.md, "Mirrors, archives and bundles": the recipes work as written."""
+    repo, digests = history
+    mirror = tmp_path / "mirror.git"
+    git_env.run("git", "clone", "-q", "--mirror", str(tmp_path / "shared.git"), str(mirror))
+    assert not (mirror / "theta").exists(), "a mirror clone has no store"
+    git_env.git(repo, "remote", "add", "mirror", str(mirror))
+    git_env.theta(repo, "push", "--all", "mirror")
+
+    # A bundle with a directory store beside it, named for the bundle's remote.
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    git_env.git(repo, "bundle", "create", "-q", str(usb / "models.bundle"), "--all")
+    git_env.git(repo, "remote", "add", "usb", str(usb / "models.bundle"))
+    git_env.git(repo, "config", "theta.remote.usb.url", str(usb / "theta-objects"))
+    git_env.theta(repo, "push", "--all", "usb")
+
+    store = f"theta.remote.origin.url={usb / 'theta-objects'}"
+    for source, options in ((mirror, ()), (usb / "models.bundle", ("-c", store))):
+        clone = tmp_path / f"from-{source.name}"
+        git_env.run("git", "clone", "-q", *options, str(source), str(clone))
+        assert sha256_file(clone / "models" / "model.pth") == digests[1]
+        git_env.git(clone, "checkout", "-q", "HEAD~1")
+        assert sha256_file(clone / "models" / "model.pth") == digests[0]
