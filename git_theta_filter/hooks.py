@@ -11,7 +11,9 @@ carries :data:`MARKER`.
   (:mod:`lfs_interop`). We install ours only when the repository uses Git LFS,
   git-lfs is on PATH, and the slot is empty: git-lfs could not install its own
   because our ``pre-push`` was there first. A hook already in such a slot is
-  left alone.
+  left alone. These three are whole in their shell scripts (git runs them
+  after every commit, checkout and merge, and a Python start costs more than
+  ``git lfs post-commit``); ``git theta hook post-*`` runs the same script.
 
 A hooks directory that git tracks (``core.hooksPath`` pointing into the work
 tree) is the team's shared setup: nothing is written there without
@@ -20,9 +22,11 @@ tree) is the team's shared setup: nothing is written there without
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -44,6 +48,7 @@ __all__ = [
     "hooks_installed",
     "run_after_ours",
     "run_chained_hook",
+    "hook_script",
 ]
 
 # pre-push first: the order git-lfs installs them in.
@@ -55,6 +60,13 @@ CHAINED_SUFFIX = ".pre-theta"
 
 def _script(name: str) -> str:
     return (resources.files("git_theta_filter") / "hook_scripts" / name).read_text()
+
+
+@contextlib.contextmanager
+def hook_script(name: str) -> Iterator[Path]:
+    """The packaged script of hook ``name`` as a file, for ``git theta hook`` to run."""
+    with resources.as_file(resources.files("git_theta_filter") / "hook_scripts" / name) as path:
+        yield path
 
 
 def _text(path: Path) -> str | None:
@@ -160,8 +172,9 @@ def uninstall_hooks(repo: GitRepo) -> list[str]:
 
 
 def run_after_ours(repo: GitRepo, name: str, args: list[str], stdin: bytes) -> int:
-    """What a hook of ours does after its own work: git-lfs's work when the repository
-    uses Git LFS and the hook we replaced does not do it, then that hook.
+    """What ``pre-push`` does after its own work: git-lfs's work when the repository
+    uses Git LFS and the hook we replaced does not do it, then that hook. (The
+    post-* scripts do the same in the shell.)
 
     Returns the first non-zero exit code; a failing ``pre-push`` stops there,
     so the push is refused.

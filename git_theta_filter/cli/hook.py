@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 from ..gitrepo import GitRepo
-from ..hooks import HOOK_NAMES, run_after_ours
+from ..hooks import ALWAYS, HOOK_NAMES, hook_script, run_after_ours
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,11 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name != ALWAYS:
+        # The post-* hooks are shell scripts, so that a commit or checkout starts no
+        # Python; a hook of the user's that calls us gets the same script.
+        with hook_script(args.name) as script:
+            return subprocess.run(["sh", str(script), *args.hook_args]).returncode
     repo = GitRepo.discover()
-    # Only pre-push reads standard input; git gives the others none to read.
-    stdin = sys.stdin.buffer.read() if args.name == "pre-push" else b""
-    if args.name == "pre-push":
-        _upload(repo, args.hook_args, stdin)
+    stdin = sys.stdin.buffer.read()
+    _upload(repo, args.hook_args, stdin)
     return run_after_ours(repo, args.name, args.hook_args, stdin)
 
 

@@ -197,3 +197,57 @@ def test_lfs_pre_push_work_runs_once_whoever_installed_first(
     log.unlink(missing_ok=True)
     git_env.git(a, "push", "-q", "origin", "main", env=env)
     assert log.read_text().split().count("pre-push") == 1
+
+
+def logging_tools(git_env, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Directories for PATH: one whose git-lfs logs each command before running the
+    real one, and one whose git-theta only logs (a hook that starts us shows up)."""
+    real_lfs = git_env.run("sh", "-c", "command -v git-lfs").stdout.decode().strip()
+    log = tmp_path / "calls"
+    lfs_dir, theta_dir = tmp_path / "lfs-bin", tmp_path / "theta-bin"
+    for directory, tool, script in (
+        (lfs_dir, "git-lfs", f'echo "git-lfs $1" >> {log}\nexec {real_lfs} "$@"'),
+        (theta_dir, "git-theta", f'echo "git-theta $*" >> {log}\nexit 1'),
+    ):
+        directory.mkdir()
+        (directory / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (directory / tool).chmod(0o755)
+    return lfs_dir, theta_dir, log
+
+
+def test_lfs_post_commit_hook_does_git_lfs_work_in_the_shell_without_starting_git_theta(
+    lfs_env, tmp_path: Path
+) -> None:
+    """git runs post-commit after every commit: ours runs `git lfs post-commit` (once,
+    whoever does it) and the hook it replaced, and starts no Python."""
+    git_env = lfs_env
+    a = tmp_path / "A"
+    git_env.run("git", "init", "-q", str(a))
+    git_env.git(a, "theta", "track", "*.pth")
+    hooks = a / ".git" / "hooks"
+    assert "git-theta-filter hook" in (hooks / "post-commit").read_text()
+    lfs_dir, theta_dir, log = logging_tools(git_env, tmp_path)
+    path = git_env.env["PATH"]
+    env = {"PATH": os.pathsep.join([str(lfs_dir), str(theta_dir), path])}
+
+    def commit(n: int) -> list[str]:
+        log.unlink(missing_ok=True)
+        (a / "notes.txt").write_text(f"{n}\n")  # no filter runs: only the hook can call us
+        git_env.git(a, "add", "notes.txt")
+        git_env.git(a, "commit", "-qm", f"notes {n}", env=env)
+        return log.read_text().splitlines() if log.exists() else []
+
+    assert commit(1) == ["git-lfs post-commit"]
+    # A hook ours replaced runs after it; when it does git-lfs's work, that is left to it.
+    chained = hooks / "post-commit.pre-theta"
+    chained.write_text(f'#!/bin/sh\necho "chained $*" >> {log}\ngit lfs post-commit "$@"\n')
+    chained.chmod(0o755)
+    assert commit(2) == ["chained ", "git-lfs post-commit"]
+    # `git-theta hook post-commit`, as a user's hook calls it, runs the same script.
+    chained.unlink()
+    log.unlink()
+    git_env.theta(a, "hook", "post-commit", env={"PATH": f"{lfs_dir}{os.pathsep}{path}"})
+    assert log.read_text().splitlines() == ["git-lfs post-commit"]
+    # A repository that no longer uses Git LFS: nothing to do.
+    git_env.run("git", "config", "--global", "--remove-section", "filter.lfs")
+    assert commit(3) == []
