@@ -7,9 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from ..attributes import filters_at
 from ..errors import ThetaError
 from ..file_at import locate_file, write_file_at
 from ..gitrepo import GitRepo
+from ..installation import require_filter
 
 
 class BinaryToTerminalError(ThetaError):
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         return 0
     target: Path = args.output
+    _refuse_unfiltered_work_tree_file(repo, target)
     temp = target.with_name(f".{target.name}.theta-show-{os.getpid()}")
     try:
         with open(temp, "xb") as handle:
@@ -65,3 +68,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         temp.unlink(missing_ok=True)
     return 0
+
+
+def _refuse_unfiltered_work_tree_file(repo: GitRepo, target: Path) -> None:
+    """A real model file written to a theta-tracked path of a work tree whose git has no
+    theta filter would be staged raw by the next ``git add``: refuse, as ``pull`` does."""
+    if repo.worktree is None:
+        return
+    worktree = repo.worktree.resolve()
+    try:
+        relative = target.resolve().relative_to(worktree)
+    except ValueError:
+        return  # outside the work tree: git never sees it
+    if filters_at(worktree, [relative.as_posix()]).get(relative.as_posix()) == "theta":
+        require_filter(repo)
