@@ -1,9 +1,15 @@
 """``git theta gc``: delete local objects that no manifest needs.
 
-An object is kept when any manifest still reachable in this repository names
-it: from any ref, any reflog entry, the stash, HEAD and the index of every
-worktree. Objects newer than the grace period (``--prune=<date>``, default
-``2.weeks.ago`` as in ``git gc``) are kept too.
+An object is kept when a manifest that ``git gc`` would keep names it: git
+itself lists what it keeps (``rev-list --objects --all --reflog
+--indexed-objects``: every ref, including refs to trees and blobs and tags of
+them, the stash, notes and per-worktree refs; every reflog; every worktree's
+HEAD and index, a locked worktree whose directory is gone included), and
+commits named by MERGE_HEAD, CHERRY_PICK_HEAD, REVERT_HEAD and the like are
+added. Objects newer than the grace period (``--prune=<date>``, default
+``2.weeks.ago`` as in ``git gc``) are kept too; an add that finds an object
+already stored freshens its mtime (``LocalStore.freshen``), as git freshens
+an object it would have written.
 
 gc holds the exclusive side of ``locks.py``'s lock, so it never runs while an
 ``add`` is writing objects that the index does not name yet.
@@ -11,16 +17,17 @@ gc holds the exclusive side of ``locks.py``'s lock, so it never runs while an
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pygit2
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
-from .history import ManifestRef, reachable_manifests, read_manifest_blob
+from .history import ManifestRef, read_manifest_blob
 from .locks import exclusive_gc_lock
+from .promisor import GitObjectsUnavailableError, fetch_missing
 from .store.repack import repack, with_delta_bases
 
 __all__ = ["BadPruneDateError", "GcReport", "parse_prune_date", "collect_garbage"]
@@ -49,54 +56,115 @@ def parse_prune_date(repo: GitRepo, text: str) -> float:
     return float(value)  # "now" parses as the largest timestamp: everything is older
 
 
-def _tips(repo: GitRepo, git: pygit2.Repository) -> set[pygit2.Oid]:
-    """Every commit a ref, a reflog entry, or a worktree's HEAD or HEAD reflog points to."""
-    tips: set[pygit2.Oid] = set()
+# Files git leaves in a git dir while an operation is under way (a merge, a
+# cherry-pick, a revert, a rebase, a bisect): they name commits that git's own
+# commands still need. git gc keeps only what refs, reflogs and indexes reach;
+# keeping these too costs nothing and spares an object a conflicted merge needs.
+_OPERATION_HEADS = (
+    "MERGE_HEAD",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+    "REBASE_HEAD",
+    "ORIG_HEAD",
+    "BISECT_HEAD",
+    "AUTO_MERGE",
+    "rebase-merge/onto",
+    "rebase-merge/orig-head",
+    "rebase-apply/onto",
+    "rebase-apply/orig-head",
+)
+_HEX_ID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+# Rounds of fetching what a partial clone left out, before giving up.
+_FETCH_ROUNDS = 4
 
-    def add(oid: pygit2.Oid | None) -> None:
-        if oid is not None and oid != pygit2.Oid(hex="0" * 40):
+
+def _git_dirs(repo: GitRepo) -> list[Path]:
+    """The main git dir and every linked worktree's, including a locked worktree
+    whose directory is gone (its git dir, with HEAD, index and logs, stays)."""
+    worktrees = repo.common_dir / "worktrees"
+    linked = sorted(p for p in worktrees.iterdir() if p.is_dir()) if worktrees.is_dir() else []
+    return [repo.common_dir, *linked]
+
+
+def _operation_heads(repo: GitRepo, git: pygit2.Repository) -> list[str]:
+    """The commits that MERGE_HEAD, CHERRY_PICK_HEAD and the like name, in every worktree.
+
+    One that git gc already pruned (it does not keep them) is left out.
+    """
+    found = []
+    for git_dir in _git_dirs(repo):
+        for name in _OPERATION_HEADS:
             try:
-                tips.add(git[oid].peel(pygit2.Commit).id)
-            except (KeyError, ValueError, pygit2.InvalidSpecError):
-                pass
-
-    def add_reference(owner: pygit2.Repository, name: str) -> None:
-        try:
-            reference = owner.lookup_reference(name)
-        except (KeyError, pygit2.InvalidSpecError):
-            return
-        with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
-            add(reference.resolve().target)
-        with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
-            for entry in reference.log():
-                add(entry.oid_new)
-                add(entry.oid_old)
-
-    for name in list(git.references) + ["HEAD"]:
-        add_reference(git, name)
-    # Each linked worktree has a HEAD and a HEAD reflog of its own, as in `git gc`:
-    # a commit made there and then checked out away is reachable only from that log.
-    for worktree in _worktree_repos(git):
-        add_reference(worktree, "HEAD")
-    return tips
+                text = (git_dir / name).read_text("ascii", "replace")
+            except OSError:
+                continue
+            for line in text.splitlines():  # MERGE_HEAD has one line per merged head
+                word = line.split(maxsplit=1)[0] if line.strip() else ""
+                if _HEX_ID.fullmatch(word) and _exists(git, word):
+                    found.append(word)
+    return list(dict.fromkeys(found))
 
 
-def _worktree_repos(git: pygit2.Repository) -> list[pygit2.Repository]:
-    repos = []
-    for name in git.list_worktrees():
-        with contextlib.suppress(pygit2.GitError, KeyError):
-            repos.append(pygit2.Repository(git.lookup_worktree(name).path))
-    return repos
+def _exists(git: pygit2.Repository, hex_id: str) -> bool:
+    try:
+        return pygit2.Oid(hex=hex_id) in git.odb
+    except ValueError:  # an id of the other hash function
+        return False
 
 
-def _index_manifests(git: pygit2.Repository) -> Iterator[ManifestRef]:
-    for repo in [git, *_worktree_repos(git)]:
-        if repo.is_bare:
-            continue
-        for entry in repo.index:
-            manifest = read_manifest_blob(git, entry.id)
-            if manifest is not None:
-                yield ManifestRef(entry.path, str(entry.id), manifest)
+def _objects_git_keeps(repo: GitRepo, git: pygit2.Repository) -> tuple[list[str], list[str]]:
+    """(present, missing) ids of every object ``git gc`` keeps reachable, as git lists them.
+
+    ``git rev-list --objects --all --reflog --indexed-objects`` is the walk
+    git's own prune marks with: every ref (refs/stash, refs/notes/*, tags of
+    trees and blobs included) and every worktree's HEAD, per-worktree refs
+    (refs/bisect/*, refs/worktree/*), reflogs and index, a locked worktree
+    whose directory is gone included. The operation heads are added to it.
+    """
+    listing = repo.git(
+        "rev-list",
+        "--objects",
+        "--all",
+        "--reflog",
+        "--indexed-objects",
+        "--missing=print",
+        revisions=_operation_heads(repo, git),
+    )
+    present, missing = [], []
+    for line in listing.splitlines():
+        word = line.split(" ", 1)[0]
+        if word.startswith("?"):
+            missing.append(word[1:])
+        elif word:
+            present.append(word)
+    return present, missing
+
+
+def _manifests_git_keeps(repo: GitRepo, git: pygit2.Repository) -> list[ManifestRef]:
+    """Every manifest among the objects git gc keeps.
+
+    In a partial clone, what the walk could not reach (trees and blobs left
+    out) is fetched and the walk run again; a repository that lacks a
+    reachable object and has no promisor remote makes gc stop
+    (``GitObjectsUnavailableError``) rather than delete what it cannot account for.
+    """
+    for _ in range(_FETCH_ROUNDS):
+        present, missing = _objects_git_keeps(repo, git)
+        if not missing:
+            break
+        fetch_missing(git, [pygit2.Oid(hex=oid) for oid in missing])
+    else:
+        raise GitObjectsUnavailableError(
+            missing,
+            "history reaches it but it could not be fetched",
+            hint="run `git fsck`; gc deleted nothing",
+        )
+    found = []
+    for oid in dict.fromkeys(present):
+        manifest = read_manifest_blob(git, oid)
+        if manifest is not None:
+            found.append(ManifestRef("", oid, manifest))
+    return found
 
 
 @dataclass
@@ -116,9 +184,7 @@ def collect_garbage(repo: GitRepo, prune_before: float, dry_run: bool) -> GcRepo
         # opened from a linked worktree, its HEAD and index would be left out.
         git = pygit2.Repository(str(repo.common_dir))
         needed: set[str] = set()
-        for ref in list(reachable_manifests(git, _tips(repo, git)).values()) + list(
-            _index_manifests(git)
-        ):
+        for ref in _manifests_git_keeps(repo, git):
             needed |= ref.manifest.object_ids()
         recent: set[str] = set()
         loose = list(store.iter_loose_oids())

@@ -345,6 +345,7 @@ class LocalStore:
         damaged = False
         if self.has(oid):
             if self._holds(oid):  # small: decoding it costs little
+                self.freshen(oid)
                 return
             damaged = True  # the good copy goes loose below, where lookups look first
         if self.compression:
@@ -399,12 +400,32 @@ class LocalStore:
             os.link(path, final)
         except FileExistsError:
             if self._holds(oid):
+                self.freshen(oid)
                 return
             # A damaged copy: kept for inspection, and the good bytes renamed over it
             # in one step, so that the store gives back what was just written.
             self._keep_for_inspection(final, oid)
             os.replace(path, final)
         VERIFIED.add_path(final)
+
+    def freshen(self, oid: str) -> None:
+        """Touch the file holding ``oid`` (its loose file, else its pack): an add that
+        needed an object already stored counts as writing it, as git freshens an
+        object it would have written, so gc's grace period counts from this add.
+
+        A store we may not touch (another user's, read-only) is left as it is.
+        """
+        packed = self._find_packed(oid)
+        for target in (self.object_path(oid), packed[3] if packed else None):
+            if target is None or target == self.tmp_dir:  # in the pack being written
+                continue
+            try:
+                os.utime(target)
+                return
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return
 
     def _keep_for_inspection(self, final: Path, oid: str) -> None:
         """Link a damaged object's file into ``theta/bad/`` before it is replaced (best effort)."""

@@ -225,6 +225,7 @@ class ObjectWriter:
             self.oid = self._same.oid
             self._same.close()
             self._same = None
+            self._store.freshen(self.oid)  # a dedup hit: gc's grace period restarts
             return self.oid
         oid = self._hash.hexdigest()
         try:
