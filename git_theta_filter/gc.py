@@ -3,10 +3,11 @@
 An object is kept when a manifest that ``git gc`` would keep names it: git
 itself lists what it keeps (``rev-list --objects --all --reflog
 --indexed-objects``: every ref, including refs to trees and blobs and tags of
-them, the stash, notes and per-worktree refs; every reflog; every worktree's
-HEAD and index, a locked worktree whose directory is gone included), and
-commits named by MERGE_HEAD, CHERRY_PICK_HEAD, REVERT_HEAD and the like are
-added. Objects newer than the grace period (``--prune=<date>``, default
+them, the stash and notes; every reflog; every worktree's HEAD and index, a
+locked worktree whose directory is gone included). Every worktree's
+per-worktree refs (refs/bisect/*, refs/worktree/*, which git 2.39's gc keeps
+for the current worktree only) and the commits MERGE_HEAD, CHERRY_PICK_HEAD,
+REVERT_HEAD and the like name are added. Objects newer than the grace period (``--prune=<date>``, default
 ``2.weeks.ago`` as in ``git gc``) are kept too; an add that finds an object
 already stored freshens its mtime (``LocalStore.freshen``), as git freshens
 an object it would have written.
@@ -59,7 +60,7 @@ def parse_prune_date(repo: GitRepo, text: str) -> float:
 # Files git leaves in a git dir while an operation is under way (a merge, a
 # cherry-pick, a revert, a rebase, a bisect): they name commits that git's own
 # commands still need. git gc keeps only what refs, reflogs and indexes reach;
-# keeping these too costs nothing and spares an object a conflicted merge needs.
+# keeping these too costs nothing and spares an object a stopped merge needs.
 _OPERATION_HEADS = (
     "MERGE_HEAD",
     "CHERRY_PICK_HEAD",
@@ -73,6 +74,10 @@ _OPERATION_HEADS = (
     "rebase-apply/onto",
     "rebase-apply/orig-head",
 )
+# Refs that each worktree has for itself (git-worktree(1), "Refs"). `rev-list
+# --all` lists only the current worktree's: git 2.39's own gc prunes what
+# another worktree's refs/bisect/* or refs/worktree/* alone reaches.
+_PER_WORKTREE_REFS = ("refs/bisect", "refs/worktree", "refs/rewritten")
 _HEX_ID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 # Rounds of fetching what a partial clone left out, before giving up.
 _FETCH_ROUNDS = 4
@@ -86,22 +91,32 @@ def _git_dirs(repo: GitRepo) -> list[Path]:
     return [repo.common_dir, *linked]
 
 
-def _operation_heads(repo: GitRepo, git: pygit2.Repository) -> list[str]:
-    """The commits that MERGE_HEAD, CHERRY_PICK_HEAD and the like name, in every worktree.
+def _named_ids(path: Path) -> list[str]:
+    """The object ids a file of refs or operation heads names (one per line; a
+    symbolic ref names another ref, which is listed on its own)."""
+    try:
+        text = path.read_text("ascii", "replace")
+    except OSError:
+        return []
+    words = (line.split(maxsplit=1)[0] for line in text.splitlines() if line.strip())
+    return [word for word in words if _HEX_ID.fullmatch(word)]
 
-    One that git gc already pruned (it does not keep them) is left out.
+
+def _roots_beyond_all(repo: GitRepo, git: pygit2.Repository) -> list[str]:
+    """What ``rev-list --all`` leaves out: every worktree's operation heads
+    (MERGE_HEAD, CHERRY_PICK_HEAD, REVERT_HEAD and the like) and per-worktree refs.
+
+    An id whose object is gone (git gc does not keep operation heads) is left out.
     """
     found = []
     for git_dir in _git_dirs(repo):
-        for name in _OPERATION_HEADS:
-            try:
-                text = (git_dir / name).read_text("ascii", "replace")
-            except OSError:
-                continue
-            for line in text.splitlines():  # MERGE_HEAD has one line per merged head
-                word = line.split(maxsplit=1)[0] if line.strip() else ""
-                if _HEX_ID.fullmatch(word) and _exists(git, word):
-                    found.append(word)
+        files = [git_dir / name for name in _OPERATION_HEADS]
+        for prefix in _PER_WORKTREE_REFS:
+            refs = git_dir / prefix
+            if refs.is_dir() and not refs.is_symlink():
+                files += sorted(path for path in refs.rglob("*") if path.is_file())
+        for path in files:
+            found += [oid for oid in _named_ids(path) if _exists(git, oid)]
     return list(dict.fromkeys(found))
 
 
@@ -117,9 +132,9 @@ def _objects_git_keeps(repo: GitRepo, git: pygit2.Repository) -> tuple[list[str]
 
     ``git rev-list --objects --all --reflog --indexed-objects`` is the walk
     git's own prune marks with: every ref (refs/stash, refs/notes/*, tags of
-    trees and blobs included) and every worktree's HEAD, per-worktree refs
-    (refs/bisect/*, refs/worktree/*), reflogs and index, a locked worktree
-    whose directory is gone included. The operation heads are added to it.
+    trees and blobs included), every worktree's HEAD, reflogs and index, a
+    locked worktree whose directory is gone included. Every worktree's
+    per-worktree refs and operation heads are added to it.
     """
     listing = repo.git(
         "rev-list",
@@ -128,7 +143,7 @@ def _objects_git_keeps(repo: GitRepo, git: pygit2.Repository) -> tuple[list[str]
         "--reflog",
         "--indexed-objects",
         "--missing=print",
-        revisions=_operation_heads(repo, git),
+        revisions=_roots_beyond_all(repo, git),
     )
     present, missing = [], []
     for line in listing.splitlines():

@@ -28,7 +28,7 @@ import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -409,23 +409,25 @@ class LocalStore:
         VERIFIED.add_path(final)
 
     def freshen(self, oid: str) -> None:
-        """Touch the file holding ``oid`` (its loose file, else its pack): an add that
-        needed an object already stored counts as writing it, as git freshens an
-        object it would have written, so gc's grace period counts from this add.
+        """Touch the file holding ``oid``: its loose file, else its pack.
 
-        A store we may not touch (another user's, read-only) is left as it is.
+        An add that needs an object already stored counts as writing it, as
+        git freshens an object it would have written, so ``git theta gc``'s
+        grace period counts from this add. Only the modification time
+        changes, never the content. A store that may not be touched (another
+        user's, a read-only mount) is left as it is: it still serves reads.
         """
-        packed = self._find_packed(oid)
-        for target in (self.object_path(oid), packed[3] if packed else None):
-            if target is None or target == self.tmp_dir:  # in the pack being written
-                continue
-            try:
-                os.utime(target)
-                return
-            except FileNotFoundError:
-                continue
-            except OSError:
-                return
+        try:
+            os.utime(self.object_path(oid), follow_symlinks=False)
+            return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        found = self._find_packed(oid)
+        if found is not None and found[3] != self.tmp_dir:  # not the pack being written
+            with suppress(OSError):
+                os.utime(found[3], follow_symlinks=False)
 
     def _keep_for_inspection(self, final: Path, oid: str) -> None:
         """Link a damaged object's file into ``theta/bad/`` before it is replaced (best effort)."""

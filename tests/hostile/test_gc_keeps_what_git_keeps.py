@@ -1,14 +1,19 @@
 """Class 7 of docs/security.md: ``git theta gc`` keeps every object that what ``git gc`` keeps needs.
 
-One repository holds a model version reachable only in each way git knows:
-a ref to a tree, a ref to a blob, annotated tags of a tree and of a blob,
-refs/notes/*, refs/bisect/*, refs/worktree/*, the stash, a linked worktree's
-HEAD, index and reflog, a locked worktree whose directory is gone, the main
-index, and HEAD's reflog. ``git theta gc --prune=now`` then ``git gc
---prune=now`` run; every manifest blob git kept must still have all its
-objects. MERGE_HEAD, CHERRY_PICK_HEAD and REVERT_HEAD name versions that git
-gc itself does not keep; theta keeps them too, since the operation under way
-needs them.
+One repository holds a model version kept in only one way for each way git
+knows: a branch, its history, a branch's reflog, HEAD's reflog, a ref to a
+tree, a ref to a blob, annotated tags of a tree and of a blob, refs/notes/*,
+refs/bisect/*, refs/worktree/*, the stash, the main index, a linked
+worktree's HEAD, HEAD reflog and index, and a locked worktree's HEAD, reflog
+and index after its directory was deleted. ``git theta gc --prune=now`` then
+``git gc --prune=now`` run; every manifest git kept must still check out,
+byte for byte. theta keeps more than git 2.39's gc: versions named by
+MERGE_HEAD, CHERRY_PICK_HEAD and REVERT_HEAD (the operation under way needs
+them) and by another worktree's refs/bisect/* and refs/worktree/*.
+
+The versions are cleaned by one ``git add`` and wired in with plumbing
+(mktree, commit-tree, update-ref, update-index --cacheinfo), so the filter
+starts twice in all: once to clean, once to check out.
 """
 
 from __future__ import annotations
@@ -22,53 +27,99 @@ from pathlib import Path
 import numpy as np
 import pygit2
 import pytest
-from helpers import isolated_git_env
-from safetensors.numpy import save_file
+from helpers import isolated_git_env, tracked_repo
+from safetensors.numpy import save
 
+from git_theta_filter.gc import collect_garbage
+from git_theta_filter.gitrepo import GitRepo
 from git_theta_filter.history import read_manifest_blob
 from git_theta_filter.store.local import LocalStore
 
 MODEL = "model.safetensors"
 
+# What alone keeps each version, in git gc's own sense.
+KEPT_BY_GIT = (
+    "a branch",
+    "a branch's history",
+    "a branch's reflog",
+    "HEAD's reflog",
+    "a ref to a tree",
+    "an annotated tag of a tree",
+    "a ref to a blob",
+    "an annotated tag of a blob",
+    "refs/notes/commits",
+    "refs/bisect/bad",
+    "refs/worktree/*",
+    "the stash",
+    "the main index",
+    "a linked worktree's HEAD",
+    "a linked worktree's HEAD reflog",
+    "a linked worktree's index",
+    "a locked worktree's HEAD, its directory gone",
+    "a locked worktree's HEAD reflog, its directory gone",
+    "a locked worktree's index, its directory gone",
+)
+# git 2.39's gc prunes these, theta keeps them: named only by a stopped merge,
+# cherry-pick or revert, or by another worktree's per-worktree refs (git gc keeps
+# the current worktree's only).
+KEPT_BEYOND_GIT_GC = (
+    "MERGE_HEAD",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+    "refs/worktree/* of a linked worktree",
+    "refs/bisect/* of a linked worktree",
+)
+UNREACHABLE = "nothing at all"
 
-class Versions:
-    """Writes model versions with distinct tensors; remembers the manifest blob of each."""
+
+class History:
+    """One model version per way of keeping it, cleaned at once; plumbing wires each in."""
 
     def __init__(self, git_env, repo: Path) -> None:
         self.git_env, self.repo = git_env, repo
-        self.count = 0
-        self.kept_by: dict[str, str] = {}  # manifest blob -> what alone keeps it
+        reasons = (*KEPT_BY_GIT, *KEPT_BEYOND_GIT_GC, UNREACHABLE)
+        versions = repo / "versions"
+        versions.mkdir()
+        contents = {}
+        for number, why in enumerate(reasons):
+            rng = np.random.default_rng(number)
+            # One version large enough to be a loose object; the rest go into a pack.
+            size = 300_000 if why == "the main index" else 64
+            contents[why] = save({"w": rng.standard_normal(size).astype(np.float32)})
+            (versions / f"{number}.safetensors").write_bytes(contents[why])
+        self.git("add", "versions")
+        staged = {}
+        for line in self.git("ls-files", "-s", "versions").splitlines():
+            meta, path = line.split("\t")
+            staged[int(Path(path).stem)] = meta.split()[1]
+        self.git("rm", "-r", "-q", "--cached", "versions")
+        shutil.rmtree(versions)
+        self.blob = {why: staged[number] for number, why in enumerate(reasons)}
+        self.content = {self.blob[why]: data for why, data in contents.items()}
+        self.base = self.git("rev-parse", "HEAD")
+        self.attributes = self.git("rev-parse", "HEAD:.gitattributes")
 
-    def write(self, where: Path | None = None, path: str = MODEL) -> None:
-        self.count += 1
-        rng = np.random.default_rng(self.count)
-        save_file(
-            {"w": rng.standard_normal(64).astype(np.float32)}, str((where or self.repo) / path)
-        )
+    def git(self, *args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
+        return self.git_env.git(cwd or self.repo, *args, input=input).strip()
 
-    def git(self, *args: str, cwd: Path | None = None) -> str:
-        return self.git_env.git(cwd or self.repo, *args).strip()
+    def tree(self, why: str) -> str:
+        listing = f"100644 blob {self.attributes}\t.gitattributes\n100644 blob {self.blob[why]}\t{MODEL}\n"
+        return self.git("mktree", input=listing.encode())
 
-    def commit(self, why: str, cwd: Path | None = None) -> str:
-        self.write(cwd)
-        self.git("add", MODEL, cwd=cwd)
-        self.git("commit", "-q", "-m", why, cwd=cwd)
-        self.kept_by[self.git("rev-parse", f"HEAD:{MODEL}", cwd=cwd)] = why
-        return self.git("rev-parse", "HEAD", cwd=cwd)
+    def commit(self, why: str, parent: str | None = None) -> str:
+        return self.git("commit-tree", "-p", parent or self.base, "-m", why, self.tree(why))
 
-    def stage(self, why: str, cwd: Path | None = None) -> str:
-        self.write(cwd)
-        self.git("add", MODEL, cwd=cwd)
-        blob = self.git("rev-parse", f":{MODEL}", cwd=cwd)
-        self.kept_by[blob] = why
-        return blob
+    def stage(self, why: str, cwd: Path | None = None) -> None:
+        self.git("update-index", "--add", "--cacheinfo", f"100644,{self.blob[why]},{MODEL}", cwd=cwd)
 
+    def move_head(self, whys: tuple[str, ...], cwd: Path | None = None) -> None:
+        """Point HEAD (detached) at a commit of each version in turn: the last one is
+        HEAD, the others are only in HEAD's reflog."""
+        for why in whys:
+            self.git("update-ref", "--no-deref", "-m", why, "HEAD", self.commit(why), cwd=cwd)
 
-def _detach_and_forget(v: Versions, commit_away: str = "main") -> None:
-    """Leave the commit just made reachable only by what the caller set up."""
-    v.git("checkout", "-q", commit_away)
-    v.git("branch", "-q", "-D", "scratch")
-    v.git("reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all")
+    def git_dir(self, cwd: Path) -> Path:
+        return Path(self.git("rev-parse", "--absolute-git-dir", cwd=cwd))
 
 
 @pytest.fixture(scope="module")
@@ -78,110 +129,60 @@ def every_root(tmp_path_factory: pytest.TempPathFactory):
     # Reflog entries must be recent for git gc's own expiry (90 days) to keep them.
     for name in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
         git_env.env.pop(name, None)
-    repo = root / "repo"
-    git_env.run("git", "init", "-q", str(repo))
-    git_env.theta(repo, "track", "*.safetensors")
-    (repo / "notes.txt").write_text("base\n")
-    git_env.git(repo, "add", ".")
-    git_env.git(repo, "commit", "-q", "-m", "base")
-    v = Versions(git_env, repo)
-    v.commit("main branch")
+    repo = tracked_repo(git_env, root / "repo", ("*.safetensors",))
+    h = History(git_env, repo)
+    h.git("update-ref", "refs/heads/main", h.commit("a branch", h.commit("a branch's history")))
+    h.git("update-ref", "-m", "made", "refs/heads/scratch", h.commit("a branch's reflog"))
+    h.git("update-ref", "-m", "moved away", "refs/heads/scratch", h.base)
+    h.move_head(("HEAD's reflog",))
+    h.git("symbolic-ref", "-m", "back", "HEAD", "refs/heads/main")
+    h.git("update-ref", "refs/keep/tree", h.tree("a ref to a tree"))
+    h.git("tag", "-a", "-m", "tree", "tree-tag", h.tree("an annotated tag of a tree"))
+    h.git("update-ref", "refs/keep/blob", h.blob["a ref to a blob"])
+    h.git("tag", "-a", "-m", "blob", "blob-tag", h.blob["an annotated tag of a blob"])
+    h.git("notes", "add", "-C", h.blob["refs/notes/commits"], "main")
+    h.git("update-ref", "refs/bisect/bad", h.commit("refs/bisect/bad"))
+    h.git("update-ref", "refs/worktree/keep", h.commit("refs/worktree/*"))
+    h.git("stash", "store", "-m", "stashed", h.commit("the stash"))
+    h.stage("the main index")
+    (h.git_dir(repo) / "MERGE_HEAD").write_text(h.commit("MERGE_HEAD") + "\n")
 
-    def on_scratch(why: str) -> str:
-        v.git("checkout", "-q", "-b", "scratch")
-        return v.commit(why)
-
-    # A ref to a tree, a ref to a blob, annotated tags of a tree and of a blob.
-    on_scratch("ref to a tree")
-    v.git("update-ref", "refs/keep/tree", "HEAD^{tree}")
-    _detach_and_forget(v)
-    on_scratch("annotated tag of a tree")
-    v.git("tag", "-a", "-m", "tree", "tree-tag", "HEAD^{tree}")
-    _detach_and_forget(v)
-    blob = v.stage("ref to a blob")
-    v.git("update-ref", "refs/keep/blob", blob)
-    blob = v.stage("annotated tag of a blob")
-    v.git("tag", "-a", "-m", "blob", "blob-tag", blob)
-    v.git("reset", "-q")
-    # A note whose content is a manifest; refs/bisect/*.
-    blob = v.stage("refs/notes/commits")
-    v.git("notes", "add", "-C", blob, "HEAD")
-    v.git("reset", "-q")
-    on_scratch("refs/bisect/bad")
-    v.git("update-ref", "refs/bisect/bad", "HEAD")
-    _detach_and_forget(v)
-    # The stash.
-    v.write()
-    v.git("stash", "-q")
-    v.kept_by[v.git("rev-parse", f"stash@{{0}}:{MODEL}")] = "the stash"
-    # A linked worktree: its HEAD, its index, its HEAD reflog and refs/worktree/*.
     linked = root / "linked"
-    v.git("worktree", "add", "-q", "--detach", str(linked))
-    v.commit("a linked worktree's HEAD reflog", cwd=linked)
-    v.git("checkout", "-q", "--detach", "HEAD~1", cwd=linked)
-    v.commit("refs/worktree/* of a linked worktree", cwd=linked)
-    v.git("update-ref", "refs/worktree/keep", "HEAD", cwd=linked)
-    v.git("checkout", "-q", "--detach", "HEAD~1", cwd=linked)
-    v.commit("a linked worktree's HEAD", cwd=linked)
-    v.stage("a linked worktree's index", cwd=linked)
-    # A locked worktree whose directory is gone: git keeps its HEAD, index and reflog.
+    h.git("worktree", "add", "-q", "--no-checkout", "--detach", str(linked), h.base)
+    h.move_head(("a linked worktree's HEAD reflog", "a linked worktree's HEAD"), cwd=linked)
+    h.stage("a linked worktree's index", cwd=linked)
+    for ref in ("refs/worktree/keep", "refs/bisect/bad"):
+        kept = h.commit(f"{ref.rsplit('/', 1)[0]}/* of a linked worktree")
+        h.git("update-ref", ref, kept, cwd=linked)
+    (h.git_dir(linked) / "CHERRY_PICK_HEAD").write_text(h.commit("CHERRY_PICK_HEAD") + "\n")
+
     locked = root / "locked"
-    v.git("worktree", "add", "-q", "--detach", str(locked))
-    v.git("worktree", "lock", str(locked))
-    v.commit("a locked worktree's HEAD", cwd=locked)
-    v.stage("a locked worktree's index", cwd=locked)
+    h.git("worktree", "add", "-q", "--no-checkout", "--detach", str(locked), h.base)
+    h.move_head(
+        (
+            "a locked worktree's HEAD reflog, its directory gone",
+            "a locked worktree's HEAD, its directory gone",
+        ),
+        cwd=locked,
+    )
+    h.stage("a locked worktree's index, its directory gone", cwd=locked)
+    (h.git_dir(locked) / "REVERT_HEAD").write_text(h.commit("REVERT_HEAD") + "\n")
+    h.git("worktree", "lock", "--reason", "on a removable disk", str(locked))
     shutil.rmtree(locked)
-    # HEAD's reflog, and the main index.
-    on_scratch("HEAD's reflog")
-    v.git("checkout", "-q", "main")
-    v.git("branch", "-q", "-D", "scratch")
-    v.stage("the main index")
-    return git_env, repo, v
+    return git_env, repo, h
 
 
-def _operation_in_progress(v: Versions, kind: str) -> str:
-    """Leave a merge, cherry-pick or revert stopped on a conflict in notes.txt; the
-    model version it brings is named only by MERGE_HEAD / CHERRY_PICK_HEAD / REVERT_HEAD."""
-    (v.repo / "notes.txt").write_text("base\n")
-    v.git("add", "notes.txt")
-    v.git("commit", "-q", "-m", "notes")
-    v.git("checkout", "-q", "-b", "scratch")
-    (v.repo / "notes.txt").write_text(f"{kind} theirs\n")
-    v.write()
-    v.git("add", ".")
-    v.git("commit", "-q", "-m", kind)
-    theirs = v.git("rev-parse", "HEAD")
-    blob = v.git("rev-parse", f"HEAD:{MODEL}")
-    v.git("checkout", "-q", "main")
-    (v.repo / "notes.txt").write_text(f"{kind} ours\n")
-    v.git("commit", "-q", "-am", f"before {kind}")
-    if kind == "revert":
-        v.git("cherry-pick", "-n", theirs)  # bring theirs in, then revert it
-        v.git("commit", "-q", "-m", "picked")
-        target = "HEAD"
-    else:
-        target = theirs
-    command = {"merge": ["merge"], "cherry-pick": ["cherry-pick"], "revert": ["revert"]}[kind]
-    result = v.git_env.run("git", *command, target, cwd=v.repo, check=False)
-    assert result.returncode != 0, f"{kind} should stop on the notes.txt conflict"
-    # Ours in the index and the work tree: only the operation's head names theirs.
-    v.git("checkout", "-q", "HEAD", "--", MODEL)
-    v.git_env.run("git", "branch", "-q", "-D", "scratch", cwd=v.repo, check=False)
-    v.git("reflog", "expire", "--expire=now", "--expire-unreachable=now", "--all")
-    return blob
-
-
-def _missing_objects(repo: Path, blobs: dict[str, str]) -> dict[str, list[str]]:
+def _lacking(repo: Path, blobs: dict[str, str]) -> dict[str, list[str]]:
+    """For each manifest blob (-> what keeps it), the objects it names that the store lacks."""
     git = pygit2.Repository(str(repo))
     store = LocalStore(repo / ".git" / "theta")
-    missing = {}
+    lacking = {}
     for blob, why in blobs.items():
         manifest = read_manifest_blob(git, blob)
         assert manifest is not None, why
-        lacking = sorted(oid for oid in manifest.object_ids() if not store.has(oid))
-        if lacking:
-            missing[why] = lacking
-    return missing
+        if absent := sorted(oid for oid in manifest.object_ids() if not store.has(oid)):
+            lacking[why] = absent
+    return lacking
 
 
 def _manifests_in_odb(repo: Path) -> set[str]:
@@ -197,52 +198,89 @@ def _manifests_in_odb(repo: Path) -> set[str]:
     return {blob for blob in blobs if read_manifest_blob(git, blob) is not None}
 
 
-def test_gc_keeps_everything_git_gc_keeps(every_root):
-    git_env, repo, v = every_root
+def _not_checking_out(git_env, repo: Path, expected: dict[str, bytes]) -> list[str]:
+    """The manifest blobs that do not check out through the filter as ``expected``
+    says, byte for byte; one git process for all of them."""
+    request = "".join(f"{blob} {MODEL}\n" for blob in expected).encode()
+    out = git_env.run("git", "cat-file", "--batch", "--filters", cwd=repo, input=request).stdout
+    wrong = []
+    for blob, data in expected.items():
+        # git 2.39 prints the size before filtering in the header: read the expected length.
+        header, _, out = out.partition(b"\n")
+        assert header.split()[:2] == [blob.encode(), b"blob"], header[:100]
+        if out[: len(data)] != data or out[len(data) : len(data) + 1] != b"\n":
+            return [*wrong, *list(expected)[len(wrong) :]]  # out of step from here on
+        out = out[len(data) + 1 :]
+    return wrong
+
+
+def test_gc_keeps_everything_git_gc_keeps_and_what_a_stopped_operation_names(every_root):
+    git_env, repo, h = every_root
+    # From a linked worktree, then from the main one: each sees every worktree's roots.
+    git_env.theta(repo.parent / "linked", "gc", "--prune=now")
     git_env.theta(repo, "gc", "--prune=now")
+    by_blob = {h.blob[why]: why for why in (*KEPT_BY_GIT, *KEPT_BEYOND_GIT_GC)}
+    assert _lacking(repo, by_blob) == {}
+    # gc did delete: what only the unreachable version held is gone.
+    git = pygit2.Repository(str(repo))
+    store = LocalStore(repo / ".git" / "theta")
+    others = set().union(*(read_manifest_blob(git, b).object_ids() for b in by_blob))
+    only_unreachable = read_manifest_blob(git, h.blob[UNREACHABLE]).object_ids() - others
+    assert only_unreachable and not any(store.has(oid) for oid in only_unreachable)
+
     git_env.git(repo, "gc", "-q", "--prune=now")
     kept_by_git = _manifests_in_odb(repo)
     # Each way of keeping a version was exercised, and git kept each one.
-    assert set(v.kept_by) <= kept_by_git, {
-        why for blob, why in v.kept_by.items() if blob not in kept_by_git
-    }
-    named = {blob: v.kept_by.get(blob, "another version") for blob in kept_by_git}
-    assert _missing_objects(repo, named) == {}
-    # And every one of them still checks out, byte for byte through the filter.
-    for blob, why in named.items():
-        result = git_env.run("git", "cat-file", "--filters", f"--path={MODEL}", blob, cwd=repo)
-        assert result.stdout[:8] != b"git-thet", why
+    assert not {why for why in KEPT_BY_GIT if h.blob[why] not in kept_by_git}
+    assert kept_by_git <= set(h.content)  # no manifest but the versions made here
+    assert _not_checking_out(git_env, repo, {b: h.content[b] for b in sorted(kept_by_git)}) == []
 
 
-@pytest.mark.parametrize("kind", ["merge", "cherry-pick", "revert"])
-def test_gc_keeps_what_a_stopped_merge_cherry_pick_or_revert_names(git_env, repo, kind):
-    v = Versions(git_env, repo)
-    v.commit("main")
-    blob = _operation_in_progress(v, kind)
-    git_env.theta(repo, "gc", "--prune=now")
-    assert _missing_objects(repo, {blob: kind}) == {}
+@pytest.fixture
+def empty_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GitRepo:
+    """A new repository, git isolated from the user's configuration; nothing reachable."""
+    for key in list(os.environ):
+        if key.startswith("GIT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    return GitRepo.discover(tmp_path / "repo")
 
 
-@pytest.mark.parametrize("how", ["the same path again", "another path"])
-def test_gc_grace_period_counts_from_an_add_that_found_the_object_stored(git_env, repo, how):
-    v = Versions(git_env, repo)
-    v.write()
-    v.git("add", MODEL)
-    blob = v.git("rev-parse", f":{MODEL}")
-    if how == "another path":
-        v.git("rm", "-q", "--cached", MODEL)
-    store = repo / ".git" / "theta"
-    old = time.time() - 3 * 86400
-    for path in store.rglob("*"):
+def _age(theta_dir: Path, days: float) -> None:
+    then = time.time() - days * 86400
+    for path in theta_dir.rglob("*"):
         if path.is_file():
-            os.utime(path, (old, old))
-    # The add finds every object already stored: a dedup hit, nothing written.
-    if how == "the same path again":
-        os.utime(repo / MODEL, (time.time() + 5, time.time() + 5))  # make git re-clean it
-        v.git("add", MODEL)
+            os.utime(path, (then, then))
+
+
+@pytest.mark.parametrize(
+    "held", ["a loose small object", "a loose large object", "a packed object", "the previous version"]
+)
+def test_gc_grace_period_counts_from_an_add_that_found_the_object_stored(empty_repo, held):
+    """An add that finds its object stored (nothing written) freshens it: a prune
+    with a grace period keeps it, while an object as old that no add needed goes."""
+    store = empty_repo.store()
+    size = 2 << 20 if held == "a loose large object" else 256
+    payload = np.random.default_rng(1).bytes(size)
+
+    def add() -> str:
+        if held == "a packed object":
+            with store.packing():
+                return store.write_bytes(payload)
+        return store.write_bytes(payload)
+
+    oid = add()
+    assert (held == "a packed object") == (oid in store.packed_oids())
+    old = store.write_bytes(b"needed by no add since")
+    _age(store.theta_dir, days=3)
+    if held == "the previous version":
+        with store.expecting([oid]):  # compared with it, neither hashed nor written again
+            assert add() == oid
     else:
-        shutil.copy(repo / MODEL, repo / "copy.safetensors")
-        v.git("add", "copy.safetensors")
-    v.git("rm", "-q", "--cached", MODEL if how == "the same path again" else "copy.safetensors")
-    git_env.theta(repo, "gc", "--prune=1.day.ago")
-    assert _missing_objects(repo, {blob: how}) == {}
+        assert add() == oid
+    report = collect_garbage(empty_repo, time.time() - 86400, dry_run=False)
+    assert report.deleted == [old]
+    assert store.has(oid)
