@@ -7,10 +7,10 @@ them, the stash and notes; every reflog; every worktree's HEAD and index, a
 locked worktree whose directory is gone included). Every worktree's
 per-worktree refs (refs/bisect/*, refs/worktree/*, which git 2.39's gc keeps
 for the current worktree only) and the commits MERGE_HEAD, CHERRY_PICK_HEAD,
-REVERT_HEAD and the like name are added. Objects newer than the grace period (``--prune=<date>``, default
-``2.weeks.ago`` as in ``git gc``) are kept too; an add that finds an object
-already stored freshens its mtime (``LocalStore.freshen``), as git freshens
-an object it would have written.
+REVERT_HEAD and the like name are added. Objects newer than the grace period
+(``--prune=<date>``, default ``2.weeks.ago`` as in ``git gc``) are kept too;
+an add that finds an object already stored freshens its mtime
+(``LocalStore.freshen``), as git freshens an object it would have written.
 
 gc holds the exclusive side of ``locks.py``'s lock, so it never runs while an
 ``add`` is writing objects that the index does not name yet.

@@ -17,9 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             name,
             help="delete local objects that no manifest needs"
             + (" (same as gc)" if name == "prune" else ""),
-            description="Delete objects from the local store that no manifest reachable from any "
-            "ref, reflog entry, stash, worktree HEAD or index references, and that are older than "
-            "the grace period. Also removes temp files left by killed processes.",
+            description="Delete objects from the local store that no manifest git keeps names "
+            "(reachable from any ref, reflog, stash, note, any worktree's HEAD, index or "
+            "per-worktree refs, or a stopped merge, cherry-pick or revert), and that are older "
+            "than the grace period; an add that needed an object restarts its period. Also "
+            "removes temp files left by killed processes.",
         )
         p.add_argument(
             "--dry-run",

@@ -1,4 +1,4 @@
-"""Class 7 of docs/security.md: ``git theta gc`` keeps every object that what ``git gc`` keeps needs.
+"""Class 7 of docs/security.md: ``git theta gc`` keeps every object that what git keeps needs.
 
 One repository holds a model version kept in only one way for each way git
 knows: a branch, its history, a branch's reflog, HEAD's reflog, a ref to a
@@ -103,14 +103,17 @@ class History:
         return self.git_env.git(cwd or self.repo, *args, input=input).strip()
 
     def tree(self, why: str) -> str:
-        listing = f"100644 blob {self.attributes}\t.gitattributes\n100644 blob {self.blob[why]}\t{MODEL}\n"
+        entries = [(".gitattributes", self.attributes), (MODEL, self.blob[why])]
+        listing = "".join(f"100644 blob {blob}\t{path}\n" for path, blob in entries)
         return self.git("mktree", input=listing.encode())
 
     def commit(self, why: str, parent: str | None = None) -> str:
         return self.git("commit-tree", "-p", parent or self.base, "-m", why, self.tree(why))
 
     def stage(self, why: str, cwd: Path | None = None) -> None:
-        self.git("update-index", "--add", "--cacheinfo", f"100644,{self.blob[why]},{MODEL}", cwd=cwd)
+        self.git(
+            "update-index", "--add", "--cacheinfo", f"100644,{self.blob[why]},{MODEL}", cwd=cwd
+        )
 
     def move_head(self, whys: tuple[str, ...], cwd: Path | None = None) -> None:
         """Point HEAD (detached) at a commit of each version in turn: the last one is
@@ -257,7 +260,8 @@ def _age(theta_dir: Path, days: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "held", ["a loose small object", "a loose large object", "a packed object", "the previous version"]
+    "held",
+    ["a loose small object", "a loose large object", "a packed object", "the previous version"],
 )
 def test_gc_grace_period_counts_from_an_add_that_found_the_object_stored(empty_repo, held):
     """An add that finds its object stored (nothing written) freshens it: a prune
