@@ -240,9 +240,10 @@ def fill_store(
                 local,
                 source,
                 store,
-                {oid: sizes.get(oid, ()) for oid in oids},
+                {oid: wanted[oid] for oid in oids},
                 workers=workers,
                 progress=progress,
+                object_sizes=sizes,
             )
             result.transferred += copied.transferred
             result.transferred_bytes += copied.transferred_bytes

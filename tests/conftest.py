@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -104,3 +105,21 @@ def repo(git_env: GitEnv, tmp_path: Path) -> Path:
     git_env.git(path, "add", ".gitattributes")
     git_env.git(path, "commit", "-qm", "track models")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real HTTP S3 endpoint (moto's server) on 127.0.0.1, shared by the whole run."""
+    from moto.server import ThreadedMotoServer  # slow to import: only S3 tests pay for it
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

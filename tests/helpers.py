@@ -23,6 +23,7 @@ from git_theta_filter.manifest import Manifest
 from git_theta_filter.store.encoded import is_encoded
 from git_theta_filter.store.local import LocalStore
 from git_theta_filter.store.repack import repack
+from git_theta_filter.store.sink import ObjectSink
 
 __all__ = [
     "sha256_bytes",
@@ -122,6 +123,13 @@ def canonical_bytes(repo: Path | LocalStore, oid: str) -> bytes:
     with file:
         file.seek(0)
         return file.read()
+
+
+def fetch_bytes(store: Any, oid: str, path: Path, max_size: int = 1 << 30) -> bytes:
+    """``store.get(oid)`` into the file ``path`` (at most ``max_size`` bytes); its bytes."""
+    with open(path, "wb", buffering=0) as file:
+        store.get(oid, ObjectSink(file, store.url, oid, max_size))
+    return path.read_bytes()
 
 
 def loose_object(store: LocalStore, oid: str) -> Path:

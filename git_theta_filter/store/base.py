@@ -3,7 +3,8 @@
 Every store holds objects under the names of the local store (``docs/store.md``):
 ``aa/bb/<oid>`` below its root, the oid being the sha256 of the object's bytes.
 A store is reached through :class:`ObjectStore`, the one interface that the
-transfer code knows: ``has``/``batch_has``, ``get`` (streamed to a file),
+transfer code knows: ``has``/``batch_has``, ``get`` (streamed into an
+:class:`~.sink.ObjectSink`, which cuts off bytes past the object's size),
 ``put`` (streamed from a file) and ``list``.
 """
 
@@ -12,9 +13,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import ThetaError
+
+if TYPE_CHECKING:
+    from .sink import ObjectSink
 
 __all__ = [
     "ObjectStore",
@@ -99,10 +103,13 @@ class ObjectStore(ABC):
         return {oid for oid in oids if self.has(oid)}
 
     @abstractmethod
-    def get(self, oid: str, destination: Path) -> None:
-        """Write the object's bytes to ``destination`` (replacing it); unverified.
+    def get(self, oid: str, sink: ObjectSink) -> None:
+        """Write the object's bytes, in order, into ``sink``; unverified.
 
-        Raises :class:`RemoteObjectMissingError` when the store lacks it.
+        Every byte goes through ``sink.write``, which refuses bytes past the
+        object's size; a store that starts again from the first byte calls
+        ``sink.restart()`` first. Raises :class:`RemoteObjectMissingError` when
+        the store lacks the object.
         """
 
     @abstractmethod

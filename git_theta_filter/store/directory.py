@@ -7,6 +7,12 @@ replaces a file, so two clones pushing the same object at once both succeed
 and the object is written whole exactly once. A killed put leaves at most a
 ``.<oid>-*.tmp`` file, which is never taken for an object.
 
+A get never follows a symbolic link below the root, nor opens anything but
+a regular file (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``): a FIFO that
+would block, a device that never ends, or a link to a file elsewhere is
+refused by name. The bytes go into an ``ObjectSink``, which cuts off a file
+longer than the object.
+
 The root is created on the first put, but its anchor (by default its parent;
 the git dir for a repository's own store) must exist: a store on an unmounted
 network disk must fail, not quietly fill the mount point.
@@ -14,19 +20,37 @@ network disk must fail, not quietly fill the mount point.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import ObjectStore, RemoteObjectMissingError, StoreUnavailableError
-from .local import COPY_CHUNK, LOCAL_WRITE_ERRNOS, is_valid_oid
+from .base import ObjectStore, RemoteObjectMissingError, StoreError, StoreUnavailableError
+from .local import COPY_CHUNK, is_valid_oid
 from .object_format import ObjectFormatError
+from .sink import ObjectSink
 
-__all__ = ["DirectoryStore"]
+__all__ = ["DirectoryStore", "StoreFileRefusedError"]
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class StoreFileRefusedError(StoreError):
+    """An object file in a directory store that is a symbolic link or not a regular file."""
+
+    def __init__(self, url: str, oid: str, what: str) -> None:
+        super().__init__(
+            url,
+            f"{what}; refused",
+            oid=oid,
+            hint="replace it in the store with the object itself, from a clone that has it "
+            "(`git theta push --all`)",
+        )
 
 
 class DirectoryStore(ObjectStore):
@@ -48,15 +72,61 @@ class DirectoryStore(ObjectStore):
         self._check_reachable(oid)
         return self._object_path(oid).is_file()
 
-    def get(self, oid: str, destination: Path) -> None:
+    def get(self, oid: str, sink: ObjectSink) -> None:
         self._check_reachable(oid)
+        fd = self._open_object(oid)
+        with os.fdopen(fd, "rb", buffering=0) as reader:
+            buffer = bytearray(COPY_CHUNK)
+            while True:
+                try:
+                    count = reader.readinto(buffer)
+                except OSError as exc:
+                    raise StoreUnavailableError(
+                        self.url, exc.strerror or str(exc), oid=oid
+                    ) from None
+                if not count:
+                    return
+                # A failure to write the local copy is not the store's: the caller names it.
+                sink.write(memoryview(buffer)[:count])
+
+    def _open_object(self, oid: str) -> int:
+        """A blocking descriptor of the object file, reached without following a link below
+        the root; anything but a regular file is refused before a byte is read."""
+        relative = self._object_path(oid).relative_to(self.root).parts
         try:
-            shutil.copyfile(self._object_path(oid), destination)
+            parent = os.open(self.root, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW)
         except FileNotFoundError:
             raise RemoteObjectMissingError(self.url, oid) from None
         except OSError as exc:
-            if exc.errno in LOCAL_WRITE_ERRNOS:
-                raise  # writing the local copy failed: not the store's fault; the caller names it
+            raise StoreUnavailableError(self.url, exc.strerror or str(exc), oid=oid) from None
+        try:
+            for name in relative[:-1]:
+                child = self._open_below(parent, name, _DIRECTORY_FLAGS, oid)
+                os.close(parent)
+                parent = child
+            fd = self._open_below(parent, relative[-1], _FILE_FLAGS, oid)
+        finally:
+            os.close(parent)
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            os.close(fd)
+            what = "a FIFO" if stat.S_ISFIFO(kind) else "a device, socket or directory"
+            raise StoreFileRefusedError(self.url, oid, f"is {what}, not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
+    def _open_below(self, parent: int, name: str, flags: int, oid: str) -> int:
+        try:
+            return os.open(name, flags, dir_fd=parent)
+        except FileNotFoundError:
+            raise RemoteObjectMissingError(self.url, oid) from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                # O_NOFOLLOW refuses a link (ELOOP); O_DIRECTORY a link or a file on the way.
+                is_link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+                kind = "a symbolic link" if is_link else "not a directory"
+                what = f"is {kind}" if name == oid else f"its directory {name} is {kind}"
+                raise StoreFileRefusedError(self.url, oid, what) from None
             raise StoreUnavailableError(self.url, exc.strerror or str(exc), oid=oid) from None
 
     def put(self, oid: str, source: Path) -> bool:

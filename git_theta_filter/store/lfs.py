@@ -17,8 +17,9 @@ connections), and this module decides what to ask:
   several possible sizes (``object_sizes.py``); a per-object 422 moves on to
   the next.
 * **Checks.** An upload withholds its last block unless the bytes hash to the
-  oid; a download stops at the size the server confirmed. The caller
-  re-hashes every download (``transfer.py``).
+  oid. A download goes into the caller's ``ObjectSink``, which cuts it off
+  past the object's size (``sink.py``), and must end at the size the server
+  confirmed; the caller checks its sha256 (``transfer.py``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from .lfs_protocol import (
 )
 from .lfs_ssh import SshAuthenticator
 from .local import COPY_CHUNK, is_valid_oid
+from .sink import ObjectSink
 
 __all__ = [
     "LfsStore",
@@ -73,7 +75,6 @@ __all__ = [
     "LfsAuthenticationError",
     "LfsObjectError",
     "LfsObjectTooLargeError",
-    "LfsDownloadSizeError",
     "EXPIRY_MARGIN",
 ]
 
@@ -110,10 +111,6 @@ class LfsObjectTooLargeError(StoreError):
         )
         self.size = size
         self.limit = limit
-
-
-class LfsDownloadSizeError(StoreError):
-    """A download that did not have the size the server announced; cut off, nothing kept."""
 
 
 class _BrokenOff(Exception):
@@ -195,13 +192,13 @@ class LfsStore(ObjectStore):
                     present.add(oid)
         return present
 
-    def get(self, oid: str, destination: Path) -> None:
+    def get(self, oid: str, sink: ObjectSink) -> None:
         answer = self._answer("download", oid)
         attempt = refreshed = 0
         while True:
             self._raise_object_error(answer)
             try:
-                self._download(oid, answer, answer.actions["download"], destination)
+                self._download(oid, answer, answer.actions["download"], sink)
                 break
             except ActionRefused:
                 if refreshed:
@@ -401,7 +398,7 @@ class LfsStore(ObjectStore):
                 pending.answers[oid] = ObjectAnswer(oid, answer.size)
 
     # -- transfers -----------------------------------------------------------
-    def _download(self, oid: str, answer: ObjectAnswer, action: Action, destination: Path) -> None:
+    def _download(self, oid: str, answer: ObjectAnswer, action: Action, sink: ObjectSink) -> None:
         response = self._http.request(
             "GET",
             action.href,
@@ -422,23 +419,15 @@ class LfsStore(ObjectStore):
                     parse_error_message(read_bounded(response, ERROR_BODY_LIMIT)),
                     oid=oid,
                 )
-            received = 0
+            sink.restart()  # a retry starts again from the first byte
+            sink.narrow(answer.size)  # nor more than the server announced
             try:
-                with open(destination, "wb") as file:
-                    for chunk in response.iter_content(COPY_CHUNK):
-                        received += len(chunk)
-                        if received > answer.size:
-                            raise LfsDownloadSizeError(
-                                self.url,
-                                f"the server sent more than the {answer.size} bytes it "
-                                "announced; cut off",
-                                oid=oid,
-                            )
-                        file.write(chunk)
+                for chunk in response.iter_content(COPY_CHUNK):
+                    sink.write(chunk)  # cut off past the object's size
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
                 raise _BrokenOff(network_reason(exc)) from None
-        if received != answer.size:
-            raise _BrokenOff(f"it ended after {received} of {answer.size} bytes")
+        if sink.received != answer.size:
+            raise _BrokenOff(f"it ended after {sink.received} of {answer.size} bytes")
 
     def _upload(
         self, oid: str, size: int, source: Path, action: Action, authenticated: bool

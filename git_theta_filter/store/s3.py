@@ -40,6 +40,7 @@ from .base import (
 )
 from .local import is_valid_oid
 from .object_format import ObjectFormatError
+from .sink import ObjectSink
 
 __all__ = ["S3Store", "MULTIPART_THRESHOLD", "PART_SIZE"]
 
@@ -163,11 +164,13 @@ class S3Store(ObjectStore):
                 if present
             }
 
-    def get(self, oid: str, destination: Path) -> None:
+    def get(self, oid: str, sink: ObjectSink) -> None:
         self._check_bucket()
         with self._translated(oid):
-            self._client.download_file(
-                self.bucket, self._key(oid), str(destination), Config=self._transfer_config
+            # The sink is not seekable, so s3transfer writes ranges in order, and the
+            # sink cuts off an object longer than the manifest allows as it arrives.
+            self._client.download_fileobj(
+                self.bucket, self._key(oid), sink, Config=self._transfer_config
             )
 
     def list(self) -> Iterator[str]:

@@ -2,10 +2,13 @@
 
 * **Skip.** An upload first asks the store which objects it already has and
   sends only the others; a download skips what the local store has.
-* **Verify.** Every download lands in ``theta/tmp``, is re-hashed, and is
-  linked into the local store only when its sha256 is its id. A corrupt object
-  is refused and reported; an interrupted download leaves no object behind,
-  only a temp file that the next download removes.
+* **Verify.** Every download lands in ``theta/tmp`` through an
+  :class:`~.sink.ObjectSink`, which hashes it and cuts it off as soon as it
+  passes the size the manifest gives the object, whatever the store sends;
+  it is linked into the local store only when its sha256 is its id. A
+  corrupt or oversized object is refused and reported, its temp file
+  deleted; an interrupted download leaves no object behind, only a temp file
+  that the next download removes.
 * **Parallel.** ``workers`` threads (``theta.transfers``, default 8). A store
   that turns out to be unreachable stops the whole transfer at once.
 * **Progress** goes to stderr through the ``progress`` class the caller passes
@@ -15,8 +18,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from ..progress import Progress
 from ..units import human_bytes
 from .base import ObjectStore, StoreError, StoreUnavailableError
 from .local import LOCAL_WRITE_ERRNOS, LocalStore, ObjectMissingError, StoreWriteError
+from .sink import ObjectSink
 
 __all__ = [
     "DownloadVerificationError",
@@ -189,23 +191,27 @@ def upload(
 def download(
     local: LocalStore,
     remote: ObjectStore,
-    oids: Mapping[str, int] | Iterable[str],
+    payloads: Mapping[str, int],
     *,
     workers: int,
     progress: type[Progress] = Progress,
     object_sizes: Mapping[str, Sequence[int]] | None = None,
 ) -> TransferResult:
-    """Fetch the objects the local store lacks, verifying each. ``oids`` may map each oid to its
-    expected size, which only the progress display uses. ``object_sizes`` gives the sizes
-    each object file may have (``object_sizes.py``), which a Git LFS store must send."""
-    hints = dict(oids) if isinstance(oids, Mapping) else dict.fromkeys(oids, 0)
+    """Fetch the objects the local store lacks, verifying each. ``payloads`` maps each oid to
+    the payload length its manifest records (``Manifest.payload_lengths``): no download may
+    pass the object size that implies. ``object_sizes`` gives the sizes each object file may
+    have (``object_sizes.py``), which a Git LFS store must send."""
+    hints = dict(payloads)
     todo = [oid for oid in sorted(hints) if not local.has(oid)]
     if not todo:
         return TransferResult(skipped=len(hints))
     if object_sizes is not None:
         remote.prepare("download", {oid: object_sizes.get(oid, ()) for oid in todo})
     workers = remote.preferred_workers or workers
-    fetch = functools.partial(_download_one, local, remote)
+
+    def fetch(oid: str) -> int:
+        return _download_one(local, remote, oid, hints[oid])
+
     bar = progress("Downloading tensors", len(todo), sum(hints[oid] for oid in todo))
     # As a writer of objects, hold off `git theta gc`: it deletes temp files and
     # unreferenced objects, and a fetch may land objects before refs name them.
@@ -229,19 +235,23 @@ def _summary(verb: str, preposition: str, url: str, result: TransferResult) -> s
     return line
 
 
-def _fetch_verified(local: LocalStore, remote: ObjectStore, oid: str) -> Path:
-    """``oid`` from ``remote`` in a temp file of ``theta/tmp``, its sha256 checked; the
-    caller removes the file."""
+def _fetch_verified(local: LocalStore, remote: ObjectStore, oid: str, payload: int) -> Path:
+    """``oid`` from ``remote`` in a temp file of ``theta/tmp``, its sha256 checked and its
+    size at most what a ``payload`` of that many bytes allows; the caller removes the file.
+
+    This is the one place downloads are written: whatever the store, its bytes go
+    through an :class:`ObjectSink`, and any failure deletes the temp file.
+    """
     local.tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(
         dir=local.tmp_dir, prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".tmp"
     )
-    os.close(fd)
     temp = Path(name)
     try:
-        remote.get(oid, temp)
-        with open(temp, "rb") as file:
-            got = hashlib.file_digest(file, "sha256").hexdigest()
+        with open(fd, "wb", buffering=0) as file:
+            sink = ObjectSink.for_object(file, remote.url, oid, payload)
+            remote.get(oid, sink)
+        got = sink.hexdigest()
         if got != oid:
             raise DownloadVerificationError(remote.url, oid, got)
     except BaseException:
@@ -250,10 +260,10 @@ def _fetch_verified(local: LocalStore, remote: ObjectStore, oid: str) -> Path:
     return temp
 
 
-def _download_one(local: LocalStore, remote: ObjectStore, oid: str) -> int:
+def _download_one(local: LocalStore, remote: ObjectStore, oid: str, payload: int) -> int:
     temp: Path | None = None
     try:
-        temp = _fetch_verified(local, remote, oid)
+        temp = _fetch_verified(local, remote, oid, payload)
         size = temp.stat().st_size
         local.import_verified(temp, oid)
         return size
@@ -271,25 +281,27 @@ def relay(
     local: LocalStore,
     source: ObjectStore,
     target: ObjectStore,
-    oids: Mapping[str, Sequence[int]],
+    payloads: Mapping[str, int],
     *,
     workers: int,
     progress: type[Progress] = Progress,
+    object_sizes: Mapping[str, Sequence[int]] | None = None,
 ) -> TransferResult:
     """Copy objects from ``source`` to ``target`` without adding them to the local store.
 
-    Each one passes through a temp file in ``theta/tmp`` and is verified on the
-    way, as a download is. ``oids`` maps each oid to the sizes its object file
-    may have (``object_sizes.py``), which a Git LFS source needs. A clone that
-    checked out only some versions can so fill a new store with all of them.
+    Each one passes through a temp file in ``theta/tmp`` and is verified and
+    cut at its size on the way, as a download is. ``payloads`` and
+    ``object_sizes`` are as for :func:`download`. A clone that checked out only
+    some versions can so fill a new store with all of them.
     """
-    todo = sorted(oids)
+    todo = sorted(payloads)
     if not todo:
         return TransferResult()
-    source.prepare("download", {oid: oids[oid] for oid in todo})
+    if object_sizes is not None:
+        source.prepare("download", {oid: object_sizes.get(oid, ()) for oid in todo})
 
     def copy(oid: str) -> int | None:
-        temp = _fetch_verified(local, source, oid)
+        temp = _fetch_verified(local, source, oid, payloads[oid])
         try:
             size = temp.stat().st_size
             target.prepare("upload", {oid: (size,)})
@@ -297,16 +309,10 @@ def relay(
         finally:
             temp.unlink(missing_ok=True)
 
-    bar = progress(
-        "Copying tensors", len(todo), sum(sizes[0] if sizes else 0 for sizes in oids.values())
-    )
+    bar = progress("Copying tensors", len(todo), sum(payloads[oid] for oid in todo))
     with writer_lock(local.theta_dir):  # gc removes temp files of theta/tmp
         result, failures = _run_parallel(
-            todo,
-            copy,
-            target.preferred_workers or workers,
-            bar,
-            lambda oid: oids[oid][0] if oids[oid] else 0,
+            todo, copy, target.preferred_workers or workers, bar, payloads.__getitem__
         )
     result.copied = result.transferred
     line = _summary("copied", f"from {source.url} to", target.url, result)

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import fetch_bytes
 from lfs_server import LfsServer
 
 from git_theta_filter.store.base import RemoteObjectMissingError
 from git_theta_filter.store.lfs import (
     LfsAuthenticationError,
-    LfsDownloadSizeError,
     LfsObjectError,
     LfsRequestError,
     LfsSettings,
@@ -22,6 +22,7 @@ from git_theta_filter.store.lfs import (
 )
 from git_theta_filter.store.lfs_endpoint import LfsEndpoint, endpoint_from_lfs_url
 from git_theta_filter.store.object_format import ObjectFormatError
+from git_theta_filter.store.sink import DownloadTooLargeError
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_lfs_store_downloads_reuse_each_threads_connection(server, repo_name, tm
     def fetch(oid: str) -> bytes:
         target = tmp_path / "out" / oid
         target.parent.mkdir(exist_ok=True)
-        store.get(oid, target)
+        fetch_bytes(store, oid, target)
         return target.read_bytes()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -149,7 +150,7 @@ def test_lfs_store_asks_again_for_actions_about_to_expire(server, repo_name, tmp
     fresh = open_store(server, repo_name)
     fresh.prepare("download", sizes(objects))
     for oid in objects:
-        fresh.get(oid, tmp_path / "copy")
+        fetch_bytes(fresh, oid, tmp_path / "copy")
     assert server.count("batch") == 1, "unexpired actions come from one batch"
 
     server.reset()
@@ -157,7 +158,7 @@ def test_lfs_store_asks_again_for_actions_about_to_expire(server, repo_name, tmp
     expiring = open_store(server, repo_name)
     expiring.prepare("download", sizes(objects))
     for oid, path in objects.items():
-        expiring.get(oid, tmp_path / "copy")
+        fetch_bytes(expiring, oid, tmp_path / "copy")
         assert (tmp_path / "copy").read_bytes() == path.read_bytes()
     assert server.count("batch") == 3, "each object's expired action was asked for again"
 
@@ -170,11 +171,11 @@ def test_lfs_store_reports_object_errors_per_object(server, repo_name, tmp_path)
     server.control(object_errors={removed: 410})
     store = open_store(server, repo_name)
     store.prepare("download", {**sizes(objects), unknown: (40,)})
-    store.get(present, tmp_path / "copy")
+    fetch_bytes(store, present, tmp_path / "copy")
     with pytest.raises(LfsObjectError, match=f"object {removed} in .*: was removed"):
-        store.get(removed, tmp_path / "copy")
+        fetch_bytes(store, removed, tmp_path / "copy")
     with pytest.raises(RemoteObjectMissingError, match=unknown):
-        store.get(unknown, tmp_path / "copy")
+        fetch_bytes(store, unknown, tmp_path / "copy")
     assert store.batch_has(objects) == {present, other}
 
 
@@ -186,12 +187,12 @@ def test_lfs_store_tries_the_next_possible_size_when_the_server_refuses_one(
     (oid, path), size = next(iter(objects.items())), next(iter(objects.values())).stat().st_size
     store = open_store(server, repo_name)
     store.prepare("download", {oid: (size + 8, size)})
-    store.get(oid, tmp_path / "copy")
+    fetch_bytes(store, oid, tmp_path / "copy")
     assert (tmp_path / "copy").read_bytes() == path.read_bytes()
     wrong = open_store(server, repo_name)
     wrong.prepare("download", {oid: (size + 8,)})
     with pytest.raises(LfsObjectError, match="LFS error 422"):
-        wrong.get(oid, tmp_path / "copy")
+        fetch_bytes(wrong, oid, tmp_path / "copy")
 
 
 def test_lfs_store_cuts_a_download_longer_than_announced(server, repo_name, tmp_path):
@@ -200,8 +201,8 @@ def test_lfs_store_cuts_a_download_longer_than_announced(server, repo_name, tmp_
     server.control(extra_bytes=4096)
     store = open_store(server, repo_name)
     store.prepare("download", sizes(objects))
-    with pytest.raises(LfsDownloadSizeError, match="sent more than"):
-        store.get(next(iter(objects)), tmp_path / "copy")
+    with pytest.raises(DownloadTooLargeError, match="sent more than"):
+        fetch_bytes(store, next(iter(objects)), tmp_path / "copy")
 
 
 def test_lfs_store_never_uploads_a_corrupt_local_object_whole(server, repo_name, tmp_path):

@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import canonical_bytes, loose_object
+from helpers import canonical_bytes, fetch_bytes, loose_object
 
 from git_theta_filter.progress import QuietProgress
 from git_theta_filter.store.base import RemoteObjectMissingError, StoreUnavailableError
 from git_theta_filter.store.directory import DirectoryStore
 from git_theta_filter.store.local import LocalStore
 from git_theta_filter.store.object_format import ObjectFormatError
+from git_theta_filter.store.sink import ObjectSink
 from git_theta_filter.store.transfer import (
     DownloadVerificationError,
     TransferFailedError,
@@ -28,8 +29,15 @@ from git_theta_filter.store.transfer import (
     upload,
 )
 
+SIZE = 4096
 
-def make_objects(store: LocalStore, count: int, size: int = 4096) -> list[str]:
+
+def payloads(oids: list[str], size: int = SIZE) -> dict[str, int]:
+    """What the manifests would say of objects made by :func:`make_objects`."""
+    return dict.fromkeys(oids, size)
+
+
+def make_objects(store: LocalStore, count: int, size: int = SIZE) -> list[str]:
     """``count`` distinct valid objects in ``store``."""
     return [
         store.write_bytes(hashlib.sha256(f"{i}".encode()).digest() * (size // 32))
@@ -80,10 +88,10 @@ def test_directory_store_put_get_has_list(local, remote, tmp_path):
     assert remote.put(oids[0], loose_object(local, oids[0])) is False
     assert remote.has(oids[0]) and not remote.has(oids[1])
     assert list(remote.list()) == [oids[0]]
-    remote.get(oids[0], tmp_path / "copy")
-    assert (tmp_path / "copy").read_bytes() == loose_object(local, oids[0]).read_bytes()
+    copy = fetch_bytes(remote, oids[0], tmp_path / "copy")
+    assert copy == loose_object(local, oids[0]).read_bytes()
     with pytest.raises(RemoteObjectMissingError, match=oids[1]):
-        remote.get(oids[1], tmp_path / "copy")
+        fetch_bytes(remote, oids[1], tmp_path / "copy")
     assert_store_valid(remote.root, {oids[0]})
 
 
@@ -146,7 +154,7 @@ def test_upload_skips_what_the_store_has_and_download_what_the_local_store_has(
 
     other = LocalStore(tmp_path / "other" / "theta")
     other.write_bytes(hashlib.sha256(b"0").digest() * 128)  # the same bytes as oids[0]
-    result = download(other, remote, {oid: 4096 for oid in oids}, workers=3, progress=QuietProgress)
+    result = download(other, remote, payloads(oids), workers=3, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 1)
     assert_local_store_valid(other, set(oids))
     assert list(other.tmp_dir.glob("*")) == []
@@ -161,7 +169,7 @@ def test_download_refuses_a_corrupt_object_and_keeps_the_good_ones(local, remote
 
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     with pytest.raises(TransferFailedError) as failure:
-        download(fresh, remote, oids, workers=2, progress=QuietProgress)
+        download(fresh, remote, payloads(oids), workers=2, progress=QuietProgress)
     assert isinstance(failure.value.failures[oids[1]], DownloadVerificationError)
     assert str(failure.value).startswith(
         f"could not download 1 of 3 tensor objects: object {oids[1]} in {remote.url}: is corrupt"
@@ -177,7 +185,7 @@ def test_unreachable_store_stops_the_transfer(local, tmp_path):
         upload(local, store, oids, workers=2, progress=QuietProgress)
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     with pytest.raises(StoreUnavailableError):
-        download(fresh, store, oids, workers=2, progress=QuietProgress)
+        download(fresh, store, payloads(oids), workers=2, progress=QuietProgress)
     assert not fresh.objects_dir.exists() or object_files(fresh.objects_dir) == []
 
 
@@ -189,15 +197,15 @@ class InterruptingStore(DirectoryStore):
         self.served = 0
         self.lock = threading.Lock()
 
-    def get(self, oid: str, destination: Path) -> None:
+    def get(self, oid: str, sink: ObjectSink) -> None:
         with self.lock:
             self.served += 1
             interrupt = self.served == 3
         if interrupt:
             data = self._object_path(oid).read_bytes()
-            destination.write_bytes(data[: len(data) // 2])
+            sink.write(data[: len(data) // 2])
             raise KeyboardInterrupt
-        super().get(oid, destination)
+        super().get(oid, sink)
 
 
 def test_interrupted_download_leaves_no_partial_object_and_resumes(local, remote, tmp_path):
@@ -205,13 +213,15 @@ def test_interrupted_download_leaves_no_partial_object_and_resumes(local, remote
     upload(local, remote, oids, workers=2, progress=QuietProgress)
     fresh = LocalStore(tmp_path / "fresh" / "theta")
     with pytest.raises(KeyboardInterrupt):
-        download(fresh, InterruptingStore(remote.root), oids, workers=1, progress=QuietProgress)
+        download(
+            fresh, InterruptingStore(remote.root), payloads(oids), workers=1, progress=QuietProgress
+        )
     landed = {path.name for path in object_files(fresh.objects_dir)}
     assert len(landed) == 2
     assert_local_store_valid(fresh, landed)
     assert list(fresh.tmp_dir.glob("*")) == []
 
-    result = download(fresh, remote, oids, workers=2, progress=QuietProgress)
+    result = download(fresh, remote, payloads(oids), workers=2, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (4, 2)
     assert_local_store_valid(fresh, set(oids))
 
@@ -226,14 +236,14 @@ SLOW_DOWNLOAD = textwrap.dedent(
     from git_theta_filter.store.transfer import download
 
     class SlowStore(DirectoryStore):
-        def get(self, oid, destination):
-            super().get(oid, destination)
+        def get(self, oid, sink):
+            super().get(oid, sink)
             time.sleep(0.3)  # the temp file is complete but not yet verified nor linked
 
     download(
         LocalStore(Path(sys.argv[1])),
         SlowStore(Path(sys.argv[2])),
-        sys.argv[3:],
+        dict.fromkeys(sys.argv[3:], 4096),
         workers=2,
         progress=QuietProgress,
     )
@@ -266,7 +276,7 @@ def test_killed_download_resumes_without_duplicates_or_partial_objects(local, re
         "a killed download leaves its temp files"
     )
 
-    result = download(fresh, remote, oids, workers=4, progress=QuietProgress)
+    result = download(fresh, remote, payloads(oids), workers=4, progress=QuietProgress)
     assert result.transferred == len(oids) - len(landed)
     assert_local_store_valid(fresh, set(oids))
     assert not [p.name for p in fresh.tmp_dir.glob("download-*")], (
@@ -319,13 +329,11 @@ def test_relay_copies_between_stores_verified_and_never_into_the_local_store(loc
     target.put(oids[1], loose_object(source_clone, oids[1]))
 
     with pytest.raises(TransferFailedError) as caught:
-        relay(local, source, target, {oid: () for oid in oids}, workers=2, progress=QuietProgress)
+        relay(local, source, target, payloads(oids), workers=2, progress=QuietProgress)
     assert isinstance(caught.value.failures[oids[0]], DownloadVerificationError)
     assert_store_valid(target.root, set(oids[1:]))
     assert list(local.iter_oids()) == []
     assert not any(local.tmp_dir.iterdir()), "relay left temp files behind"
 
-    result = relay(
-        local, source, target, {oid: () for oid in oids[1:]}, workers=2, progress=QuietProgress
-    )
+    result = relay(local, source, target, payloads(oids[1:]), workers=2, progress=QuietProgress)
     assert (result.transferred, result.skipped) == (0, 3)
