@@ -22,11 +22,9 @@ tree) is the team's shared setup: nothing is written there without
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -48,7 +46,7 @@ __all__ = [
     "hooks_installed",
     "run_after_ours",
     "run_chained_hook",
-    "hook_script",
+    "run_hook_script",
 ]
 
 # pre-push first: the order git-lfs installs them in.
@@ -62,11 +60,14 @@ def _script(name: str) -> str:
     return (resources.files("git_theta_filter") / "hook_scripts" / name).read_text()
 
 
-@contextlib.contextmanager
-def hook_script(name: str) -> Iterator[Path]:
-    """The packaged script of hook ``name`` as a file, for ``git theta hook`` to run."""
-    with resources.as_file(resources.files("git_theta_filter") / "hook_scripts" / name) as path:
-        yield path
+def run_hook_script(name: str, args: list[str]) -> int:
+    """Run our packaged script of hook ``name`` (a post-* hook, whole in the shell)
+    with git's arguments; its exit code. For ``git theta hook``, as a user's hook calls it."""
+    if name not in HOOK_NAMES:  # a name of ours, never a value from outside
+        raise ValueError(f"not a hook of ours: {name!r}")
+    script = resources.files("git_theta_filter") / "hook_scripts" / name
+    with resources.as_file(script) as path:
+        return subprocess.run(["sh", str(path), *args]).returncode
 
 
 def _text(path: Path) -> str | None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 
 from ..gitrepo import GitRepo
-from ..hooks import ALWAYS, HOOK_NAMES, hook_script, run_after_ours
+from ..hooks import ALWAYS, HOOK_NAMES, run_after_ours, run_hook_script
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.name != ALWAYS:
         # The post-* hooks are shell scripts, so that a commit or checkout starts no
         # Python; a hook of the user's that calls us gets the same script.
-        with hook_script(args.name) as script:
-            return subprocess.run(["sh", str(script), *args.hook_args]).returncode
+        return run_hook_script(args.name, args.hook_args)
     repo = GitRepo.discover()
     stdin = sys.stdin.buffer.read()
     _upload(repo, args.hook_args, stdin)

@@ -33,6 +33,7 @@ PROCESS_STARTERS = {
     ("gitrepo.py", "git_process"),
     ("gitrepo.py", "git_stream"),  # long-running git fed on stdin (cat-file --batch)
     ("hooks.py", "run_chained_hook"),
+    ("hooks.py", "run_hook_script"),  # sh with our packaged post-* script and git's arguments
     # ssh for git-lfs-authenticate: its argv comes from ssh_command_line, which
     # refuses a host that starts with "-" and puts "--" before it (issue 15).
     ("store/lfs_ssh.py", "_run"),
