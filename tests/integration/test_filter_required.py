@@ -54,7 +54,8 @@ def test_pull_after_skip_smudge_needs_no_remote_store_when_every_object_is_local
     (repo / "model.pth").unlink()
     git_env.git(repo, "checkout", "--", "model.pth", env={"GIT_THETA_SKIP_SMUDGE": "1"})
     assert (repo / "model.pth").read_bytes().startswith(MANIFEST_MAGIC)
-    # No remote at all, so no store: everything the file needs is here anyway.
+    # The one remote has no store (another helper's transport): everything is here anyway.
+    git_env.git(repo, "remote", "add", "origin", "other::somewhere")
     git_env.theta(repo, "pull")
     assert sha256_file(repo / "model.pth") == digest
     assert_status_clean(git_env, repo)
