@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import pygit2
 
-from .clean import clean
+from .clean import clean, expecting_previous
 from .errors import ThetaError
-from .filter import smudge_or_fetch, staged_payload_objects
+from .filter import smudge_or_fetch, staged_manifest
 from .gitrepo import GitRepo
 from .history import open_pygit2, read_blob
 from .installation import FilterNotInstalledError, require_filter
@@ -305,7 +305,7 @@ class Repository:
         stat = _settled_stat(target)
         with (
             target.open("rb", buffering=0) as file,
-            self._store.expecting(staged_payload_objects(self._repo, relative)),
+            expecting_previous(self._store, staged_manifest(self._repo, relative)),
         ):
             manifest = clean(file, self._store, relative)
         self._stage(relative, self._git.create_blob(manifest), stat)

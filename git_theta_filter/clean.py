@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from .formats.base import CleanContext, NotThisFormat, ParsedFile
 from .formats.layout import SkeletonTooLargeError
@@ -26,9 +27,24 @@ from .formats.torch_zip import ZIP_MAGIC, parse_torch_zip
 from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
 from .store.local import LOCAL_WRITE_ERRNOS, LocalStore, StoreWriteError
 
-__all__ = ["clean", "Warn"]
+__all__ = ["clean", "Warn", "expecting_previous"]
 
 Warn = Callable[[str], None]
+
+
+def expecting_previous(
+    store: LocalStore, previous: Manifest | None
+) -> AbstractContextManager[None]:
+    """Within the block, clean compares each payload with its version in ``previous``
+    (the staged manifest of the same path) and deltas against it: the object of the
+    tensor of the same name, else the next of the same header in file order
+    (:meth:`LocalStore.expecting`)."""
+    if previous is None:
+        return store.expecting(())
+    return store.expecting(
+        [splice.oid for splice in previous.splices],
+        {tensor.name: tensor.oid for tensor in previous.tensors},
+    )
 
 
 def _stderr_warning(message: str) -> None:

@@ -5,8 +5,8 @@ driver and ``git theta pull`` all come through here, so a model file is
 cleaned and rebuilt the same way whoever asks:
 
 * :class:`ThetaFilter` is the handler :func:`filter_protocol.serve` calls;
-* :func:`staged_payload_objects` names the objects of the staged version of a
-  file, which clean compares with instead of hashing and writing them again;
+* :func:`staged_manifest` reads the staged version of a file, whose objects
+  clean compares with instead of hashing and writing them again;
 * :func:`smudge_or_fetch` prepares a smudge, and when the local store lacks an
   object, fetches what the manifest needs from the remote's store and retries.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .clean import clean
+from .clean import clean, expecting_previous
 from .formats.source import Readable
 from .gitrepo import GitRepo, git_process
 from .lfs_pointer import looks_like_lfs_pointer
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     # The remotes and transfers load only when a smudge lacks an object.
     from .on_demand import OnDemandFetcher
 
-__all__ = ["ThetaFilter", "staged_payload_objects", "smudge_or_fetch"]
+__all__ = ["ThetaFilter", "staged_manifest", "smudge_or_fetch"]
 
 # Asking git for the staged version costs a process (a few ms); below this
 # size hashing and writing the file costs less than that.
@@ -53,7 +53,7 @@ class ThetaFilter:
     def clean(self, pathname: str, content: Readable) -> bytes:
         # A new version of a model mostly repeats the staged one's tensors;
         # comparing with those costs far less than hashing and writing them.
-        with self.store.expecting(staged_payload_objects(self.repo, pathname)):
+        with expecting_previous(self.store, staged_manifest(self.repo, pathname)):
             return clean(content, self.store, pathname)
 
     def prepare_smudge(
@@ -69,8 +69,8 @@ class ThetaFilter:
         return smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
 
 
-def staged_payload_objects(repo: GitRepo, path: str) -> list[str]:
-    """The payload objects of the index's version of ``path``, in file order; [] if it has none.
+def staged_manifest(repo: GitRepo, path: str) -> Manifest | None:
+    """The manifest of the index's version of ``path``; None if it has none.
 
     ``path`` is relative to the top of the work tree, as git names it. The
     work-tree file tells the size to expect: a small file is not worth a look-up.
@@ -79,16 +79,16 @@ def staged_payload_objects(repo: GitRepo, path: str) -> list[str]:
         return []
     try:
         if os.path.getsize(repo.worktree / path) < LOOK_UP_STAGED_FROM:
-            return []
+            return None
     except OSError:
-        return []
+        return None
     staged = git_process(["cat-file", "blob", f":{path}"], cwd=repo.worktree)
     if staged.returncode != 0 or not looks_like_manifest(staged.stdout):
-        return []
+        return None
     try:
-        return [splice.oid for splice in Manifest.parse(staged.stdout).splices]
+        return Manifest.parse(staged.stdout)
     except ManifestError:
-        return []
+        return None
 
 
 def smudge_or_fetch(

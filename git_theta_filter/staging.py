@@ -20,17 +20,18 @@ from pathlib import Path
 import pygit2
 
 from .api import NotTrackedError
-from .clean import clean
+from .clean import clean, expecting_previous
 from .gitrepo import GitRepo
 from .history import read_manifest_blob
 from .locks import writer_lock
+from .manifest import Manifest
 
 __all__ = [
     "NotTrackedError",
     "check_tracked",
     "stage_file",
     "write_index_entry",
-    "staged_payloads",
+    "staged_manifest",
     "commit_index",
 ]
 
@@ -44,17 +45,16 @@ def check_tracked(repo: GitRepo, path: str) -> None:
         raise NotTrackedError(path)
 
 
-def staged_payloads(git: pygit2.Repository, path: str) -> list[str]:
-    """The staged version's payload objects, in file order: clean compares with them
-    instead of rewriting, and stores changed tensors as deltas against them.
+def staged_manifest(git: pygit2.Repository, path: str) -> Manifest | None:
+    """The staged version's manifest: clean compares with its objects instead of
+    rewriting, and stores changed tensors as deltas against them.
     """
     git.index.read()
     try:
         blob_id = git.index[path].id
     except KeyError:
-        return []
-    manifest = read_manifest_blob(git, blob_id)
-    return [splice.oid for splice in manifest.splices] if manifest is not None else []
+        return None
+    return read_manifest_blob(git, blob_id)
 
 
 def write_index_entry(
@@ -108,7 +108,7 @@ def stage_file(repo: GitRepo, git: pygit2.Repository, relative: str) -> None:
         stat = target.stat()
         with (
             target.open("rb", buffering=0) as file,
-            store.expecting(staged_payloads(git, relative)),
+            expecting_previous(store, staged_manifest(git, relative)),
         ):
             manifest = clean(file, store, relative)
         write_index_entry(git, relative, git.create_blob(manifest), stat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import ThetaError
@@ -46,12 +47,18 @@ class CleanContext:
             raise TruncatedError(f"file ends inside {what} at offset {self.source.position}")
         return data
 
-    def store_payload(self, dtype: str, shape: tuple[int, ...], nbytes: int) -> str:
-        """Stream the next ``nbytes`` into a new object and splice it into the layout."""
+    def store_payload(
+        self, dtype: str, shape: tuple[int, ...], nbytes: int, names: Sequence[str] = ()
+    ) -> str:
+        """Stream the next ``nbytes`` into a new object and splice it into the layout.
+
+        ``names`` are the tensors whose data it is: the store compares it with (and
+        deltas it against) their previous version first.
+        """
         object_dtype = object_dtype_for(dtype)
         if object_dtype != dtype:
             shape = (nbytes,)
-        writer = self.store.writer(object_dtype, shape, nbytes)
+        writer = self.store.writer(object_dtype, shape, nbytes, names)
         try:
             received = self.source.copy_to(writer.write, nbytes, allow_short=True)
         except BaseException:

@@ -86,7 +86,7 @@ def parse_safetensors(ctx: CleanContext) -> ParsedFile:
     for begin, end, name, dtype, shape in entries:
         if begin != cursor:
             raise NotThisFormat(f"tensor {name!r}: data_offsets leave a gap or overlap")
-        oid = ctx.store_payload(dtype, shape, end - begin)
+        oid = ctx.store_payload(dtype, shape, end - begin, (name,))
         tensors.append(TensorEntry(name, dtype, shape, oid))
         cursor = end
     if not ctx.source.at_eof():

@@ -69,6 +69,7 @@ class _TorchZipParser:
         self.scan: PickleScan | None = None
         self.little_endian = True
         self.storage_oids: dict[str, str] = {}
+        self._names_by_storage: dict[str, list[str]] = {}  # storage key -> its tensors' names
 
     def parse(self) -> ParsedFile:
         source = self.ctx.source
@@ -132,7 +133,9 @@ class _TorchZipParser:
         ):
             size = storage.nbytes
             dtype, shape = self._object_type(storage)
-            self.storage_oids[storage.key] = self.ctx.store_payload(dtype, shape, size)
+            self.storage_oids[storage.key] = self.ctx.store_payload(
+                dtype, shape, size, self._names_by_storage.get(storage.key, [])
+            )
         elif has_descriptor:
             size = self._scan_to_descriptor(name)
         else:
@@ -141,6 +144,9 @@ class _TorchZipParser:
         if relative == "data.pkl":
             record_bytes = bytes(ctx.layout.skeleton[-size:]) if size else b""
             self.scan = _scan(record_bytes)
+            for tensor_name, ref in self.scan.tensors:
+                storage_ref = ref.storage if isinstance(ref, TensorRef) else ref
+                self._names_by_storage.setdefault(storage_ref.key, []).append(tensor_name)
         elif relative == "byteorder":
             self.little_endian = bytes(ctx.layout.skeleton[-size:]) != b"big"
         if has_descriptor:

@@ -27,7 +27,7 @@ import shutil
 import stat
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +133,11 @@ class LocalStore:
         self._settings_source = settings
         self._settings: StoreSettings | None = None
         self._fsync = os.environ.get("GIT_THETA_FSYNC") == "1"
-        # Header bytes -> ids of objects with that header, in file order (see expecting()).
+        # Header bytes -> ids of objects with that header, in file order; tensor name ->
+        # its object and that object's header; ids a name has claimed (see expecting()).
         self._expected: dict[bytes, deque[str]] = {}
+        self._expected_by_name: dict[str, tuple[str, bytes]] = {}
+        self._claimed: set[str] = set()
         # Packs in place: index and an open file each, loaded on the first lookup.
         self._packs: dict[Path, tuple[PackIndex, int]] = {}
         self._broken_packs: dict[Path, PackError] = {}
@@ -267,21 +270,32 @@ class LocalStore:
                 self._pack_writer = None
 
     # -- writing -------------------------------------------------------------
-    def writer(self, dtype: str, shape: tuple[int, ...], nbytes: int) -> ObjectWriter:
-        return ObjectWriter(self, dtype, shape, nbytes)
+    def writer(
+        self, dtype: str, shape: tuple[int, ...], nbytes: int, names: Sequence[str] = ()
+    ) -> ObjectWriter:
+        """A writer for one object; ``names`` are the tensors whose storage it is, which
+        pick its previous version within :meth:`expecting`."""
+        return ObjectWriter(self, dtype, shape, nbytes, names)
 
     @contextmanager
-    def expecting(self, oids: Iterable[str]) -> Iterator[None]:
+    def expecting(
+        self, oids: Iterable[str], by_name: Mapping[str, str] | None = None
+    ) -> Iterator[None]:
         """Within the block, new objects are first compared with these existing ones.
 
         ``oids`` are the payload objects of the file's previous version, in
-        file order. A new object takes the next one that has its header, and
-        if the payloads are equal it *is* that object: neither hashed nor
-        written again. A fine-tune that changes a tenth of the tensors then
-        costs a read of the unchanged ones instead of a sha256 and a write;
-        a tensor that changed is stored as a delta against it. Like
-        :meth:`_link_temp` finding an object already present, this trusts an
-        object to hash to its name; ``git theta fsck`` checks that.
+        file order, and ``by_name`` maps its tensor names to their objects. A
+        new object takes the object of a tensor of its own name when that has
+        its header; otherwise the next one in file order that has its header
+        and no tensor of the new version has claimed by name. So a tensor
+        added, removed or moved leaves every other one paired with its own
+        previous version. If the payloads are equal the new object *is* that
+        object: neither hashed nor written again. A fine-tune that changes a
+        tenth of the tensors then costs a read of the unchanged ones instead
+        of a sha256 and a write; a tensor that changed is stored as a delta
+        against it. Like :meth:`_link_temp` finding an object already
+        present, this trusts an object to hash to its name; ``git theta
+        fsck`` checks that.
         """
         expected: dict[bytes, deque[str]] = {}
         headers: dict[str, bytes | None] = {}
@@ -290,11 +304,16 @@ class LocalStore:
                 headers[oid] = self._read_raw_header(oid)
             if (header := headers[oid]) is not None:
                 expected.setdefault(header, deque()).append(oid)
-        self._expected = expected
+        named = {
+            name: (oid, header)
+            for name, oid in (by_name or {}).items()
+            if (header := headers.get(oid)) is not None
+        }
+        self._expected, self._expected_by_name, self._claimed = expected, named, set()
         try:
             yield
         finally:
-            self._expected = {}
+            self._expected, self._expected_by_name, self._claimed = {}, {}, set()
 
     def _read_raw_header(self, oid: str) -> bytes | None:
         """An object's canonical header bytes, or None if it is missing or not valid."""
@@ -307,18 +326,28 @@ class LocalStore:
         stored.close()
         return stored.canonical_header
 
-    def _take_expected(self, header: bytes) -> ExpectedObject | None:
-        """The next expected object with this header, ready to be compared."""
+    def _take_expected(self, header: bytes, names: Sequence[str] = ()) -> ExpectedObject | None:
+        """The expected object for a payload with this header, ready to be compared: a
+        tensor named in ``names``, else the next unclaimed one (see :meth:`expecting`)."""
+        for name in names:
+            oid, named_header = self._expected_by_name.get(name, (None, None))
+            if oid is not None and named_header == header:
+                self._claimed.add(oid)
+                if (expected := self._open_expected(oid)) is not None:
+                    return expected
         queue = self._expected.get(header)
         while queue:
             oid = queue.popleft()
-            try:
-                stored = self.open_stored(oid)
-            except (OSError, ThetaError):
-                continue
-            if stored is not None:
-                return ExpectedObject(stored)
+            if oid not in self._claimed and (expected := self._open_expected(oid)) is not None:
+                return expected
         return None
+
+    def _open_expected(self, oid: str) -> ExpectedObject | None:
+        try:
+            stored = self.open_stored(oid)
+        except (OSError, ThetaError):
+            return None
+        return ExpectedObject(stored) if stored is not None else None
 
     def unsized_writer(self) -> UnsizedObjectWriter:
         return UnsizedObjectWriter(self)

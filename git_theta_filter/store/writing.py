@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -139,7 +139,14 @@ def encoding_width(dtype: str, nbytes: int, header_size: int) -> int:
 class ObjectWriter:
     """Streams one object with a known payload size into the store."""
 
-    def __init__(self, store: LocalStore, dtype: str, shape: tuple[int, ...], nbytes: int) -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        dtype: str,
+        shape: tuple[int, ...],
+        nbytes: int,
+        names: Sequence[str] = (),
+    ) -> None:
         self._store = store
         self._expected = nbytes
         self._written = 0
@@ -148,7 +155,7 @@ class ObjectWriter:
         self._small = len(self._header) + nbytes < PACK_BELOW
         self._width = encoding_width(dtype, nbytes, len(self._header))
         self._hash = hashlib.sha256(self._header)
-        self._same = store._take_expected(self._header)
+        self._same = store._take_expected(self._header, names)
         self._base: ExpectedObject | None = None  # kept open while it serves as delta base
         self._memory: bytearray | None = None  # a small object's payload
         self._file: BinaryIO | None = None  # a large object's temp file

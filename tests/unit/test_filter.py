@@ -15,7 +15,7 @@ from safetensors.numpy import save as safetensors_save
 
 from git_theta_filter import filter as filter_module
 from git_theta_filter.clean import clean
-from git_theta_filter.filter import ThetaFilter, smudge_or_fetch, staged_payload_objects
+from git_theta_filter.filter import ThetaFilter, smudge_or_fetch, staged_manifest
 from git_theta_filter.gitrepo import GitRepo
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import WorkTreeWriteError, write_atomically
@@ -80,38 +80,36 @@ def test_filter_with_skip_smudge_checks_the_manifest_out_as_it_is(theta_repo: Gi
     assert rebuild(skipping.prepare_smudge("model.safetensors", io.BytesIO(manifest))) == manifest
 
 
-# -- staged_payload_objects -----------------------------------------------------------
+# -- staged_manifest ------------------------------------------------------------------
 
 
-def test_staged_payload_objects_names_the_index_versions_objects_in_file_order(
+def test_staged_manifest_is_the_index_versions(
     git_env, repo: Path, theta_repo: GitRepo, monkeypatch
 ) -> None:
     monkeypatch.setattr(filter_module, "LOOK_UP_STAGED_FROM", 0)
     (repo / "model.safetensors").write_bytes(model_bytes(0))
-    assert staged_payload_objects(theta_repo, "model.safetensors") == [], "nothing staged yet"
+    assert staged_manifest(theta_repo, "model.safetensors") is None, "nothing staged yet"
     git_env.git(repo, "add", "model.safetensors")
     staged = Manifest.parse(
         git_env.run("git", "cat-file", "blob", ":model.safetensors", cwd=repo).stdout
     )
     (repo / "model.safetensors").write_bytes(model_bytes(1))  # the work tree moved on
-    assert staged_payload_objects(theta_repo, "model.safetensors") == [
-        splice.oid for splice in staged.splices
-    ]
+    assert staged_manifest(theta_repo, "model.safetensors") == staged
 
 
-def test_staged_payload_objects_skips_the_look_up_for_a_small_file_or_a_plain_blob(
+def test_staged_manifest_skips_the_look_up_for_a_small_file_or_a_plain_blob(
     git_env, repo: Path, theta_repo: GitRepo, monkeypatch
 ) -> None:
     (repo / "model.safetensors").write_bytes(model_bytes(0))
     git_env.git(repo, "add", "model.safetensors")
-    assert staged_payload_objects(theta_repo, "model.safetensors") == [], (
+    assert staged_manifest(theta_repo, "model.safetensors") is None, (
         "a file under LOOK_UP_STAGED_FROM is cheaper to hash than to look up"
     )
     monkeypatch.setattr(filter_module, "LOOK_UP_STAGED_FROM", 0)
     (repo / "notes.txt").write_text("not a manifest\n")
     git_env.git(repo, "add", "notes.txt")
-    assert staged_payload_objects(theta_repo, "notes.txt") == []
-    assert staged_payload_objects(theta_repo, "missing.safetensors") == []
+    assert staged_manifest(theta_repo, "notes.txt") is None
+    assert staged_manifest(theta_repo, "missing.safetensors") is None
 
 
 # -- smudge_or_fetch -------------------------------------------------------------------

@@ -196,3 +196,41 @@ def test_open_object_refuses_anything_but_a_regular_file_without_blocking(
     finally:
         if planted == "fifo":
             unblock(path)
+
+
+def safetensors_bytes(state: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save(state)
+
+
+@pytest.mark.parametrize("serialize", [torch_bytes, safetensors_bytes], ids=["torch", "st"])
+def test_a_reordered_checkpoint_deltas_each_tensor_against_its_own_previous_version(
+    store: LocalStore, serialize
+) -> None:
+    """Two tensors of one shape swapped, and one added between them (safetensors sorts
+    them by name: only the addition): each changed tensor's delta base is its own previous
+    version (by name), not the next of that shape in file order; the file still comes
+    back byte for byte."""
+    generator = torch.Generator().manual_seed(3)
+    elements = (1 << 20) // 4 + 256  # over 1 MiB: stored encoded, so it can be a delta
+    old = {name: torch.randn(elements, generator=generator) for name in ("a", "b")}
+    previous = clean_manifest(store, serialize(old))
+    trained = {name: tensor.clone() for name, tensor in old.items()}
+    for tensor in trained.values():
+        tensor[::100] += 1e-3
+    new = {"b": trained["b"], "added": torch.randn(elements, generator=generator)}
+    new["a"] = trained["a"]
+    data = serialize(new)
+    with store.expecting(payload_oids(previous), {t.name: t.oid for t in previous.tensors}):
+        manifest = clean_manifest(store, data)
+    old_oids = {t.name: t.oid for t in previous.tensors}
+    for tensor in manifest.tensors:
+        if tensor.name in old_oids:
+            stored = store.open_stored(tensor.oid)
+            assert stored is not None
+            stored.close()
+            assert stored.base_oid == old_oids[tensor.name], tensor.name
+    rebuilt = bytearray()
+    prepare_smudge(manifest.render(), store, "model.pth").write(rebuilt.extend)
+    assert bytes(rebuilt) == data
