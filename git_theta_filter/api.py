@@ -40,7 +40,7 @@ import pygit2
 from .clean import clean, expecting_previous
 from .errors import ThetaError
 from .filter import smudge_or_fetch, staged_manifest
-from .gitrepo import GitRepo
+from .gitrepo import GitRepo, NoWorkTreeError
 from .history import open_pygit2, read_blob
 from .installation import FilterNotInstalledError, require_filter
 from .locks import writer_lock
@@ -93,12 +93,6 @@ class ModelNotFoundError(ThetaError):
         super().__init__(f"{rev}: no model file {path}")
         self.path = path
         self.rev = rev
-
-
-class NoWorkTreeError(ThetaError):
-    def __init__(self, repo_path: Path) -> None:
-        super().__init__(f"{repo_path}: this needs a work tree, and the repository is bare")
-        self.repo_path = repo_path
 
 
 class UnsupportedDTypeError(ThetaError):
@@ -188,16 +182,11 @@ class Repository:
         return f"<git_theta_filter.Repository {self.path}>"
 
     # -- paths ------------------------------------------------------------------
-    def _worktree(self) -> Path:
-        if self._repo.worktree is None:
-            raise NoWorkTreeError(self._repo.git_dir)
-        return self._repo.worktree
-
     def _relative(self, path: str | os.PathLike[str]) -> str:
         """``path`` as git names it: relative to the top of the work tree, with ``/``."""
         given = Path(path)
         if given.is_absolute():
-            given = given.resolve().relative_to(self._worktree().resolve())
+            given = given.resolve().relative_to(self._repo.require_worktree().resolve())
         return given.as_posix()
 
     def tracked_paths(self, paths: Sequence[str | os.PathLike[str]]) -> set[str]:
@@ -252,7 +241,7 @@ class Repository:
         """
         relative = self._relative(path)
         self._check_tracked(relative)
-        _save(checkpoint, self._worktree() / relative)
+        _save(checkpoint, self._repo.require_worktree() / relative)
         return self.commit_files([relative], message, metrics)
 
     def commit_files(
@@ -273,15 +262,16 @@ class Repository:
         file) in the same commit. When nothing differs from HEAD, no commit is
         made and HEAD's id is returned.
         """
+        worktree = self._repo.require_worktree()
         relatives = [self._relative(path) for path in paths]
         tracked = self.tracked_paths(relatives)
         # A deleted file is staged as deleted by `git add`, tracked or not.
-        models = [p for p in relatives if p in tracked and (self._worktree() / p).exists()]
+        models = [p for p in relatives if p in tracked and (worktree / p).exists()]
         others = [path for path in relatives if path not in models]
         if metrics is not None:
             owner = self._relative(metrics_for) if metrics_for is not None else None
             owner = owner or (models or relatives)[0]
-            metrics_path = self._worktree() / (owner + CONVENTION_SUFFIX)
+            metrics_path = worktree / (owner + CONVENTION_SUFFIX)
             metrics_path.write_text(
                 json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
             )
@@ -301,7 +291,7 @@ class Repository:
 
     def _clean_and_stage(self, relative: str) -> None:
         """What ``git add`` does for one tracked file, without starting the filter."""
-        target = self._worktree() / relative
+        target = self._repo.require_worktree() / relative
         stat = _settled_stat(target)
         with (
             target.open("rb", buffering=0) as file,
@@ -352,7 +342,7 @@ class Repository:
         relative = self._relative(path)
         commit = resolve_commit(self._git, rev)
         blob = _blob_at(commit, relative, rev)
-        target = self._worktree() / relative
+        target = self._repo.require_worktree() / relative
         content = read_blob(self._git, blob.id)
         fetcher = OnDemandFetcher(self._repo, str(commit.id))
         plan = smudge_or_fetch(content, self._store, relative, fetcher, repo=self._repo)

@@ -25,7 +25,7 @@ from .formats.safetensors_file import looks_like_safetensors, parse_safetensors
 from .formats.source import Readable, Source, TruncatedError
 from .formats.torch_zip import ZIP_MAGIC, parse_torch_zip
 from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
-from .store.local import LOCAL_WRITE_ERRNOS, LocalStore, StoreWriteError
+from .store.local import LocalStore
 
 __all__ = ["clean", "Warn", "expecting_previous"]
 
@@ -60,14 +60,9 @@ def clean(
     such. Each writer has already discarded its partial object, and git,
     getting no manifest, leaves the index as it was.
     """
-    try:
-        # Small objects go into one pack per file, in place before the manifest is returned.
-        with store.packing():
-            return _clean(raw, store, path, warn)
-    except OSError as exc:
-        if exc.errno in LOCAL_WRITE_ERRNOS:
-            raise StoreWriteError(store.theta_dir, exc, path) from exc
-        raise
+    # Small objects go into one pack per file, in place before the manifest is returned.
+    with store.writes(path), store.packing():
+        return _clean(raw, store, path, warn)
 
 
 def _clean(raw: Readable, store: LocalStore, path: str, warn: Warn) -> bytes:

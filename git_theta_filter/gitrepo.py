@@ -25,6 +25,7 @@ __all__ = [
     "GitError",
     "OptionLikeArgumentError",
     "NotARepositoryError",
+    "NoWorkTreeError",
     "GitRepo",
     "git_process",
     "run_git",
@@ -63,6 +64,20 @@ class NotARepositoryError(ThetaError):
 
     def __init__(self, where: Path) -> None:
         super().__init__(f"not a git repository: {where}")
+
+
+class NoWorkTreeError(ThetaError):
+    """Something that reads or writes work-tree files, asked of a repository without one."""
+
+    exit_code = 128
+
+    def __init__(self, repo_path: Path, what: str = "this") -> None:
+        super().__init__(
+            f"{repo_path}: {what} needs a work tree, and there is none here",
+            hint="run it inside a work tree; a bare repository has none, but a clone of it "
+            f"does: `git clone {repo_path} <directory>`",
+        )
+        self.repo_path = repo_path
 
 
 Output = Literal["capture", "show", "discard"]
@@ -219,6 +234,12 @@ class GitRepo:
     @property
     def cwd(self) -> Path:
         return self.worktree or self.git_dir
+
+    def require_worktree(self, what: str = "this") -> Path:
+        """The top of the work tree; without one, :class:`NoWorkTreeError` naming ``what``."""
+        if self.worktree is None:
+            raise NoWorkTreeError(self.git_dir, what)
+        return self.worktree
 
     def git(
         self,

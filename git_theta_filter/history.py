@@ -169,3 +169,23 @@ def manifests_in_blobs(git: pygit2.Repository, blob_ids: Iterable[str]) -> list[
         if manifest is not None:
             out.append(manifest)
     return out
+
+
+def all_ref_tips(git: pygit2.Repository) -> list[pygit2.Oid]:
+    """The commit every ref points to; refs to trees or blobs, and dangling ones, are skipped."""
+    tips = []
+    for name in git.references:
+        try:
+            target = git.references[name].peel(pygit2.Commit)
+        except (pygit2.InvalidSpecError, ValueError, KeyError):
+            continue
+        tips.append(target.id)
+    return tips
+
+
+def objects_needed(manifests: Iterable[Manifest]) -> dict[str, int]:
+    """Every object the manifests name (payloads and skeletons), with its payload length."""
+    lengths: dict[str, int] = {}
+    for manifest in manifests:
+        lengths.update(manifest.payload_lengths())
+    return lengths

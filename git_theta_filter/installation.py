@@ -101,9 +101,7 @@ def uninstall(scope: str, repo: GitRepo | None) -> list[str]:
 
 
 def _attributes_file(repo: GitRepo) -> Path:
-    if repo.worktree is None:
-        raise ValueError("track needs a work tree")
-    return repo.worktree / ".gitattributes"
+    return repo.require_worktree("git theta track") / ".gitattributes"
 
 
 def _line_pattern(line: str) -> str | None:

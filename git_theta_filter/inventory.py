@@ -11,7 +11,9 @@ from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import (
     ManifestRef,
+    all_ref_tips,
     index_manifests,
+    objects_needed,
     open_pygit2,
     reachable_manifests,
     read_manifest_blob,
@@ -79,17 +81,6 @@ def list_files(repo: GitRepo) -> list[FileEntry]:
     return entries
 
 
-def _all_tips(git: pygit2.Repository) -> list[pygit2.Oid]:
-    tips = []
-    for name in git.references:
-        try:
-            target = git.references[name].peel(pygit2.Commit)
-        except (pygit2.InvalidSpecError, ValueError, KeyError):
-            continue
-        tips.append(target.id)
-    return tips
-
-
 def referenced_manifests(
     repo: GitRepo, all_refs: bool, git: pygit2.Repository | None = None
 ) -> list[ManifestRef]:
@@ -97,7 +88,7 @@ def referenced_manifests(
     git = git or open_pygit2(repo)
     found: dict[str, ManifestRef] = {ref.blob_id: ref for ref in index_manifests(repo, git)}
     if all_refs:
-        found.update(reachable_manifests(git, _all_tips(git)))
+        found.update(reachable_manifests(git, all_ref_tips(git)))
     elif not git.head_is_unborn:
         for ref in tree_manifests(git, git.head.peel(pygit2.Commit).tree):
             found.setdefault(ref.blob_id, ref)
@@ -122,9 +113,7 @@ class DiskUsage:
 def disk_usage(repo: GitRepo) -> DiskUsage:
     refs = referenced_manifests(repo, all_refs=True)
     store = repo.store()
-    lengths: dict[str, int] = {}
-    for ref in refs:
-        lengths.update(ref.manifest.payload_lengths())
+    lengths = objects_needed(ref.manifest for ref in refs)
     sizes = {oid: store.size(oid) for oid in lengths}
     all_stored = {oid: store.size(oid) or 0 for oid in store.iter_oids()}
     return DiskUsage(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .dtypes import DTYPES, dtype_by_name
 from .errors import ThetaError
+from .store.object_format import is_valid_oid
 
 __all__ = [
     "MAGIC",
@@ -49,7 +50,6 @@ MAX_DIMS = 64
 WORK_RATIO = 64
 WORK_FLOOR = 256 << 20
 
-_OID_RE = re.compile(r"[0-9a-f]{64}\Z")
 _INT_RE = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
 
 
@@ -136,7 +136,7 @@ def _parse_ints(text: str, what: str, line_number: int) -> tuple[int, ...]:
 
 
 def _parse_oid(text: str, line_number: int) -> str:
-    if not _OID_RE.match(text):
+    if not is_valid_oid(text):
         raise ManifestError(f"bad object id {text!r}", line_number=line_number)
     return text
 
@@ -311,7 +311,7 @@ class Manifest:
             header[key] = value
         if header["format"] not in FORMATS:
             raise ManifestError(f"unknown format {header['format']!r}", line_number=2)
-        if not re.fullmatch(r"[0-9a-f]{64}", header["sha256"]):
+        if not is_valid_oid(header["sha256"]):  # a sha256, written as an object id is
             raise ManifestError("bad sha256", line_number=4)
         manifest = cls(
             format=header["format"],

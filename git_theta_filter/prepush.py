@@ -21,12 +21,11 @@ can so push a whole history to a new remote.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
-from .history import manifests_in_blobs, open_pygit2
+from .history import manifests_in_blobs, objects_needed, open_pygit2
 from .manifest import Manifest
 from .object_sizes import object_size_candidates
 from .progress import Progress
@@ -46,7 +45,6 @@ __all__ = [
     "RefUpdate",
     "parse_ref_updates",
     "manifests_to_push",
-    "payload_lengths",
     "fill_store",
     "ObjectsMissingLocallyError",
     "PushUploadError",
@@ -111,14 +109,6 @@ def parse_ref_updates(stdin: bytes) -> list[RefUpdate]:
     return updates
 
 
-def payload_lengths(manifests: Iterable[Manifest]) -> dict[str, int]:
-    """Every object the manifests name, with its payload length."""
-    wanted: dict[str, int] = {}
-    for manifest in manifests:
-        wanted.update(manifest.payload_lengths())
-    return wanted
-
-
 def manifests_to_push(repo: GitRepo, remote: str, updates: list[RefUpdate]) -> list[Manifest]:
     """The manifests in ``rev-list --objects <local> ^<remote>``."""
     git = open_pygit2(repo)
@@ -169,7 +159,7 @@ def upload_for_push(
     Without a store, nothing is uploaded unless ``require_store`` makes that an error.
     """
     manifests = manifests_to_push(repo, remote, updates)
-    wanted = payload_lengths(manifests)
+    wanted = objects_needed(manifests)
     if not wanted or (remote_url or "").startswith(HELPER_PREFIX):
         return PushUpload(len(wanted), None, None)
     store = resolve_store(repo, remote, remote_url)
@@ -205,7 +195,7 @@ def fill_store(
     :class:`ObjectsMissingLocallyError` when no store has an object, before
     anything moves, and :class:`PushUploadError` when a transfer fails.
     """
-    wanted = payload_lengths(manifests)
+    wanted = objects_needed(manifests)
     local = repo.store()
     workers = transfer_workers(repo)
     absent = {oid for oid in wanted if not local.has(oid)}

@@ -33,10 +33,10 @@ import subprocess
 import sys
 from typing import BinaryIO
 
-from .cli._errors import format_error
+from .cli._errors import format_error, run_reporting
 from .errors import ThetaError
 from .gitrepo import GitError, GitRepo, git_process, refuse_option_like
-from .history import manifests_in_blobs, open_pygit2
+from .history import manifests_in_blobs, objects_needed, open_pygit2
 from .lfs_interop import record_lfs_url
 from .object_sizes import object_size_candidates
 from .prepush import ZERO_SHA, RefUpdate, upload_for_push
@@ -44,7 +44,6 @@ from .progress import Progress, QuietProgress
 from .remotes import HELPER_PREFIX, resolve_store, transfer_workers
 from .store.base import StoreError
 from .store.transfer import TransferFailedError, download
-from .terminal import escaping_output
 
 __all__ = ["HelperRecursionError", "HelperProtocolError", "RemoteHelper", "main", "GUARD_VARIABLE"]
 
@@ -190,10 +189,8 @@ class RemoteHelper:
         # What the fetched commits bring that no ref had: `--not --all --not <shas>`.
         listing = self.repo.git("rev-list", "--objects", "--not", "--all", "--not", revisions=shas)
         blob_ids = [line.split(" ", 1)[0] for line in listing.splitlines() if " " in line]
-        wanted: dict[str, int] = {}
-        manifests = list(manifests_in_blobs(open_pygit2(self.repo), blob_ids))
-        for manifest in manifests:
-            wanted.update(manifest.payload_lengths())
+        manifests = manifests_in_blobs(open_pygit2(self.repo), blob_ids)
+        wanted = objects_needed(manifests)
         if not wanted:
             return
         try:
@@ -284,27 +281,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     remote = args[0]
     url = args[1] if len(args) == 2 else remote.removeprefix(HELPER_PREFIX)
-    with escaping_output():  # stdout is answered through .buffer; messages are text
-        return _serve(remote, url)
+    return run_reporting(lambda: _serve(remote, url))
 
 
 def _serve(remote: str, url: str) -> int:
-    try:
-        if os.environ.get(GUARD_VARIABLE) or url.startswith(HELPER_PREFIX):
-            raise HelperRecursionError(url)
-        # Git hands both to us verbatim from a remote's config or the command line.
-        refuse_option_like(remote, "remote name")
-        refuse_option_like(url, "URL")
-        os.environ[GUARD_VARIABLE] = url
-        repo = GitRepo.discover()
-        # git-lfs cannot read a theta:: URL: tell it where the LFS objects are.
-        record_lfs_url(repo, remote, url)
-        RemoteHelper(repo, remote, url, sys.stdin.buffer, sys.stdout.buffer).serve()
-    except ThetaError as exc:
-        print(format_error(exc), file=sys.stderr, flush=True)
-        return exc.exit_code
-    except BrokenPipeError:
-        return 141
+    if os.environ.get(GUARD_VARIABLE) or url.startswith(HELPER_PREFIX):
+        raise HelperRecursionError(url)
+    # Git hands both to us verbatim from a remote's config or the command line.
+    refuse_option_like(remote, "remote name")
+    refuse_option_like(url, "URL")
+    os.environ[GUARD_VARIABLE] = url
+    repo = GitRepo.discover()
+    # git-lfs cannot read a theta:: URL: tell it where the LFS objects are.
+    record_lfs_url(repo, remote, url)
+    RemoteHelper(repo, remote, url, sys.stdin.buffer, sys.stdout.buffer).serve()
     return 0
 
 

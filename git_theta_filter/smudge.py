@@ -22,7 +22,7 @@ from .formats.layout import read_skeleton, write_spliced
 from .formats.source import Readable
 from .lfs_pointer import LfsObjectMissingError, LfsPointer, LfsStorage, parse_lfs_pointer
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
-from .store.local import LOCAL_WRITE_ERRNOS, LocalStore
+from .store.local import LocalStore, on_refused_write
 from .store.object_format import ObjectFormatError
 
 __all__ = [
@@ -164,7 +164,7 @@ def write_atomically(
     refuses the write raises :class:`WorkTreeWriteError`, whose hint is to run
     ``retry`` again; ``target`` is then as it was, and no temporary file is left.
     """
-    try:
+    with on_refused_write(lambda exc: WorkTreeWriteError(plan.path, exc, retry)):
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".theta-write-", dir=target.parent))
         try:
@@ -176,7 +176,3 @@ def write_atomically(
             os.replace(temporary, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    except OSError as exc:
-        if exc.errno in LOCAL_WRITE_ERRNOS:
-            raise WorkTreeWriteError(plan.path, exc, retry) from exc
-        raise

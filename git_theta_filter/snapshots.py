@@ -126,8 +126,7 @@ def index_snapshot(git: pygit2.Repository) -> Snapshot:
 
 def worktree_snapshot(repo: GitRepo, git: pygit2.Repository) -> Snapshot:
     """The working tree, with model files cleaned into manifests as ``git add -u`` would."""
-    if repo.worktree is None:
-        raise GitError(["diff"], "this operation must be run in a work tree")
+    repo.require_worktree("comparing with the work tree")
     index = index_snapshot(git)
     model_paths = sorted(index.model_files())
     entries = _index_entries(git.index)

@@ -14,13 +14,20 @@ import pygit2
 
 from .errors import ThetaError
 from .gitrepo import GitRepo
-from .history import ManifestRef, index_manifests, open_pygit2, reachable_manifests, tree_manifests
+from .history import (
+    ManifestRef,
+    all_ref_tips,
+    index_manifests,
+    objects_needed,
+    open_pygit2,
+    reachable_manifests,
+    tree_manifests,
+)
 from .installation import require_filter
-from .inventory import _all_tips as all_ref_tips
 from .manifest import Manifest
 from .object_sizes import object_size_candidates
 from .on_demand import OnDemandFetcher
-from .prepush import fill_store, payload_lengths
+from .prepush import fill_store
 from .progress import Progress
 from .remotes import require_store, transfer_workers
 from .revisions import BadRevisionError
@@ -85,10 +92,7 @@ def objects_for_fetch(
 ) -> dict[str, int]:
     """Objects (with payload lengths) of the manifests in the trees of ``refs`` (default HEAD);
     with ``all_history``, in their whole history (all refs when none are given)."""
-    wanted: dict[str, int] = {}
-    for manifest in _manifests_for_fetch(repo, refs, all_history=all_history):
-        wanted.update(manifest.payload_lengths())
-    return wanted
+    return objects_needed(_manifests_for_fetch(repo, refs, all_history=all_history))
 
 
 def _manifests_for_fetch(repo: GitRepo, refs: list[str], *, all_history: bool) -> list[Manifest]:
@@ -119,7 +123,7 @@ def _download(
 ) -> TransferResult:
     """What the manifests need and the local store lacks: from ``remote``'s store, or from
     the first remote's store that has each object."""
-    wanted = payload_lengths(manifests)
+    wanted = objects_needed(manifests)
     sizes = object_size_candidates(manifests)
     local = repo.store()
     if remote is not None:
@@ -152,8 +156,7 @@ def pull(repo: GitRepo, remote: str | None) -> PullResult:
     Objects come from ``remote``'s store, or with no ``remote`` from every
     remote's (as :func:`fetch_objects`); none is needed when all are here.
     """
-    if repo.worktree is None:
-        raise ThetaError("git theta pull needs a work tree")
+    repo.require_worktree("git theta pull")
     require_filter(repo)
     git = open_pygit2(repo)
     refs = index_manifests(repo, git)

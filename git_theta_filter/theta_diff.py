@@ -17,7 +17,6 @@ The JSON form of the result is specified in docs/json-schema.md.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from .tensor_diff import (
     diff_metrics,
     new_bytes,
 )
+from .units import json_number
 
 __all__ = [
     "DIFF_SCHEMA",
@@ -47,7 +47,6 @@ __all__ = [
     "ThetaDiff",
     "resolve_sides",
     "diff_snapshots",
-    "json_number",
     "diff_to_json",
 ]
 
@@ -186,15 +185,6 @@ def diff_snapshots(
             )
         )
     return result
-
-
-def json_number(value: float | int | bool | None) -> Any:
-    """A JSON value for a number: non-finite floats become the strings ``nan``, ``inf``,
-    ``-inf``.
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
 
 
 def _side_json(snapshot: Snapshot) -> dict[str, Any]:

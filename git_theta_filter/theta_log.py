@@ -34,7 +34,7 @@ from .repo_files import read_tree_file
 from .revisions import PathNotTrackedError, Pathspec, RevisionRange
 from .stats import Statistician
 from .tensor_diff import ManifestDiff, diff_manifests, is_optimizer_state, new_bytes
-from .theta_diff import json_number
+from .units import json_number
 
 __all__ = [
     "LOG_SCHEMA",

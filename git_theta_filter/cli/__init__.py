@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..terminal import escaping_output
-from ._errors import exit_code_for, report_error
+from ._errors import run_reporting
 
 if TYPE_CHECKING:
     import argparse
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         # takes no options, so argparse is neither imported nor built for it.
         from .filter_process import run
 
-        return _run(run, None)
+        return run_reporting(lambda: run(None))
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         print(unknown_command_message(argv[0]), file=sys.stderr)
         return 2
@@ -96,21 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    return _run(args.run, args)
-
-
-def _run(command: Callable[[Any], int], args: argparse.Namespace | None) -> int:
-    # Names from the repository reach the terminal escaped (terminal.py).
-    with escaping_output():
-        try:
-            return command(args)
-        except KeyboardInterrupt:
-            return 130
-        except BrokenPipeError:
-            return 141
-        except Exception as exc:  # the one place errors become messages
-            report_error(exc)
-            return exit_code_for(exc)
+    return run_reporting(lambda: args.run(args))
 
 
 if __name__ == "__main__":

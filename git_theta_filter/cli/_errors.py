@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from ..errors import ThetaError
-from ..terminal import printable
+from ..terminal import escaping_output, printable
 
-__all__ = ["format_error", "report_error", "exit_code_for"]
+__all__ = ["format_error", "report_error", "exit_code_for", "run_reporting"]
 
 
 def format_error(exc: BaseException, path: str | None = None) -> str:
@@ -28,3 +29,22 @@ def report_error(exc: BaseException, path: str | None = None) -> None:
 
 def exit_code_for(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, ThetaError) else 1
+
+
+def run_reporting(command: Callable[[], int]) -> int:
+    """Run an entry point's ``command``; an error becomes one line on stderr and git's exit code.
+
+    Ctrl-C exits 130 and a closed pipe (``| head``) 141, as a shell reports them.
+    Names from the repository reach the terminal escaped (terminal.py); bytes
+    written to ``sys.stdout.buffer`` (show, the remote helper's answers) pass untouched.
+    """
+    with escaping_output():
+        try:
+            return command()
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:
+            return 141
+        except Exception as exc:  # the one place errors become messages
+            report_error(exc)
+            return exit_code_for(exc)

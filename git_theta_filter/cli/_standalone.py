@@ -12,8 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ..terminal import escaping_output
-from ._errors import exit_code_for, report_error
+from ._errors import run_reporting
 
 __all__ = ["split_at_separator", "register_alias", "standalone_main"]
 
@@ -40,13 +39,4 @@ def register_alias(
 
 def standalone_main(run_argv: RunArgv, argv: list[str] | None = None) -> int:
     """The console script's entry point: errors become one line and git's exit codes."""
-    with escaping_output():  # names from the repository reach the terminal escaped
-        try:
-            return run_argv(sys.argv[1:] if argv is None else argv)
-        except KeyboardInterrupt:
-            return 130
-        except BrokenPipeError:
-            return 141
-        except Exception as exc:  # the one place errors become messages, as in cli/__init__.py
-            report_error(exc)
-            return exit_code_for(exc)
+    return run_reporting(lambda: run_argv(sys.argv[1:] if argv is None else argv))

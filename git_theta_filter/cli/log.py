@@ -16,7 +16,6 @@ from ..history import open_pygit2
 from ..metrics import declared_metrics_files, resolve_metric
 from ..revisions import Pathspec, parse_range, ref_tips, split_arguments
 from ..stats import Statistician
-from ..theta_diff import json_number
 from ..theta_log import (
     LogEntry,
     best_entry,
@@ -26,7 +25,7 @@ from ..theta_log import (
     several_sources,
     theta_log,
 )
-from ..units import human_bytes
+from ..units import human_bytes, json_number
 from ._format import Colour, Styled, format_value, sparkline, table_lines
 from ._output import print_json
 from ._standalone import register_alias, split_at_separator, standalone_main

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .base import ObjectStore, RemoteObjectMissingError, StoreError, StoreUnavailableError
-from .local import COPY_CHUNK, is_valid_oid
-from .object_format import ObjectFormatError
+from .local import COPY_CHUNK
+from .object_format import ObjectFormatError, is_valid_oid
 from .sink import ObjectSink
 
 __all__ = ["DirectoryStore", "StoreFileRefusedError"]

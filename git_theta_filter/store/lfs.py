@@ -63,7 +63,8 @@ from .lfs_protocol import (
     verify_request,
 )
 from .lfs_ssh import SshAuthenticator
-from .local import COPY_CHUNK, is_valid_oid
+from .local import COPY_CHUNK
+from .object_format import is_valid_oid
 from .sink import ObjectSink
 
 __all__ = [

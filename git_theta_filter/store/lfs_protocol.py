@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..terminal import printable as escape_for_terminal
 from .base import StoreUnavailableError
-from .local import is_valid_oid
+from .object_format import is_valid_oid
 
 __all__ = [
     "MEDIA_TYPE",

@@ -22,13 +22,12 @@ from __future__ import annotations
 import errno
 import io
 import os
-import re
 import shutil
 import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,7 +36,7 @@ from ..errors import ThetaError
 from . import fileio
 from .encoded import EncodingWriter, ObjectReader, StoredObject
 from .integrity import VERIFIED, ObjectCorruptError, file_sha256
-from .object_format import ObjectFormatError, ObjectHeader
+from .object_format import ObjectFormatError, ObjectHeader, is_valid_oid
 from .pack import CorruptPackEntryError, PackError, PackIndex, PackWriter, pack_paths
 from .writing import COPY_CHUNK, ExpectedObject, ObjectWriter, UnsizedObjectWriter
 
@@ -50,16 +49,11 @@ __all__ = [
     "ObjectMissingError",
     "StoreWriteError",
     "LOCAL_WRITE_ERRNOS",
+    "on_refused_write",
     "COPY_CHUNK",
-    "is_valid_oid",
 ]
 
 DEFAULT_MAX_DELTA_DEPTH = 10
-_OID_RE = re.compile(r"[0-9a-f]{64}\Z")
-
-
-def is_valid_oid(oid: str) -> bool:
-    return bool(_OID_RE.match(oid))
 
 
 class ObjectMissingError(ThetaError):
@@ -96,6 +90,19 @@ class StoreWriteError(ThetaError):
         self.theta_dir = theta_dir
         self.errno = error.errno
         self.path = path
+
+
+@contextmanager
+def on_refused_write(make_error: Callable[[OSError], ThetaError]) -> Iterator[None]:
+    """Within the block, an OSError that only writing causes (:data:`LOCAL_WRITE_ERRNOS`)
+    becomes ``make_error(exc)``, a named error; any other passes through unchanged.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in LOCAL_WRITE_ERRNOS:
+            raise make_error(exc) from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -407,6 +414,12 @@ class LocalStore:
     def _discard_temp(self, file: BinaryIO, tmp_path: Path) -> None:
         file.close()
         tmp_path.unlink(missing_ok=True)
+
+    def writes(self, path: str | None = None) -> AbstractContextManager[None]:
+        """Within the block, the disk refusing a write raises :class:`StoreWriteError`
+        (naming the work-tree file ``path``, if given).
+        """
+        return on_refused_write(lambda exc: StoreWriteError(self.theta_dir, exc, path))
 
     def _link_temp(self, file: BinaryIO, tmp_path: Path, oid: str) -> str:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -31,13 +32,21 @@ __all__ = [
     "encode_header",
     "read_header",
     "object_dtype_for",
+    "is_valid_oid",
 ]
 
 TENSOR_KEY = "tensor"
+# An object id: the sha256 of the object's bytes, as 64 lowercase hex digits.
+_OID_RE = re.compile(r"[0-9a-f]{64}\Z")
 # Our headers are a few hundred bytes; anything larger was not written by us.
 MAX_OBJECT_HEADER = 64 << 10
 # As many as a manifest's shapes may have (manifest.MAX_DIMS; store does not import it).
 MAX_OBJECT_DIMS = 64
+
+
+def is_valid_oid(text: str) -> bool:
+    """Whether ``text`` has the form of an object id (and of any sha256 this project writes)."""
+    return bool(_OID_RE.match(text))
 
 
 class ObjectFormatError(ThetaError):

@@ -38,8 +38,7 @@ from .base import (
     StoreUnavailableError,
     UnsupportedStoreURLError,
 )
-from .local import is_valid_oid
-from .object_format import ObjectFormatError
+from .object_format import ObjectFormatError, is_valid_oid
 from .sink import ObjectSink
 
 __all__ = ["S3Store", "MULTIPART_THRESHOLD", "PART_SIZE"]

@@ -31,7 +31,7 @@ from ..locks import writer_lock
 from ..progress import Progress
 from ..units import human_bytes
 from .base import ObjectStore, StoreError, StoreUnavailableError
-from .local import LOCAL_WRITE_ERRNOS, LocalStore, ObjectMissingError, StoreWriteError
+from .local import LocalStore, ObjectMissingError
 from .sink import ObjectSink
 
 __all__ = [
@@ -263,15 +263,12 @@ def _fetch_verified(local: LocalStore, remote: ObjectStore, oid: str, payload: i
 def _download_one(local: LocalStore, remote: ObjectStore, oid: str, payload: int) -> int:
     temp: Path | None = None
     try:
-        temp = _fetch_verified(local, remote, oid, payload)
-        size = temp.stat().st_size
-        local.import_verified(temp, oid)
-        return size
-    except OSError as exc:
         # The stores name their own failures; what is left is our disk refusing the copy.
-        if exc.errno in LOCAL_WRITE_ERRNOS:
-            raise StoreWriteError(local.theta_dir, exc) from exc
-        raise
+        with local.writes():
+            temp = _fetch_verified(local, remote, oid, payload)
+            size = temp.stat().st_size
+            local.import_verified(temp, oid)
+            return size
     finally:
         if temp is not None:
             temp.unlink(missing_ok=True)

@@ -1,0 +1,40 @@
+"""The repository as the commands see it (gitrepo.py): require_worktree and NoWorkTreeError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from git_theta_filter.gitrepo import GitRepo, NoWorkTreeError
+
+
+@pytest.fixture
+def bare(git_env, tmp_path: Path) -> Path:
+    path = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(path))
+    return path
+
+
+def test_require_worktree_gives_the_top_of_the_work_tree(git_env, repo: Path) -> None:
+    (repo / "models").mkdir()
+    assert GitRepo.discover(repo / "models").require_worktree() == repo.resolve()
+    with pytest.raises(NoWorkTreeError, match="needs a work tree"):
+        GitRepo.discover(repo / ".git").require_worktree()  # inside the git dir there is none
+
+
+def test_require_worktree_in_a_bare_repository_names_what_needed_one(git_env, bare: Path) -> None:
+    with pytest.raises(NoWorkTreeError) as caught:
+        GitRepo.discover(bare).require_worktree("git theta pull")
+    assert str(caught.value) == f"{bare}: git theta pull needs a work tree, and there is none here"
+    assert caught.value.exit_code == 128
+    assert caught.value.hint.endswith(f"`git clone {bare} <directory>`")
+
+
+@pytest.mark.parametrize("command", [["pull"], ["track", "*.pth"]])
+def test_commands_that_write_the_work_tree_refuse_a_bare_repository(
+    git_env, bare: Path, command: list[str]
+) -> None:
+    result = git_env.theta(bare, *command, check=False)
+    assert result.returncode == 128
+    assert f"git theta {command[0]} needs a work tree" in result.stderr.decode()

@@ -1,0 +1,52 @@
+"""The local store's write rules (store/local.py): objects placed read-only, and a disk
+that refuses a write named as such."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from git_theta_filter.errors import ThetaError
+from git_theta_filter.store.local import LocalStore, StoreWriteError, on_refused_write
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "theta")
+
+
+def test_an_object_is_read_only_and_a_second_import_leaves_no_temp_file(
+    store: LocalStore,
+) -> None:
+    oid = store.write_bytes(b"weights")
+    path = store.object_path(oid)
+    assert path.stat().st_mode & 0o777 == 0o444
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    again = store.tmp_dir / "download"
+    again.write_bytes(path.read_bytes())
+    store.import_verified(again, oid)
+    assert path.read_bytes().endswith(b"weights") and path.stat().st_mode & 0o777 == 0o444
+    assert not again.exists()
+    assert sorted(p.name for p in store.tmp_dir.iterdir()) == []
+
+
+def test_writes_names_a_refused_write_and_passes_other_errors_through(store: LocalStore) -> None:
+    with pytest.raises(StoreWriteError) as caught, store.writes("model.pth"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(caught.value) == (
+        f"model.pth: cannot write objects to {store.theta_dir}: No space left on device"
+    )
+    with pytest.raises(OSError) as other, store.writes():
+        raise OSError(errno.EIO, "Input/output error")
+    assert not isinstance(other.value, ThetaError)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG])
+def test_on_refused_write_maps_every_errno_only_writing_causes(code: int) -> None:
+    with (
+        pytest.raises(ThetaError, match="refused"),
+        on_refused_write(lambda exc: ThetaError(f"refused: {exc.errno}")),
+    ):
+        raise OSError(code, "refused")
