@@ -24,8 +24,9 @@ PACKAGE = Path(git_theta_filter.__file__).parent
 # the layers below it, never above. Names are relative to the package ("" is the
 # package itself); a root module that no pattern names is "core".
 LAYERS: list[tuple[str, list[str]]] = [
-    # Neutral building blocks: errors, dtypes, sizes, progress, locks, pkt-line framing.
-    ("base", ["errors", "dtypes", "units", "progress", "locks", "pktline"]),
+    # Neutral building blocks: errors, dtypes, sizes, progress, locks, pkt-line framing,
+    # text made safe for a terminal.
+    ("base", ["errors", "dtypes", "units", "progress", "locks", "pktline", "terminal"]),
     # Object stores: know objects and where they are, not git config or the terminal.
     ("store", ["store", "store.*"]),
     # The manifest's text format (docs/manifest.md), which every format parser fills in.
