@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import ThetaError
+from .store.object_format import is_valid_oid
 
 __all__ = [
     "MAX_POINTER_BYTES",
@@ -121,7 +122,7 @@ class LfsStorage:
         return cls(common_dir / "lfs")
 
     def object_path(self, oid: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{64}", oid):
+        if not is_valid_oid(oid):  # a git-lfs oid is a sha256 too
             raise ThetaError(f"invalid git-lfs object id {oid!r}")
         return self.objects_dir / oid[0:2] / oid[2:4] / oid
 
