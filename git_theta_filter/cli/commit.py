@@ -32,10 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..staging import commit_index, stage_file
 
     repo = GitRepo.discover()
-    if repo.worktree is None:
-        print("git theta commit: this command needs a work tree", file=sys.stderr)
-        return 128
-    top = Path(repo.worktree).resolve()
+    top = repo.require_worktree("git theta commit").resolve()
     git = pygit2.Repository(str(repo.git_dir))
     for path in args.paths:
         absolute = Path(path).resolve()

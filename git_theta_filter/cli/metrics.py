@@ -32,11 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _repository_path(repo: GitRepo, argument: str) -> str:
-    assert repo.worktree is not None
-    relative = os.path.relpath(os.path.abspath(argument), repo.worktree)
+def _repository_path(worktree: Path, argument: str) -> str:
+    relative = os.path.relpath(os.path.abspath(argument), worktree)
     if relative == ".." or relative.startswith(".." + os.sep):
-        raise ThetaError(f"{argument}: outside the repository at {repo.worktree}")
+        raise ThetaError(f"{argument}: outside the repository at {worktree}")
     return Path(relative).as_posix()
 
 
@@ -46,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         for path in declared_metrics_files(repo, open_pygit2(repo)):
             print(path)
         return 0
-    if repo.worktree is None:
-        raise ThetaError("`git theta metrics add` needs a working tree")
-    path = _repository_path(repo, args.file)
+    path = _repository_path(repo.require_worktree("git theta metrics add"), args.file)
     if add_metrics_file(repo, path):
         print(f"declared {path} in {THETACONFIG}; commit it: git add {THETACONFIG} && git commit")
     else:

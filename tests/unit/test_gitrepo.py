@@ -31,10 +31,14 @@ def test_require_worktree_in_a_bare_repository_names_what_needed_one(git_env, ba
     assert caught.value.hint.endswith(f"`git clone {bare} <directory>`")
 
 
-@pytest.mark.parametrize("command", [["pull"], ["track", "*.pth"]])
+@pytest.mark.parametrize(
+    "command",
+    [["pull"], ["track", "*.pth"], ["commit", "-m", "m", "a.pth"], ["metrics", "add", "m.json"]],
+)
 def test_commands_that_write_the_work_tree_refuse_a_bare_repository(
     git_env, bare: Path, command: list[str]
 ) -> None:
     result = git_env.theta(bare, *command, check=False)
     assert result.returncode == 128
-    assert f"git theta {command[0]} needs a work tree" in result.stderr.decode()
+    what = " ".join(command[:2] if command[0] == "metrics" else command[:1])
+    assert f"git theta {what} needs a work tree" in result.stderr.decode()
