@@ -351,6 +351,7 @@ _PROTOCOL_MODULES = {
     "git_theta_filter", "git_theta_filter.errors", "git_theta_filter.pktline",
     "git_theta_filter.filter_protocol", "git_theta_filter.cli", "git_theta_filter.cli._errors",
     "git_theta_filter.cli.filter_process", "git_theta_filter.terminal",
+    "git_theta_filter.filter_session",
 }  # fmt: skip
 
 
