@@ -166,3 +166,17 @@ def test_the_checks_find_an_upward_import_and_a_cycle() -> None:
     ]
     cycle = a_cycle(planted)
     assert cycle is not None and set(cycle) == {"clean", "formats.base"}
+
+
+def test_the_filter_process_command_is_a_shell() -> None:
+    """cli/filter_process.py parses nothing and decides nothing: the filter is filter.py,
+    its start-up filter_session.py, and git's protocol filter_protocol.py."""
+    path = PACKAGE / "cli" / "filter_process.py"
+    tree = ast.parse(path.read_text())
+    defined = [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    ]
+    assert defined == ["register", "run"]
+    assert len(path.read_text().splitlines()) <= 60
