@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import pygit2
 
-from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import (
     ManifestRef,
