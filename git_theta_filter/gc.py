@@ -18,14 +18,13 @@ gc holds the exclusive side of ``locks.py``'s lock, so it never runs while an
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
 
 from .errors import ThetaError
-from .gitrepo import GitRepo
+from .gitrepo import GitRepo, is_git_object_id
 from .history import ManifestRef, read_manifest_blob
 from .locks import exclusive_gc_lock
 from .promisor import GitObjectsUnavailableError, fetch_missing
@@ -78,7 +77,6 @@ _OPERATION_HEADS = (
 # --all` lists only the current worktree's: git 2.39's own gc prunes what
 # another worktree's refs/bisect/* or refs/worktree/* alone reaches.
 _PER_WORKTREE_REFS = ("refs/bisect", "refs/worktree", "refs/rewritten")
-_HEX_ID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 # Rounds of fetching what a partial clone left out, before giving up.
 _FETCH_ROUNDS = 4
 
@@ -99,7 +97,7 @@ def _named_ids(path: Path) -> list[str]:
     except OSError:
         return []
     words = (line.split(maxsplit=1)[0] for line in text.splitlines() if line.strip())
-    return [word for word in words if _HEX_ID.fullmatch(word)]
+    return [word for word in words if is_git_object_id(word)]
 
 
 def _roots_beyond_all(repo: GitRepo, git: pygit2.Repository) -> list[str]:

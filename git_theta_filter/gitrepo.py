@@ -7,6 +7,7 @@ repository shares one store.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -31,7 +32,16 @@ __all__ = [
     "run_git",
     "refuse_option_like",
     "filter_command",
+    "is_git_object_id",
 ]
+
+# A full git object id: sha1 (40 hex digits) or, in a sha256 repository, 64.
+_GIT_OBJECT_ID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+def is_git_object_id(text: str) -> bool:
+    """Whether ``text`` is a full git object id, as git writes one (lowercase hex)."""
+    return _GIT_OBJECT_ID.fullmatch(text) is not None
 
 
 class GitError(ThetaError):

@@ -15,11 +15,10 @@ a store that is unreachable or serves a corrupt object is reported as such.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 
 from .errors import ThetaError
-from .gitrepo import GitRepo
+from .gitrepo import GitRepo, is_git_object_id
 from .manifest import Manifest
 from .object_sizes import object_size_candidates
 from .remotes import default_remote, remotes_to_try, transfer_workers
@@ -28,8 +27,6 @@ from .store.local import ObjectMissingError
 from .store.transfer import TransferFailedError, TransferResult, download
 
 __all__ = ["ObjectInNoStoreError", "OnDemandFetcher", "as_commit", "incoming_commit"]
-
-_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 class ObjectInNoStoreError(ObjectMissingError):
@@ -67,7 +64,7 @@ class ObjectInNoStoreError(ObjectMissingError):
 
 def as_commit(value: str | None) -> str | None:
     """``value`` when it is a full commit id (as git names the commit it checks out), else None."""
-    return value if value is not None and _COMMIT_ID.fullmatch(value) else None
+    return value if value is not None and is_git_object_id(value) else None
 
 
 # What git records while it brings another commit in: a merge, cherry-pick, revert, rebase.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from git_theta_filter.gitrepo import GitRepo, NoWorkTreeError
+from git_theta_filter.gitrepo import GitRepo, NoWorkTreeError, is_git_object_id
 
 
 @pytest.fixture
@@ -42,3 +42,19 @@ def test_commands_that_write_the_work_tree_refuse_a_bare_repository(
     assert result.returncode == 128
     what = " ".join(command[:2] if command[0] == "metrics" else command[:1])
     assert f"git theta {what} needs a work tree" in result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("text", "is_id"),
+    [
+        ("a" * 40, True),
+        ("0123456789abcdef" * 4, True),  # sha256 repositories
+        ("a" * 39, False),
+        ("a" * 41, False),
+        ("A" * 40, False),  # git writes lowercase
+        ("a" * 40 + "\n", False),
+        ("ref: refs/heads/main", False),
+    ],
+)
+def test_is_git_object_id_takes_full_sha1_and_sha256_ids_only(text: str, is_id: bool) -> None:
+    assert is_git_object_id(text) is is_id
