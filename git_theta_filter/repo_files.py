@@ -176,12 +176,14 @@ def read_worktree_file(worktree: Path, path: str, limit: int = MAX_COMMITTED_FIL
             raise
     finally:
         os.close(directory)
-    with os.fdopen(fd, "rb", buffering=0) as file:
-        info = os.fstat(file.fileno())
+    # Checked before fdopen, which refuses a directory with IsADirectoryError.
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             return None
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeRepositoryFileError(path, "is not a regular file")
+        raise UnsafeRepositoryFileError(path, "is not a regular file")
+    with os.fdopen(fd, "rb", buffering=0) as file:
         _check_size(path, info.st_size, limit)
         data = file.read(limit + 1)  # the file may have grown since fstat
     _check_size(path, len(data), limit)

@@ -1,0 +1,70 @@
+"""formats/source.py: the forward-only input of clean, read in small chunks and short reads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+
+from git_theta_filter.errors import ThetaError
+from git_theta_filter.formats.source import Source, TruncatedError
+
+DATA = bytes(range(256)) * 3
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that hands over at most ``step`` bytes a read, as git's may."""
+
+    def __init__(self, data: bytes, step: int = 3) -> None:
+        self._data = memoryview(data)
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        count = min(len(buffer), self._step, len(self._data))
+        buffer[:count] = self._data[:count]
+        self._data = self._data[count:]
+        return count
+
+
+def test_reads_across_chunks_hash_every_byte_once() -> None:
+    source = Source(Trickle(DATA), chunk=16)
+    assert source.peek(10) == DATA[:10]
+    assert source.position == 0, "peek consumes nothing"
+    assert source.read_exact(100, "header") == DATA[:100]
+    parts: list[bytes] = []
+    assert source.copy_to(lambda view: parts.append(bytes(view)), 300) == 300
+    assert b"".join(parts) == DATA[100:400]
+    assert max(map(len, parts)) <= 16, "handed over in chunk-sized views"
+    rest: list[bytes] = []
+    assert source.copy_rest(lambda view: rest.append(bytes(view))) == len(DATA) - 400
+    assert b"".join(rest) == DATA[400:]
+    assert source.finish() == (len(DATA), hashlib.sha256(DATA).hexdigest())
+
+
+def test_a_short_file_is_a_truncated_error_naming_the_offset() -> None:
+    source = Source(io.BytesIO(b"abcdef"), chunk=4)
+    source.read(2)
+    with pytest.raises(TruncatedError, match="file ends inside the header at offset 6"):
+        source.read_exact(10, "the header")
+    with pytest.raises(TruncatedError, match="5 bytes early"):
+        Source(io.BytesIO(b"abc"), chunk=4).copy_to(lambda view: None, 8)
+
+
+def test_read_is_short_only_at_the_end() -> None:
+    source = Source(Trickle(b"abcdefgh", step=1), chunk=4)
+    assert source.read(6) == b"abcdef"
+    assert source.read(6) == b"gh"
+    assert source.read(6) == b""
+    assert source.at_eof()
+
+
+def test_finish_before_the_end_and_a_peek_past_the_buffer_are_refused() -> None:
+    source = Source(io.BytesIO(DATA), chunk=16)
+    with pytest.raises(ValueError, match="peek larger than the buffer"):
+        source.peek(17)
+    with pytest.raises(ThetaError, match="before the end of input"):
+        source.finish()
