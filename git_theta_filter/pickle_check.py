@@ -13,13 +13,13 @@ is reported as unchecked, since loading it could run anything.
 
 from __future__ import annotations
 
-import struct
-import zipfile
 from dataclasses import dataclass, field
 
 from .errors import ThetaError
-from .formats.layout import MAX_SKELETON_BYTES, SplicedReader, read_skeleton
+from .formats.base import NotThisFormat
+from .formats.layout import read_skeleton
 from .formats.pickle_scan import scan_pickle
+from .formats.zip_directory import read_data_pkl_record, read_zip_directory
 from .gitrepo import GitRepo
 from .inventory import referenced_manifests
 from .manifest import Manifest
@@ -56,23 +56,15 @@ class PickleReport:
 
 
 def read_data_pkl(store: LocalStore, manifest: Manifest, path: str) -> bytes:
-    """The bytes of a torch-zip file's data.pkl, its first record (clean requires that)."""
-    reader = SplicedReader(
-        read_skeleton(store, manifest, path), manifest.splices, manifest.size, store
-    )
+    """The bytes of a torch-zip file's data.pkl, its first record, read by the reader clean
+    and the merge driver use (``formats/zip_directory.py``): never inflated, never more
+    than the skeleton holds."""
+    skeleton = read_skeleton(store, manifest, path)
     try:
-        with zipfile.ZipFile(reader) as archive:
-            infos = archive.infolist()
-            if not infos or not infos[0].filename.endswith("data.pkl"):
-                raise DataPklError(path, "the first record is not data.pkl")
-            info = infos[0]
-            # Never inflate: a compressed record could be a zip bomb, and clean
-            # only ever stores an uncompressed data.pkl as torch-zip.
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_SKELETON_BYTES:
-                raise DataPklError(path, "data.pkl is compressed or too large")
-            return archive.read(info)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
-        raise DataPklError(path, f"bad zip archive ({exc})") from None
+        directory = read_zip_directory(skeleton, manifest.splices, manifest.size)
+        return read_data_pkl_record(skeleton, manifest.splices, manifest.size, directory)
+    except NotThisFormat as exc:
+        raise DataPklError(path, str(exc)) from None
 
 
 def _first_byte(store: LocalStore, manifest: Manifest, path: str) -> int | None:

@@ -150,10 +150,18 @@ class SplicedReader(io.RawIOBase):
     """A seekable, read-only view of a spliced file, for zipfile to read a central directory.
 
     Only the regions that are read are fetched; payloads come from the store.
+    Without a store only the skeleton can be read, and a read that reaches
+    into a payload raises :class:`OSError`: readers of a file's structure
+    (``zip_directory.py``) so never load tensor data, whatever a crafted
+    central directory says.
     """
 
     def __init__(
-        self, skeleton: bytes | bytearray, splices: list[Splice], size: int, store: LocalStore
+        self,
+        skeleton: bytes | bytearray,
+        splices: list[Splice],
+        size: int,
+        store: LocalStore | None,
     ) -> None:
         self._skeleton = memoryview(skeleton)
         self._splices = splices
@@ -175,6 +183,22 @@ class SplicedReader(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes; without a store, a read into a payload is refused before
+        its buffer is allocated (a crafted central directory may ask for the whole file)."""
+        if size is None or size < 0:
+            return self.readall()
+        want = min(size, max(0, self._size - self._pos))
+        if self._store is None:
+            self._refuse_payloads(self._pos, self._pos + want)
+        return super().read(want)
+
+    def _refuse_payloads(self, start: int, end: int) -> None:
+        for splice in self._splices:
+            if splice.offset < end and start < splice.end and splice.length:
+                offset = max(start, splice.offset)
+                raise OSError(f"offset {offset} lies in a tensor payload, not in the skeleton")
+
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         want = min(len(buffer), self._size - self._pos)
         if want <= 0:
@@ -195,6 +219,8 @@ class SplicedReader(io.RawIOBase):
                 break
             lo, hi = max(splice.offset, self._pos), min(splice.end, end)
             if lo < hi:
+                if self._store is None:
+                    self._refuse_payloads(lo, hi)
                 file, header = self._store.open_object(splice.oid)
                 with file:
                     file.seek(header.data_offset + lo - splice.offset)

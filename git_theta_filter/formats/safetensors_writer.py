@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
+from .base import NotThisFormat
 from .layout import SplicedFile, read_skeleton
+from .safetensors_file import parse_safetensors_header
 
 __all__ = [
     "SafetensorsHeaderError",
@@ -66,6 +68,8 @@ class StoredSafetensors:
 
 
 def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) -> StoredSafetensors:
+    """A stored safetensors file's header, read by the reader clean uses
+    (:func:`~.safetensors_file.parse_safetensors_header`), and checked against its manifest."""
     if manifest.format != "safetensors":
         raise SafetensorsHeaderError(path, f"it is {manifest.format}, not safetensors")
     skeleton = read_skeleton(store, manifest, path)
@@ -75,25 +79,27 @@ def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) ->
     ):
         raise SafetensorsHeaderError(path, "the skeleton is not exactly a header")
     try:
-        header = json.loads(skeleton[_LENGTH.size :])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SafetensorsHeaderError(path, "the header is not JSON") from None
-    metadata = header.pop(_METADATA, None)
+        header = parse_safetensors_header(skeleton[_LENGTH.size :])
+    except NotThisFormat as exc:
+        raise SafetensorsHeaderError(path, str(exc)) from None
     # By oid too: empty tensors share their offset with the next tensor.
     splices = {(s.offset, s.length, s.oid): index for index, s in enumerate(manifest.splices)}
-    oids = {tensor.name: tensor.oid for tensor in manifest.tensors}
+    tensors = {tensor.name: tensor for tensor in manifest.tensors}
     splice_of_tensor = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        index = splices.get((len(skeleton) + begin, end - begin, oids.get(name, "")))
+    for entry in header.entries:
+        tensor = tensors.get(entry.name)
+        index = None
+        if tensor is not None and (tensor.dtype, tensor.shape) == (entry.dtype, entry.shape):
+            where = (len(skeleton) + entry.begin, entry.end - entry.begin, tensor.oid)
+            index = splices.get(where)
         if index is None:
             raise SafetensorsHeaderError(
-                path, f"tensor {name!r} is not one of the manifest's splices"
+                path, f"tensor {entry.name!r} is not the manifest's tensor of that name"
             )
-        splice_of_tensor[name] = index
-    if set(splice_of_tensor) != {tensor.name for tensor in manifest.tensors}:
+        splice_of_tensor[entry.name] = index
+    if set(splice_of_tensor) != set(tensors):
         raise SafetensorsHeaderError(path, "the header names other tensors than the manifest")
-    return StoredSafetensors(path, manifest, skeleton, metadata, splice_of_tensor)
+    return StoredSafetensors(path, manifest, skeleton, header.metadata, splice_of_tensor)
 
 
 def new_safetensors_file(

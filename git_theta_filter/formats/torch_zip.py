@@ -14,21 +14,21 @@ this:
 * every other byte (headers, small records, descriptors, the central
   directory) goes to the skeleton.
 
-At the end the central directory, read with :mod:`zipfile`, must agree with the
-records seen, or the file is stored opaque.
+At the end the central directory, read by ``zip_directory.py`` (the reader the
+merge driver and fsck use on the stored archive), must agree with the records
+seen, or the file is stored opaque.
 """
 
 from __future__ import annotations
 
 import struct
-import zipfile
 import zlib
 
 from ..dtypes import dtype_by_name
 from ..manifest import TensorEntry
 from .base import CleanContext, NotThisFormat, ParsedFile
-from .layout import SplicedReader
 from .pickle_scan import PickleScan, StorageRef, TensorRef, scan_pickle
+from .zip_directory import read_zip_directory
 
 __all__ = ["ZIP_MAGIC", "parse_torch_zip"]
 
@@ -237,15 +237,12 @@ class _TorchZipParser:
         return entries
 
     def _check_central_directory(self) -> None:
+        """The central directory, read as the merge driver and fsck will read the stored
+        archive (``zip_directory.py``), must list exactly the records seen."""
         layout = self.ctx.layout
-        reader = SplicedReader(layout.skeleton, layout.splices, layout.size, self.ctx.store)
-        try:
-            with zipfile.ZipFile(reader) as archive:
-                infos = archive.infolist()
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
-            raise NotThisFormat(f"bad zip central directory ({exc})") from None
+        directory = read_zip_directory(layout.skeleton, layout.splices, layout.size)
         seen = [(r.name, r.header_offset, r.size) for r in self.records]
-        listed = [(i.filename, i.header_offset, i.compress_size) for i in infos]
+        listed = [(r.name, r.header_offset, r.size) for r in directory.records]
         if seen != listed:
             raise NotThisFormat("the zip central directory does not match the records")
 

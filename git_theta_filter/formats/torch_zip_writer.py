@@ -26,15 +26,16 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice
 from ..store.local import LocalStore
-from .layout import SplicedFile, SplicedReader, payload_crc32, read_skeleton
+from .base import NotThisFormat
+from .layout import SplicedFile, payload_crc32, read_skeleton
 from .pickle_scan import PickleScanError, StorageRef, scan_pickle
+from .zip_directory import ZipRecord, read_data_pkl_record, read_zip_directory
 
 __all__ = [
     "ArchiveLayoutError",
@@ -44,10 +45,7 @@ __all__ = [
     "serialization_id_suffix",
 ]
 
-_LOCAL_MAGIC = b"PK\x03\x04"
-_CENTRAL_MAGIC = b"PK\x01\x02"
 _DESCRIPTOR_MAGIC = b"PK\x07\x08"
-_FLAG_DESCRIPTOR = 0x08
 _LOCAL_CRC_AT = 14
 _CENTRAL_CRC_AT = 16
 _SERIALIZATION_ID = ".data/serialization_id"
@@ -61,19 +59,6 @@ class ArchiveLayoutError(ThetaError):
         super().__init__(f"{path}: cannot rewrite the torch zip: {reason}")
         self.path = path
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class ZipRecord:
-    """One archive member; offsets are file offsets."""
-
-    name: str
-    header_offset: int
-    data_offset: int
-    size: int
-    crc: int
-    has_descriptor: bool
-    central_offset: int
 
 
 def serialization_id_suffix(crcs: list[int]) -> str:
@@ -193,23 +178,24 @@ class StoredTorchZip:
 
 
 def read_stored_torch_zip(manifest: Manifest, store: LocalStore, path: str) -> StoredTorchZip:
-    """Read a stored torch zip's structure from its skeleton (payloads are not read)."""
+    """Read a stored torch zip's structure from its skeleton (payloads are not read).
+
+    The records and data.pkl come from the reader clean and fsck use
+    (``zip_directory.py``), which checks sizes and compression before it reads
+    anything; every storage record must then be stored, not compressed.
+    """
     if manifest.format != "torch-zip":
         raise ArchiveLayoutError(path, f"it is {manifest.format}, not a torch zip")
     skeleton = read_skeleton(store, manifest, path)
-    reader = SplicedFile(skeleton, manifest.splices).reader(store)
     try:
-        with zipfile.ZipFile(reader) as archive:
-            infos = archive.infolist()
-            central_start = archive.start_dir  # type: ignore[attr-defined]
-            data_pkl = archive.read(infos[0]) if infos else b""
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
-        raise ArchiveLayoutError(path, f"bad zip ({exc})") from None
-    if not infos or not infos[0].filename.endswith("data.pkl"):
-        raise ArchiveLayoutError(path, "the first record is not data.pkl")
-    records = _records(reader, infos, central_start, path)
-    try:
+        directory = read_zip_directory(skeleton, manifest.splices, manifest.size)
+        compressed = [record.name for record in directory.records if not record.stored]
+        if compressed:
+            raise NotThisFormat(f"record {compressed[0]!r} is compressed")
+        data_pkl = read_data_pkl_record(skeleton, manifest.splices, manifest.size, directory)
         scan = scan_pickle(data_pkl)
+    except NotThisFormat as exc:
+        raise ArchiveLayoutError(path, str(exc)) from None
     except PickleScanError as exc:
         raise ArchiveLayoutError(path, f"data.pkl: {exc}") from None
     storage_of_tensor = {
@@ -220,47 +206,13 @@ def read_stored_torch_zip(manifest: Manifest, store: LocalStore, path: str) -> S
         path=path,
         manifest=manifest,
         skeleton=skeleton,
-        prefix=infos[0].filename[: -len("data.pkl")],
-        records=records,
+        prefix=directory.prefix,
+        records=directory.records,
         data_pkl=data_pkl,
         storage_of_tensor=storage_of_tensor,
     )
     _check_against_manifest(archive)
     return archive
-
-
-def _records(
-    reader: SplicedReader, infos: list[zipfile.ZipInfo], central_start: int, path: str
-) -> list[ZipRecord]:
-    """Every record with its data offset (from its local header) and its central directory entry."""
-    records = []
-    central = central_start
-    for info in infos:
-        reader.seek(central)
-        entry = reader.read(46)
-        if len(entry) != 46 or entry[:4] != _CENTRAL_MAGIC:
-            raise ArchiveLayoutError(path, f"no central directory entry at {central}")
-        name_length, extra_length, comment_length = struct.unpack_from("<HHH", entry, 28)
-        reader.seek(info.header_offset)
-        local = reader.read(30)
-        if len(local) != 30 or local[:4] != _LOCAL_MAGIC:
-            raise ArchiveLayoutError(path, f"record {info.filename!r} has no local header")
-        local_name_length, local_extra_length = struct.unpack_from("<HH", local, 26)
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise ArchiveLayoutError(path, f"record {info.filename!r} is compressed")
-        records.append(
-            ZipRecord(
-                name=info.filename,
-                header_offset=info.header_offset,
-                data_offset=info.header_offset + 30 + local_name_length + local_extra_length,
-                size=info.compress_size,
-                crc=info.CRC,
-                has_descriptor=bool(info.flag_bits & _FLAG_DESCRIPTOR),
-                central_offset=central,
-            )
-        )
-        central += 46 + name_length + extra_length + comment_length
-    return records
 
 
 def _check_against_manifest(archive: StoredTorchZip) -> None:

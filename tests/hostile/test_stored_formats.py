@@ -1,0 +1,296 @@
+"""One hardened reader per stored format, shared by clean, merge and fsck (issue 10, class 9).
+
+A manifest from another branch names a skeleton that clean never saw: the
+merge driver reads the other side's torch zip records and data.pkl, or its
+safetensors header, from it, and ``git theta fsck --check-pickles`` reads
+data.pkl. Each reads through the same reader clean uses, which checks sizes
+and compression before it reads anything, reads only skeleton bytes, and
+turns every malformed input into a named error naming the file. Before, a
+crafted skeleton made the merge driver inflate a zip bomb before checking
+compression, read every tensor payload into memory for a central directory
+that claimed to span the file, crash on a newer zip version
+(``NotImplementedError``) and on a safetensors header such as ``[1]``
+(``TypeError``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from attacks import RawEntry, raw_zip, torch_entries, torch_zip_bytes
+
+from git_theta_filter.clean import clean
+from git_theta_filter.formats.safetensors_writer import SafetensorsHeaderError
+from git_theta_filter.formats.torch_zip_writer import ArchiveLayoutError
+from git_theta_filter.manifest import Manifest, Splice, TensorEntry
+from git_theta_filter.merge import Strategy, merge_manifests
+from git_theta_filter.pickle_check import _check_one
+from git_theta_filter.store.local import LocalStore
+
+SHA = "5" * 64
+PATH = "model.pth"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "theta")
+
+
+def stored(store: LocalStore, data: bytes, payload: bytes, format: str, sha256: str = SHA) -> bytes:
+    """A manifest of ``data`` with ``payload`` (found in it) spliced out as tensor ``t``, the
+    rest its skeleton: what a crafted commit can hold."""
+    at = data.index(payload)
+    skeleton = store.write_bytes(data[:at] + data[at + len(payload) :])
+    oid = store.write_bytes(payload, "F32", (len(payload) // 4,))
+    manifest = Manifest(
+        format,
+        len(data),
+        sha256,
+        skeleton,
+        tensors=[TensorEntry("t", "F32", (len(payload) // 4,), oid)],
+        splices=[Splice(at, len(payload), oid)],
+    )
+    return manifest.render()
+
+
+def merge_with_theirs(store: LocalStore, theirs: bytes, format: str) -> object:
+    """Merge a good ``base``/``ours`` with a crafted ``theirs`` that changed tensor ``t``."""
+    good = torch.arange(4, dtype=torch.float32)
+    if format == "torch-zip":
+        data = torch_zip_bytes({"t": good})
+    else:
+        data = safetensors_bytes({"t": good.numpy().tobytes()})
+    # Base and ours differ only in their sha256 line, so the driver merges tensor by tensor.
+    base = stored(store, data, good.numpy().tobytes(), format, sha256="6" * 64)
+    ours = stored(store, data, good.numpy().tobytes(), format)
+    return merge_manifests(base, ours, theirs, store, Strategy.parse("conflict"), PATH)
+
+
+def peak_bytes(call: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        call()
+    except Exception:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+# -- torch zip skeletons -------------------------------------------------------------------------
+
+PAYLOAD = torch.arange(4, 8, dtype=torch.float32)
+
+
+def checkpoint(tensor: torch.Tensor = PAYLOAD) -> bytes:
+    return torch_zip_bytes({"t": tensor})
+
+
+def newer_zip_version(data: bytes) -> bytes:
+    """The first central entry needs zip version 25.5 to extract."""
+    out = bytearray(data)
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<H", out, central + 6, 255)
+    return bytes(out)
+
+
+def deflated_data_pkl(inflated: int = 64 << 20) -> bytes:
+    """data.pkl deflated from ``inflated`` bytes (its pickle, then zeros) to a few KB."""
+    entries = [RawEntry(name.encode(), data) for name, data in torch_entries(checkpoint())]
+    pickle = entries[0].data + bytes(inflated - len(entries[0].data))
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = compressor.compress(pickle) + compressor.flush()
+    entries[0] = RawEntry(
+        entries[0].name, packed, method=8, crc=zlib.crc32(pickle), uncompressed_size=len(pickle)
+    )
+    return raw_zip(entries)
+
+
+def directory_over_the_payloads(data: bytes) -> bytes:
+    """The zip64 end record (torch writes one) says the central directory is the whole
+    file before it."""
+    out = bytearray(data)
+    end = data.rindex(b"PK\x06\x06")
+    struct.pack_into("<QQ", out, end + 40, end, 0)  # its size, then its offset
+    return bytes(out)
+
+
+def local_header_past_the_end(data: bytes) -> bytes:
+    out = bytearray(data)
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<I", out, central + 42, len(data) + 100)
+    return bytes(out)
+
+
+def overlapping_records(data: bytes) -> bytes:
+    """The second central entry points at the first record's local header."""
+    out = bytearray(data)
+    second = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)
+    struct.pack_into("<I", out, second + 42, 0)
+    return bytes(out)
+
+
+TORCH_ZIP_CASES = {
+    "newer-zip-version": (lambda: newer_zip_version(checkpoint()), "zip file version 25.5"),
+    "deflated-data-pkl": (deflated_data_pkl, "compressed"),
+    "central-directory-over-the-payloads": (
+        lambda: directory_over_the_payloads(checkpoint()),
+        "lies in a tensor payload, not in the skeleton",
+    ),
+    "local-header-past-the-end": (
+        lambda: local_header_past_the_end(checkpoint()),
+        "has no local header",
+    ),
+    "overlapping-records": (
+        lambda: overlapping_records(checkpoint()),
+        "overlaps the record before it",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TORCH_ZIP_CASES))
+def test_merge_driver_refuses_a_crafted_torch_zip_skeleton_by_name(
+    store: LocalStore, case: str
+) -> None:
+    make, reason = TORCH_ZIP_CASES[case]
+    theirs = stored(store, make(), PAYLOAD.numpy().tobytes(), "torch-zip")
+    with pytest.raises(ArchiveLayoutError) as caught:
+        merge_with_theirs(store, theirs, "torch-zip")
+    assert str(caught.value).startswith(f"{PATH}: cannot rewrite the torch zip: ")
+    assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize("case", sorted(TORCH_ZIP_CASES))
+def test_fsck_check_pickles_reports_a_crafted_torch_zip_skeleton_unchecked(
+    store: LocalStore, case: str
+) -> None:
+    make, reason = TORCH_ZIP_CASES[case]
+    manifest = Manifest.parse(stored(store, make(), PAYLOAD.numpy().tobytes(), "torch-zip"))
+    report = _check_one(store, manifest, PATH, "1" * 40)
+    assert report.suspicious and report.unchecked is not None
+    assert report.unchecked.startswith(f"{PATH}: cannot read data.pkl: ")
+    if case != "overlapping-records":  # data.pkl itself is intact there
+        assert reason in report.unchecked
+
+
+def test_readers_of_a_crafted_torch_zip_allocate_no_more_than_its_skeleton(
+    store: LocalStore,
+) -> None:
+    """A 64 MiB deflated data.pkl is never inflated, and a central directory that claims
+    the whole file never makes a reader load the 16 MiB of tensor payload in it."""
+    big = torch.arange(4 << 20, dtype=torch.float32)
+    crafted = {
+        "bomb": stored(store, deflated_data_pkl(), PAYLOAD.numpy().tobytes(), "torch-zip"),
+        "payloads": stored(
+            store, directory_over_the_payloads(checkpoint(big)), big.numpy().tobytes(), "torch-zip"
+        ),
+    }
+    for name, theirs in crafted.items():
+        manifest = Manifest.parse(theirs)
+        merge_peak = peak_bytes(lambda t=theirs: merge_with_theirs(store, t, "torch-zip"))
+        fsck_peak = peak_bytes(lambda m=manifest: _check_one(store, m, PATH, "1" * 40))
+        assert merge_peak < 4 << 20 and fsck_peak < 4 << 20, (name, merge_peak, fsck_peak)
+
+
+def test_clean_stores_a_zip_that_needs_a_newer_zip_version_opaque(
+    store: LocalStore,
+) -> None:
+    """zipfile raises NotImplementedError for it, which escaped clean (found by fuzzing)."""
+    data = newer_zip_version(checkpoint())
+    warnings: list[str] = []
+    manifest = Manifest.parse(clean(io.BytesIO(data), store, PATH, warn=warnings.append))
+    assert manifest.format == "opaque"
+    assert len(warnings) == 1 and "zip file version 25.5" in warnings[0]
+
+
+# -- safetensors skeletons -----------------------------------------------------------------------
+
+
+def safetensors_bytes(payloads: dict[str, bytes], header: object = None) -> bytes:
+    """A safetensors file of F32 tensors, or with ``header`` as its JSON header instead."""
+    if header is None:
+        header, offset = {}, 0
+        for name, data in payloads.items():
+            shape = [len(data) // 4]
+            header[name] = {
+                "dtype": "F32",
+                "shape": shape,
+                "data_offsets": [offset, offset + len(data)],
+            }
+            offset += len(data)
+    body = header if isinstance(header, bytes) else json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body + b"".join(payloads.values())
+
+
+THEIRS = torch.arange(4, 8, dtype=torch.float32).numpy().tobytes()
+ENTRY = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+SAFETENSORS_CASES = {
+    "a-list": ([1], "not an object"),
+    "an-entry-that-is-a-number": ({"t": 1}, "bad header entry"),
+    "one-data-offset": ({"t": {**ENTRY, "data_offsets": [0]}}, "bad data_offsets"),
+    "offsets-as-strings": ({"t": {**ENTRY, "data_offsets": ["0", "16"]}}, "bad data_offsets"),
+    "shape-not-a-list": ({"t": {**ENTRY, "shape": 4}}, "bad shape"),
+    "unknown-dtype": ({"t": {**ENTRY, "dtype": "F128"}}, "dtype 'F128' is not supported"),
+    "dtype-a-list": ({"t": {**ENTRY, "dtype": ["F32"]}}, "dtype ['F32'] is not supported"),
+    "metadata-a-list": ({"__metadata__": [1], "t": ENTRY}, "__metadata__ must map strings"),
+    "repeated-key": (
+        b'{"t":' + json.dumps(ENTRY).encode() + b',"t":' + json.dumps(ENTRY).encode() + b"}",
+        "repeats a key",
+    ),
+    "nested-100000-deep": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "a-5000-digit-integer": (
+        b'{"t":{"dtype":"F32","shape":[4],"data_offsets":[0,' + b"9" * 5000 + b"]}}",
+        "Exceeds the limit",
+    ),
+    "offsets-past-the-data": (
+        {"t": {**ENTRY, "shape": [8], "data_offsets": [0, 32]}},
+        "the manifest",
+    ),
+    "another-dtype-than-the-manifest": ({"t": {**ENTRY, "dtype": "I32"}}, "the manifest"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAFETENSORS_CASES))
+def test_merge_driver_refuses_a_crafted_safetensors_header_by_name(
+    store: LocalStore, case: str
+) -> None:
+    header, reason = SAFETENSORS_CASES[case]
+    data = safetensors_bytes({"t": THEIRS}, header)
+    theirs = stored(store, data, THEIRS, "safetensors")
+    with pytest.raises(SafetensorsHeaderError) as caught:
+        merge_with_theirs(store, theirs, "safetensors")
+    assert str(caught.value).startswith(f"{PATH}: cannot rewrite the safetensors file: ")
+    assert reason in str(caught.value)
+
+
+# Files clean takes for safetensors (a header that starts with "{") that break its rules.
+CLEAN_CASES = sorted(
+    case
+    for case, (header, _) in SAFETENSORS_CASES.items()
+    if (header if isinstance(header, bytes) else json.dumps(header).encode()).startswith(b"{")
+    and case not in ("offsets-past-the-data", "another-dtype-than-the-manifest")
+)
+
+
+@pytest.mark.parametrize("case", CLEAN_CASES)
+def test_clean_stores_a_crafted_safetensors_file_opaque_with_the_same_reason(
+    store: LocalStore, case: str
+) -> None:
+    """Clean reads headers with the merge driver's reader (a list as dtype escaped it as a
+    TypeError before)."""
+    header, reason = SAFETENSORS_CASES[case]
+    data = safetensors_bytes({"t": THEIRS}, header)
+    warnings: list[str] = []
+    manifest = Manifest.parse(clean(io.BytesIO(data), store, PATH, warn=warnings.append))
+    assert manifest.format == "opaque"
+    assert len(warnings) == 1 and reason in warnings[0], warnings
