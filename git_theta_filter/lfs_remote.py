@@ -17,19 +17,18 @@ repository's configuration, which server and how (``docs/remotes.md``):
   ``core.sshCommand``.
 
 **A committed ``.lfsconfig``** is written by whoever pushed it. Only
-``lfs.url`` and ``remote.<name>.lfsurl`` are read from it (git-lfs reads the
-same), and its URL is used only when its host is the git remote's own host,
-a host the user already sends this repository to. Another host is not
-contacted: a one-line notice says what the file asks for and the
-``git config`` command that allows it. An endpoint named only by the file
-never gets credentials over plain http.
+``remote.<name>.lfsurl`` and ``lfs.url`` are read from it (read safely by
+``committed_config.py``), and its URL goes through ``committed_urls.admit``:
+used when it is on the git remote's own host over https or ssh, or when the
+user allowed it (``git config --add theta.allowUrl <url>``). Anything else is
+not contacted: one line says what the file asks for and the command that
+allows it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,35 +114,11 @@ def _canonical_key(key: str) -> str:
     return f"{section.lower()}.{subsection}.{variable.lower()}"
 
 
-def _committed_lfsconfig(repo: GitRepo, key: str) -> str | None:
-    """``key`` from ``.lfsconfig`` in the work tree, else the index, else HEAD."""
-    if repo.worktree is not None and (repo.worktree / LFSCONFIG).is_file():
-        path = repo.worktree / LFSCONFIG
-        value = repo.git("config", f"--file={path}", "--get", operands=[key], check=False)
-        if value.strip():
-            return value.strip()
-    for revision in (":", "HEAD:"):  # the index, then HEAD
-        value = repo.git(
-            "config", f"--blob={revision}{LFSCONFIG}", "--get", operands=[key], check=False
-        )
-        if value.strip():
-            return value.strip()
-    return None
-
-
-def _host(url: str) -> str | None:
-    endpoint = endpoint_from_remote_url(url)
-    return urlsplit(endpoint.url).hostname if endpoint is not None else None
-
-
-def explicit_endpoint(url: str, *, user_configured: bool = True) -> LfsEndpoint | None:
-    """The endpoint a store URL ``lfs+https://…`` (or ``lfs+http://``) names; from a
-    committed ``.thetaconfig``, ``user_configured`` is False."""
+def explicit_endpoint(url: str) -> LfsEndpoint | None:
+    """The endpoint a store URL ``lfs+https://…`` (or ``lfs+http://``) names."""
     if not url.startswith(LFS_SCHEME_PREFIX + "http"):
         return None
-    return endpoint_from_lfs_url(
-        url.removeprefix(LFS_SCHEME_PREFIX), user_configured=user_configured
-    )
+    return endpoint_from_lfs_url(url.removeprefix(LFS_SCHEME_PREFIX))
 
 
 def lfs_endpoint(
@@ -155,24 +130,27 @@ def lfs_endpoint(
         value = config.get(key)
         if value:
             return endpoint_from_lfs_url(value)
-    derived = endpoint_from_remote_url(remote_url)
+    return _committed_endpoint(repo, remote, remote_url) or endpoint_from_remote_url(remote_url)
+
+
+def _committed_endpoint(repo: GitRepo, remote: str, remote_url: str) -> LfsEndpoint | None:
+    """The endpoint a committed .lfsconfig names, when :func:`committed_urls.admit` lets it
+    be used. Only ``remote.<remote>.lfsurl`` and ``lfs.url`` are read from the file."""
+    from .committed_config import read_committed_config
+    from .committed_urls import CommittedPlace, admit
+
+    lfsconfig = read_committed_config(repo, LFSCONFIG)
+    if lfsconfig is None:
+        return None
     for key in (f"remote.{remote}.lfsurl", "lfs.url"):
-        value = _committed_lfsconfig(repo, key)
-        if not value:
+        value = lfsconfig.get(key)
+        endpoint = endpoint_from_lfs_url(value) if value else None
+        if endpoint is None:
             continue
-        committed = endpoint_from_lfs_url(value, user_configured=False)
-        if committed is None:
-            continue
-        if derived is not None and urlsplit(committed.url).hostname == _host(remote_url):
-            return committed
-        print(
-            f"git-theta: {LFSCONFIG} asks for the LFS server {committed.url}, which is not "
-            f"{remote!r}'s host; not used. To use it: "
-            f"git config remote.{remote}.lfsurl {committed.url}",
-            file=sys.stderr,
-        )
-        break
-    return derived
+        shown = value if endpoint.ssh is not None else endpoint.url
+        place = CommittedPlace(LFSCONFIG, key, "LFS server", shown)
+        return endpoint if admit(repo, place, lfs=endpoint, remote_url=remote_url) else None
+    return None
 
 
 def max_object_size(config: GitConfig) -> int | None:

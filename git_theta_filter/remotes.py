@@ -4,20 +4,25 @@ Which store belongs to a git remote is decided here, highest precedence first
 (``docs/remotes.md``):
 
 1. ``git config theta.remote.<remote>.url``;
-2. ``theta.url`` in a committed ``.thetaconfig`` (git-config syntax), read from
-   the work tree, else the index, else HEAD (or from a given revision);
-3. for a git remote that is a local path, that repository's own store:
-   ``<repo>/theta/objects`` when it is bare, ``<repo>/.git/theta/objects`` when not;
+2. for a git remote that is a local path, that repository's own store:
+   ``<repo>/theta/objects`` when it is bare, ``<repo>/.git/theta/objects`` when not
+   (a store already known: a committed file does not move it);
+3. ``theta.url`` in a committed ``.thetaconfig`` (git-config syntax), read from
+   the work tree, else the index, else HEAD (or from a given revision), once
+   :func:`committed_urls.admit` lets it be used;
 4. for an ``http(s)://``, ``ssh://`` or scp-like remote, its Git LFS server
    (``lfs_remote.py``: ``remote.<remote>.lfsurl``, ``lfs.url``, or the remote's
    URL with ``.git/info/lfs`` appended).
+
+The S3 endpoint of an ``s3://`` store: ``git config theta.s3.endpoint``, else
+the user's AWS settings (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the AWS
+config files), else ``theta.s3.endpoint`` in ``.thetaconfig`` once admitted.
 
 Opening the store a URL names is ``store/remote.py``'s job.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -31,6 +36,7 @@ from .store.base import ObjectStore
 from .store.remote import DEFAULT_TRANSFERS, open_store, path_from_url
 
 if TYPE_CHECKING:  # the LFS modules load only when a remote needs them (filter start-up)
+    from .committed_config import CommittedConfig
     from .store.lfs_endpoint import LfsEndpoint
 
 __all__ = [
@@ -76,6 +82,13 @@ class NoStoreError(ThetaError):
         self.remote = remote
 
 
+class _Refused:
+    """A committed S3 endpoint that may not be contacted."""
+
+
+_REFUSED = _Refused()
+
+
 @dataclass(frozen=True)
 class StoreLocation:
     """A store URL and, for a repository's own store, the git dir that must exist
@@ -83,30 +96,20 @@ class StoreLocation:
 
     url: str
     anchor: Path | None = None
-    # For a Git LFS server found from the remote (not written as a store URL).
+    # A Git LFS server: found from the remote, or admitted from a committed file.
     lfs: LfsEndpoint | None = None
-    # Named only by a committed file: an LFS endpoint there gets no credentials over http.
+    # Named by a committed .thetaconfig (and admitted: docs/security.md, class 2).
     committed: bool = False
+    # An s3:// store's endpoint, when one other than boto3's own choice is to be used.
+    s3_endpoint: str | _Refused | None = None
 
 
-def _thetaconfig_get(repo: GitRepo, key: str, revision: str | None) -> str | None:
-    """``key`` from the committed .thetaconfig: of ``revision``, else the work tree,
-    index or HEAD.
-    """
-    if revision is not None:
-        sources = [("blob", f"{revision}:{THETACONFIG}")]
-    else:
-        sources = []
-        if repo.worktree is not None and (repo.worktree / THETACONFIG).is_file():
-            sources.append(("file", str(repo.worktree / THETACONFIG)))
-        sources += [("blob", f":{THETACONFIG}"), ("blob", f"HEAD:{THETACONFIG}")]
-    for kind, source in sources:
-        # A blob that does not exist makes git config fail; that is "not set".
-        value = repo.git("config", f"--{kind}={source}", "--get", operands=[key], check=False)
-        value = value.strip()
-        if value:
-            return value
-    return None
+def _thetaconfig(repo: GitRepo, revision: str | None) -> CommittedConfig | None:
+    """The committed .thetaconfig: of ``revision``, else the work tree, index or HEAD,
+    read the one careful way (``committed_config.py``)."""
+    from .committed_config import read_committed_config
+
+    return read_committed_config(repo, THETACONFIG, revision)
 
 
 def local_repository_path(repo: GitRepo, remote_url: str) -> Path | None:
@@ -131,23 +134,52 @@ def locate_store(
     repo: GitRepo, remote: str, remote_url: str | None = None, revision: str | None = None
 ) -> StoreLocation | None:
     """Where the store of ``remote`` is, by the precedence in the module docstring."""
-    key = f"theta.remote.{remote}.url"
-    configured = repo.config_get(key)
+    configured = repo.config_get(f"theta.remote.{remote}.url")
     if configured:
-        return StoreLocation(configured)
-    committed = _thetaconfig_get(repo, "theta.url", revision)
-    if committed:
-        return StoreLocation(committed, committed=True)
+        return StoreLocation(configured, s3_endpoint=_s3_endpoint(repo, configured, revision))
     url = remote_url or _remote_url(repo, remote)
     git_dir = local_repository_path(repo, url)
     if git_dir is not None:
         return StoreLocation(str(git_dir / "theta" / "objects"), anchor=git_dir)
+    committed = _committed_store(repo, url, revision)
+    if committed is not None:
+        return committed
     from .lfs_remote import lfs_endpoint
 
     endpoint = lfs_endpoint(repo, remote, url)
     if endpoint is not None:
         return StoreLocation(endpoint.store_url, lfs=endpoint)
     return None
+
+
+def _committed_store(repo: GitRepo, remote_url: str, revision: str | None) -> StoreLocation | None:
+    """``theta.url`` of the committed .thetaconfig, when :func:`committed_urls.admit` lets
+    it be used (with its S3 endpoint, if it needs one)."""
+    config = _thetaconfig(repo, revision)
+    url = config.get("theta.url") if config is not None else None
+    if not url:
+        return None
+    from .committed_urls import CommittedPlace, admit, directory_place
+
+    if url.startswith("s3://"):
+        endpoint = _s3_endpoint(repo, url, revision, config)
+        if endpoint is _REFUSED:
+            return None
+        return StoreLocation(url, committed=True, s3_endpoint=endpoint)
+    if url.startswith("lfs+"):
+        from .lfs_remote import explicit_endpoint
+
+        lfs = explicit_endpoint(url)
+        if lfs is None:
+            return StoreLocation(url, committed=True)  # not a store URL: refused when opened
+        place = CommittedPlace(THETACONFIG, "theta.url", "LFS server", lfs.store_url)
+        if not admit(repo, place, lfs=lfs, remote_url=remote_url):
+            return None
+        return StoreLocation(url, committed=True, lfs=lfs)
+    directory = directory_place(THETACONFIG, "theta.url", url, repo.cwd)
+    if directory is not None and not admit(repo, directory):
+        return None
+    return StoreLocation(url, committed=True)
 
 
 def transfer_workers(repo: GitRepo) -> int:
@@ -160,12 +192,27 @@ def transfer_workers(repo: GitRepo) -> int:
     return int(value)
 
 
-def _s3_endpoint(repo: GitRepo, revision: str | None) -> str | None:
-    return (
-        repo.config_get("theta.s3.endpoint")
-        or _thetaconfig_get(repo, "theta.s3.endpoint", revision)
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
+def _s3_endpoint(
+    repo: GitRepo, store_url: str, revision: str | None, config: CommittedConfig | None = None
+) -> str | _Refused | None:
+    """The endpoint of an ``s3://`` store: the user's git config, else None (boto3 then
+    takes the user's AWS settings, or AWS itself), else the committed one once admitted."""
+    if not store_url.startswith("s3://"):
+        return None
+    user = repo.config_get("theta.s3.endpoint")
+    if user:
+        return user
+    config = config if config is not None else _thetaconfig(repo, revision)
+    committed = config.get("theta.s3.endpoint") if config is not None else None
+    if not committed:
+        return None
+    from .committed_urls import CommittedPlace, admit
+    from .store.s3 import configured_endpoint
+
+    if configured_endpoint() is not None:
+        return None  # AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the AWS config files: the user's
+    place = CommittedPlace(THETACONFIG, "theta.s3.endpoint", "S3 endpoint", committed.rstrip("/"))
+    return committed if admit(repo, place) else _REFUSED
 
 
 def resolve_store(
@@ -178,16 +225,14 @@ def resolve_store(
     if location.lfs is not None or location.url.startswith("lfs+"):
         from .lfs_remote import explicit_endpoint, open_lfs_store
 
-        lfs = location.lfs or explicit_endpoint(
-            location.url, user_configured=not location.committed
-        )
+        lfs = location.lfs or explicit_endpoint(location.url)
         if lfs is not None:
             return open_lfs_store(repo, lfs)
-    endpoint = _s3_endpoint(repo, revision) if location.url.startswith("s3://") else None
+    endpoint = location.s3_endpoint
     return open_store(
         location.url,
         base=repo.cwd,
-        s3_endpoint=endpoint,
+        s3_endpoint=endpoint if isinstance(endpoint, str) else None,
         workers=transfer_workers(repo),
         anchor=location.anchor,
     )

@@ -1,8 +1,9 @@
 """A store in S3 or an S3-compatible service (MinIO, Ceph, R2 ...): ``s3://bucket/prefix``.
 
 Objects are keys ``<prefix>/aa/bb/<oid>``. Credentials come from boto3's
-standard chain; the endpoint from ``theta.s3.endpoint`` or ``AWS_ENDPOINT_URL``
-(resolved by the caller).
+standard chain; the endpoint is the caller's (``theta.s3.endpoint``), else
+boto3's own choice: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the AWS
+config files, else AWS (``remotes.py`` decides; docs/security.md, class 2).
 
 Puts never replace an object: they are conditional (``If-None-Match: *``), and
 a "precondition failed" answer means another writer got there first, which for
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +43,7 @@ from .base import (
 from .object_format import ObjectFormatError, is_valid_oid
 from .sink import ObjectSink
 
-__all__ = ["S3Store", "MULTIPART_THRESHOLD", "PART_SIZE"]
+__all__ = ["S3Store", "MULTIPART_THRESHOLD", "PART_SIZE", "configured_endpoint"]
 
 MULTIPART_THRESHOLD = 64 << 20
 PART_SIZE = 16 << 20
@@ -61,6 +63,28 @@ def _error_code(exc: botocore.exceptions.ClientError) -> str:
 
 def _sha256_base64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
+
+
+def configured_endpoint() -> str | None:
+    """The S3 endpoint the user's AWS settings name, as boto3 resolves them
+    (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``endpoint_url`` in the AWS config
+    files), or None when they name none and boto3 would use AWS itself.
+
+    Building a client reads those settings; it sends nothing.
+    """
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name) and not _ignoring_configured_endpoints():
+            return os.environ[name]
+    try:
+        endpoint = boto3.session.Session().client("s3").meta.endpoint_url
+    except botocore.exceptions.BotoCoreError:
+        return None  # a broken AWS profile: opening the store reports it
+    host = (urlsplit(endpoint).hostname or "").lower()
+    return None if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) else endpoint
+
+
+def _ignoring_configured_endpoints() -> bool:
+    return os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true"
 
 
 class S3Store(ObjectStore):
