@@ -119,9 +119,7 @@ def test_store_a_committed_lfs_server_on_another_host_is_contacted_only_once_all
         ("http://git.example.com/org/models.git", "http://git.example.com/lfs/models"),
     ],
 )
-def test_store_a_committed_lfs_server_on_the_remotes_own_host_is_used(
-    work, capsys, remote, value
-):
+def test_store_a_committed_lfs_server_on_the_remotes_own_host_is_used(work, capsys, remote, value):
     commit_config(work, ".lfsconfig", lfs__url=value)
     location = locate_store(GitRepo.discover(work), "origin", remote)
     assert location.lfs is not None

@@ -62,8 +62,12 @@ def test_round_trip_through_s3_configured_by_a_committed_thetaconfig(git_env, tm
         )
         return [".thetaconfig"]
 
-    # B gets the store from .thetaconfig alone; A pulls with `git theta pull`.
-    run_round_trip(git_env, tmp_path, str(bare), extra_files=thetaconfig, pull_with_theta=True)
+    # B gets the store from .thetaconfig alone; A pulls with `git theta pull`. The remote
+    # is reached over a transport with no store of its own (as https or ssh would be): a
+    # path remote's own store would win over the committed file (docs/security.md).
+    git_env.run("git", "config", "--global", "protocol.ext.allow", "always")
+    origin = f"ext::git %s {bare}"
+    run_round_trip(git_env, tmp_path, origin, extra_files=thetaconfig, pull_with_theta=True)
 
     stored = {
         key.rpartition("/")[2]: (key, data) for key, data in bucket_objects(bucket, "").items()

@@ -55,14 +55,13 @@ def test_lfs_endpoint_from_a_committed_lfsconfig_only_for_the_remotes_own_host(w
     git(work, "config", "--file", ".lfsconfig", "lfs.url", "https://git.example.com/lfs/models")
     endpoint = lfs_endpoint(repo, "origin", REMOTE)
     assert endpoint.url == "https://git.example.com/lfs/models"
-    assert endpoint.user_configured is False
 
     git(work, "config", "--file", ".lfsconfig", "lfs.url", "http://collector.evil.example/lfs")
     endpoint = lfs_endpoint(repo, "origin", REMOTE)
     assert endpoint.url == f"{REMOTE}/info/lfs", "another host named only by the file is not used"
     notice = capsys.readouterr().err
-    assert "asks for the LFS server http://collector.evil.example/lfs" in notice
-    assert "git config remote.origin.lfsurl http://collector.evil.example/lfs" in notice
+    assert "asks to use http://collector.evil.example/lfs as LFS server (lfs.url)" in notice
+    assert "git config --add theta.allowUrl http://collector.evil.example/lfs" in notice
 
 
 def test_lfs_http_extra_headers_follow_gits_url_matching(work):
@@ -110,13 +109,14 @@ def test_lfs_settings_from_git_config(work):
         max_object_size(GitConfig(repo))
 
 
-def test_lfs_store_url_in_a_committed_thetaconfig_gets_no_credentials_over_http(work):
+def test_lfs_store_url_in_a_committed_thetaconfig_is_used_once_allowed(work):
     from git_theta_filter.remotes import locate_store, resolve_store
 
     repo = GitRepo.discover(work)
     url = "lfs+http://lfs.example.com/org/models.git/info/lfs"
     git(work, "config", "--file", ".thetaconfig", "theta.url", url)
+    assert locate_store(repo, "origin", REMOTE).url == f"lfs+{REMOTE}/info/lfs"
+    git(work, "config", "--add", "theta.allowUrl", "http://lfs.example.com/org")
     assert locate_store(repo, "origin", REMOTE).committed
-    assert resolve_store(repo, "origin", REMOTE).endpoint.user_configured is False
-    git(work, "config", "theta.remote.origin.url", url)
+    # Allowed by the user: credentials may go to it, even over http.
     assert resolve_store(repo, "origin", REMOTE).endpoint.user_configured is True

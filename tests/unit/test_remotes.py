@@ -34,7 +34,7 @@ def isolated_git(tmp_path, monkeypatch):
     return git
 
 
-def test_store_precedence_config_then_thetaconfig_then_local_remote(isolated_git, tmp_path):
+def test_store_precedence_config_then_local_remote_then_thetaconfig(isolated_git, tmp_path):
     bare = tmp_path / "models.git"
     isolated_git(tmp_path, "init", "-q", "--bare", str(bare))
     work = tmp_path / "work"
@@ -49,14 +49,19 @@ def test_store_precedence_config_then_thetaconfig_then_local_remote(isolated_git
     (work / ".thetaconfig").write_text("[theta]\n\turl = s3://team-models/resnet\n")
     isolated_git(work, "add", ".thetaconfig")
     isolated_git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "store")
-    assert locate_store(repo, "origin").url == "s3://team-models/resnet"
+    # A path remote's store is known: a committed file does not move it (docs/security.md).
+    assert locate_store(repo, "origin").url == str(bare / "theta" / "objects")
+    # A remote with no store of its own takes the committed one.
+    https = "https://example.com/models.git"
+    assert locate_store(repo, "origin", https).url == "s3://team-models/resnet"
     # Committed but gone from the work tree (a bare-like checkout): read from HEAD.
     (work / ".thetaconfig").unlink()
     isolated_git(work, "rm", "-q", "--cached", ".thetaconfig")
-    assert locate_store(repo, "origin").url == "s3://team-models/resnet"
+    assert locate_store(repo, "origin", https).url == "s3://team-models/resnet"
 
     isolated_git(work, "config", "theta.remote.origin.url", "/srv/objects")
     assert locate_store(repo, "origin").url == "/srv/objects"
+    assert locate_store(repo, "origin", https).url == "/srv/objects"
 
 
 def test_default_store_of_local_remotes(isolated_git, tmp_path):
