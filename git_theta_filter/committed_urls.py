@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from .gitrepo import GitRepo
 from .store.lfs_endpoint import LfsEndpoint, endpoint_from_remote_url
+from .store.remote import path_from_url
 from .terminal import printable
 
 __all__ = ["ALLOW_KEY", "CommittedPlace", "admit", "directory_place", "is_aws_endpoint"]
@@ -101,7 +102,7 @@ def _on_the_remotes_host(endpoint: LfsEndpoint, remote_url: str | None) -> bool:
     return endpoint.ssh is not None or asked.scheme in ("https", own.scheme)
 
 
-def allowed_values(repo: GitRepo) -> list[str]:
+def _allowed_values(repo: GitRepo) -> list[str]:
     """Every ``theta.allowUrl`` in the user's git config."""
     listing = repo.git("config", "--get-all", operands=[ALLOW_KEY], check=False)
     return [line for line in listing.splitlines() if line.strip()]
@@ -123,7 +124,7 @@ def admit(
         return True
     if lfs is not None and _on_the_remotes_host(lfs, remote_url):
         return True
-    if any(_allows(value, place) for value in allowed_values(repo)):
+    if any(_allows(value, place) for value in _allowed_values(repo)):
         return True
     if (place.file, place.url) not in _noticed:
         _noticed.add((place.file, place.url))
@@ -140,8 +141,6 @@ def admit(
 def directory_place(file: str, key: str, url: str, base: Path) -> CommittedPlace | None:
     """The place a committed directory store URL names, by its absolute path; None if
     ``url`` is not a directory."""
-    from .store.remote import path_from_url
-
     path = path_from_url(url, base) if _is_directory(url) else None
     if path is None:
         return None

@@ -5,8 +5,8 @@ repository's configuration, which server and how (``docs/remotes.md``):
 
 * **Endpoint**, highest precedence first: ``remote.<remote>.lfsurl``, then
   ``lfs.url`` (both from git config), then the same two keys in a committed
-  ``.lfsconfig`` (only for the git remote's own host unless the user copies
-  the URL into their git config: see below), then the remote's URL with
+  ``.lfsconfig`` (on the git remote's own host, or once the user allowed the
+  URL: see below), then the remote's URL with
   ``.git/info/lfs`` appended (``store/lfs_endpoint.py``).
 * **Settings**: ``lfs.concurrenttransfers`` (parallel transfers),
   ``lfs.transfer.maxretries``, ``lfs.transfer.maxretrydelay``,
