@@ -101,9 +101,7 @@ def add_metrics_file(repo: GitRepo, path: str) -> bool:
     git config would write through a symlink: a committed ``.thetaconfig`` that
     is one (or anything but a regular file) is refused instead of followed.
     """
-    worktree = repo.worktree
-    if worktree is None:
-        raise ThetaError("`git theta metrics add` needs a working tree")
+    worktree = repo.require_worktree("git theta metrics add")
     repository_path_parts(path)
     current = read_worktree_file(worktree, THETACONFIG)  # refuses a symlink or a device
     if current is not None and path in CommittedConfig(

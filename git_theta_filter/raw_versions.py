@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ import pygit2
 from .attributes import FilterAttribute, filters_at
 from .blob_stream import BlobStreamer
 from .clean import Warn, clean
+from .gitrepo import is_git_object_id
 from .history import read_manifest_blob
 from .lfs_pointer import MAX_POINTER_BYTES, LfsStorage, check_object, parse_lfs_pointer
 from .locks import writer_lock
@@ -45,8 +45,6 @@ from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_ma
 from .store.local import LocalStore
 
 __all__ = ["VersionReader", "ConversionCache", "clean_blob", "common_dir_of", "lfs_storage_of"]
-
-_BLOB_ID_RE = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?\Z")
 
 
 def common_dir_of(git: pygit2.Repository) -> Path:
@@ -75,7 +73,7 @@ class ConversionCache:
 
     def get(self, blob_id: str) -> bytes | None:
         """The cached manifest, when it parses and every object it names is still stored."""
-        if not _BLOB_ID_RE.match(blob_id):
+        if not is_git_object_id(blob_id):
             return None
         try:
             data = (self.dir / blob_id).read_bytes()
@@ -87,7 +85,7 @@ class ConversionCache:
         return data
 
     def put(self, blob_id: str, manifest: bytes) -> None:
-        if not _BLOB_ID_RE.match(blob_id):
+        if not is_git_object_id(blob_id):
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
