@@ -39,6 +39,14 @@ def looks_like_safetensors(head: bytes) -> bool:
     return 2 <= length <= MAX_HEADER_BYTES and head[8:9] == b"{"
 
 
+def _bounded_int(digits: str) -> int:
+    """Offsets and sizes fit in 64 bits: 20 digits. Converting n digits costs n**2, and
+    Python's own limit may be off (PYTHONINTMAXSTRDIGITS=0)."""
+    if len(digits.lstrip("-")) > 20:
+        raise NotThisFormat("safetensors header: an integer of more than 20 digits")
+    return int(digits)
+
+
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
     keys = [k for k, _ in pairs]
     if len(keys) != len(set(keys)):
@@ -77,13 +85,11 @@ def parse_safetensors_header(raw: bytes) -> SafetensorsHeader:
     if len(raw) > MAX_HEADER_BYTES:
         raise NotThisFormat(f"safetensors header of {len(raw)} bytes is over the limit")
     try:
-        header = json.loads(raw, object_pairs_hook=_reject_duplicates)
+        header = json.loads(raw, object_pairs_hook=_reject_duplicates, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise NotThisFormat("safetensors header is not JSON") from None
     except RecursionError:
         raise NotThisFormat("safetensors header is nested too deeply") from None
-    except ValueError as exc:  # an integer of more digits than int() takes
-        raise NotThisFormat(f"safetensors header: {exc}") from None
     if not isinstance(header, dict):
         raise NotThisFormat("safetensors header is not an object")
     metadata = header.pop("__metadata__", None)

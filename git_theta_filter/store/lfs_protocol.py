@@ -63,6 +63,7 @@ MEDIA_TYPE = "application/vnd.git-lfs+json"
 MAX_BATCH = 100
 # A batch response for 100 objects is some tens of KB; anything this large is not one.
 MAX_RESPONSE_BYTES = 16 << 20
+_MAX_INTEGER_DIGITS = 20
 # The spec's bounds for expires_in.
 _MAX_EXPIRES_IN = 2147483647
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
@@ -184,12 +185,26 @@ def verify_request(oid: str, size: int) -> bytes:
     return json.dumps({"oid": oid, "size": size}, separators=(",", ":")).encode("ascii")
 
 
+class _LongInteger(ValueError):
+    pass
+
+
+def _bounded_int(digits: str) -> int:
+    """An integer of the answer; sizes and times have at most 20 digits. Converting n digits
+    costs n**2, and Python's own limit may be off (PYTHONINTMAXSTRDIGITS=0)."""
+    if len(digits.lstrip("-")) > _MAX_INTEGER_DIGITS:
+        raise _LongInteger(f"an integer of more than {_MAX_INTEGER_DIGITS} digits")
+    return int(digits)
+
+
 def _load_json(url: str, body: bytes) -> Any:
     if len(body) > MAX_RESPONSE_BYTES:
         raise LfsProtocolError(url, f"more than {MAX_RESPONSE_BYTES} bytes")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return json.loads(body, parse_int=_bounded_int)
+    except _LongInteger as exc:
+        raise LfsProtocolError(url, str(exc)) from None
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or past Python's digit limit
         raise LfsProtocolError(url, "not JSON") from None
 
 
@@ -342,8 +357,8 @@ def parse_batch_response(
 def parse_error_message(body: bytes) -> str:
     """The ``message`` of an error response (printable), or "" when there is none."""
     try:
-        data = json.loads(body[:MAX_RESPONSE_BYTES])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data = json.loads(body[:MAX_RESPONSE_BYTES], parse_int=_bounded_int)
+    except (ValueError, RecursionError):
         return ""
     message = data.get("message") if isinstance(data, dict) else None
     return printable(message) if isinstance(message, str) else ""

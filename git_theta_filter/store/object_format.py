@@ -89,6 +89,18 @@ def encode_header(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
     return struct.pack("<Q", len(body)) + body
 
 
+class _LongInteger(ValueError):
+    pass
+
+
+def _bounded_int(digits: str) -> int:
+    """Sizes and offsets fit in 64 bits: 20 digits. Converting n digits costs n**2, and
+    Python's own limit may be off (PYTHONINTMAXSTRDIGITS=0)."""
+    if len(digits.lstrip("-")) > 20:
+        raise _LongInteger(digits[:20])
+    return int(digits)
+
+
 def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
     """Validate a header given the first bytes of the object and its total size."""
     if len(prefix) < 8:
@@ -101,8 +113,10 @@ def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
     if len(prefix) < 8 + length:
         raise ObjectFormatError(oid, "header runs past the end of the file")
     try:
-        header = json.loads(prefix[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = json.loads(prefix[8 : 8 + length], parse_int=_bounded_int)
+    except _LongInteger:
+        raise ObjectFormatError(oid, "header holds an integer of more than 20 digits") from None
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deeply
         raise ObjectFormatError(oid, "header is not JSON") from None
     if not isinstance(header, dict) or set(header) != {TENSOR_KEY}:
         raise ObjectFormatError(oid, f"header must hold exactly one entry named {TENSOR_KEY!r}")
@@ -110,7 +124,7 @@ def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise ObjectFormatError(oid, "tensor entry must have dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES or not DTYPES[dtype].in_safetensors:
+    if not isinstance(dtype, str) or dtype not in DTYPES or not DTYPES[dtype].in_safetensors:
         raise ObjectFormatError(oid, f"unknown dtype {dtype!r}")
     if not (
         isinstance(shape, list)

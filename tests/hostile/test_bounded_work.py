@@ -1,4 +1,5 @@
-"""Crafted manifests, pickles and safetensors headers cannot cost unbounded time or memory.
+"""Crafted manifests, pickles, safetensors headers and LFS answers cannot cost unbounded
+time or memory.
 
 A manifest's work is bounded by the bytes its objects hold (docs/manifest.md,
 "Work"); the pickle scanner runs in time linear in data.pkl's size whatever
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +26,18 @@ import pytest
 import torch
 
 from git_theta_filter.clean import clean
+from git_theta_filter.formats.base import NotThisFormat
 from git_theta_filter.formats.pickle_scan import MAX_DEPTH, PickleScanError, scan_pickle
+from git_theta_filter.formats.safetensors_file import parse_safetensors_header
 from git_theta_filter.manifest import WORK_FLOOR, WORK_RATIO, Manifest, ManifestError
 from git_theta_filter.smudge import prepare_smudge
+from git_theta_filter.store.lfs_protocol import (
+    MAX_RESPONSE_BYTES,
+    LfsProtocolError,
+    parse_batch_response,
+    parse_error_message,
+    parse_ssh_authenticate,
+)
 from git_theta_filter.store.local import LocalStore
 
 SHA = "5" * 64
@@ -330,7 +341,7 @@ SAFETENSORS_CASES = {
         safetensors_with_header(
             b'{"t":{"dtype":"U8","shape":[' + b"9" * 100_000 + b'],"data_offsets":[0,1]}}', b"x"
         ),
-        "safetensors header: Exceeds the limit",
+        "an integer of more than 20 digits",
     ),
 }
 
@@ -341,3 +352,59 @@ def test_a_hostile_safetensors_header_is_stored_opaque_promptly(name: str, tmp_p
     manifest, warnings, _ = within(600, lambda: clean_bytes(data, tmp_path))
     assert manifest.format == "opaque"
     assert len(warnings) == 1 and reason in warnings[0], warnings
+
+
+@pytest.fixture
+def no_digit_limit():
+    """Python's limit on integer digits off (PYTHONINTMAXSTRDIGITS=0), as a user may set it."""
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    yield
+    sys.set_int_max_str_digits(before)
+
+
+def test_a_safetensors_header_integer_is_bounded_whatever_pythons_digit_limit(
+    no_digit_limit: None, tmp_path: Path
+) -> None:
+    """Converting n digits costs n**2: a 100 MB header of them would take hours."""
+    header = b'{"t":{"dtype":"U8","shape":[' + b"9" * 200_000 + b'],"data_offsets":[0,1]}}'
+    with pytest.raises(NotThisFormat, match="an integer of more than 20 digits"):
+        parse_safetensors_header(header)
+    manifest, warnings, _ = clean_bytes(safetensors_with_header(header, b"x"), tmp_path)
+    assert manifest.format == "opaque" and "more than 20 digits" in warnings[0]
+
+
+# -- what an LFS server answers ------------------------------------------------------------------
+
+LFS_URL = "lfs+https://example.com/team/models.git/info/lfs"
+LFS_OID = "c" * 64
+
+
+def batch_answer(size: bytes) -> bytes:
+    return b'{"objects":[{"oid":"' + LFS_OID.encode() + b'","size":' + size + b"}]}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        batch_answer(b"9" * 5_000),  # past Python's digit limit: a ValueError escaped
+        b"[" * 100_000 + b"]" * 100_000,
+        b" " * (MAX_RESPONSE_BYTES + 1),
+    ],
+    ids=["a-5000-digit-integer", "nested-100k-deep", "over-16-MiB"],
+)
+def test_an_lfs_batch_answer_over_its_budget_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(LfsProtocolError, match="the LFS server sent an invalid answer"):
+        parse_batch_response(LFS_URL, body, "download", {LFS_OID: 4})
+    assert parse_error_message(body) == ""  # an error response's message: none, no exception
+
+
+def test_an_lfs_answer_integer_is_bounded_whatever_pythons_digit_limit(
+    no_digit_limit: None,
+) -> None:
+    for parse in (
+        lambda body: parse_batch_response(LFS_URL, body, "download", {LFS_OID: 4}),
+        lambda body: parse_ssh_authenticate(LFS_URL, body),
+    ):
+        with pytest.raises(LfsProtocolError, match="an integer of more than 20 digits"):
+            parse(batch_answer(b"9" * 200_000))

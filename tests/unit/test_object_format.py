@@ -217,6 +217,13 @@ VALID_ENTRY = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
             "data_offsets [4, 8] disagree with F32[1] (4 bytes)",
         ),
         (header_with({"tensor": VALID_ENTRY}, payload=5), "header says"),
+        # Each of these escaped as a ValueError, RecursionError or TypeError before.
+        (
+            (struct.pack("<Q", 5010) + b'{"tensor":' + b"9" * 5000, 5018),
+            "header holds an integer of more than 20 digits",
+        ),
+        ((struct.pack("<Q", 60_000) + b"[" * 60_000, 60_008), "header is not JSON"),
+        (header_with({"tensor": {**VALID_ENTRY, "dtype": ["F32"]}}), "unknown dtype ['F32']"),
     ],
 )
 def test_hostile_object_headers_are_refused(
