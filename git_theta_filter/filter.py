@@ -4,7 +4,9 @@ Git's filter process (``cli/filter_process.py``), the Python API, the merge
 driver and ``git theta pull`` all come through here, so a model file is
 cleaned and rebuilt the same way whoever asks:
 
-* :class:`ThetaFilter` is the handler :func:`filter_protocol.serve` calls;
+* :class:`ThetaFilter` is the handler :func:`filter_protocol.serve` calls; a
+  small file's clean is answered from :mod:`clean_cache` when the same bytes
+  were cleaned lately (git cleans again in ``git commit`` after a racy add);
 * :func:`staged_manifest` reads the staged version of a file, whose objects
   clean compares with instead of hashing and writing them again;
 * :func:`smudge_or_fetch` prepares a smudge, and when the local store lacks an
@@ -13,10 +15,11 @@ cleaned and rebuilt the same way whoever asks:
 
 from __future__ import annotations
 
+import io
 import os
 from typing import TYPE_CHECKING
 
-from .clean import clean, expecting_previous
+from .clean_cache import CACHED_UP_TO, CleanCache, Prefixed, read_up_to
 from .formats.source import Readable
 from .gitrepo import GitRepo, git_process
 from .lfs_pointer import looks_like_lfs_pointer
@@ -49,8 +52,25 @@ class ThetaFilter:
         self.store = repo.store()
         self.skip_smudge = skip_smudge
         self.fetcher = fetcher
+        self.cleaned = CleanCache(repo.theta_dir)
 
     def clean(self, pathname: str, content: Readable) -> bytes:
+        """The manifest of ``content``; a file of up to :data:`CACHED_UP_TO` bytes is
+        read whole first and looked up in the clean cache (docs/store.md)."""
+        head = read_up_to(content, CACHED_UP_TO + 1)
+        if len(head) > CACHED_UP_TO:
+            return self._clean(pathname, Prefixed(head, content))
+        cached = self.cleaned.lookup(head, self.store)
+        if cached is not None:
+            return cached
+        manifest = self._clean(pathname, io.BytesIO(head))
+        self.cleaned.remember(head, manifest)
+        return manifest
+
+    def _clean(self, pathname: str, content: Readable) -> bytes:
+        # Imported here: a clean the cache answers needs no format parser.
+        from .clean import clean, expecting_previous
+
         # A new version of a model mostly repeats the staged one's tensors;
         # comparing with those costs far less than hashing and writing them.
         with expecting_previous(self.store, staged_manifest(self.repo, pathname)):
@@ -76,7 +96,7 @@ def staged_manifest(repo: GitRepo, path: str) -> Manifest | None:
     work-tree file tells the size to expect: a small file is not worth a look-up.
     """
     if repo.worktree is None:
-        return []
+        return None
     try:
         if os.path.getsize(repo.worktree / path) < LOOK_UP_STAGED_FROM:
             return None

@@ -54,6 +54,35 @@ def test_a_file_changed_after_the_commit_is_never_taken_for_the_committed_one(
     assert status_lines(git_env, repo) == [" M model.pth"]
 
 
+def test_add_then_commit_a_file_rewritten_with_the_same_stat_is_never_the_cached_one(
+    git_env, repo: Path
+) -> None:
+    """The filter's clean cache is keyed by the bytes git sends, not by the file's stat: a
+    file rewritten after a racy `git add` with the same size, inode and mtime (and ctime
+    not trusted) is cleaned as what it now holds."""
+    git_env.git(repo, "config", "core.trustctime", "false")
+    path = repo / "model.pth"
+    save(mlp_checkpoint(0), path)
+    racy = path.stat().st_mtime_ns + 3600 * 10**9  # later than any index written meanwhile
+    os.utime(path, ns=(racy, racy))
+    git_env.git(repo, "add", "model.pth")
+    before = path.stat()
+    new_hash = save(mlp_checkpoint(1), path)
+    os.utime(path, ns=(racy, racy))
+    after = path.stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (
+        before.st_size,
+        before.st_ino,
+        before.st_mtime_ns,
+    )
+    git_env.git(repo, "commit", "-qm", "first")  # re-cleans the racy entry: the cache misses
+    assert status_lines(git_env, repo) == [" M model.pth"]
+    git_env.git(repo, "commit", "-qam", "second")
+    path.unlink()
+    git_env.git(repo, "checkout", "--", "model.pth")
+    assert sha256_file(path) == new_hash
+
+
 def test_commit_refuses_a_file_that_is_not_tracked(git_env, repo: Path) -> None:
     (repo / "notes.txt").write_text("hello\n")
     result = git_env.theta(repo, "commit", "-m", "notes", "notes.txt", check=False)

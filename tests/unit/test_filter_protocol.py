@@ -447,3 +447,27 @@ def test_filter_process_never_imports_torch(git_env, repo: Path, tmp_path: Path)
     }
     assert "git_theta_filter.clean" in imported
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
+
+
+def test_filter_process_answers_a_clean_of_bytes_it_cleaned_lately_without_the_parsers(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
+    """git cleans a file again in `git commit` after a racy add: that second filter process
+    gives the same manifest from the clean cache, with no format parser loaded."""
+    save(mlp_checkpoint(0), tmp_path / "m.pth")
+    data = (tmp_path / "m.pth").read_bytes()
+    script = shutil.which("git-theta", path=git_env.env["PATH"])
+    assert script is not None
+    session = HANDSHAKE + CAPABILITIES + request("clean", "model.pth", data)
+    manifests = []
+    for _ in range(2):
+        imported, answer = _imported_modules([script, "filter-process"], repo, git_env.env, session)
+        reader = PktLineReader(io.BytesIO(answer))
+        reader.read_text_list(), reader.read_text_list()
+        status, manifest, _ = read_response(reader)
+        assert status == ["status=success"]
+        manifests.append(manifest)
+    assert manifests[0] == manifests[1]
+    assert Manifest.parse(manifests[1]).sha256 == sha256_bytes(data)
+    assert not {m for m in imported if m.startswith("git_theta_filter.formats.torch_zip")}
+    assert "git_theta_filter.clean" not in imported
