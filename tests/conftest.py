@@ -72,7 +72,9 @@ def isolated_git_env(home: Path) -> GitEnv:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")
+        # The terminal running the tests (pytest-xdist's workers set COLUMNS) must not
+        # change what the commands under test print.
+        if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME", "COLUMNS", "LINES")
     }
     env.update(
         HOME=str(home),
