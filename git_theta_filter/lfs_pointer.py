@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,11 +135,29 @@ class LfsStorage:
             return False
 
     def open(self, pointer: LfsPointer, path: str, where: str | None = None) -> io.FileIO:
-        """The object's file, unbuffered; :class:`LfsObjectMissingError` when absent."""
+        """The object's file, unbuffered; :class:`LfsObjectMissingError` when absent.
+
+        It must be a regular file of the pointer's size, checked before a byte is
+        read: a FIFO would block, a device (a link to ``/dev/zero``) never end, and
+        a longer file would be read whole before its sha256 could fail.
+        """
         try:
-            return io.FileIO(self.object_path(pointer.oid), "rb")
+            fd = os.open(
+                self.object_path(pointer.oid), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            )
         except FileNotFoundError:
             raise LfsObjectMissingError(path, pointer.oid, where) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != pointer.size:
+            os.close(fd)
+            detail = (
+                f"{info.st_size} bytes, the pointer says {pointer.size}"
+                if stat.S_ISREG(info.st_mode)
+                else "not a regular file"
+            )
+            raise LfsObjectCorruptError(path, pointer.oid, detail)
+        os.set_blocking(fd, True)
+        return io.FileIO(fd, "rb")
 
     def copy_verified(
         self, pointer: LfsPointer, path: str, write: Callable[[memoryview], object]

@@ -11,6 +11,7 @@ temp file is deleted and the error names the store and the object.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -23,6 +24,7 @@ import boto3
 import pytest
 from lfs_server import LfsServer
 
+from git_theta_filter.lfs_pointer import LfsObjectCorruptError, LfsPointer, LfsStorage
 from git_theta_filter.progress import QuietProgress
 from git_theta_filter.store.directory import DirectoryStore, StoreFileRefusedError
 from git_theta_filter.store.lfs import LfsSettings, LfsStore
@@ -235,3 +237,37 @@ def test_download_from_an_lfs_server_is_cut_at_the_objects_size(
     assert f"object {oid} in {fresh_store.url}: " in str(error)
     assert_cut_off(error, canonical)
     assert not fresh.has(oid) and list(fresh.tmp_dir.iterdir()) == []
+
+
+# -- git-lfs's local objects (versions from before theta) ----------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["longer", "fifo", "endless-symlink"])
+def test_a_git_lfs_object_is_refused_unless_a_regular_file_of_the_pointers_size(
+    tmp_path: Path, planted: str
+) -> None:
+    """git-lfs downloaded these; one that is longer, a FIFO or a link to /dev/zero is refused
+    before a byte is read (a FIFO blocked, /dev/zero never ended, a longer file was read whole)."""
+    data = os.urandom(PAYLOAD)
+    pointer = LfsPointer(hashlib.sha256(data).hexdigest(), len(data))
+    storage = LfsStorage(tmp_path / "lfs")
+    path = storage.object_path(pointer.oid)
+    path.parent.mkdir(parents=True)
+    if planted == "longer":
+        path.write_bytes(data + bytes(16 * MIB))
+        detail = f"{PAYLOAD + 16 * MIB} bytes, the pointer says {PAYLOAD}"
+    elif planted == "fifo":
+        os.mkfifo(path)
+        detail = "not a regular file"
+    else:
+        path.symlink_to("/dev/zero")
+        detail = "not a regular file"
+    read: list[int] = []
+    with pytest.raises(LfsObjectCorruptError) as caught:
+        within(
+            60, lambda: storage.copy_verified(pointer, "model.pth", lambda c: read.append(len(c)))
+        )
+    assert f"is corrupt ({detail})" in str(caught.value)
+    assert read == [], "bytes went out before the object was refused"
+    with pytest.raises(LfsObjectCorruptError):
+        within(60, lambda: storage.open(pointer, "model.pth"))
