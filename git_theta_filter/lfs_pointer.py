@@ -142,9 +142,7 @@ class LfsStorage:
         a longer file would be read whole before its sha256 could fail.
         """
         try:
-            fd = os.open(
-                self.object_path(pointer.oid), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-            )
+            fd = os.open(self.object_path(pointer.oid), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise LfsObjectMissingError(path, pointer.oid, where) from None
         info = os.fstat(fd)
