@@ -19,9 +19,9 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
 from .errors import ThetaError
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
+from .version import __version__
 
 if TYPE_CHECKING:
     from .formats.source import Readable

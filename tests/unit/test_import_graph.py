@@ -26,7 +26,7 @@ PACKAGE = Path(git_theta_filter.__file__).parent
 LAYERS: list[tuple[str, list[str]]] = [
     # Neutral building blocks: errors, dtypes, sizes, progress, locks, pkt-line framing,
     # text made safe for a terminal.
-    ("base", ["errors", "dtypes", "units", "progress", "locks", "pktline", "terminal"]),
+    ("base", ["version", "errors", "dtypes", "units", "progress", "locks", "pktline", "terminal"]),
     # Object stores: know objects and where they are, not git config or the terminal.
     ("store", ["store", "store.*"]),
     # The manifest's text format (docs/manifest.md), which every format parser fills in.
