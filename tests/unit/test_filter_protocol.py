@@ -348,7 +348,8 @@ _HEAVY_BEFORE_HANDSHAKE = (
     "dataclasses", "pickle", "hashlib", "sqlite3", "argparse",
 )  # fmt: skip
 _PROTOCOL_MODULES = {
-    "git_theta_filter", "git_theta_filter.errors", "git_theta_filter.pktline",
+    "git_theta_filter", "git_theta_filter.version", "git_theta_filter.errors",
+    "git_theta_filter.pktline",
     "git_theta_filter.filter_protocol", "git_theta_filter.cli", "git_theta_filter.cli._errors",
     "git_theta_filter.cli.filter_process", "git_theta_filter.terminal",
     "git_theta_filter.filter_session",
