@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shlex
 import shutil
 import tempfile
 import warnings
@@ -49,6 +48,7 @@ from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_
 from .on_demand import OnDemandFetcher
 from .revisions import Pathspec, parse_range, resolve_commit
 from .smudge import write_atomically
+from .staging import NotTrackedError, write_index_entry
 from .store.local import ObjectMissingError
 from .terminal import printable
 
@@ -69,21 +69,6 @@ __all__ = [
     "UnsupportedDTypeError",
     "ThetaWarning",
 ]
-
-
-class NotTrackedError(ThetaError):
-    """A path that .gitattributes does not route through the theta filter."""
-
-    def __init__(self, path: str) -> None:
-        suffix = Path(path).suffix
-        super().__init__(
-            f"{path} is not tracked by git-theta",
-            # Quoted for the shell: the command is meant to be pasted.
-            hint=f"run `git theta track {shlex.quote('*' + suffix)}`"
-            if suffix
-            else f"run `git theta track -- {shlex.quote(path)}`",
-        )
-        self.path = path
 
 
 class ModelNotFoundError(ThetaError):
@@ -298,40 +283,7 @@ class Repository:
             expecting_previous(self._store, staged_manifest(self._repo, relative)),
         ):
             manifest = clean(file, self._store, relative)
-        self._stage(relative, self._git.create_blob(manifest), stat)
-
-    def _stage(self, path: str, blob_id: pygit2.Oid, stat: os.stat_result) -> None:
-        """Put ``blob_id`` in the index at ``path`` with the work-tree file's stat data,
-        as ``git add`` does.
-
-        pygit2's IndexEntry has no stat fields, and an entry without them
-        makes git read (and clean) the file again at the next status or
-        commit, so the entry is filled through pygit2's own cffi bindings.
-        """
-        from pygit2.errors import check_error
-        from pygit2.ffi import C, ffi
-
-        entry = ffi.new("git_index_entry *")
-        for name, nanoseconds in (("ctime", stat.st_ctime_ns), ("mtime", stat.st_mtime_ns)):
-            getattr(entry, name).seconds = nanoseconds // 1_000_000_000
-            getattr(entry, name).nanoseconds = nanoseconds % 1_000_000_000
-        entry.dev = stat.st_dev & 0xFFFFFFFF
-        entry.ino = stat.st_ino & 0xFFFFFFFF
-        entry.mode = 0o100755 if stat.st_mode & 0o100 else 0o100644
-        entry.uid = stat.st_uid & 0xFFFFFFFF
-        entry.gid = stat.st_gid & 0xFFFFFFFF
-        entry.file_size = stat.st_size & 0xFFFFFFFF
-        ffi.buffer(ffi.addressof(entry, "id"))[:] = blob_id.raw
-        c_path = ffi.new("char[]", os.fsencode(path))
-        entry.path = c_path
-        index = self._git.index
-        index.read()
-        # A stage-0 entry resolves a conflict only once the conflict's stages are gone,
-        # as `git add` does.
-        if index.conflicts is not None and path in index.conflicts:
-            del index.conflicts[path]
-        check_error(C.git_index_add(index._index, entry))
-        index.write()
+        write_index_entry(self._git, relative, self._git.create_blob(manifest), stat)
 
     def restore(self, path: str | os.PathLike[str], rev: str) -> None:
         """Write ``path`` as it was at ``rev``, byte for byte, and stage it
@@ -348,7 +300,7 @@ class Repository:
         plan = smudge_or_fetch(content, self._store, relative, fetcher, repo=self._repo)
         with writer_lock(self._repo.theta_dir):
             write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
-            self._stage(relative, blob.id, _settled_stat(target))
+            write_index_entry(self._git, relative, blob.id, _settled_stat(target))
         if relative + CONVENTION_SUFFIX in commit.tree:
             self._repo.git(
                 "restore",

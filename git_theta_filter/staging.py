@@ -15,12 +15,13 @@ cleaned no longer matches that stat data, and git cleans it again.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pygit2
 
-from .api import NotTrackedError
 from .clean import clean, expecting_previous
+from .errors import ThetaError
 from .gitrepo import GitRepo
 from .history import read_manifest_blob
 from .locks import writer_lock
@@ -34,6 +35,21 @@ __all__ = [
     "staged_manifest",
     "commit_index",
 ]
+
+
+class NotTrackedError(ThetaError):
+    """A path that .gitattributes does not route through the theta filter."""
+
+    def __init__(self, path: str) -> None:
+        suffix = Path(path).suffix
+        super().__init__(
+            f"{path} is not tracked by git-theta",
+            # Quoted for the shell: the command is meant to be pasted.
+            hint=f"run `git theta track {shlex.quote('*' + suffix)}`"
+            if suffix
+            else f"run `git theta track -- {shlex.quote(path)}`",
+        )
+        self.path = path
 
 
 def check_tracked(repo: GitRepo, path: str) -> None:
