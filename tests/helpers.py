@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,24 @@ def copy_repo(template: Path, dest: Path) -> Path:
     """An independent copy of a repository, store included (git clone would not copy .git/theta)."""
     shutil.copytree(template, dest, symlinks=True)
     return dest
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()`` on a thread, failing if it has not returned after ``seconds`` (a read
+    that blocks on a FIFO, a parse that runs away); it then runs on, detached.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

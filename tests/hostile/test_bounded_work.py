@@ -17,7 +17,6 @@ import io
 import json
 import struct
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import within
 
 from git_theta_filter.clean import clean
 from git_theta_filter.formats.base import NotThisFormat
@@ -43,25 +43,6 @@ from git_theta_filter.store.local import LocalStore
 
 SHA = "5" * 64
 SKELETON = "b" * 64
-
-
-def within(seconds: float, call: Callable[[], Any]) -> Any:
-    """``call()``, failing if it has not returned after ``seconds`` (it then runs on, detached)."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 # -- manifests: work in proportion to the bytes stored -------------------------------------------

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from helpers import within
 from lfs_server import LfsServer
 
 from git_theta_filter.lfs_pointer import LfsObjectCorruptError, LfsPointer, LfsStorage
@@ -36,25 +35,6 @@ from git_theta_filter.store.transfer import TransferFailedError, download, relay
 
 PAYLOAD = 4096
 MIB = 1 << 20
-
-
-def within(seconds: float, call: Callable[[], Any]) -> Any:
-    """``call()``, failing if it has not returned after ``seconds`` (a read that blocks)."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import threading
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import loose_object
+from helpers import loose_object, within
 
 from git_theta_filter.clean import clean
 from git_theta_filter.manifest import Manifest
@@ -126,25 +125,6 @@ def test_a_truncated_new_version_loses_no_byte_while_comparing(
     assert bytes(rebuilt) == cut
 
 
-def run_briefly(call, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    """``call()`` on a thread; fails (instead of hanging the suite) if it blocks."""
-    outcome: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "blocked: a FIFO was opened for reading"
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["value"]
-
-
 def unblock(fifo: Path) -> None:
     """Give a FIFO a writer, so that a reader stuck in open() goes on (and sees EOF)."""
     try:
@@ -171,7 +151,7 @@ def test_clean_never_opens_a_fifo_planted_as_an_expected_object(
         if planted != "fifo":
             path.symlink_to(fifo)
         try:
-            again = run_briefly(lambda: clean_manifest(store, data))
+            again = within(20.0, lambda: clean_manifest(store, data))
         finally:
             unblock(fifo)
     assert payload_oids(again) == previous
@@ -192,7 +172,7 @@ def test_open_object_refuses_anything_but_a_regular_file_without_blocking(
     reason = "is a symbolic link" if planted == "symlink" else "is not a regular file"
     try:
         with pytest.raises(ObjectFormatError, match=reason):
-            run_briefly(lambda: store.open_object(oid))
+            within(20.0, lambda: store.open_object(oid))
     finally:
         if planted == "fifo":
             unblock(path)
