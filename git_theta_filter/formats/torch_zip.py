@@ -70,6 +70,9 @@ class _TorchZipParser:
         self.little_endian = True
         self.storage_oids: dict[str, str] = {}
         self._names_by_storage: dict[str, list[str]] = {}  # storage key -> its tensors' names
+        # storage key -> the tensors viewing it; one pass, so that typing every storage
+        # costs linear time in a checkpoint of thousands of tensors
+        self._views_by_storage: dict[str, list[TensorRef]] = {}
 
     def parse(self) -> ParsedFile:
         source = self.ctx.source
@@ -147,6 +150,8 @@ class _TorchZipParser:
             for tensor_name, ref in self.scan.tensors:
                 storage_ref = ref.storage if isinstance(ref, TensorRef) else ref
                 self._names_by_storage.setdefault(storage_ref.key, []).append(tensor_name)
+                if isinstance(ref, TensorRef):
+                    self._views_by_storage.setdefault(storage_ref.key, []).append(ref)
         elif relative == "byteorder":
             self.little_endian = bytes(ctx.layout.skeleton[-size:]) != b"big"
         if has_descriptor:
@@ -202,10 +207,7 @@ class _TorchZipParser:
         """The dtype and shape the storage's object is written with."""
         if not self.little_endian:
             return "U8", (storage.nbytes,)
-        assert self.scan is not None
-        users = [
-            t for _, t in self.scan.tensors if isinstance(t, TensorRef) and t.storage is storage
-        ]
+        users = self._views_by_storage.get(storage.key, [])
         kinds = {(t.dtype, t.shape) for t in users}
         if len(kinds) == 1 and all(t.is_whole_storage for t in users):
             return users[0].dtype, users[0].shape

@@ -551,10 +551,15 @@ class EncodingWriter:
             if len(self._buffer) == block_size:
                 self._submit()
 
-    def _submit(self) -> None:
+    def _submit(self, last: bool = False) -> None:
         block, self._buffer = bytes(self._buffer), bytearray()
         index = self._blocks
         self._blocks += 1
+        if last and not self._pending:
+            # The only block left, as for every small object: handing it to a worker
+            # and waiting would cost more than the encoding (thousands of objects a file).
+            self._emit(block, self._encode(index, block))
+            return
         self._pending.append((block, _workers.submit(self._encode, index, block)))
         while len(self._pending) > 2 * WORKERS or (self._canonical is None and self._pending):
             self._drain_one()
@@ -568,7 +573,11 @@ class EncodingWriter:
 
     def _drain_one(self) -> None:
         block, future = self._pending.popleft()
-        stored = future.result()
+        self._emit(block, future.result())
+
+    def _emit(self, block: bytes, stored: bytes) -> None:
+        """Write one encoded block, in order; the first decides whether the object is
+        stored canonical."""
         if self._canonical is None:
             # The encoded form also carries the fixed header: for a small object it decides.
             overhead = _FIXED.size + _BLOCK_LENGTH.size
@@ -586,7 +595,7 @@ class EncodingWriter:
     def finish(self, oid: str) -> None:
         """Encode the last block and write ``oid`` into the header. ``out`` is left at its end."""
         if self._buffer:
-            self._submit()
+            self._submit(last=True)
         while self._pending:
             self._drain_one()
         if self._canonical is None:  # an empty payload: nothing to encode
