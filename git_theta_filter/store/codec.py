@@ -58,6 +58,17 @@ WIDTHS = (1, 2, 4, 8)
 # decompression would cost time for almost no space.
 RAW_ABOVE = 0.97
 ZSTD_LEVEL = 1
+# Byte planes of floats hold few repeated strings: zstd's gain there is entropy
+# coding. A tiny match table and long minimum match skip most of the match
+# search, which at plain level 1 costs two thirds of the time and finds matches
+# too short to pay. Measured on fp32 weights, bf16 weights and XOR deltas of
+# training steps: the exponent plane compresses to 0.34 instead of 0.39 of its
+# size, 3.5x as fast (330 -> 1,150 MB/s on one core), and every other plane as
+# well as or better than at level 1. Decoders are unaffected: these are
+# ordinary zstd frames.
+_MATCH_TABLE_LOG = 6
+_MIN_MATCH = 7
+_WINDOW_LOG = 17  # a plane of a 1 MiB block is at most 1 MiB; matches are short anyway
 # Planes are first tried on a sample of this many bytes; a sample that does
 # not compress marks the plane as noise (the low mantissa bytes of floats),
 # which is then stored raw without paying for compressing all of it.
@@ -80,9 +91,16 @@ def _compressor() -> zstandard.ZstdCompressor:
     if compressor is None:
         import zstandard
 
-        compressor = _local.compressor = zstandard.ZstdCompressor(
-            level=ZSTD_LEVEL, write_content_size=True, write_checksum=False
+        parameters = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL,
+            hash_log=_MATCH_TABLE_LOG,
+            min_match=_MIN_MATCH,
+            search_log=1,
+            window_log=_WINDOW_LOG,
+            write_content_size=1,
+            write_checksum=0,
         )
+        compressor = _local.compressor = zstandard.ZstdCompressor(compression_params=parameters)
     return compressor
 
 

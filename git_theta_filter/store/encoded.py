@@ -526,7 +526,7 @@ class EncodingWriter:
             "0" * 64,
             base.oid if base else None,
         )
-        self._pending: deque[tuple[bytes, Future]] = deque()
+        self._pending: deque[tuple[bytes | bytearray, Future]] = deque()
         self._buffer = bytearray()
         self._blocks = 0
         self._canonical: bool | None = None  # decided by the first block
@@ -542,17 +542,24 @@ class EncodingWriter:
         block_size = self._encoded.block_size
         while view:
             if self._canonical:
+                while self._pending:  # blocks read before the decision go first
+                    self._drain_one()
                 self._out.write(view)
                 self._written += len(view)
                 return
+            if not self._buffer and len(view) >= block_size:
+                # A whole block in the caller's buffer: one copy, no accumulation.
+                self._submit(bytes(view[:block_size]))
+                view = view[block_size:]
+                continue
             take = min(len(view), block_size - len(self._buffer))
             self._buffer += view[:take]
             view = view[take:]
             if len(self._buffer) == block_size:
-                self._submit()
+                block, self._buffer = self._buffer, bytearray()
+                self._submit(block)
 
-    def _submit(self, last: bool = False) -> None:
-        block, self._buffer = bytes(self._buffer), bytearray()
+    def _submit(self, block: bytes | bytearray, last: bool = False) -> None:
         index = self._blocks
         self._blocks += 1
         if last and not self._pending:
@@ -561,10 +568,13 @@ class EncodingWriter:
             self._emit(block, self._encode(index, block))
             return
         self._pending.append((block, _workers.submit(self._encode, index, block)))
-        while len(self._pending) > 2 * WORKERS or (self._canonical is None and self._pending):
+        # Blocks are written in order as their encodings finish; the first decides
+        # whether the object is stored canonical, and until then the next blocks
+        # are already being encoded (wasted only for an object stored canonical).
+        while self._pending and (len(self._pending) > 2 * WORKERS or self._pending[0][1].done()):
             self._drain_one()
 
-    def _encode(self, index: int, block: bytes) -> bytes:
+    def _encode(self, index: int, block: bytes | bytearray) -> bytes:
         encoded = self._encoded
         base = None
         if self._base is not None:
@@ -575,7 +585,7 @@ class EncodingWriter:
         block, future = self._pending.popleft()
         self._emit(block, future.result())
 
-    def _emit(self, block: bytes, stored: bytes) -> None:
+    def _emit(self, block: bytes | bytearray, stored: bytes) -> None:
         """Write one encoded block, in order; the first decides whether the object is
         stored canonical."""
         if self._canonical is None:
@@ -595,7 +605,8 @@ class EncodingWriter:
     def finish(self, oid: str) -> None:
         """Encode the last block and write ``oid`` into the header. ``out`` is left at its end."""
         if self._buffer:
-            self._submit(last=True)
+            block, self._buffer = self._buffer, bytearray()
+            self._submit(block, last=True)
         while self._pending:
             self._drain_one()
         if self._canonical is None:  # an empty payload: nothing to encode
