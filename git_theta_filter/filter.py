@@ -20,16 +20,16 @@ import os
 from typing import TYPE_CHECKING
 
 from .clean_cache import CACHED_UP_TO, CleanCache, Prefixed, read_up_to
-from .formats.source import Readable
 from .gitrepo import GitRepo, git_process
-from .lfs_pointer import looks_like_lfs_pointer
 from .manifest import Manifest, ManifestError, looks_like_manifest
-from .smudge import SmudgePlan, prepare_smudge, read_smudge_input
 from .store.local import LocalStore, ObjectMissingError
 
 if TYPE_CHECKING:
+    from .formats.source import Readable
+
     # The remotes and transfers load only when a smudge lacks an object.
     from .on_demand import OnDemandFetcher
+    from .smudge import SmudgePlan
 
 __all__ = ["ThetaFilter", "staged_manifest", "smudge_or_fetch"]
 
@@ -81,6 +81,9 @@ class ThetaFilter:
     ) -> SmudgePlan:
         """``treeish`` is the commit git checks out, when it says (git 2.27+): the remotes
         that have it are asked first for missing objects."""
+        # Imported here: `git add` and `git commit` (clean only) never load the smudge side.
+        from .smudge import SmudgePlan, read_smudge_input
+
         data = read_smudge_input(content, pathname)
         if self.skip_smudge:
             return SmudgePlan(pathname, self.store, None, passthrough=data)
@@ -128,6 +131,9 @@ def smudge_or_fetch(
     ``repo``'s git-lfs storage; where that storage is costs a ``git config``,
     asked only for a pointer, and theta's stores are not asked for it.
     """
+    from .lfs_pointer import looks_like_lfs_pointer
+    from .smudge import prepare_smudge
+
     lfs = repo.lfs_storage() if repo is not None and looks_like_lfs_pointer(content) else None
     try:
         return prepare_smudge(content, store, path, lfs)

@@ -14,12 +14,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ThetaError
-from .lfs_pointer import LfsStorage
 from .store.encoded import MAX_DEPTH
 from .store.local import DEFAULT_MAX_DELTA_DEPTH, LocalStore, StoreSettings
+
+if TYPE_CHECKING:
+    from .lfs_pointer import LfsStorage  # loaded for a pointer only: not on the filter's start
 
 __all__ = [
     "git_stream",
@@ -197,6 +199,9 @@ class GitRepo:
     def discover(cls, cwd: Path | str | None = None) -> GitRepo:
         # Absolute, so that an error names the directory whatever was passed (`gtf.open('.')`).
         where = Path(os.path.abspath(cwd if cwd is not None else os.getcwd()))
+        # One git process (every filter start comes through here): rev-parse prints
+        # each answer in turn, and only --show-toplevel fails outside a work tree
+        # (a bare repository, or inside .git), after the first three are printed.
         result = git_process(
             [
                 "rev-parse",
@@ -204,17 +209,18 @@ class GitRepo:
                 "--git-dir",
                 "--git-common-dir",
                 "--is-bare-repository",
+                "--show-toplevel",
             ],
             cwd=where,
         )
-        if result.returncode != 0:
+        lines = os.fsdecode(result.stdout).splitlines()
+        if result.returncode == 0 and len(lines) == 4:
+            worktree = Path(lines[3]) if lines[2] != "true" else None
+        elif result.returncode != 0 and len(lines) == 3:
+            worktree = None  # only --show-toplevel failed: there is no work tree here
+        else:
             raise NotARepositoryError(where)
-        git_dir, common_dir, bare = os.fsdecode(result.stdout).splitlines()
-        worktree = None
-        if bare != "true":
-            top = run_git(["rev-parse", "--show-toplevel"], cwd=where, check=False).strip()
-            worktree = Path(top) if top else None
-        return cls(Path(git_dir), Path(common_dir), worktree)
+        return cls(Path(lines[0]), Path(lines[1]), worktree)
 
     @property
     def theta_dir(self) -> Path:
@@ -237,6 +243,8 @@ class GitRepo:
 
     def lfs_storage(self) -> LfsStorage:
         """git-lfs's local objects (``lfs.storage``, else ``<common dir>/lfs``)."""
+        from .lfs_pointer import LfsStorage
+
         return LfsStorage.for_git_dirs(
             self.git_dir, self.common_dir, self.config_get("lfs.storage")
         )

@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 
 from .errors import ThetaError
 from .gitrepo import GitRepo, git_process
-from .store.lfs_endpoint import endpoint_from_remote_url, scp_like_parts
 
 __all__ = [
     "LFS_HOOK_NAMES",
@@ -161,6 +160,9 @@ def lfs_endpoint(url: str, base: Path) -> str | None:
 
     Relative paths are taken from ``base``.
     """
+    # Imported here: the hooks check at every filter start needs none of it.
+    from .store.lfs_endpoint import endpoint_from_remote_url, scp_like_parts
+
     if url.startswith("ssh://") or scp_like_parts(url) is not None:
         return url
     if url.startswith("file://"):

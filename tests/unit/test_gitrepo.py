@@ -1,4 +1,4 @@
-"""The repository as the commands see it (gitrepo.py): require_worktree and NoWorkTreeError."""
+"""The repository as the commands see it (gitrepo.py): discover and require_worktree."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from git_theta_filter.gitrepo import GitRepo, NoWorkTreeError, is_git_object_id
+from git_theta_filter.gitrepo import (
+    GitRepo,
+    NotARepositoryError,
+    NoWorkTreeError,
+    is_git_object_id,
+)
 
 
 @pytest.fixture
@@ -29,6 +34,28 @@ def test_require_worktree_in_a_bare_repository_names_what_needed_one(git_env, ba
     assert str(caught.value) == f"{bare}: git theta pull needs a work tree, and there is none here"
     assert caught.value.exit_code == 128
     assert caught.value.hint.endswith(f"`git clone {bare} <directory>`")
+
+
+def test_discover_finds_a_linked_worktree_and_the_common_dir_it_shares(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
+    linked = tmp_path / "linked"
+    git_env.git(repo, "worktree", "add", "-q", str(linked))
+    (linked / "models").mkdir()
+    found = GitRepo.discover(linked / "models")
+    assert found.worktree == linked.resolve()
+    assert found.common_dir == (repo / ".git").resolve()
+    assert found.git_dir == (repo / ".git" / "worktrees" / "linked").resolve()
+
+
+def test_discover_outside_any_repository_names_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    with pytest.raises(NotARepositoryError, match=f"not a git repository: {outside}"):
+        GitRepo.discover(outside)
 
 
 @pytest.mark.parametrize(
