@@ -25,6 +25,8 @@ from .manifest import Manifest, ManifestError, looks_like_manifest
 from .store.local import LocalStore, ObjectMissingError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .formats.source import Readable
 
     # The remotes and transfers load only when a smudge lacks an object.
@@ -42,17 +44,30 @@ class ThetaFilter:
     """Clean and smudge against one repository's store (a :class:`filter_protocol.FilterHandler`).
 
     ``skip_smudge`` checks manifests out as they are (``GIT_THETA_SKIP_SMUDGE=1``);
-    ``fetcher``, when given, fetches the objects a smudge lacks.
+    ``fetcher``, when given, fetches the objects a smudge lacks. ``before_work`` is
+    called once, before the first clean the cache does not answer or the first smudge
+    (the filter process checks its hooks there: a cached clean is the second of an
+    add + commit, whose first already did).
     """
 
     def __init__(
-        self, repo: GitRepo, skip_smudge: bool = False, fetcher: OnDemandFetcher | None = None
+        self,
+        repo: GitRepo,
+        skip_smudge: bool = False,
+        fetcher: OnDemandFetcher | None = None,
+        before_work: Callable[[], object] | None = None,
     ) -> None:
         self.repo = repo
         self.store = repo.store()
         self.skip_smudge = skip_smudge
         self.fetcher = fetcher
         self.cleaned = CleanCache(repo.theta_dir)
+        self._before_work = before_work
+
+    def _start_work(self) -> None:
+        before, self._before_work = self._before_work, None
+        if before is not None:
+            before()
 
     def clean(self, pathname: str, content: Readable) -> bytes:
         """The manifest of ``content``; a file of up to :data:`CACHED_UP_TO` bytes is
@@ -68,6 +83,7 @@ class ThetaFilter:
         return manifest
 
     def _clean(self, pathname: str, content: Readable) -> bytes:
+        self._start_work()
         # Imported here: a clean the cache answers needs no format parser.
         from .clean import clean, expecting_previous
 
@@ -81,6 +97,7 @@ class ThetaFilter:
     ) -> SmudgePlan:
         """``treeish`` is the commit git checks out, when it says (git 2.27+): the remotes
         that have it are asked first for missing objects."""
+        self._start_work()
         # Imported here: `git add` and `git commit` (clean only) never load the smudge side.
         from .smudge import SmudgePlan, read_smudge_input
 

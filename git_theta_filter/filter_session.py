@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .filter import ThetaFilter
     from .formats.source import Readable
+    from .gitrepo import GitRepo
     from .smudge import SmudgePlan
 
-__all__ = ["FilterOnFirstRequest", "start_filter"]
+__all__ = ["FilterOnFirstRequest", "start_filter", "install_missing_hooks"]
 
 
 class FilterOnFirstRequest:
@@ -53,20 +54,26 @@ class FilterOnFirstRequest:
 
 
 def start_filter(resources: contextlib.ExitStack) -> ThetaFilter:
-    """Find the repository, install its hooks if need be, and take the writer lock."""
+    """Find the repository and take the writer lock; its hooks are checked before the
+    first request the clean cache does not answer."""
     from .filter import ThetaFilter
     from .gitrepo import GitRepo
-    from .hooks import hooks_installed, install_hooks
     from .locks import writer_lock
 
     repo = GitRepo.discover()
-    if repo.worktree is not None and not hooks_installed(repo):
-        # As git-lfs does: any repository the filter runs in gets the hooks,
-        # so a fresh clone pushes its tensors with no extra step.
-        for line in install_hooks(repo):
-            print(f"git-theta: {line}", file=sys.stderr)
     # Held for the rest of the process: `git theta gc` waits for us, so objects
     # written by an add in progress are never pruned before the index names them.
     resources.enter_context(writer_lock(repo.theta_dir))
     skip_smudge = os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1"
-    return ThetaFilter(repo, skip_smudge)
+    return ThetaFilter(repo, skip_smudge, before_work=lambda: install_missing_hooks(repo))
+
+
+def install_missing_hooks(repo: GitRepo) -> None:
+    """As git-lfs does: any repository the filter works in gets the hooks, so a fresh
+    clone pushes its tensors with no extra step. (Costs two git processes and the
+    hooks module: skipped for a clean the cache answers, which follows one that ran it.)"""
+    from .hooks import hooks_installed, install_hooks
+
+    if repo.worktree is not None and not hooks_installed(repo):
+        for line in install_hooks(repo):
+            print(f"git-theta: {line}", file=sys.stderr)

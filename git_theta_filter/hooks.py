@@ -101,8 +101,11 @@ def hooks_installed(repo: GitRepo) -> bool:
 
 def _stand_in_for_lfs(repo: GitRepo) -> bool:
     """Whether we fill git-lfs's hook slots: the repository uses it, and git-lfs is here
-    to run (a clone without it gets no hooks that would fail every checkout)."""
-    return lfs_in_use(repo) and git_lfs_available()
+    to run (a clone without it gets no hooks that would fail every checkout).
+
+    PATH is searched first: where git-lfs is not installed, the check at every
+    filter start costs no ``git config`` process."""
+    return git_lfs_available() and lfs_in_use(repo)
 
 
 def _tracked_hooks_dir(repo: GitRepo, hooks: Path) -> str | None:

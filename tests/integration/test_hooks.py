@@ -138,6 +138,18 @@ def test_hooks_fresh_clone_gets_the_hook_when_the_filter_runs(
     assert remote_ref(git_env, remote) == head
 
 
+def test_hooks_a_repository_gets_the_hook_at_its_first_add(git_env, tmp_path: Path) -> None:
+    """`git theta install --global` then `git init`: no `track` ran here, so the filter
+    installs the hook before its first clean (a clean the cache answers skips the check)."""
+    repo = tmp_path / "plain"
+    git_env.run("git", "init", "-q", str(repo))
+    (repo / ".gitattributes").write_text("*.pth filter=theta diff=theta merge=theta -text\n")
+    save(mlp_checkpoint(0), repo / "model.pth")
+    result = git_env.run("git", "add", "model.pth", cwd=repo)
+    assert "git-theta: installed pre-push hook" in result.stderr.decode()
+    assert_our_hook(repo / ".git" / "hooks")
+
+
 def test_hooks_pre_push_refuses_when_an_object_is_missing(
     git_env, repo: Path, tmp_path: Path
 ) -> None:
