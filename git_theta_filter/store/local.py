@@ -173,7 +173,8 @@ class LocalStore:
             # Manifests are parsed strictly, but this is the last line of
             # defence against an oid like "../../etc/passwd".
             raise ThetaError(f"invalid object id {oid!r}")
-        return self.objects_dir / oid[0:2] / oid[2:4] / oid
+        # One Path from a string: a clean of thousands of small tensors looks up each.
+        return Path(f"{self.objects_dir}/{oid[0:2]}/{oid[2:4]}/{oid}")
 
     def has(self, oid: str) -> bool:
         return self.object_path(oid).is_file() or self._find_packed(oid) is not None
@@ -239,8 +240,14 @@ class LocalStore:
             changed = True
         return changed
 
-    def _find_packed(self, oid: str) -> tuple[int, int, int, Path] | None:
-        """(file, offset, length, pack) of a packed copy of ``oid``, or None."""
+    def _find_packed(
+        self, oid: str, look_for_new_packs: bool = True
+    ) -> tuple[int, int, int, Path] | None:
+        """(file, offset, length, pack) of a packed copy of ``oid``, or None.
+
+        A miss looks again for packs that appeared since the last look (a stat
+        of the packs directory), unless ``look_for_new_packs`` is False.
+        """
         writer = self._pack_writer
         if writer is not None and (entry := writer.find(oid)) is not None:
             return writer.fd, entry[0], entry[1], self.tmp_dir
@@ -250,7 +257,7 @@ class LocalStore:
             for path, (index, fd) in self._packs.items():
                 if (entry := index.find(oid)) is not None:
                     return fd, entry[0], entry[1], path
-            if not self._refresh_packs():
+            if not look_for_new_packs or not self._refresh_packs():
                 return None
         return None
 
@@ -379,7 +386,10 @@ class LocalStore:
     ) -> None:
         """Store a small object from memory: into the pack being written, or loose."""
         damaged = False
-        if self.has(oid):
+        # Packs another process finished since this one last looked are not looked
+        # for: missing one costs a second copy of a small object, which repack drops,
+        # while looking costs a stat per object of a file with thousands of them.
+        if self.object_path(oid).is_file() or self._find_packed(oid, look_for_new_packs=False):
             if self._holds(oid):  # small: decoding it costs little
                 self.freshen(oid)
                 return

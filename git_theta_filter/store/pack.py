@@ -47,6 +47,8 @@ _PACK_HEADER = struct.Struct("<4sB3x")
 _INDEX_HEADER = struct.Struct("<4sB3xI")
 _RECORD = struct.Struct("<32sQQ")
 _TRAILER = 64
+# The pack being written is written out in pieces of about this size.
+_WRITE_FROM = 1 << 20
 # An index larger than this was not written by us (it would list 20 million objects).
 MAX_INDEX_BYTES = 1 << 30
 _INDEX_NAME = re.compile(r"pack-[0-9a-f]{64}\.idx\Z")
@@ -165,6 +167,9 @@ class PackWriter:
         self._hash = hashlib.sha256()
         self._entries: dict[str, tuple[int, int]] = {}
         self._size = 0
+        # Appended bytes not yet written: thousands of small objects a clean cost a
+        # write each otherwise (a fifth of the clean of 6,000 tensors of 16 KB).
+        self._unwritten = bytearray()
         try:
             self._append(_PACK_HEADER.pack(PACK_MAGIC, VERSION))
         except BaseException:
@@ -172,9 +177,16 @@ class PackWriter:
             raise
 
     def _append(self, data: bytes) -> None:
-        fileio.write_all(self._file, data)
+        self._unwritten += data
         self._hash.update(data)
         self._size += len(data)
+        if len(self._unwritten) >= _WRITE_FROM:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        if self._unwritten:
+            fileio.write_all(self._file, self._unwritten)
+            self._unwritten = bytearray()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -190,7 +202,11 @@ class PackWriter:
             self._append(stored)
 
     def find(self, oid: str) -> tuple[int, int] | None:
-        return self._entries.get(oid)
+        """(offset, length) of an object added, readable through :attr:`fd` once this returns."""
+        entry = self._entries.get(oid)
+        if entry is not None:
+            self._write_out()
+        return entry
 
     def oids(self) -> list[str]:
         return list(self._entries)
@@ -204,6 +220,7 @@ class PackWriter:
                 _RECORD.pack(bytes.fromhex(oid), offset, length)
                 for oid, (offset, length) in sorted(self._entries.items())
             )
+            self._write_out()
             pack_sha256 = self._hash.digest()
             index = _INDEX_HEADER.pack(INDEX_MAGIC, VERSION, len(self._entries)) + records
             index += pack_sha256
