@@ -65,9 +65,10 @@ class ThetaFilter:
         self._before_work = before_work
 
     def _start_work(self) -> None:
-        before, self._before_work = self._before_work, None
-        if before is not None:
-            before()
+        # Asked again until it succeeds: while it fails, each request that works fails.
+        if self._before_work is not None:
+            self._before_work()
+            self._before_work = None
 
     def clean(self, pathname: str, content: Readable) -> bytes:
         """The manifest of ``content``; a file of up to :data:`CACHED_UP_TO` bytes is

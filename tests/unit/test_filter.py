@@ -74,6 +74,28 @@ def test_filter_cleans_and_smudges_a_file_back_byte_for_byte(theta_repo: GitRepo
     assert rebuild(handler.prepare_smudge("model.safetensors", io.BytesIO(manifest))) == data
 
 
+def test_filter_runs_before_work_once_before_a_clean_the_cache_does_not_answer(
+    theta_repo: GitRepo,
+) -> None:
+    calls = []
+
+    def before_work() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise OSError("hooks directory not writable")
+
+    handler = ThetaFilter(theta_repo, before_work=before_work)
+    with pytest.raises(OSError, match="not writable"):
+        handler.clean("model.safetensors", io.BytesIO(model_bytes(0)))
+    manifest = handler.clean("model.safetensors", io.BytesIO(model_bytes(0)))  # asked again
+    assert calls == [0, 1]
+    handler.clean("model.safetensors", io.BytesIO(model_bytes(1)))
+    assert calls == [0, 1]  # once it succeeded, never again
+    cached = ThetaFilter(theta_repo, before_work=lambda: calls.append("cached"))
+    assert cached.clean("model.safetensors", io.BytesIO(model_bytes(0))) == manifest
+    assert calls == [0, 1]  # a clean the cache answers does no work
+
+
 def test_filter_with_skip_smudge_checks_the_manifest_out_as_it_is(theta_repo: GitRepo) -> None:
     manifest = ThetaFilter(theta_repo).clean("model.safetensors", io.BytesIO(model_bytes(0)))
     skipping = ThetaFilter(theta_repo, skip_smudge=True)
