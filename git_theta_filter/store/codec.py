@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from ..errors import ThetaError
@@ -45,6 +45,8 @@ __all__ = [
     "join_planes",
     "encode_block",
     "decode_block",
+    "decode_records",
+    "plane_records",
     "decode_block_bytes",
     "block_uses_base",
 ]
@@ -75,7 +77,8 @@ _WINDOW_LOG = 17  # a plane of a 1 MiB block is at most 1 MiB; matches are short
 _SAMPLE = 16 << 10
 _PLANE_RECORD = struct.Struct("<BI")  # mode, stored length
 
-BasePlanes = Callable[[], "np.ndarray"]
+# The base's planes of a block, given which of them must hold data.
+BasePlanes = Callable[[frozenset[int]], "np.ndarray"]
 
 
 class BlockFormatError(ThetaError):
@@ -113,9 +116,37 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return decompressor
 
 
+# glibc's malloc gives each buffer above its (adaptive) threshold fresh pages from
+# mmap and returns them when freed: every block's planes, frames and joined bytes
+# were then page-faulted anew, a fifth of a chain's decoding time. Buffers up to
+# twice a block come from the heap instead, which keeps up to 16 MiB free for reuse.
+_MMAP_THRESHOLD = 2 << 20
+_TRIM_THRESHOLD = 16 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers in glibc
+_allocator_tuned = False
+
+
+def _tune_allocator() -> None:
+    """Keep block-sized buffers on the heap (glibc only; elsewhere nothing changes)."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+
+
 def split_planes(block: bytes | bytearray | memoryview, width: int) -> np.ndarray:
     """A ``(width, len(block) // width)`` array: row ``k`` is byte ``k`` of every element."""
     import numpy as np
+
+    _tune_allocator()
 
     data = np.frombuffer(block, dtype=np.uint8)
     if width == 1:
@@ -201,26 +232,50 @@ def encode_block(
     return b"".join(parts)
 
 
-def _plane_records(data: memoryview, width: int, plane_size: int):
-    """(mode, stored bytes) of each plane, checked against the block's bounds."""
+# Reads ``size`` stored bytes at ``offset`` of a block.
+ReadAt = Callable[[int, int], "bytes | memoryview"]
+
+
+def plane_records(
+    read: ReadAt,
+    block_length: int,
+    width: int,
+    plane_size: int,
+    wanted: Collection[int] | None = None,
+) -> list[tuple[int, bytes | memoryview | None]]:
+    """(mode, stored bytes) of each plane of a block of ``block_length`` stored bytes,
+    checked against the block's bounds. Only the planes in ``wanted`` (default: all)
+    have their bytes read; the others' are None. So a delta's base gives up only the
+    planes the delta refers to.
+    """
+    records: list[tuple[int, bytes | memoryview | None]] = []
     position = 0
-    for _ in range(width):
-        if position + _PLANE_RECORD.size > len(data):
+    for k in range(width):
+        if position + _PLANE_RECORD.size > block_length:
             raise BlockFormatError("block ends inside a plane record")
-        mode, length = _PLANE_RECORD.unpack_from(data, position)
+        mode, length = _PLANE_RECORD.unpack(read(position, _PLANE_RECORD.size))
         position += _PLANE_RECORD.size
         if mode > MODE_SAME:
             raise BlockFormatError(f"unknown plane mode {mode}")
-        if position + length > len(data):
+        if position + length > block_length:
             raise BlockFormatError("plane data runs past the end of the block")
         if mode == MODE_RAW and length != plane_size:
             raise BlockFormatError(f"raw plane of {length} bytes, expected {plane_size}")
         if mode == MODE_SAME and length:
             raise BlockFormatError("a 'same' plane carries data")
-        yield mode, data[position : position + length]
+        wanted_here = wanted is None or k in wanted
+        records.append((mode, read(position, length) if wanted_here else None))
         position += length
-    if position != len(data):
-        raise BlockFormatError(f"{len(data) - position} bytes after the last plane")
+    if position != block_length:
+        raise BlockFormatError(f"{block_length - position} bytes after the last plane")
+    return records
+
+
+def _plane_records(data: memoryview, width: int, plane_size: int):
+    """:func:`plane_records` of a block held in memory."""
+    return plane_records(
+        lambda offset, size: data[offset : offset + size], len(data), width, plane_size
+    )
 
 
 def block_uses_base(data: bytes | bytearray | memoryview, width: int, size: int) -> bool:
@@ -257,36 +312,60 @@ def decode_block(
 ) -> np.ndarray:
     """The planes of a block of ``size`` payload bytes stored as ``data``.
 
-    ``base`` returns the base's planes of the same block; it is called only
-    if a plane needs them, and at most once. Raises :class:`BlockFormatError`
-    for anything that does not follow the format.
+    ``base`` returns the base's planes of the same block (see
+    :func:`decode_records`). Raises :class:`BlockFormatError` for anything
+    that does not follow the format.
     """
-    import numpy as np
-
     if width not in WIDTHS or size % width:
         raise BlockFormatError(f"a block of {size} bytes cannot have {width} planes")
     plane_size = size // width
-    planes = np.empty((width, plane_size), dtype=np.uint8)
+    return decode_records(_plane_records(memoryview(data), width, plane_size), plane_size, base)
+
+
+def decode_records(
+    records: list[tuple[int, bytes | memoryview | None]],
+    plane_size: int,
+    base: BasePlanes | None = None,
+    wanted: Collection[int] | None = None,
+) -> np.ndarray:
+    """The planes of a block from its :func:`plane_records`, ``plane_size`` bytes each.
+
+    Only the planes in ``wanted`` (default: all; their bytes must have been
+    read) are decoded; the other rows are left undefined. ``base`` returns
+    the base's planes of the same block, given the set of planes it must
+    fill: those of ``wanted`` stored against the base. It is called only if
+    there are any, and at most once. So a chain of deltas decodes, at each
+    depth, only the planes a later version refers to: the noisy low bytes of
+    floats, stored raw at every depth, are read once, from the top.
+    """
+    import numpy as np
+
+    _tune_allocator()
+    width = len(records)
+    chosen = range(width) if wanted is None else sorted(wanted)
+    from_base = frozenset(k for k in chosen if records[k][0] in (MODE_XOR_ZSTD, MODE_SAME))
     base_planes: np.ndarray | None = None
-    for k, (mode, stored) in enumerate(_plane_records(memoryview(data), width, plane_size)):
+    if from_base:
+        if base is None:
+            raise BlockFormatError("a plane refers to a base, but the object has none")
+        base_planes = base(from_base)
+    planes = np.empty((width, plane_size), dtype=np.uint8)
+    if base_planes is not None and base_planes.shape != planes.shape:
+        raise BlockFormatError(f"base planes {base_planes.shape} do not match {planes.shape}")
+    for k in chosen:
+        mode, stored = records[k]
+        assert stored is not None
         if mode == MODE_RAW:
             planes[k] = np.frombuffer(stored, dtype=np.uint8)
         elif mode == MODE_ZSTD:
             planes[k] = np.frombuffer(_decompressed(stored, plane_size), dtype=np.uint8)
+        elif mode == MODE_SAME:
+            assert base_planes is not None
+            planes[k] = base_planes[k]
         else:
-            if base is None:
-                raise BlockFormatError("a plane refers to a base, but the object has none")
-            if base_planes is None:
-                base_planes = base()
-                if base_planes.shape != planes.shape:
-                    raise BlockFormatError(
-                        f"base planes {base_planes.shape} do not match {planes.shape}"
-                    )
-            if mode == MODE_SAME:
-                planes[k] = base_planes[k]
-            else:
-                planes[k] = np.frombuffer(_decompressed(stored, plane_size), dtype=np.uint8)
-                np.bitwise_xor(planes[k], base_planes[k], out=planes[k])
+            assert base_planes is not None
+            delta = np.frombuffer(_decompressed(stored, plane_size), dtype=np.uint8)
+            np.bitwise_xor(delta, base_planes[k], out=planes[k])
     return planes
 
 

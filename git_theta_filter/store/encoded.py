@@ -38,8 +38,10 @@ from .codec import (
     BlockFormatError,
     decode_block,
     decode_block_bytes,
+    decode_records,
     encode_block,
     join_planes,
+    plane_records,
     split_planes,
 )
 from .integrity import ObjectCorruptError
@@ -273,7 +275,13 @@ class StoredObject:
 
     # -- blocks ----------------------------------------------------------------
     def _block_bytes(self, index: int) -> bytes:
-        """The stored bytes of block ``index``, found by walking the block lengths."""
+        """The stored bytes of block ``index``."""
+        start, length = self._block_extent(index)
+        return self._pread(start, length)
+
+    def _block_extent(self, index: int) -> tuple[int, int]:
+        """Where block ``index``'s plane records start, and their length, found by walking
+        the block lengths."""
         assert self.encoded is not None
         last = self.encoded.block_count - 1
         with self._lock:
@@ -288,7 +296,7 @@ class StoredObject:
                     raise ObjectFormatError(self.oid, "bytes after the last block")
                 offsets.append(end)
             start, end = offsets[index], offsets[index + 1]
-        return self._pread(start + _BLOCK_LENGTH.size, end - start - _BLOCK_LENGTH.size)
+        return start + _BLOCK_LENGTH.size, end - start - _BLOCK_LENGTH.size
 
     def base(self) -> StoredObject:
         """The delta's base, opened and checked the first time a block needs it."""
@@ -337,18 +345,32 @@ class StoredObject:
             os.close(self._fd)
             self._fd = -1
 
-    def planes(self, index: int, width: int, block_size: int) -> np.ndarray:
-        """The payload block ``index`` of ``block_size`` bytes, split into ``width`` planes."""
+    def planes(
+        self, index: int, width: int, block_size: int, wanted: frozenset[int] | None = None
+    ) -> np.ndarray:
+        """The payload block ``index`` of ``block_size`` bytes, split into ``width`` planes;
+        only the rows in ``wanted`` (default: all) are sure to be filled."""
         encoded = self.encoded
         if encoded is not None and (encoded.width, encoded.block_size) == (width, block_size):
             if not 0 <= index < encoded.block_count:
                 raise ObjectFormatError(self.oid, f"no block {index}")
             try:
-                return decode_block(
-                    self._block_bytes(index),
+                start, length = self._block_extent(index)
+                plane_size = encoded.block_span(index) // width
+                # Only the wanted planes' bytes are read: down a chain of deltas, the planes
+                # every version stores raw (the low bytes of floats) are not read at all.
+                records = plane_records(
+                    lambda offset, size: self._pread(start + offset, size),
+                    length,
                     width,
-                    encoded.block_span(index),
-                    lambda: self.base().planes(index, width, block_size),
+                    plane_size,
+                    wanted,
+                )
+                return decode_records(
+                    records,
+                    plane_size,
+                    lambda needed: self.base().planes(index, width, block_size, needed),
+                    wanted,
                 )
             except BlockFormatError as exc:
                 raise ObjectFormatError(self.oid, f"block {index}: {exc}") from None
@@ -390,9 +412,9 @@ class StoredObject:
         except BlockFormatError as exc:
             raise ObjectFormatError(self.oid, f"block {index}: {exc}") from None
 
-    def _base_planes(self, index: int) -> np.ndarray:
+    def _base_planes(self, index: int, needed: frozenset[int]) -> np.ndarray:
         assert self.encoded is not None
-        return self.base().planes(index, self.encoded.width, self.encoded.block_size)
+        return self.base().planes(index, self.encoded.width, self.encoded.block_size, needed)
 
 
 class ObjectReader(io.RawIOBase):

@@ -135,6 +135,7 @@ class LocalStore:
     ) -> None:
         self.theta_dir = Path(theta_dir)
         self.objects_dir = self.theta_dir / "objects"
+        self._objects_root = os.fspath(self.objects_dir)
         self.packs_dir = self.theta_dir / "packs"
         self.tmp_dir = self.theta_dir / "tmp"
         self._settings_source = settings
@@ -169,12 +170,17 @@ class LocalStore:
 
     def object_path(self, oid: str) -> Path:
         """Where ``oid``'s loose object is (or would be)."""
+        return Path(self._loose_path(oid))
+
+    def _loose_path(self, oid: str) -> str:
+        """:meth:`object_path` as a string: a clean or a checkout of thousands of small
+        tensors looks up each, and a Path costs more than the failed open() that
+        usually follows."""
         if not is_valid_oid(oid):
             # Manifests are parsed strictly, but this is the last line of
             # defence against an oid like "../../etc/passwd".
             raise ThetaError(f"invalid object id {oid!r}")
-        # One Path from a string: a clean of thousands of small tensors looks up each.
-        return Path(f"{self.objects_dir}/{oid[0:2]}/{oid[2:4]}/{oid}")
+        return f"{self._objects_root}/{oid[0:2]}/{oid[2:4]}/{oid}"
 
     def has(self, oid: str) -> bool:
         return self.object_path(oid).is_file() or self._find_packed(oid) is not None
@@ -518,7 +524,7 @@ class LocalStore:
         """
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.object_path(oid), flags)
+            fd = os.open(self._loose_path(oid), flags)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -101,6 +101,16 @@ def _bounded_int(digits: str) -> int:
     return int(digits)
 
 
+# Headers already validated, by their exact bytes: a checkout of thousands of small
+# tensors opens objects whose headers are mostly the same few, and the JSON parse
+# was most of the cost of opening one. Only short headers (all of ours but those
+# of tensors with dozens of dimensions) are kept, and the whole is cleared when
+# full, so it stays under a megabyte.
+_VALID_HEADERS: dict[bytes, ObjectHeader] = {}
+_MAX_VALID_HEADERS = 1024
+_MAX_REMEMBERED_HEADER = 1024
+
+
 def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
     """Validate a header given the first bytes of the object and its total size."""
     if len(prefix) < 8:
@@ -112,6 +122,24 @@ def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
         )
     if len(prefix) < 8 + length:
         raise ObjectFormatError(oid, "header runs past the end of the file")
+    key = bytes(prefix[: 8 + length])
+    header = _VALID_HEADERS.get(key)
+    if header is None:
+        header = _parse_header_json(oid, key, length)
+        if length <= _MAX_REMEMBERED_HEADER:
+            if len(_VALID_HEADERS) >= _MAX_VALID_HEADERS:
+                _VALID_HEADERS.clear()
+            _VALID_HEADERS[key] = header
+    if 8 + length + header.nbytes != file_size:
+        raise ObjectFormatError(
+            oid, f"file is {file_size} bytes, header says {8 + length + header.nbytes}"
+        )
+    return header
+
+
+def _parse_header_json(oid: str, prefix: bytes, length: int) -> ObjectHeader:
+    """The header whose ``length`` bytes of JSON follow the length field in ``prefix``,
+    checked against everything but the file's size."""
     try:
         header = json.loads(prefix[8 : 8 + length], parse_int=_bounded_int)
     except _LongInteger:
@@ -143,10 +171,6 @@ def parse_header_bytes(oid: str, prefix: bytes, file_size: int) -> ObjectHeader:
     if begin != 0 or end != nbytes:
         raise ObjectFormatError(
             oid, f"data_offsets {offsets} disagree with {dtype}{shape} ({nbytes} bytes)"
-        )
-    if 8 + length + nbytes != file_size:
-        raise ObjectFormatError(
-            oid, f"file is {file_size} bytes, header says {8 + length + nbytes}"
         )
     return ObjectHeader(dtype, tuple(shape), 8 + length, nbytes)
 

@@ -111,7 +111,7 @@ class PackIndex:
         self.pack_sha256 = data[-64:-32].hex()
         if pack.name != f"pack-{self.pack_sha256}.pack":
             raise PackError(pack, "name does not match the checksum in its index")
-        self._data = memoryview(data)
+        self._data = data
         self.count = count
         pack_size = os.stat(pack).st_size
         previous = b""
@@ -131,11 +131,16 @@ class PackIndex:
     def find(self, oid: str) -> tuple[int, int] | None:
         """(offset, length) of the object's entry, or None."""
         key = bytes.fromhex(oid)
+        data = self._data
         low, high = 0, self.count
         while low < high:
+            # Compares slices of the index itself: a checkout of thousands of small
+            # objects looks each one up, and unpacking every probed record cost more.
             middle = (low + high) // 2
-            found, offset, length = self._record(middle)
+            start = _INDEX_HEADER.size + middle * _RECORD.size
+            found = data[start : start + 32]
             if found == key:
+                _, offset, length = _RECORD.unpack_from(data, start)
                 return offset, length
             if found < key:
                 low = middle + 1

@@ -16,8 +16,10 @@ from git_theta_filter.store.codec import (
     BlockFormatError,
     block_uses_base,
     decode_block,
+    decode_records,
     encode_block,
     join_planes,
+    plane_records,
     split_planes,
 )
 
@@ -64,7 +66,7 @@ def test_encode_block_round_trips_against_a_base(case) -> None:
     width, data, base = case
     base_planes = split_planes(base, width)
     stored = encode_block(data, width, base_planes)
-    decoded = decode_block(stored, width, len(data), lambda: base_planes)
+    decoded = decode_block(stored, width, len(data), lambda needed: base_planes)
     assert bytes(join_planes(decoded)) == data
 
 
@@ -126,3 +128,33 @@ def test_a_frame_without_a_content_size_is_refused() -> None:
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"abcd")
     with pytest.raises(BlockFormatError, match="declares 18446744073709551615 bytes, expected 4"):
         decode_block(_record(MODE_ZSTD, frame), 1, 4)
+
+
+def test_a_malformed_plane_is_refused_even_when_only_another_is_wanted() -> None:
+    stored = _record(9, b"ab") + _record(MODE_RAW, b"cd")
+    with pytest.raises(BlockFormatError, match="unknown plane mode 9"):
+        plane_records(lambda offset, size: stored[offset : offset + size], len(stored), 2, 2, {1})
+
+
+def test_only_wanted_planes_are_read_and_decoded_and_the_base_is_asked_for_those() -> None:
+    base = np.arange(4096, dtype=np.uint8).tobytes()
+    block = bytes(np.frombuffer(base, np.uint8) ^ np.tile(np.array([0, 0, 1, 7], np.uint8), 1024))
+    stored = encode_block(block, 4, split_planes(base, 4))
+    reads: list[tuple[int, int]] = []
+
+    def read(offset: int, size: int) -> bytes:
+        reads.append((offset, size))
+        return stored[offset : offset + size]
+
+    records = plane_records(read, len(stored), 4, 1024, {3})
+    assert [data is None for _mode, data in records] == [True, True, True, False]
+    assert max(size for _offset, size in reads) == len(records[3][1])  # no other plane's bytes
+    asked: list[frozenset[int]] = []
+
+    def base_planes(needed: frozenset[int]) -> np.ndarray:
+        asked.append(needed)
+        return split_planes(base, 4)
+
+    planes = decode_records(records, 1024, base_planes, {3})
+    assert asked == [frozenset({3})]
+    assert bytes(planes[3]) == bytes(split_planes(block, 4)[3])

@@ -291,3 +291,12 @@ def test_iter_oids_skips_stray_files(store: LocalStore, stray: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not an object")
     assert list(store.iter_oids()) == [oid]
+
+
+def test_a_header_validated_before_is_still_checked_against_the_file_size() -> None:
+    header = encode_header("F32", (4,), 16)
+    assert parse_header_bytes(OID, header, len(header) + 16).nbytes == 16
+    # The second parse finds the header among those already validated: the size
+    # check must not be skipped with the JSON parse.
+    with pytest.raises(ObjectFormatError, match="header says"):
+        parse_header_bytes(OID, header, len(header) + 15)
