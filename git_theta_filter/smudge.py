@@ -3,7 +3,10 @@
 Before the first byte is sent, every object is checked to exist with the
 payload length the manifest expects, so a missing object fails cleanly. While
 streaming, the output is hashed; a size or sha256 that differs from the
-manifest's is an error, never a silently wrong file. :func:`write_atomically`
+manifest's is an error, never a silently wrong file: that whole-file check is
+what verifies every byte handed out, so objects are not hashed one by one.
+Objects in packs, checked before the first byte, stay open for the write
+instead of being looked up again. :func:`write_atomically`
 puts a rebuilt file in the work tree whole or not at all.
 """
 
@@ -14,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ThetaError
@@ -22,6 +25,7 @@ from .formats.layout import read_skeleton, write_spliced
 from .formats.source import Readable
 from .lfs_pointer import LfsObjectMissingError, LfsPointer, LfsStorage, parse_lfs_pointer
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
+from .store.encoded import StoredObject
 from .store.local import LocalStore, on_refused_write
 from .store.object_format import ObjectFormatError
 
@@ -37,6 +41,9 @@ __all__ = [
 
 Write = Callable[[memoryview], object]
 _READ_CHUNK = 1 << 20
+# Checked pack entries kept open between the check and the write: a few hundred
+# bytes each, so a manifest of any size costs at most a few megabytes.
+_MAX_KEPT_OPEN = 10_000
 
 
 class ManifestTooLargeError(ManifestError):
@@ -89,6 +96,7 @@ class SmudgePlan:
     passthrough: bytes = b""
     skeleton: bytes = b""
     lfs_object: tuple[LfsStorage, LfsPointer] | None = None
+    opened: dict[str, StoredObject] = field(default_factory=dict)
 
     def write(self, write: Write) -> None:
         if self.lfs_object is not None:
@@ -107,7 +115,19 @@ class SmudgePlan:
             written += len(chunk)
             write(chunk)
 
-        write_spliced(self.skeleton, self.manifest.splices, self.store, hashed_write, self.path)
+        try:
+            write_spliced(
+                self.skeleton,
+                self.manifest.splices,
+                self.store,
+                hashed_write,
+                self.path,
+                self.opened,
+            )
+        finally:
+            for stored in self.opened.values():
+                stored.close()
+            self.opened.clear()
         got = digest.hexdigest()
         if written != self.manifest.size or got != self.manifest.sha256:
             raise SmudgeVerificationError(self.path, self.manifest.sha256, got)
@@ -134,13 +154,23 @@ def prepare_smudge(
     manifest = Manifest.parse(content)
     skeleton = read_skeleton(store, manifest, path)
     lengths = {s.oid: s.length for s in manifest.splices}
+    opened: dict[str, StoredObject] = {}
     for oid in sorted(lengths):
-        header = store.check_readable(oid, path)
-        if header.nbytes != lengths[oid]:
+        stored = store.open_readable(oid, path)
+        if stored.header.nbytes != lengths[oid]:
+            stored.close()
             raise ObjectFormatError(
-                oid, f"payload is {header.nbytes} bytes, the manifest of {path} says {lengths[oid]}"
+                oid,
+                f"payload is {stored.header.nbytes} bytes, the manifest of {path} says "
+                f"{lengths[oid]}",
             )
-    return SmudgePlan(path, store, manifest, skeleton=skeleton)
+        # Pack entries stay open for the write (a file of thousands of small tensors
+        # looked each one up twice); loose objects would each hold a file descriptor.
+        if stored.owns_file or len(opened) >= _MAX_KEPT_OPEN:
+            stored.close()
+        else:
+            opened[oid] = stored
+    return SmudgePlan(path, store, manifest, skeleton=skeleton, opened=opened)
 
 
 class WorkTreeWriteError(ThetaError):

@@ -19,11 +19,12 @@ import bisect
 import io
 import itertools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice
+from ..store.encoded import ObjectReader, StoredObject
 from ..store.local import COPY_CHUNK, LocalStore
 from ..store.object_format import ObjectFormatError
 
@@ -85,8 +86,13 @@ def write_spliced(
     store: LocalStore,
     write: Callable[[memoryview], object],
     path: str | None = None,
+    opened: Mapping[str, StoredObject] | None = None,
 ) -> None:
-    """Stream the file: skeleton bytes up to each splice, then that object's payload."""
+    """Stream the file: skeleton bytes up to each splice, then that object's payload.
+
+    ``opened`` holds objects the caller has already opened and checked (pack
+    entries: they hold no file), read from there instead of being looked up again.
+    """
     view = memoryview(skeleton)
     cursor = 0  # offset in the file
     taken = 0  # bytes of the skeleton already written
@@ -96,7 +102,7 @@ def write_spliced(
         if gap:
             write(view[taken : taken + gap])
             taken += gap
-        _write_payload(store, splice, write, buffer, path)
+        _write_payload(store, splice, write, buffer, path, opened)
         cursor = splice.end
     if taken < len(view):
         write(view[taken:])
@@ -129,10 +135,24 @@ def _write_payload(
     write: Callable[[memoryview], object],
     buffer: bytearray,
     path: str | None,
+    opened: Mapping[str, StoredObject] | None,
 ) -> None:
     # The caller checks a hash over every byte it writes (smudge: the whole
     # file's sha256), so the object's own hash is not computed a second time.
-    file, header = store.open_object(splice.oid, path, verify=False)
+    stored = opened.get(splice.oid) if opened else None
+    if stored is not None:
+        if stored.header.nbytes != splice.length:
+            raise ObjectFormatError(
+                splice.oid,
+                f"payload is {stored.header.nbytes} bytes, the manifest says {splice.length}",
+            )
+        if stored.encoded is not None and stored.encoded.block_count == 1:
+            # A small object is one block: written as decoded, without a reader around it.
+            write(memoryview(stored.decoded_block(0)))
+            return
+        file, header = ObjectReader(stored, verify=False), stored.header
+    else:
+        file, header = store.open_object(splice.oid, path, verify=False)
     with file:
         if header.nbytes != splice.length:
             raise ObjectFormatError(

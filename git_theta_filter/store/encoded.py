@@ -335,12 +335,22 @@ class StoredObject:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Close the file if this object owns it, and the bases it opened."""
+    @property
+    def owns_file(self) -> bool:
+        """Whether this object holds a file descriptor of its own (a loose object does)."""
+        return self._owns_fd
+
+    def drop_bases(self) -> None:
+        """Close the bases opened so far; a block that needs one opens it again."""
         with self._lock:
             base, self._base = self._base, None
         if base is not None:
             base.close()
+
+    def close(self) -> None:
+        """Close the file if this object owns it, and the bases it opened. An object that
+        does not own its file (a pack entry) can still be read afterwards."""
+        self.drop_bases()
         if self._owns_fd and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -566,6 +566,15 @@ class LocalStore:
         or an :class:`ObjectFormatError` (a missing or unusable delta base
         among them) naming the object.
         """
+        with self.open_readable(oid, path) as stored:
+            return stored.header
+
+    def open_readable(self, oid: str, path: str | None = None) -> StoredObject:
+        """The stored object, checked as :meth:`check_readable` says; the caller closes it.
+
+        The bases the check opened are closed again, so only a loose object
+        holds a file descriptor.
+        """
         stored = self.open_stored(oid)
         if stored is None:
             raise ObjectMissingError(oid, path)
@@ -573,9 +582,11 @@ class LocalStore:
             link = stored
             while link.base_oid is not None:
                 link = link.base()
-            return stored.header
-        finally:
+        except BaseException:
             stored.close()
+            raise
+        stored.drop_bases()
+        return stored
 
     def canonical_size(self, oid: str) -> int | None:
         """Bytes of the object's canonical form, or None if it is not here."""

@@ -14,8 +14,10 @@ import torch
 from helpers import loose_object, mlp_checkpoint, sha256_bytes
 from safetensors.torch import save as safetensors_save
 
+from git_theta_filter import smudge
 from git_theta_filter.clean import clean
-from git_theta_filter.manifest import Manifest, ManifestError
+from git_theta_filter.formats.layout import write_spliced
+from git_theta_filter.manifest import Manifest, ManifestError, Splice
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
 from git_theta_filter.store.local import LocalStore, ObjectMissingError
 from git_theta_filter.store.object_format import ObjectFormatError
@@ -358,3 +360,47 @@ def test_truncated_safetensors_header_is_stored_opaque_whole(store: LocalStore, 
     assert Manifest.parse(out).format == "opaque"
     assert len(warnings) == 1 and "stored as one opaque object" in warnings[0]
     assert do_smudge(store, out) == data
+
+
+def test_smudge_reads_checked_pack_entries_without_looking_them_up_again(
+    store: LocalStore, checkpoint_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest_bytes, _ = do_clean(store, checkpoint_bytes)
+    manifest = Manifest.parse(manifest_bytes)
+    loose = manifest.splices[0].oid
+    loose_object(store, loose)
+    plan = prepare_smudge(manifest_bytes, store, "model.pth")
+    # Pack entries hold no file descriptor; a loose object would, so it is closed.
+    assert set(plan.opened) == {s.oid for s in manifest.splices} - {loose}
+    assert not any(stored.owns_file for stored in plan.opened.values())
+    looked_up = []
+    open_loose = store._open_loose
+    monkeypatch.setattr(store, "_open_loose", lambda oid: looked_up.append(oid) or open_loose(oid))
+    out = bytearray()
+    plan.write(out.extend)
+    assert bytes(out) == checkpoint_bytes
+    assert looked_up == [loose]  # only the loose object is opened again
+    assert plan.opened == {}
+
+
+def test_smudge_keeps_a_bounded_number_of_objects_open(
+    store: LocalStore, checkpoint_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smudge, "_MAX_KEPT_OPEN", 1)
+    manifest_bytes, _ = do_clean(store, checkpoint_bytes)
+    plan = prepare_smudge(manifest_bytes, store, "model.pth")
+    assert len(plan.opened) == 1
+    out = bytearray()
+    plan.write(out.extend)
+    assert bytes(out) == checkpoint_bytes
+
+
+def test_an_opened_object_of_another_length_than_its_splice_is_refused(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
+    manifest_bytes, _ = do_clean(store, checkpoint_bytes)
+    splice = Manifest.parse(manifest_bytes).splices[0]
+    stored = store.open_readable(splice.oid)
+    wrong = Splice(0, splice.length + 1, splice.oid)
+    with pytest.raises(ObjectFormatError, match="the manifest says"):
+        write_spliced(b"", [wrong], store, lambda chunk: None, opened={splice.oid: stored})
