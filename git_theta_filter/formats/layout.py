@@ -141,15 +141,6 @@ def _write_payload(
     # file's sha256), so the object's own hash is not computed a second time.
     stored = opened.get(splice.oid) if opened else None
     if stored is not None:
-        if stored.header.nbytes != splice.length:
-            raise ObjectFormatError(
-                splice.oid,
-                f"payload is {stored.header.nbytes} bytes, the manifest says {splice.length}",
-            )
-        if stored.encoded is not None and stored.encoded.block_count == 1:
-            # A small object is one block: written as decoded, without a reader around it.
-            write(memoryview(stored.decoded_block(0)))
-            return
         file, header = ObjectReader(stored, verify=False), stored.header
     else:
         file, header = store.open_object(splice.oid, path, verify=False)
@@ -158,6 +149,14 @@ def _write_payload(
             raise ObjectFormatError(
                 splice.oid, f"payload is {header.nbytes} bytes, the manifest says {splice.length}"
             )
+        encoded = file.stored.encoded if isinstance(file, ObjectReader) else None
+        if encoded is not None:
+            if encoded.block_count == 1:  # a small object: no read-ahead to set up
+                write(memoryview(file.stored.decoded_block(0)))
+                return
+            for block in file.payload_blocks():  # as decoded, not copied into the buffer
+                write(block)
+            return
         left = splice.length
         chunk = memoryview(buffer)
         while left:

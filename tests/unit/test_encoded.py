@@ -285,3 +285,15 @@ def test_any_payload_and_chain_round_trips(tmp_path_factory, count, dtype, depth
             raw = raw ^ (rng.integers(0, 50, raw.shape, dtype=np.uint8) == 0).astype(np.uint8)
     finally:
         objects.close()
+
+
+def test_payload_blocks_give_the_payload_and_only_to_a_caller_that_verifies_it(
+    objects: Objects,
+) -> None:
+    oid, data = objects.canonical(_weights(5, (7000,)), "F32")
+    objects.put(data, "F32")
+    unverified = ObjectReader(objects.open(oid), verify=False)
+    header_size = unverified.tell()
+    assert b"".join(unverified.payload_blocks()) == data[header_size:]
+    with pytest.raises(ValueError, match="verify=False"):
+        next(ObjectReader(objects.open(oid)).payload_blocks())
