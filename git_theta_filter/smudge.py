@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,9 @@ __all__ = [
 
 Write = Callable[[memoryview], object]
 _READ_CHUNK = 1 << 20
+# The output thread's batches (see _HashingOutput): their size, and how many may wait.
+_BATCH = 1 << 20
+_BATCHES_WAITING = 4
 # Checked pack entries kept open between the check and the write: a few hundred
 # bytes each, so a manifest of any size costs at most a few megabytes.
 _MAX_KEPT_OPEN = 10_000
@@ -106,31 +111,89 @@ class SmudgePlan:
         if self.manifest is None:
             write(memoryview(self.passthrough))
             return
-        digest = hashlib.sha256()
-        written = 0
-
-        def hashed_write(chunk: memoryview) -> None:
-            nonlocal written
-            digest.update(chunk)
-            written += len(chunk)
-            write(chunk)
-
+        output = _HashingOutput(write)
         try:
             write_spliced(
-                self.skeleton,
-                self.manifest.splices,
-                self.store,
-                hashed_write,
-                self.path,
-                self.opened,
+                self.skeleton, self.manifest.splices, self.store, output, self.path, self.opened
             )
+        except BaseException:
+            output.close(raise_error=False)  # the error that stopped the file is the one to report
+            raise
         finally:
             for stored in self.opened.values():
                 stored.close()
             self.opened.clear()
-        got = digest.hexdigest()
-        if written != self.manifest.size or got != self.manifest.sha256:
+        output.close()
+        got = output.digest.hexdigest()
+        if output.written != self.manifest.size or got != self.manifest.sha256:
             raise SmudgeVerificationError(self.path, self.manifest.sha256, got)
+
+
+class _HashingOutput:
+    """Hashes and writes, on a thread of its own, the bytes it is called with, in order.
+
+    The rebuilt file is produced on the calling thread (objects decoded, with
+    workers for large ones) while this thread hashes and sends what came
+    before: sha256 and the pipe to git release the GIL, so both cores work.
+    Bytes are copied into batches of about a megabyte, so a caller may reuse
+    its buffers, thousands of small objects cost a few hand-overs, and at most
+    a few batches wait, bounding memory. An error of the thread is raised on
+    the calling thread, at the next call or at :meth:`close`.
+    """
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+        self.digest = hashlib.sha256()
+        self.written = 0
+        self._batch = bytearray()
+        self._batches: queue.Queue[bytearray | None] = queue.Queue(maxsize=_BATCHES_WAITING)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="theta-smudge-out", daemon=True)
+        self._thread.start()
+
+    def __call__(self, chunk: memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        if len(chunk) >= _BATCH:
+            # A large object's decoded block: its decoding runs on the store's workers
+            # already, and copying it costs more than hashing it here, in order.
+            self._hand_over()
+            self._batches.join()
+            if self._error is not None:
+                raise self._error
+            self.digest.update(chunk)
+            self.written += len(chunk)
+            self._write(chunk)
+            return
+        self._batch += chunk
+        if len(self._batch) >= _BATCH:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._batch:
+            self._batches.put(self._batch)
+            self._batch = bytearray()
+
+    def _run(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            try:
+                if self._error is None:  # after an error, drained so the caller never blocks
+                    self.digest.update(batch)
+                    self.written += len(batch)
+                    self._write(memoryview(batch))
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._batches.task_done()
+
+    def close(self, raise_error: bool = True) -> None:
+        """Send the last batch and wait for the thread; raise its error, if any."""
+        if self._thread.is_alive():
+            self._hand_over()
+            self._batches.put(None)
+            self._thread.join()
+        if raise_error and self._error is not None:
+            raise self._error
 
 
 def prepare_smudge(

@@ -6,6 +6,7 @@ import io
 import json
 import random
 import struct
+import threading
 import zipfile
 from pathlib import Path
 
@@ -404,3 +405,32 @@ def test_an_opened_object_of_another_length_than_its_splice_is_refused(
     wrong = Splice(0, splice.length + 1, splice.oid)
     with pytest.raises(ObjectFormatError, match="the manifest says"):
         write_spliced(b"", [wrong], store, lambda chunk: None, opened={splice.oid: stored})
+
+
+def test_a_write_that_fails_fails_the_smudge_and_leaves_no_thread(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
+    manifest_bytes, _ = do_clean(store, checkpoint_bytes)
+    plan = prepare_smudge(manifest_bytes, store, "model.pth")
+    calls = []
+
+    def broken_pipe(chunk: memoryview) -> None:
+        calls.append(len(chunk))
+        raise BrokenPipeError("git went away")
+
+    before = threading.active_count()
+    with pytest.raises(BrokenPipeError, match="git went away"):
+        plan.write(broken_pipe)
+    assert calls == [calls[0]]  # nothing is written after the failure
+    assert threading.active_count() == before
+
+
+def test_smudge_hands_small_and_large_chunks_out_in_order(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 64 bytes: the file's small objects are batched, its large ones sent as
+    # they are, and the order must hold across both.
+    monkeypatch.setattr(smudge, "_BATCH", 64)
+    data = torch_bytes({f"t{i}": torch.full((i * 7 % 40 + 1,), float(i)) for i in range(30)})
+    manifest_bytes, _ = do_clean(store, data)
+    assert do_smudge(store, manifest_bytes) == data
