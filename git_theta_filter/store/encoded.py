@@ -199,6 +199,24 @@ class EncodedHeader:
         return header
 
 
+# An object's headers are read with this many bytes first. Ours take a few hundred;
+# reading up to the header limit read most of every small object twice (once to
+# open it, once to decode it).
+_FIRST_READ = 512
+
+
+def _header_bytes_needed(prefix: bytes) -> int:
+    """How many bytes from the start hold the headers (and block 0's length field),
+    as far as ``prefix`` tells; the parsers check them."""
+    if is_encoded(prefix) and len(prefix) >= 16:
+        (canonical_header_length,) = struct.unpack_from("<I", prefix, 12)
+        return _FIXED.size + canonical_header_length + _BLOCK_LENGTH.size
+    if not is_encoded(prefix) and len(prefix) >= 8:
+        (json_length,) = struct.unpack_from("<Q", prefix)
+        return 8 + json_length
+    return len(prefix)
+
+
 # Opens a delta's base by oid; None when the store does not have it.
 OpenBase = Callable[[str], "StoredObject | None"]
 
@@ -237,10 +255,18 @@ class StoredObject:
     def _read_headers(self) -> None:
         length = self._length
         oid = self.oid
-        prefix = self._pread(0, min(length, _FIXED.size + 8 + MAX_OBJECT_HEADER))
+        limit = min(length, _FIXED.size + 8 + MAX_OBJECT_HEADER)
+        prefix = self._pread(0, min(limit, _FIRST_READ))
+        if len(prefix) < limit and (needed := _header_bytes_needed(prefix)) > len(prefix):
+            prefix = self._pread(0, min(limit, needed))
         self.encoded: EncodedHeader | None = None
+        self._first_block_length: bytes | None = None
         if is_encoded(prefix):
             self.encoded = EncodedHeader.parse(oid, prefix, length)
+            # Block 0's length field, when it came with the headers: not read again.
+            field = prefix[self.encoded.size : self.encoded.size + _BLOCK_LENGTH.size]
+            if len(field) == _BLOCK_LENGTH.size:
+                self._first_block_length = field
             self.header = parse_header_bytes(
                 oid,
                 self.encoded.canonical_header,
@@ -288,7 +314,10 @@ class StoredObject:
             offsets = self._block_offsets
             while len(offsets) <= index + 1:
                 block = len(offsets) - 1
-                (length,) = _BLOCK_LENGTH.unpack(self._pread(offsets[-1], _BLOCK_LENGTH.size))
+                field = self._first_block_length if block == 0 else None
+                (length,) = _BLOCK_LENGTH.unpack(
+                    field or self._pread(offsets[-1], _BLOCK_LENGTH.size)
+                )
                 end = offsets[-1] + _BLOCK_LENGTH.size + length
                 if end > self._length:
                     raise ObjectFormatError(self.oid, f"block {block} runs past the end")

@@ -297,3 +297,15 @@ def test_payload_blocks_give_the_payload_and_only_to_a_caller_that_verifies_it(
     assert b"".join(unverified.payload_blocks()) == data[header_size:]
     with pytest.raises(ValueError, match="verify=False"):
         next(ObjectReader(objects.open(oid)).payload_blocks())
+
+
+def test_headers_longer_than_the_first_read_are_read_whole(objects: Objects) -> None:
+    # A zero-size tensor of many wide dimensions has a canonical header of over 512 bytes.
+    data = encode_header("F32", (0, *(10**12,) * 40), 0)
+    assert len(data) > 512
+    oid = hashlib.sha256(data).hexdigest()
+    objects.write(oid, data)
+    stored = objects.open(oid)
+    assert stored.header.data_offset == len(data)
+    assert objects.read(oid) == data
+    stored.close()
