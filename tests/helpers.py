@@ -402,3 +402,13 @@ def within(seconds: float, call: Callable[[], Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def enter_git_env(monkeypatch: Any, env: Mapping[str, str]) -> None:
+    """Make this process's environment ``env`` (a git_env's) for the rest of the test, so
+    in-process API calls run git with the isolated HOME and config, never the real one."""
+    for key in list(os.environ):
+        if key.startswith("GIT_") or key in ("HOME", "XDG_CONFIG_HOME"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)

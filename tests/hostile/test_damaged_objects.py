@@ -21,6 +21,7 @@ from conftest import GitEnv
 from helpers import (
     assert_status_clean,
     copy_repo,
+    enter_git_env,
     isolated_git_env,
     object_path,
     read_manifest,
@@ -73,11 +74,7 @@ def copy(template: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tu
     (for the Python API) and nothing remembered as verified from an earlier test.
     """
     git_env, repo, data = template
-    for key in list(os.environ):
-        if key.startswith("GIT_") or key in ("HOME", "XDG_CONFIG_HOME"):
-            monkeypatch.delenv(key)
-    for key, value in git_env.env.items():
-        monkeypatch.setenv(key, value)
+    enter_git_env(monkeypatch, git_env.env)
     VERIFIED.clear()
     return git_env, copy_repo(repo, tmp_path / "repo"), data
 

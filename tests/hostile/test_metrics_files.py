@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import isolated_git_env
+from helpers import enter_git_env, isolated_git_env
 from safetensors.numpy import save_file
 
 from git_theta_filter.metrics_files import (
@@ -109,10 +109,11 @@ def test_theta_diff_reads_work_tree_metrics_files_never_through_a_symlink(hostil
         assert warning in stderr, (warning, stderr)
 
 
-def test_api_history_never_reads_a_metrics_file_outside_the_repository(hostile_repo):
+def test_api_history_never_reads_a_metrics_file_outside_the_repository(hostile_repo, monkeypatch):
     import git_theta_filter as gtf
 
-    _, repo, _ = hostile_repo
+    git_env, repo, _ = hostile_repo
+    enter_git_env(monkeypatch, git_env.env)
     with pytest.warns(Warning, match="is a symbolic link"):
         (entry,) = gtf.open(repo).history(MODEL)
     assert entry.metrics == {"good": 1}

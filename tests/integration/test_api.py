@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import GitEnv
-from helpers import copy_repo, sha256_file, tensor_bytes
+from helpers import copy_repo, enter_git_env, sha256_file, tensor_bytes
 from safetensors.torch import save_file
 
 import git_theta_filter as gtf
@@ -26,11 +26,7 @@ def api_repo(git_env: GitEnv, repo: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     """``repo``, with this process's environment set to the isolated one,
     so the API's git commands use it.
     """
-    for key in list(os.environ):
-        if key.startswith("GIT_") or key in ("HOME", "XDG_CONFIG_HOME"):
-            monkeypatch.delenv(key)
-    for key, value in git_env.env.items():
-        monkeypatch.setenv(key, value)
+    enter_git_env(monkeypatch, git_env.env)
     return repo
 
 

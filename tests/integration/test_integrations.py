@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import GitEnv
-from helpers import read_manifest, sha256_file
+from helpers import enter_git_env, read_manifest, sha256_file
 
 import git_theta_filter as gtf
 
@@ -128,11 +127,7 @@ def load_example(name: str):
 @pytest.fixture
 def in_process(git_env: GitEnv, repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``repo``, with this process's environment the isolated one (the API runs git)."""
-    for key in list(os.environ):
-        if key.startswith("GIT_") or key in ("HOME", "XDG_CONFIG_HOME"):
-            monkeypatch.delenv(key)
-    for key, value in {**git_env.env, **OFFLINE}.items():
-        monkeypatch.setenv(key, value)
+    enter_git_env(monkeypatch, {**git_env.env, **OFFLINE})
     return repo
 
 
