@@ -12,8 +12,8 @@
   a share of the checkpoint; *amortised* adds one full object every
   ``theta.maxDeltaDepth + 1`` commits (the first commit's growth), which is
   what a long run pays. Then ``git checkout`` of the first commit and back to
-  the last, the end of a delta chain (medians of 3 rounds, each checkout a
-  second after the last git command: see ``checkout_seconds``).
+  the last, the end of a delta chain (medians of 3 rounds; see
+  ``checkout_seconds`` for what each checkout includes).
 * **Many small tensors.** 6,000 tensors of 16 KB: ``git add`` + commit, and a
   checkout away and back.
 * **Small model in a shell loop.** The 784-128-64-10 MLP, saved and committed
@@ -45,12 +45,12 @@ from run import TOOLS, git, measure, setup_repo, tree_bytes
 
 FULL = {
     "width": 2560, "layers": 8, "steps": 10, "small_tensors": 6000, "loop_steps": 20,
-    "checkout_runs": 3, "checkout_pause": 1.0,
+    "checkout_runs": 3,
 }  # fmt: skip
 SCENARIOS = ("training", "small", "loop", "handshake")
 QUICK = {
     "width": 256, "layers": 2, "steps": 3, "small_tensors": 300, "loop_steps": 3,
-    "checkout_runs": 1, "checkout_pause": 0.0,
+    "checkout_runs": 1,
 }  # fmt: skip
 LEARNING_RATE = 1e-4  # Adam; a usual rate for a model of this size
 WARMUP_STEPS = 5  # so that the optimizer state is not all zeros at the first commit
@@ -152,9 +152,7 @@ def _repo(tool: str, workdir: Path, name: str) -> tuple[Path, dict[str, str]]:
     return repo, env
 
 
-def training_run(
-    tool: str, checkpoints: list[Path], workdir: Path, rounds: tuple[int, float]
-) -> Figures:
+def training_run(tool: str, checkpoints: list[Path], workdir: Path, rounds: int) -> Figures:
     repo, env = _repo(tool, workdir, "training")
     figures = Figures()
     growth = []
@@ -170,34 +168,32 @@ def training_run(
     figures.values["growth per commit"] = later
     figures.values["amortised"] = (first + DELTA_DEPTH * later) / (DELTA_DEPTH + 1)
     back = f"HEAD~{len(checkpoints) - 1}"
-    first, last = checkout_seconds(repo, env, [back, "main"], *rounds)
+    first, last = checkout_seconds(repo, env, [back, "main"], rounds)
     figures.values["checkout first"], figures.values["checkout last"] = first, last
     shutil.rmtree(repo)
     return figures
 
 
 def checkout_seconds(
-    repo: Path, env: dict[str, str], revisions: list[str], runs: int, pause: float
+    repo: Path, env: dict[str, str], revisions: list[str], rounds: int
 ) -> list[float]:
-    """Median wall seconds of ``git checkout`` of each revision in turn, over ``runs`` rounds.
+    """Median wall seconds of ``git checkout`` of each revision in turn, over ``rounds`` rounds.
 
-    Each checkout starts ``pause`` seconds after the last git command (a
-    second in the full run; none in --quick, a smoke test). git
-    stores file times in whole seconds, so a file written in the same second
-    as the index is "racily clean" and git cleans it again before replacing
-    it: back-to-back commands would time that extra clean, which a user's
-    checkouts, seconds apart, do not pay. One run on a shared machine varies
-    up to 2x, hence the median.
+    One run on a shared machine varies up to 2x, hence the median. Each
+    checkout but the very first also cleans the file it replaces once more:
+    git keeps file times in whole seconds, and the previous checkout wrote
+    that file in the same second as the index, so git cannot tell from the
+    times that it is unchanged. Every tool pays that, as a user's next
+    checkout does (unless a command in a later second rewrote the index).
     """
     times: list[list[float]] = [[] for _ in revisions]
-    for _ in range(runs):
+    for _ in range(rounds):
         for index, revision in enumerate(revisions):
-            time.sleep(pause)
             times[index].append(measure(["git", "checkout", "-q", revision], repo, env).seconds)
     return [statistics.median(values) for values in times]
 
 
-def small_tensors(tool: str, checkpoint: Path, workdir: Path, rounds: tuple[int, float]) -> Figures:
+def small_tensors(tool: str, checkpoint: Path, workdir: Path, rounds: int) -> Figures:
     repo, env = _repo(tool, workdir, "small")
     figures = Figures()
     shutil.copyfile(checkpoint, repo / "model.pth")
@@ -206,7 +202,7 @@ def small_tensors(tool: str, checkpoint: Path, workdir: Path, rounds: tuple[int,
     git(env, repo, "commit", "-qm", "small tensors")
     git(env, repo, "rm", "-q", "model.pth")
     git(env, repo, "commit", "-qm", "removed")
-    figures.values["checkout"] = checkout_seconds(repo, env, ["HEAD~1", "main"], *rounds)[0]
+    figures.values["checkout"] = checkout_seconds(repo, env, ["HEAD~1", "main"], rounds)[0]
     shutil.rmtree(repo)
     return figures
 
@@ -396,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             mlp_checkpoints(workdir / "checkpoints", sizes["loop_steps"]) if "loop" in only else []
         )
         results: dict[str, dict[str, Figures]] = {}
-        rounds = (sizes["checkout_runs"], sizes["checkout_pause"])
+        rounds = sizes["checkout_runs"]
         for tool in tools:
             print(f"{tool} ...", file=sys.stderr)
             scratch = workdir / tool.replace(" ", "-")
