@@ -28,7 +28,7 @@ from .object_sizes import object_size_candidates
 from .on_demand import OnDemandFetcher
 from .prepush import fill_store
 from .progress import Progress
-from .remotes import require_store, transfer_workers
+from .remotes import NoStoreError, locate_store, require_store, transfer_workers
 from .revisions import BadRevisionError
 from .smudge import prepare_smudge, write_atomically
 from .store.local import ObjectMissingError
@@ -127,7 +127,11 @@ def _download(
     local = repo.store()
     if remote is not None:
         if all(local.has(oid) for oid in wanted):
-            return TransferResult(skipped=len(wanted))  # no store needed
+            # Nothing to download, so the store is not opened (that may contact it);
+            # a remote that has none is still an error, whatever is here already.
+            if locate_store(repo, remote) is None:
+                raise NoStoreError(remote)
+            return TransferResult(skipped=len(wanted))
         workers = transfer_workers(repo)
         return download(
             local, require_store(repo, remote), wanted, workers=workers, object_sizes=sizes

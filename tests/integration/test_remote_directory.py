@@ -256,3 +256,15 @@ def test_two_clones_pushing_the_same_objects_at_once(git_env, tmp_path):
     assert not [key for key in files if key.startswith("!")], f"temp files left behind: {files}"
     assert set(files) == objects_needed(git_env, clones[0])
     assert_valid_objects(set(files), lambda oid: files[oid].read_bytes())
+
+
+def test_fetch_from_a_remote_without_a_store_fails_even_when_nothing_is_missing(git_env, tmp_path):
+    """`git theta fetch <remote>` says the remote has no store whatever is local: a typo in
+    the remote's name must not pass because every object happens to be here."""
+    repo = tmp_path / "A"
+    git_env.run("git", "init", "-q", str(repo))
+    git_env.theta(repo, "track", "*.pth")
+    commit_versions(git_env, repo, range(1), History())
+    result = git_env.run("git-theta", "fetch", "nosuchremote", cwd=repo, check=False)
+    assert result.returncode == 1
+    assert "no object store for remote 'nosuchremote'" in result.stderr.decode()
