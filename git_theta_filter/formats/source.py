@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import ThetaError
+from ..threads import LazyThreadPool
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["Source", "TruncatedError", "Readable", "CHUNK"]
 
@@ -22,7 +25,7 @@ CHUNK = 1 << 20
 # and stores objects (which costs a second sha256 of the same bytes). hashlib
 # releases the GIL on large buffers, so the two hashes use two cores. One
 # worker runs the updates in the order they were queued.
-_file_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theta-file-hash")
+_file_hasher = LazyThreadPool(1, "theta-file-hash")
 
 
 class Readable(Protocol):

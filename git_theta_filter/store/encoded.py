@@ -27,11 +27,11 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, BinaryIO
 
+from ..threads import LazyThreadPool
 from .codec import (
     RAW_ABOVE,
     WIDTHS,
@@ -48,6 +48,8 @@ from .integrity import ObjectCorruptError
 from .object_format import MAX_OBJECT_HEADER, ObjectFormatError, ObjectHeader, parse_header_bytes
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import numpy as np
 
 __all__ = [
@@ -82,10 +84,8 @@ _FLOAT_WIDTHS = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "C64": 4}
 
 # Encoding and read-ahead decoding run here; zstd, hashlib and numpy release
 # the GIL on large buffers, so the blocks of one object use every core.
-_workers = ThreadPoolExecutor(
-    max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="theta-codec"
-)
-WORKERS = _workers._max_workers
+_workers = LazyThreadPool(max(2, min(4, os.cpu_count() or 2)), "theta-codec")
+WORKERS = _workers.max_workers
 
 
 def width_for(dtype: str, nbytes: int) -> int:

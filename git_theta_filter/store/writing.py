@@ -24,10 +24,10 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ThetaError
+from ..threads import LazyThreadPool
 from . import fileio
 from .encoded import OID_OFFSET, EncodingWriter, ObjectReader, StoredObject, width_for
 from .integrity import ObjectCorruptError
@@ -52,7 +52,7 @@ PACK_BELOW = 1 << 20
 
 # The object's sha256 runs on this thread while the caller's thread hands the
 # same bytes to the encoder; both release the GIL on large buffers.
-_object_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="theta-object-hash")
+_object_hasher = LazyThreadPool(1, "theta-object-hash")
 # Below this, handing a buffer to the thread costs more than it saves.
 _HASH_IN_PARALLEL_FROM = 1 << 16
 

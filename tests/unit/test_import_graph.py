@@ -25,8 +25,21 @@ PACKAGE = Path(git_theta_filter.__file__).parent
 # package itself); a root module that no pattern names is "core".
 LAYERS: list[tuple[str, list[str]]] = [
     # Neutral building blocks: errors, dtypes, sizes, progress, locks, pkt-line framing,
-    # text made safe for a terminal.
-    ("base", ["version", "errors", "dtypes", "units", "progress", "locks", "pktline", "terminal"]),
+    # text made safe for a terminal, worker threads made on first use.
+    (
+        "base",
+        [
+            "version",
+            "errors",
+            "dtypes",
+            "units",
+            "progress",
+            "locks",
+            "pktline",
+            "terminal",
+            "threads",
+        ],
+    ),
     # Object stores: know objects and where they are, not git config or the terminal.
     ("store", ["store", "store.*"]),
     # The manifest's text format (docs/manifest.md), which every format parser fills in.
