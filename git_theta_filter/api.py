@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import pygit2
 
-from .clean import clean, expecting_previous
 from .errors import ThetaError
-from .filter import smudge_or_fetch, staged_manifest
+from .filter import smudge_or_fetch
 from .gitrepo import GitRepo, NoWorkTreeError
 from .history import open_pygit2, read_blob
 from .installation import FilterNotInstalledError, require_filter
@@ -48,7 +47,7 @@ from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_
 from .on_demand import OnDemandFetcher
 from .revisions import Pathspec, parse_range, resolve_commit
 from .smudge import write_atomically
-from .staging import NotTrackedError, write_index_entry
+from .staging import NotTrackedError, clean_into_index, write_index_entry
 from .store.local import ObjectMissingError
 from .terminal import printable
 
@@ -263,7 +262,8 @@ class Repository:
             others.append(owner + CONVENTION_SUFFIX)
         with writer_lock(self._repo.theta_dir):
             for relative in models:
-                self._clean_and_stage(relative)
+                target = worktree / relative
+                clean_into_index(self._git, self._store, relative, target, _settled_stat(target))
         if others:
             self._repo.git("add", operands=others)
         # Nothing new (a training loop saving the same state twice): no empty commit.
@@ -273,17 +273,6 @@ class Repository:
         if not unchanged:
             self._repo.git("commit", "-q", f"--message={message}")
         return self._repo.git("rev-parse", "HEAD").strip()
-
-    def _clean_and_stage(self, relative: str) -> None:
-        """What ``git add`` does for one tracked file, without starting the filter."""
-        target = self._repo.require_worktree() / relative
-        stat = _settled_stat(target)
-        with (
-            target.open("rb", buffering=0) as file,
-            expecting_previous(self._store, staged_manifest(self._repo, relative)),
-        ):
-            manifest = clean(file, self._store, relative)
-        write_index_entry(self._git, relative, self._git.create_blob(manifest), stat)
 
     def restore(self, path: str | os.PathLike[str], rev: str) -> None:
         """Write ``path`` as it was at ``rev``, byte for byte, and stage it

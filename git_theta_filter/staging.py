@@ -26,11 +26,13 @@ from .gitrepo import GitRepo
 from .history import read_manifest_blob
 from .locks import writer_lock
 from .manifest import Manifest
+from .store.local import LocalStore
 
 __all__ = [
     "NotTrackedError",
     "check_tracked",
     "stage_file",
+    "clean_into_index",
     "write_index_entry",
     "staged_manifest",
     "commit_index",
@@ -119,15 +121,27 @@ def stage_file(repo: GitRepo, git: pygit2.Repository, relative: str) -> None:
     assert repo.worktree is not None
     check_tracked(repo, relative)
     target = Path(repo.worktree) / relative
-    store = repo.store()
     with writer_lock(repo.theta_dir):
-        stat = target.stat()
-        with (
-            target.open("rb", buffering=0) as file,
-            expecting_previous(store, staged_manifest(git, relative)),
-        ):
-            manifest = clean(file, store, relative)
-        write_index_entry(git, relative, git.create_blob(manifest), stat)
+        clean_into_index(git, repo.store(), relative, target, target.stat())
+
+
+def clean_into_index(
+    git: pygit2.Repository,
+    store: LocalStore,
+    relative: str,
+    target: Path,
+    stat: os.stat_result,
+) -> None:
+    """What ``git add`` does for one tracked file, without starting the filter: clean
+    ``target`` into ``store`` (against the staged version's objects) and stage its
+    manifest at ``relative`` with ``stat``. The caller holds the writer lock.
+    """
+    with (
+        target.open("rb", buffering=0) as file,
+        expecting_previous(store, staged_manifest(git, relative)),
+    ):
+        manifest = clean(file, store, relative)
+    write_index_entry(git, relative, git.create_blob(manifest), stat)
 
 
 def commit_index(repo: GitRepo, git: pygit2.Repository, message: str) -> str:
