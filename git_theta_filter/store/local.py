@@ -182,8 +182,12 @@ class LocalStore:
             raise ThetaError(f"invalid object id {oid!r}")
         return f"{self._objects_root}/{oid[0:2]}/{oid[2:4]}/{oid}"
 
-    def has(self, oid: str) -> bool:
-        return self.object_path(oid).is_file() or self._find_packed(oid) is not None
+    def has(self, oid: str, look_for_new_packs: bool = True) -> bool:
+        """Whether ``oid`` is here, loose or packed; see :meth:`_find_packed` for
+        ``look_for_new_packs``."""
+        return os.path.isfile(self._loose_path(oid)) or (
+            self._find_packed(oid, look_for_new_packs) is not None
+        )
 
     def size(self, oid: str) -> int | None:
         """Bytes the object takes in the store (its encoded size), or None if absent."""
@@ -395,7 +399,7 @@ class LocalStore:
         # Packs another process finished since this one last looked are not looked
         # for: missing one costs a second copy of a small object, which repack drops,
         # while looking costs a stat per object of a file with thousands of them.
-        if self.object_path(oid).is_file() or self._find_packed(oid, look_for_new_packs=False):
+        if self.has(oid, look_for_new_packs=False):
             if self._holds(oid):  # small: decoding it costs little
                 self.freshen(oid)
                 return
