@@ -65,7 +65,15 @@ def start_filter(resources: contextlib.ExitStack) -> ThetaFilter:
     # written by an add in progress are never pruned before the index names them.
     resources.enter_context(writer_lock(repo.theta_dir))
     skip_smudge = os.environ.get("GIT_THETA_SKIP_SMUDGE") == "1"
-    return ThetaFilter(repo, skip_smudge, before_work=lambda: install_missing_hooks(repo))
+    return ThetaFilter(repo, skip_smudge, before_work=lambda: _before_work(repo))
+
+
+def _before_work(repo: GitRepo) -> None:
+    """What the first clean the cache does not answer, or the first smudge, needs first."""
+    from .store.codec import tune_allocator
+
+    tune_allocator()  # this process is ours: see tune_allocator
+    install_missing_hooks(repo)
 
 
 def install_missing_hooks(repo: GitRepo) -> None:

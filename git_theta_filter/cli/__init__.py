@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    from ..store.codec import tune_allocator
+
+    tune_allocator()  # this process is ours: see tune_allocator
     return run_reporting(lambda: args.run(args))
 
 

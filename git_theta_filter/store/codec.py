@@ -49,6 +49,7 @@ __all__ = [
     "plane_records",
     "decode_block_bytes",
     "block_uses_base",
+    "tune_allocator",
 ]
 
 MODE_RAW = 0
@@ -120,13 +121,15 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 # mmap and returns them when freed: every block's planes, frames and joined bytes
 # were then page-faulted anew, a fifth of a chain's decoding time. Buffers up to
 # twice a block come from the heap instead, which keeps up to 16 MiB free for reuse.
+# The setting is process-wide, so only this package's own processes (the filter and
+# the command line) make it; a training process using the Python API keeps its own.
 _MMAP_THRESHOLD = 2 << 20
 _TRIM_THRESHOLD = 16 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers in glibc
 _allocator_tuned = False
 
 
-def _tune_allocator() -> None:
+def tune_allocator() -> None:
     """Keep block-sized buffers on the heap (glibc only; elsewhere nothing changes)."""
     global _allocator_tuned
     if _allocator_tuned:
@@ -145,8 +148,6 @@ def _tune_allocator() -> None:
 def split_planes(block: bytes | bytearray | memoryview, width: int) -> np.ndarray:
     """A ``(width, len(block) // width)`` array: row ``k`` is byte ``k`` of every element."""
     import numpy as np
-
-    _tune_allocator()
 
     data = np.frombuffer(block, dtype=np.uint8)
     if width == 1:
@@ -340,7 +341,6 @@ def decode_records(
     """
     import numpy as np
 
-    _tune_allocator()
     width = len(records)
     chosen = range(width) if wanted is None else sorted(wanted)
     from_base = frozenset(k for k in chosen if records[k][0] in (MODE_XOR_ZSTD, MODE_SAME))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import zstandard
@@ -158,3 +161,17 @@ def test_only_wanted_planes_are_read_and_decoded_and_the_base_is_asked_for_those
     planes = decode_records(records, 1024, base_planes, {3})
     assert asked == [frozenset({3})]
     assert bytes(planes[3]) == bytes(split_planes(block, 4)[3])
+
+
+def test_encoding_and_decoding_leave_the_process_allocator_alone():
+    """malloc's thresholds are process-wide: a training process that uses the Python API
+    keeps its own; only the filter and the command line tune them (tune_allocator)."""
+    script = (
+        "from git_theta_filter.store import codec\n"
+        "block = bytes(range(256)) * 4096\n"
+        "stored = codec.encode_block(block, 4)\n"
+        "assert bytes(codec.decode_block_bytes(stored, 4, len(block))) == block\n"
+        "print(codec._allocator_tuned)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    assert result.stdout.decode().strip() == "False"
