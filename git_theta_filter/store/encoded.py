@@ -208,8 +208,8 @@ _FIRST_READ = 512
 def _header_bytes_needed(prefix: bytes) -> int:
     """How many bytes from the start hold the headers (and block 0's length field),
     as far as ``prefix`` tells; the parsers check them."""
-    if is_encoded(prefix) and len(prefix) >= 16:
-        (canonical_header_length,) = struct.unpack_from("<I", prefix, 12)
+    if is_encoded(prefix) and len(prefix) >= _FIXED.size:
+        canonical_header_length = _FIXED.unpack_from(prefix)[6]
         return _FIXED.size + canonical_header_length + _BLOCK_LENGTH.size
     if not is_encoded(prefix) and len(prefix) >= 8:
         (json_length,) = struct.unpack_from("<Q", prefix)
