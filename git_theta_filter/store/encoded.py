@@ -349,6 +349,15 @@ class StoredObject:
             raise ObjectFormatError(self.oid, f"base {base.oid} has another payload length")
         return base
 
+    def down_chain_to(self, depth: int) -> StoredObject:
+        """The first object of this one's chain (itself, its base, its base's base, ...)
+        whose depth is at most ``depth``. Bases are opened as for reading, and closed
+        with this object."""
+        member = self
+        while member.depth > depth:
+            member = member.base()
+        return member
+
     def loose_canonical_fd(self) -> int | None:
         """For a canonical object that owns its whole file: hand that file over
         (this object is closed), so it is read directly. Otherwise None.
@@ -587,13 +596,22 @@ class EncodingWriter:
         width: int,
         base: StoredObject | None = None,
         block_size: int = BLOCK_SIZE,
+        depth: int | None = None,
     ) -> None:
+        """``depth`` is a delta's (default: one more than its base's); it must be above
+        the base's and at most :data:`MAX_DEPTH`."""
+        if base is None:
+            depth = 0
+        elif depth is None:
+            depth = base.depth + 1
+        if base is not None and not base.depth < depth <= MAX_DEPTH:
+            raise ValueError(f"a delta of depth {depth} cannot have a base of depth {base.depth}")
         self._out = out
         self._base = base
         self._encoded = EncodedHeader(
             KIND_DELTA if base else KIND_FULL,
             width,
-            base.depth + 1 if base else 0,
+            depth,
             block_size,
             canonical_header,
             header.nbytes,

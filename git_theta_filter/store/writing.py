@@ -13,9 +13,10 @@ thread while the payload is written. How it is stored (``docs/store.md``):
 When the store expects an object with the same header (the previous version
 of the same tensor, see :meth:`LocalStore.expecting`), the payload is first
 compared with it: while they agree nothing is hashed or written. At the first
-difference, the expected object becomes the *delta base* of the new one
-(unless its chain is already at the depth limit), and the agreeing prefix is
-replayed from it into the encoder.
+difference, the new object becomes a delta one deeper than the expected
+object (or a full object, past the depth limit), written against the object
+of its chain that :func:`delta_base_depth` names, and the agreeing prefix is
+replayed from the expected object into the encoder.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ PACK_BELOW = 1 << 20
 _object_hasher = LazyThreadPool(1, "theta-object-hash")
 # Below this, handing a buffer to the thread costs more than it saves.
 _HASH_IN_PARALLEL_FROM = 1 << 16
+
+
+def delta_base_depth(depth: int) -> int:
+    """The depth of the base that a new delta of ``depth`` is written against: ``depth``
+    with its lowest set bit cleared (skip deltas, docs/store.md).
+
+    Versions follow each other at depths 1, 2, 3, ... after a full object, and
+    each one's base is on its predecessor's chain. Reading the delta at depth
+    ``d`` then decodes one object per set bit of ``d`` plus the full one (at
+    most 4 up to depth 14) instead of ``d + 1``. The price is space: half the
+    deltas span 2 or more versions, which changed more bits than one step.
+    """
+    return depth & (depth - 1)
 
 
 class UnbufferedOutput(io.RawIOBase):
@@ -156,7 +170,9 @@ class ObjectWriter:
         self._width = encoding_width(dtype, nbytes, len(self._header))
         self._hash = hashlib.sha256(self._header)
         self._same = store._take_expected(self._header, names)
-        self._base: ExpectedObject | None = None  # kept open while it serves as delta base
+        # The expected object after a difference, kept open: the delta base is on its chain.
+        self._compared: ExpectedObject | None = None
+        self._delta_base: StoredObject | None = None
         self._memory: bytearray | None = None  # a small object's payload
         self._file: BinaryIO | None = None  # a large object's temp file
         self._encoder: EncodingWriter | None = None
@@ -164,7 +180,7 @@ class ObjectWriter:
         if self._same is None:
             self._start(None)
 
-    def _start(self, base: StoredObject | None) -> None:
+    def _start(self, base: StoredObject | None, depth: int | None = None) -> None:
         if self._small:
             self._memory = bytearray()
             return
@@ -177,6 +193,7 @@ class ObjectWriter:
                     self._object_header,
                     self._width,
                     base,
+                    depth=depth,
                 )
             else:
                 fileio.write_all(self._file, self._header)
@@ -212,14 +229,18 @@ class ObjectWriter:
         self._written += len(data)
 
     def _diverge(self) -> None:
-        """Stop comparing: the expected object becomes the delta base (if its chain
-        allows), and the payload bytes that agreed so far are replayed from it.
+        """Stop comparing: the new object becomes a delta one deeper than the expected
+        one, against the member of its chain that :func:`delta_base_depth` names (a
+        full object past the depth limit), and the payload bytes that agreed so far
+        are replayed from the expected object.
         """
         assert self._same is not None
         same, self._same = self._same, None
-        self._base = same
-        usable = same.stored.depth < self._store.max_delta_depth  # 0 without compression
-        self._start(same.stored if usable else None)
+        self._compared = same
+        depth = same.stored.depth + 1
+        if depth <= self._store.max_delta_depth:  # 0 without compression
+            self._delta_base = same.stored.down_chain_to(delta_base_depth(depth))
+        self._start(self._delta_base, depth)
         for chunk in same.iter_prefix(self._written):
             self._hash.update(chunk)
             self._store_bytes(chunk)
@@ -242,8 +263,8 @@ class ObjectWriter:
                 if self._encoder is not None:
                     self._encoder.finish(oid)
                 assert self._file is not None
-                if self._base is not None and self._base.oid == oid:
-                    self._drop_damaged_base(oid)
+                if self._delta_base is not None and self._delta_base.oid == oid:
+                    self._drop_self_base(oid)
                 self._store._link_temp(self._file, self._tmp_path, oid)
                 self._file = None
         finally:
@@ -251,20 +272,22 @@ class ObjectWriter:
         self.oid = oid
         return oid
 
-    def _drop_damaged_base(self, oid: str) -> None:
-        """The object compared with claims this very id, yet its bytes differed: it is
-        damaged, and the delta just written depends on it. Decode the delta (XOR
-        with the same damaged bytes gives the good ones back) into a full
-        encoding, which replaces the damaged copy when it is linked.
+    def _drop_self_base(self, oid: str) -> None:
+        """The delta just written has a base that claims this very id: the object
+        compared with, whose bytes differed (so it is damaged), or an older version
+        the payload went back to. The format refuses an object that is its own base,
+        so decode the delta (XOR with the same base bytes gives the new ones back,
+        damaged or not) into a full encoding. When linked, it replaces a damaged
+        copy, and is dropped beside a good one.
         """
-        assert self._file is not None and self._base is not None
-        damaged = self._base.stored
+        assert self._file is not None and self._delta_base is not None
+        base = self._delta_base
         self._file.close()
         fd = os.open(self._tmp_path, os.O_RDWR)
         # Named by zeros for the moment: the format refuses an object that is its own base.
         os.pwrite(fd, bytes(32), OID_OFFSET)
         size = os.fstat(fd).st_size
-        delta = StoredObject("0" * 64, fd, 0, size, lambda _oid: damaged, owns_fd=True)
+        delta = StoredObject("0" * 64, fd, 0, size, lambda _oid: base, owns_fd=True)
         file, tmp_path = self._store._open_temp()
         try:
             encoder = EncodingWriter(
@@ -314,10 +337,10 @@ class ObjectWriter:
             partial.write(chunk)
 
     def abort(self) -> None:
-        for expected in (self._same, self._base):
+        for expected in (self._same, self._compared):
             if expected is not None:
-                expected.close()
-        self._same = self._base = None
+                expected.close()  # and the delta base, on the compared object's chain
+        self._same = self._compared = self._delta_base = None
         if self._encoder is not None:
             self._encoder.abort()
             self._encoder = None

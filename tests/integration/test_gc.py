@@ -170,16 +170,19 @@ def test_gc_with_delta_chains_keeps_every_base_and_every_kept_commit_checks_out(
         weights = weights + (rng.standard_normal(weights.shape) * 1e-4).astype(np.float32)
     store = local_store(repo)
     depths = []
+    w_oids = []
     for rev in range(4, -1, -1):
         manifest = git_env.git(repo, "cat-file", "blob", f"HEAD~{rev}:model.safetensors")
         oid = next(
             line.split()[-1] for line in manifest.splitlines() if line.startswith("tensor w ")
         )
+        w_oids.append(oid)
         with store.open_stored(oid) as stored:
             depths.append(stored.depth)
     assert depths == [0, 1, 2, 0, 1]
     # Only steps 2 and 4 stay reachable, in a history of their own: no kept manifest
-    # names steps 0, 1 and 3, but their tensors are the bases of steps 2 and 4.
+    # names steps 0, 1 and 3, but the tensors of steps 0 and 3 are the (skip-delta)
+    # bases of steps 2 and 4; step 1's is no one's.
     git_env.git(repo, "checkout", "-q", "--orphan", "kept", "HEAD~2")
     git_env.git(repo, "commit", "-qm", "step 2 alone")
     (repo / "model.safetensors").write_bytes(files[4])
@@ -188,7 +191,8 @@ def test_gc_with_delta_chains_keeps_every_base_and_every_kept_commit_checks_out(
     git_env.git(repo, "branch", "-qD", "main")
     git_env.git(repo, "reflog", "expire", "--expire=now", "--all")
     report = gc_json(git_env, repo, "--prune=now")
-    assert report["deleted"], "the old chain was not freed"
+    assert w_oids[1] in report["deleted"], "the old chain was not freed"
+    assert w_oids[0] not in report["deleted"] and w_oids[3] not in report["deleted"]
     git_env.theta(repo, "fsck")
     for rev, data in (("kept~1", files[2]), ("kept", files[4])):
         git_env.git(repo, "checkout", "-q", rev)

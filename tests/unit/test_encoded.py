@@ -128,6 +128,29 @@ def test_delta_chain_of_ten_versions_round_trips_and_is_smaller(objects: Objects
         weights = weights + (rng.standard_normal(weights.shape) * 1e-4).astype(np.float32)
 
 
+def test_a_delta_may_skip_depths_but_never_sit_at_or_above_its_base(objects: Objects) -> None:
+    base_oid, base_data = objects.canonical(_weights(3, (5000,)), "F32")
+    objects.put(base_data, "F32")
+    _oid, data = objects.canonical(_weights(3, (5000,)) + np.float32(1e-4), "F32")
+    header = parse_header_bytes("0" * 64, data, len(data))
+    for depth in (0, 256):
+        with pytest.raises(ValueError, match=f"depth {depth}"):
+            EncodingWriter(
+                io.BytesIO(), data[: header.data_offset], header, 4, objects.open(base_oid),
+                depth=depth,
+            )  # fmt: skip
+    oid = hashlib.sha256(data).hexdigest()
+    out = io.BytesIO()
+    writer = EncodingWriter(
+        out, data[: header.data_offset], header, 4, objects.open(base_oid), BLOCK, depth=6
+    )
+    writer.write(data[header.data_offset :])
+    writer.finish(oid)
+    objects.write(oid, out.getvalue())
+    assert objects.stored(oid)[7] == 6
+    assert objects.read(oid) == data
+
+
 def test_reader_seeks_into_any_block_and_reads_across_blocks(objects: Objects) -> None:
     oid, data = objects.canonical(_weights(4, (7000,)), "F32")
     objects.put(data, "F32")

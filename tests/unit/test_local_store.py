@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -91,21 +92,26 @@ def versions(count: int) -> list[bytes]:
     return out
 
 
-def test_each_version_is_a_delta_of_the_previous_up_to_the_depth_limit(tmp_path: Path) -> None:
+def test_each_version_is_a_skip_delta_up_to_the_depth_limit(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "theta", lambda: StoreSettings(max_delta_depth=3))
     previous: list[str] = []
     depths = []
+    bases = []
     manifests = []
+    w_oids = []
     for data in versions(9):
         with store.expecting(previous):
             manifest = do_clean(store, data)
         manifests.append((manifest, data))
         previous = [splice.oid for splice in manifest.splices]
         (w,) = [t for t in manifest.tensors if t.name == "w"]
-        stored = store.open_stored(w.oid)
-        depths.append(stored.depth)
-        stored.close()
+        with store.open_stored(w.oid) as stored:
+            depths.append(stored.depth)
+            bases.append(w_oids.index(stored.base_oid) if stored.base_oid else None)
+        w_oids.append(w.oid)
     assert depths == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    # Depth d deltas against the version at depth d with its lowest set bit cleared.
+    assert bases == [None, 0, 0, 2, None, 4, 4, 6, None]
     full = store.size(manifests[0][0].tensors[1].oid)
     delta = store.size(manifests[1][0].tensors[1].oid)
     assert delta < full
@@ -113,6 +119,44 @@ def test_each_version_is_a_delta_of_the_previous_up_to_the_depth_limit(tmp_path:
         assert smudged(store, manifest) == data
     for oid in store.iter_oids():
         store.verify(oid)
+
+
+def _flip_a_raw_plane_byte(store: LocalStore, oid: str) -> None:
+    """Damage a loose encoded object so that it still decodes, to other bytes."""
+    path = store.object_path(oid)
+    data = bytearray(path.read_bytes())
+    with store.open_stored(oid) as stored:
+        assert stored.encoded is not None
+        position = stored.encoded.size + 4  # block 0's plane records
+        for _plane in range(stored.encoded.width):
+            mode, length = struct.unpack_from("<BI", data, position)
+            if mode == 0:  # raw
+                data[position + 5] ^= 1
+                break
+            position += 5 + length
+        else:
+            raise AssertionError("no raw plane in block 0")
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_a_version_equal_to_its_damaged_skip_delta_base_repairs_it(tmp_path: Path) -> None:
+    """Version 2 deltas against version 0 (depth 2 against 0): when it has version 0's
+    payload, the delta would be its own base. It is stored full instead, over the
+    damaged copy, and every version reads back."""
+    store = LocalStore(tmp_path / "theta")
+    first, second = versions(2)
+    manifests = [do_clean(store, first)]
+    with store.expecting([splice.oid for splice in manifests[0].splices]):
+        manifests.append(do_clean(store, second))
+    (w,) = [t.oid for t in manifests[0].tensors if t.name == "w"]
+    _flip_a_raw_plane_byte(store, w)
+    with store.expecting([splice.oid for splice in manifests[1].splices]):
+        again = do_clean(store, first)
+    assert again.render() == manifests[0].render()
+    store.verify(w)
+    assert smudged(store, manifests[1]) == second
+    assert smudged(store, again) == first
 
 
 def _two_versions(store: LocalStore) -> tuple[Manifest, Manifest, str, str]:
