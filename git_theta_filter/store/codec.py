@@ -77,6 +77,8 @@ _WINDOW_LOG = 17  # a plane of a 1 MiB block is at most 1 MiB; matches are short
 # which is then stored raw without paying for compressing all of it.
 _SAMPLE = 16 << 10
 _PLANE_RECORD = struct.Struct("<BI")  # mode, stored length
+# Widths whose planes are joined with integer shifts; for 8, numpy's strided copy is faster.
+_JOINED_BY_SHIFTS = (2, 4)
 
 # The base's planes of a block, given which of them must hold data.
 BasePlanes = Callable[[frozenset[int]], "np.ndarray"]
@@ -171,6 +173,17 @@ def join_planes(planes: np.ndarray, out: memoryview | None = None) -> memoryview
     )
     if width == 1:
         target[:count] = planes[0]
+    elif width in _JOINED_BY_SHIFTS:
+        # Each element as a little-endian integer, plane k shifted to byte k: whole,
+        # contiguous array operations. numpy's strided copy of one byte per element
+        # is the slow part of decoding otherwise (a 1 MiB block of BF16: 240-470 us
+        # strided, 70 us so; of F32: 240 -> 170 us).
+        words = target[: width * count].view(f"<u{width}")
+        words[:] = planes[0]
+        shifted = np.empty_like(words)
+        for k in range(1, width):
+            np.left_shift(planes[k], 8 * k, out=shifted, dtype=words.dtype)
+            words |= shifted
     else:
         elements = target[: width * count].reshape(count, width)
         for k in range(width):
