@@ -16,17 +16,25 @@ skeleton object holds all the other bytes, in order.
 from __future__ import annotations
 
 import bisect
+import collections
 import io
 import itertools
+import os
 import zlib
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice
 from ..store.encoded import ObjectReader, StoredObject
 from ..store.local import COPY_CHUNK, LocalStore
 from ..store.object_format import ObjectFormatError
+from ..threads import LazyThreadPool
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = [
     "LayoutBuilder",
@@ -43,6 +51,9 @@ __all__ = [
 # have skeletons of kilobytes to a few megabytes (data.pkl of a huge optimizer
 # state); past this limit the file is stored opaque instead.
 MAX_SKELETON_BYTES = 256 << 20
+
+# Decodes small objects ahead of the writer (see _SmallPayloads).
+_decoder_pool = LazyThreadPool(2, "theta-small-decode")
 
 
 class SkeletonTooLargeError(ThetaError):
@@ -97,15 +108,114 @@ def write_spliced(
     cursor = 0  # offset in the file
     taken = 0  # bytes of the skeleton already written
     buffer = bytearray(COPY_CHUNK)
-    for splice in splices:
-        gap = splice.offset - cursor
-        if gap:
-            write(view[taken : taken + gap])
-            taken += gap
-        _write_payload(store, splice, write, buffer, path, opened)
-        cursor = splice.end
+    with _SmallPayloads(splices, opened or {}) as small:
+        for index, splice in enumerate(splices):
+            gap = splice.offset - cursor
+            if gap:
+                write(view[taken : taken + gap])
+                taken += gap
+            payload = small.payload(index)
+            if payload is not None:
+                if len(payload) != splice.length:
+                    raise ObjectFormatError(
+                        splice.oid,
+                        f"payload is {len(payload)} bytes, the manifest says {splice.length}",
+                    )
+                write(memoryview(payload))
+            else:
+                _write_payload(store, splice, write, buffer, path, opened)
+            cursor = splice.end
     if taken < len(view):
         write(view[taken:])
+
+
+# Small objects are read and decoded on the store's workers, in batches of about this
+# many stored bytes, while this thread writes the ones before: a checkout of 6,000
+# tensors of 16 KB spent half its main thread on one read and one zstd decode each.
+_SMALL_BATCH = 1 << 20
+_SMALL_OBJECT = 1 << 20  # stored size up to which an object is read whole
+_BATCHES_AHEAD = 4
+
+
+class _SmallPayloads:
+    """The payloads of the splices whose objects are already open, small and in one
+    block against no base (pack entries, :meth:`StoredObject.whole_in_one_read`),
+    decoded ahead on worker threads, batch by batch in file order. Neighbouring pack
+    entries are read with one read. At most :data:`_BATCHES_AHEAD` batches are decoded
+    and not yet written, which bounds memory. Leaving the block waits for the workers,
+    so the caller may close the objects afterwards.
+    """
+
+    def __init__(self, splices: list[Splice], opened: Mapping[str, StoredObject]) -> None:
+        # (first splice index, its objects) of each batch, the last batch first
+        self._batches: list[tuple[int, list[StoredObject]]] = []
+        self._pending: collections.deque[tuple[int, Future]] = collections.deque()
+        self._decoded: dict[int, bytes | memoryview] = {}  # splice index -> payload
+        batch: list[StoredObject] = []
+        size = 0
+        for index, splice in enumerate(splices):
+            stored = opened.get(splice.oid)
+            small = stored is not None and stored.size <= _SMALL_OBJECT and stored.whole_in_one_read
+            if batch and (not small or size >= _SMALL_BATCH):
+                self._batches.append((index - len(batch), batch))
+                batch, size = [], 0
+            if stored is not None and small:
+                batch.append(stored)
+                size += stored.size
+        if batch:
+            self._batches.append((len(splices) - len(batch), batch))
+        self._batches.reverse()  # popped from the end, in file order
+
+    def __enter__(self) -> _SmallPayloads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._batches.clear()
+        while self._pending:
+            _, future = self._pending.popleft()
+            future.cancel()
+            with suppress(BaseException):
+                future.result()  # a running batch reads objects the caller will close
+
+    def _submit_ahead(self) -> None:
+        while self._batches and len(self._pending) < _BATCHES_AHEAD:
+            first, objects = self._batches.pop()
+            self._pending.append((first, _decoder_pool.submit(_decode_batch, objects)))
+
+    def payload(self, index: int) -> bytes | memoryview | None:
+        """Splice ``index``'s payload if it is decoded here, else None; in file order."""
+        if index in self._decoded:
+            return self._decoded.pop(index)
+        self._submit_ahead()
+        if not self._pending or index < self._pending[0][0]:
+            return None
+        first, future = self._pending.popleft()
+        self._decoded = dict(enumerate(future.result(), first))
+        self._submit_ahead()
+        return self._decoded.pop(index)
+
+
+def _decode_batch(objects: list[StoredObject]) -> list[bytes | memoryview]:
+    """Each object's payload; runs of neighbouring entries of one file are read at once."""
+    payloads: list[bytes | memoryview] = []
+    position = 0
+    while position < len(objects):
+        fd, start, length = objects[position].region
+        end = position + 1
+        while end < len(objects):
+            next_fd, next_start, next_length = objects[end].region
+            if next_fd != fd or next_start != start + length:
+                break
+            length += next_length
+            end += 1
+        data = memoryview(os.pread(fd, length, start))
+        offset = 0
+        for stored in objects[position:end]:
+            size = stored.size
+            payloads.append(stored.payload_from_stored(data[offset : offset + size]))
+            offset += size
+        position = end
+    return payloads
 
 
 def read_skeleton(store: LocalStore, manifest: Manifest, path: str | None = None) -> bytes:

@@ -293,6 +293,48 @@ class StoredObject:
         """The stored bytes as they are (encoded or canonical), for copying into a pack."""
         return self._pread(0, self._length)
 
+    @property
+    def region(self) -> tuple[int, int, int]:
+        """(file descriptor, offset, length) of the stored bytes: readers of many small
+        pack entries read neighbouring ones together (:meth:`payload_from_stored`)."""
+        return self._fd, self._start, self._length
+
+    @property
+    def whole_in_one_read(self) -> bool:
+        """Whether :meth:`payload_from_stored` decodes this object: canonical, or encoded
+        in one block against no base."""
+        encoded = self.encoded
+        return encoded is None or (encoded.block_count == 1 and encoded.base is None)
+
+    def payload_from_stored(self, stored: bytes | memoryview) -> bytes | memoryview:
+        """The whole payload, decoded from ``stored``, this object's stored bytes as read
+        from :attr:`region`, with the checks a read by block makes (the block's length
+        field, nothing after the last block, the plane records and zstd frames); only
+        for an object that is :attr:`whole_in_one_read`. Not verified: for a caller that
+        hashes every byte itself (smudge).
+        """
+        if len(stored) != self._length:
+            raise ObjectFormatError(self.oid, "stored object ends early")
+        view = memoryview(stored)
+        encoded = self.encoded
+        if encoded is None:
+            return view[self.header.data_offset :]
+        if not self.whole_in_one_read:
+            raise ValueError("payload_from_stored() decodes one block against no base")
+        start = encoded.size
+        (length,) = _BLOCK_LENGTH.unpack_from(view, start)
+        end = start + _BLOCK_LENGTH.size + length
+        if end > self._length:
+            raise ObjectFormatError(self.oid, "block 0 runs past the end")
+        if end != self._length:
+            raise ObjectFormatError(self.oid, "bytes after the last block")
+        try:
+            return decode_block_bytes(
+                view[start + _BLOCK_LENGTH.size : end], encoded.width, encoded.block_span(0)
+            )
+        except BlockFormatError as exc:
+            raise ObjectFormatError(self.oid, f"block 0: {exc}") from None
+
     def _pread(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fd, size, self._start + offset)
         if len(data) != size:

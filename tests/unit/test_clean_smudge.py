@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import struct
 import threading
@@ -17,6 +18,7 @@ from safetensors.torch import save as safetensors_save
 
 from git_theta_filter import smudge
 from git_theta_filter.clean import clean
+from git_theta_filter.formats import layout
 from git_theta_filter.formats.layout import write_spliced
 from git_theta_filter.manifest import Manifest, ManifestError, Splice
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
@@ -418,6 +420,7 @@ def test_a_write_that_fails_fails_the_smudge_and_leaves_no_thread(
         calls.append(len(chunk))
         raise BrokenPipeError("git went away")
 
+    do_smudge(store, manifest_bytes)  # the worker pools are made on first use, and stay
     before = threading.active_count()
     with pytest.raises(BrokenPipeError, match="git went away"):
         plan.write(broken_pipe)
@@ -434,3 +437,52 @@ def test_smudge_hands_small_and_large_chunks_out_in_order(
     data = torch_bytes({f"t{i}": torch.full((i * 7 % 40 + 1,), float(i)) for i in range(30)})
     manifest_bytes, _ = do_clean(store, data)
     assert do_smudge(store, manifest_bytes) == data
+
+
+def test_small_pack_entries_are_read_with_their_neighbours_and_written_in_order(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = torch_bytes({f"t{i}": torch.full((i * 7 % 40 + 1,), float(i)) for i in range(30)})
+    manifest_bytes, _ = do_clean(store, data)
+    reads = []
+    pread = os.pread
+
+    def smudge_counting_reads() -> bytes:
+        plan = prepare_smudge(manifest_bytes, store, "model.pth")
+        out = bytearray()
+        reads.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "pread", lambda fd, n, at: reads.append(n) or pread(fd, n, at))
+            plan.write(out.extend)
+        return bytes(out)
+
+    assert smudge_counting_reads() == data
+    # The 30 entries lie side by side in the clean's pack: one read for all of them.
+    assert len(reads) == 1
+    # Batches of one object, several decoded ahead of the writer: the order holds.
+    monkeypatch.setattr(layout, "_SMALL_BATCH", 1)
+    assert smudge_counting_reads() == data
+    assert len(reads) == 30
+
+
+def test_a_small_object_that_fails_to_decode_fails_the_smudge_naming_it(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = torch_bytes({f"t{i}": torch.full((50,), float(i)) for i in range(20)})
+    manifest_bytes, _ = do_clean(store, data)
+    victim = Manifest.parse(manifest_bytes).splices[7].oid
+    plan = prepare_smudge(manifest_bytes, store, "model.pth")
+    stored = plan.opened[victim]
+    fd, start, length = stored.region
+    monkeypatch.setattr(
+        type(stored),
+        "region",
+        property(
+            lambda self: (
+                (fd, start, length - 1) if self is stored else (self._fd, self._start, self._length)
+            )
+        ),
+    )
+    with pytest.raises(ObjectFormatError) as info:
+        plan.write(lambda chunk: None)
+    assert info.value.oid == victim

@@ -332,3 +332,68 @@ def test_headers_longer_than_the_first_read_are_read_whole(objects: Objects) -> 
     assert stored.header.data_offset == len(data)
     assert objects.read(oid) == data
     stored.close()
+
+
+# -- a small object decoded from its stored bytes, read with its neighbours (smudge) -------
+
+
+@pytest.fixture
+def one_block(objects: Objects) -> tuple[str, bytes]:
+    """An F32 object stored encoded in one block of one plane (as a small object is)."""
+    oid, data = objects.canonical(np.repeat(_weights(8, (64,)), BLOCK // 256), "F32")
+    header = parse_header_bytes(oid, data, len(data))
+    out = io.BytesIO()
+    writer = EncodingWriter(out, data[: header.data_offset], header, 1, block_size=BLOCK)
+    writer.write(data[header.data_offset :])
+    writer.finish(oid)
+    assert not writer.canonical
+    objects.write(oid, out.getvalue())
+    return oid, data
+
+
+def _payload_from_stored(objects: Objects, oid: str, stored: bytes | None = None) -> bytes:
+    with objects.open(oid) as opened:
+        assert opened.whole_in_one_read
+        return bytes(opened.payload_from_stored(objects.stored(oid) if stored is None else stored))
+
+
+def test_payload_from_stored_decodes_one_block_and_canonical_objects(
+    objects: Objects, one_block
+) -> None:
+    oid, data = one_block
+    payload = data[parse_header_bytes(oid, data, len(data)).data_offset :]
+    assert _payload_from_stored(objects, oid) == payload
+    canonical_oid, canonical = objects.canonical(_weights(9, (100,)), "F32")
+    objects.write(canonical_oid, canonical)
+    assert _payload_from_stored(objects, canonical_oid) == canonical[-400:]
+
+
+def test_payload_from_stored_refuses_what_a_read_by_block_refuses(
+    objects: Objects, one_block
+) -> None:
+    oid, data = one_block
+    block_length_at = 88 + parse_header_bytes(oid, data, len(data)).data_offset
+    stored = objects.stored(oid)
+    with pytest.raises(ObjectFormatError, match="stored object ends early"):
+        _payload_from_stored(objects, oid, stored[:-1])
+    (length,) = struct.unpack_from("<I", stored, block_length_at)
+    _corrupt(objects, oid, block_length_at, struct.pack("<I", length + 1))
+    with pytest.raises(ObjectFormatError, match="block 0 runs past the end"):
+        _payload_from_stored(objects, oid)
+    objects.write(oid, stored + b"extra")
+    with pytest.raises(ObjectFormatError, match="bytes after the last block"):
+        _payload_from_stored(objects, oid)
+    objects.write(oid, stored)
+    _corrupt(objects, oid, block_length_at + 4, b"\x09")  # plane 0's mode
+    with pytest.raises(ObjectFormatError, match=f"object {oid} is corrupt: block 0: unknown"):
+        _payload_from_stored(objects, oid)
+
+
+def test_only_one_block_against_no_base_is_decoded_from_stored_bytes(
+    objects: Objects, encoded
+) -> None:
+    oid, _ = encoded  # three blocks
+    with objects.open(oid) as opened:
+        assert not opened.whole_in_one_read
+        with pytest.raises(ValueError, match="one block against no base"):
+            opened.payload_from_stored(objects.stored(oid))
