@@ -63,6 +63,7 @@ __all__ = [
     "StoredObject",
     "ObjectReader",
     "EncodingWriter",
+    "encode_whole",
     "is_encoded",
     "width_for",
 ]
@@ -619,6 +620,25 @@ class ObjectReader(io.RawIOBase):
             self._ahead.clear()
             self.stored.close()
         super().close()
+
+
+def encode_whole(
+    oid: str, canonical_header: bytes, header: ObjectHeader, payload: bytes | bytearray
+) -> bytes:
+    """The stored bytes of a whole object of at most one block, in one plane: what an
+    :class:`EncodingWriter` of width 1 writes for it, byte for byte (the encoded form,
+    or the canonical one when the encoding does not pay), in one call. Small objects
+    are stored so (docs/store.md, rule 4 of "Encoded objects").
+    """
+    if len(payload) != header.nbytes or len(payload) > BLOCK_SIZE:
+        raise ValueError(f"a whole object of one block, not {len(payload)} bytes")
+    if not payload:
+        return canonical_header
+    stored = encode_block(payload, 1)
+    if _FIXED.size + _BLOCK_LENGTH.size + len(stored) > RAW_ABOVE * len(payload):
+        return canonical_header + payload
+    encoded = EncodedHeader(KIND_FULL, 1, 0, BLOCK_SIZE, canonical_header, header.nbytes, oid, None)
+    return encoded.to_bytes() + _BLOCK_LENGTH.pack(len(stored)) + stored
 
 
 class EncodingWriter:

@@ -20,7 +20,6 @@ each object before it is linked into place.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import shutil
 import stat
@@ -29,12 +28,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ThetaError
 from . import fileio
-from .encoded import EncodingWriter, ObjectReader, StoredObject
+from .encoded import ObjectReader, StoredObject, encode_whole
 from .integrity import VERIFIED, ObjectCorruptError, file_sha256
 from .object_format import ObjectFormatError, ObjectHeader, is_valid_oid
 from .pack import CorruptPackEntryError, PackError, PackIndex, PackWriter, pack_paths
@@ -405,18 +405,16 @@ class LocalStore:
                 return
             damaged = True  # the good copy goes loose below, where lookups look first
         if self.compression:
-            out = io.BytesIO()
-            encoder = EncodingWriter(out, canonical_header, header, 1)
-            encoder.write(payload)
-            encoder.finish(oid)
-            stored = out.getvalue()
+            make_stored = partial(encode_whole, oid, canonical_header, header, payload)
         else:
-            stored = canonical_header + payload
+            make_stored = partial(bytes.__add__, canonical_header, payload)
         if self._packing and not damaged:
             if self._pack_writer is None:
                 self._pack_writer = PackWriter(self.tmp_dir, self._fsync)
-            self._pack_writer.add(oid, stored)
+            # Encoded and appended on the pack's own thread, while this one parses on.
+            self._pack_writer.add_later(oid, make_stored, len(payload))
             return
+        stored = make_stored()
         file, tmp_path = self._open_temp()
         try:
             fileio.write_all(file, stored)

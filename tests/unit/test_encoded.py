@@ -19,6 +19,7 @@ from git_theta_filter.store.encoded import (
     EncodingWriter,
     ObjectReader,
     StoredObject,
+    encode_whole,
     width_for,
 )
 from git_theta_filter.store.object_format import (
@@ -397,3 +398,33 @@ def test_only_one_block_against_no_base_is_decoded_from_stored_bytes(
         assert not opened.whole_in_one_read
         with pytest.raises(ValueError, match="one block against no base"):
             opened.payload_from_stored(objects.stored(oid))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.repeat(_weights(10, (64,)), 64),  # compresses: encoded
+        np.random.default_rng(11).integers(0, 256, 5000, dtype=np.uint8),  # stored canonical
+        np.zeros(0, np.float32),  # empty: canonical
+        np.zeros(1 << 18, np.float32),  # a whole block of 1 MiB
+    ],
+)
+def test_encode_whole_stores_what_an_encoding_writer_of_one_plane_stores(
+    objects: Objects, array: np.ndarray
+) -> None:
+    dtype = {np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8"}[array.dtype]
+    oid, data = objects.canonical(array, dtype)
+    header = parse_header_bytes(oid, data, len(data))
+    canonical_header, payload = data[: header.data_offset], data[header.data_offset :]
+    out = io.BytesIO()
+    writer = EncodingWriter(out, canonical_header, header, 1)
+    writer.write(payload)
+    writer.finish(oid)
+    assert encode_whole(oid, canonical_header, header, bytearray(payload)) == out.getvalue()
+
+
+def test_encode_whole_takes_one_block_of_the_header_s_length() -> None:
+    canonical = encode_header("U8", (10,), 10) + bytes(10)
+    header = parse_header_bytes("0" * 64, canonical, len(canonical))
+    with pytest.raises(ValueError, match="not 9 bytes"):
+        encode_whole("0" * 64, b"", header, bytes(9))

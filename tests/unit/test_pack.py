@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from git_theta_filter.store import pack as pack_module
 from git_theta_filter.store.pack import (
     PackError,
     PackIndex,
@@ -148,3 +151,70 @@ def test_a_pack_renamed_away_from_its_checksum_is_refused(pack) -> None:
     os.rename(path.with_suffix(".idx"), other.with_suffix(".idx"))
     with pytest.raises(PackError, match="name does not match"):
         PackIndex(other)
+
+
+def test_objects_added_later_make_the_same_pack_as_objects_added_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pack_module, "_WRITE_FROM", 100)  # batches of a few objects
+    objects = {_oid(bytes([i]) * (i + 1)): bytes([i]) * (i + 1) for i in range(50)}
+    at_once = PackWriter(tmp_path / "tmp")
+    later = PackWriter(tmp_path / "tmp")
+    for oid, data in objects.items():
+        at_once.add(oid, data)
+        later.add_later(oid, lambda data=data: data, len(data))
+        later.add_later(oid, lambda: pytest.fail("added twice"), len(data))
+    # An object added later is readable through the pack's file as soon as it is found.
+    oid, data = next(iter(objects.items()))
+    offset, length = later.find(oid)
+    assert os.pread(later.fd, length, offset) == data
+    assert later.find("0" * 64) is None
+    one = at_once.finish(tmp_path / "one")
+    two = later.finish(tmp_path / "two")
+    assert one.read_bytes() == two.read_bytes()
+    assert one.with_suffix(".idx").read_bytes() == two.with_suffix(".idx").read_bytes()
+
+
+def test_an_error_of_the_appending_thread_is_raised_and_nothing_after_it_is_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pack_module, "_WRITE_FROM", 1)  # one object a batch
+    monkeypatch.setattr(pack_module, "_BATCHES_WAITING", 100)
+    writer = PackWriter(tmp_path / "tmp")
+    made = []
+    all_added = threading.Event()
+
+    def make(index: int) -> bytes:
+        all_added.wait(timeout=10)  # every batch is queued before the first runs
+        made.append(index)
+        if index == 3:
+            raise OSError(28, "No space left on device")
+        return bytes([index])
+
+    for index in range(8):
+        writer.add_later(_oid(bytes([index])), lambda index=index: make(index), 1)
+    all_added.set()
+    with pytest.raises(OSError, match="No space left"):
+        writer.finish(tmp_path / "packs")
+    assert made == [0, 1, 2, 3]
+    assert os.listdir(tmp_path / "tmp") == [] and pack_paths(tmp_path / "packs") == []
+
+
+def test_objects_added_later_wait_in_a_bounded_number_of_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pack_module, "_WRITE_FROM", 1)
+    monkeypatch.setattr(pack_module, "_BATCHES_WAITING", 2)
+    writer = PackWriter(tmp_path / "tmp")
+    waiting = []
+
+    def slow(index: int) -> bytes:
+        time.sleep(0.02)
+        return bytes([index])
+
+    for index in range(10):
+        writer.add_later(_oid(bytes([index])), lambda index=index: slow(index), 1)
+        waiting.append(len(writer._submitted))
+    assert max(waiting) == 2
+    assert len(writer) == 10
+    writer.abort()
