@@ -330,6 +330,23 @@ class SplicedReader(io.RawIOBase):
             self._refuse_payloads(self._pos, self._pos + want)
         return super().read(want)
 
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``, as a seek and a read give them, without
+        moving the position. A range inside the skeleton is one slice of it: the zip
+        directory reader reads two headers of each of thousands of records."""
+        end = min(offset + size, self._size)
+        index = bisect.bisect_right(self._ends, offset)  # the first splice that ends after
+        gap_end = self._splices[index].offset if index < len(self._splices) else self._size
+        if 0 <= offset < end <= gap_end:
+            start = offset - self._payload_before[index]
+            return bytes(self._skeleton[start : start + (end - offset)])
+        position = self._pos
+        try:
+            self.seek(offset)
+            return self.read(size)
+        finally:
+            self._pos = position
+
     def _refuse_payloads(self, start: int, end: int) -> None:
         for index in range(bisect.bisect_right(self._ends, start), len(self._splices)):
             splice = self._splices[index]

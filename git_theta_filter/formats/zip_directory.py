@@ -129,15 +129,13 @@ def _records(
     central = central_start
     end_of_previous = 0
     for info in infos:
-        reader.seek(central)
-        entry = reader.read(_CENTRAL_ENTRY_SIZE)
+        entry = reader.read_at(central, _CENTRAL_ENTRY_SIZE)
         if len(entry) != _CENTRAL_ENTRY_SIZE or entry[:4] != _CENTRAL_MAGIC:
             raise NotThisFormat(f"no central directory entry at {central}")
         name_length, extra_length, comment_length = struct.unpack_from("<HHH", entry, 28)
         if info.header_offset < end_of_previous:
             raise NotThisFormat(f"record {info.filename!r} overlaps the record before it")
-        reader.seek(info.header_offset)
-        local = reader.read(_LOCAL_HEADER_SIZE)
+        local = reader.read_at(info.header_offset, _LOCAL_HEADER_SIZE)
         if len(local) != _LOCAL_HEADER_SIZE or local[:4] != _LOCAL_MAGIC:
             raise NotThisFormat(f"record {info.filename!r} has no local header")
         local_name_length, local_extra_length = struct.unpack_from("<HH", local, 26)

@@ -77,3 +77,30 @@ def test_spliced_reader_without_a_store_reads_the_skeleton_and_refuses_payloads(
                 reader.read(size)
         else:
             assert reader.read(size) == whole[start : start + size], (start, size)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("with_store", [True, False])
+def test_read_at_gives_what_a_seek_and_a_read_give_and_keeps_the_position(
+    seed: int, with_store: bool
+) -> None:
+    rng = random.Random(seed)
+    whole, skeleton, splices, payloads = spliced_file(rng)
+    store = PayloadStore(payloads) if with_store else None
+    reader = SplicedReader(skeleton, splices, len(whole), store)
+    other = SplicedReader(skeleton, splices, len(whole), store)
+    reader.seek(17)
+    for _ in range(300):
+        start = rng.randrange(-3, len(whole) + 3)
+        size = rng.choice([0, 1, 5, 30, 46, 1000])
+        other.seek(start)
+        try:
+            expected: bytes | type[OSError] = other.read(size)
+        except OSError:
+            expected = OSError
+        if expected is OSError:
+            with pytest.raises(OSError, match="lies in a tensor payload"):
+                reader.read_at(start, size)
+        else:
+            assert reader.read_at(start, size) == expected, (start, size)
+        assert reader.tell() == 17
