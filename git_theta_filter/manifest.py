@@ -51,6 +51,13 @@ WORK_RATIO = 64
 WORK_FLOOR = 256 << 20
 
 _INT_RE = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
+# The lines of thousands of tensors, each matched whole: the fields as the checks field
+# by field accept them (a name that needs no unescaping, no view); any other line is
+# checked field by field, which also names what is wrong.
+_INT = r"(?:0|[1-9][0-9]{0,18})"
+_OID = r"([0-9a-f]{64})"
+_PLAIN_SPLICE = re.compile(rf"({_INT}) ({_INT}) {_OID}\Z")
+_PLAIN_TENSOR = re.compile(rf"([^ %]+) ([^ ]+) \[((?:{_INT}(?:,{_INT})*)?)\] {_OID}\Z")
 
 
 class ManifestError(ThetaError):
@@ -328,13 +335,12 @@ class Manifest:
             if section_order[kind] < section:
                 raise ManifestError(f"{kind!r} line out of order", line_number=number)
             section = section_order[kind]
-            fields = rest.split(" ")
             if kind == "metric":
-                manifest._add_metric(fields, number)
+                manifest._add_metric(rest.split(" "), number)
             elif kind == "tensor":
-                manifest._add_tensor(fields, number)
+                manifest._add_tensor_line(rest, number)
             else:
-                manifest._add_splice(fields, number)
+                manifest._add_splice(rest, number)
         manifest._check_layout()
         if manifest.render() != data:
             raise ManifestError("not in canonical form (sorting, spacing or escapes)")
@@ -347,6 +353,24 @@ class Manifest:
         if self.metrics and name <= next(reversed(self.metrics)):
             raise ManifestError(f"metric {name!r} is not in sorted order", line_number=number)
         self.metrics[name] = parse_metric(fields[1], number)
+
+    def _add_tensor_line(self, rest: str, number: int) -> None:
+        """A tensor line after its first word: the usual one (a name without escapes, a
+        whole storage) in one match, anything else field by field."""
+        match = _PLAIN_TENSOR.match(rest)
+        if match is None:
+            self._add_tensor(rest.split(" "), number)
+            return
+        name, dtype, dims, oid = match.groups()
+        if self.tensors and name <= self.tensors[-1].name:
+            raise ManifestError(f"tensor {name!r} is not in sorted order", line_number=number)
+        if dtype not in DTYPES:
+            raise ManifestError(f"tensor {name!r}: unknown dtype {dtype!r}", line_number=number)
+        shape = tuple(map(int, dims.split(","))) if dims else ()
+        if len(shape) > MAX_DIMS or any(value > _MAX_SIZE for value in shape):
+            self._add_tensor(rest.split(" "), number)  # for its error
+            return
+        self.tensors.append(TensorEntry(name, dtype, shape, oid))
 
     def _add_tensor(self, fields: list[str], number: int) -> None:
         if len(fields) not in (4, 6):
@@ -373,14 +397,23 @@ class Manifest:
             TensorEntry(name, fields[1], shape, _parse_oid(fields[3], number), offset, stride)
         )
 
-    def _add_splice(self, fields: list[str], number: int) -> None:
-        if len(fields) != 3:
-            raise ManifestError("splice needs offset, length, oid", line_number=number)
-        splice = Splice(
-            _parse_int(fields[0], "offset", number),
-            _parse_int(fields[1], "length", number),
-            _parse_oid(fields[2], number),
-        )
+    def _add_splice(self, rest: str, number: int) -> None:
+        match = _PLAIN_SPLICE.match(rest)
+        if match is not None:
+            offset, length = int(match[1]), int(match[2])
+            if offset > _MAX_SIZE or length > _MAX_SIZE:
+                match = None  # the check field by field names it
+        if match is not None:
+            splice = Splice(offset, length, match[3])
+        else:
+            fields = rest.split(" ")
+            if len(fields) != 3:
+                raise ManifestError("splice needs offset, length, oid", line_number=number)
+            splice = Splice(
+                _parse_int(fields[0], "offset", number),
+                _parse_int(fields[1], "length", number),
+                _parse_oid(fields[2], number),
+            )
         if self.splices and splice.offset < self.splices[-1].end:
             raise ManifestError("splices overlap or are out of order", line_number=number)
         if splice.end > self.size:

@@ -380,6 +380,18 @@ REJECTIONS = [
     ),
     # fields
     (replace("F32 [2,8]", "F33 [2,8]"), "line 10: tensor 'view': unknown dtype 'F33'"),
+    (replace("tied F32", "tied F33"), "line 9: tensor 'tied': unknown dtype 'F33'"),
+    (replace("tied F32 [4,8]", f"tied F32 [4,{2**61}]"), f"line 9: shape {2**61} is too large"),
+    (
+        replace("tied F32 [4,8]", "tied F32 [" + ",".join(["1"] * 65) + "]"),
+        "line 9: shape has more than 64 dimensions",
+    ),
+    (replace("tied F32 [4,8]", "tied F32 [4,8,]"), "line 9: bad shape ''"),
+    (replace("tied F32 [4,8]", "tied  F32 [4,8]"), "line 9: tensor needs name, dtype, shape, oid"),
+    (replace("splice 256 16", f"splice {2**61} 16"), f"line 12: offset {2**61} is too large"),
+    (replace("splice 256 16", f"splice 256 {2**61}"), f"line 12: length {2**61} is too large"),
+    (replace("splice 256 16", "splice 256  16"), "line 12: splice needs offset, length, oid"),
+    (replace("splice 256 16", "splice 256 016"), "line 12: bad length '016'"),
     (replace("[2,8]", "[2,08]"), "line 10: bad shape '08'"),
     (replace("[2,8]", "(2,8)"), "line 10: bad shape '(2,8)'"),
     (
