@@ -83,15 +83,19 @@ def _clean(raw: Readable, store: LocalStore, path: str, warn: Warn) -> bytes:
             parsed = parse_safetensors(ctx)
         else:
             raise NotThisFormat("neither a torch zip archive nor a safetensors file")
-        _check_manifest(ctx, parsed)
+        body = _check_manifest(ctx, parsed)
     except (NotThisFormat, TruncatedError, SkeletonTooLargeError) as exc:
         warn(f"{path}: {exc}; stored as one opaque object")
         parsed = store_opaque(ctx)
-    return _manifest_for(ctx, parsed).render()
+        body = None
+    manifest = _manifest_for(ctx, parsed)
+    # The lines after the head are the checked ones: rendered once, not again.
+    return manifest.render_head() + (manifest.render_body() if body is None else body)
 
 
-def _check_manifest(ctx: CleanContext, parsed: ParsedFile) -> None:
-    """Raise NotThisFormat unless the manifest for ``parsed`` is one that readers accept.
+def _check_manifest(ctx: CleanContext, parsed: ParsedFile) -> bytes:
+    """The body of the manifest for ``parsed`` (:meth:`Manifest.render_body`), once it is
+    known to be one that readers accept; NotThisFormat otherwise.
 
     Clean must never write a manifest that smudge then refuses: one over the
     size limit (a pickle with a million metrics) or over the work limit (a
@@ -109,10 +113,12 @@ def _check_manifest(ctx: CleanContext, parsed: ParsedFile) -> None:
         tensors=parsed.tensors,
         splices=ctx.layout.splices,
     )
+    body = candidate.render_body()
     try:
-        Manifest.parse(candidate.render())
+        Manifest.parse(candidate.render_head() + body)
     except ManifestError as exc:
         raise NotThisFormat(f"its manifest would be refused ({exc})") from None
+    return body
 
 
 def _read_manifest(ctx: CleanContext) -> bytes | None:

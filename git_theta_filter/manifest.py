@@ -268,6 +268,10 @@ class Manifest:
 
     def render(self) -> bytes:
         """The canonical text: the one encoding that :meth:`parse` accepts."""
+        return self.render_head() + self.render_body()
+
+    def render_head(self) -> bytes:
+        """The first five lines of :meth:`render`: version, format, size, sha256, skeleton."""
         lines = [
             f"{MAGIC.decode()}{VERSION}",
             f"format {self.format}",
@@ -275,7 +279,11 @@ class Manifest:
             f"sha256 {self.sha256}",
             f"skeleton {self.skeleton}",
         ]
-        lines += [
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+    def render_body(self) -> bytes:
+        """The rest of :meth:`render`: the metric, tensor and splice lines."""
+        lines = [
             f"metric {encode_name(k)} {format_metric(self.metrics[k])}"
             for k in sorted(self.metrics)
         ]
@@ -285,7 +293,7 @@ class Manifest:
         lines += [
             s.render() for s in sorted(self.splices, key=lambda s: (s.offset, s.length, s.oid))
         ]
-        return ("\n".join(lines) + "\n").encode("utf-8")
+        return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
     @classmethod
     def parse(cls, data: bytes) -> Manifest:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import functools
 import io
 import math
 import pickle
@@ -72,7 +73,7 @@ class TensorRef:
     shape: tuple[int, ...]
     stride: tuple[int, ...]
 
-    @property
+    @functools.cached_property  # asked three times of each tensor of a clean
     def is_whole_storage(self) -> bool:
         """True when the tensor is exactly its storage's bytes, in order."""
         expected_stride = []

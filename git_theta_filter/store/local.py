@@ -587,7 +587,8 @@ class LocalStore:
         except BaseException:
             stored.close()
             raise
-        stored.drop_bases()
+        if stored.base_oid is not None:
+            stored.drop_bases()
         return stored
 
     def canonical_size(self, oid: str) -> int | None:

@@ -495,3 +495,13 @@ def test_manifest_is_pure_function_of_values() -> None:
 def test_empty_name_cannot_be_written() -> None:
     with pytest.raises(ManifestError, match="empty name"):
         encode_name("")
+
+
+def test_render_is_its_head_and_body_and_a_manifest_of_no_lines_has_an_empty_body() -> None:
+    manifest = Manifest.parse(EXAMPLE)
+    assert manifest.render_head() == b"".join(EXAMPLE.splitlines(keepends=True)[:5])
+    assert manifest.render_head() + manifest.render_body() == manifest.render() == EXAMPLE
+    empty = Manifest(format="opaque", size=0, sha256=SHA, skeleton=SKEL)
+    assert empty.render_body() == b""
+    assert empty.render() == empty.render_head()
+    assert Manifest.parse(empty.render()) == empty
