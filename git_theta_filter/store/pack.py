@@ -17,6 +17,7 @@ a reader that finds an index finds a complete pack.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import re
@@ -123,6 +124,11 @@ class PackIndex:
             raise PackError(pack, "name does not match the checksum in its index")
         self._data = data
         self.count = count
+        # The first byte of every entry's oid, in order: a lookup narrows its bisection to
+        # the entries of its key's first byte (about 1/256 of them) in C.
+        self._first_bytes = data[
+            _INDEX_HEADER.size : _INDEX_HEADER.size + count * _RECORD.size : _RECORD.size
+        ]
         pack_size = os.stat(pack).st_size
         previous = b""
         for position in range(count):
@@ -142,7 +148,8 @@ class PackIndex:
         """(offset, length) of the object's entry, or None."""
         key = bytes.fromhex(oid)
         data = self._data
-        low, high = 0, self.count
+        low = bisect.bisect_left(self._first_bytes, key[0])
+        high = bisect.bisect_right(self._first_bytes, key[0], low)
         while low < high:
             # Compares slices of the index itself: a checkout of thousands of small
             # objects looks each one up, and unpacking every probed record cost more.

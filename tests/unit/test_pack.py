@@ -47,7 +47,9 @@ def test_pack_round_trips_every_entry_and_is_named_by_its_sha256(pack) -> None:
     for oid, content in objects.items():
         offset, length = index.find(oid)
         assert data[offset : offset + length] == content
-    assert index.find("0" * 64) is None
+    assert index.find("0" * 64) is None and index.find("f" * 64) is None
+    for oid in objects:  # another id of the same first byte is not found
+        assert index.find(oid[:2] + ("0" if oid[2] != "0" else "1") + oid[3:]) is None
     assert [oid for oid, _, _ in index.entries()] == sorted(objects)
     assert pack_paths(path.parent) == [path]
     assert oct(path.stat().st_mode & 0o777) == "0o444"
