@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from .clean_cache import CACHED_UP_TO, CleanCache, Prefixed, read_up_to
 from .gitrepo import GitRepo, git_process
 from .manifest import Manifest, ManifestError, looks_like_manifest
+from .store.codec import preload_numpy
 from .store.local import LocalStore, ObjectMissingError
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ class ThetaFilter:
         read whole first and looked up in the clean cache (docs/store.md)."""
         head = read_up_to(content, CACHED_UP_TO + 1)
         if len(head) > CACHED_UP_TO:
+            # A large file: its tensors' byte planes will need numpy, whose import
+            # runs meanwhile (the hooks, the staged manifest, the file's head).
+            preload_numpy()
             return self._clean(pathname, Prefixed(head, content))
         cached = self.cleaned.lookup(head, self.store)
         if cached is not None:

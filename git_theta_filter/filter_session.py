@@ -60,6 +60,10 @@ def start_filter(resources: contextlib.ExitStack) -> ThetaFilter:
     from .gitrepo import GitRepo
     from .locks import writer_lock
 
+    # numpy's OpenBLAS starts a thread per core when numpy is imported, which spin
+    # for a while: CPU taken from the codec's workers. Nothing here calls BLAS, and
+    # this process starts only git's own programs.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     repo = GitRepo.discover()
     # Held for the rest of the process: `git theta gc` waits for us, so objects
     # written by an add in progress are never pruned before the index names them.

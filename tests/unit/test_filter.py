@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from safetensors.numpy import save as safetensors_save
 from git_theta_filter import filter as filter_module
 from git_theta_filter.clean import clean
 from git_theta_filter.filter import ThetaFilter, smudge_or_fetch, staged_manifest
+from git_theta_filter.filter_session import start_filter
 from git_theta_filter.gitrepo import GitRepo
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import WorkTreeWriteError, write_atomically
@@ -94,6 +98,46 @@ def test_filter_runs_before_work_once_before_a_clean_the_cache_does_not_answer(
     cached = ThetaFilter(theta_repo, before_work=lambda: calls.append("cached"))
     assert cached.clean("model.safetensors", io.BytesIO(model_bytes(0))) == manifest
     assert calls == [0, 1]  # a clean the cache answers does no work
+
+
+_PRELOAD_SCRIPT = """
+import io, os, sys
+from git_theta_filter.clean_cache import CACHED_UP_TO
+from git_theta_filter.filter import ThetaFilter
+from git_theta_filter.gitrepo import GitRepo
+from git_theta_filter.store import codec
+
+handler = ThetaFilter(GitRepo.discover("."))
+handler.clean("small.bin", io.BytesIO(os.urandom(4096)))
+print(codec._numpy_import is None, "numpy" in sys.modules)
+# Opaque bytes: stored as one plain zstd object, which itself needs no numpy.
+handler.clean("large.bin", io.BytesIO(os.urandom(CACHED_UP_TO + 1)))
+codec._numpy_import.join()
+print(codec._numpy_import is None, "numpy" in sys.modules)
+"""
+
+
+def test_a_large_clean_starts_importing_numpy_and_a_small_one_does_not(git_env, repo: Path) -> None:
+    """numpy's import (0.1 s of CPU) runs beside the start of a large file's clean, not
+    in front of its first block; a small file never needs it."""
+    result = git_env.run(sys.executable, "-c", _PRELOAD_SCRIPT, cwd=repo)
+    assert result.stdout.decode().split() == ["True", "False", "False", "True"]
+
+
+def test_the_filter_process_keeps_numpys_blas_to_one_thread(
+    git_env, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenBLAS's threads would spin beside the codec's workers; a setting the user
+    made is kept."""
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with contextlib.ExitStack() as resources:
+        start_filter(resources)
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    with contextlib.ExitStack() as resources:
+        start_filter(resources)
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
 
 
 def test_filter_with_skip_smudge_checks_the_manifest_out_as_it_is(theta_repo: GitRepo) -> None:
