@@ -753,7 +753,9 @@ class EncodingWriter:
         if self._canonical:
             self._out.write(block)
         else:
-            self._out.write(_BLOCK_LENGTH.pack(len(stored)) + stored)
+            # Two writes: concatenated, the block would be copied once more.
+            self._out.write(_BLOCK_LENGTH.pack(len(stored)))
+            self._out.write(stored)
         self._written += len(block)
 
     def finish(self, oid: str) -> None:
