@@ -60,7 +60,7 @@ class CleanContext:
             shape = (nbytes,)
         writer = self.store.writer(object_dtype, shape, nbytes, names)
         try:
-            received = self.source.copy_to(writer.write, nbytes, allow_short=True)
+            received = self.source.copy_to(writer.write_async, nbytes, allow_short=True)
         except BaseException:
             writer.abort()
             raise

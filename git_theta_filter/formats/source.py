@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["Source", "TruncatedError", "Readable", "CHUNK"]
 
 CHUNK = 1 << 20
+# Buffers the reader may run ahead of the hashes and encodings of the bytes it read.
+RING = 8
 
 # The whole-file sha256 runs on this thread while the caller's thread parses
 # and stores objects (which costs a second sha256 of the same bytes). hashlib
@@ -37,12 +39,24 @@ class TruncatedError(ThetaError):
 
 
 class Source:
-    def __init__(self, raw: Readable, chunk: int = CHUNK) -> None:
+    """Reads ``raw`` into a ring of up to ``ring`` buffers of ``chunk`` bytes.
+
+    Every byte is handed out as a view of the buffer it was read into, and
+    the buffer is not refilled until all work queued on its bytes is done:
+    the whole-file hash, and any future that a ``write`` given to
+    :meth:`copy_to` returned (an object's hash, its encoding). So the reader
+    runs up to ``ring`` buffers ahead of the workers instead of waiting for
+    each chunk's hashes, and no byte is copied out to be worked on. Buffers
+    are made as the reader first needs them: a small file takes one.
+    """
+
+    def __init__(self, raw: Readable, chunk: int = CHUNK, ring: int = RING) -> None:
         self._raw = raw
-        # Filled in turn: new bytes go into one buffer while the other's may
-        # still be being hashed.
-        self._buffers = (bytearray(chunk), bytearray(chunk))
-        self._hashing: list[Future | None] = [None, None]  # last hash update queued per buffer
+        self._chunk = chunk
+        self._ring = max(2, ring)
+        self._buffers = [bytearray(chunk)]
+        # Work queued on each buffer's bytes, waited for before the buffer is refilled.
+        self._pending: list[list[Future]] = [[]]
         self._current = 0
         self._view = memoryview(self._buffers[0])
         self._start = 0  # first unconsumed byte in the current buffer
@@ -51,23 +65,35 @@ class Source:
         self._hash = hashlib.sha256()
         self.position = 0  # bytes consumed so far = offset in the file
 
-    def _wait_for_hash(self, index: int) -> None:
-        pending, self._hashing[index] = self._hashing[index], None
-        if pending is not None:
-            pending.result()
+    def _settle(self, index: int) -> None:
+        """Wait until no queued work reads buffer ``index``."""
+        pending, self._pending[index] = self._pending[index], []
+        for future in pending:
+            # Errors are the submitter's to raise (an object's commit, the hash at
+            # finish()); here only the buffer's release matters.
+            if not future.cancelled():
+                future.exception()
+
+    def _next_buffer(self) -> int:
+        index = (self._current + 1) % self._ring
+        if index == len(self._buffers):
+            self._buffers.append(bytearray(self._chunk))
+            self._pending.append([])
+        else:
+            self._settle(index)
+        return index
 
     def _fill(self) -> bool:
         """Read more bytes behind the unconsumed ones; False at end of input."""
         if self._eof:
             return False
         if self._start:
-            # Carry the unconsumed bytes over to the front of the other buffer.
-            other = 1 - self._current
-            self._wait_for_hash(other)
-            target = memoryview(self._buffers[other])
+            # Carry the unconsumed bytes over to the front of the next buffer.
+            following = self._next_buffer()
+            target = memoryview(self._buffers[following])
             remaining = self._end - self._start
             target[:remaining] = self._view[self._start : self._end]
-            self._current, self._view = other, target
+            self._current, self._view = following, target
             self._start, self._end = 0, remaining
         if self._end == len(self._view):
             return True
@@ -76,7 +102,7 @@ class Source:
             self._eof = True
             return False
         arrived = self._view[self._end : self._end + count]
-        self._hashing[self._current] = _file_hasher.submit(self._hash.update, arrived)
+        self._pending[self._current].append(_file_hasher.submit(self._hash.update, arrived))
         self._end += count
         return True
 
@@ -103,7 +129,11 @@ class Source:
     def copy_to(
         self, write: Callable[[memoryview], object], size: int, *, allow_short: bool = False
     ) -> int:
-        """Hand the next ``size`` bytes to ``write`` in chunk-sized views."""
+        """Hand the next ``size`` bytes to ``write`` in chunk-sized views.
+
+        ``write`` may return a future of work that still reads the view: its buffer
+        is not refilled until that is done.
+        """
         left = size
         while left:
             if self._start == self._end and not self._fill():
@@ -111,7 +141,9 @@ class Source:
                     break
                 raise TruncatedError(f"file ends {left} bytes early at offset {self.position}")
             take = min(left, self._end - self._start)
-            write(self._view[self._start : self._start + take])
+            queued = write(self._view[self._start : self._start + take])
+            if queued is not None and hasattr(queued, "exception"):
+                self._pending[self._current].append(queued)
             self._start += take
             self.position += take
             left -= take
@@ -122,7 +154,9 @@ class Source:
         total = 0
         while self._start < self._end or self._fill():
             take = self._end - self._start
-            write(self._view[self._start : self._end])
+            queued = write(self._view[self._start : self._end])
+            if queued is not None and hasattr(queued, "exception"):
+                self._pending[self._current].append(queued)
             self._start = self._end
             self.position += take
             total += take
@@ -136,5 +170,5 @@ class Source:
         if not self.at_eof():
             raise ThetaError("finish() called before the end of input")
         for index in range(len(self._buffers)):
-            self._wait_for_hash(index)
+            self._settle(index)
         return self.position, self._hash.hexdigest()

@@ -21,6 +21,7 @@ replayed from the expected object into the encoder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -35,6 +36,8 @@ from .integrity import ObjectCorruptError
 from .object_format import ObjectFormatError, ObjectHeader, encode_header
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from .local import LocalStore
 
 __all__ = [
@@ -169,6 +172,7 @@ class ObjectWriter:
         self._small = len(self._header) + nbytes < PACK_BELOW
         self._width = encoding_width(dtype, nbytes, len(self._header))
         self._hash = hashlib.sha256(self._header)
+        self._hashing: Future | None = None  # the last hash update queued on the thread
         self._same = store._take_expected(self._header, names)
         # The expected object after a difference, kept open: the delta base is on its chain.
         self._compared: ExpectedObject | None = None
@@ -212,21 +216,41 @@ class ObjectWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and store ``data``; the caller may reuse its buffer when this returns."""
+        queued = self.write_async(data)
+        if queued is not None:
+            queued.result()
+
+    def write_async(self, data: bytes | bytearray | memoryview) -> Future | None:
+        """Hash and store ``data``, returning the future of the work still reading it, if
+        any: the caller keeps ``data`` unchanged until that is done.
+
+        The hash runs on its own thread while this one stores the bytes and goes on to
+        read the next ones; :meth:`commit` waits for it.
+        """
         if self._same is not None:
             if self._same.matches(data):
                 self._written += len(data)
-                return
+                return None
             self._diverge()
-        if len(data) < _HASH_IN_PARALLEL_FROM:
+        queued = None
+        if len(data) < _HASH_IN_PARALLEL_FROM and self._hashing is None:
             self._hash.update(data)
-            self._store_bytes(data)
         else:
-            hashed = _object_hasher.submit(self._hash.update, data)
-            try:
-                self._store_bytes(data)
-            finally:
-                hashed.result()
+            # Queued behind this object's earlier updates: one thread runs them in order.
+            queued = self._hashing = _object_hasher.submit(self._hash.update, data)
+        try:
+            self._store_bytes(data)
+        except BaseException:
+            self._wait_for_hash()  # the caller may reuse the buffer once this raises
+            raise
         self._written += len(data)
+        return queued
+
+    def _wait_for_hash(self) -> None:
+        """Wait for the hash updates queued so far (all of them: they run in order)."""
+        if self._hashing is not None:
+            queued, self._hashing = self._hashing, None
+            queued.result()
 
     def _diverge(self) -> None:
         """Stop comparing: the new object becomes a delta one deeper than the expected
@@ -255,6 +279,11 @@ class ObjectWriter:
             self._same = None
             self._store.freshen(self.oid)  # a dedup hit: gc's grace period restarts
             return self.oid
+        try:
+            self._wait_for_hash()
+        except BaseException:
+            self.abort()
+            raise
         oid = self._hash.hexdigest()
         try:
             if self._memory is not None:
@@ -337,6 +366,8 @@ class ObjectWriter:
             partial.write(chunk)
 
     def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._wait_for_hash()
         for expected in (self._same, self._compared):
             if expected is not None:
                 expected.close()  # and the delta base, on the compared object's chain

@@ -4,6 +4,7 @@ that refuses a write named as such."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,28 @@ def test_on_refused_write_maps_every_errno_only_writing_causes(code: int) -> Non
         on_refused_write(lambda exc: ThetaError(f"refused: {exc.errno}")),
     ):
         raise OSError(code, "refused")
+
+
+def test_write_async_hashes_after_returning_and_in_order(store: LocalStore) -> None:
+    """write_async hands a large buffer's hash to a thread and returns its future, so the
+    caller reads on; the caller's buffer may change once that is done, and a small
+    write queued behind it is hashed after it, not before."""
+    import hashlib
+
+    from git_theta_filter.store.object_format import encode_header
+
+    big = bytearray(os.urandom(1 << 20))
+    small = b"tail"
+    payload = bytes(big) + small
+    writer = store.writer("U8", (len(payload),), len(payload))
+    queued = writer.write_async(big)
+    assert queued is not None
+    assert writer.write_async(small) is not None  # behind the big one, on the same thread
+    queued.result()
+    big[:] = bytes(len(big))  # the buffer is the caller's again
+    oid = writer.commit()
+    assert (
+        oid
+        == hashlib.sha256(encode_header("U8", (len(payload),), len(payload)) + payload).hexdigest()
+    )
+    store.verify(oid)  # the stored object decodes to the bytes of that id

@@ -68,3 +68,25 @@ def test_finish_before_the_end_and_a_peek_past_the_buffer_are_refused() -> None:
         source.peek(17)
     with pytest.raises(ThetaError, match="before the end of input"):
         source.finish()
+
+
+def test_a_buffer_is_not_refilled_while_work_handed_its_bytes_still_runs() -> None:
+    """A ``write`` may return a future of work that reads the view later (an object's
+    hash): the reader runs on into the other buffers of the ring, and waits for that
+    work before it reads new bytes into the buffer."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = bytes(range(256)) * 16
+    seen: list[bytes] = []
+
+    def check(view: memoryview, expected: bytes) -> None:
+        time.sleep(0.001)  # slower than the reader: it catches up and must wait
+        seen.append(bytes(view) if bytes(view) == expected else b"overwritten")
+
+    with ThreadPoolExecutor(1) as later:
+        source = Source(Trickle(data, step=16), chunk=64, ring=3)
+        assert source.copy_to(lambda view: later.submit(check, view, bytes(view)), len(data))
+        assert source.finish() == (len(data), hashlib.sha256(data).hexdigest())
+    assert b"".join(seen) == data
+    assert len(source._buffers) == 3, "no buffer beyond the ring"
