@@ -433,9 +433,11 @@ def decode_block_bytes(
     width: int,
     size: int,
     base: BasePlanes | None = None,
-) -> bytes | memoryview:
+    out: bytearray | None = None,
+) -> bytes | bytearray | memoryview:
     """The payload bytes of a block: :func:`decode_block`, joined; without numpy
-    for a one-plane block that needs no base.
+    for a one-plane block that needs no base. Planes are joined into ``out`` when
+    given (``size`` bytes), and ``out`` is returned.
     """
     if width == 1:
         ((mode, stored),) = _plane_records(memoryview(data), 1, size)
@@ -443,4 +445,8 @@ def decode_block_bytes(
             return stored
         if mode == MODE_ZSTD:
             return _decompressed(stored, size)
-    return join_planes(decode_block(data, width, size, base))
+    planes = decode_block(data, width, size, base)
+    if out is None:
+        return join_planes(planes)
+    join_planes(planes, memoryview(out))
+    return out

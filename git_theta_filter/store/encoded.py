@@ -487,8 +487,9 @@ class StoredObject:
             position += take
         return b"".join(parts)
 
-    def decoded_block(self, index: int) -> bytes | memoryview:
-        """Payload block ``index`` in this object's own block size."""
+    def decoded_block(self, index: int, out: bytearray | None = None) -> bytes | memoryview:
+        """Payload block ``index`` in this object's own block size; with ``out`` (of the
+        block's size), the bytes are in ``out`` (returned) whenever planes are joined."""
         encoded = self.encoded
         assert encoded is not None
         if not 0 <= index < encoded.block_count:
@@ -499,6 +500,7 @@ class StoredObject:
                 encoded.width,
                 encoded.block_span(index),
                 partial(self._base_planes, index),
+                out,
             )
         except BlockFormatError as exc:
             raise ObjectFormatError(self.oid, f"block {index}: {exc}") from None

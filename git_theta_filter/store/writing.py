@@ -25,13 +25,22 @@ import contextlib
 import hashlib
 import io
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ThetaError
 from ..threads import LazyThreadPool
 from . import fileio
-from .encoded import OID_OFFSET, EncodingWriter, ObjectReader, StoredObject, width_for
+from .encoded import (
+    OID_OFFSET,
+    WORKERS,
+    EncodingWriter,
+    ObjectReader,
+    StoredObject,
+    _workers,
+    width_for,
+)
 from .integrity import ObjectCorruptError
 from .object_format import ObjectFormatError, ObjectHeader, encode_header
 
@@ -59,6 +68,10 @@ PACK_BELOW = 1 << 20
 _object_hasher = LazyThreadPool(1, "theta-object-hash")
 # Below this, handing a buffer to the thread costs more than it saves.
 _HASH_IN_PARALLEL_FROM = 1 << 16
+# A large object's comparisons with its expected version run on the codec's workers,
+# at most this many ahead of the one whose result is taken.
+_compare_pool = _workers
+_COMPARED_AHEAD = WORKERS
 
 
 def delta_base_depth(depth: int) -> int:
@@ -114,6 +127,9 @@ class ExpectedObject:
         self._reader = ObjectReader(stored, verify=False)
         self._owner = True  # closing the reader closes ``stored``
         self._buffer = bytearray()
+        self._blocks: dict[int, Future] | None = None  # decoded blocks, for compare_async
+        self._block_size = COPY_CHUNK
+        self._decodes: list[Future] = []
 
     def matches(self, data: bytes | bytearray | memoryview) -> bool:
         incoming = memoryview(data).cast("B")
@@ -128,9 +144,69 @@ class ExpectedObject:
         # == would go byte by byte, thirty times slower.
         return filled == len(incoming) and self._buffer.startswith(incoming)
 
+    def compare_async(self, offset: int, data: memoryview) -> Future:
+        """Compare ``data`` with the payload bytes from ``offset`` on a codec worker. The
+        future's result is None if they are equal, else a copy of ``data``: either way,
+        ``data`` is not read once it is done.
+
+        The blocks it needs are decoded on the workers too, each once however many
+        comparisons need it, and the next block is decoded ahead. Decodes are queued
+        before the comparisons that wait for them, so a worker waits only for work
+        already running or done.
+        """
+        if self._blocks is None:
+            encoded = self.stored.encoded
+            self._block_size = encoded.block_size if encoded is not None else COPY_CHUNK
+            self._blocks = {}
+        size = self._block_size
+        first = offset // size
+        last = max(first, (offset + len(data) - 1) // size)
+        for stale in [index for index in self._blocks if index < first]:
+            del self._blocks[stale]  # a comparison still running holds its own reference
+        blocks = [(index, self._block(index)) for index in range(first, last + 1)]
+        if (last + 1) * size < self.stored.header.nbytes:
+            self._block(last + 1)
+        return _compare_pool.submit(self._compare, offset, data, blocks)
+
+    def _block(self, index: int) -> Future:
+        assert self._blocks is not None
+        future = self._blocks.get(index)
+        if future is None:
+            future = self._blocks[index] = _compare_pool.submit(self._decode, index)
+            # Only the decodes still running, for close(): a done one would keep its block.
+            self._decodes = [running for running in self._decodes if not running.done()]
+            self._decodes.append(future)
+        return future
+
+    def _decode(self, index: int) -> bytes | bytearray:
+        start = index * self._block_size
+        size = min(self._block_size, self.stored.header.nbytes - start)
+        if self.stored.encoded is None:
+            return self.stored.read_payload(start, size)
+        # Into a bytearray, whose startswith() compares with memcmp.
+        block = self.stored.decoded_block(index, out=bytearray(size))
+        return block if isinstance(block, (bytes, bytearray)) else bytes(block)
+
+    def _compare(
+        self, offset: int, data: memoryview, blocks: list[tuple[int, Future]]
+    ) -> bytes | None:
+        position = 0
+        for index, decoded in blocks:
+            block = decoded.result()
+            begin = offset + position - index * self._block_size
+            take = min(len(block) - begin, len(data) - position)
+            if take <= 0 or not block.startswith(data[position : position + take], begin):
+                return bytes(data)
+            position += take
+        return None if position == len(data) else bytes(data)
+
     def iter_prefix(self, size: int) -> Iterator[memoryview]:
         """The first ``size`` payload bytes, in chunks of one reused buffer."""
-        self._reader.seek(self.stored.header.data_offset)
+        return self.iter_range(0, size)
+
+    def iter_range(self, offset: int, size: int) -> Iterator[memoryview]:
+        """Payload bytes ``[offset, offset + size)``, in chunks of one reused buffer."""
+        self._reader.seek(self.stored.header.data_offset + offset)
         buffer = memoryview(bytearray(min(size, COPY_CHUNK) or 1))
         left = size
         while left:
@@ -141,6 +217,12 @@ class ExpectedObject:
             left -= count
 
     def close(self) -> None:
+        # The workers read the stored object: let them finish before its file is closed.
+        for future in self._decodes:
+            if not future.cancel():
+                with contextlib.suppress(Exception):
+                    future.result()
+        self._decodes.clear()
         self._reader.close()
 
 
@@ -173,6 +255,8 @@ class ObjectWriter:
         self._width = encoding_width(dtype, nbytes, len(self._header))
         self._hash = hashlib.sha256(self._header)
         self._hashing: Future | None = None  # the last hash update queued on the thread
+        # (payload offset, length, future) of the comparisons not yet taken, in order
+        self._comparing: deque[tuple[int, int, Future]] = deque()
         self._same = store._take_expected(self._header, names)
         # The expected object after a difference, kept open: the delta base is on its chain.
         self._compared: ExpectedObject | None = None
@@ -228,10 +312,12 @@ class ObjectWriter:
         read the next ones; :meth:`commit` waits for it.
         """
         if self._same is not None:
+            if not self._small:
+                return self._compare_async(memoryview(data).cast("B"))
             if self._same.matches(data):
                 self._written += len(data)
                 return None
-            self._diverge()
+            self._diverge(self._written)
         queued = None
         if len(data) < _HASH_IN_PARALLEL_FROM and self._hashing is None:
             self._hash.update(data)
@@ -252,11 +338,43 @@ class ObjectWriter:
             queued, self._hashing = self._hashing, None
             queued.result()
 
-    def _diverge(self) -> None:
+    def _compare_async(self, data: memoryview) -> Future:
+        """A large object's payload is compared on the codec's workers while this thread
+        reads on; the results are taken in order, at most :data:`_COMPARED_AHEAD`
+        behind, so that a difference costs few decodes and holds few buffers."""
+        assert self._same is not None
+        queued = self._same.compare_async(self._written, data)
+        self._comparing.append((self._written, len(data), queued))
+        self._written += len(data)
+        self._settle_comparisons(_COMPARED_AHEAD)
+        return queued
+
+    def _settle_comparisons(self, keep: int) -> None:
+        """Take the results of the comparisons queued, all but the last ``keep``: at the
+        first that differs, diverge and store the payload from there."""
+        while self._same is not None and len(self._comparing) > keep:
+            offset, length, queued = self._comparing[0]
+            differing = queued.result()
+            if differing is None:
+                self._comparing.popleft()
+                continue
+            same = self._same
+            self._diverge(offset)
+            # Every comparison queued since: a copy of its bytes, or, where they agreed,
+            # the same bytes from the expected object.
+            while self._comparing:
+                offset, length, queued = self._comparing.popleft()
+                differing = queued.result()
+                chunks = [differing] if differing is not None else same.iter_range(offset, length)
+                for chunk in chunks:
+                    self._hash.update(chunk)
+                    self._store_bytes(chunk)
+
+    def _diverge(self, agreed: int) -> None:
         """Stop comparing: the new object becomes a delta one deeper than the expected
         one, against the member of its chain that :func:`delta_base_depth` names (a
-        full object past the depth limit), and the payload bytes that agreed so far
-        are replayed from the expected object.
+        full object past the depth limit), and the first ``agreed`` payload bytes,
+        equal in both, are replayed from the expected object.
         """
         assert self._same is not None
         same, self._same = self._same, None
@@ -265,7 +383,7 @@ class ObjectWriter:
         if depth <= self._store.max_delta_depth:  # 0 without compression
             self._delta_base = same.stored.down_chain_to(delta_base_depth(depth))
         self._start(self._delta_base, depth)
-        for chunk in same.iter_prefix(self._written):
+        for chunk in same.iter_prefix(agreed):
             self._hash.update(chunk)
             self._store_bytes(chunk)
 
@@ -273,6 +391,11 @@ class ObjectWriter:
         if self._written != self._expected:
             self.abort()
             raise ThetaError(f"object payload was {self._written} bytes, expected {self._expected}")
+        try:
+            self._settle_comparisons(0)
+        except BaseException:
+            self.abort()
+            raise
         if self._same is not None:
             self.oid = self._same.oid
             self._same.close()
@@ -340,6 +463,7 @@ class ObjectWriter:
         """Store the payload bytes received so far as a U8 object, when the input ended early."""
         partial = UnsizedObjectWriter(self._store)
         try:
+            self._settle_comparisons(0)
             if self._same is not None:
                 for chunk in self._same.iter_prefix(self._written):
                     partial.write(chunk)
@@ -368,6 +492,9 @@ class ObjectWriter:
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._wait_for_hash()
+        while self._comparing:  # they read the expected object, closed below
+            with contextlib.suppress(Exception):
+                self._comparing.popleft()[2].result()
         for expected in (self._same, self._compared):
             if expected is not None:
                 expected.close()  # and the delta base, on the compared object's chain

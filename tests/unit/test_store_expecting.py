@@ -107,6 +107,31 @@ def test_a_missing_or_corrupt_expected_object_is_ignored_and_replaced(
     assert bytes(rebuilt) == data
 
 
+@pytest.mark.parametrize("changed_blocks", [[0], [1], [1, 4], [5]])
+def test_a_difference_found_behind_later_comparisons_keeps_every_byte(
+    tmp_path: Path, store: LocalStore, changed_blocks: list[int]
+) -> None:
+    """A large payload is compared block by block on the workers, several blocks ahead of
+    the result taken: when one differs, the blocks compared after it (equal or not) are
+    stored too, and the object is the one a plain clean makes."""
+    generator = torch.Generator().manual_seed(1)
+    block = COPY_CHUNK // 4  # floats in a 1 MiB block
+    base = {"w": torch.randn(6 * block + 10, generator=generator), "b": torch.ones(3)}
+    changed = {"w": base["w"].clone(), "b": base["b"]}
+    for index in changed_blocks:
+        changed["w"][index * block + 123] += 1
+    previous = payload_oids(clean_manifest(store, torch_bytes(base)))
+    data = torch_bytes(changed)
+    with store.expecting(previous):
+        compared = clean_manifest(store, data)
+    assert compared.render() == clean_manifest(LocalStore(tmp_path / "plain"), data).render()
+    for oid in payload_oids(compared):
+        store.verify(oid)
+    rebuilt = bytearray()
+    prepare_smudge(compared.render(), store, "model.pth").write(rebuilt.extend)
+    assert bytes(rebuilt) == data
+
+
 def test_a_truncated_new_version_loses_no_byte_while_comparing(
     store: LocalStore, versions: list[dict]
 ) -> None:
