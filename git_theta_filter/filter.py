@@ -15,8 +15,10 @@ cleaned and rebuilt the same way whoever asks:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 from typing import TYPE_CHECKING
 
 from .clean_cache import CACHED_UP_TO, CleanCache, Prefixed, read_up_to
@@ -71,6 +73,32 @@ class ThetaFilter:
             self._before_work()
             self._before_work = None
 
+    def _start_work_beside(self) -> Callable[[], None]:
+        """Run ``before_work`` on a thread of its own, beside a large clean (the filter's
+        hooks check runs two git processes, 25 ms); the function returned waits for it
+        and raises its error, as :meth:`_start_work` would have."""
+        work = self._before_work
+        if work is None:
+            return lambda: None
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # raised on the request's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name="theta-before-work", daemon=True)
+        thread.start()
+
+        def finish() -> None:
+            thread.join()
+            if failed:
+                raise failed[0]
+            self._before_work = None
+
+        return finish
+
     def clean(self, pathname: str, content: Readable) -> bytes:
         """The manifest of ``content``; a file of up to :data:`CACHED_UP_TO` bytes is
         read whole first and looked up in the clean cache (docs/store.md)."""
@@ -79,7 +107,7 @@ class ThetaFilter:
             # A large file: its tensors' byte planes will need numpy, whose import
             # runs meanwhile (the hooks, the staged manifest, the file's head).
             preload_numpy()
-            return self._clean(pathname, Prefixed(head, content))
+            return self._clean(pathname, Prefixed(head, content), large=True)
         cached = self.cleaned.lookup(head, self.store)
         if cached is not None:
             return cached
@@ -87,15 +115,28 @@ class ThetaFilter:
         self.cleaned.remember(head, manifest)
         return manifest
 
-    def _clean(self, pathname: str, content: Readable) -> bytes:
-        self._start_work()
-        # Imported here: a clean the cache answers needs no format parser.
-        from .clean import clean, expecting_previous
+    def _clean(self, pathname: str, content: Readable, large: bool = False) -> bytes:
+        if large:
+            finish_work = self._start_work_beside()
+        else:
+            self._start_work()
+            finish_work = None
+        try:
+            # Imported here: a clean the cache answers needs no format parser.
+            from .clean import clean, expecting_previous
 
-        # A new version of a model mostly repeats the staged one's tensors;
-        # comparing with those costs far less than hashing and writing them.
-        with expecting_previous(self.store, staged_manifest(self.repo, pathname)):
-            return clean(content, self.store, pathname)
+            # A new version of a model mostly repeats the staged one's tensors;
+            # comparing with those costs far less than hashing and writing them.
+            with expecting_previous(self.store, staged_manifest(self.repo, pathname)):
+                manifest = clean(content, self.store, pathname)
+        except BaseException:
+            if finish_work is not None:
+                with contextlib.suppress(Exception):
+                    finish_work()  # waited for; the clean's own error is the one raised
+            raise
+        if finish_work is not None:
+            finish_work()
+        return manifest
 
     def prepare_smudge(
         self, pathname: str, content: Readable, treeish: str | None = None

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,30 @@ def test_filter_runs_before_work_once_before_a_clean_the_cache_does_not_answer(
     cached = ThetaFilter(theta_repo, before_work=lambda: calls.append("cached"))
     assert cached.clean("model.safetensors", io.BytesIO(model_bytes(0))) == manifest
     assert calls == [0, 1]  # a clean the cache answers does no work
+
+
+def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
+    theta_repo: GitRepo,
+) -> None:
+    """The hooks check's git processes run while a large file streams in; its failure
+    still fails the request, and the next one asks again."""
+    from git_theta_filter.clean_cache import CACHED_UP_TO
+
+    calls: list[bool] = []
+
+    def before_work() -> None:
+        calls.append(threading.current_thread() is threading.main_thread())
+        if len(calls) == 1:
+            raise OSError("hooks directory not writable")
+
+    handler = ThetaFilter(theta_repo, before_work=before_work)
+    large = os.urandom(CACHED_UP_TO + 1)
+    with pytest.raises(OSError, match="not writable"):
+        handler.clean("large.bin", io.BytesIO(large))
+    manifest = handler.clean("large.bin", io.BytesIO(large))
+    assert calls == [False, False]  # on a thread of its own, asked again
+    assert handler.clean("large.bin", io.BytesIO(large)) == manifest
+    assert calls == [False, False]  # once it succeeded, never again
 
 
 _PRELOAD_SCRIPT = """
