@@ -12,9 +12,13 @@ needs none of it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .version import __version__ as __version__
+
+# typing is not imported: the filter's client (filter_client.py) imports this
+# package before ``site``, and typing costs it more than everything else it loads.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _API_NAMES = frozenset(
     {

@@ -2,7 +2,8 @@
 
 Install writes two drivers, both started by the same command name:
 
-* ``filter.theta.process`` and ``filter.theta.required``: the clean/smudge filter;
+* ``filter.theta.process`` and ``filter.theta.required``: the clean/smudge filter,
+  started through its client (:func:`filter_process_command`, docs/filter-server.md);
 * ``merge.theta.driver`` and ``merge.theta.name``: the tensor-level merge
   (docs/merge.md). Git expands ``%O %A %B`` to temporary files holding the
   base, ours and theirs blobs, and ``%P`` to the path, shell-quoted.
@@ -10,6 +11,8 @@ Install writes two drivers, both started by the same command name:
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 from .attributes import THETA_ATTRIBUTES, check_pattern, filter_lines, set_filter_line
@@ -24,6 +27,7 @@ __all__ = [
     "MERGE_DRIVER_NAME",
     "install",
     "uninstall",
+    "filter_process_command",
     "track",
     "untrack",
     "tracked_patterns",
@@ -73,7 +77,7 @@ def install(
     """
     cwd = _scope_cwd(scope, repo)
     for key, value in (
-        ("filter.theta.process", f"{filter_command()} filter-process"),
+        ("filter.theta.process", filter_process_command()),
         ("filter.theta.required", "true"),
         ("merge.theta.name", MERGE_DRIVER_NAME),
         ("merge.theta.driver", f"{filter_command()} merge %O %A %B %P"),
@@ -83,6 +87,19 @@ def install(
     if repo is not None and with_hooks:
         changes += install_hooks(repo, force=force_hooks)
     return changes
+
+
+def filter_process_command() -> str:
+    """``<python> -S <package>/filter_client.py``, shell-quoted: the client starts in a few
+    milliseconds and hands git's pipes to a warm filter server (filter_client.py).
+
+    The interpreter is named by path, as the ``git-theta`` script's own first
+    line names it; without one (an embedded interpreter), the script is used.
+    """
+    if not sys.executable:
+        return f"{filter_command()} filter-process"
+    client = Path(__file__).resolve().with_name("filter_client.py")
+    return f"{shlex.quote(sys.executable)} -S {shlex.quote(str(client))}"
 
 
 def uninstall(scope: str, repo: GitRepo | None) -> list[str]:

@@ -40,10 +40,19 @@ def run(args: argparse.Namespace | None) -> NoReturn:
     took 6-10 ms of a ~70 ms filter run. By then every answer is written and
     the writer lock released; only buffered output is left to flush.
     """
+    serve_git()
+    os._exit(0)
+
+
+def serve_git() -> int:
+    """Speak git's filter protocol on this process's stdin and stdout until git closes them.
+
+    Also what a filter server's child runs (filter_server.py), in place of a new process.
+    """
     stdin, stdout = open_stdio_streams()
     with contextlib.ExitStack() as resources:
         handler = FilterOnFirstRequest(resources)
         serve(PktLineReader(stdin), PktLineWriter(stdout), handler, report_error)
     for stream in (stdout, sys.stdout, sys.stderr):
         stream.flush()
-    os._exit(0)
+    return 0

@@ -1,0 +1,120 @@
+"""The command git runs as ``filter.theta.process``: hand git's pipes to a warm filter server.
+
+``git theta install`` configures ``<python> -S <this file>``. Without ``site``
+and with only builtin modules, this starts in a few milliseconds; it connects
+to this user's server for this installation (docs/filter-server.md), passes
+its standard streams, working directory, umask and environment, and waits for
+the exit status of the server's child, which speaks git's filter protocol on
+those streams. When there is no usable server, it serves git itself, as
+``git theta filter-process`` does, and starts a server for the next command.
+
+The server is not used when ``GIT_THETA_FILTER_SERVER=0`` or when this process
+has a controlling terminal: a server's child has none, so git's credential
+prompt and ssh's passphrase prompt could not reach the user.
+"""
+
+import os
+import sys
+
+_ANSWER_SECONDS = 5.0
+
+
+def main() -> None:
+    # Run as a script: sys.path[0] is this package's directory, not its parent.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if sys.argv[1:] == ["--serve"]:
+        _load_site()
+        from git_theta_filter.filter_server import serve_until_idle
+
+        serve_until_idle()
+        return
+    use_server = os.environ.get("GIT_THETA_FILTER_SERVER") != "0" and not _in_a_terminal()
+    if use_server:
+        status = relay_to_server()
+        if status is not None:
+            os._exit(status)
+    _load_site()
+    if use_server:
+        _start_server()
+    from git_theta_filter.cli import main as cli_main
+
+    sys.exit(cli_main(["filter-process"]))
+
+
+def _load_site() -> None:
+    import site
+
+    site.main()
+
+
+def _in_a_terminal() -> bool:
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
+def relay_to_server() -> int | None:
+    """Have the server serve git on our streams; its child's exit status, or None
+    when no server took the request (none running, or it refused)."""
+    import _socket
+
+    from git_theta_filter import filter_wire
+
+    identity = filter_wire.installation_identity()
+    directory = filter_wire.runtime_directory()
+    path = filter_wire.socket_path(directory, identity)
+    if path is None or not filter_wire.trusted_directory(directory):
+        return None
+    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        connection.settimeout(_ANSWER_SECONDS)
+        connection.connect(path)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        request = filter_wire.FilterRequest(
+            identity, os.getcwdb(), umask, dict(os.environb.items())
+        )
+        payload = filter_wire.encode_request(request)
+        descriptors = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))
+        ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, descriptors)]
+        connection.sendmsg([payload[: filter_wire.LENGTH_DIGITS]], ancillary)
+        connection.sendall(payload[filter_wire.LENGTH_DIGITS :])
+        if connection.recv(1) != filter_wire.SERVING:
+            return None
+    except (OSError, filter_wire.MalformedRequestError):
+        connection.close()
+        return None
+    # The child owns git's streams now: from here on, this process only waits for its status.
+    try:
+        connection.settimeout(None)
+        status = connection.recv(1)
+    except OSError:
+        status = b""
+    finally:
+        connection.close()
+    # No status byte: the child died after taking git's streams, and git has seen that too.
+    return status[0] if status else 1
+
+
+def _start_server() -> None:
+    """Start a server in the background for the next filter command; it exits when idle."""
+    import subprocess
+
+    try:
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        pass  # no server: every command serves git itself, as before
+
+
+if __name__ == "__main__":
+    main()

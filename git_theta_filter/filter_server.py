@@ -1,0 +1,238 @@
+"""The filter server: a warm process that serves git for :mod:`filter_client`, one fork per client.
+
+It imports the filter's modules once, then listens on this user's socket for
+this installation (:mod:`filter_wire`, docs/filter-server.md). For each
+client it forks a child, which checks the request, takes over the client's
+standard streams, working directory, umask and environment, and serves git's
+filter protocol exactly as ``git theta filter-process`` would, then sends the
+exit status back. Nothing of one request outlives its child.
+
+The server exits when it has been idle for ``IDLE_SECONDS``, when its socket
+was removed or replaced (another server took over, or the user removed the
+directory), or when this package's sources changed (an upgrade or an edit):
+a request that finds the sources changed is refused, so that its client
+serves git itself with the new code and starts a new server.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+from . import filter_wire
+
+__all__ = ["IDLE_SECONDS", "UntrustedClientError", "serve_until_idle", "receive_request"]
+
+IDLE_SECONDS = 60.0
+# How often an idle server looks at its socket and sources.
+CHECK_SOCKET_SECONDS = 2.0
+# A client sends its whole request at once; a slower one is not a client of ours.
+REQUEST_SECONDS = 5.0
+DESCRIPTORS = 3  # the client's stdin, stdout and stderr
+
+# What a clean or smudge imports, so that a child starts with it loaded. numpy
+# is left out: importing it starts its BLAS threads, and a process with
+# threads must not fork.
+_WARM_MODULES = (
+    "git_theta_filter.cli",
+    "git_theta_filter.cli.filter_process",
+    "git_theta_filter.filter",
+    "git_theta_filter.clean",
+    "git_theta_filter.smudge",
+    "git_theta_filter.hooks",
+    "git_theta_filter.locks",
+    "git_theta_filter.formats.torch_zip",
+    "git_theta_filter.formats.safetensors_file",
+    "git_theta_filter.store.local",
+    "concurrent.futures.thread",
+    "zstandard",
+)
+
+
+class UntrustedClientError(ConnectionError):
+    """A connection from another user, or one that broke the request format."""
+
+
+def serve_until_idle() -> None:
+    """Serve clients until idle, replaced or outdated; return without serving when this
+    user's runtime directory cannot be made private or the socket path is too long."""
+    identity = filter_wire.installation_identity()
+    directory = filter_wire.runtime_directory()
+    path = filter_wire.socket_path(directory, identity)
+    if path is None or not _private_directory(directory):
+        return
+    for name in _WARM_MODULES:
+        importlib.import_module(name)
+    if threading.active_count() > 1:
+        return  # a warm import started a thread; forking now could deadlock the children
+    sources = _source_snapshot()
+    listener, inode = _listen(path)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    # Objects made so far stay out of the collector, so children share their pages.
+    gc.freeze()
+    last_request = time.monotonic()
+    try:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                idle = time.monotonic() - last_request >= IDLE_SECONDS
+                if idle or not _still_listening(path, inode) or _source_snapshot() != sources:
+                    return
+                continue
+            last_request = time.monotonic()
+            if not _still_listening(path, inode) or _source_snapshot() != sources:
+                _refuse(connection)
+                return
+            _fork_child(listener, connection, identity)
+    finally:
+        if _still_listening(path, inode):
+            os.unlink(path)
+        listener.close()
+
+
+def _private_directory(directory: str) -> bool:
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    return filter_wire.trusted_directory(directory)
+
+
+def _listen(path: str) -> tuple[socket.socket, int]:
+    """Listen on ``path``, replacing any socket there at once (rename is atomic), so a
+    client never finds the path missing while servers take over from each other."""
+    staging = f"{path}.{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.unlink(staging)
+    except FileNotFoundError:
+        pass
+    listener.bind(staging)
+    listener.listen(16)
+    os.rename(staging, path)
+    listener.settimeout(CHECK_SOCKET_SECONDS)
+    return listener, os.stat(path).st_ino
+
+
+def _still_listening(path: str, inode: int) -> bool:
+    try:
+        return os.stat(path).st_ino == inode
+    except OSError:
+        return False
+
+
+def _source_snapshot() -> list[tuple[str, int, int]]:
+    """This package's Python files with their change times and sizes."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    snapshot = []
+    for root, directories, files in os.walk(package):
+        directories[:] = sorted(d for d in directories if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".py"):
+                info = os.stat(os.path.join(root, name))
+                snapshot.append((os.path.join(root, name), info.st_mtime_ns, info.st_size))
+    return snapshot
+
+
+def _refuse(connection: socket.socket) -> None:
+    try:
+        connection.sendall(filter_wire.REFUSED)
+    except OSError:
+        pass
+    connection.close()
+
+
+def _fork_child(listener: socket.socket, connection: socket.socket, identity: str) -> None:
+    pid = os.fork()
+    if pid:
+        connection.close()
+        return
+    status = 1
+    try:
+        listener.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the filter waits for its own processes
+        status = _serve_client(connection, identity)
+    finally:
+        os._exit(status)
+
+
+def _serve_client(connection: socket.socket, identity: str) -> int:
+    try:
+        request, descriptors = receive_request(connection)
+    except (OSError, filter_wire.MalformedRequestError):
+        return 1
+    if request.identity != identity:
+        for fd in descriptors:
+            os.close(fd)
+        _refuse(connection)
+        return 0
+    _take_over(request, descriptors)
+    connection.sendall(filter_wire.SERVING)
+
+    from .cli._errors import run_reporting
+    from .cli.filter_process import serve_git
+
+    status = run_reporting(serve_git)
+    connection.sendall(bytes([status & 0xFF]))
+    return 0
+
+
+def receive_request(connection: socket.socket) -> tuple[filter_wire.FilterRequest, list[int]]:
+    """The request on ``connection`` and the three descriptors that came with it.
+
+    Only this user's processes may ask (SO_PEERCRED), within ``REQUEST_SECONDS``,
+    with exactly three descriptors and at most ``MAX_REQUEST_BYTES``; anything
+    else raises, with every received descriptor closed.
+    """
+    credentials = connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+    )
+    _, uid, _ = struct.unpack("3i", credentials)
+    if uid != os.getuid():
+        raise UntrustedClientError(f"a client of user {uid} connected to user {os.getuid()}'s")
+    connection.settimeout(REQUEST_SECONDS)
+    header, descriptors, flags, _ = socket.recv_fds(
+        connection, filter_wire.LENGTH_DIGITS, DESCRIPTORS + 1
+    )
+    try:
+        if flags & socket.MSG_CTRUNC or len(descriptors) != DESCRIPTORS:
+            raise UntrustedClientError(f"a request comes with {DESCRIPTORS} descriptors")
+        header += _receive_exactly(connection, filter_wire.LENGTH_DIGITS - len(header))
+        body = _receive_exactly(connection, filter_wire.body_length(header))
+        return filter_wire.decode_request(body), descriptors
+    except BaseException:
+        for fd in descriptors:
+            os.close(fd)
+        raise
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = connection.recv(min(size, 1 << 16))
+        if not chunk:
+            raise UntrustedClientError("the request ended early")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _take_over(request: filter_wire.FilterRequest, descriptors: list[int]) -> None:
+    """Become the client, as far as the filter can tell: its streams, working directory,
+    umask and environment."""
+    for target, fd in enumerate(descriptors):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request.cwd)
+    os.umask(request.umask)
+    os.environb.clear()
+    os.environb.update(request.environ)
