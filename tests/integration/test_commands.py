@@ -24,6 +24,7 @@ from helpers import (
     tracked_repo,
 )
 
+import git_theta_filter
 from git_theta_filter.cli import COMMANDS, main
 
 SIZES = (16, 32, 32, 8)  # 6 tensors
@@ -276,22 +277,19 @@ def test_unknown_command_suggests_the_closest_one_as_git_does(template: tuple) -
     ]
 
 
-def test_install_quotes_a_script_path_with_a_space(git_env, tmp_path):
+def test_install_quotes_an_interpreter_path_with_a_space(git_env, tmp_path):
     """git runs filter.theta.process through the shell:
-    a path with a space must still start the filter.
+    an interpreter whose path has a space must still start the filter.
     """
     spaced = tmp_path / "my tools"
     spaced.mkdir()
-    launcher = spaced / "git-theta"
-    shutil.copy(shutil.which("git-theta", path=str(Path(sys.executable).parent)), launcher)
-    env = {"PATH": "/usr/bin:/bin"}  # this git-theta is not on PATH: the absolute path is written
-    git_env.run(str(launcher), "install", "--global", cwd=git_env.home, env=env)
-    process = (
-        git_env.run("git", "config", "--global", "filter.theta.process", cwd=git_env.home)
-        .stdout.decode()
-        .strip()
-    )
-    assert process == f"'{launcher}' filter-process"
+    python = spaced / "python3"
+    python.symlink_to(sys.executable)
+    script = shutil.which("git-theta", path=str(Path(sys.executable).parent))
+    git_env.run(str(python), script, "install", "--global", cwd=git_env.home)
+    process = _config(git_env, "filter.theta.process")
+    client = Path(git_theta_filter.__file__).resolve().with_name("filter_client.py")
+    assert process == f"'{python}' -S {client}"
     repo = tmp_path / "spaced-repo"
     git_env.run("git", "init", "-q", str(repo))
     (repo / ".gitattributes").write_text("*.bin filter=theta -text\n")
@@ -300,20 +298,22 @@ def test_install_quotes_a_script_path_with_a_space(git_env, tmp_path):
     assert git_env.git(repo, "cat-file", "-p", ":x.bin").startswith("git-theta-manifest 1\n")
 
 
-def _installed_filter(git_env, script: Path, path: str) -> str:
+def _config(git_env, key: str) -> str:
+    result = git_env.run("git", "config", "--global", key, cwd=git_env.home)
+    return result.stdout.decode().strip()
+
+
+def _installed_merge_driver(git_env, script: Path, path: str) -> str:
+    """The merge driver is started by the script's name (the filter, through its client)."""
     git_env.run(str(script), "install", "--global", cwd=git_env.home, env={"PATH": path})
-    return (
-        git_env.run("git", "config", "--global", "filter.theta.process", cwd=git_env.home)
-        .stdout.decode()
-        .strip()
-    )
+    return _config(git_env, "merge.theta.driver")
 
 
-def test_install_names_the_filter_when_it_is_the_only_git_theta_on_path(git_env):
+def test_install_names_the_script_when_it_is_the_only_git_theta_on_path(git_env):
     bin_dir = Path(sys.executable).parent
     script = bin_dir / "git-theta"
-    assert _installed_filter(git_env, script, f"{bin_dir}:/usr/bin:/bin") == (
-        "git-theta filter-process"
+    assert _installed_merge_driver(git_env, script, f"{bin_dir}:/usr/bin:/bin") == (
+        "git-theta merge %O %A %B %P"
     )
 
 
@@ -327,5 +327,5 @@ def test_install_writes_the_script_path_when_a_shim_is_also_on_path(git_env, tmp
     shim = shims / "git-theta"
     shim.write_text(f'#!/bin/sh\nexec "{script}" "$@"\n')
     shim.chmod(0o755)
-    process = _installed_filter(git_env, script, f"{bin_dir}:{shims}:/usr/bin:/bin")
-    assert process == f"{script.resolve()} filter-process"
+    driver = _installed_merge_driver(git_env, script, f"{bin_dir}:{shims}:/usr/bin:/bin")
+    assert driver == f"{script.resolve()} merge %O %A %B %P"

@@ -84,7 +84,7 @@ def test_hooks_user_hook_is_chained_and_uninstall_restores_it(git_env, tmp_path:
     assert (
         git_env.git(repo, "config", "--global", "filter.theta.process")
         .strip()
-        .endswith(" filter-process")
+        .endswith("filter_client.py")
     )
     out = git_env.theta(repo, "uninstall", "--global").stdout.decode()
     assert "restored your pre-push hook" in out

@@ -37,6 +37,10 @@ PROCESS_STARTERS = {
     # ssh for git-lfs-authenticate: its argv comes from ssh_command_line, which
     # refuses a host that starts with "-" and puts "--" before it (issue 15).
     ("store/lfs_ssh.py", "_run"),
+    # The filter's client starts a filter server: this interpreter and the client's own file.
+    ("filter_client.py", "_start_server"),
+    # A filter server forks one child per client, which serves git (filter_server.py).
+    ("filter_server.py", "_fork_child"),
 }
 PROCESS_MODULES = {"subprocess", "pty", "asyncio"}
 OS_PROCESS_CALLS = ("system", "popen", "exec", "spawn", "posix_spawn", "fork")

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "pktline",
             "terminal",
             "threads",
+            "filter_wire",
         ],
     ),
     # Object stores: know objects and where they are, not git config or the terminal.
@@ -50,7 +51,20 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("core", []),
     # Entry points over the core: the command line, git-remote-theta, the training
     # frameworks' callbacks, and the package's lazy API exports.
-    ("entry points", ["cli", "cli.*", "remote_helper", "integrations", "integrations.*", ""]),
+    # The filter's client and server (filter_wire.py, their protocol, is in the base layer).
+    (
+        "entry points",
+        [
+            "cli",
+            "cli.*",
+            "remote_helper",
+            "integrations",
+            "integrations.*",
+            "",
+            "filter_client",
+            "filter_server",
+        ],
+    ),
 ]
 
 
@@ -191,5 +205,5 @@ def test_the_filter_process_command_is_a_shell() -> None:
         for node in tree.body
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     ]
-    assert defined == ["register", "run"]
+    assert defined == ["register", "run", "serve_git"]
     assert len(path.read_text().splitlines()) <= 60
