@@ -63,10 +63,10 @@ def relay_to_server() -> int | None:
     from git_theta_filter import filter_wire
 
     identity = filter_wire.installation_identity()
-    directory = filter_wire.runtime_directory()
-    path = filter_wire.socket_path(directory, identity)
-    if path is None or not filter_wire.trusted_directory(directory):
+    place = filter_wire.rendezvous(identity)
+    if place is None or not filter_wire.trusted_directory(place[0]):
         return None
+    path = place[1]
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         connection.settimeout(_ANSWER_SECONDS)

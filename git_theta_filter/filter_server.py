@@ -63,10 +63,10 @@ def serve_until_idle() -> None:
     """Serve clients until idle, replaced or outdated; return without serving when this
     user's runtime directory cannot be made private or the socket path is too long."""
     identity = filter_wire.installation_identity()
-    directory = filter_wire.runtime_directory()
-    path = filter_wire.socket_path(directory, identity)
-    if path is None or not _private_directory(directory):
+    place = filter_wire.rendezvous(identity)
+    if place is None or not _private_directory(place[0]):
         return
+    path = place[1]
     for name in _WARM_MODULES:
         importlib.import_module(name)
     if threading.active_count() > 1:

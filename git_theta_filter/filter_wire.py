@@ -29,7 +29,7 @@ __all__ = [
     "decode_request",
     "installation_identity",
     "runtime_directory",
-    "socket_path",
+    "rendezvous",
     "trusted_directory",
 ]
 
@@ -157,8 +157,8 @@ def _readlink_or_empty(path: str) -> str:
 
 
 def runtime_directory() -> str:
-    """The directory of this user's server sockets: ``$XDG_RUNTIME_DIR/git-theta``, or
-    ``git-theta-<uid>`` in ``$TMPDIR`` (``/tmp`` when unset)."""
+    """The preferred directory of this user's server sockets: ``$XDG_RUNTIME_DIR/git-theta``,
+    or ``git-theta-<uid>`` in ``$TMPDIR`` (``/tmp`` when unset)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
         return os.path.join(runtime, "git-theta")
@@ -168,12 +168,17 @@ def runtime_directory() -> str:
     return os.path.join(temporary, f"git-theta-{os.getuid()}")
 
 
-def socket_path(directory: str, identity: str) -> str | None:
-    """The socket of the server for ``identity``; None when the path is too long for a socket."""
+def rendezvous(identity: str) -> tuple[str, str] | None:
+    """The directory and socket of the server for ``identity``: in :func:`runtime_directory`,
+    or in ``/tmp/git-theta-<uid>`` when that path is too long for a socket; None when
+    neither fits."""
     data = identity.encode("utf-8", "surrogateescape")
     name = f"filter-{zlib.crc32(data):08x}{zlib.adler32(data):08x}.sock"
-    path = os.path.join(directory, name)
-    return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES else None
+    for directory in (runtime_directory(), f"/tmp/git-theta-{os.getuid()}"):
+        path = os.path.join(directory, name)
+        if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES:
+            return directory, path
+    return None
 
 
 def trusted_directory(directory: str) -> bool:
