@@ -80,6 +80,7 @@ def start_server(git_env: GitEnv) -> str:
     subprocess.Popen(
         [configured_python(git_env), str(CLIENT), "--serve"],
         env=git_env.env,
+        cwd="/",  # as the client starts it
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -277,6 +278,16 @@ def untrusted_by_owner(directory: Path) -> None:
     os.chown(directory, 65534, 65534)
 
 
+def test_only_a_private_directory_of_this_user_is_trusted(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert filter_wire.trusted_directory(str(private))
+    not_a_directory = tmp_path / "file"
+    not_a_directory.touch(mode=0o600)
+    assert not filter_wire.trusted_directory(str(not_a_directory))
+    assert not filter_wire.trusted_directory(str(tmp_path / "missing"))
+
+
 @pytest.mark.parametrize(
     "make_untrusted", [untrusted_by_mode, untrusted_by_link, untrusted_by_owner]
 )
@@ -294,7 +305,9 @@ def test_a_runtime_directory_others_may_enter_is_not_used(served, tmp_path, make
     repo = new_repo(served, tmp_path / "repo")
     for name in ("a.bin", "b.bin"):
         (repo / name).write_bytes(name.encode() * 1000)
-        assert not served_by_server(served.run("git", "add", name, cwd=repo))
+        # A client that connected would have sent git's pipes along, which the planted
+        # socket then holds open: the timeout turns that hang into a failure.
+        assert not served_by_server(served.run("git", "add", name, cwd=repo, timeout=60))
     with pytest.raises(BlockingIOError):
         listener.accept()  # no client connected
     time.sleep(0.5)
@@ -359,3 +372,14 @@ def test_a_server_whose_sources_changed_refuses_and_exits(served, tmp_path):
     (repo / "c.bin").write_bytes(b"\x03" * 4096)
     assert not served_by_server(served.run("git", "add", "c.bin", cwd=repo))
     wait_for(lambda: not set(old) & set(server_pids()), "the old server to exit")
+
+
+def test_a_server_with_a_thread_does_not_fork(served):
+    """A warm import that started a thread would leave its locks held in every child."""
+    code = (
+        "import threading, time; from git_theta_filter import filter_server;"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start();"
+        "filter_server.serve_until_idle()"
+    )
+    served.run(configured_python(served), "-c", code, timeout=20)
+    assert not list(runtime_directory(served).glob("*.sock"))
