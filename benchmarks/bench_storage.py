@@ -20,8 +20,9 @@
   with ``git add`` + ``git commit`` at each of 20 steps: median wall seconds
   per step, and the CPU seconds of every process the step started (steadier
   than wall time on a busy machine).
-* **Filter start-up.** Starting ``git theta filter-process`` until it has
-  answered git's handshake.
+* **Filter start-up.** Starting the configured ``filter.theta.process`` until it
+  has answered git's handshake, in its own process and through a warm filter
+  server (docs/filter-server.md).
 
 torch is imported here only, to make the checkpoints. Ratios are from one run.
 """
@@ -240,36 +241,52 @@ def _packet(text: bytes) -> bytes:
     return b"%04x" % (len(text) + 4) + text
 
 
-def handshake_seconds(workdir: Path, tries: int = 5) -> float:
-    """Median time from starting the filter to its answer to git's capabilities."""
+def handshake_seconds(workdir: Path, tries: int = 5) -> dict[str, float]:
+    """Median time from starting the configured filter command to its answer to git's
+    capabilities: served by its own process (``GIT_THETA_FILTER_SERVER=0``), and by a
+    warm filter server (docs/filter-server.md), as git starts it without a terminal."""
     repo, env = _repo("theta", workdir, "handshake")
-    times = []
-    for _ in range(tries):
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            ["git-theta", "filter-process"],  # as filter.theta.process starts it
-            cwd=repo,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(_packet(b"git-filter-client\n") + _packet(b"version=2\n") + b"0000")
-        process.stdin.write(_packet(b"capability=clean\n") + _packet(b"capability=smudge\n"))
-        process.stdin.write(b"0000")
-        process.stdin.flush()
-        answer = b""
-        while answer.count(b"0000") < 2:  # the version flush, then the capabilities flush
-            chunk = process.stdout.read(1)
-            if not chunk:
-                break
-            answer += chunk
-        times.append(time.perf_counter() - start)
-        process.stdin.close()
-        process.wait()
+    command = subprocess.run(
+        ["git", "config", "filter.theta.process"], cwd=repo, env=env, capture_output=True
+    ).stdout.decode()
+    medians = {}
+    for mode, setting in (("own process", {"GIT_THETA_FILTER_SERVER": "0"}), ("server", {})):
+        run_env = {**env, **setting}
+        if mode == "server":
+            _handshake(command, repo, run_env)  # starts the server, if none is running
+            time.sleep(2)  # for it to import the filter and listen
+        medians[mode] = statistics.median(_handshake(command, repo, run_env) for _ in range(tries))
     shutil.rmtree(repo)
-    return statistics.median(times)
+    return medians
+
+
+def _handshake(command: str, repo: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        shell=True,  # as git starts filter.theta.process
+        cwd=repo,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # no controlling terminal, as under a scheduler or CI
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(_packet(b"git-filter-client\n") + _packet(b"version=2\n") + b"0000")
+    process.stdin.write(_packet(b"capability=clean\n") + _packet(b"capability=smudge\n"))
+    process.stdin.write(b"0000")
+    process.stdin.flush()
+    answer = b""
+    while answer.count(b"0000") < 2:  # the version flush, then the capabilities flush
+        chunk = process.stdout.read(1)
+        if not chunk:
+            break
+        answer += chunk
+    seconds = time.perf_counter() - start
+    process.stdin.close()
+    process.wait()
+    return seconds
 
 
 # -- the report -----------------------------------------------------------------
@@ -283,7 +300,9 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def render(results: dict[str, dict[str, Figures]], handshake: float | None, sizes: dict) -> str:
+def render(
+    results: dict[str, dict[str, Figures]], handshake: dict[str, float] | None, sizes: dict
+) -> str:
     tools = [t for t in TOOLS if t in results]
     lines = [
         f"Training run: {sizes['params'] / 1e6:.1f}M parameters, Adam lr {LEARNING_RATE:g}, "
@@ -345,8 +364,14 @@ def render(results: dict[str, dict[str, Figures]], handshake: float | None, size
         if values.get("git-lfs") and values.get("theta") is not None:
             checks.append((name, values["theta"] / values["git-lfs"], limit))  # type: ignore[operator]
     if handshake is not None:
-        checks.append(("filter handshake ≤ 0.060 s", handshake, 0.060))
-        lines += ["", f"Filter start-up to the handshake's answer: {handshake * 1000:.0f} ms."]
+        checks.append(("filter handshake ≤ 0.060 s", handshake["server"], 0.060))
+        checks.append(("filter handshake, own process ≤ 0.060 s", handshake["own process"], 0.060))
+        lines += [
+            "",
+            "Filter start-up to the handshake's answer: "
+            f"{handshake['server'] * 1000:.0f} ms served by a warm filter server, "
+            f"{handshake['own process'] * 1000:.0f} ms in its own process.",
+        ]
     lines.append("")
     lines += ["| target | measured | met |", "| --- | --- | --- |"]
     for name, measured, limit in checks:
