@@ -102,18 +102,27 @@ class ThetaFilter:
     def clean(self, pathname: str, content: Readable) -> bytes:
         """The manifest of ``content``; a file of up to :data:`CACHED_UP_TO` bytes is
         read whole first and looked up in the clean cache (docs/store.md)."""
+        if _size_in_worktree(self.repo, pathname) > CACHED_UP_TO:
+            # Larger than any file the cache holds: not read ahead (16 MiB read, and
+            # copied twice, before any of it was hashed). The work-tree copy only
+            # hints: git sends the content, and content that is small after all is
+            # cleaned the same, only not remembered.
+            return self._clean_large(pathname, content)
         head = read_up_to(content, CACHED_UP_TO + 1)
         if len(head) > CACHED_UP_TO:
-            # A large file: its tensors' byte planes will need numpy, whose import
-            # runs meanwhile (the hooks, the staged manifest, the file's head).
-            preload_numpy()
-            return self._clean(pathname, Prefixed(head, content), large=True)
+            return self._clean_large(pathname, Prefixed(head, content))
         cached = self.cleaned.lookup(head, self.store)
         if cached is not None:
             return cached
         manifest = self._clean(pathname, io.BytesIO(head))
         self.cleaned.remember(head, manifest)
         return manifest
+
+    def _clean_large(self, pathname: str, content: Readable) -> bytes:
+        # Its tensors' byte planes will need numpy, whose import runs meanwhile (the
+        # hooks, the staged manifest, the file's head).
+        preload_numpy()
+        return self._clean(pathname, content, large=True)
 
     def _clean(self, pathname: str, content: Readable, large: bool = False) -> bytes:
         if large:
@@ -153,6 +162,16 @@ class ThetaFilter:
         if self.fetcher is not None:
             self.fetcher.reading(treeish)
         return smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
+
+
+def _size_in_worktree(repo: GitRepo, path: str) -> int:
+    """The size of the work tree's copy of ``path``; -1 if there is none to tell."""
+    if repo.worktree is None:
+        return -1
+    try:
+        return os.path.getsize(repo.worktree / path)
+    except (OSError, ValueError):
+        return -1
 
 
 def staged_manifest(repo: GitRepo, path: str) -> Manifest | None:

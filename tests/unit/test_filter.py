@@ -125,6 +125,24 @@ def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
     assert calls == [False, False]  # once it succeeded, never again
 
 
+def test_a_file_large_in_the_work_tree_is_not_read_ahead_for_the_cache(
+    theta_repo: GitRepo,
+) -> None:
+    """Over the cache's limit in the work tree, the content streams straight into the
+    clean; git's content decides the manifest, and a small one is only not remembered."""
+    from git_theta_filter.clean_cache import CACHED_UP_TO
+
+    assert theta_repo.worktree is not None
+    with open(theta_repo.worktree / "big.safetensors", "wb") as f:
+        f.truncate(CACHED_UP_TO + 1)  # sparse: the size is what matters
+    data = model_bytes(0)
+    handler = ThetaFilter(theta_repo)
+    manifest = handler.clean("big.safetensors", io.BytesIO(data))
+    assert handler.cleaned.lookup(data, handler.store) is None
+    assert handler.clean("model.safetensors", io.BytesIO(data)) == manifest
+    assert handler.cleaned.lookup(data, handler.store) == manifest
+
+
 _PRELOAD_SCRIPT = """
 import io, os, sys
 from git_theta_filter.clean_cache import CACHED_UP_TO
