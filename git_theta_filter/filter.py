@@ -76,13 +76,18 @@ class ThetaFilter:
     def _start_work_beside(self) -> Callable[[], None]:
         """Run ``before_work`` on a thread of its own, beside a large clean (the filter's
         hooks check runs two git processes, 25 ms); the function returned waits for it
-        and raises its error, as :meth:`_start_work` would have."""
+        and raises its error, as :meth:`_start_work` would have. The store's settings
+        (another git process, read when the first object is written: for a fine-tune,
+        at the end) are read there too."""
         work = self._before_work
-        if work is None:
-            return lambda: None
+        store = self.store
         failed: list[BaseException] = []
 
         def run() -> None:
+            with contextlib.suppress(Exception):  # the clean reads them again, and raises
+                _ = store.settings
+            if work is None:
+                return
             try:
                 work()
             except BaseException as exc:  # raised on the request's thread
@@ -95,7 +100,8 @@ class ThetaFilter:
             thread.join()
             if failed:
                 raise failed[0]
-            self._before_work = None
+            if work is not None:
+                self._before_work = None
 
         return finish
 

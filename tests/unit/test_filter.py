@@ -116,6 +116,15 @@ def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
             raise OSError("hooks directory not writable")
 
     handler = ThetaFilter(theta_repo, before_work=before_work)
+    read_settings = handler.store._settings_source
+    assert read_settings is not None
+    settings_read_on: list[bool] = []
+
+    def settings():  # the store's settings (a git process) are read beside too
+        settings_read_on.append(threading.current_thread() is threading.main_thread())
+        return read_settings()
+
+    handler.store._settings_source = settings
     large = os.urandom(CACHED_UP_TO + 1)
     with pytest.raises(OSError, match="not writable"):
         handler.clean("large.bin", io.BytesIO(large))
@@ -123,6 +132,7 @@ def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
     assert calls == [False, False]  # on a thread of its own, asked again
     assert handler.clean("large.bin", io.BytesIO(large)) == manifest
     assert calls == [False, False]  # once it succeeded, never again
+    assert settings_read_on == [False]
 
 
 def test_a_file_large_in_the_work_tree_is_not_read_ahead_for_the_cache(
