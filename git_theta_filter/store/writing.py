@@ -144,15 +144,15 @@ class ExpectedObject:
         # == would go byte by byte, thirty times slower.
         return filled == len(incoming) and self._buffer.startswith(incoming)
 
-    def compare_async(self, offset: int, data: memoryview) -> Future:
+    def compare_async(self, offset: int, data: memoryview, ahead: bool = True) -> Future:
         """Compare ``data`` with the payload bytes from ``offset`` on a codec worker. The
         future's result is None if they are equal, else a copy of ``data``: either way,
         ``data`` is not read once it is done.
 
         The blocks it needs are decoded on the workers too, each once however many
-        comparisons need it, and the next block is decoded ahead. Decodes are queued
-        before the comparisons that wait for them, so a worker waits only for work
-        already running or done.
+        comparisons need it, and with ``ahead`` the next block is decoded ahead.
+        Decodes are queued before the comparisons that wait for them, so a worker
+        waits only for work already running or done.
         """
         if self._blocks is None:
             encoded = self.stored.encoded
@@ -164,7 +164,7 @@ class ExpectedObject:
         for stale in [index for index in self._blocks if index < first]:
             del self._blocks[stale]  # a comparison still running holds its own reference
         blocks = [(index, self._block(index)) for index in range(first, last + 1)]
-        if (last + 1) * size < self.stored.header.nbytes:
+        if ahead and (last + 1) * size < self.stored.header.nbytes:
             self._block(last + 1)
         return _compare_pool.submit(self._compare, offset, data, blocks)
 
@@ -257,6 +257,7 @@ class ObjectWriter:
         self._hashing: Future | None = None  # the last hash update queued on the thread
         # (payload offset, length, future) of the comparisons not yet taken, in order
         self._comparing: deque[tuple[int, int, Future]] = deque()
+        self._agreed = False  # whether a comparison found its bytes equal
         self._same = store._take_expected(self._header, names)
         # The expected object after a difference, kept open: the delta base is on its chain.
         self._compared: ExpectedObject | None = None
@@ -341,12 +342,14 @@ class ObjectWriter:
     def _compare_async(self, data: memoryview) -> Future:
         """A large object's payload is compared on the codec's workers while this thread
         reads on; the results are taken in order, at most :data:`_COMPARED_AHEAD`
-        behind, so that a difference costs few decodes and holds few buffers."""
+        behind, so that a difference costs few decodes and holds few buffers. Until a
+        comparison has agreed, each is waited for: a tensor that changed differs in
+        its first bytes, and decoding its next blocks would be wasted."""
         assert self._same is not None
-        queued = self._same.compare_async(self._written, data)
+        queued = self._same.compare_async(self._written, data, ahead=self._agreed)
         self._comparing.append((self._written, len(data), queued))
         self._written += len(data)
-        self._settle_comparisons(_COMPARED_AHEAD)
+        self._settle_comparisons(_COMPARED_AHEAD if self._agreed else 0)
         return queued
 
     def _settle_comparisons(self, keep: int) -> None:
@@ -357,6 +360,7 @@ class ObjectWriter:
             differing = queued.result()
             if differing is None:
                 self._comparing.popleft()
+                self._agreed = True
                 continue
             same = self._same
             self._diverge(offset)

@@ -132,6 +132,34 @@ def test_a_difference_found_behind_later_comparisons_keeps_every_byte(
     assert bytes(rebuilt) == data
 
 
+def test_comparing_decodes_each_block_once_and_a_changed_tensor_only_its_first(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unchanged payload decodes each block of its previous version once, however
+    its chunks fall; one that changed from its first bytes decodes only its first block
+    before it is stored (a delta's encoding reads its base on its own)."""
+    from git_theta_filter.store.writing import ExpectedObject
+
+    decoded: list[int] = []
+    original = ExpectedObject._decode
+
+    def counting(self, index: int):
+        decoded.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(ExpectedObject, "_decode", counting)
+    generator = torch.Generator().manual_seed(2)
+    base = {"w": torch.randn(6 * (COPY_CHUNK // 4) + 10, generator=generator)}
+    previous = payload_oids(clean_manifest(store, torch_bytes(base)))
+    with store.expecting(previous):
+        assert payload_oids(clean_manifest(store, torch_bytes(base))) == previous
+    assert sorted(decoded) == list(range(7))
+    decoded.clear()
+    with store.expecting(previous):
+        clean_manifest(store, torch_bytes({"w": base["w"] + 1}))
+    assert decoded == [0]
+
+
 def test_a_truncated_new_version_loses_no_byte_while_comparing(
     store: LocalStore, versions: list[dict]
 ) -> None:
