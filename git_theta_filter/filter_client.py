@@ -7,10 +7,11 @@ its standard streams, working directory, umask and environment, and waits for
 the exit status of the server's child, which speaks git's filter protocol on
 those streams. When there is no usable server, it serves git itself, as
 ``git theta filter-process`` does, and starts a server for the next command.
+``GIT_THETA_FILTER_SERVER=0`` turns the server off.
 
-The server is not used when ``GIT_THETA_FILTER_SERVER=0`` or when this process
-has a controlling terminal: a server's child has none, so git's credential
-prompt and ssh's passphrase prompt could not reach the user.
+A server's child has no terminal: a client that has one answers the child's
+prompts (git's credential prompt, ssh's passphrase prompt) on it, through
+:mod:`filter_prompt`; ``--askpass <prompt>`` is that module's askpass program.
 """
 
 import os
@@ -28,7 +29,11 @@ def main() -> None:
 
         serve_until_idle()
         return
-    use_server = os.environ.get("GIT_THETA_FILTER_SERVER") != "0" and not _in_a_terminal()
+    if len(sys.argv) == 3 and sys.argv[1] == "--askpass":
+        from git_theta_filter.filter_prompt import askpass
+
+        os._exit(askpass(sys.argv[2]))
+    use_server = os.environ.get("GIT_THETA_FILTER_SERVER") != "0"
     if use_server:
         status = relay_to_server()
         if status is not None:
@@ -66,36 +71,56 @@ def relay_to_server() -> int | None:
     place = filter_wire.rendezvous(identity)
     if place is None or not filter_wire.trusted_directory(place[0]):
         return None
-    path = place[1]
+    directory, path = place
+    environ = dict(os.environb.items())
+    prompts = None
+    if _in_a_terminal():
+        from git_theta_filter.filter_prompt import PromptBridge
+
+        prompts = PromptBridge.open(directory, environ)
+        if prompts is not None:
+            environ = prompts.environment(environ)
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        connection.settimeout(_ANSWER_SECONDS)
-        connection.connect(path)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        request = filter_wire.FilterRequest(
-            identity, os.getcwdb(), umask, dict(os.environb.items())
-        )
-        payload = filter_wire.encode_request(request)
-        descriptors = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))
-        ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, descriptors)]
-        connection.sendmsg([payload[: filter_wire.LENGTH_DIGITS]], ancillary)
-        connection.sendall(payload[filter_wire.LENGTH_DIGITS :])
-        if connection.recv(1) != filter_wire.SERVING:
+        try:
+            connection.settimeout(_ANSWER_SECONDS)
+            connection.connect(path)
+            umask = os.umask(0o022)
+            os.umask(umask)
+            request = filter_wire.FilterRequest(identity, os.getcwdb(), umask, environ)
+            payload = filter_wire.encode_request(request)
+            descriptors = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))
+            ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, descriptors)]
+            connection.sendmsg([payload[: filter_wire.LENGTH_DIGITS]], ancillary)
+            connection.sendall(payload[filter_wire.LENGTH_DIGITS :])
+            if connection.recv(1) != filter_wire.SERVING:
+                return None
+        except (OSError, filter_wire.MalformedRequestError):
             return None
-    except (OSError, filter_wire.MalformedRequestError):
-        connection.close()
-        return None
-    # The child owns git's streams now: from here on, this process only waits for its status.
-    try:
-        connection.settimeout(None)
-        status = connection.recv(1)
-    except OSError:
-        status = b""
+        # The child owns git's streams now: from here on, this process only answers its
+        # prompts and waits for its status.
+        return _status_of_child(connection, prompts)
     finally:
         connection.close()
-    # No status byte: the child died after taking git's streams, and git has seen that too.
-    return status[0] if status else 1
+        if prompts is not None:
+            prompts.close()
+
+
+def _status_of_child(connection, prompts) -> int:
+    """The child's exit status; 1 when it died without sending one (git has seen it die)."""
+    import select
+
+    connection.settimeout(None)
+    waiting = [connection] if prompts is None else [connection, prompts.listener]
+    try:
+        while True:
+            readable, _, _ = select.select(waiting, [], [])
+            if connection in readable:
+                status = connection.recv(1)
+                return status[0] if status else 1
+            prompts.answer_one()
+    except OSError:
+        return 1
 
 
 def _start_server() -> None:

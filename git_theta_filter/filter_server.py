@@ -21,7 +21,6 @@ import importlib
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 
@@ -193,10 +192,7 @@ def receive_request(connection: socket.socket) -> tuple[filter_wire.FilterReques
     with exactly three descriptors and at most ``MAX_REQUEST_BYTES``; anything
     else raises, with every received descriptor closed.
     """
-    credentials = connection.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
-    )
-    _, uid, _ = struct.unpack("3i", credentials)
+    uid = filter_wire.peer_uid(connection)
     if uid != os.getuid():
         raise UntrustedClientError(f"a client of user {uid} connected to user {os.getuid()}'s")
     connection.settimeout(REQUEST_SECONDS)
@@ -206,24 +202,13 @@ def receive_request(connection: socket.socket) -> tuple[filter_wire.FilterReques
     try:
         if flags & socket.MSG_CTRUNC or len(descriptors) != DESCRIPTORS:
             raise UntrustedClientError(f"a request comes with {DESCRIPTORS} descriptors")
-        header += _receive_exactly(connection, filter_wire.LENGTH_DIGITS - len(header))
-        body = _receive_exactly(connection, filter_wire.body_length(header))
+        header += filter_wire.receive_exactly(connection, filter_wire.LENGTH_DIGITS - len(header))
+        body = filter_wire.receive_exactly(connection, filter_wire.body_length(header))
         return filter_wire.decode_request(body), descriptors
     except BaseException:
         for fd in descriptors:
             os.close(fd)
         raise
-
-
-def _receive_exactly(connection: socket.socket, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = connection.recv(min(size, 1 << 16))
-        if not chunk:
-            raise UntrustedClientError("the request ended early")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 def _take_over(request: filter_wire.FilterRequest, descriptors: list[int]) -> None:

@@ -31,6 +31,10 @@ __all__ = [
     "runtime_directory",
     "rendezvous",
     "trusted_directory",
+    "peer_uid",
+    "same_user",
+    "encode_message",
+    "receive_message",
 ]
 
 PROTOCOL_VERSION = "1"
@@ -193,3 +197,42 @@ def trusted_directory(directory: str) -> bool:
         and info.st_uid == os.getuid()
         and stat.S_IMODE(info.st_mode) & 0o077 == 0
     )
+
+
+def peer_uid(connection) -> int:
+    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    import _socket
+    import struct
+
+    credentials = connection.getsockopt(
+        _socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i")
+    )
+    return struct.unpack("3i", credentials)[1]
+
+
+def same_user(connection) -> bool:
+    return peer_uid(connection) == os.getuid()
+
+
+def encode_message(payload: bytes) -> bytes:
+    """A prompt or an answer on the prompt socket: 8 hex digits of length, then the bytes."""
+    return b"%08x" % len(payload) + payload
+
+
+def receive_message(connection, limit: int) -> bytes:
+    """One :func:`encode_message` message of at most ``limit`` bytes from ``connection``."""
+    length = body_length(receive_exactly(connection, LENGTH_DIGITS))
+    if length > limit:
+        raise MalformedRequestError(f"a message of {length} bytes exceeds {limit}")
+    return receive_exactly(connection, length)
+
+
+def receive_exactly(connection, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = connection.recv(min(size, 1 << 16))
+        if not chunk:
+            raise MalformedRequestError("the message ended early")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shlex
 import shutil
 import socket
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GitEnv
+from lfs_server import LfsServer
 
 import git_theta_filter
 from git_theta_filter import filter_server, filter_wire
@@ -315,22 +318,88 @@ def test_a_runtime_directory_others_may_enter_is_not_used(served, tmp_path, make
     listener.close()
 
 
-def test_a_command_with_a_terminal_is_served_by_its_client(served, tmp_path):
-    """A server's child has no terminal: credential and passphrase prompts need the client's."""
+def run_on_a_terminal(command: list[str], cwd: Path, env: dict, answers: dict[bytes, bytes]):
+    """Run ``command`` with a pseudo-terminal as its controlling terminal, typing the
+    answer to each prompt in ``answers`` as it appears; (exit status, terminal output)."""
+    child, terminal = pty.fork()
+    if child == 0:
+        try:
+            os.chdir(cwd)
+            os.execvpe(command[0], command, env)
+        finally:
+            os._exit(127)
+    output = b""
+    pending = dict(answers)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the command and its terminal are gone
+            break
+        if not chunk:
+            break
+        output += chunk
+        for prompt in [p for p in pending if p in output]:
+            os.write(terminal, pending.pop(prompt) + b"\n")
+    os.close(terminal)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status), output
+
+
+def test_a_command_with_a_terminal_is_served_too(served, tmp_path):
     start_server(served)
     repo = new_repo(served, tmp_path / "repo")
     (repo / "a.bin").write_bytes(b"\x01" * 4096)
-    errors = tmp_path / "stderr"
-    subprocess.run(
-        ["script", "-qec", f"git add a.bin 2>{errors}", "/dev/null"],
-        cwd=repo,
-        env=served.env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=True,
-    )
-    assert FILTER_IMPORT in errors.read_bytes()
+    status, output = run_on_a_terminal(["git", "add", "a.bin"], repo, served.env, {})
+    assert status == 0, output
+    assert FILTER_IMPORT not in output
     assert served.git(repo, "cat-file", "-p", ":a.bin").startswith("git-theta-manifest 1\n")
+
+
+ANSWERING_HELPER = """#!/bin/sh
+cat > /dev/null
+if [ "$1" = get ]; then echo username=tester; echo password=pw-7c41; fi
+"""
+
+
+def test_a_served_smudge_asks_for_credentials_on_the_clients_terminal(served, tmp_path):
+    """git's credential prompt, from a server's child that has no terminal, reaches the
+    user's terminal through the client; the password is typed blind."""
+    server = LfsServer(tmp_path / "lfs", auth="tester:pw-7c41", git=True).start()
+    try:
+        server.bare("models")
+        url = server.remote_url("models")
+        pusher = new_repo(served, tmp_path / "pusher")
+        helper = tmp_path / "helper.sh"
+        helper.write_text(ANSWERING_HELPER)
+        helper.chmod(0o755)
+        served.git(pusher, "config", "credential.helper", str(helper))
+        served.git(pusher, "remote", "add", "origin", url)
+        (pusher / "a.bin").write_bytes(bytes(range(256)) * 64)
+        served.git(pusher, "add", ".gitattributes", "a.bin")
+        served.git(pusher, "commit", "-qm", "a")
+        served.git(pusher, "push", "-q", "origin", "HEAD:main")
+
+        clone = tmp_path / "clone"
+        served.run("git", "clone", "-q", url, str(clone), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+        (clone / "a.bin").unlink()
+        start_server(served)
+        status, output = run_on_a_terminal(
+            ["git", "checkout", "--", "a.bin"],
+            clone,
+            served.env,
+            {b"Username for": b"tester", b"Password for": b"pw-7c41"},
+        )
+    finally:
+        server.stop()
+    assert status == 0, output
+    assert b"Username for" in output and b"Password for" in output
+    assert FILTER_IMPORT not in output  # served by the server's child
+    assert b"pw-7c41" not in output  # typed blind
+    assert (clone / "a.bin").read_bytes() == bytes(range(256)) * 64
 
 
 def test_the_environment_variable_turns_the_server_off(served, tmp_path):

@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "terminal",
             "threads",
             "filter_wire",
+            "filter_prompt",
         ],
     ),
     # Object stores: know objects and where they are, not git config or the terminal.
