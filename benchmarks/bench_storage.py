@@ -19,7 +19,7 @@
 * **Small model in a shell loop.** The 784-128-64-10 MLP, saved and committed
   with ``git add`` + ``git commit`` at each of 20 steps: median wall seconds
   per step, and the CPU seconds of every process the step started (steadier
-  than wall time on a busy machine).
+  than wall time on a busy machine), filter server children included.
 * **Filter start-up.** Starting the configured ``filter.theta.process`` until it
   has answered git's handshake, in its own process and through a warm filter
   server (docs/filter-server.md).
@@ -213,6 +213,15 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _served_cpu_seconds(report: Path) -> float:
+    """The CPU seconds filter server children reported to ``report`` since the last call."""
+    if not report.exists():
+        return 0.0
+    seconds = sum(float(line.split()[1]) for line in report.read_text().splitlines())
+    report.unlink()
+    return seconds
+
+
 def shell_loop(tool: str, checkpoints: list[Path], workdir: Path) -> Figures:
     """Median seconds per step of ``git add`` + ``git commit``, and for theta of
     ``git theta commit`` (which stages in-process); each also as CPU seconds.
@@ -223,6 +232,8 @@ def shell_loop(tool: str, checkpoints: list[Path], workdir: Path) -> Figures:
         ways["per commit (git theta commit)"] = (("theta", "commit", "-m", "step", "model.pth"),)
     for figure, commands in ways.items():
         repo, env = _repo(tool, workdir, f"loop-{len(figures.values)}")
+        served = workdir / f"served-{len(figures.values)}"
+        env["GIT_THETA_FILTER_USAGE"] = str(served)  # a filter server's child is not our child
         seconds, cpu = [], []
         for source in checkpoints:
             shutil.copyfile(source, repo / "model.pth")  # a fresh mtime, as a training loop's save
@@ -230,7 +241,7 @@ def shell_loop(tool: str, checkpoints: list[Path], workdir: Path) -> Figures:
             for command in commands:
                 git(env, repo, *command)
             seconds.append(time.perf_counter() - start)
-            cpu.append(_children_cpu_seconds() - start_cpu)
+            cpu.append(_children_cpu_seconds() - start_cpu + _served_cpu_seconds(served))
         shutil.rmtree(repo)
         figures.values[figure] = statistics.median(seconds)
         figures.values[f"{figure}, CPU"] = statistics.median(cpu)

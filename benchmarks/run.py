@@ -163,13 +163,20 @@ class Measured:
 # this process forked directly would start at this process's own size (torch
 # is loaded here), because Linux carries the high-water mark across fork+exec.
 _WRAPPER = """
-import resource, subprocess, sys, time
+import os, resource, subprocess, sys, time
 report, *command = sys.argv[1:]
+served = report + ".served"
+os.environ["GIT_THETA_FILTER_USAGE"] = served
 start = time.perf_counter()
 code = subprocess.call(command)
 seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+if os.path.exists(served):
+    with open(served) as f:
+        peak = max([peak, *(int(line.split()[0]) for line in f)])
+    os.unlink(served)
 with open(report, "w") as f:
-    f.write(f"{seconds} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+    f.write(f"{seconds} {peak}")
 sys.exit(code)
 """
 
@@ -178,7 +185,9 @@ def measure(args: list[str], cwd: Path, env: dict[str, str]) -> Measured:
     """Wall time, and the peak RSS of the largest process in the command's tree.
 
     RUSAGE_CHILDREN covers every descendant that was waited for, and git waits
-    for its filter processes, so the filter is included.
+    for its filter processes, so a filter serving git itself is included; a
+    filter server's child, which is not in the tree, reports its own
+    (GIT_THETA_FILTER_USAGE, docs/filter-server.md).
     """
     # Write back what earlier steps left dirty, so that this step is not
     # charged for another tool's writes.

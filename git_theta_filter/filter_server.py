@@ -26,7 +26,13 @@ import time
 
 from . import filter_wire
 
-__all__ = ["IDLE_SECONDS", "UntrustedClientError", "serve_until_idle", "receive_request"]
+__all__ = [
+    "IDLE_SECONDS",
+    "USAGE_VARIABLE",
+    "UntrustedClientError",
+    "serve_until_idle",
+    "receive_request",
+]
 
 IDLE_SECONDS = 60.0
 # How often an idle server looks at its socket and sources.
@@ -34,6 +40,8 @@ CHECK_SOCKET_SECONDS = 2.0
 # A client sends its whole request at once; a slower one is not a client of ours.
 REQUEST_SECONDS = 5.0
 DESCRIPTORS = 3  # the client's stdin, stdout and stderr
+# Names a file that each child appends its peak RSS (KiB) and CPU seconds to.
+USAGE_VARIABLE = "GIT_THETA_FILTER_USAGE"
 
 # What a clean or smudge imports, so that a child starts with it loaded. numpy
 # is left out: importing it starts its BLAS threads, and a process with
@@ -181,8 +189,34 @@ def _serve_client(connection: socket.socket, identity: str) -> int:
     from .cli.filter_process import serve_git
 
     status = run_reporting(serve_git)
+    _report_usage(os.environ.get(USAGE_VARIABLE))
     connection.sendall(bytes([status & 0xFF]))
     return 0
+
+
+def _report_usage(path: str | None) -> None:
+    """Append this child's peak RSS and CPU time to ``path``, when the user asked for it.
+
+    The client's own resource usage, which is what a benchmark or ``time`` sees,
+    does not include the child that did the work; a failure to report is not the
+    command's failure.
+    """
+    if not path:
+        return
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    line = f"{max(own.ru_maxrss, children.ru_maxrss)} {cpu:.6f}\n".encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def receive_request(connection: socket.socket) -> tuple[filter_wire.FilterRequest, list[int]]:

@@ -452,3 +452,16 @@ def test_a_server_with_a_thread_does_not_fork(served):
     )
     served.run(configured_python(served), "-c", code, timeout=20)
     assert not list(runtime_directory(served).glob("*.sock"))
+
+
+def test_a_served_command_reports_its_usage_when_asked(served, tmp_path):
+    """time and getrusage see the client only: the child appends its own usage."""
+    start_server(served)
+    repo = new_repo(served, tmp_path / "repo")
+    usage = tmp_path / "usage"
+    (repo / "a.bin").write_bytes(b"\x01" * 4096)
+    served.run("git", "add", "a.bin", cwd=repo, env={"GIT_THETA_FILTER_USAGE": str(usage)})
+    [line] = usage.read_text().splitlines()
+    peak_kib, cpu_seconds = line.split()
+    assert int(peak_kib) > 10_000  # an interpreter with the filter loaded
+    assert 0 < float(cpu_seconds) < 60
