@@ -7,7 +7,7 @@ its standard streams, working directory, umask and environment, and waits for
 the exit status of the server's child, which speaks git's filter protocol on
 those streams. When there is no usable server, it serves git itself, as
 ``git theta filter-process`` does, and starts a server for the next command.
-``GIT_THETA_FILTER_SERVER=0`` turns the server off.
+``GIT_THETA_FILTER_SERVER=0`` turns the server off; it is used on Linux only.
 
 A server's child has no terminal: a client that has one answers the child's
 prompts (git's credential prompt, ssh's passphrase prompt) on it, through
@@ -33,7 +33,8 @@ def main() -> None:
         from git_theta_filter.filter_prompt import askpass
 
         os._exit(askpass(sys.argv[2]))
-    use_server = os.environ.get("GIT_THETA_FILTER_SERVER") != "0"
+    # Linux only: the server trusts a connection by its peer's credentials (SO_PEERCRED).
+    use_server = sys.platform == "linux" and os.environ.get("GIT_THETA_FILTER_SERVER") != "0"
     if use_server:
         status = relay_to_server()
         if status is not None:
