@@ -22,6 +22,7 @@ replayed from the expected object into the encoder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -72,6 +73,10 @@ _HASH_IN_PARALLEL_FROM = 1 << 16
 # at most this many ahead of the one whose result is taken.
 _compare_pool = _workers
 _COMPARED_AHEAD = WORKERS
+
+
+# Headers are immutable: the thousands of small tensors of a clean share the few they have.
+_object_header = functools.lru_cache(maxsize=1024)(ObjectHeader)
 
 
 def delta_base_depth(depth: int) -> int:
@@ -250,7 +255,7 @@ class ObjectWriter:
         self._expected = nbytes
         self._written = 0
         self._header = encode_header(dtype, shape, nbytes)
-        self._object_header = ObjectHeader(dtype, shape, len(self._header), nbytes)
+        self._object_header = _object_header(dtype, tuple(shape), len(self._header), nbytes)
         self._small = len(self._header) + nbytes < PACK_BELOW
         self._width = encoding_width(dtype, nbytes, len(self._header))
         self._hash = hashlib.sha256(self._header)
