@@ -9,6 +9,7 @@ from ..errors import ThetaError
 from ..manifest import TensorEntry
 from ..store.local import LocalStore
 from ..store.object_format import object_dtype_for
+from ..store.writing import PACK_BELOW
 from .layout import LayoutBuilder
 from .source import Source, TruncatedError
 
@@ -58,9 +59,31 @@ class CleanContext:
         object_dtype = object_dtype_for(dtype)
         if object_dtype != dtype:
             shape = (nbytes,)
-        writer = self.store.writer(object_dtype, shape, nbytes, names)
+        if nbytes < PACK_BELOW and (payload := self.source.take(nbytes)) is not None:
+            oid = self.store.write_small(object_dtype, shape, payload)
+            if oid is not None:
+                self.layout.add_splice(nbytes, oid)
+                return oid
+            return self._store_with_writer(object_dtype, shape, nbytes, names, payload)
+        return self._store_with_writer(object_dtype, shape, nbytes, names)
+
+    def _store_with_writer(
+        self,
+        dtype: str,
+        shape: tuple[int, ...],
+        nbytes: int,
+        names: Sequence[str],
+        taken: memoryview | None = None,
+    ) -> str:
+        """:meth:`store_payload` through an object writer; ``taken`` is the payload when
+        it has already been taken from the source."""
+        writer = self.store.writer(dtype, shape, nbytes, names)
         try:
-            received = self.source.copy_to(writer.write_async, nbytes, allow_short=True)
+            if taken is not None:
+                writer.write(taken)
+                received = nbytes
+            else:
+                received = self.source.copy_to(writer.write_async, nbytes, allow_short=True)
         except BaseException:
             writer.abort()
             raise

@@ -114,6 +114,21 @@ class Source:
             pass
         return bytes(self._view[self._start : min(self._end, self._start + size)])
 
+    def take(self, size: int) -> memoryview | None:
+        """The next ``size`` bytes, consumed, as a view of the buffer that is good until
+        the next call; None, with nothing consumed, if they are more than the buffer
+        holds or the input ends first."""
+        if size > len(self._view):
+            return None
+        while self._end - self._start < size and self._fill():
+            pass
+        if self._end - self._start < size:
+            return None
+        view = self._view[self._start : self._start + size]
+        self._start += size
+        self.position += size
+        return view
+
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; fewer only at end of input."""
         parts = bytearray()

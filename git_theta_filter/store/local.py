@@ -20,6 +20,7 @@ each object before it is linked into place.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -36,9 +37,16 @@ from ..errors import ThetaError
 from . import fileio
 from .encoded import ObjectReader, StoredObject, encode_whole
 from .integrity import VERIFIED, ObjectCorruptError, file_sha256
-from .object_format import ObjectFormatError, ObjectHeader, is_valid_oid
+from .object_format import ObjectFormatError, ObjectHeader, encode_header, is_valid_oid
 from .pack import CorruptPackEntryError, PackError, PackIndex, PackWriter, pack_paths
-from .writing import COPY_CHUNK, ExpectedObject, ObjectWriter, UnsizedObjectWriter
+from .writing import (
+    COPY_CHUNK,
+    PACK_BELOW,
+    ExpectedObject,
+    ObjectWriter,
+    UnsizedObjectWriter,
+    object_header_for,
+)
 
 __all__ = [
     "LocalStore",
@@ -373,6 +381,30 @@ class LocalStore:
             return None
         return ExpectedObject(stored) if stored is not None else None
 
+    def write_small(
+        self, dtype: str, shape: tuple[int, ...], payload: bytes | bytearray | memoryview
+    ) -> str | None:
+        """Store a small object whose whole payload is in memory, as :meth:`writer` would,
+        and return its id; None, with nothing done, when it is not small or when new
+        objects are compared with expected ones (:meth:`expecting`): use a writer then.
+
+        A clean of thousands of small tensors stores each so, without a writer's
+        streaming, comparing and temp-file machinery per object.
+        """
+        if self._expected or self._expected_by_name:
+            return None
+        nbytes = len(payload)
+        header = encode_header(dtype, shape, nbytes)
+        if len(header) + nbytes >= PACK_BELOW:
+            return None
+        digest = hashlib.sha256(header)
+        digest.update(payload)
+        oid = digest.hexdigest()
+        # A copy: the caller's buffer is reused, and the pack's thread encodes it later.
+        object_header = object_header_for(dtype, shape, header, nbytes)
+        self._add_small(oid, header, object_header, bytes(payload))
+        return oid
+
     def unsized_writer(self) -> UnsizedObjectWriter:
         return UnsizedObjectWriter(self)
 
@@ -392,9 +424,10 @@ class LocalStore:
         oid: str,
         canonical_header: bytes,
         header: ObjectHeader,
-        payload: bytearray,
+        payload: bytes | bytearray,
     ) -> None:
-        """Store a small object from memory: into the pack being written, or loose."""
+        """Store a small object from memory: into the pack being written, or loose.
+        ``payload`` is the caller's no more: the pack's thread may encode it later."""
         damaged = False
         # Packs another process finished since this one last looked are not looked
         # for: missing one costs a second copy of a small object, which repack drops,

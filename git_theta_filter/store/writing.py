@@ -58,6 +58,7 @@ __all__ = [
     "encoding_width",
     "PACK_BELOW",
     "COPY_CHUNK",
+    "object_header_for",
 ]
 
 COPY_CHUNK = 1 << 20
@@ -77,6 +78,13 @@ _COMPARED_AHEAD = WORKERS
 
 # Headers are immutable: the thousands of small tensors of a clean share the few they have.
 _object_header = functools.lru_cache(maxsize=1024)(ObjectHeader)
+
+
+def object_header_for(
+    dtype: str, shape: tuple[int, ...], canonical_header: bytes, nbytes: int
+) -> ObjectHeader:
+    """The :class:`ObjectHeader` of an object whose canonical header is ``canonical_header``."""
+    return _object_header(dtype, tuple(shape), len(canonical_header), nbytes)
 
 
 def delta_base_depth(depth: int) -> int:
@@ -255,7 +263,7 @@ class ObjectWriter:
         self._expected = nbytes
         self._written = 0
         self._header = encode_header(dtype, shape, nbytes)
-        self._object_header = _object_header(dtype, tuple(shape), len(self._header), nbytes)
+        self._object_header = object_header_for(dtype, shape, self._header, nbytes)
         self._small = len(self._header) + nbytes < PACK_BELOW
         self._width = encoding_width(dtype, nbytes, len(self._header))
         self._hash = hashlib.sha256(self._header)

@@ -76,3 +76,27 @@ def test_write_async_hashes_after_returning_and_in_order(store: LocalStore) -> N
         == hashlib.sha256(encode_header("U8", (len(payload),), len(payload)) + payload).hexdigest()
     )
     store.verify(oid)  # the stored object decodes to the bytes of that id
+
+
+def test_write_small_stores_what_a_writer_stores_and_leaves_the_rest_to_one(
+    tmp_path: Path,
+) -> None:
+    payload = bytes(range(256)) * 16
+    by_writer, directly = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    for target in (by_writer, directly):
+        with target.packing():
+            if target is by_writer:
+                writer = target.writer("F32", (1024,), len(payload))
+                writer.write(payload)
+                oid = writer.commit()
+            else:
+                assert directly.write_small("F32", (1024,), memoryview(payload)) == oid
+    packs = [sorted(target.packs()) for target in (by_writer, directly)]
+    assert [p.name for p in packs[0]] == [p.name for p in packs[1]]
+    assert packs[0][0].read_bytes() == packs[1][0].read_bytes()
+    # Too large for a pack, or compared with expected objects: nothing is done.
+    large = bytes(1 << 20)
+    assert directly.write_small("U8", (len(large),), large) is None
+    with directly.expecting([oid]):
+        assert directly.write_small("F32", (1024,), payload) is None
+    assert sorted(directly.packs()) == packs[1] and not directly.objects_dir.exists()

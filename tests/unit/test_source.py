@@ -90,3 +90,15 @@ def test_a_buffer_is_not_refilled_while_work_handed_its_bytes_still_runs() -> No
         assert source.finish() == (len(data), hashlib.sha256(data).hexdigest())
     assert b"".join(seen) == data
     assert len(source._buffers) == 3, "no buffer beyond the ring"
+
+
+def test_take_gives_the_next_bytes_as_a_view_or_nothing_consumed() -> None:
+    source = Source(Trickle(DATA), chunk=16)
+    assert bytes(source.take(10)) == DATA[:10] and source.position == 10
+    # Across the end of what the buffer held: its rest is carried over, more is read.
+    assert bytes(source.take(16)) == DATA[10:26] and source.position == 26
+    assert source.take(17) is None and source.position == 26  # more than the buffer holds
+    assert source.read(len(DATA) - 26 - 5) == DATA[26:-5]
+    assert source.take(6) is None and source.position == len(DATA) - 5  # the input ends first
+    assert bytes(source.take(5)) == DATA[-5:]
+    assert source.finish() == (len(DATA), hashlib.sha256(DATA).hexdigest())
