@@ -208,13 +208,14 @@ class PackWriter:
 
     def _append(self, data: bytes) -> None:
         self._unwritten += data
-        self._hash.update(data)
         self._size += len(data)
         if len(self._unwritten) >= _WRITE_FROM:
             self._write_out()
 
     def _write_out(self) -> None:
+        """Hash and write out the bytes appended since the last time."""
         if self._unwritten:
+            self._hash.update(self._unwritten)
             fileio.write_all(self._file, self._unwritten)
             self._unwritten = bytearray()
 
