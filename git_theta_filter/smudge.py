@@ -146,14 +146,20 @@ class _HashingOutput:
         self.digest = hashlib.sha256()
         self.written = 0
         self._batch = bytearray()
-        self._batches: queue.Queue[bytearray | None] = queue.Queue(maxsize=_BATCHES_WAITING)
+        self._batches: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=_BATCHES_WAITING)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="theta-smudge-out", daemon=True)
         self._thread.start()
 
-    def __call__(self, chunk: memoryview) -> None:
+    def __call__(self, chunk: memoryview | bytes) -> None:
         if self._error is not None:
             raise self._error
+        if isinstance(chunk, bytes) and len(chunk) >= _BATCH // 2:
+            # Immutable, as a run of small objects is (made on the decoding workers):
+            # handed over whole, neither copied nor hashed on this thread.
+            self._hand_over()
+            self._batches.put(chunk)
+            return
         if len(chunk) >= _BATCH:
             # A large object's decoded block: its decoding runs on the store's workers
             # already, and copying it costs more than hashing it here, in order.

@@ -108,69 +108,95 @@ def write_spliced(
     cursor = 0  # offset in the file
     taken = 0  # bytes of the skeleton already written
     buffer = bytearray(COPY_CHUNK)
-    with _SmallPayloads(splices, opened or {}) as small:
-        for index, splice in enumerate(splices):
+    with _SmallRuns(view, splices, opened or {}) as runs:
+        index = 0
+        while index < len(splices):
+            run = runs.run_at(index)
+            if run is not None:  # splices [index, end) with the skeleton bytes between them
+                end, data, skeleton_bytes = run
+                write(data)
+                taken += skeleton_bytes
+                cursor = splices[end - 1].end
+                index = end
+                continue
+            splice = splices[index]
             gap = splice.offset - cursor
             if gap:
                 write(view[taken : taken + gap])
                 taken += gap
-            payload = small.payload(index)
-            if payload is not None:
-                if len(payload) != splice.length:
-                    raise ObjectFormatError(
-                        splice.oid,
-                        f"payload is {len(payload)} bytes, the manifest says {splice.length}",
-                    )
-                write(memoryview(payload))
-            else:
-                _write_payload(store, splice, write, buffer, path, opened)
+            _write_payload(store, splice, write, buffer, path, opened)
             cursor = splice.end
+            index += 1
     if taken < len(view):
         write(view[taken:])
 
 
-# Small objects are read and decoded on the store's workers, in batches of about this
-# many stored bytes, while this thread writes the ones before: a checkout of 6,000
-# tensors of 16 KB spent half its main thread on one read and one zstd decode each.
+# Small objects are read and decoded on worker threads, in runs of about this many
+# stored bytes, while this thread writes the runs before: a checkout of 6,000 tensors
+# of 16 KB spent half its main thread on one read, one zstd decode and one copy each.
 _SMALL_BATCH = 1 << 20
 _SMALL_OBJECT = 1 << 20  # stored size up to which an object is read whole
 _BATCHES_AHEAD = 4
 
 
-class _SmallPayloads:
-    """The payloads of the splices whose objects are already open, small and in one
-    block against no base (pack entries, :meth:`StoredObject.whole_in_one_read`),
-    decoded ahead on worker threads, batch by batch in file order. Neighbouring pack
-    entries are read with one read. At most :data:`_BATCHES_AHEAD` batches are decoded
-    and not yet written, which bounds memory. Leaving the block waits for the workers,
-    so the caller may close the objects afterwards.
+@dataclass
+class _Run:
+    """Splices ``[first, end)``, whose objects are open, small and in one block against
+    no base. Its bytes start at file offset ``file_start`` (the end of the splice before),
+    and the skeleton bytes among them at skeleton offset ``skeleton_start``."""
+
+    first: int
+    end: int
+    file_start: int
+    skeleton_start: int
+    splices: list[Splice]
+    objects: list[StoredObject]
+
+
+class _SmallRuns:
+    """The file's bytes over each run of splices whose objects are already open, small and
+    in one block against no base (pack entries, :meth:`StoredObject.whole_in_one_read`),
+    skeleton bytes between them included: put together on worker threads, run by run
+    in file order, as one ``bytes`` each. Neighbouring pack entries are read with one
+    read. At most :data:`_BATCHES_AHEAD` runs are made and not yet written, which
+    bounds memory. Leaving the block waits for the workers, so the caller may close
+    the objects afterwards.
     """
 
-    def __init__(self, splices: list[Splice], opened: Mapping[str, StoredObject]) -> None:
-        # (first splice index, its objects) of each batch, the last batch first
-        self._batches: list[tuple[int, list[StoredObject]]] = []
-        self._pending: collections.deque[tuple[int, Future]] = collections.deque()
-        self._decoded: dict[int, bytes | memoryview] = {}  # splice index -> payload
-        batch: list[StoredObject] = []
+    def __init__(
+        self, skeleton: memoryview, splices: list[Splice], opened: Mapping[str, StoredObject]
+    ) -> None:
+        self._skeleton = skeleton
+        self._runs: list[_Run] = []  # the last run first
+        self._pending: collections.deque[tuple[_Run, Future]] = collections.deque()
+        run: _Run | None = None
         size = 0
+        payload_before = 0  # payload bytes before the current splice
         for index, splice in enumerate(splices):
             stored = opened.get(splice.oid)
             small = stored is not None and stored.size <= _SMALL_OBJECT and stored.whole_in_one_read
-            if batch and (not small or size >= _SMALL_BATCH):
-                self._batches.append((index - len(batch), batch))
-                batch, size = [], 0
+            if run is not None and (not small or size >= _SMALL_BATCH):
+                run.end = index
+                self._runs.append(run)
+                run, size = None, 0
             if stored is not None and small:
-                batch.append(stored)
+                if run is None:
+                    file_start = splices[index - 1].end if index else 0
+                    run = _Run(index, index, file_start, file_start - payload_before, [], [])
+                run.splices.append(splice)
+                run.objects.append(stored)
                 size += stored.size
-        if batch:
-            self._batches.append((len(splices) - len(batch), batch))
-        self._batches.reverse()  # popped from the end, in file order
+            payload_before += splice.length
+        if run is not None:
+            run.end = len(splices)
+            self._runs.append(run)
+        self._runs.reverse()  # popped from the end, in file order
 
-    def __enter__(self) -> _SmallPayloads:
+    def __enter__(self) -> _SmallRuns:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._batches.clear()
+        self._runs.clear()
         while self._pending:
             _, future = self._pending.popleft()
             future.cancel()
@@ -178,21 +204,39 @@ class _SmallPayloads:
                 future.result()  # a running batch reads objects the caller will close
 
     def _submit_ahead(self) -> None:
-        while self._batches and len(self._pending) < _BATCHES_AHEAD:
-            first, objects = self._batches.pop()
-            self._pending.append((first, _decoder_pool.submit(_decode_batch, objects)))
+        while self._runs and len(self._pending) < _BATCHES_AHEAD:
+            run = self._runs.pop()
+            self._pending.append((run, _decoder_pool.submit(_make_run, self._skeleton, run)))
 
-    def payload(self, index: int) -> bytes | memoryview | None:
-        """Splice ``index``'s payload if it is decoded here, else None; in file order."""
-        if index in self._decoded:
-            return self._decoded.pop(index)
+    def run_at(self, index: int) -> tuple[int, bytes, int] | None:
+        """(end, the file's bytes from the end of splice ``index - 1`` to the end of splice
+        ``end - 1``, how many of them are skeleton bytes) if a run starts at ``index``,
+        else None; asked in file order."""
         self._submit_ahead()
-        if not self._pending or index < self._pending[0][0]:
+        if not self._pending or self._pending[0][0].first != index:
             return None
-        first, future = self._pending.popleft()
-        self._decoded = dict(enumerate(future.result(), first))
+        run, future = self._pending.popleft()
+        data, skeleton_bytes = future.result()
         self._submit_ahead()
-        return self._decoded.pop(index)
+        return run.end, data, skeleton_bytes
+
+
+def _make_run(skeleton: memoryview, run: _Run) -> tuple[bytes, int]:
+    """A run's bytes, and how many of them are skeleton bytes."""
+    parts: list[bytes | memoryview] = []
+    position = run.skeleton_start
+    previous_end = run.file_start
+    for splice, payload in zip(run.splices, _decode_batch(run.objects), strict=True):
+        gap = splice.offset - previous_end
+        parts.append(skeleton[position : position + gap])
+        position += gap
+        if len(payload) != splice.length:
+            raise ObjectFormatError(
+                splice.oid, f"payload is {len(payload)} bytes, the manifest says {splice.length}"
+            )
+        parts.append(payload)
+        previous_end = splice.end
+    return b"".join(parts), position - run.skeleton_start
 
 
 def _decode_batch(objects: list[StoredObject]) -> list[bytes | memoryview]:
