@@ -118,7 +118,8 @@ def installation_identity() -> str:
     resource limits and credentials, so a client is only served by a server
     whose identity equals its own: the same interpreter and package, the same
     ``PYTHON*`` settings, limits (a test of a full disk sets RLIMIT_FSIZE),
-    groups, priority, control group and mount namespace. Environment, working
+    groups, priority, the encodings the locale chose, control group and mount
+    namespace. Environment, working
     directory and umask travel in the request instead.
     """
     import resource  # a builtin module: no file to find before ``site`` has run
@@ -139,10 +140,16 @@ def installation_identity() -> str:
         *limits,
         f"uid={os.getuid()} gid={os.getgid()} groups={sorted(os.getgroups())}",
         f"priority={os.getpriority(os.PRIO_PROCESS, 0)}",
+        # Fixed at start-up from the locale: file names and messages are encoded with them.
+        f"encodings={sys.getfilesystemencoding()} {_stream_encoding(sys.stderr)}",
         _read_or_empty("/proc/self/cgroup"),
         _readlink_or_empty("/proc/self/ns/mnt"),
     ]
     return "\n".join(parts)
+
+
+def _stream_encoding(stream) -> str:
+    return f"{getattr(stream, 'encoding', None)}/{getattr(stream, 'errors', None)}"
 
 
 def _read_or_empty(path: str) -> str:

@@ -56,7 +56,7 @@ def configured_python(git_env: GitEnv) -> str:
     return shlex.split(process.stdout.decode())[0]
 
 
-def wire_facts(git_env: GitEnv) -> dict[str, str]:
+def wire_facts(git_env: GitEnv, env: dict[str, str] | None = None) -> dict[str, str]:
     """The identity and socket path git's filter client in ``git_env`` computes."""
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
@@ -64,7 +64,8 @@ def wire_facts(git_env: GitEnv) -> dict[str, str]:
         "i = w.installation_identity();"
         "print(json.dumps({'identity': i, 'socket': w.rendezvous(i)[1]}))"
     )
-    result = git_env.run(configured_python(git_env), "-S", "-c", code, str(PACKAGE.parent))
+    python = configured_python(git_env)
+    result = git_env.run(python, "-S", "-c", code, str(PACKAGE.parent), env=env)
     return json.loads(result.stdout)
 
 
@@ -465,3 +466,14 @@ def test_a_served_command_reports_its_usage_when_asked(served, tmp_path):
     peak_kib, cpu_seconds = line.split()
     assert int(peak_kib) > 10_000  # an interpreter with the filter loaded
     assert 0 < float(cpu_seconds) < 60
+
+
+def test_a_client_in_another_locale_gets_a_server_of_its_own(served):
+    """File names and messages are encoded as the locale says, fixed when Python starts:
+    two clients whose environments differ only in the locale must not share a server."""
+    # Without these, Python coerces the C locale to UTF-8 and the two would agree.
+    served.env.update(PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+    utf8 = wire_facts(served, env={"LC_ALL": "C.utf8"})["identity"]
+    ascii_only = wire_facts(served, env={"LC_ALL": "POSIX"})["identity"]
+    assert "encodings=ascii" in ascii_only
+    assert utf8 != ascii_only
