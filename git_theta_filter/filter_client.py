@@ -78,7 +78,10 @@ def relay_to_server() -> int | None:
     if _in_a_terminal():
         from git_theta_filter.filter_prompt import PromptBridge
 
-        prompts = PromptBridge.open(directory, environ)
+        try:
+            prompts = PromptBridge.open(directory, environ)
+        except OSError:
+            return None  # prompts could not reach the terminal from the server's child
         if prompts is not None:
             environ = prompts.environment(environ)
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)

@@ -18,13 +18,24 @@ import sys
 
 from . import filter_wire
 
-__all__ = ["PromptBridge", "askpass", "PROMPT_SOCKET_VARIABLE", "MAX_PROMPT_BYTES"]
+__all__ = [
+    "PromptBridge",
+    "PromptBridgeUnavailableError",
+    "askpass",
+    "PROMPT_SOCKET_VARIABLE",
+    "MAX_PROMPT_BYTES",
+]
 
 PROMPT_SOCKET_VARIABLE = "GIT_THETA_PROMPT_SOCKET"
 # A prompt and an answer are a line each: a passphrase, a user name, a yes/no.
 MAX_PROMPT_BYTES = 4096
 _PROMPT_SECONDS = 5.0  # for the askpass program to send its prompt, once connected
 _FALSE = ("0", "false", "no", "off")
+
+
+class PromptBridgeUnavailableError(OSError):
+    """Prompts would need the bridge, and it cannot be made (the askpass program could not
+    run from a noexec file system, the socket cannot be made)."""
 
 
 class PromptBridge:
@@ -38,17 +49,23 @@ class PromptBridge:
     @classmethod
     def open(cls, directory: str, environ: dict[bytes, bytes]) -> PromptBridge | None:
         """A bridge in ``directory`` (already trusted), or None when the user's own
-        askpass or ``GIT_TERMINAL_PROMPT=0`` decides how to prompt."""
+        askpass or ``GIT_TERMINAL_PROMPT=0`` decides how to prompt.
+
+        Raises :class:`PromptBridgeUnavailableError` when prompts need a bridge that
+        cannot be made here: the client then serves git itself, on its terminal.
+        """
         if b"SSH_ASKPASS" in environ:
             return None
         if environ.get(b"GIT_TERMINAL_PROMPT", b"").decode().lower() in _FALSE:
             return None
         import _socket
 
-        script = _askpass_script(directory)
         path = os.path.join(directory, f"prompt-{os.getpid()}.sock")
         if len(os.fsencode(path)) > filter_wire.MAX_SOCKET_PATH_BYTES:
-            return None
+            raise PromptBridgeUnavailableError(f"{path} is too long for a socket")
+        if os.statvfs(directory).f_flag & os.ST_NOEXEC:
+            raise PromptBridgeUnavailableError(f"{directory} is on a file system mounted noexec")
+        script = _askpass_script(directory)
         listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             try:
@@ -57,9 +74,9 @@ class PromptBridge:
                 pass
             listener.bind(path)
             listener.listen(4)
-        except OSError:
+        except OSError as exc:
             listener.close()
-            return None
+            raise PromptBridgeUnavailableError(f"cannot listen on {path}: {exc}") from None
         return cls(listener, path, script)
 
     def environment(self, environ: dict[bytes, bytes]) -> dict[bytes, bytes]:

@@ -135,3 +135,41 @@ def test_the_bridge_names_its_askpass_and_keeps_the_users_ssh_setting():
         assert os.stat(script).st_mode & 0o077 == 0
     finally:
         shutil.rmtree(directory)
+
+
+def test_a_noexec_runtime_directory_makes_no_bridge(monkeypatch, tmp_path):
+    """The askpass program could not run from it: the client must serve git itself."""
+
+    class NoExec:
+        f_flag = os.ST_NOEXEC
+
+    monkeypatch.setattr(os, "statvfs", lambda path: NoExec())
+    with pytest.raises(filter_prompt.PromptBridgeUnavailableError, match="noexec"):
+        filter_prompt.PromptBridge.open(str(tmp_path), {})
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_client_that_cannot_bridge_serves_git_itself(monkeypatch):
+    """relay_to_server gives up (None) before it connects when prompts cannot be bridged."""
+    from git_theta_filter import filter_client
+
+    directory = tempfile.mkdtemp(prefix="theta-", dir="/tmp")
+    path = os.path.join(directory, "server.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.setblocking(False)
+    monkeypatch.setattr(filter_wire, "rendezvous", lambda identity: (directory, path))
+    monkeypatch.setattr(filter_client, "_in_a_terminal", lambda: True)
+
+    def unavailable(cls, directory, environ):
+        raise filter_prompt.PromptBridgeUnavailableError("noexec")
+
+    monkeypatch.setattr(filter_prompt.PromptBridge, "open", classmethod(unavailable))
+    try:
+        assert filter_client.relay_to_server() is None
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # the client never connected
+    finally:
+        listener.close()
+        shutil.rmtree(directory)
