@@ -172,7 +172,9 @@ def send(connection: socket.socket, payload: bytes, descriptors: int = 3) -> byt
         socket.send_fds(connection, [payload[:8]], null)
         connection.sendall(payload[8:])
         return connection.recv(1)
-    except ConnectionResetError:  # closed with some of the request unread
+    except (ConnectionResetError, BrokenPipeError):  # closed with some of the request unread
+        # (or before the rest was sent: the server drops a request once it sees its
+        # descriptors are wrong, which may be before sendall() runs)
         return b""
     finally:
         for fd in null:
