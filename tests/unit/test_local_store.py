@@ -15,11 +15,12 @@ from helpers import canonical_bytes, sha256_bytes
 from safetensors.numpy import save as safetensors_save
 
 from git_theta_filter.clean import clean
+from git_theta_filter.errors import ThetaError
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
 from git_theta_filter.store.encoded import DeltaBaseMissingError, is_encoded
 from git_theta_filter.store.local import LocalStore, StoreSettings
-from git_theta_filter.store.pack import CorruptPackEntryError, PackTruncatedError
+from git_theta_filter.store.pack import CorruptPackEntryError, PackIndex, PackTruncatedError
 from git_theta_filter.store.repack import repack, with_delta_bases
 
 BIG = 600 * 1024  # F32 elements: 2.4 MB, over the pack limit
@@ -58,6 +59,27 @@ def test_clean_of_thousands_of_small_tensors_writes_one_pack(store: LocalStore) 
     assert len(store.packs()) == 1 and len(set(store.iter_oids())) == 3001  # and the skeleton
     assert smudged(store, manifest) == data
     assert files_under(store.tmp_dir) == []
+
+
+def test_a_damaged_packed_object_is_stored_again_loose_and_served_from_there(
+    store: LocalStore,
+) -> None:
+    """A re-add over a damaged pack entry writes a good copy loose, and lookups take the
+    loose copy first, so the file checks out again (LocalStore._add_small)."""
+    data = safetensors_save({"small": weights(2, 100), "other": weights(3, 100)})
+    manifest = do_clean(store, data)
+    oid = next(t.oid for t in manifest.tensors if t.name == "small")
+    [pack] = store.packs()
+    offset, length = PackIndex(pack).find(oid)
+    pack.chmod(0o644)
+    damaged = bytearray(pack.read_bytes())
+    damaged[offset + length - 1] ^= 0xFF  # the entry's last payload byte
+    pack.write_bytes(bytes(damaged))
+    with pytest.raises(ThetaError):
+        smudged(LocalStore(store.theta_dir), manifest)
+    again = do_clean(LocalStore(store.theta_dir), data)
+    assert again.render() == manifest.render()
+    assert smudged(LocalStore(store.theta_dir), again) == data
 
 
 def test_a_mix_of_packed_and_loose_encoded_objects_round_trips(store: LocalStore) -> None:
