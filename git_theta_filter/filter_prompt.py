@@ -61,7 +61,7 @@ class PromptBridge:
         import _socket
 
         path = os.path.join(directory, f"prompt-{os.getpid()}.sock")
-        if len(os.fsencode(path)) > filter_wire.MAX_SOCKET_PATH_BYTES:
+        if not filter_wire.fits_a_socket(path):
             raise PromptBridgeUnavailableError(f"{path} is too long for a socket")
         if os.statvfs(directory).f_flag & os.ST_NOEXEC:
             raise PromptBridgeUnavailableError(f"{directory} is on a file system mounted noexec")

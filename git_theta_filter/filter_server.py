@@ -87,17 +87,21 @@ def serve_until_idle() -> None:
     # Objects made so far stay out of the collector, so children share their pages.
     gc.freeze()
     last_request = time.monotonic()
+
+    def outdated() -> bool:
+        """Another server took the socket over, or this package's code changed."""
+        return not _still_listening(path, inode) or _source_snapshot() != sources
+
     try:
         while True:
             try:
                 connection, _ = listener.accept()
             except TimeoutError:
-                idle = time.monotonic() - last_request >= IDLE_SECONDS
-                if idle or not _still_listening(path, inode) or _source_snapshot() != sources:
+                if time.monotonic() - last_request >= IDLE_SECONDS or outdated():
                     return
                 continue
             last_request = time.monotonic()
-            if not _still_listening(path, inode) or _source_snapshot() != sources:
+            if outdated():
                 _refuse(connection)
                 return
             _fork_child(listener, connection, identity)

@@ -30,6 +30,7 @@ __all__ = [
     "installation_identity",
     "runtime_directory",
     "rendezvous",
+    "fits_a_socket",
     "trusted_directory",
     "peer_uid",
     "same_user",
@@ -187,9 +188,14 @@ def rendezvous(identity: str) -> tuple[str, str] | None:
     name = f"filter-{zlib.crc32(data):08x}{zlib.adler32(data):08x}.sock"
     for directory in (runtime_directory(), f"/tmp/git-theta-{os.getuid()}"):
         path = os.path.join(directory, name)
-        if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES:
+        if fits_a_socket(path):
             return directory, path
     return None
+
+
+def fits_a_socket(path: str) -> bool:
+    """Whether ``path`` is short enough to be a Unix socket's address."""
+    return len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES
 
 
 def trusted_directory(directory: str) -> bool:
