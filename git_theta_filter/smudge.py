@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 Write = Callable[[memoryview], object]
+Chunk = bytes | bytearray | memoryview
 _READ_CHUNK = 1 << 20
 # The output thread's batches (see _HashingOutput): their size, and how many may wait.
 _BATCH = 1 << 20
@@ -114,7 +115,13 @@ class SmudgePlan:
         output = _HashingOutput(write)
         try:
             write_spliced(
-                self.skeleton, self.manifest.splices, self.store, output, self.path, self.opened
+                self.skeleton,
+                self.manifest.splices,
+                self.store,
+                output,
+                self.path,
+                self.opened,
+                give=output.give,
             )
         except BaseException:
             output.close(raise_error=False)  # the error that stopped the file is the one to report
@@ -130,15 +137,18 @@ class SmudgePlan:
 
 
 class _HashingOutput:
-    """Hashes and writes, on a thread of its own, the bytes it is called with, in order.
+    """Hashes and writes the bytes it is called with, in order, on two threads of its own.
 
     The rebuilt file is produced on the calling thread (objects decoded, with
-    workers for large ones) while this thread hashes and sends what came
-    before: sha256 and the pipe to git release the GIL, so both cores work.
-    Bytes are copied into batches of about a megabyte, so a caller may reuse
-    its buffers, thousands of small objects cost a few hand-overs, and at most
-    a few batches wait, bounding memory. An error of the thread is raised on
-    the calling thread, at the next call or at :meth:`close`.
+    workers for large ones) while one thread hashes what came before and
+    another sends what was hashed before that: sha256 and the pipe to git
+    release the GIL, so a batch is hashed while the one before it is written.
+    Borrowed bytes (:meth:`__call__`) are copied into batches of about a
+    megabyte, so a caller may reuse its buffers, and thousands of small
+    objects cost a few hand-overs; bytes given away (:meth:`give`) are handed
+    over as they are. At most a few batches wait at each stage, bounding
+    memory. An error of either thread is raised on the calling thread, at the
+    next call or at :meth:`close`.
     """
 
     def __init__(self, write: Write) -> None:
@@ -146,60 +156,92 @@ class _HashingOutput:
         self.digest = hashlib.sha256()
         self.written = 0
         self._batch = bytearray()
-        self._batches: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=_BATCHES_WAITING)
+        self._to_hash: queue.Queue[Chunk | None] = queue.Queue(maxsize=_BATCHES_WAITING)
+        self._to_write: queue.Queue[Chunk | None] = queue.Queue(maxsize=_BATCHES_WAITING)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="theta-smudge-out", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._hash_batches, name="theta-smudge-hash", daemon=True),
+            threading.Thread(target=self._write_batches, name="theta-smudge-out", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def __call__(self, chunk: memoryview | bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        if isinstance(chunk, bytes) and len(chunk) >= _BATCH // 2:
-            # Immutable, as a run of small objects is (made on the decoding workers):
-            # handed over whole, neither copied nor hashed on this thread.
-            self._hand_over()
-            self._batches.put(chunk)
-            return
+    def __call__(self, chunk: Chunk) -> None:
+        """Hash and write ``chunk``, which the caller may change once this returns."""
+        self._raise_error()
         if len(chunk) >= _BATCH:
-            # A large object's decoded block: its decoding runs on the store's workers
-            # already, and copying it costs more than hashing it here, in order.
+            # Copying a large borrowed chunk costs more than hashing and writing it
+            # here, in order, once what was handed over before is out.
             self._hand_over()
-            self._batches.join()
-            if self._error is not None:
-                raise self._error
+            self._drain()
             self.digest.update(chunk)
             self.written += len(chunk)
-            self._write(chunk)
+            self._write(memoryview(chunk))
             return
         self._batch += chunk
         if len(self._batch) >= _BATCH:
             self._hand_over()
 
+    def give(self, chunk: Chunk) -> None:
+        """Hash and write ``chunk``, which nothing changes afterwards (a freshly decoded
+        block, a run of small objects): it is handed over without a copy."""
+        self._raise_error()
+        if len(chunk) < _BATCH // 2:
+            self(chunk)
+            return
+        self._hand_over()
+        self._to_hash.put(chunk)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
     def _hand_over(self) -> None:
         if self._batch:
-            self._batches.put(self._batch)
+            self._to_hash.put(self._batch)
             self._batch = bytearray()
 
-    def _run(self) -> None:
-        while (batch := self._batches.get()) is not None:
+    def _drain(self) -> None:
+        """Wait until everything handed over is hashed and written."""
+        self._to_hash.join()
+        self._to_write.join()
+        self._raise_error()
+
+    def _hash_batches(self) -> None:
+        while True:
+            batch = self._to_hash.get()
             try:
-                if self._error is None:  # after an error, drained so the caller never blocks
+                if batch is not None and self._error is None:
                     self.digest.update(batch)
                     self.written += len(batch)
+            except BaseException as exc:
+                self._error = exc
+            # After an error, batches still pass on, so that neither stage blocks the caller.
+            self._to_write.put(batch)
+            self._to_hash.task_done()
+            if batch is None:
+                return
+
+    def _write_batches(self) -> None:
+        while (batch := self._to_write.get()) is not None:
+            try:
+                if self._error is None:
                     self._write(memoryview(batch))
             except BaseException as exc:
                 self._error = exc
             finally:
-                self._batches.task_done()
+                self._to_write.task_done()
+        self._to_write.task_done()
 
     def close(self, raise_error: bool = True) -> None:
-        """Send the last batch and wait for the thread; raise its error, if any."""
-        if self._thread.is_alive():
+        """Send the last batch and wait for the threads; raise their error, if any."""
+        if self._threads[0].is_alive():
             self._hand_over()
-            self._batches.put(None)
-            self._thread.join()
-        if raise_error and self._error is not None:
-            raise self._error
+            self._to_hash.put(None)
+            for thread in self._threads:
+                thread.join()
+        if raise_error:
+            self._raise_error()
 
 
 def prepare_smudge(

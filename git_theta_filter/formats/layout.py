@@ -98,12 +98,17 @@ def write_spliced(
     write: Callable[[memoryview], object],
     path: str | None = None,
     opened: Mapping[str, StoredObject] | None = None,
+    give: Callable[[bytes | memoryview], object] | None = None,
 ) -> None:
     """Stream the file: skeleton bytes up to each splice, then that object's payload.
 
     ``opened`` holds objects the caller has already opened and checked (pack
     entries: they hold no file), read from there instead of being looked up again.
+    ``give``, if given, is called instead of ``write`` with bytes that nothing
+    changes afterwards (decoded blocks, runs of small objects), which it may
+    keep without a copy; ``write``'s bytes may change once it returns.
     """
+    give = give or write
     view = memoryview(skeleton)
     cursor = 0  # offset in the file
     taken = 0  # bytes of the skeleton already written
@@ -114,7 +119,7 @@ def write_spliced(
             run = runs.run_at(index)
             if run is not None:  # splices [index, end) with the skeleton bytes between them
                 end, data, skeleton_bytes = run
-                write(data)
+                give(data)
                 taken += skeleton_bytes
                 cursor = splices[end - 1].end
                 index = end
@@ -124,7 +129,7 @@ def write_spliced(
             if gap:
                 write(view[taken : taken + gap])
                 taken += gap
-            _write_payload(store, splice, write, buffer, path, opened)
+            _write_payload(store, splice, write, give, buffer, path, opened)
             cursor = splice.end
             index += 1
     if taken < len(view):
@@ -287,6 +292,7 @@ def _write_payload(
     store: LocalStore,
     splice: Splice,
     write: Callable[[memoryview], object],
+    give: Callable[[bytes | memoryview], object],
     buffer: bytearray,
     path: str | None,
     opened: Mapping[str, StoredObject] | None,
@@ -305,11 +311,12 @@ def _write_payload(
             )
         encoded = file.stored.encoded if isinstance(file, ObjectReader) else None
         if encoded is not None:
+            # Each block is decoded into bytes of its own, not into the buffer.
             if encoded.block_count == 1:  # a small object: no read-ahead to set up
-                write(memoryview(file.stored.decoded_block(0)))
+                give(memoryview(file.stored.decoded_block(0)))
                 return
-            for block in file.payload_blocks():  # as decoded, not copied into the buffer
-                write(block)
+            for block in file.payload_blocks():
+                give(block)
             return
         left = splice.length
         chunk = memoryview(buffer)

@@ -439,6 +439,35 @@ def test_smudge_hands_small_and_large_chunks_out_in_order(
     assert do_smudge(store, manifest_bytes) == data
 
 
+def test_smudge_output_copies_borrowed_bytes_and_keeps_given_ones_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller may reuse a buffer it wrote from (__call__), not one it gave away (give);
+    hashing and writing run on separate threads, and the order holds across both."""
+    monkeypatch.setattr(smudge, "_BATCH", 64)
+    received = bytearray()
+    output = smudge._HashingOutput(lambda chunk: received.extend(chunk))
+    expected = bytearray()
+    buffer = bytearray(48)
+    rng = random.Random(5)
+    for step in range(200):
+        size = rng.choice((1, 20, 31, 32, 48, 100, 300))
+        chunk = bytes(rng.randrange(256) for _ in range(size))
+        expected += chunk
+        if step % 3 == 0 and size <= len(buffer):
+            buffer[:size] = chunk
+            output(memoryview(buffer)[:size])
+            buffer[:size] = bytes(size)  # reused at once: the output must have copied it
+        elif step % 3 == 1:
+            output.give(chunk)
+        else:
+            output(chunk)
+    output.close()
+    assert bytes(received) == bytes(expected)
+    assert output.written == len(expected)
+    assert output.digest.hexdigest() == sha256_bytes(bytes(expected))
+
+
 def test_small_pack_entries_are_read_with_their_neighbours_and_written_in_order(
     store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
