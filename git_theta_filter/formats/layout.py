@@ -108,7 +108,7 @@ def write_spliced(
     changes afterwards (decoded blocks, runs of small objects), which it may
     keep without a copy; ``write``'s bytes may change once it returns.
     """
-    give = give or write
+    hand_over = give or write
     view = memoryview(skeleton)
     cursor = 0  # offset in the file
     taken = 0  # bytes of the skeleton already written
@@ -119,7 +119,7 @@ def write_spliced(
             run = runs.run_at(index)
             if run is not None:  # splices [index, end) with the skeleton bytes between them
                 end, data, skeleton_bytes = run
-                give(data)
+                hand_over(data)
                 taken += skeleton_bytes
                 cursor = splices[end - 1].end
                 index = end
@@ -129,7 +129,7 @@ def write_spliced(
             if gap:
                 write(view[taken : taken + gap])
                 taken += gap
-            _write_payload(store, splice, write, give, buffer, path, opened)
+            _write_payload(store, splice, write, hand_over, buffer, path, opened)
             cursor = splice.end
             index += 1
     if taken < len(view):
