@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
-import functools
 import io
 import math
 import pickle
@@ -29,6 +28,7 @@ from typing import Any
 from ..dtypes import TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, dtype_by_name
 from ..errors import ThetaError
 from ..manifest import MAX_DIMS
+from .pickle_common import UNREAD, load_common
 
 __all__ = [
     "PickleScanError",
@@ -72,10 +72,11 @@ class TensorRef:
     offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    # True when the tensor is exactly its storage's bytes, in order. Set once, when
+    # it is made: a clean asks it three times of each of thousands of tensors.
+    is_whole_storage: bool = field(init=False)
 
-    @functools.cached_property  # asked three times of each tensor of a clean
-    def is_whole_storage(self) -> bool:
-        """True when the tensor is exactly its storage's bytes, in order."""
+    def __post_init__(self) -> None:
         expected_stride = []
         step = 1
         for dim in reversed(self.shape):
@@ -83,7 +84,7 @@ class TensorRef:
             step *= dim
         contiguous = tuple(reversed(expected_stride)) == self.stride or math.prod(self.shape) <= 1
         nbytes = math.prod(self.shape) * dtype_by_name(self.dtype).itemsize
-        return self.offset == 0 and contiguous and nbytes == self.storage.nbytes
+        self.is_whole_storage = self.offset == 0 and contiguous and nbytes == self.storage.nbytes
 
 
 class ForeignObject:
@@ -195,13 +196,10 @@ ALLOWED_GLOBALS: dict[str, Any] = {
 }
 
 
-# The pure-Python unpickler, not the C one: the C unpickler sizes its memo as
-# an array reaching the largest index a PUT names, so a 4-byte LONG_BINPUT
-# index in a 400-byte pickle made it allocate (and zero) gigabytes. The Python
-# one keeps the memo in a dict; it is a little slower on data.pkl, which is small.
-class _StructureUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
+class _Hooks:
+    """What a pickle's globals and persistent ids become, and the record of both."""
+
+    def __init__(self) -> None:
         self.storages: dict[str, StorageRef] = {}
         self.foreign_globals: set[str] = set()
 
@@ -241,6 +239,24 @@ class _StructureUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         )
         self.storages[key] = ref
         return ref
+
+
+# The pure-Python unpickler, not the C one: the C unpickler sizes its memo as
+# an array reaching the largest index a PUT names, so a 4-byte LONG_BINPUT
+# index in a 400-byte pickle made it allocate (and zero) gigabytes. The Python
+# one keeps the memo in a dict. It reads what the faster loop of
+# pickle_common.py leaves to it: the opcodes torch does not write for a
+# state_dict, and pickles that are not valid.
+class _StructureUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    def __init__(self, data: bytes, hooks: _Hooks) -> None:
+        super().__init__(io.BytesIO(data))
+        self._hooks = hooks
+
+    def find_class(self, module: str, name: str) -> Any:
+        return self._hooks.find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        return self._hooks.persistent_load(pid)
 
 
 @dataclass
@@ -347,15 +363,22 @@ def _walk(root: Any, scan: PickleScan) -> None:
 
 def scan_pickle(data: bytes) -> PickleScan:
     """The structure of a torch data.pkl; raises :class:`PickleScanError` if it is not one."""
-    unpickler = _StructureUnpickler(data)
+    hooks = _Hooks()
+    root = load_common(data, hooks.find_class, hooks.persistent_load)
+    if root is UNREAD:
+        hooks = _Hooks()  # nothing the fast loop recorded counts
+        root = _unpickle(data, hooks)
+    scan = PickleScan(storages=hooks.storages, foreign_globals=hooks.foreign_globals)
+    _walk(root, scan)
+    return scan
+
+
+def _unpickle(data: bytes, hooks: _Hooks) -> Any:
     try:
-        root = unpickler.load()
+        return _StructureUnpickler(data, hooks).load()
     except PickleScanError:
         raise
     except RecursionError:
         raise PickleScanError("nested too deeply") from None
     except Exception as exc:  # any malformed pickle: it is data, not our bug
         raise PickleScanError(f"unreadable pickle ({type(exc).__name__}: {exc})") from None
-    scan = PickleScan(storages=unpickler.storages, foreign_globals=unpickler.foreign_globals)
-    _walk(root, scan)
-    return scan
