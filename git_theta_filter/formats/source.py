@@ -131,6 +131,11 @@ class Source:
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; fewer only at end of input."""
+        if self._end - self._start >= size:  # in the buffer: a zip header, most often
+            data = bytes(self._view[self._start : self._start + size])
+            self._start += size
+            self.position += size
+            return data
         parts = bytearray()
         self.copy_to(parts.extend, size, allow_short=True)
         return bytes(parts)

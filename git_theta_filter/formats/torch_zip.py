@@ -208,6 +208,8 @@ class _TorchZipParser:
         if not self.little_endian:
             return "U8", (storage.nbytes,)
         users = self._views_by_storage.get(storage.key, [])
+        if len(users) == 1 and users[0].is_whole_storage:  # most storages: one plain tensor
+            return users[0].dtype, users[0].shape
         kinds = {(t.dtype, t.shape) for t in users}
         if len(kinds) == 1 and all(t.is_whole_storage for t in users):
             return users[0].dtype, users[0].shape
