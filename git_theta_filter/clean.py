@@ -14,9 +14,10 @@ The format is detected from the content, never from the file name:
 
 from __future__ import annotations
 
+import gc
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from .formats.base import CleanContext, NotThisFormat, ParsedFile
 from .formats.layout import SkeletonTooLargeError
@@ -61,8 +62,27 @@ def clean(
     getting no manifest, leaves the index as it was.
     """
     # Small objects go into one pack per file, in place before the manifest is returned.
-    with store.writes(path), store.packing():
+    with _collector_paused(), store.writes(path), store.packing():
         return _clean(raw, store, path, warn)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, if it was on.
+
+    A file of thousands of small tensors makes a few hundred thousand objects that
+    live until its manifest is written; the collections their allocation set off
+    went over them again and again (40 ms of a clean of 6,000 tensors). What the
+    block leaves in cycles is collected after it.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _clean(raw: Readable, store: LocalStore, path: str, warn: Warn) -> bytes:

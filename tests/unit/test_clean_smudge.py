@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -85,6 +86,28 @@ def test_torch_zip_round_trip(store: LocalStore, checkpoint_bytes: bytes) -> Non
     assert sorted(s.length for s in manifest.splices) == sorted(
         i.file_size for i in records.values()
     )
+
+
+def test_clean_pauses_the_cyclic_collector_and_leaves_it_as_it_was(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
+    seen = []
+
+    class Reader(io.BytesIO):
+        def readinto(self, buffer) -> int:  # type: ignore[override]
+            seen.append(gc.isenabled())
+            return super().readinto(buffer)
+
+    assert gc.isenabled()
+    clean(Reader(checkpoint_bytes), store)
+    assert seen and not any(seen), "collected while cleaning"
+    assert gc.isenabled(), "the collector was left off"
+    gc.disable()
+    try:
+        clean(Reader(checkpoint_bytes), store)
+        assert not gc.isenabled(), "the collector was turned on"
+    finally:
+        gc.enable()
 
 
 def test_clean_is_deterministic_and_idempotent(store: LocalStore, checkpoint_bytes: bytes) -> None:
