@@ -9,6 +9,7 @@ allocated or any file is opened.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ def decode_name(text: str) -> str:
 
 
 def _format_ints(values: Iterable[int]) -> str:
-    return "[" + ",".join(str(v) for v in values) + "]"
+    return "[" + ",".join(map(str, values)) + "]"
 
 
 def _parse_int(text: str, what: str, line_number: int) -> int:
@@ -201,10 +202,10 @@ class TensorEntry:
 
     def extent_bytes(self) -> int:
         """Bytes of the storage that this tensor reaches, from the storage's start."""
-        if self.numel == 0:
-            return 0
         if self.stride is None:
             return self.nbytes
+        if self.numel == 0:
+            return 0
         last = (self.offset or 0) + sum(
             (d - 1) * s for d, s in zip(self.shape, self.stride, strict=False)
         )
@@ -231,6 +232,10 @@ class Splice:
 
     def render(self) -> str:
         return f"splice {self.offset} {self.length} {self.oid}"
+
+
+_BY_NAME = operator.attrgetter("name")
+_BY_POSITION = operator.attrgetter("offset", "length", "oid")
 
 
 @dataclass
@@ -287,12 +292,10 @@ class Manifest:
             f"metric {encode_name(k)} {format_metric(self.metrics[k])}"
             for k in sorted(self.metrics)
         ]
-        lines += [t.render() for t in sorted(self.tensors, key=lambda t: t.name)]
+        lines += [t.render() for t in sorted(self.tensors, key=_BY_NAME)]
         # By length too: an empty splice (a zero-size tensor) may share its offset with the
         # next one, and only the empty-first order parses; the oid settles two empty ones.
-        lines += [
-            s.render() for s in sorted(self.splices, key=lambda s: (s.offset, s.length, s.oid))
-        ]
+        lines += [s.render() for s in sorted(self.splices, key=_BY_POSITION)]
         return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
     @classmethod
@@ -375,7 +378,7 @@ class Manifest:
         if dtype not in DTYPES:
             raise ManifestError(f"tensor {name!r}: unknown dtype {dtype!r}", line_number=number)
         shape = tuple(map(int, dims.split(","))) if dims else ()
-        if len(shape) > MAX_DIMS or any(value > _MAX_SIZE for value in shape):
+        if len(shape) > MAX_DIMS or (shape and max(shape) > _MAX_SIZE):
             self._add_tensor(rest.split(" "), number)  # for its error
             return
         self.tensors.append(TensorEntry(name, dtype, shape, oid))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..manifest import Splice
 from .base import NotThisFormat
@@ -52,8 +53,9 @@ _ZIPFILE_ERRORS = (
 )
 
 
-@dataclass(frozen=True)
-class ZipRecord:
+# A NamedTuple: as immutable as a frozen dataclass, and made in half the time or less
+# (one per record: 6,000 for a checkpoint of 6,000 tensors, at each clean).
+class ZipRecord(NamedTuple):
     """One archive member; offsets are file offsets."""
 
     name: str
