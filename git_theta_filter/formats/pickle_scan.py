@@ -65,26 +65,38 @@ class StorageRef:
     untyped: bool
 
 
-@dataclass(eq=False)
 class TensorRef:
-    storage: StorageRef
-    dtype: str
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    # True when the tensor is exactly its storage's bytes, in order. Set once, when
-    # it is made: a clean asks it three times of each of thousands of tensors.
-    is_whole_storage: bool = field(init=False)
+    """A tensor as data.pkl rebuilds it: a view of ``storage``.
 
-    def __post_init__(self) -> None:
+    A plain class with slots, made in a third of a dataclass's time: a checkpoint may
+    hold hundreds of thousands of tensors.
+    """
+
+    __slots__ = ("storage", "dtype", "offset", "shape", "stride", "is_whole_storage")
+
+    def __init__(
+        self,
+        storage: StorageRef,
+        dtype: str,
+        offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+    ) -> None:
+        self.storage = storage
+        self.dtype = dtype
+        self.offset = offset
+        self.shape = shape
+        self.stride = stride
         expected_stride = []
-        step = 1
-        for dim in reversed(self.shape):
-            expected_stride.append(step)
-            step *= dim
-        contiguous = tuple(reversed(expected_stride)) == self.stride or math.prod(self.shape) <= 1
-        nbytes = math.prod(self.shape) * dtype_by_name(self.dtype).itemsize
-        self.is_whole_storage = self.offset == 0 and contiguous and nbytes == self.storage.nbytes
+        numel = 1
+        for dim in reversed(shape):
+            expected_stride.append(numel)
+            numel *= dim
+        contiguous = tuple(reversed(expected_stride)) == stride or numel <= 1
+        nbytes = numel * dtype_by_name(dtype).itemsize
+        # True when the tensor is exactly its storage's bytes, in order. Set once, when
+        # it is made: a clean asks it three times of each of thousands of tensors.
+        self.is_whole_storage: bool = offset == 0 and contiguous and nbytes == storage.nbytes
 
 
 class ForeignObject:
