@@ -234,6 +234,9 @@ class Splice:
         return f"splice {self.offset} {self.length} {self.oid}"
 
 
+# The kinds of line after the head, in the order they come.
+_METRIC, _TENSOR, _SPLICE = range(3)
+_SECTIONS = {"metric": _METRIC, "tensor": _TENSOR, "splice": _SPLICE}
 _BY_NAME = operator.attrgetter("name")
 _BY_POSITION = operator.attrgetter("offset", "length", "oid")
 
@@ -337,21 +340,21 @@ class Manifest:
             sha256=header["sha256"],
             skeleton=_parse_oid(header["skeleton"], 5),
         )
-        section_order = {"metric": 0, "tensor": 1, "splice": 2}
-        section = 0
+        section = _METRIC
         for number, line in enumerate(lines[5:], start=6):
             kind, _, rest = line.partition(" ")
-            if kind not in section_order:
+            order = _SECTIONS.get(kind)
+            if order is None:
                 raise ManifestError(f"unknown line kind {kind!r}", line_number=number)
-            if section_order[kind] < section:
+            if order < section:
                 raise ManifestError(f"{kind!r} line out of order", line_number=number)
-            section = section_order[kind]
-            if kind == "metric":
-                manifest._add_metric(rest.split(" "), number)
-            elif kind == "tensor":
+            section = order
+            if order == _TENSOR:
                 manifest._add_tensor_line(rest, number)
-            else:
+            elif order == _SPLICE:
                 manifest._add_splice(rest, number)
+            else:
+                manifest._add_metric(rest.split(" "), number)
         manifest._check_layout()
         if manifest.render() != data:
             raise ManifestError("not in canonical form (sorting, spacing or escapes)")
@@ -416,6 +419,7 @@ class Manifest:
                 match = None  # the check field by field names it
         if match is not None:
             splice = Splice(offset, length, match[3])
+            end = offset + length
         else:
             fields = rest.split(" ")
             if len(fields) != 3:
@@ -425,9 +429,10 @@ class Manifest:
                 _parse_int(fields[1], "length", number),
                 _parse_oid(fields[2], number),
             )
+            end = splice.end
         if self.splices and splice.offset < self.splices[-1].end:
             raise ManifestError("splices overlap or are out of order", line_number=number)
-        if splice.end > self.size:
+        if end > self.size:
             raise ManifestError(
                 f"splice at {splice.offset} runs past the file size {self.size}", line_number=number
             )
