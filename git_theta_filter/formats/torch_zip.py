@@ -21,6 +21,7 @@ seen, or the file is stored opaque.
 
 from __future__ import annotations
 
+import operator
 import struct
 import zlib
 
@@ -40,6 +41,8 @@ _FLAG_DESCRIPTOR = 0x08
 _FLAG_UTF8 = 0x800
 _ZIP64_EXTRA = 0x0001
 _SCAN_STEP = 1 << 16
+# What the central directory must say of each record seen: its name, where it starts, its size.
+_PLACE = operator.attrgetter("name", "header_offset", "size")
 
 
 class _Record:
@@ -245,9 +248,7 @@ class _TorchZipParser:
         archive (``zip_directory.py``), must list exactly the records seen."""
         layout = self.ctx.layout
         directory = read_zip_directory(layout.skeleton, layout.splices, layout.size)
-        seen = [(r.name, r.header_offset, r.size) for r in self.records]
-        listed = [(r.name, r.header_offset, r.size) for r in directory.records]
-        if seen != listed:
+        if list(map(_PLACE, self.records)) != list(map(_PLACE, directory.records)):
             raise NotThisFormat("the zip central directory does not match the records")
 
 

@@ -235,6 +235,30 @@ def test_opaque_round_trip(store: LocalStore, data: bytes) -> None:
         assert [(s.offset, s.length) for s in manifest.splices] == [(0, len(data))]
 
 
+@pytest.mark.parametrize("change", ["name", "size"])
+def test_a_central_directory_that_disagrees_with_the_records_is_stored_opaque(
+    store: LocalStore, checkpoint_bytes: bytes, change: str
+) -> None:
+    """A central directory that zip_directory.py reads without fault (each entry points at
+    a local header, in order) but that names another record, or another size for one:
+    only the comparison with the records clean read tells."""
+    central = checkpoint_bytes.index(b"PK\x01\x02")
+    head, directory = checkpoint_bytes[:central], bytearray(checkpoint_bytes[central:])
+    if change == "name":
+        at = directory.index(b"/data/0") + len("/data/")
+        directory[at : at + 1] = b"X"
+    else:  # the last record one byte shorter, in both of its sizes
+        last = directory.rindex(b"PK\x01\x02")
+        for field in (last + 20, last + 24):
+            size = int.from_bytes(directory[field : field + 4], "little")
+            directory[field : field + 4] = (size - 1).to_bytes(4, "little")
+    data = head + bytes(directory)
+    out, warnings = do_clean(store, data)
+    assert Manifest.parse(out).format == "opaque"
+    assert len(warnings) == 1 and "the zip central directory does not match" in warnings[0]
+    assert do_smudge(store, out) == data
+
+
 def test_truncation_outside_payloads_loses_no_byte(
     store: LocalStore, checkpoint_bytes: bytes
 ) -> None:
