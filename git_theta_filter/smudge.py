@@ -263,24 +263,26 @@ def prepare_smudge(
             return SmudgePlan(path, store, None, lfs_object=(lfs, pointer))
         return SmudgePlan(path, store, None, passthrough=content)
     manifest = Manifest.parse(content)
-    skeleton = read_skeleton(store, manifest, path)
     lengths = {s.oid: s.length for s in manifest.splices}
     opened: dict[str, StoredObject] = {}
-    for oid in sorted(lengths):
-        stored = store.open_readable(oid, path)
-        if stored.header.nbytes != lengths[oid]:
-            stored.close()
-            raise ObjectFormatError(
-                oid,
-                f"payload is {stored.header.nbytes} bytes, the manifest of {path} says "
-                f"{lengths[oid]}",
-            )
-        # Pack entries stay open for the write (a file of thousands of small tensors
-        # looked each one up twice); loose objects would each hold a file descriptor.
-        if stored.owns_file or len(opened) >= _MAX_KEPT_OPEN:
-            stored.close()
-        else:
-            opened[oid] = stored
+    # Thousands of small tensors: "no loose copy" comes from a listing, not a failed open each.
+    with store.bulk_lookups():
+        skeleton = read_skeleton(store, manifest, path)
+        for stored in store.open_all_readable(lengths, path):
+            oid = stored.oid
+            if stored.header.nbytes != lengths[oid]:
+                stored.close()
+                raise ObjectFormatError(
+                    oid,
+                    f"payload is {stored.header.nbytes} bytes, the manifest of {path} says "
+                    f"{lengths[oid]}",
+                )
+            # Pack entries stay open for the write (a file of thousands of small tensors
+            # looked each one up twice); loose objects would each hold a file descriptor.
+            if stored.owns_file or len(opened) >= _MAX_KEPT_OPEN:
+                stored.close()
+            else:
+                opened[oid] = stored
     return SmudgePlan(path, store, manifest, skeleton=skeleton, opened=opened)
 
 

@@ -37,6 +37,7 @@ from ..errors import ThetaError
 from . import fileio
 from .encoded import ObjectReader, StoredObject, encode_whole
 from .integrity import VERIFIED, ObjectCorruptError, file_sha256
+from .loose_listing import LooseListing
 from .object_format import ObjectFormatError, ObjectHeader, encode_header, is_valid_oid
 from .pack import CorruptPackEntryError, PackError, PackIndex, PackWriter, pack_paths
 from .writing import (
@@ -159,6 +160,7 @@ class LocalStore:
         self._broken_packs: dict[Path, PackError] = {}
         self._packs_seen: tuple[int, int] | None = None  # the packs dir's (mtime, size)
         self._packing = False  # inside packing(): small objects go to _pack_writer
+        self._loose_listing: LooseListing | None = None  # inside bulk_lookups()
         self._pack_writer: PackWriter | None = None  # created for the first small object
 
     @property
@@ -190,12 +192,43 @@ class LocalStore:
             raise ThetaError(f"invalid object id {oid!r}")
         return f"{self._objects_root}/{oid[0:2]}/{oid[2:4]}/{oid}"
 
-    def has(self, oid: str, look_for_new_packs: bool = True) -> bool:
-        """Whether ``oid`` is here, loose or packed; see :meth:`_find_packed` for
-        ``look_for_new_packs``."""
-        return os.path.isfile(self._loose_path(oid)) or (
-            self._find_packed(oid, look_for_new_packs) is not None
-        )
+    def has(self, oid: str, look_for_new: bool = True) -> bool:
+        """Whether ``oid`` is here, loose or packed.
+
+        Without ``look_for_new``, neither packs nor (within :meth:`bulk_lookups`)
+        loose objects that other processes stored since this one last looked are
+        looked for: a caller about to store the object pays for missing one with a
+        second copy, which repack drops, rather than a system call per object.
+        """
+        path = self._loose_path(oid)
+        listed_absent = self._listed_absent(oid)
+        if not listed_absent and os.path.isfile(path):
+            return True
+        if self._find_packed(oid, look_for_new_packs=look_for_new) is not None:
+            return True
+        return look_for_new and listed_absent and os.path.isfile(path)
+
+    @contextmanager
+    def bulk_lookups(self) -> Iterator[None]:
+        """Within the block, a lookup learns that an object has no loose copy from one
+        listing of each fan-out directory (:class:`.LooseListing`), not from a failed
+        ``open()`` each; what that may miss is in docs/store.md ("Lookups within one
+        operation"). For operations that look up thousands of objects: a smudge's
+        checks, a clean's :meth:`packing` block.
+        """
+        if self._loose_listing is not None:  # nested: the outer block's listing serves
+            yield
+            return
+        self._loose_listing = LooseListing(self._objects_root)
+        try:
+            yield
+        finally:
+            self._loose_listing = None
+
+    def _listed_absent(self, oid: str) -> bool:
+        """Whether, within :meth:`bulk_lookups`, the listing shows no loose copy of ``oid``."""
+        listing = self._loose_listing
+        return listing is not None and not listing.may_hold(oid)
 
     def size(self, oid: str) -> int | None:
         """Bytes the object takes in the store (its encoded size), or None if absent."""
@@ -291,7 +324,8 @@ class LocalStore:
             return
         self._packing = True
         try:
-            yield
+            with self.bulk_lookups():
+                yield
             writer, self._pack_writer = self._pack_writer, None
             if writer is not None and writer.finish(self.packs_dir) is not None:
                 self._refresh_packs(force=True)
@@ -429,10 +463,10 @@ class LocalStore:
         """Store a small object from memory: into the pack being written, or loose.
         ``payload`` is the caller's no more: the pack's thread may encode it later."""
         damaged = False
-        # Packs another process finished since this one last looked are not looked
+        # Objects another process stored since this one last looked are not looked
         # for: missing one costs a second copy of a small object, which repack drops,
-        # while looking costs a stat per object of a file with thousands of them.
-        if self.has(oid, look_for_new_packs=False):
+        # while looking costs a system call per object of a file with thousands of them.
+        if self.has(oid, look_for_new=False):
             if self._holds(oid):  # small: decoding it costs little
                 self.freshen(oid)
                 return
@@ -487,6 +521,8 @@ class LocalStore:
         os.chmod(path, 0o444)
         final = self.object_path(oid)
         final.parent.mkdir(parents=True, exist_ok=True)
+        if self._loose_listing is not None:
+            self._loose_listing.linked(oid)  # from here on, lookups open the loose path
         try:
             # link() never replaces an existing file: a concurrent writer of
             # the same object, or an existing object, wins and stays as is.
@@ -510,13 +546,14 @@ class LocalStore:
         changes, never the content. A store that may not be touched (another
         user's, a read-only mount) is left as it is: it still serves reads.
         """
-        try:
-            os.utime(self.object_path(oid), follow_symlinks=False)
-            return
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return
+        if not self._listed_absent(oid):
+            try:
+                os.utime(self._loose_path(oid), follow_symlinks=False)
+                return
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return
         found = self._find_packed(oid)
         if found is not None and found[3] != self.tmp_dir:  # not the pack being written
             with suppress(OSError):
@@ -539,17 +576,26 @@ class LocalStore:
         Its headers are checked; its blocks are decoded (and a delta's base
         opened) only as they are read. The caller closes it.
         """
-        fd = self._open_loose(oid)
-        if fd is None:
-            found = self._find_packed(oid)
-            if found is None:
-                return None
-            fd, offset, length, pack = found
-            try:
-                return StoredObject(oid, fd, offset, length, self.open_stored)
-            except ObjectFormatError as exc:
-                raise CorruptPackEntryError(oid, pack, exc.reason) from None
+        listed_absent = self._listed_absent(oid)
+        if not listed_absent and (fd := self._open_loose(oid)) is not None:
+            return self._loose_stored(oid, fd)
+        found = self._find_packed(oid)
+        if found is not None:
+            return self._packed_stored(oid, found)
+        # Within bulk_lookups(), stored loose by another process since the listing.
+        if listed_absent and (fd := self._open_loose(oid)) is not None:
+            return self._loose_stored(oid, fd)
+        return None
+
+    def _loose_stored(self, oid: str, fd: int) -> StoredObject:
         return StoredObject(oid, fd, 0, os.fstat(fd).st_size, self.open_stored, owns_fd=True)
+
+    def _packed_stored(self, oid: str, found: tuple[int, int, int, Path]) -> StoredObject:
+        fd, offset, length, pack = found
+        try:
+            return StoredObject(oid, fd, offset, length, self.open_stored)
+        except ObjectFormatError as exc:
+            raise CorruptPackEntryError(oid, pack, exc.reason) from None
 
     def _open_loose(self, oid: str) -> int | None:
         """A read-only descriptor of the loose object, or None if there is none.
@@ -613,6 +659,12 @@ class LocalStore:
         stored = self.open_stored(oid)
         if stored is None:
             raise ObjectMissingError(oid, path)
+        return self._with_bases_checked(stored)
+
+    @staticmethod
+    def _with_bases_checked(stored: StoredObject) -> StoredObject:
+        """``stored``, once every delta base down its chain opened and checked; those
+        are closed again. Closes ``stored`` if one fails."""
         try:
             link = stored
             while link.base_oid is not None:
@@ -623,6 +675,28 @@ class LocalStore:
         if stored.base_oid is not None:
             stored.drop_bases()
         return stored
+
+    def open_all_readable(
+        self, oids: Iterable[str], path: str | None = None
+    ) -> Iterator[StoredObject]:
+        """Each of ``oids`` (once), opened and checked as :meth:`open_readable` does: loose
+        ones as they are found, in id order, then the entries of each pack in file order
+        (one pass forward through the pack, which read-ahead serves when it is not
+        cached, where id order jumped about it). The caller closes each.
+        """
+        by_pack: dict[Path, list[tuple[int, str, tuple[int, int, int, Path]]]] = {}
+        for oid in sorted(set(oids)):
+            if not self._listed_absent(oid) and (fd := self._open_loose(oid)) is not None:
+                yield self._with_bases_checked(self._loose_stored(oid, fd))
+                continue
+            found = self._find_packed(oid)
+            if found is None:  # stored loose since the listing, or missing (raises)
+                yield self.open_readable(oid, path)
+                continue
+            by_pack.setdefault(found[3], []).append((found[1], oid, found))
+        for entries in by_pack.values():
+            for _offset, oid, found in sorted(entries):
+                yield self._with_bases_checked(self._packed_stored(oid, found))
 
     def canonical_size(self, oid: str) -> int | None:
         """Bytes of the object's canonical form, or None if it is not here."""
