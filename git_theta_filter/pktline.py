@@ -16,6 +16,7 @@ This module only frames bytes. What the packets mean lives in
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -160,11 +161,19 @@ class PktLineReader:
             pass
 
 
+# Content of at least this many bytes goes to a buffered stream's file directly, its
+# packets and their headers in one writev() per _MAX_VECTORS buffers: a checkout of
+# 100 MB copied each byte once more into the stream's buffer.
+_DIRECT_FROM = MAX_PAYLOAD
+_MAX_VECTORS = 512
+
+
 class PktLineWriter:
     """Writes packets to a binary stream."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self._fd = _direct_fd(stream)
 
     def write_text(self, line: str) -> None:
         self._stream.write(encode_text(line))
@@ -182,11 +191,45 @@ class PktLineWriter:
     def write_content(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` as content packets (no flush). Slices are written without copying."""
         view = memoryview(data).cast("B")
+        if self._fd is not None and len(view) >= _DIRECT_FROM:
+            self._stream.flush()  # what was written before goes first
+            buffers: list[bytes | memoryview] = []
+            for start in range(0, len(view), MAX_PAYLOAD):
+                chunk = view[start : start + MAX_PAYLOAD]
+                buffers += (b"%04x" % (len(chunk) + _HEADER_SIZE), chunk)
+                if len(buffers) >= _MAX_VECTORS:
+                    _write_vectors(self._fd, buffers)
+                    buffers = []
+            _write_vectors(self._fd, buffers)
+            return
         write = self._stream.write
         for start in range(0, len(view), MAX_PAYLOAD):
             chunk = view[start : start + MAX_PAYLOAD]
             write(b"%04x" % (len(chunk) + _HEADER_SIZE))
             write(chunk)
+
+
+def _direct_fd(stream: BinaryIO) -> int | None:
+    """The file under a buffered stream, which content may be written to directly once
+    the stream is flushed; None for any other stream."""
+    if not isinstance(stream, io.BufferedWriter):
+        return None
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: in memory
+        return None
+
+
+def _write_vectors(fd: int, buffers: list[bytes | memoryview]) -> None:
+    """Write every byte of ``buffers``, in order: writev() may write fewer (a signal)."""
+    first = 0
+    while first < len(buffers):
+        written = os.writev(fd, buffers[first:] if first else buffers)
+        while first < len(buffers) and written >= len(buffers[first]):
+            written -= len(buffers[first])
+            first += 1
+        if written:
+            buffers[first] = memoryview(buffers[first])[written:]
 
 
 def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[BinaryIO, BinaryIO]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -219,3 +221,49 @@ def test_a_header_is_its_lowercase_hex_length_or_a_pktline_error(header: str) ->
     else:
         with pytest.raises(PktLineError):
             reader_for(stream).read_packet()
+
+
+def _written_through_a_file(tmp_path: Path, content: bytes) -> bytes:
+    path = tmp_path / "out"
+    with open(path, "wb", buffering=1 << 20) as stream:
+        writer = PktLineWriter(stream)
+        writer.write_text("status=success")
+        writer.write_content(content)
+        writer.write_content(b"tail")
+        writer.flush_packet()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("size", [MAX_PAYLOAD - 1, MAX_PAYLOAD, 3 * MAX_PAYLOAD + 5, 40 << 20])
+def test_content_written_to_a_file_directly_is_framed_and_ordered_as_buffered(
+    tmp_path: Path, size: int
+) -> None:
+    content = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    expected = (
+        encode_text("status=success")
+        + b"".join(iter_content_packets(content))
+        + b"".join(iter_content_packets(b"tail"))
+        + FLUSH
+    )
+    assert _written_through_a_file(tmp_path, content) == expected
+
+
+def test_a_short_writev_is_continued_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writev() may write less than asked (a signal arrived): the rest follows."""
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: list) -> int:
+        data = b"".join(bytes(buffer) for buffer in buffers)
+        return real_writev(fd, [data[: max(1, len(data) // 3 - 7)]])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    content = os.urandom(5 * MAX_PAYLOAD + 11)
+    expected = (
+        encode_text("status=success")
+        + b"".join(iter_content_packets(content))
+        + b"".join(iter_content_packets(b"tail"))
+        + FLUSH
+    )
+    assert _written_through_a_file(tmp_path, content) == expected
