@@ -103,8 +103,9 @@ class _TorchZipParser:
         (_, _, flags, method, _, _, _crc, csize, _usize, name_len, extra_len) = (
             _LOCAL_HEADER.unpack(fixed)
         )
-        raw_name = ctx.keep(name_len, "a zip entry name")
-        extra = ctx.keep(extra_len, "a zip extra field")
+        # One read for both: thousands of records, each read in a few small pieces.
+        name_and_extra = ctx.keep(name_len + extra_len, "a zip entry's name and extra field")
+        raw_name, extra = name_and_extra[:name_len], name_and_extra[name_len:]
         name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", "replace")
         has_descriptor = bool(flags & _FLAG_DESCRIPTOR)
         if not has_descriptor and csize == 0xFFFFFFFF:
