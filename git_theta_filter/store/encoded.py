@@ -64,10 +64,16 @@ __all__ = [
     "ObjectReader",
     "EncodingWriter",
     "encode_whole",
+    "PACK_BELOW",
     "is_encoded",
     "width_for",
 ]
 
+# Objects smaller than this (canonical bytes) go into packs and are encoded in memory,
+# in one plane. A file may hold thousands, each decoded by a call of its own, so their
+# encoding must save more to pay: SMALL_RAW_ABOVE instead of RAW_ABOVE.
+PACK_BELOW = 1 << 20
+SMALL_RAW_ABOVE = 0.90
 MAGIC = b"\x89thz"
 VERSION = 1
 KIND_FULL = 1
@@ -624,6 +630,12 @@ class ObjectReader(io.RawIOBase):
         super().close()
 
 
+def _raw_above(canonical_size: int) -> float:
+    """The share of an object's size above which its encoding does not pay, so that it
+    is stored canonical (docs/store.md, rule 4 of "Encoded objects")."""
+    return SMALL_RAW_ABOVE if canonical_size < PACK_BELOW else RAW_ABOVE
+
+
 def encode_whole(
     oid: str, canonical_header: bytes, header: ObjectHeader, payload: bytes | bytearray
 ) -> bytes:
@@ -637,7 +649,8 @@ def encode_whole(
     if not payload:
         return canonical_header
     stored = encode_block(payload, 1)
-    if _FIXED.size + _BLOCK_LENGTH.size + len(stored) > RAW_ABOVE * len(payload):
+    raw_above = _raw_above(len(canonical_header) + len(payload))
+    if _FIXED.size + _BLOCK_LENGTH.size + len(stored) > raw_above * len(payload):
         return canonical_header + payload
     encoded = EncodedHeader(KIND_FULL, 1, 0, BLOCK_SIZE, canonical_header, header.nbytes, oid, None)
     return encoded.to_bytes() + _BLOCK_LENGTH.pack(len(stored)) + stored
@@ -648,8 +661,9 @@ class EncodingWriter:
 
     Blocks are encoded on worker threads, at most a few in flight, so memory
     stays bounded by the block size. When the first block's encoding is larger
-    than ``RAW_ABOVE`` of the block, the object is written canonical instead:
-    whatever the rest holds, it would not pay for decoding.
+    than ``RAW_ABOVE`` of the block (``SMALL_RAW_ABOVE`` for an object under
+    ``PACK_BELOW``), the object is written canonical instead: whatever the rest
+    holds, it would not pay for decoding.
     """
 
     def __init__(
@@ -747,7 +761,9 @@ class EncodingWriter:
         if self._canonical is None:
             # The encoded form also carries the fixed header: for a small object it decides.
             overhead = _FIXED.size + _BLOCK_LENGTH.size
-            self._canonical = overhead + len(stored) > RAW_ABOVE * len(block)
+            encoded = self._encoded
+            raw_above = _raw_above(len(encoded.canonical_header) + encoded.payload_length)
+            self._canonical = overhead + len(stored) > raw_above * len(block)
             if self._canonical:
                 self._out.seek(0)
                 self._out.truncate()

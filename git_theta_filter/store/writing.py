@@ -35,6 +35,7 @@ from ..threads import LazyThreadPool
 from . import fileio
 from .encoded import (
     OID_OFFSET,
+    PACK_BELOW,
     WORKERS,
     EncodingWriter,
     ObjectReader,
@@ -62,8 +63,6 @@ __all__ = [
 ]
 
 COPY_CHUNK = 1 << 20
-# Objects smaller than this (canonical bytes) go into packs, and are encoded in memory.
-PACK_BELOW = 1 << 20
 
 # The object's sha256 runs on this thread while the caller's thread hands the
 # same bytes to the encoder; both release the GIL on large buffers.

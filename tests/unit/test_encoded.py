@@ -170,6 +170,20 @@ def test_incompressible_payload_is_stored_canonical(objects: Objects) -> None:
     assert objects.stored(oid) == data
 
 
+@pytest.mark.parametrize("values, encoded", [(100, True), (150, False)])
+def test_a_small_object_is_encoded_only_when_that_saves_a_tenth(values: int, encoded: bool) -> None:
+    """Random bytes below 100 compress to about 0.84 of their size, below 150 to about
+    0.91: enough for a large object (0.97), not for a small one, which costs a decoding
+    call of its own at every checkout (docs/store.md, rule 4 of "Encoded objects")."""
+    array = np.random.default_rng(13).integers(0, values, 16384, dtype=np.uint8)
+    data = encode_header("U8", array.shape, array.nbytes) + array.tobytes()
+    oid = hashlib.sha256(data).hexdigest()
+    header = parse_header_bytes(oid, data, len(data))
+    stored = encode_whole(oid, data[: header.data_offset], header, array.tobytes())
+    assert (stored != data) is encoded
+    assert (len(stored) < 0.9 * len(data)) is encoded
+
+
 def test_empty_payload_is_stored_canonical(objects: Objects) -> None:
     oid, data = objects.canonical(np.zeros(0, np.float32), "F32")
     objects.put(data, "F32")
@@ -405,6 +419,8 @@ def test_only_one_block_against_no_base_is_decoded_from_stored_bytes(
     [
         np.repeat(_weights(10, (64,)), 64),  # compresses: encoded
         np.random.default_rng(11).integers(0, 256, 5000, dtype=np.uint8),  # stored canonical
+        # saves less than a tenth: a small object is stored canonical (SMALL_RAW_ABOVE)
+        np.random.default_rng(12).integers(0, 150, 16384, dtype=np.uint8),
         np.zeros(0, np.float32),  # empty: canonical
         np.zeros(1 << 18, np.float32),  # a whole block of 1 MiB
     ],
