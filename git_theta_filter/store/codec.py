@@ -40,6 +40,7 @@ __all__ = [
     "MODE_SAME",
     "WIDTHS",
     "RAW_ABOVE",
+    "SMALL_RAW_ABOVE",
     "BlockFormatError",
     "split_planes",
     "join_planes",
@@ -61,6 +62,9 @@ WIDTHS = (1, 2, 4, 8)
 # A compressed plane larger than this share of the plane is stored raw: its
 # decompression would cost time for almost no space.
 RAW_ABOVE = 0.97
+# A small object (under 1 MiB, one plane) is decoded by a call of its own, thousands
+# of them for some files: its encoding must save a tenth (docs/store.md, rule 4).
+SMALL_RAW_ABOVE = 0.90
 ZSTD_LEVEL = 1
 # Byte planes of floats hold few repeated strings: zstd's gain there is entropy
 # coding. A tiny match table and long minimum match skip most of the match
@@ -77,6 +81,13 @@ _WINDOW_LOG = 17  # a plane of a 1 MiB block is at most 1 MiB; matches are short
 # not compress marks the plane as noise (the low mantissa bytes of floats),
 # which is then stored raw without paying for compressing all of it.
 _SAMPLE = 16 << 10
+# A small object is first tried on a sample of this many bytes, when it holds more
+# than two: one whose sample does not compress to _SMALL_SAMPLE_ABOVE of it (a little
+# above SMALL_RAW_ABOVE: zstd's frame and tables weigh more on a sample) is stored
+# as it is. Compressing 6,000 tensors of 16 KB of noise whole held the clean's
+# thread back by about 0.3 s.
+_SMALL_SAMPLE = 4 << 10
+_SMALL_SAMPLE_ABOVE = 0.92
 _PLANE_RECORD = struct.Struct("<BI")  # mode, stored length
 # Widths whose planes are joined with integer shifts; for 8, numpy's strided copy is faster.
 _JOINED_BY_SHIFTS = (2, 4)
@@ -241,33 +252,48 @@ def join_planes(planes: np.ndarray, out: memoryview | None = None) -> memoryview
     return memoryview(target)[: width * count]
 
 
-def _compressed_or_none(plane: np.ndarray | bytes | memoryview) -> bytes | None:
-    """zstd of ``plane`` if that saves enough to be worth decompressing, else None."""
+def _compressed_or_none(
+    plane: np.ndarray | bytes | memoryview, small: bool = False
+) -> bytes | None:
+    """zstd of ``plane`` if that saves enough to be worth decompressing, else None;
+    ``small``: the plane is a small object's only one."""
     view = memoryview(plane).cast("B")
     size = len(view)
     compressor = _compressor()
+    raw_above = SMALL_RAW_ABOVE if small else RAW_ABOVE
     if size > 2 * _SAMPLE:
         sample = compressor.compress(view[:_SAMPLE])
-        if len(sample) > RAW_ABOVE * _SAMPLE:
+        if len(sample) > raw_above * _SAMPLE:
+            return None
+    elif small and size > 2 * _SMALL_SAMPLE:
+        sample = compressor.compress(view[:_SMALL_SAMPLE])
+        if len(sample) > _SMALL_SAMPLE_ABOVE * _SMALL_SAMPLE:
             return None
     compressed = compressor.compress(view)
-    return compressed if len(compressed) <= RAW_ABOVE * size else None
+    return compressed if len(compressed) <= raw_above * size else None
 
 
 def encode_block(
-    block: bytes | bytearray | memoryview, width: int, base: np.ndarray | None = None
+    block: bytes | bytearray | memoryview,
+    width: int,
+    base: np.ndarray | None = None,
+    *,
+    small: bool = False,
 ) -> bytes:
     """The stored form of one block; ``base`` is the base's planes of the same block, if any.
 
     ``len(block)`` must be a multiple of ``width``. Each plane gets the
     smallest of the modes tried: ``same`` or ``xor-zstd`` against the base,
     ``zstd``, or ``raw``. A plane whose XOR does not compress is stored from
-    its own bytes, so decoding it needs no base.
+    its own bytes, so decoding it needs no base. ``small``: the block is a
+    small object's whole payload, in one plane, which must compress further.
     """
     if width not in WIDTHS or len(block) % width:
         raise ValueError(f"a block of {len(block)} bytes cannot have {width} planes")
+    if small and (width != 1 or base is not None):
+        raise ValueError("a small object is one plane against no base")
     if width == 1 and base is None:  # one plane, nothing to XOR: no numpy needed
-        compressed = _compressed_or_none(block)
+        compressed = _compressed_or_none(block, small)
         if compressed is None:
             return b"".join((_PLANE_RECORD.pack(MODE_RAW, len(block)), block))
         return _PLANE_RECORD.pack(MODE_ZSTD, len(compressed)) + compressed

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..threads import LazyThreadPool
 from .codec import (
     RAW_ABOVE,
+    SMALL_RAW_ABOVE,
     WIDTHS,
     BlockFormatError,
     decode_block,
@@ -73,7 +74,6 @@ __all__ = [
 # in one plane. A file may hold thousands, each decoded by a call of its own, so their
 # encoding must save more to pay: SMALL_RAW_ABOVE instead of RAW_ABOVE.
 PACK_BELOW = 1 << 20
-SMALL_RAW_ABOVE = 0.90
 MAGIC = b"\x89thz"
 VERSION = 1
 KIND_FULL = 1
@@ -630,10 +630,10 @@ class ObjectReader(io.RawIOBase):
         super().close()
 
 
-def _raw_above(canonical_size: int) -> float:
-    """The share of an object's size above which its encoding does not pay, so that it
-    is stored canonical (docs/store.md, rule 4 of "Encoded objects")."""
-    return SMALL_RAW_ABOVE if canonical_size < PACK_BELOW else RAW_ABOVE
+def _is_small(canonical_size: int) -> bool:
+    """Whether an object is small: packed, one plane, and stored canonical unless its
+    encoding saves SMALL_RAW_ABOVE (docs/store.md, rule 4 of "Encoded objects")."""
+    return canonical_size < PACK_BELOW
 
 
 def encode_whole(
@@ -648,8 +648,9 @@ def encode_whole(
         raise ValueError(f"a whole object of one block, not {len(payload)} bytes")
     if not payload:
         return canonical_header
-    stored = encode_block(payload, 1)
-    raw_above = _raw_above(len(canonical_header) + len(payload))
+    small = _is_small(len(canonical_header) + len(payload))
+    stored = encode_block(payload, 1, small=small)
+    raw_above = SMALL_RAW_ABOVE if small else RAW_ABOVE
     if _FIXED.size + _BLOCK_LENGTH.size + len(stored) > raw_above * len(payload):
         return canonical_header + payload
     encoded = EncodedHeader(KIND_FULL, 1, 0, BLOCK_SIZE, canonical_header, header.nbytes, oid, None)
@@ -695,6 +696,10 @@ class EncodingWriter:
             header.nbytes,
             "0" * 64,
             base.oid if base else None,
+        )
+        # A small object is one plane against no base (encoding_width gives it 1).
+        self._small = (
+            _is_small(len(canonical_header) + header.nbytes) and width == 1 and base is None
         )
         self._pending: deque[tuple[bytes | bytearray, Future]] = deque()
         self._buffer = bytearray()
@@ -749,7 +754,7 @@ class EncodingWriter:
         base = None
         if self._base is not None:
             base = self._base.planes(index, encoded.width, encoded.block_size)
-        return encode_block(block, encoded.width, base)
+        return encode_block(block, encoded.width, base, small=self._small)
 
     def _drain_one(self) -> None:
         block, future = self._pending.popleft()
@@ -761,8 +766,7 @@ class EncodingWriter:
         if self._canonical is None:
             # The encoded form also carries the fixed header: for a small object it decides.
             overhead = _FIXED.size + _BLOCK_LENGTH.size
-            encoded = self._encoded
-            raw_above = _raw_above(len(encoded.canonical_header) + encoded.payload_length)
+            raw_above = SMALL_RAW_ABOVE if self._small else RAW_ABOVE
             self._canonical = overhead + len(stored) > raw_above * len(block)
             if self._canonical:
                 self._out.seek(0)

@@ -11,6 +11,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from git_theta_filter.store import codec
 from git_theta_filter.store.codec import (
     MODE_RAW,
     MODE_SAME,
@@ -186,3 +187,41 @@ def test_encoding_and_decoding_leave_the_process_allocator_alone():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
     assert result.stdout.decode().strip() == "False"
+
+
+class _CountingCompressor:
+    """A compressor that records the size of every input it is given."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def compress(self, data) -> bytes:
+        self.sizes.append(len(memoryview(data).cast("B")))
+        return self.inner.compress(data)
+
+
+def test_a_small_object_of_noise_is_judged_on_a_sample_and_not_compressed_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small object is first tried on a 4 KiB sample; noise stops there (stored raw,
+    so canonical), anything the sample finds compressible is compressed whole."""
+    counting = _CountingCompressor(codec._compressor())
+    monkeypatch.setattr(codec, "_compressor", lambda: counting)
+    noise = np.random.default_rng(21).standard_normal(4096).astype(np.float32).tobytes()
+    stored = encode_block(noise, 1, small=True)
+    assert counting.sizes == [4096]
+    assert stored[0] == MODE_RAW
+    counting.sizes.clear()
+    ramp = np.repeat(np.arange(64, dtype=np.float32), 64).tobytes()
+    stored = encode_block(ramp, 1, small=True)
+    assert counting.sizes == [4096, len(ramp)]
+    assert stored[0] == MODE_ZSTD
+
+
+def test_a_small_object_is_one_plane_against_no_base() -> None:
+    block = bytes(4096)
+    with pytest.raises(ValueError, match="one plane against no base"):
+        encode_block(block, 4, small=True)
+    with pytest.raises(ValueError, match="one plane against no base"):
+        encode_block(block, 1, np.zeros((1, 4096), np.uint8), small=True)
