@@ -62,18 +62,21 @@ def clean(
     getting no manifest, leaves the index as it was.
     """
     # Small objects go into one pack per file, in place before the manifest is returned.
-    with _collector_paused(), store.writes(path), store.packing():
+    with store.writes(path), store.packing():
         return _clean(raw, store, path, warn)
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for the block, if it was on.
 
     A file of thousands of small tensors makes a few hundred thousand objects that
     live until its manifest is written; the collections their allocation set off
     went over them again and again (40 ms of a clean of 6,000 tensors). What the
-    block leaves in cycles is collected after it.
+    block leaves in cycles is collected after it. The collector is the whole
+    process's: the filter, which does nothing else meanwhile, cleans inside this
+    block; :func:`clean` itself does not, since the Python API cleans inside a
+    training process whose other threads need their collections.
     """
     if not gc.isenabled():
         yield

@@ -138,11 +138,14 @@ class ThetaFilter:
             finish_work = None
         try:
             # Imported here: a clean the cache answers needs no format parser.
-            from .clean import clean, expecting_previous
+            from .clean import clean, collector_paused, expecting_previous
 
             # A new version of a model mostly repeats the staged one's tensors;
             # comparing with those costs far less than hashing and writing them.
-            with expecting_previous(self.store, staged_manifest(self.repo, pathname)):
+            with (
+                collector_paused(),
+                expecting_previous(self.store, staged_manifest(self.repo, pathname)),
+            ):
                 manifest = clean(content, self.store, pathname)
         except BaseException:
             if finish_work is not None:

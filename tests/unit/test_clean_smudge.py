@@ -18,7 +18,7 @@ from helpers import loose_object, mlp_checkpoint, sha256_bytes
 from safetensors.torch import save as safetensors_save
 
 from git_theta_filter import smudge
-from git_theta_filter.clean import clean
+from git_theta_filter.clean import clean, collector_paused
 from git_theta_filter.formats import layout
 from git_theta_filter.formats.layout import write_spliced
 from git_theta_filter.manifest import Manifest, ManifestError, Splice
@@ -88,9 +88,25 @@ def test_torch_zip_round_trip(store: LocalStore, checkpoint_bytes: bytes) -> Non
     )
 
 
-def test_clean_pauses_the_cyclic_collector_and_leaves_it_as_it_was(
+def test_collector_paused_pauses_the_collector_and_leaves_it_as_it_was() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled(), "collected meanwhile"
+    assert gc.isenabled(), "the collector was left off"
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled(), "the collector was turned on"
+    finally:
+        gc.enable()
+
+
+def test_clean_itself_leaves_the_collector_on_for_the_api_s_process(
     store: LocalStore, checkpoint_bytes: bytes
 ) -> None:
+    """The Python API cleans inside a training process; only the filter pauses the
+    collector (ThetaFilter, tests/unit/test_filter.py)."""
     seen = []
 
     class Reader(io.BytesIO):
@@ -98,16 +114,8 @@ def test_clean_pauses_the_cyclic_collector_and_leaves_it_as_it_was(
             seen.append(gc.isenabled())
             return super().readinto(buffer)
 
-    assert gc.isenabled()
     clean(Reader(checkpoint_bytes), store)
-    assert seen and not any(seen), "collected while cleaning"
-    assert gc.isenabled(), "the collector was left off"
-    gc.disable()
-    try:
-        clean(Reader(checkpoint_bytes), store)
-        assert not gc.isenabled(), "the collector was turned on"
-    finally:
-        gc.enable()
+    assert seen and all(seen)
 
 
 def test_clean_is_deterministic_and_idempotent(store: LocalStore, checkpoint_bytes: bytes) -> None:

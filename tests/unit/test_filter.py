@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import io
 import os
 import shutil
@@ -77,6 +78,24 @@ def test_filter_cleans_and_smudges_a_file_back_byte_for_byte(theta_repo: GitRepo
     manifest = handler.clean("model.safetensors", io.BytesIO(data))
     assert Manifest.parse(manifest).format == "safetensors"
     assert rebuild(handler.prepare_smudge("model.safetensors", io.BytesIO(manifest))) == data
+
+
+def test_the_filter_cleans_with_the_cyclic_collector_paused(
+    theta_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import git_theta_filter.clean as clean_module
+
+    seen = []
+    real_clean = clean_module.clean
+
+    def recording_clean(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real_clean(*args, **kwargs)
+
+    monkeypatch.setattr(clean_module, "clean", recording_clean)
+    ThetaFilter(theta_repo).clean("model.safetensors", io.BytesIO(model_bytes(3)))
+    assert seen == [False]
+    assert gc.isenabled()
 
 
 def test_filter_runs_before_work_once_before_a_clean_the_cache_does_not_answer(
