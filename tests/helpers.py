@@ -7,11 +7,13 @@ git, the command's stderr), so a failing test says what went wrong.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import struct
 import threading
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -412,3 +414,12 @@ def enter_git_env(monkeypatch: Any, env: Mapping[str, str]) -> None:
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+
+
+def data_pkl(obj: object) -> bytes:
+    """The data.pkl record that torch.save writes for ``obj``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        return archive.read(name)

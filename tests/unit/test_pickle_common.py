@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import io
 import pickle
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from helpers import data_pkl
 
 from git_theta_filter.formats.pickle_common import UNREAD, load_common
 from git_theta_filter.formats.pickle_scan import (
@@ -23,15 +22,6 @@ from git_theta_filter.formats.pickle_scan import (
     _walk,
     scan_pickle,
 )
-
-
-def data_pkl(obj: object) -> bytes:
-    """The data.pkl record that torch.save writes for ``obj``."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with zipfile.ZipFile(buffer) as archive:
-        (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        return archive.read(name)
 
 
 def fast(data: bytes, hooks: _Hooks) -> Any:

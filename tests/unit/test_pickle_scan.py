@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import io
 import os
 import pickle
 import subprocess
 import sys
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import mlp_checkpoint
+from helpers import data_pkl, mlp_checkpoint
 
 from git_theta_filter.formats.pickle_scan import (
     MAX_METRIC_SEQUENCE,
@@ -24,15 +22,6 @@ from git_theta_filter.formats.pickle_scan import (
     TensorRef,
     scan_pickle,
 )
-
-
-def data_pkl(obj: object) -> bytes:
-    """The data.pkl record that torch.save writes for ``obj``."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with zipfile.ZipFile(buffer) as archive:
-        (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        return archive.read(name)
 
 
 def tensors_of(scan) -> dict[str, TensorRef | StorageRef]:
