@@ -234,18 +234,22 @@ def _written_through_a_file(tmp_path: Path, content: bytes) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("size", [MAX_PAYLOAD - 1, MAX_PAYLOAD, 3 * MAX_PAYLOAD + 5, 40 << 20])
-def test_content_written_to_a_file_directly_is_framed_and_ordered_as_buffered(
-    tmp_path: Path, size: int
-) -> None:
-    content = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-    expected = (
+def _framed(content: bytes) -> bytes:
+    """What :func:`_written_through_a_file` writes, framed packet by packet."""
+    return (
         encode_text("status=success")
         + b"".join(iter_content_packets(content))
         + b"".join(iter_content_packets(b"tail"))
         + FLUSH
     )
-    assert _written_through_a_file(tmp_path, content) == expected
+
+
+@pytest.mark.parametrize("size", [MAX_PAYLOAD - 1, MAX_PAYLOAD, 3 * MAX_PAYLOAD + 5, 40 << 20])
+def test_content_written_to_a_file_directly_is_framed_and_ordered_as_buffered(
+    tmp_path: Path, size: int
+) -> None:
+    content = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert _written_through_a_file(tmp_path, content) == _framed(content)
 
 
 def test_a_short_writev_is_continued_where_it_stopped(
@@ -260,10 +264,4 @@ def test_a_short_writev_is_continued_where_it_stopped(
 
     monkeypatch.setattr(os, "writev", short_writev)
     content = os.urandom(5 * MAX_PAYLOAD + 11)
-    expected = (
-        encode_text("status=success")
-        + b"".join(iter_content_packets(content))
-        + b"".join(iter_content_packets(b"tail"))
-        + FLUSH
-    )
-    assert _written_through_a_file(tmp_path, content) == expected
+    assert _written_through_a_file(tmp_path, content) == _framed(content)

@@ -41,20 +41,26 @@ def _damage_entry(pack: Path, oid: str) -> None:
     pack.write_bytes(bytes(data))
 
 
+def _small_object_with_a_damaged_packed_copy(store: LocalStore) -> str:
+    """Clean a file of two small tensors (one pack), damage the packed copy of the one
+    named "small" (weights(2, 100)), and return its oid."""
+    manifest = do_clean(store, {"small": weights(2, 100), "other": weights(3, 100)})
+    oid = next(t.oid for t in manifest.tensors if t.name == "small")
+    [pack] = store.packs()
+    _damage_entry(pack, oid)
+    return oid
+
+
 def test_a_repair_this_process_writes_loose_after_the_listing_is_served_first(
     store: LocalStore,
 ) -> None:
     """The good copy of a damaged pack entry goes loose (LocalStore._add_small); within the
     same operation, lookups must find it although the listing was taken before."""
-    small = weights(2, 100)
-    manifest = do_clean(store, {"small": small, "other": weights(3, 100)})
-    oid = next(t.oid for t in manifest.tensors if t.name == "small")
-    [pack] = store.packs()
-    _damage_entry(pack, oid)
+    oid = _small_object_with_a_damaged_packed_copy(store)
     fresh = LocalStore(store.theta_dir)
     with fresh.bulk_lookups():
         assert fresh.has(oid)  # the listing is taken: no loose copy anywhere
-        assert fresh.write_small("F32", (100,), small.tobytes()) == oid
+        assert fresh.write_small("F32", (100,), weights(2, 100).tobytes()) == oid
         assert fresh.object_path(oid).is_file()
         fresh.verify(oid)  # the loose copy, not the damaged entry
         with fresh.open_stored(oid) as stored:
@@ -64,10 +70,7 @@ def test_a_repair_this_process_writes_loose_after_the_listing_is_served_first(
 def test_a_loose_object_present_when_listed_is_served_before_its_packed_copy(
     store: LocalStore,
 ) -> None:
-    manifest = do_clean(store, {"small": weights(2, 100), "other": weights(3, 100)})
-    oid = next(t.oid for t in manifest.tensors if t.name == "small")
-    [pack] = store.packs()
-    _damage_entry(pack, oid)
+    oid = _small_object_with_a_damaged_packed_copy(store)
     store.write_small("F32", (100,), weights(2, 100).tobytes())  # the repair, loose
     fresh = LocalStore(store.theta_dir)
     with fresh.bulk_lookups():
@@ -99,10 +102,8 @@ def test_within_one_operation_a_packed_copy_may_serve_for_a_loose_one_stored_mea
     store: LocalStore,
 ) -> None:
     """What docs/store.md says a lookup within one operation may miss."""
-    manifest = do_clean(store, {"small": weights(2, 100), "other": weights(3, 100)})
-    oid = next(t.oid for t in manifest.tensors if t.name == "small")
-    [pack] = store.packs()
-    _damage_entry(pack, oid)  # so that another process writes a good copy loose
+    # Damaged, so that another process writes a good copy loose.
+    oid = _small_object_with_a_damaged_packed_copy(store)
     with store.bulk_lookups():
         assert store.has(oid)  # the listing is taken
         LocalStore(store.theta_dir).write_small("F32", (100,), weights(2, 100).tobytes())
