@@ -576,16 +576,25 @@ class LocalStore:
         Its headers are checked; its blocks are decoded (and a delta's base
         opened) only as they are read. The caller closes it.
         """
+        where = self._locate(oid)
+        if where is None:
+            return None
+        if isinstance(where, int):
+            return self._loose_stored(oid, where)
+        return self._packed_stored(oid, where)
+
+    def _locate(self, oid: str) -> int | tuple[int, int, int, Path] | None:
+        """Where ``oid`` is stored, in lookup order (docs/store.md, "Packs" rule 4): a
+        descriptor of its loose file, else its packed copy (:meth:`_find_packed`), else
+        None."""
         listed_absent = self._listed_absent(oid)
         if not listed_absent and (fd := self._open_loose(oid)) is not None:
-            return self._loose_stored(oid, fd)
+            return fd
         found = self._find_packed(oid)
         if found is not None:
-            return self._packed_stored(oid, found)
+            return found
         # Within bulk_lookups(), stored loose by another process since the listing.
-        if listed_absent and (fd := self._open_loose(oid)) is not None:
-            return self._loose_stored(oid, fd)
-        return None
+        return self._open_loose(oid) if listed_absent else None
 
     def _loose_stored(self, oid: str, fd: int) -> StoredObject:
         return StoredObject(oid, fd, 0, os.fstat(fd).st_size, self.open_stored, owns_fd=True)
@@ -686,14 +695,13 @@ class LocalStore:
         """
         by_pack: dict[Path, list[tuple[int, str, tuple[int, int, int, Path]]]] = {}
         for oid in sorted(set(oids)):
-            if not self._listed_absent(oid) and (fd := self._open_loose(oid)) is not None:
-                yield self._with_bases_checked(self._loose_stored(oid, fd))
-                continue
-            found = self._find_packed(oid)
-            if found is None:  # stored loose since the listing, or missing (raises)
-                yield self.open_readable(oid, path)
-                continue
-            by_pack.setdefault(found[3], []).append((found[1], oid, found))
+            where = self._locate(oid)
+            if where is None:
+                raise ObjectMissingError(oid, path)
+            if isinstance(where, int):
+                yield self._with_bases_checked(self._loose_stored(oid, where))
+            else:
+                by_pack.setdefault(where[3], []).append((where[1], oid, where))
         for entries in by_pack.values():
             for _offset, oid, found in sorted(entries):
                 yield self._with_bases_checked(self._packed_stored(oid, found))
