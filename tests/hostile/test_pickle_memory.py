@@ -26,6 +26,11 @@ CASES = {
     "text-put-10**9": b"\x80\x02}p1000000000\n.",
     "frame-claiming-2**62-bytes": b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"}.",
     "binunicode8-claiming-2**62-bytes": b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62) + b"abc.",
+    # Opcodes of the scanner's fast loop (formats/pickle_common.py), which gives such a
+    # pickle up part way and leaves it to the full unpickler: both must stay bounded.
+    "binunicode-claiming-4-GiB": b"\x80\x02X" + struct.pack("<I", (1 << 32) - 1) + b"abc.",
+    "long1-claiming-255-bytes": b"\x80\x02\x8a\xff" + b"\xff" * 8 + b".",
+    "global-without-a-newline": b"\x80\x02c" + b"m" * (1 << 20) + b".",
 }
 
 
