@@ -192,7 +192,9 @@ def test_a_huge_record_size_in_a_local_header_is_refused_before_reading(
     assert warnings == [
         "huge.pth: more than 1048576 bytes of non-tensor data; stored as one opaque object"
     ]
-    assert peak < 16 << 20, f"clean held {peak >> 20} MB in memory"
+    # The streaming clean itself holds 13-16 MB at its peak (its ring of read buffers and
+    # the blocks being encoded); reading the 64 MB record first would hold over 64 MB.
+    assert peak < 32 << 20, f"clean held {peak >> 20} MB in memory"
     rebuilt = io.BytesIO()
     prepare_smudge(manifest, store, "huge.pth").write(rebuilt.write)
     assert rebuilt.getvalue() == head + bytes(huge)
