@@ -65,6 +65,7 @@ __all__ = [
     "ObjectReader",
     "EncodingWriter",
     "encode_whole",
+    "SmallObjectOutlook",
     "PACK_BELOW",
     "is_encoded",
     "width_for",
@@ -636,22 +637,61 @@ def _is_small(canonical_size: int) -> bool:
     return canonical_size < PACK_BELOW
 
 
+class SmallObjectOutlook:
+    """Whether the next small object of a dtype is worth an attempt to compress, from
+    how those before it went, in the order one thread stores them.
+
+    The small tensors of one file are mostly alike: 6,000 tensors of random fp32
+    each cost a compression attempt that failed, and together those attempts
+    held the clean back by a third (docs/store.md, rule 4 of "Encoded objects").
+    After :data:`TRIED_UNTIL` failures in a row, only every :data:`TRIED_EVERY`-th
+    object of that dtype is tried, until one compresses; the others are stored
+    canonical. Storage only: ids, and what a checkout writes, are the same.
+    """
+
+    TRIED_UNTIL = 32
+    TRIED_EVERY = 32
+
+    def __init__(self) -> None:
+        self._failed_in_a_row: dict[str, int] = {}
+
+    def worth_trying(self, dtype: str) -> bool:
+        failed = self._failed_in_a_row.get(dtype, 0)
+        if failed < self.TRIED_UNTIL or (failed - self.TRIED_UNTIL) % self.TRIED_EVERY == 0:
+            return True
+        self._failed_in_a_row[dtype] = failed + 1  # skipped: counted as one that failed
+        return False
+
+    def tried(self, dtype: str, compressed: bool) -> None:
+        self._failed_in_a_row[dtype] = 0 if compressed else self._failed_in_a_row.get(dtype, 0) + 1
+
+
 def encode_whole(
-    oid: str, canonical_header: bytes, header: ObjectHeader, payload: bytes | bytearray
+    oid: str,
+    canonical_header: bytes,
+    header: ObjectHeader,
+    payload: bytes | bytearray,
+    outlook: SmallObjectOutlook | None = None,
 ) -> bytes:
     """The stored bytes of a whole object of at most one block, in one plane: what an
     :class:`EncodingWriter` of width 1 writes for it, byte for byte (the encoded form,
     or the canonical one when the encoding does not pay), in one call. Small objects
-    are stored so (docs/store.md, rule 4 of "Encoded objects").
+    are stored so (docs/store.md, rule 4 of "Encoded objects"). With ``outlook``, the
+    canonical form without an attempt when it says the attempt is not worth making.
     """
     if len(payload) != header.nbytes or len(payload) > BLOCK_SIZE:
         raise ValueError(f"a whole object of one block, not {len(payload)} bytes")
     if not payload:
         return canonical_header
+    if outlook is not None and not outlook.worth_trying(header.dtype):
+        return canonical_header + payload
     small = _is_small(len(canonical_header) + len(payload))
     stored = encode_block(payload, 1, small=small)
     raw_above = SMALL_RAW_ABOVE if small else RAW_ABOVE
-    if _FIXED.size + _BLOCK_LENGTH.size + len(stored) > raw_above * len(payload):
+    compressed = _FIXED.size + _BLOCK_LENGTH.size + len(stored) <= raw_above * len(payload)
+    if outlook is not None:
+        outlook.tried(header.dtype, compressed)
+    if not compressed:
         return canonical_header + payload
     encoded = EncodedHeader(KIND_FULL, 1, 0, BLOCK_SIZE, canonical_header, header.nbytes, oid, None)
     return encoded.to_bytes() + _BLOCK_LENGTH.pack(len(stored)) + stored

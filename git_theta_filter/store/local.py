@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from ..errors import ThetaError
 from . import fileio
-from .encoded import ObjectReader, StoredObject, encode_whole
+from .encoded import ObjectReader, SmallObjectOutlook, StoredObject, encode_whole
 from .integrity import VERIFIED, ObjectCorruptError, file_sha256
 from .loose_listing import LooseListing
 from .object_format import ObjectFormatError, ObjectHeader, encode_header, is_valid_oid
@@ -162,6 +162,8 @@ class LocalStore:
         self._packing = False  # inside packing(): small objects go to _pack_writer
         self._loose_listing: LooseListing | None = None  # inside bulk_lookups()
         self._pack_writer: PackWriter | None = None  # created for the first small object
+        # Within packing(): which small objects are worth a compression attempt.
+        self._small_outlook = SmallObjectOutlook()
 
     @property
     def settings(self) -> StoreSettings:
@@ -323,6 +325,7 @@ class LocalStore:
             yield
             return
         self._packing = True
+        self._small_outlook = SmallObjectOutlook()
         try:
             with self.bulk_lookups():
                 yield
@@ -471,11 +474,15 @@ class LocalStore:
                 self.freshen(oid)
                 return
             damaged = True  # the good copy goes loose below, where lookups look first
+        packed = self._packing and not damaged
         if self.compression:
-            make_stored = partial(encode_whole, oid, canonical_header, header, payload)
+            # The pack's thread encodes its objects one by one, in order: the outlook it
+            # keeps is the same whatever this thread does meanwhile.
+            outlook = self._small_outlook if packed else None
+            make_stored = partial(encode_whole, oid, canonical_header, header, payload, outlook)
         else:
             make_stored = partial(bytes.__add__, canonical_header, payload)
-        if self._packing and not damaged:
+        if packed:
             if self._pack_writer is None:
                 self._pack_writer = PackWriter(self.tmp_dir, self._fsync)
             # Encoded and appended on the pack's own thread, while this one parses on.

@@ -18,6 +18,7 @@ from git_theta_filter.store.encoded import (
     EncodedHeader,
     EncodingWriter,
     ObjectReader,
+    SmallObjectOutlook,
     StoredObject,
     encode_whole,
     width_for,
@@ -182,6 +183,29 @@ def test_a_small_object_is_encoded_only_when_that_saves_a_tenth(values: int, enc
     stored = encode_whole(oid, data[: header.data_offset], header, array.tobytes())
     assert (stored != data) is encoded
     assert (len(stored) < 0.9 * len(data)) is encoded
+
+
+def _stored_small(array: np.ndarray, dtype: str, outlook: SmallObjectOutlook) -> bool:
+    """Whether encode_whole stores ``array`` encoded (True) or canonical, with ``outlook``."""
+    data = encode_header(dtype, array.shape, array.nbytes) + array.tobytes()
+    oid = hashlib.sha256(data).hexdigest()
+    header = parse_header_bytes(oid, data, len(data))
+    return encode_whole(oid, data[: header.data_offset], header, array.tobytes(), outlook) != data
+
+
+def test_after_a_run_of_small_objects_that_do_not_compress_only_every_32nd_is_tried() -> None:
+    """docs/store.md, rule 4 of "Encoded objects": a compressible object that comes
+    after 33 that did not compress is stored canonical until the next one tried, and
+    from that one on each is tried again; another dtype keeps its own count."""
+    outlook, noise = SmallObjectOutlook(), np.random.default_rng(3)
+    for _ in range(SmallObjectOutlook.TRIED_UNTIL + 1):
+        assert not _stored_small(noise.standard_normal(4096).astype(np.float32), "F32", outlook)
+    zeros = [_stored_small(np.zeros(4096, np.float32), "F32", outlook) for _ in range(64)]
+    # Skipped while the count of failures runs from 33 to 63; the 32nd after the last try
+    # is tried, compresses, and resets the count.
+    first_tried = SmallObjectOutlook.TRIED_EVERY - 1
+    assert zeros == [False] * first_tried + [True] * (64 - first_tried)
+    assert _stored_small(np.zeros(4096, np.uint8), "U8", outlook)  # its own count: tried
 
 
 def test_empty_payload_is_stored_canonical(objects: Objects) -> None:

@@ -7,6 +7,7 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from git_theta_filter.errors import ThetaError
@@ -100,3 +101,29 @@ def test_write_small_stores_what_a_writer_stores_and_leaves_the_rest_to_one(
     with directly.expecting([oid]):
         assert directly.write_small("F32", (1024,), payload) is None
     assert sorted(directly.packs()) == packs[1] and not directly.objects_dir.exists()
+
+
+def test_the_small_objects_of_one_packing_block_share_an_outlook_and_the_next_starts_afresh(
+    store: LocalStore,
+) -> None:
+    """A compressible small object after 40 that did not compress is stored canonical
+    (encoded.SmallObjectOutlook); in the next clean's block it is tried again."""
+    noise = np.random.default_rng(4)
+
+    def encoded(oid: str) -> bool:
+        stored = store.open_stored(oid)
+        assert stored is not None
+        stored.close()
+        return stored.encoded is not None
+
+    with store.packing():
+        for _ in range(40):
+            store.write_small(
+                "F32", (4096,), noise.standard_normal(4096).astype(np.float32).tobytes()
+            )
+        skipped = store.write_small("F32", (4097,), bytes(4 * 4097))
+    with store.packing():
+        tried = store.write_small("F32", (4098,), bytes(4 * 4098))
+    assert skipped is not None and tried is not None
+    assert not encoded(skipped) and encoded(tried)
+    store.verify(skipped)
