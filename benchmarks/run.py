@@ -13,7 +13,8 @@ measured never import it. Every repository gets its own HOME with
 The machines this runs on are noisy, so only ratios between numbers from the
 same run mean much. Each run measures every tool once, in turn, and the table
 reports medians over runs. The floor (``cat``, ``sha256sum``, ``cp`` of the
-same file) is measured in the same runs.
+same file, and ``git add`` through a filter that only reads it,
+``null_filter.py``) is measured in the same runs.
 """
 
 from __future__ import annotations
@@ -311,7 +312,16 @@ def run_tool(tool: str, checkpoints: Checkpoints, workdir: Path) -> ToolRun:
     return result
 
 
-FLOORS = ("cat file > /dev/null", "sha256sum file", "cp file", "sha256 with OpenSSL (hashlib)")
+FLOOR_FILTER_READS = "git add through a filter that only reads (benchmarks/null_filter.py)"
+FLOOR_FILTER_HASHES = "git add through a filter that reads and sha256s (null_filter.py --sha256)"
+FLOORS = (
+    "cat file > /dev/null",
+    "sha256sum file",
+    "cp file",
+    "sha256 with OpenSSL (hashlib)",
+    FLOOR_FILTER_READS,
+    FLOOR_FILTER_HASHES,
+)
 # coreutils' sha256sum may not use the CPU's SHA instructions; OpenSSL, which
 # theta uses through hashlib, does. Shown for reference; the target uses sha256sum.
 _HASHLIB_SHA256 = "import hashlib, sys; hashlib.file_digest(open(sys.argv[1], 'rb'), 'sha256')"
@@ -329,6 +339,33 @@ def measure_floor(file: Path, workdir: Path) -> dict[str, float]:
         ).seconds,
     }
     copy.unlink()
+    figures.update(_filter_floors(file, workdir / "floor-filter"))
+    return figures
+
+
+def _filter_floors(file: Path, workdir: Path) -> dict[str, float]:
+    """``git add`` of ``file`` through benchmarks/null_filter.py, without and with sha256:
+    what git and the pipe cost any process filter, before it does any work of its own."""
+    home = workdir / "home"
+    home.mkdir(parents=True)
+    env = sandbox_env(home)
+    repo = workdir / "repo"
+    git(env, workdir, "init", "-q", str(repo))
+    (repo / ".gitattributes").write_text("*.pth filter=floor\n")
+    shutil.copyfile(file, repo / "model.pth")
+    script = Path(__file__).resolve().parent / "null_filter.py"
+    figures = {}
+    for name, extra in ((FLOOR_FILTER_READS, ""), (FLOOR_FILTER_HASHES, " --sha256")):
+        process = f"filter.floor.process={sys.executable} {script}{extra}"
+        add = ["git", "-c", process, "-c", "filter.floor.required=true", "add", "model.pth"]
+        figures[name] = measure(add, repo, env).seconds
+        staged = subprocess.run(
+            ["git", "cat-file", "-p", ":model.pth"], cwd=repo, env=env, capture_output=True
+        ).stdout
+        if not staged.startswith(f"floor {file.stat().st_size} ".encode()):
+            raise RuntimeError(f"null_filter.py staged {staged[:80]!r}, not its one-line answer")
+        git(env, repo, "rm", "-q", "--cached", "model.pth")
+    shutil.rmtree(workdir)
     return figures
 
 
@@ -461,6 +498,14 @@ def render(
             "| (for reference, not a target) add+commit new, theta / (`cat` + OpenSSL sha256) | "
             f"{new / openssl_floor:.2f} | |"
         )
+    filter_floor = floor[FLOOR_FILTER_HASHES]
+    for scenario in ("add+commit new", "add+commit fine-tune"):
+        other = med("git-lfs", "seconds", scenario)
+        if lfs and filter_floor and other:
+            lines.append(
+                f"| (for reference, not a target) {scenario}: the floor of a filter that reads "
+                f"and sha256s / git-lfs | {filter_floor / other:.2f} | |"
+            )
     return "\n".join(lines) + "\n\n" + extra
 
 

@@ -28,6 +28,7 @@ def test_benchmark_quick_run_prints_every_scenario_and_target(tmp_path: Path) ->
         "| checkout back | wall time |",
         "| status after touch | wall time |",
         "| `sha256sum file` |",
+        "| `git add through a filter that reads and sha256s (null_filter.py --sha256)` |",
         "| add+commit new, theta peak RSS ≤ 150 MB |",
     ):
         assert row in table, f"{row!r} missing from:\n{table}"
