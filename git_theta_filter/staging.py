@@ -103,12 +103,42 @@ def write_index_entry(
     entry.path = c_path
     index = git.index
     index.read()
+    index_path = os.path.join(git.path, "index")
     # A stage-0 entry resolves a conflict only once the conflict's stages are gone,
     # as `git add` does.
     if index.conflicts is not None and path in index.conflicts:
         del index.conflicts[path]
     check_error(C.git_index_add(index._index, entry))
+    _smudge_racily_clean_entries(index, index_path, os.fsencode(path))
     index.write()
+
+
+def _smudge_racily_clean_entries(index: pygit2.Index, index_path: str, written: bytes) -> None:
+    """Give every entry but ``written`` that git counts as racily clean a size of 0,
+    which no file matches, so that git hashes the file again rather than trust its
+    stat data.
+
+    git compares file times by the second (unless built with USE_NSEC): an entry
+    whose file was modified in the same second as the index was last written or
+    later may match its stat data while its content changed, and git hashes it
+    again while the index is that old. The index about to be written is newer,
+    so git would stop: git's own index writes smudge such entries
+    (read-cache.c, ce_smudge_racily_clean_entry); libgit2 does the same only by
+    the nanosecond. A model's metrics file rewritten at the same size within
+    the second of its last `git add` was committed stale without this. The entry
+    being written carries the stat data from before its file was read, as
+    `git add` gives its own.
+    """
+    from pygit2.ffi import C, ffi
+
+    try:
+        racy_from = os.stat(index_path).st_mtime_ns // 1_000_000_000
+    except FileNotFoundError:
+        return  # no index yet: no entries
+    for position in range(C.git_index_entrycount(index._index)):
+        entry = ffi.cast("git_index_entry *", C.git_index_get_byindex(index._index, position))
+        if entry.mtime.seconds >= racy_from and ffi.string(entry.path) != written:
+            entry.file_size = 0
 
 
 def stage_file(repo: GitRepo, git: pygit2.Repository, relative: str) -> None:

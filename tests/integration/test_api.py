@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,37 @@ def test_api_commit_files_makes_no_empty_commit(api_repo: Path) -> None:
     again = repo.commit_files(["model.pth"], "the same again", metrics={"a": 1})
     assert again == first == git(api_repo, "rev-parse", "HEAD").strip()
     assert git(api_repo, "log", "--format=%s").splitlines()[0] == "one"
+
+
+def test_api_a_metrics_file_rewritten_within_the_second_of_its_last_add_is_staged_anew(
+    api_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API writes the index with libgit2 (staging.write_index_entry), whose racy
+    check is by the nanosecond, while git's is by the second here. An index it writes
+    in a later second must leave git a way to see a file rewritten, at the same size,
+    in the second git last hashed it: this one's entry is smudged, so `git add` hashes
+    it again instead of trusting its stat data."""
+    import git_theta_filter.api as api
+
+    real_clean_into_index = api.clean_into_index
+
+    def in_the_next_second(*args: object) -> None:
+        time.sleep(1.05 - time.time() % 1)
+        real_clean_into_index(*args)
+
+    repo = gtf.open(api_repo)
+    for _attempt in range(5):
+        time.sleep(1.02 - time.time() % 1)  # a second of its own for the first commit
+        second = int(time.time())
+        repo.commit_checkpoint({"w": torch.ones(3)}, "model.pth", "one", metrics={"acc": 0.1111})
+        monkeypatch.setattr(api, "clean_into_index", in_the_next_second)
+        # Rewritten at once: the same size, and usually the same second as its git add.
+        repo.commit_checkpoint({"w": torch.zeros(3)}, "model.pth", "two", metrics={"acc": 0.2222})
+        monkeypatch.setattr(api, "clean_into_index", real_clean_into_index)
+        rewritten = os.stat(api_repo / "model.pth.metrics.json").st_mtime_ns // 10**9
+        if rewritten == second:
+            break
+    else:
+        pytest.skip("the machine was too slow to rewrite the file within one second")
+    assert "0.2222" in git(api_repo, "show", "HEAD:model.pth.metrics.json")
+    assert git(api_repo, "status", "--porcelain") == ""
