@@ -364,7 +364,7 @@ def _filter_floors(file: Path, workdir: Path) -> dict[str, float]:
         ).stdout
         if not staged.startswith(f"floor {file.stat().st_size} ".encode()):
             raise RuntimeError(f"null_filter.py staged {staged[:80]!r}, not its one-line answer")
-        git(env, repo, "rm", "-q", "--cached", "model.pth")
+        git(env, repo, "read-tree", "--empty")  # unstaged again, without a clean
     shutil.rmtree(workdir)
     return figures
 
