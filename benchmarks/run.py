@@ -253,6 +253,7 @@ class ToolRun:
     """One tool's figures from one run; keys are scenario names."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    add_seconds: dict[str, float] = field(default_factory=dict)  # the `git add` alone
     rss_kb: dict[str, int] = field(default_factory=dict)
     growth: dict[str, int] = field(default_factory=dict)
 
@@ -286,6 +287,7 @@ def run_tool(tool: str, checkpoints: Checkpoints, workdir: Path) -> ToolRun:
         add = measure(["git", "add", "model.pth"], repo, env)
         done = measure(["git", "commit", "-qm", scenario], repo, env)
         result.seconds[scenario] = add.seconds + done.seconds
+        result.add_seconds[scenario] = add.seconds
         result.rss_kb[scenario] = max(add.peak_rss_kb, done.peak_rss_kb)
         result.growth[scenario] = tree_bytes(git_dir) - before
 
@@ -431,6 +433,7 @@ def render(
 
     for scenario, _ in COMMITS:
         row(scenario, "wall time", "seconds", _seconds)
+        row(scenario, "wall time of the add", "add_seconds", _seconds)
         row(scenario, "peak RSS", "rss_kb", lambda v: _mb(None if v is None else v * 1024))
         row(scenario, "repo growth", "growth", _mb)
     for scenario in ("checkout previous", "checkout back", "status after touch"):
@@ -448,13 +451,24 @@ def render(
             f"| {name} | {shown} | {_met(None if measured is None else measured <= limit)} |"
         )
 
-    def over_lfs(scenario: str) -> float | None:
-        theta, other = med("theta", "seconds", scenario), med("git-lfs", "seconds", scenario)
+    def over_lfs(scenario: str, kind: str = "seconds") -> float | None:
+        theta, other = med("theta", kind, scenario), med("git-lfs", kind, scenario)
         return theta / other if lfs and theta is not None and other else None
 
     target("add+commit new, theta / git-lfs time ≤ 0.5", over_lfs("add+commit new"), 0.5)
     target(
         "add+commit fine-tune, theta / git-lfs time ≤ 0.3", over_lfs("add+commit fine-tune"), 0.3
+    )
+    # Issue 16 sets its targets on the add alone.
+    target(
+        "add of a new checkpoint, theta / git-lfs time ≤ 0.4",
+        over_lfs("add+commit new", "add_seconds"),
+        0.4,
+    )
+    target(
+        "add of the fine-tune, theta / git-lfs time ≤ 0.3",
+        over_lfs("add+commit fine-tune", "add_seconds"),
+        0.3,
     )
     growth_limit = 1.05 * ck.changed_bytes + 64 * 1024
     growth = med("theta", "growth", "add+commit fine-tune")

@@ -30,6 +30,8 @@ def test_benchmark_quick_run_prints_every_scenario_and_target(tmp_path: Path) ->
         "| `sha256sum file` |",
         "| `git add through a filter that reads and sha256s (null_filter.py --sha256)` |",
         "| add+commit new, theta peak RSS ≤ 150 MB |",
+        "| add+commit new | wall time of the add |",
+        "| add of the fine-tune, theta / git-lfs time ≤ 0.3 |",
     ):
         assert row in table, f"{row!r} missing from:\n{table}"
     assert "theta only" in table
