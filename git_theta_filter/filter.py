@@ -5,8 +5,10 @@ driver and ``git theta pull`` all come through here, so a model file is
 cleaned and rebuilt the same way whoever asks:
 
 * :class:`ThetaFilter` is the handler :func:`filter_protocol.serve` calls; a
-  small file's clean is answered from :mod:`clean_cache` when the same bytes
-  were cleaned lately (git cleans again in ``git commit`` after a racy add);
+  file's clean is answered from :mod:`clean_cache` when the same bytes were
+  cleaned lately (git cleans again in ``git commit`` after a racy add): a
+  small file is read ahead and looked up, a large one only when its work-tree
+  copy is unchanged since its last clean;
 * :func:`staged_manifest` reads the staged version of a file, whose objects
   clean compares with instead of hashing and writing them again;
 * :func:`smudge_or_fetch` prepares a smudge, and when the local store lacks an
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tempfile
 import threading
 from typing import TYPE_CHECKING
 
@@ -128,7 +131,61 @@ class ThetaFilter:
         # Its tensors' byte planes will need numpy, whose import runs meanwhile (the
         # hooks, the staged manifest, the file's head).
         preload_numpy()
-        return self._clean(pathname, content, large=True)
+        if self.cleaned.expects_again(pathname, self._worktree_stat(pathname)):
+            return self._clean_again(pathname, content)
+        return self._clean_and_remember(pathname, content)
+
+    def _clean_and_remember(self, pathname: str, content: Readable) -> bytes:
+        read = _HeadKept(content)
+        manifest = self._clean(pathname, read, large=True)
+        if not looks_like_manifest(read.head):  # a manifest passed through is not kept
+            self.cleaned.remember_large(pathname, manifest, self._worktree_stat(pathname))
+        return manifest
+
+    def _clean_again(self, pathname: str, content: Readable) -> bytes:
+        """The clean of a large file whose work tree copy is as it was after its last
+        clean: in ``git commit`` after a racy ``git add``, or ``git status`` after a
+        touch. The bytes are hashed and kept in an unnamed temp file; when the clean
+        cache holds their manifest, that is the answer, else they are cleaned from
+        the temp file (docs/store.md, "Clean cache" rule 4). A disk too full for
+        the copy fails only a miss: the copy stops, the hashing goes on."""
+        from .formats.source import Source
+        from .store import fileio
+
+        self.store.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with (
+            self.store.writes(pathname),
+            tempfile.TemporaryFile(dir=self.store.tmp_dir, buffering=0) as kept,
+        ):
+            refused: list[OSError] = []
+
+            def keep(data: memoryview) -> None:
+                if not refused:
+                    try:
+                        fileio.write_all(kept, data)
+                    except OSError as exc:
+                        refused.append(exc)
+
+            source = Source(content)
+            source.copy_rest(keep)
+            size, digest = source.finish()
+            # The filter holds the writer lock: gc keeps the objects a hit names
+            # until git has recorded the manifest.
+            cached = self.cleaned.lookup_large(digest, size, self.store)
+            if cached is not None:
+                return cached
+            if refused:
+                raise refused[0]  # named by writes(): the bytes are gone, the disk full
+            kept.seek(0)
+            return self._clean_and_remember(pathname, kept)
+
+    def _worktree_stat(self, pathname: str) -> os.stat_result | None:
+        if self.repo.worktree is None:
+            return None
+        try:
+            return os.stat(self.repo.worktree / pathname)
+        except (OSError, ValueError):
+            return None
 
     def _clean(self, pathname: str, content: Readable, large: bool = False) -> bytes:
         if large:
@@ -171,6 +228,24 @@ class ThetaFilter:
         if self.fetcher is not None:
             self.fetcher.reading(treeish)
         return smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
+
+
+class _HeadKept:
+    """A :class:`Readable` that keeps the first bytes read through it."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self.head = b""
+
+    def readinto(self, buffer: memoryview) -> int:
+        count = self._raw.readinto(buffer)
+        if len(self.head) < _HEAD:
+            self.head += bytes(buffer[: min(count, _HEAD - len(self.head))])
+        return count
+
+
+# Enough for looks_like_manifest(): the manifest's magic line.
+_HEAD = 32
 
 
 def _size_in_worktree(repo: GitRepo, path: str) -> int:

@@ -167,9 +167,84 @@ def test_a_file_large_in_the_work_tree_is_not_read_ahead_for_the_cache(
     data = model_bytes(0)
     handler = ThetaFilter(theta_repo)
     manifest = handler.clean("big.safetensors", io.BytesIO(data))
-    assert handler.cleaned.lookup(data, handler.store) is None
     assert handler.clean("model.safetensors", io.BytesIO(data)) == manifest
     assert handler.cleaned.lookup(data, handler.store) == manifest
+    # The work-tree copy is not the bytes cleaned: no guess that they come again.
+    big = os.stat(theta_repo.worktree / "big.safetensors")
+    assert not handler.cleaned.expects_again("big.safetensors", big)
+
+
+def large_model_bytes(seed: int) -> bytes:
+    """A safetensors file over the clean cache's read-ahead limit (16 MiB)."""
+    rng = np.random.default_rng(seed)
+    return safetensors_save({"w": rng.standard_normal((17, 1 << 18)).astype(np.float32)})
+
+
+@pytest.fixture
+def large_cleaned(theta_repo: GitRepo) -> tuple[GitRepo, Path, bytes]:
+    """A large model in the work tree, cleaned once by a filter process."""
+    assert theta_repo.worktree is not None
+    path = theta_repo.worktree / "big.safetensors"
+    path.write_bytes(large_model_bytes(0))
+    with open(path, "rb", buffering=0) as file:
+        manifest = ThetaFilter(theta_repo).clean("big.safetensors", file)
+    return theta_repo, path, manifest
+
+
+def test_a_large_file_cleaned_again_unchanged_is_answered_from_the_cache(
+    large_cleaned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git's clean in `git commit` after a racy add (docs/store.md, "Clean cache" rule 4):
+    the same stat data, the same bytes: hashed, not parsed, and nothing left in tmp/."""
+    repo, path, manifest = large_cleaned
+    handler = ThetaFilter(repo)
+    monkeypatch.setattr(ThetaFilter, "_clean", lambda *args, **kwargs: pytest.fail("parsed"))
+    with open(path, "rb", buffering=0) as file:
+        assert handler.clean("big.safetensors", file) == manifest
+    assert not list(handler.store.tmp_dir.iterdir())
+
+
+def test_other_bytes_under_an_unchanged_large_file_get_their_own_manifest(
+    large_cleaned, tmp_path: Path
+) -> None:
+    """git may send other bytes for the path (`git hash-object --stdin --path`): the
+    stat data only guess, the sha256 decides, and the kept copy is cleaned."""
+    repo, path, manifest = large_cleaned
+    other = large_model_bytes(1)
+    expected = clean(io.BytesIO(other), LocalStore(tmp_path / "elsewhere"), "big.safetensors")
+    handler = ThetaFilter(repo)
+    assert handler.clean("big.safetensors", io.BytesIO(other)) == expected != manifest
+    assert not list(handler.store.tmp_dir.iterdir())
+    rebuilt = rebuild(smudge_or_fetch(expected, handler.store, "big.safetensors", None))
+    assert rebuilt == other
+
+
+def test_a_large_file_whose_objects_are_gone_is_cleaned_again(large_cleaned) -> None:
+    repo, path, manifest = large_cleaned
+    handler = ThetaFilter(repo)
+    for oid in Manifest.parse(manifest).object_ids():
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(handler.store.object_path(oid), 0o644)
+            os.unlink(handler.store.object_path(oid))
+    shutil.rmtree(handler.store.packs_dir, ignore_errors=True)
+    with open(path, "rb", buffering=0) as file:
+        assert handler.clean("big.safetensors", file) == manifest
+    for oid in Manifest.parse(manifest).object_ids():
+        handler.store.verify(oid)
+
+
+def test_a_manifest_passed_through_for_a_large_file_is_not_remembered(large_cleaned) -> None:
+    """A manifest from someone else, cleaned under a large file's path, passes through:
+    kept, it would answer later cleans of the bytes its sha256 line names."""
+    repo, path, manifest = large_cleaned
+    parsed = Manifest.parse(manifest)
+    claimed = "ab" * 32
+    foreign = manifest.replace(parsed.sha256.encode(), claimed.encode())
+    handler = ThetaFilter(repo)
+    assert handler.clean("other.safetensors", io.BytesIO(foreign)) == foreign
+    shutil.copyfile(path, repo.worktree / "other.safetensors")  # large in the work tree
+    assert handler.clean("other.safetensors", io.BytesIO(foreign)) == foreign
+    assert handler.cleaned.lookup_large(claimed, parsed.size, handler.store) is None
 
 
 _PRELOAD_SCRIPT = """
@@ -331,3 +406,36 @@ def test_write_atomically_lets_other_errors_through_unchanged(tmp_path: Path) ->
     with pytest.raises(OSError) as caught:
         write_atomically(FakePlan("m", broken), tmp_path / "m", retry="x")  # type: ignore[arg-type]
     assert not isinstance(caught.value, WorkTreeWriteError) and caught.value.errno == errno.EIO
+
+
+def test_a_large_file_written_again_is_cleaned_without_a_kept_copy(
+    large_cleaned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version (a fine-tune's next step) changes the stat data: its clean streams
+    as before, paying for no copy it would then clean from."""
+    repo, path, manifest = large_cleaned
+    path.write_bytes(large_model_bytes(1))
+    handler = ThetaFilter(repo)
+    monkeypatch.setattr(ThetaFilter, "_clean_again", lambda *args: pytest.fail("kept a copy"))
+    with open(path, "rb", buffering=0) as file:
+        assert handler.clean("big.safetensors", file) != manifest
+
+
+def test_a_disk_too_full_for_the_kept_copy_fails_only_a_clean_the_cache_cannot_answer(
+    large_cleaned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta_filter.store import fileio
+    from git_theta_filter.store.local import StoreWriteError
+
+    repo, path, manifest = large_cleaned
+
+    def full_disk(file, data) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio, "write_all", full_disk)
+    handler = ThetaFilter(repo)
+    with open(path, "rb", buffering=0) as file:
+        assert handler.clean("big.safetensors", file) == manifest
+    with pytest.raises(StoreWriteError) as raised:
+        handler.clean("big.safetensors", io.BytesIO(large_model_bytes(1)))
+    assert "big.safetensors" in str(raised.value)
