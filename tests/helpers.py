@@ -80,6 +80,14 @@ def sha256_file(path: Path) -> str:
 # -- checkpoints ---------------------------------------------------------------
 
 
+def large_safetensors_bytes(seed: int) -> bytes:
+    """A safetensors file just over the 16 MiB the filter reads ahead for its clean cache."""
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    return save({"w": rng.standard_normal((17, 1 << 18)).astype(np.float32)})
+
+
 def mlp(seed: int = 0, sizes: tuple[int, ...] = (16, 32, 8)) -> torch.nn.Sequential:
     """A small MLP whose weights depend only on ``seed``: Linear, ReLU, Linear, ..."""
     torch.manual_seed(seed)

@@ -7,17 +7,10 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
-from helpers import assert_status_clean
-from safetensors.numpy import save as safetensors_save
+import pytest
+from helpers import assert_status_clean, large_safetensors_bytes
 
 from git_theta_filter.manifest import Manifest
-
-
-def large_model_bytes(seed: int) -> bytes:
-    """Over the 16 MiB the filter reads ahead for the clean cache."""
-    rng = np.random.default_rng(seed)
-    return safetensors_save({"w": rng.standard_normal((17, 1 << 18)).astype(np.float32)})
 
 
 def filter_starts(trace: Path) -> int:
@@ -25,15 +18,21 @@ def filter_starts(trace: Path) -> int:
     return sum("run_command:" in line and "filter" in line for line in lines)
 
 
-def test_git_commit_after_a_racy_add_of_a_large_file_commits_what_the_add_staged(
-    git_env, repo: Path
-) -> None:
+@pytest.fixture
+def added(git_env, repo: Path) -> Path:
+    """A large model file, added."""
     path = repo / "big.safetensors"
-    path.write_bytes(large_model_bytes(0))
+    path.write_bytes(large_safetensors_bytes(0))
     git_env.git(repo, "add", "big.safetensors")
+    return path
+
+
+def test_git_commit_after_a_racy_add_of_a_large_file_commits_what_the_add_staged(
+    git_env, repo: Path, added: Path
+) -> None:
     staged = git_env.git(repo, "rev-parse", ":big.safetensors")
     # The index no newer than the file, by the second: git cleans the file again.
-    mtime = path.stat().st_mtime_ns
+    mtime = added.stat().st_mtime_ns
     os.utime(repo / ".git" / "index", ns=(mtime, mtime))
     trace = repo.parent / "trace.txt"
     git_env.git(repo, "commit", "-qm", "large", env={"GIT_TRACE": str(trace)})
@@ -44,12 +43,9 @@ def test_git_commit_after_a_racy_add_of_a_large_file_commits_what_the_add_staged
 
 
 def test_other_bytes_hashed_under_an_unchanged_large_file_get_their_own_manifest(
-    git_env, repo: Path
+    git_env, repo: Path, added: Path
 ) -> None:
-    path = repo / "big.safetensors"
-    path.write_bytes(large_model_bytes(0))
-    git_env.git(repo, "add", "big.safetensors")
-    other = large_model_bytes(1)
+    other = large_safetensors_bytes(1)
     blob = git_env.run(
         "git", "hash-object", "-w", "--stdin", "--path=big.safetensors", cwd=repo, input=other
     ).stdout.decode()

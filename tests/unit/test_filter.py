@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import large_safetensors_bytes
 from safetensors.numpy import save as safetensors_save
 
 from git_theta_filter import filter as filter_module
@@ -174,18 +175,12 @@ def test_a_file_large_in_the_work_tree_is_not_read_ahead_for_the_cache(
     assert not handler.cleaned.expects_again("big.safetensors", big)
 
 
-def large_model_bytes(seed: int) -> bytes:
-    """A safetensors file over the clean cache's read-ahead limit (16 MiB)."""
-    rng = np.random.default_rng(seed)
-    return safetensors_save({"w": rng.standard_normal((17, 1 << 18)).astype(np.float32)})
-
-
 @pytest.fixture
 def large_cleaned(theta_repo: GitRepo) -> tuple[GitRepo, Path, bytes]:
     """A large model in the work tree, cleaned once by a filter process."""
     assert theta_repo.worktree is not None
     path = theta_repo.worktree / "big.safetensors"
-    path.write_bytes(large_model_bytes(0))
+    path.write_bytes(large_safetensors_bytes(0))
     with open(path, "rb", buffering=0) as file:
         manifest = ThetaFilter(theta_repo).clean("big.safetensors", file)
     return theta_repo, path, manifest
@@ -210,7 +205,7 @@ def test_other_bytes_under_an_unchanged_large_file_get_their_own_manifest(
     """git may send other bytes for the path (`git hash-object --stdin --path`): the
     stat data only guess, the sha256 decides, and the kept copy is cleaned."""
     repo, path, manifest = large_cleaned
-    other = large_model_bytes(1)
+    other = large_safetensors_bytes(1)
     expected = clean(io.BytesIO(other), LocalStore(tmp_path / "elsewhere"), "big.safetensors")
     handler = ThetaFilter(repo)
     assert handler.clean("big.safetensors", io.BytesIO(other)) == expected != manifest
@@ -414,7 +409,7 @@ def test_a_large_file_written_again_is_cleaned_without_a_kept_copy(
     """A new version (a fine-tune's next step) changes the stat data: its clean streams
     as before, paying for no copy it would then clean from."""
     repo, path, manifest = large_cleaned
-    path.write_bytes(large_model_bytes(1))
+    path.write_bytes(large_safetensors_bytes(1))
     handler = ThetaFilter(repo)
     monkeypatch.setattr(ThetaFilter, "_clean_again", lambda *args: pytest.fail("kept a copy"))
     with open(path, "rb", buffering=0) as file:
@@ -437,5 +432,5 @@ def test_a_disk_too_full_for_the_kept_copy_fails_only_a_clean_the_cache_cannot_a
     with open(path, "rb", buffering=0) as file:
         assert handler.clean("big.safetensors", file) == manifest
     with pytest.raises(StoreWriteError) as raised:
-        handler.clean("big.safetensors", io.BytesIO(large_model_bytes(1)))
+        handler.clean("big.safetensors", io.BytesIO(large_safetensors_bytes(1)))
     assert "big.safetensors" in str(raised.value)
