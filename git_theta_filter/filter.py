@@ -144,8 +144,9 @@ class ThetaFilter:
 
     def _clean_again(self, pathname: str, content: Readable) -> bytes:
         """The clean of a large file whose work tree copy is as it was after its last
-        clean: in ``git commit`` after a racy ``git add``, or ``git status`` after a
-        touch. The bytes are hashed and kept in an unnamed temp file; when the clean
+        clean: git cleans such a file again while the index is no newer than it (in
+        ``git commit`` after a ``git add`` that ended in the second the file was
+        written), and git may send other bytes under its path. The bytes are hashed and kept in an unnamed temp file; when the clean
         cache holds their manifest, that is the answer, else they are cleaned from
         the temp file (docs/store.md, "Clean cache" rule 4). A disk too full for
         the copy fails only a miss: the copy stops, the hashing goes on."""
