@@ -146,9 +146,10 @@ class ThetaFilter:
         """The clean of a large file whose work tree copy is as it was after its last
         clean: git cleans such a file again while the index is no newer than it (in
         ``git commit`` after a ``git add`` that ended in the second the file was
-        written), and git may send other bytes under its path. The bytes are hashed and kept in an unnamed temp file; when the clean
-        cache holds their manifest, that is the answer, else they are cleaned from
-        the temp file (docs/store.md, "Clean cache" rule 4). A disk too full for
+        written), and git may send other bytes under its path. The bytes are hashed
+        and kept in an unnamed temp file; when the clean cache holds their manifest,
+        that is the answer, else they are cleaned from the temp file (docs/store.md,
+        "Clean cache" rule 4). A disk too full for
         the copy fails only a miss: the copy stops, the hashing goes on."""
         from .formats.source import Source
         from .store import fileio
