@@ -149,8 +149,8 @@ class ThetaFilter:
         written), and git may send other bytes under its path. The bytes are hashed
         and kept in an unnamed temp file; when the clean cache holds their manifest,
         that is the answer, else they are cleaned from the temp file (docs/store.md,
-        "Clean cache" rule 4). A disk too full for
-        the copy fails only a miss: the copy stops, the hashing goes on."""
+        "Clean cache" rule 4). A disk too full for the copy fails only a miss: the
+        copy stops, the hashing goes on."""
         from .formats.source import Source
         from .store import fileio
 
