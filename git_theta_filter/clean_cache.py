@@ -110,7 +110,7 @@ class CleanCache:
         data of the work-tree copy of ``path`` after the clean) has that size, that
         the path's next clean will likely be of the same bytes (:meth:`expects_again`)."""
         try:
-            manifest = Manifest.parse(manifest_bytes)
+            manifest = Manifest.parse_head(manifest_bytes)  # its size and sha256 suffice
         except ManifestError:
             return
         self._write(manifest.sha256, self._first_line + manifest_bytes)

