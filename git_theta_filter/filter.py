@@ -111,15 +111,16 @@ class ThetaFilter:
     def clean(self, pathname: str, content: Readable) -> bytes:
         """The manifest of ``content``; a file of up to :data:`CACHED_UP_TO` bytes is
         read whole first and looked up in the clean cache (docs/store.md)."""
-        if _size_in_worktree(self.repo, pathname) > CACHED_UP_TO:
+        worktree = _worktree_stat(self.repo, pathname)
+        if worktree is not None and worktree.st_size > CACHED_UP_TO:
             # Larger than any file the cache holds: not read ahead (16 MiB read, and
             # copied twice, before any of it was hashed). The work-tree copy only
             # hints: git sends the content, and content that is small after all is
             # cleaned the same, only not remembered.
-            return self._clean_large(pathname, content)
+            return self._clean_large(pathname, content, worktree)
         head = read_up_to(content, CACHED_UP_TO + 1)
         if len(head) > CACHED_UP_TO:
-            return self._clean_large(pathname, Prefixed(head, content))
+            return self._clean_large(pathname, Prefixed(head, content), worktree)
         cached = self.cleaned.lookup(head, self.store)
         if cached is not None:
             return cached
@@ -127,11 +128,14 @@ class ThetaFilter:
         self.cleaned.remember(head, manifest)
         return manifest
 
-    def _clean_large(self, pathname: str, content: Readable) -> bytes:
+    def _clean_large(
+        self, pathname: str, content: Readable, worktree: os.stat_result | None
+    ) -> bytes:
+        """``worktree``: the stat data of the work-tree copy before the clean, if any."""
         # Its tensors' byte planes will need numpy, whose import runs meanwhile (the
         # hooks, the staged manifest, the file's head).
         preload_numpy()
-        if self.cleaned.expects_again(pathname, self._worktree_stat(pathname)):
+        if self.cleaned.expects_again(pathname, worktree):
             return self._clean_again(pathname, content)
         return self._clean_and_remember(pathname, content)
 
@@ -139,7 +143,9 @@ class ThetaFilter:
         read = _HeadKept(content)
         manifest = self._clean(pathname, read, large=True)
         if not looks_like_manifest(read.head):  # a manifest passed through is not kept
-            self.cleaned.remember_large(pathname, manifest, self._worktree_stat(pathname))
+            # The stat data after the clean: what the next clean of the path finds.
+            after = _worktree_stat(self.repo, pathname)
+            self.cleaned.remember_large(pathname, manifest, after)
         return manifest
 
     def _clean_again(self, pathname: str, content: Readable) -> bytes:
@@ -180,14 +186,6 @@ class ThetaFilter:
                 raise refused[0]  # named by writes(): the bytes are gone, the disk full
             kept.seek(0)
             return self._clean_and_remember(pathname, kept)
-
-    def _worktree_stat(self, pathname: str) -> os.stat_result | None:
-        if self.repo.worktree is None:
-            return None
-        try:
-            return os.stat(self.repo.worktree / pathname)
-        except (OSError, ValueError):
-            return None
 
     def _clean(self, pathname: str, content: Readable, large: bool = False) -> bytes:
         if large:
@@ -250,14 +248,14 @@ class _HeadKept:
 _HEAD = 32
 
 
-def _size_in_worktree(repo: GitRepo, path: str) -> int:
-    """The size of the work tree's copy of ``path``; -1 if there is none to tell."""
+def _worktree_stat(repo: GitRepo, path: str) -> os.stat_result | None:
+    """The stat data of the work tree's copy of ``path``; None if there is none to tell."""
     if repo.worktree is None:
-        return -1
+        return None
     try:
-        return os.path.getsize(repo.worktree / path)
+        return os.stat(repo.worktree / path)
     except (OSError, ValueError):
-        return -1
+        return None
 
 
 def staged_manifest(repo: GitRepo, path: str) -> Manifest | None:
