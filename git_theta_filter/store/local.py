@@ -163,7 +163,7 @@ class LocalStore:
         self._loose_listing: LooseListing | None = None  # inside bulk_lookups()
         self._pack_writer: PackWriter | None = None  # created for the first small object
         # Within packing(): which small objects are worth a compression attempt.
-        self._small_outlook = SmallObjectOutlook()
+        self._small_outlook: SmallObjectOutlook | None = None
 
     @property
     def settings(self) -> StoreSettings:
@@ -334,6 +334,7 @@ class LocalStore:
                 self._refresh_packs(force=True)
         finally:
             self._packing = False
+            self._small_outlook = None
             if self._pack_writer is not None:
                 self._pack_writer.abort()
                 self._pack_writer = None
