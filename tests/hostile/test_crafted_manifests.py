@@ -8,6 +8,7 @@ serving the next file, and through `git checkout`.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import threading
@@ -15,10 +16,13 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from helpers import large_safetensors_bytes
 
+from git_theta_filter.filter import ThetaFilter
 from git_theta_filter.formats import layout
 from git_theta_filter.formats.safetensors_writer import read_stored_safetensors
 from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
+from git_theta_filter.gitrepo import GitRepo
 from git_theta_filter.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 from git_theta_filter.pickle_check import read_data_pkl
 from git_theta_filter.pktline import FLUSH, MAX_PAYLOAD, PktLineReader, encode, encode_text
@@ -342,3 +346,22 @@ def test_git_checkout_of_a_crafted_manifest_fails_with_the_reason(served: dict, 
     assert f"git-theta: error: {name}.pth: {expected}" in stderr
     assert f"{name}.pth: smudge filter theta failed" in stderr
     assert not (repo / f"{name}.pth").exists()
+
+
+def test_a_manifest_cleaned_under_a_large_files_path_is_never_remembered(
+    git_env, repo: Path
+) -> None:
+    """A manifest from someone else's commit, cleaned (passed through) under a large
+    work-tree file's path: kept in the clean cache, it would answer later cleans of the
+    bytes its sha256 line names (docs/store.md, "Clean cache" rule 3)."""
+    path = repo / "big.safetensors"
+    path.write_bytes(large_safetensors_bytes(0))
+    git_env.git(repo, "add", "big.safetensors")
+    manifest = git_env.run("git", "cat-file", "blob", ":big.safetensors", cwd=repo).stdout
+    parsed = Manifest.parse(manifest)
+    claimed = "ab" * 32
+    foreign = manifest.replace(parsed.sha256.encode(), claimed.encode())
+    handler = ThetaFilter(GitRepo.discover(repo))
+    for name in ("other.safetensors", "big.safetensors"):  # small, then large in the work tree
+        assert handler.clean(name, io.BytesIO(foreign)) == foreign
+    assert handler.cleaned.lookup_large(claimed, parsed.size, handler.store) is None

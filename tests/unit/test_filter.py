@@ -228,20 +228,6 @@ def test_a_large_file_whose_objects_are_gone_is_cleaned_again(large_cleaned) -> 
         handler.store.verify(oid)
 
 
-def test_a_manifest_passed_through_for_a_large_file_is_not_remembered(large_cleaned) -> None:
-    """A manifest from someone else, cleaned under a large file's path, passes through:
-    kept, it would answer later cleans of the bytes its sha256 line names."""
-    repo, path, manifest = large_cleaned
-    parsed = Manifest.parse(manifest)
-    claimed = "ab" * 32
-    foreign = manifest.replace(parsed.sha256.encode(), claimed.encode())
-    handler = ThetaFilter(repo)
-    assert handler.clean("other.safetensors", io.BytesIO(foreign)) == foreign
-    shutil.copyfile(path, repo.worktree / "other.safetensors")  # large in the work tree
-    assert handler.clean("other.safetensors", io.BytesIO(foreign)) == foreign
-    assert handler.cleaned.lookup_large(claimed, parsed.size, handler.store) is None
-
-
 _PRELOAD_SCRIPT = """
 import io, os, sys
 from git_theta_filter.clean_cache import CACHED_UP_TO
