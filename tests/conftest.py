@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -26,6 +27,25 @@ settings.load_profile("no-deadline")
 # Python does by default.
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+# Each test process (an xdist worker), and every command it starts, may map at most
+# this much memory. Once, in CI, a worker grew to 23 GB: the kernel killed it and
+# the run hung, with no word of which test it was. Under this cap the allocation
+# that goes too far raises MemoryError, and the test that made it fails with a
+# traceback. The whole suite passes under it with room to spare (its largest
+# worker maps under 3 GB, torch's reservations included). A lower limit set from
+# outside (``ulimit -v``) is kept.
+TEST_ADDRESS_SPACE = 12 << 30
+
+
+def _cap_address_space(limit: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or soft > limit:
+        capped = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (capped, hard))
+
+
+_cap_address_space(TEST_ADDRESS_SPACE)
 
 
 def sha256_file(path: Path) -> str:
