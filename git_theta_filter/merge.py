@@ -389,7 +389,7 @@ class _FileMerge:
         """The merged tensor line: the chosen version, or ours' line with the combined object."""
         if tensor.outcome is Outcome.COMBINED:
             assert tensor.ours is not None and tensor.theirs is not None
-            return replace(tensor.ours, oid=self.combined[(tensor.ours.oid, tensor.theirs.oid)])
+            return tensor.ours._replace(oid=self.combined[(tensor.ours.oid, tensor.theirs.oid)])
         return tensor.chosen
 
     def merged_entries(self) -> list[TensorEntry]:
@@ -443,7 +443,7 @@ class _FileMerge:
         for key, oid in payloads.items():
             self._check_frame_object(oid, archive.storage_splice(key).oid, decided_by[key])
         expected = [
-            replace(entry, oid=payloads[archive.storage_of_tensor[entry.name]])
+            entry._replace(oid=payloads[archive.storage_of_tensor[entry.name]])
             for entry in archive.manifest.tensors
         ]
         return archive.with_payloads(payloads, self.store), expected, side
