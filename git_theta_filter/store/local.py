@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import shutil
 import stat
@@ -155,6 +156,9 @@ class LocalStore:
         self._expected: dict[bytes, deque[str]] = {}
         self._expected_by_name: dict[str, tuple[str, bytes]] = {}
         self._claimed: set[str] = set()
+        # Each expected object's successor in file order, and the one opened for it ahead.
+        self._expected_next: dict[str, str] = {}
+        self._prefetched: ExpectedObject | None = None
         # Packs in place: index and an open file each, loaded on the first lookup.
         self._packs: dict[Path, tuple[PackIndex, int]] = {}
         self._broken_packs: dict[Path, PackError] = {}
@@ -369,9 +373,13 @@ class LocalStore:
         """
         expected: dict[bytes, deque[str]] = {}
         headers: dict[str, bytes | None] = {}
+        large: list[str] = []  # in file order: those compared as they stream in
         for oid in oids:
             if oid not in headers:
-                headers[oid] = self._read_raw_header(oid)
+                header, payload_bytes = self._read_raw_header(oid)
+                headers[oid] = header
+                if header is not None and len(header) + payload_bytes >= PACK_BELOW:
+                    large.append(oid)
             if (header := headers[oid]) is not None:
                 expected.setdefault(header, deque()).append(oid)
         named = {
@@ -380,25 +388,37 @@ class LocalStore:
             if (header := headers.get(oid)) is not None
         }
         self._expected, self._expected_by_name, self._claimed = expected, named, set()
+        self._expected_next = dict(itertools.pairwise(large))
         try:
             yield
         finally:
             self._expected, self._expected_by_name, self._claimed = {}, {}, set()
+            self._expected_next = {}
+            if self._prefetched is not None:
+                self._prefetched.close()
+                self._prefetched = None
 
-    def _read_raw_header(self, oid: str) -> bytes | None:
-        """An object's canonical header bytes, or None if it is missing or not valid."""
+    def _read_raw_header(self, oid: str) -> tuple[bytes | None, int]:
+        """An object's canonical header bytes and payload size; (None, 0) if it is missing
+        or not valid."""
         try:
             stored = self.open_stored(oid)
         except ThetaError:
-            return None
+            return None, 0
         if stored is None:
-            return None
+            return None, 0
         stored.close()
-        return stored.canonical_header
+        return stored.canonical_header, stored.header.nbytes
 
     def _take_expected(self, header: bytes, names: Sequence[str] = ()) -> ExpectedObject | None:
         """The expected object for a payload with this header, ready to be compared: a
         tensor named in ``names``, else the next unclaimed one (see :meth:`expecting`)."""
+        expected = self._find_expected(header, names)
+        if expected is not None:
+            self._decode_ahead(expected.oid)
+        return expected
+
+    def _find_expected(self, header: bytes, names: Sequence[str]) -> ExpectedObject | None:
         for name in names:
             oid, named_header = self._expected_by_name.get(name, (None, None))
             if oid is not None and named_header == header:
@@ -412,7 +432,30 @@ class LocalStore:
                 return expected
         return None
 
+    def _decode_ahead(self, oid: str) -> None:
+        """Open the large object after ``oid`` (itself large) in file order and start
+        decoding its first block: the next large tensor most often takes it, and its
+        comparison waits for that block before this thread reads on. Small objects are
+        compared on this thread, all at once, and are never decoded ahead."""
+        following = self._expected_next.get(oid)
+        if following is None or following in self._claimed:
+            return
+        if self._prefetched is not None:
+            if self._prefetched.oid == following:
+                return
+            self._prefetched.close()
+            self._prefetched = None
+        expected = self._open_expected(following)
+        if expected is None:
+            return
+        expected.decode_first_block()
+        self._prefetched = expected
+
     def _open_expected(self, oid: str) -> ExpectedObject | None:
+        prefetched = self._prefetched
+        if prefetched is not None and prefetched.oid == oid:
+            self._prefetched = None
+            return prefetched
         try:
             stored = self.open_stored(oid)
         except (OSError, ThetaError):

@@ -166,10 +166,7 @@ class ExpectedObject:
         Decodes are queued before the comparisons that wait for them, so a worker
         waits only for work already running or done.
         """
-        if self._blocks is None:
-            encoded = self.stored.encoded
-            self._block_size = encoded.block_size if encoded is not None else COPY_CHUNK
-            self._blocks = {}
+        self._start_blocks()
         size = self._block_size
         first = offset // size
         last = max(first, (offset + len(data) - 1) // size)
@@ -179,6 +176,17 @@ class ExpectedObject:
         if ahead and (last + 1) * size < self.stored.header.nbytes:
             self._block(last + 1)
         return _compare_pool.submit(self._compare, offset, data, blocks)
+
+    def _start_blocks(self) -> None:
+        if self._blocks is None:
+            encoded = self.stored.encoded
+            self._block_size = encoded.block_size if encoded is not None else COPY_CHUNK
+            self._blocks = {}
+
+    def decode_first_block(self) -> None:
+        """Start decoding the first block on a worker, before any comparison asks for it."""
+        self._start_blocks()
+        self._block(0)
 
     def _block(self, index: int) -> Future:
         assert self._blocks is not None

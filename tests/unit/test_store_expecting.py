@@ -267,3 +267,62 @@ def test_a_reordered_checkpoint_deltas_each_tensor_against_its_own_previous_vers
     rebuilt = bytearray()
     prepare_smudge(manifest.render(), store, "model.pth").write(rebuilt.extend)
     assert bytes(rebuilt) == data
+
+
+def large_tensors(names: str, seed: int) -> dict:
+    """Tensors of a little over one block each: compared as they stream in."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(COPY_CHUNK // 4 + 256, generator=generator) for name in names}
+
+
+def test_the_next_large_tensor_s_first_block_is_decoded_ahead_and_only_once(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking a large tensor's previous version starts decoding the first block of the
+    next large one in file order; the comparison of that tensor then uses the block
+    decoded ahead instead of decoding it again."""
+    from git_theta_filter.store.writing import ExpectedObject
+
+    decoded: list[tuple[str, int]] = []
+    decode, decode_first_block = ExpectedObject._decode, ExpectedObject.decode_first_block
+    started_ahead: list[str] = []
+
+    def counting(self, index: int):
+        decoded.append((self.oid, index))
+        return decode(self, index)
+
+    def recording(self) -> None:
+        started_ahead.append(self.oid)
+        decode_first_block(self)
+
+    monkeypatch.setattr(ExpectedObject, "_decode", counting)
+    monkeypatch.setattr(ExpectedObject, "decode_first_block", recording)
+    state = {**large_tensors("ab", seed=4), "bias": torch.ones(3), **large_tensors("c", seed=5)}
+    previous = clean_manifest(store, torch_bytes(state))
+    a, b, c = (next(t.oid for t in previous.tensors if t.name == n) for n in "abc")
+    with store.expecting(payload_oids(previous), {t.name: t.oid for t in previous.tensors}):
+        assert clean_manifest(store, torch_bytes(state)).splices == previous.splices
+    assert started_ahead == [b, c]  # the small tensor between them is never decoded ahead
+    assert sorted(decoded) == sorted((oid, index) for oid in (a, b, c) for index in (0, 1))
+
+
+def test_an_object_decoded_ahead_that_no_tensor_takes_is_closed(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta_filter.store.writing import ExpectedObject
+
+    closed: list[str] = []
+    close = ExpectedObject.close
+
+    def recording(self) -> None:
+        closed.append(self.oid)
+        close(self)
+
+    monkeypatch.setattr(ExpectedObject, "close", recording)
+    state = large_tensors("ab", seed=6)
+    previous = clean_manifest(store, torch_bytes(state))
+    b = next(t.oid for t in previous.tensors if t.name == "b")
+    with store.expecting(payload_oids(previous), {t.name: t.oid for t in previous.tensors}):
+        clean_manifest(store, torch_bytes({"a": state["a"]}))  # b was removed
+        assert b not in closed
+    assert b in closed
