@@ -166,33 +166,34 @@ class ExpectedObject:
         Decodes are queued before the comparisons that wait for them, so a worker
         waits only for work already running or done.
         """
-        self._start_blocks()
+        decoded = self._decoded_blocks()
         size = self._block_size
         first = offset // size
         last = max(first, (offset + len(data) - 1) // size)
-        for stale in [index for index in self._blocks if index < first]:
-            del self._blocks[stale]  # a comparison still running holds its own reference
+        for stale in [index for index in decoded if index < first]:
+            del decoded[stale]  # a comparison still running holds its own reference
         blocks = [(index, self._block(index)) for index in range(first, last + 1)]
         if ahead and (last + 1) * size < self.stored.header.nbytes:
             self._block(last + 1)
         return _compare_pool.submit(self._compare, offset, data, blocks)
 
-    def _start_blocks(self) -> None:
+    def _decoded_blocks(self) -> dict[int, Future]:
+        """The decodes of the blocks still needed, by index; made on first use."""
         if self._blocks is None:
             encoded = self.stored.encoded
             self._block_size = encoded.block_size if encoded is not None else COPY_CHUNK
             self._blocks = {}
+        return self._blocks
 
     def decode_first_block(self) -> None:
         """Start decoding the first block on a worker, before any comparison asks for it."""
-        self._start_blocks()
         self._block(0)
 
     def _block(self, index: int) -> Future:
-        assert self._blocks is not None
-        future = self._blocks.get(index)
+        decoded = self._decoded_blocks()
+        future = decoded.get(index)
         if future is None:
-            future = self._blocks[index] = _compare_pool.submit(self._decode, index)
+            future = decoded[index] = _compare_pool.submit(self._decode, index)
             # Only the decodes still running, for close(): a done one would keep its block.
             self._decodes = [running for running in self._decodes if not running.done()]
             self._decodes.append(future)
