@@ -464,24 +464,20 @@ class Manifest:
                 raise ManifestError(f"object {splice.oid} is spliced with two different lengths")
         if self.skeleton in lengths and lengths[self.skeleton] != self.skeleton_length:
             raise ManifestError("the skeleton object is also spliced with another length")
-        tensor_nbytes = []  # each tensor's, worked out once for both checks
         for tensor in self.tensors:
             if tensor.oid not in lengths:
                 raise ManifestError(
                     f"tensor {tensor.name!r}: object {tensor.oid} is not spliced into the file"
                 )
-            nbytes = tensor.nbytes
             # Checked with exact integers, so a 2**62-element shape cannot wrap around.
-            extent = nbytes if tensor.stride is None else tensor.extent_bytes()
-            if extent > lengths[tensor.oid]:
+            if tensor.extent_bytes() > lengths[tensor.oid]:
                 raise ManifestError(f"tensor {tensor.name!r} reaches past the end of its object")
-            tensor_nbytes.append(nbytes)
-        self._check_work(tensor_nbytes)
+        self._check_work()
 
-    def _check_work(self, tensor_nbytes: list[int]) -> None:
+    def _check_work(self) -> None:
         """Refuse a manifest that makes much work of few stored bytes: a small object
         spliced thousands of times, a stride-0 view of 2**40 elements, thousands of
-        tensor lines over one object. ``tensor_nbytes``: each tensor's bytes, in order.
+        tensor lines over one object.
         """
         limit = self.work_limit()
         stored = self.stored_bytes()
@@ -491,8 +487,8 @@ class Manifest:
                 f"limit ({WORK_RATIO} times the stored bytes, plus {WORK_FLOOR})"
             )
         read = 0
-        for tensor, nbytes in zip(self.tensors, tensor_nbytes, strict=True):
-            read += nbytes
+        for tensor in self.tensors:
+            read += tensor.nbytes
             if read > limit:
                 raise ManifestError(
                     f"tensors of more than {limit} bytes from {stored} stored bytes are over "
