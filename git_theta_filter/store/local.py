@@ -156,7 +156,8 @@ class LocalStore:
         self._expected: dict[bytes, deque[str]] = {}
         self._expected_by_name: dict[str, tuple[str, bytes]] = {}
         self._claimed: set[str] = set()
-        # Each expected object's successor in file order, and the one opened for it ahead.
+        # Each large expected object's successor among the large ones, in file order, and
+        # the one whose first block is being decoded ahead (_decode_ahead).
         self._expected_next: dict[str, str] = {}
         self._prefetched: ExpectedObject | None = None
         # Packs in place: index and an open file each, loaded on the first lookup.
