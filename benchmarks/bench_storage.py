@@ -15,7 +15,9 @@
   the last, the end of a delta chain (medians of 3 rounds; see
   ``checkout_seconds`` for what each checkout includes).
 * **Many small tensors.** 6,000 tensors of 16 KB: ``git add`` into a fresh
-  repository (median of 3), then a commit, and a checkout away and back.
+  repository (median of 3), then a commit, and a checkout away and back. The
+  tools take turns in each round, so that a drift of the machine's speed
+  during the run moves every tool's figures alike.
 * **Small model in a shell loop.** The 784-128-64-10 MLP, saved and committed
   with ``git add`` + ``git commit`` at each of 20 steps: median wall seconds
   per step, and the CPU seconds of every process the step started (steadier
@@ -194,24 +196,52 @@ def checkout_seconds(
     return [statistics.median(values) for values in times]
 
 
-def small_tensors(tool: str, checkpoint: Path, workdir: Path, rounds: int) -> Figures:
-    """Median seconds of ``git add`` into a fresh repository (one per round; the last
-    one's commit is then checked out away and back, ``rounds`` times)."""
-    figures = Figures()
-    adds = []
+def small_tensors(
+    tools: list[str], checkpoint: Path, workdir: Path, rounds: int
+) -> dict[str, Figures]:
+    """Each tool's median seconds of ``git add`` into a fresh repository (one per round;
+    the last one's commit is then checked out away and back, ``rounds`` times).
+
+    The rounds alternate between the tools, and so do the checkouts: on a machine
+    whose speed drifts over a minute (a shared VM's does, by a third), measuring
+    one tool's rounds and then the next's would put the drift into the ratio.
+    """
+    adds: dict[str, list[float]] = {tool: [] for tool in tools}
+    repos: dict[str, tuple[Path, dict[str, str]]] = {}
     for _ in range(rounds):
-        if adds:
-            shutil.rmtree(workdir)
-        repo, env = _repo(tool, workdir, "small")
-        shutil.copyfile(checkpoint, repo / "model.pth")
-        adds.append(measure(["git", "add", "model.pth"], repo, env).seconds)
-    figures.values["add"] = statistics.median(adds)
-    git(env, repo, "commit", "-qm", "small tensors")
-    git(env, repo, "rm", "-q", "model.pth")
-    git(env, repo, "commit", "-qm", "removed")
-    figures.values["checkout"] = checkout_seconds(repo, env, ["HEAD~1", "main"], rounds)[0]
-    shutil.rmtree(repo)
+        for tool in tools:
+            place = workdir / tool.replace(" ", "-")
+            if tool in repos:
+                shutil.rmtree(place)
+            repo, env = repos[tool] = _repo(tool, place, "small")
+            shutil.copyfile(checkpoint, repo / "model.pth")
+            adds[tool].append(measure(["git", "add", "model.pth"], repo, env).seconds)
+    for repo, env in repos.values():
+        git(env, repo, "commit", "-qm", "small tensors")
+        git(env, repo, "rm", "-q", "model.pth")
+        git(env, repo, "commit", "-qm", "removed")
+    checkouts = interleaved_checkout_seconds(repos, ["HEAD~1", "main"], rounds)
+    figures = {}
+    for tool, (repo, _env) in repos.items():
+        figures[tool] = Figures(
+            {"add": statistics.median(adds[tool]), "checkout": checkouts[tool][0]}
+        )
+        shutil.rmtree(repo)
     return figures
+
+
+def interleaved_checkout_seconds(
+    repos: dict[str, tuple[Path, dict[str, str]]], revisions: list[str], rounds: int
+) -> dict[str, list[float]]:
+    """:func:`checkout_seconds` of each tool's repository, the tools taking turns in
+    each round."""
+    times: dict[str, list[list[float]]] = {tool: [[] for _ in revisions] for tool in repos}
+    for _ in range(rounds):
+        for tool, (repo, env) in repos.items():
+            for index, revision in enumerate(revisions):
+                checkout = ["git", "checkout", "-q", revision]
+                times[tool][index].append(measure(checkout, repo, env).seconds)
+    return {tool: [statistics.median(values) for values in times[tool]] for tool in repos}
 
 
 def _children_cpu_seconds() -> float:
@@ -440,14 +470,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for variant, paths in training.items()
             }
-            if small is not None:
-                results[tool][f"{sizes['small_tensors']} tensors of 16 KB"] = small_tensors(
-                    tool, small, scratch / "small", rounds
-                )
             if loop:
                 results[tool]["MLP 784-128-64-10, add + commit in a loop"] = shell_loop(
                     tool, loop, scratch / "loop"
                 )
+        if small is not None:
+            print("small tensors, the tools taking turns ...", file=sys.stderr)
+            scenario = f"{sizes['small_tensors']} tensors of 16 KB"
+            for tool, figures in small_tensors(tools, small, workdir / "small", rounds).items():
+                results[tool][scenario] = figures
         handshake = handshake_seconds(workdir / "handshake") if "handshake" in only else None
         print(render(results, handshake, sizes), end="")
     return 0
