@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ..errors import ThetaError
 from ..threads import LazyThreadPool
@@ -163,7 +163,8 @@ class Source:
             take = min(left, self._end - self._start)
             queued = write(self._view[self._start : self._start + take])
             if queued is not None and hasattr(queued, "exception"):
-                self._pending[self._current].append(queued)
+                # Anything with ``exception`` is taken for the future it is.
+                self._pending[self._current].append(cast("Future", queued))
             self._start += take
             self.position += take
             left -= take
@@ -176,7 +177,8 @@ class Source:
             take = self._end - self._start
             queued = write(self._view[self._start : self._end])
             if queued is not None and hasattr(queued, "exception"):
-                self._pending[self._current].append(queued)
+                # Anything with ``exception`` is taken for the future it is.
+                self._pending[self._current].append(cast("Future", queued))
             self._start = self._end
             self.position += take
             total += take
