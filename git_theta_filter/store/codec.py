@@ -249,15 +249,17 @@ def join_planes(planes: np.ndarray, out: memoryview | None = None) -> memoryview
         elements = target[: width * count].reshape(count, width)
         for k in range(width):
             elements[:, k] = planes[k]
-    return memoryview(target)[: width * count]
+    # numpy's stubs give ndarray the buffer protocol only on Python 3.12 and later.
+    return memoryview(target)[: width * count]  # type: ignore[arg-type]
 
 
 def _compressed_or_none(
-    plane: np.ndarray | bytes | memoryview, small: bool = False
+    plane: np.ndarray | bytes | bytearray | memoryview, small: bool = False
 ) -> bytes | None:
     """zstd of ``plane`` if that saves enough to be worth decompressing, else None;
     ``small``: the plane is a small object's only one."""
-    view = memoryview(plane).cast("B")
+    # numpy's stubs give ndarray the buffer protocol only on Python 3.12 and later.
+    view = memoryview(plane).cast("B")  # type: ignore[arg-type]
     size = len(view)
     compressor = _compressor()
     raw_above = SMALL_RAW_ABOVE if small else RAW_ABOVE
@@ -319,7 +321,8 @@ def encode_block(
                 data = plane  # a contiguous row: joined below without a copy of its own
         parts.append(_PLANE_RECORD.pack(mode, len(data)))
         parts.append(data)
-    return b"".join(parts)
+    # numpy's stubs give ndarray the buffer protocol only on Python 3.12 and later.
+    return b"".join(parts)  # type: ignore[arg-type]
 
 
 # Reads ``size`` stored bytes at ``offset`` of a block.
@@ -374,7 +377,7 @@ def block_uses_base(data: bytes | bytearray | memoryview, width: int, size: int)
     return any(mode in (MODE_XOR_ZSTD, MODE_SAME) for mode, _ in records)
 
 
-def _decompressed(frame: memoryview, size: int) -> bytes:
+def _decompressed(frame: bytes | memoryview, size: int) -> bytes:
     """The plane a zstd frame holds, checked to be exactly ``size`` bytes."""
     import zstandard
 
