@@ -16,10 +16,10 @@ re-hashes every object whatever this cache holds.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO
 
 from .object_format import ObjectFormatError
 
@@ -50,11 +50,11 @@ class VerifiedFiles:
         self._keys: set[StatKey] = set()
         self._lock = threading.Lock()
 
-    def knows(self, file: BinaryIO) -> bool:
+    def knows(self, file: io.IOBase) -> bool:
         with self._lock:
             return _key(os.fstat(file.fileno())) in self._keys
 
-    def add(self, file: BinaryIO) -> None:
+    def add(self, file: io.IOBase) -> None:
         key = _key(os.fstat(file.fileno()))
         with self._lock:
             self._keys.add(key)
@@ -74,13 +74,15 @@ class VerifiedFiles:
 VERIFIED = VerifiedFiles()
 
 
-def file_sha256(file: BinaryIO) -> str:
+def file_sha256(file: io.RawIOBase | io.BufferedIOBase) -> str:
     """The sha256 of the whole file, read from its start; the position is left at its end."""
     file.seek(0)
     return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def same_bytes(first: BinaryIO, second: BinaryIO) -> bool:
+def same_bytes(
+    first: io.RawIOBase | io.BufferedIOBase, second: io.RawIOBase | io.BufferedIOBase
+) -> bool:
     """Whether two files hold the same bytes (compared from their starts)."""
     if os.fstat(first.fileno()).st_size != os.fstat(second.fileno()).st_size:
         return False

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import itertools
 import os
 import shutil
@@ -681,7 +682,7 @@ class LocalStore:
 
     def open_object(
         self, oid: str, path: str | None = None, *, verify: bool = True
-    ) -> tuple[BinaryIO, ObjectHeader]:
+    ) -> tuple[io.RawIOBase, ObjectHeader]:
         """Open an object's canonical bytes positioned at its payload, after checking its header.
 
         ``path`` is the work-tree file that needs the object, for the error
@@ -769,7 +770,7 @@ class LocalStore:
         stored.close()
         return stored.header.data_offset + stored.header.nbytes
 
-    def open_verified(self, oid: str, path: str | None = None) -> tuple[BinaryIO, ObjectHeader]:
+    def open_verified(self, oid: str, path: str | None = None) -> tuple[io.RawIOBase, ObjectHeader]:
         """:meth:`open_object`, once the object's bytes are known to hash to its id.
 
         Every reader that hands out an object's bytes or builds on them uses
@@ -809,7 +810,7 @@ class LocalStore:
             self._check_digest(file, oid)
 
     @staticmethod
-    def _check_digest(file: BinaryIO, oid: str) -> None:
+    def _check_digest(file: io.RawIOBase, oid: str) -> None:
         digest = file_sha256(file)
         if digest != oid:
             raise ObjectCorruptError(oid, digest)
