@@ -95,7 +95,7 @@ def write_spliced(
     skeleton: bytes | bytearray,
     splices: list[Splice],
     store: LocalStore,
-    write: Callable[[memoryview], object],
+    write: Callable[[bytes | memoryview], object],
     path: str | None = None,
     opened: Mapping[str, StoredObject] | None = None,
     give: Callable[[bytes | memoryview], object] | None = None,
@@ -228,7 +228,7 @@ class _SmallRuns:
 
 def _make_run(skeleton: memoryview, run: _Run) -> tuple[bytes, int]:
     """A run's bytes, and how many of them are skeleton bytes."""
-    parts: list[bytes | memoryview] = []
+    parts: list[bytes | bytearray | memoryview] = []
     position = run.skeleton_start
     previous_end = run.file_start
     for splice, payload in zip(run.splices, _decode_batch(run.objects), strict=True):
@@ -244,9 +244,9 @@ def _make_run(skeleton: memoryview, run: _Run) -> tuple[bytes, int]:
     return b"".join(parts), position - run.skeleton_start
 
 
-def _decode_batch(objects: list[StoredObject]) -> list[bytes | memoryview]:
+def _decode_batch(objects: list[StoredObject]) -> list[bytes | bytearray | memoryview]:
     """Each object's payload; runs of neighbouring entries of one file are read at once."""
-    payloads: list[bytes | memoryview] = []
+    payloads: list[bytes | bytearray | memoryview] = []
     position = 0
     while position < len(objects):
         fd, start, length = objects[position].region
@@ -300,6 +300,7 @@ def _write_payload(
     # The caller checks a hash over every byte it writes (smudge: the whole
     # file's sha256), so the object's own hash is not computed a second time.
     stored = opened.get(splice.oid) if opened else None
+    file: io.RawIOBase
     if stored is not None:
         file, header = ObjectReader(stored, verify=False), stored.header
     else:
@@ -311,6 +312,8 @@ def _write_payload(
             )
         encoded = file.stored.encoded if isinstance(file, ObjectReader) else None
         if encoded is not None:
+            # Only an ObjectReader has an encoding; this tells mypy so.
+            assert isinstance(file, ObjectReader)
             # Each block is decoded into bytes of its own, not into the buffer.
             if encoded.block_count == 1:  # a small object: no read-ahead to set up
                 give(memoryview(file.stored.decoded_block(0)))
@@ -427,6 +430,8 @@ class SplicedReader(io.RawIOBase):
             if pos < hi:
                 if self._store is None:
                     self._refuse_payloads(pos, hi)
+                # Bytes [pos, hi) are this splice's payload, so _refuse_payloads raised.
+                assert self._store is not None
                 file, header = self._store.open_object(splice.oid)
                 with file:
                     file.seek(header.data_offset + pos - splice.offset)

@@ -314,7 +314,7 @@ class StoredObject:
         encoded = self.encoded
         return encoded is None or (encoded.block_count == 1 and encoded.base is None)
 
-    def payload_from_stored(self, stored: bytes | memoryview) -> bytes | memoryview:
+    def payload_from_stored(self, stored: bytes | memoryview) -> bytes | bytearray | memoryview:
         """The whole payload, decoded from ``stored``, this object's stored bytes as read
         from :attr:`region`, with the checks a read by block makes (the block's length
         field, nothing after the last block, the plane records and zstd frames); only
@@ -494,7 +494,9 @@ class StoredObject:
             position += take
         return b"".join(parts)
 
-    def decoded_block(self, index: int, out: bytearray | None = None) -> bytes | memoryview:
+    def decoded_block(
+        self, index: int, out: bytearray | None = None
+    ) -> bytes | bytearray | memoryview:
         """Payload block ``index`` in this object's own block size; with ``out`` (of the
         block's size), the bytes are in ``out`` (returned) whenever planes are joined."""
         encoded = self.encoded
