@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from .base import ObjectStore, RemoteObjectMissingError, StoreError, StoreUnavailableError
 from .local import COPY_CHUNK
@@ -173,7 +173,7 @@ class DirectoryStore(ObjectStore):
                         yield name
 
 
-def _copy_hashing(reader: BinaryIO, fd: int) -> str:
+def _copy_hashing(reader: io.BufferedIOBase, fd: int) -> str:
     """Copy ``reader`` into the file descriptor ``fd`` (closing it);
     the sha256 of what was copied.
     """

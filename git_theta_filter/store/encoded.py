@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from ..threads import LazyThreadPool
 from .codec import (
@@ -711,7 +711,7 @@ class EncodingWriter:
 
     def __init__(
         self,
-        out: BinaryIO,
+        out: io.RawIOBase | io.BufferedIOBase,
         canonical_header: bytes,
         header: ObjectHeader,
         width: int,

@@ -543,7 +543,7 @@ class LocalStore:
             raise
         self._link_temp(file, tmp_path, oid)
 
-    def _open_temp(self) -> tuple[BinaryIO, Path]:
+    def _open_temp(self) -> tuple[io.FileIO, Path]:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{os.getpid()}-", suffix=".tmp")
         # Unbuffered: payloads arrive in large chunks, and a buffer would copy them once more.

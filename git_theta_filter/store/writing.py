@@ -28,7 +28,7 @@ import io
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from ..errors import ThetaError
 from ..threads import LazyThreadPool
@@ -102,7 +102,7 @@ def delta_base_depth(depth: int) -> int:
 class UnbufferedOutput(io.RawIOBase):
     """The temp file as the encoder's output: every write goes all the way down."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: io.FileIO) -> None:
         super().__init__()
         self._file = file
 
@@ -284,7 +284,7 @@ class ObjectWriter:
         self._compared: ExpectedObject | None = None
         self._delta_base: StoredObject | None = None
         self._memory: bytearray | None = None  # a small object's payload
-        self._file: BinaryIO | None = None  # a large object's temp file
+        self._file: io.FileIO | None = None  # a large object's temp file
         self._encoder: EncodingWriter | None = None
         self.oid: str | None = None
         if self._same is None:
