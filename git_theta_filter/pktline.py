@@ -85,7 +85,7 @@ class PktLineReader:
     a large file is never assembled as one ``bytes`` object.
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: io.RawIOBase | io.BufferedIOBase) -> None:
         self._stream = stream
         # Payload bytes of the current content packet not yet handed out.
         self._remaining_in_packet = 0
@@ -232,7 +232,7 @@ def _write_vectors(fd: int, buffers: list[bytes | memoryview]) -> None:
             buffers[first] = memoryview(buffers[first])[written:]
 
 
-def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[BinaryIO, BinaryIO]:
+def open_stdio_streams(buffer_size: int = 1 << 20) -> tuple[io.FileIO, BinaryIO]:
     """Binary stdin/stdout for the filter, which moves gigabytes through them.
 
     stdin is unbuffered: content payloads are read straight into the caller's
