@@ -24,6 +24,7 @@ connections), and this module decides what to ask:
 
 from __future__ import annotations
 
+import builtins  # LfsStore.list shadows the builtin in the annotations after it.
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -302,7 +303,7 @@ class LfsStore(ObjectStore):
     def _stale(self, answer: ObjectAnswer) -> bool:
         return any(action.expires_within(EXPIRY_MARGIN) for action in answer.actions.values())
 
-    def _take_chunk(self, pending: _Pending, oid: str) -> list[str]:
+    def _take_chunk(self, pending: _Pending, oid: str) -> builtins.list[str]:
         """``oid`` and up to 99 other announced objects with no fresh answer and no request."""
         chunk = [oid]
         for other in pending.sizes:
@@ -316,7 +317,10 @@ class LfsStore(ObjectStore):
         return chunk
 
     def _batch_with_size_fallback(
-        self, operation: Operation, oids: list[str], sizes: Mapping[str, list[int]]
+        self,
+        operation: Operation,
+        oids: builtins.list[str],
+        sizes: Mapping[str, builtins.list[int]],
     ) -> dict[str, ObjectAnswer]:
         """Answers for ``oids``; an object refused as invalid (422) is asked again with its
         next possible size, as the size of a download is not always known exactly."""
@@ -336,7 +340,7 @@ class LfsStore(ObjectStore):
         return answers
 
     def _batch(
-        self, operation: Operation, objects: list[tuple[str, int]]
+        self, operation: Operation, objects: builtins.list[tuple[str, int]]
     ) -> dict[str, ObjectAnswer]:
         """One batch request (split further if the server finds it too large)."""
         headers = dict(JSON_HEADERS)
