@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
 from ..terminal import printable as escape_for_terminal
@@ -208,7 +208,7 @@ def _load_json(url: str, body: bytes) -> Any:
         raise LfsProtocolError(url, "not JSON") from None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return type(value) is int
 
 
