@@ -164,6 +164,8 @@ def delta_stats_of(
             )
         if not numeric:
             continue
+        # numeric says both decoders exist, which mypy cannot follow.
+        assert old_type.decode is not None and new_type.decode is not None
         count = old_raw.size
         x, y = old_values[:count], new_values[:count]
         old_type.decode(old_raw, x)
@@ -262,9 +264,9 @@ class Statistician:
             for (old, new), job in delta_jobs:
                 if job.exception() is None:
                     self._remember_delta(old, new, *job.result())
-            for entry, job in tensor_jobs:
-                if job.exception() is None:
-                    self._remember_tensor(entry, job.result())
+            for entry, tensor_job in tensor_jobs:
+                if tensor_job.exception() is None:
+                    self._remember_tensor(entry, tensor_job.result())
 
     def tensor_stats(self, entry: TensorEntry) -> TensorStats | None:
         """None for types without numeric statistics (complex, quantized)."""
@@ -347,16 +349,17 @@ def _delta_key(old: TensorEntry, new: TensorEntry) -> tuple[str, str, str, str]:
     return old.oid, layout_key(old), new.oid, layout_key(new)
 
 
+# A cache row's columns are typed object (sqlite3 does not say), hence the ignores below.
 def _tensor_from_row(row: Row) -> TensorStats:
     numel, squares, low, high, nans, infs = row
-    return TensorStats(int(numel), _float(squares), low, high, int(nans), int(infs))  # type: ignore[arg-type]
+    return TensorStats(int(numel), _float(squares), low, high, int(nans), int(infs))  # type: ignore[arg-type, call-overload]
 
 
 def _delta_from_row(row: Row) -> DeltaStats:
     numel, changed, squares, dot, max_abs, has_numbers = row
     if not has_numbers:
-        return DeltaStats(int(numel), int(changed))  # type: ignore[arg-type]
-    return DeltaStats(int(numel), int(changed), _float(squares), _float(dot), _float(max_abs))  # type: ignore[arg-type]
+        return DeltaStats(int(numel), int(changed))  # type: ignore[call-overload]
+    return DeltaStats(int(numel), int(changed), _float(squares), _float(dot), _float(max_abs))  # type: ignore[call-overload]
 
 
 def _float(value: object) -> float:
