@@ -43,7 +43,7 @@ class BlobStream:
         self.size = size
         self._left = size
 
-    def readinto(self, buffer: memoryview) -> int:
+    def readinto(self, buffer: memoryview | bytearray) -> int:
         if not self._left:
             return 0
         view = memoryview(buffer).cast("B")[: self._left]

@@ -202,7 +202,7 @@ class Prefixed:
         self._head = memoryview(head)
         self._rest = rest
 
-    def readinto(self, buffer: memoryview) -> int:
+    def readinto(self, buffer: memoryview | bytearray) -> int:
         if self._head:
             count = min(len(buffer), len(self._head))
             buffer[:count] = self._head[:count]

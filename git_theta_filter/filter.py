@@ -237,7 +237,7 @@ class _HeadKept:
         self._raw = raw
         self.head = b""
 
-    def readinto(self, buffer: memoryview) -> int:
+    def readinto(self, buffer: memoryview | bytearray) -> int:
         count = self._raw.readinto(buffer)
         if len(self.head) < _HEAD:
             self.head += bytes(buffer[: min(count, _HEAD - len(self.head))])

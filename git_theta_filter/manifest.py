@@ -71,7 +71,7 @@ class ManifestError(ThetaError):
         self.line_number = line_number
 
 
-def looks_like_manifest(data: bytes) -> bool:
+def looks_like_manifest(data: bytes | bytearray) -> bool:
     """Whether ``data`` starts like a manifest (the full check is :meth:`Manifest.parse`)."""
     return data.startswith(MAGIC)
 

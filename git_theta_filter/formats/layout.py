@@ -410,7 +410,7 @@ class SplicedReader(io.RawIOBase):
                 offset = max(start, splice.offset)
                 raise OSError(f"offset {offset} lies in a tensor payload, not in the skeleton")
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         want = min(len(buffer), self._size - self._pos)
         if want <= 0:
             return 0

@@ -31,7 +31,7 @@ _file_hasher = LazyThreadPool(1, "theta-file-hash")
 
 
 class Readable(Protocol):
-    def readinto(self, buffer: memoryview) -> int: ...
+    def readinto(self, buffer: memoryview | bytearray) -> int: ...
 
 
 class TruncatedError(ThetaError):
