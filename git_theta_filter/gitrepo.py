@@ -196,7 +196,7 @@ class GitRepo:
     worktree: Path | None
 
     @classmethod
-    def discover(cls, cwd: Path | str | None = None) -> GitRepo:
+    def discover(cls, cwd: str | os.PathLike[str] | None = None) -> GitRepo:
         # Absolute, so that an error names the directory whatever was passed (`gtf.open('.')`).
         where = Path(os.path.abspath(cwd if cwd is not None else os.getcwd()))
         # One git process (every filter start comes through here): rev-parse prints
