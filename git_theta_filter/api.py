@@ -351,7 +351,8 @@ class Repository:
         file, header = self._store.open_verified(oid, path)
         payload = torch.empty(header.nbytes, dtype=torch.uint8)
         with file:
-            view = memoryview(payload.numpy())
+            # numpy's stubs give ndarray the buffer protocol only on Python 3.12 and later.
+            view = memoryview(payload.numpy())  # type: ignore[arg-type]
             filled = 0
             while filled < header.nbytes:
                 count = file.readinto(view[filled:])

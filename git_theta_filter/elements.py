@@ -215,7 +215,8 @@ def iter_chunks(elements: np.ndarray) -> Iterator[np.ndarray]:
     if elements.size == 0:
         return
     for chunk in _iterator([elements]):
-        yield chunk.reshape(-1)
+        # numpy's stubs have nditer yield a tuple of arrays; with one operand it is the array.
+        yield chunk.reshape(-1)  # type: ignore[attr-defined]
 
 
 def iter_chunk_pairs(old: np.ndarray, new: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:

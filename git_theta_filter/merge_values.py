@@ -104,9 +104,10 @@ def combine_objects(store: LocalStore, ours_oid: str, theirs_oid: str, theirs_we
             np.multiply(x, 1.0 - theirs_weight, out=x)
             np.multiply(y, theirs_weight, out=y)
             np.add(x, y, out=x)
-            # As bytes: the writer counts len() of what it is given.
+            # As bytes: the writer counts len() of what it is given. A uint8 ndarray is a
+            # buffer of them, which the writer's annotation does not list.
             writer.write(
-                np.ascontiguousarray(_encode(x, dtype, etype.raw, ours_oid)).view(np.uint8)
+                np.ascontiguousarray(_encode(x, dtype, etype.raw, ours_oid)).view(np.uint8)  # type: ignore[arg-type]
             )
     except BaseException:
         writer.abort()
