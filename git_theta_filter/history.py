@@ -73,7 +73,8 @@ def read_manifest_blob(git: pygit2.Repository, blob_id: pygit2.Oid | str) -> Man
         kind, size = git.odb.read_header(oid)
     if kind != pygit2.enums.ObjectType.BLOB or size > MAX_MANIFEST_BYTES or size < len(MAGIC):
         return None
-    data = git[oid].data
+    # The header says it is a blob; pygit2's stubs type any object looked up as Object.
+    data = git[oid].data  # type: ignore[attr-defined]
     if not data.startswith(MAGIC):
         return None
     try:

@@ -184,7 +184,8 @@ def _write_if_manifest(repo: GitRepo, git: pygit2.Repository, ref: ManifestRef) 
     """
     assert repo.worktree is not None
     target = repo.worktree / ref.path
-    content = git[pygit2.Oid(hex=ref.blob_id)].data
+    # The manifest was read from this blob; pygit2's stubs type any object looked up as Object.
+    content = git[pygit2.Oid(hex=ref.blob_id)].data  # type: ignore[attr-defined]
     try:
         info = target.lstat()
     except FileNotFoundError:

@@ -135,7 +135,8 @@ def _changed_blobs(
 ) -> dict[str, tuple[pygit2.Oid | None, pygit2.Oid | None]]:
     """Path → (blob in parent, blob in commit) for every path that differs; None where absent."""
     diff = (
-        git.diff(parent.tree, commit.tree)
+        # pygit2 diffs two trees, but its stubs' overloads of diff() leave trees out.
+        git.diff(parent.tree, commit.tree)  # type: ignore[call-overload]
         if parent is not None
         else commit.tree.diff_to_tree(swap=True)
     )
