@@ -147,6 +147,7 @@ def _committed_endpoint(repo: GitRepo, remote: str, remote_url: str) -> LfsEndpo
         endpoint = endpoint_from_lfs_url(value) if value else None
         if endpoint is None:
             continue
+        assert value is not None  # an endpoint was made from it
         shown = value if endpoint.ssh is not None else endpoint.url
         place = CommittedPlace(LFSCONFIG, key, "LFS server", shown)
         return endpoint if admit(repo, place, lfs=endpoint, remote_url=remote_url) else None
