@@ -111,7 +111,9 @@ def _first_missing(store: LocalStore, version: bytes) -> str | None:
 
 
 def _print_summary(result: MergeResult) -> None:
-    counts = Counter(t.outcome for t in result.tensors if t.outcome is not Outcome.UNCHANGED)
+    counts: Counter[Outcome] = Counter(
+        t.outcome for t in result.tensors if t.outcome is not Outcome.UNCHANGED
+    )
     if not counts:
         return
     words = {
