@@ -318,7 +318,7 @@ def _print_text(
     expanded: bool,
 ) -> None:
     def print_tensors(tensors: list[TensorDiff]) -> None:
-        rows = []
+        rows: list[list[str | Styled]] = []
         for tensor in tensors:
             status = Styled(tensor.status.value, _STATUS_COLOURS[tensor.status.value])
             rows.append([status, *_tensor_cells(tensor), _non_finite(tensor)])
