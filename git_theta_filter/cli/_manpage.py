@@ -38,7 +38,8 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
             if action.nargs != 0:
                 names += f" {action.metavar or action.dest.upper()}"
         else:
-            names = action.metavar or action.dest
+            # No parser here gives a positional a tuple metavar, which argparse allows.
+            names = action.metavar or action.dest  # type: ignore[assignment]
         lines += [".TP", f"\\fB{_roff(names)}\\fR", _roff(action.help or "")]
     return lines
 
