@@ -142,6 +142,7 @@ class ThetaCheckpoint(pl.Callback):
         if trainer.sanity_checking or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
+        assert self._target is not None  # setup() ran for "fit", before any training hook
         start = time.perf_counter()
         self._saving = True
         try:

@@ -139,7 +139,8 @@ class ThetaCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         start = time.perf_counter()
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        # Typed str | None, but TrainingArguments.__post_init__ fills in a default.
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"  # type: ignore[arg-type]
         if not folder.is_dir():
             raise CheckpointFolderMissingError(folder)
         target = self._committer.worktree_path(self.path)
