@@ -310,10 +310,7 @@ def _write_payload(
             raise ObjectFormatError(
                 splice.oid, f"payload is {header.nbytes} bytes, the manifest says {splice.length}"
             )
-        encoded = file.stored.encoded if isinstance(file, ObjectReader) else None
-        if encoded is not None:
-            # Only an ObjectReader has an encoding; this tells mypy so.
-            assert isinstance(file, ObjectReader)
+        if isinstance(file, ObjectReader) and (encoded := file.stored.encoded) is not None:
             # Each block is decoded into bytes of its own, not into the buffer.
             if encoded.block_count == 1:  # a small object: no read-ahead to set up
                 give(memoryview(file.stored.decoded_block(0)))
