@@ -67,6 +67,7 @@ __all__ = [
     "encode_whole",
     "SmallObjectOutlook",
     "PACK_BELOW",
+    "is_small",
     "is_encoded",
     "width_for",
 ]
@@ -633,7 +634,7 @@ class ObjectReader(io.RawIOBase):
         super().close()
 
 
-def _is_small(canonical_size: int) -> bool:
+def is_small(canonical_size: int) -> bool:
     """Whether an object is small: packed, one plane, and stored canonical unless its
     encoding saves SMALL_RAW_ABOVE (docs/store.md, rule 4 of "Encoded objects")."""
     return canonical_size < PACK_BELOW
@@ -687,7 +688,7 @@ def encode_whole(
         return canonical_header
     if outlook is not None and not outlook.worth_trying(header.dtype):
         return canonical_header + payload
-    small = _is_small(len(canonical_header) + len(payload))
+    small = is_small(len(canonical_header) + len(payload))
     stored = encode_block(payload, 1, small=small)
     raw_above = SMALL_RAW_ABOVE if small else RAW_ABOVE
     compressed = _FIXED.size + _BLOCK_LENGTH.size + len(stored) <= raw_above * len(payload)
@@ -741,7 +742,7 @@ class EncodingWriter:
         )
         # A small object is one plane against no base (encoding_width gives it 1).
         self._small = (
-            _is_small(len(canonical_header) + header.nbytes) and width == 1 and base is None
+            is_small(len(canonical_header) + header.nbytes) and width == 1 and base is None
         )
         self._pending: deque[tuple[bytes | bytearray, Future]] = deque()
         self._buffer = bytearray()

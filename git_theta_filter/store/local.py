@@ -37,14 +37,13 @@ from typing import BinaryIO
 
 from ..errors import ThetaError
 from . import fileio
-from .encoded import ObjectReader, SmallObjectOutlook, StoredObject, encode_whole
+from .encoded import ObjectReader, SmallObjectOutlook, StoredObject, encode_whole, is_small
 from .integrity import VERIFIED, ObjectCorruptError, file_sha256
 from .loose_listing import LooseListing
 from .object_format import ObjectFormatError, ObjectHeader, encode_header, is_valid_oid
 from .pack import CorruptPackEntryError, PackError, PackIndex, PackWriter, pack_paths
 from .writing import (
     COPY_CHUNK,
-    PACK_BELOW,
     ExpectedObject,
     ObjectWriter,
     UnsizedObjectWriter,
@@ -380,7 +379,7 @@ class LocalStore:
             if oid not in headers:
                 header, payload_bytes = self._read_raw_header(oid)
                 headers[oid] = header
-                if header is not None and len(header) + payload_bytes >= PACK_BELOW:
+                if header is not None and not is_small(len(header) + payload_bytes):
                     large.append(oid)
             if (header := headers[oid]) is not None:
                 expected.setdefault(header, deque()).append(oid)
@@ -478,7 +477,7 @@ class LocalStore:
             return None
         nbytes = len(payload)
         header = encode_header(dtype, shape, nbytes)
-        if len(header) + nbytes >= PACK_BELOW:
+        if not is_small(len(header) + nbytes):
             return None
         digest = hashlib.sha256(header)
         digest.update(payload)

@@ -41,6 +41,7 @@ from .encoded import (
     ObjectReader,
     StoredObject,
     _workers,
+    is_small,
     width_for,
 )
 from .integrity import ObjectCorruptError
@@ -253,7 +254,7 @@ def encoding_width(dtype: str, nbytes: int, header_size: int) -> int:
     Small objects are plain zstd (one plane), without deltas: that needs no
     numpy, and most bytes of a model are in its large tensors anyway.
     """
-    return 1 if header_size + nbytes < PACK_BELOW else width_for(dtype, nbytes)
+    return 1 if is_small(header_size + nbytes) else width_for(dtype, nbytes)
 
 
 class ObjectWriter:
@@ -272,7 +273,7 @@ class ObjectWriter:
         self._written = 0
         self._header = encode_header(dtype, shape, nbytes)
         self._object_header = object_header_for(dtype, shape, self._header, nbytes)
-        self._small = len(self._header) + nbytes < PACK_BELOW
+        self._small = is_small(len(self._header) + nbytes)
         self._width = encoding_width(dtype, nbytes, len(self._header))
         self._hash = hashlib.sha256(self._header)
         self._hashing: Future | None = None  # the last hash update queued on the thread
