@@ -27,6 +27,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -150,6 +151,9 @@ class LocalStore:
         self.tmp_dir = self.theta_dir / "tmp"
         self._settings_source = settings
         self._settings: StoreSettings | None = None
+        # The filter reads the settings (a git process) on a thread beside a large clean,
+        # which may need them meanwhile: it waits for that read rather than run another.
+        self._settings_lock = threading.Lock()
         self._fsync = os.environ.get("GIT_THETA_FSYNC") == "1"
         # Header bytes -> ids of objects with that header, in file order; tensor name ->
         # its object and that object's header; ids a name has claimed (see expecting()).
@@ -173,8 +177,10 @@ class LocalStore:
     @property
     def settings(self) -> StoreSettings:
         if self._settings is None:
-            source = self._settings_source
-            self._settings = source() if source is not None else StoreSettings()
+            with self._settings_lock:
+                if self._settings is None:
+                    source = self._settings_source
+                    self._settings = source() if source is not None else StoreSettings()
         return self._settings
 
     @property

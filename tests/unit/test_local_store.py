@@ -276,3 +276,27 @@ def test_repack_encodes_a_large_object_that_was_stored_canonical(tmp_path: Path)
     assert is_encoded(store.object_path(oid).read_bytes()[:4])
     assert smudged(store, manifest) == data
     assert repack(store).encoded_loose == 0
+
+
+def test_settings_read_on_another_thread_are_waited_for_not_read_again(tmp_path: Path) -> None:
+    """The filter reads the store's settings beside a large clean; the clean asking for
+    them while that read runs waits for it instead of running a second git process."""
+    import threading
+
+    reading, release = threading.Event(), threading.Event()
+    reads: list[str] = []
+
+    def slow_settings() -> StoreSettings:
+        reads.append(threading.current_thread().name)
+        reading.set()
+        release.wait(timeout=10)
+        return StoreSettings(max_delta_depth=3)
+
+    store = LocalStore(tmp_path / "theta", slow_settings)
+    beside = threading.Thread(target=lambda: store.settings, name="beside")
+    beside.start()
+    assert reading.wait(timeout=10)
+    threading.Timer(0.2, release.set).start()
+    assert store.settings.max_delta_depth == 3  # waited for the read in progress
+    beside.join()
+    assert reads == ["beside"]
