@@ -28,6 +28,13 @@ def _roff(text: str) -> str:
     )
 
 
+def _metavar(action: argparse.Action, default: str) -> str:
+    """The name shown for an argument's value; argparse allows a tuple, one per value."""
+    if isinstance(action.metavar, tuple):
+        return " ".join(action.metavar)
+    return action.metavar or default
+
+
 def _options(parser: argparse.ArgumentParser) -> list[str]:
     lines = []
     for action in parser._actions:
@@ -36,10 +43,9 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
         if action.option_strings:
             names = ", ".join(action.option_strings)
             if action.nargs != 0:
-                names += f" {action.metavar or action.dest.upper()}"
+                names += " " + _metavar(action, action.dest.upper())
         else:
-            # No parser here gives a positional a tuple metavar, which argparse allows.
-            names = action.metavar or action.dest  # type: ignore[assignment]
+            names = _metavar(action, action.dest)
         lines += [".TP", f"\\fB{_roff(names)}\\fR", _roff(action.help or "")]
     return lines
 

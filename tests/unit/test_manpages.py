@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sysconfig
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from git_theta_filter.cli._manpage import pages
+from git_theta_filter.cli._manpage import pages, render_page
 
 MAN_DIR = Path(__file__).resolve().parents[2] / "man" / "man1"
 
@@ -69,3 +70,14 @@ def test_git_help_finds_the_installed_page(git_env, tmp_path: Path) -> None:
         env={"MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80"},
     )
     assert b"version PyTorch model files in Git" in result.stdout
+
+
+def test_a_tuple_metavar_names_each_value() -> None:
+    # argparse lets an argument name each of its values; the page must show
+    # those names, not the tuple's repr.
+    parser = argparse.ArgumentParser(prog="git-theta-example")
+    parser.add_argument("--range", nargs=2, metavar=("FROM", "TO"), help="two revisions")
+    parser.add_argument("pair", nargs=2, metavar=("OLD", "NEW"), help="two files")
+    lines = render_page("git-theta-example", "an example", parser).splitlines()
+    assert "\\fB--range FROM TO\\fR" in lines
+    assert "\\fBOLD NEW\\fR" in lines
