@@ -95,12 +95,56 @@ def test_lfs_protocol_parses_actions_errors_and_expiry():
         (answer(download_entry(expires_in="soon")), "expires_in is not a whole number"),
         (answer(download_entry(expires_at="tomorrow")), "is not RFC 3339"),
         (answer({"oid": OID, "size": 10, "error": {"code": "x"}}), "no numeric code"),
+        (answer({"oid": OID, "size": 10, "error": "gone"}), "no numeric code"),
         (b"[" * 100000 + b"]" * 100000, "not JSON"),
+        (answer("an object"), "an entry of objects is not an object"),
+        (answer(download_entry(size=-1)), "size is not a whole number"),
+        (answer(download_entry(size="10")), "size is not a whole number"),
+        (answer(download_entry(size=1.5)), "size is not a whole number"),
+        (answer({"oid": OID, "size": 10, "actions": ["download"]}), "actions is not an object"),
+        (answer({"oid": OID, "size": 10, "actions": {"download": "x"}}), "action is not an object"),
+        (answer(download_entry(href=["https://h.example/a"])), "href is not a string"),
+        (answer(download_entry(href="https://[::1/a")), "is not an http(s) URL"),
+        (answer(download_entry(href="https:///a")), "is not an http(s) URL"),
+        (answer(download_entry(href="https://h.example/a b")), "spaces or line breaks"),
+        (answer(download_entry(header=["Authorization: x"])), "header is not an object"),
+        (answer(download_entry(header={"X-A": 1})), "is not valid"),
+        (answer(download_entry(expires_in=True)), "expires_in is not a whole number"),
+        (answer(download_entry(expires_in=10**15)), "expires_in is not a whole number"),
+        (answer(download_entry(expires_at=1478791747)), "expires_at is not a string"),
+        (answer(download_entry(expires_at="2016-11-10T15:29:07")), "has no time zone"),
+        (answer(dict(download_entry(), authenticated="yes")), "authenticated is not true or"),
+        (answer(download_entry(size=10**30)), "more than 20 digits"),
+        (json.dumps(["objects"]).encode(), "no list of objects"),
     ],
 )
 def test_lfs_protocol_refuses_a_malformed_answer_whole(body, reason):
     with pytest.raises(LfsProtocolError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         parse_batch_response(URL, body, "download", {OID: 10})
+
+
+def test_lfs_protocol_upload_answer_needs_an_upload_action_beside_a_verify():
+    upload = {"href": "https://h.example/u"}
+    verify = {"href": "https://h.example/v"}
+    answers = parse_batch_response(
+        URL,
+        answer({"oid": OID, "size": 10, "actions": {"upload": upload, "verify": verify}}),
+        "upload",
+        {OID: 10},
+    )
+    assert set(answers[OID].actions) == {"upload", "verify"}
+    with pytest.raises(LfsProtocolError, match="a verify action without an upload action"):
+        parse_batch_response(
+            URL,
+            answer({"oid": OID, "size": 10, "actions": {"verify": verify}}),
+            "upload",
+            {OID: 10},
+        )
+
+
+def test_lfs_protocol_git_lfs_authenticate_must_print_an_object():
+    with pytest.raises(LfsProtocolError, match="did not print a JSON object"):
+        parse_ssh_authenticate(URL, b'["https://lfs.example.com/org/repo"]')
 
 
 def test_lfs_protocol_refuses_an_answer_over_16_mib():
