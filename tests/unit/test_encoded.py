@@ -374,6 +374,28 @@ def test_read_payload_refuses_a_range_outside_the_payload(
                 stored.read_payload(offset, size)
 
 
+def _block_0(oid: str, data: bytes) -> int:
+    """Where block 0's plane records start in the stored object, after its length field."""
+    return 88 + parse_header_bytes(oid, data, len(data)).data_offset + 4
+
+
+def test_a_malformed_block_is_a_named_error(objects: Objects, encoded) -> None:
+    oid, data = encoded
+    _corrupt(objects, oid, _block_0(oid, data), b"\x09")  # plane 0's mode
+    with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: block 0: unknown plane mode"):
+        objects.read(oid)
+
+
+def test_a_malformed_block_of_a_delta_s_base_is_named_by_the_base(objects: Objects) -> None:
+    base, base_data = objects.canonical(_weights(7), "F32")
+    objects.put(base_data, "F32")
+    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
+    objects.put(data, "F32", base=base)
+    _corrupt(objects, base, _block_0(base, base_data), b"\x09")
+    with pytest.raises(ObjectFormatError, match=f"{base} is corrupt: block 0: unknown plane mode"):
+        objects.read(oid)
+
+
 def test_a_truncated_encoded_object_is_a_named_error(objects: Objects, encoded) -> None:
     oid, _ = encoded
     objects.write(oid, objects.stored(oid)[:-10])
