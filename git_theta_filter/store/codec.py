@@ -392,8 +392,8 @@ def _decompressed(frame: bytes | memoryview, size: int) -> bytes:
         plain = _decompressor().decompress(frame, max_output_size=size, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise BlockFormatError(f"zstd frame does not decode: {exc}") from None
-    if len(plain) != size:
-        raise BlockFormatError(f"zstd frame decodes to {len(plain)} bytes, expected {size}")
+    # zstd refuses a frame whose content is not the size its header declares, so the
+    # plane is ``size`` bytes (test_codec pins this).
     return plain
 
 

@@ -145,6 +145,63 @@ def test_a_frame_without_a_content_size_is_refused() -> None:
         decode_block(_record(MODE_ZSTD, frame), 1, 4)
 
 
+def _declaring(frame: bytes, declared: int) -> bytes:
+    """``frame`` with the content size in its header replaced by ``declared``."""
+    # A frame of under 256 bytes is one segment whose size is the byte after the
+    # frame header descriptor (0x20: single segment, one-byte size).
+    assert frame[4] == 0x20
+    return frame[:5] + bytes([declared]) + frame[6:]
+
+
+@pytest.mark.parametrize(
+    "content, declared",
+    [
+        (b"abc", 4),  # shorter than declared, in a raw zstd block
+        (b"abcde", 4),  # longer
+        (b"ab" * 60, 119),  # longer, in a compressed zstd block
+        (b"ab" * 60, 121),  # shorter
+    ],
+)
+def test_a_frame_whose_content_is_not_the_size_it_declares_is_refused(
+    content: bytes, declared: int
+) -> None:
+    """The codec checks a frame's declared size and relies on zstd to refuse content
+    of another size: a plane of the wrong length must never reach the planes."""
+    frame = _declaring(zstandard.ZstdCompressor().compress(content), declared)
+    assert zstandard.get_frame_parameters(frame).content_size == declared
+    with pytest.raises(BlockFormatError, match="zstd frame does not decode"):
+        decode_block(_record(MODE_ZSTD, frame), 1, declared)
+
+
+@pytest.mark.parametrize("length, width", [(6, 3), (6, 4), (16, 16)])
+def test_encode_block_refuses_a_width_that_does_not_split_the_block(
+    length: int, width: int
+) -> None:
+    with pytest.raises(ValueError, match=f"a block of {length} bytes cannot have {width} planes"):
+        encode_block(bytes(length), width)
+
+
+@pytest.mark.parametrize("size, width", [(6, 3), (6, 4), (16, 16)])
+def test_decode_block_refuses_a_width_that_does_not_split_the_block(size: int, width: int) -> None:
+    stored = encode_block(bytes(size), 1)
+    with pytest.raises(
+        BlockFormatError, match=f"a block of {size} bytes cannot have {width} planes"
+    ):
+        decode_block(stored, width, size)
+
+
+def test_encode_block_refuses_base_planes_of_another_shape() -> None:
+    with pytest.raises(ValueError, match=r"base planes \(2, 3\) do not match the block's \(2, 4\)"):
+        encode_block(bytes(8), 2, np.zeros((2, 3), np.uint8))
+
+
+def test_decode_block_refuses_base_planes_of_another_shape() -> None:
+    data = bytes(range(8))
+    stored = encode_block(data, 2, split_planes(data, 2))  # both planes 'same' as the base
+    with pytest.raises(BlockFormatError, match=r"base planes \(2, 3\) do not match \(2, 4\)"):
+        decode_block(stored, 2, 8, lambda needed: np.zeros((2, 3), np.uint8))
+
+
 def test_a_malformed_plane_is_refused_even_when_only_another_is_wanted() -> None:
     stored = _record(9, b"ab") + _record(MODE_RAW, b"cd")
     with pytest.raises(BlockFormatError, match="unknown plane mode 9"):

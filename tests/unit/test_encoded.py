@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from git_theta_filter.store.encoded import (
+    BLOCK_SIZE,
     DeltaBaseMissingError,
     EncodedHeader,
     EncodingWriter,
@@ -260,8 +263,14 @@ def encoded(objects: Objects) -> tuple[str, bytes]:
         (5, b"\x07", "unknown encoding kind 7"),
         (6, b"\x03", "plane width 3"),
         (7, b"\x01", "base and depth disagree"),
+        (56, b"\x01", "base and depth disagree"),  # a base for a full object
         (8, struct.pack("<I", 100), "block size 100 is out of range"),
+        (8, struct.pack("<I", 4098), "block size 4098 is out of range"),  # not 4-wide
         (16, struct.pack("<Q", 12), "header says"),
+        (16, struct.pack("<Q", 12001), "payload of 12001 bytes is not 4-wide"),
+        # Longer than any canonical header, then longer than what follows in the object.
+        (12, struct.pack("<I", 8 + (64 << 10) + 1), "canonical header runs past the end"),
+        (12, struct.pack("<I", 60000), "canonical header runs past the end"),
         (24, b"\x00", "encoded object names"),
     ],
 )
@@ -270,8 +279,49 @@ def test_malformed_encoded_headers_are_named_errors(
 ) -> None:
     oid, _ = encoded
     _corrupt(objects, oid, offset, value)
-    with pytest.raises(ObjectFormatError, match=message):
+    with pytest.raises(ObjectFormatError, match=message) as caught:
         objects.read(oid)
+    assert caught.value.oid == oid
+
+
+def test_a_canonical_header_length_reaching_into_the_payload_is_refused(
+    objects: Objects, encoded
+) -> None:
+    """Header and payload lengths that move bytes from one to the other still add up to
+    the canonical object's size: the canonical header's own length must agree."""
+    oid, data = encoded
+    header_length = parse_header_bytes(oid, data, len(data)).data_offset
+    payload_length = len(data) - header_length
+    _corrupt(objects, oid, 12, struct.pack("<IQ", header_length + 4, payload_length - 4))
+    with pytest.raises(
+        ObjectFormatError, match=f"{oid} is corrupt: canonical header length disagrees"
+    ):
+        objects.read(oid)
+
+
+def test_an_object_ending_inside_its_encoded_header_is_refused(objects: Objects, encoded) -> None:
+    oid, _ = encoded
+    objects.write(oid, objects.stored(oid)[:87])
+    with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: encoded object shorter than"):
+        objects.open(oid)
+
+
+def test_an_object_without_room_for_its_blocks_is_refused_when_opened(
+    objects: Objects, encoded
+) -> None:
+    """Every block takes at least its length field and one plane record, 9 bytes: an
+    object too short for its blocks is refused before any of them is read."""
+    oid, data = encoded  # three blocks
+    headers = 88 + parse_header_bytes(oid, data, len(data)).data_offset
+    objects.write(oid, objects.stored(oid)[: headers + 3 * 9 - 1])
+    with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: .* shorter than its blocks"):
+        objects.open(oid)
+
+
+def test_parsing_a_canonical_object_as_an_encoded_header_is_refused(objects: Objects) -> None:
+    oid, data = objects.canonical(_weights(6, (3000,)), "F32")
+    with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: not an encoded object"):
+        EncodedHeader.parse(oid, data, len(data))
 
 
 def test_a_flipped_payload_byte_fails_the_sha256_at_the_end(objects: Objects, encoded) -> None:
@@ -283,6 +333,66 @@ def test_a_flipped_payload_byte_fails_the_sha256_at_the_end(objects: Objects, en
     position = plane + 5 + 10
     _corrupt(objects, oid, position, bytes([stored[position] ^ 1]))
     with pytest.raises(ObjectFormatError, match="content hashes to"):
+        objects.read(oid)
+
+
+def test_an_object_its_file_holds_only_part_of_is_a_named_error(objects: Objects, encoded) -> None:
+    """As a pack entry is when the pack was cut after its index was read: the region the
+    index gives runs past the end of the file."""
+    oid, _ = encoded
+    stored = objects.stored(oid)
+    objects.write(oid, stored[:-10])
+    fd = os.open(objects.directory / oid, os.O_RDONLY)
+    with ObjectReader(StoredObject(oid, fd, 0, len(stored), owns_fd=True)) as reader:
+        with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: stored object ends early"):
+            reader.read()
+
+
+@pytest.mark.parametrize("index", [-1, 3])
+def test_a_block_outside_the_object_is_a_named_error(objects: Objects, encoded, index: int) -> None:
+    oid, _ = encoded  # blocks 0 to 2
+    with objects.open(oid) as stored:
+        with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: no block {index}"):
+            stored.decoded_block(index)
+        with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: no block {index}"):
+            stored.planes(index, 4, BLOCK)
+
+
+# A range that ends past the payload but starts inside its last block would loop forever
+# without the check (that block gives no bytes beyond the payload); these fail at once.
+@pytest.mark.parametrize("offset, size", [(-1, 4), (0, -1), (20000, 4)])
+def test_read_payload_refuses_a_range_outside_the_payload(
+    objects: Objects, encoded, offset: int, size: int
+) -> None:
+    encoded_oid, _ = encoded  # 12000 payload bytes
+    canonical_oid, canonical = objects.canonical(_weights(9, (3000,)), "F32")
+    objects.write(canonical_oid, canonical)
+    for oid in (encoded_oid, canonical_oid):
+        with objects.open(oid) as stored:
+            outside = re.escape(f"payload range {offset}+{size} is outside the object")
+            with pytest.raises(ValueError, match=outside):
+                stored.read_payload(offset, size)
+
+
+def _block_0(oid: str, data: bytes) -> int:
+    """Where block 0's plane records start in the stored object, after its length field."""
+    return 88 + parse_header_bytes(oid, data, len(data)).data_offset + 4
+
+
+def test_a_malformed_block_is_a_named_error(objects: Objects, encoded) -> None:
+    oid, data = encoded
+    _corrupt(objects, oid, _block_0(oid, data), b"\x09")  # plane 0's mode
+    with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: block 0: unknown plane mode"):
+        objects.read(oid)
+
+
+def test_a_malformed_block_of_a_delta_s_base_is_named_by_the_base(objects: Objects) -> None:
+    base, base_data = objects.canonical(_weights(7), "F32")
+    objects.put(base_data, "F32")
+    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
+    objects.put(data, "F32", base=base)
+    _corrupt(objects, base, _block_0(base, base_data), b"\x09")
+    with pytest.raises(ObjectFormatError, match=f"{base} is corrupt: block 0: unknown plane mode"):
         objects.read(oid)
 
 
@@ -309,6 +419,29 @@ def test_a_missing_delta_base_is_a_named_error(objects: Objects) -> None:
     with pytest.raises(DeltaBaseMissingError, match=f"delta base {base} is missing") as caught:
         objects.read(oid)
     assert caught.value.base == base and "git theta fetch" in caught.value.hint
+
+
+def test_a_delta_naming_itself_as_its_base_is_refused(objects: Objects) -> None:
+    base, base_data = objects.canonical(_weights(7), "F32")
+    objects.put(base_data, "F32")
+    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
+    objects.put(data, "F32", base=base)
+    _corrupt(objects, oid, 56, bytes.fromhex(oid))
+    with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: is its own delta base"):
+        objects.read(oid)
+
+
+def test_a_base_of_another_payload_length_is_refused(objects: Objects) -> None:
+    base, base_data = objects.canonical(_weights(7), "F32")
+    objects.put(base_data, "F32")
+    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
+    objects.put(data, "F32", base=base)
+    # The base's id now names an object of 8,000 payload bytes, not 12,000.
+    objects.write(base, objects.canonical(_weights(7, (2000,)), "F32")[1])
+    with pytest.raises(
+        ObjectFormatError, match=f"{oid} is corrupt: base {base} has another payload length"
+    ):
+        objects.read(oid)
 
 
 def test_a_base_deeper_than_its_delta_is_refused(objects: Objects) -> None:
@@ -468,3 +601,46 @@ def test_encode_whole_takes_one_block_of_the_header_s_length() -> None:
     header = parse_header_bytes("0" * 64, canonical, len(canonical))
     with pytest.raises(ValueError, match="not 9 bytes"):
         encode_whole("0" * 64, b"", header, bytes(9))
+    over_a_block = BLOCK_SIZE + 1
+    canonical_header = encode_header("U8", (over_a_block,), over_a_block)
+    header = parse_header_bytes("0" * 64, canonical_header, len(canonical_header) + over_a_block)
+    with pytest.raises(ValueError, match=f"not {over_a_block} bytes"):
+        encode_whole("0" * 64, canonical_header, header, bytes(over_a_block))
+
+
+@pytest.mark.parametrize("payload_length", [11996, 12004])
+def test_a_writer_given_another_payload_length_than_its_header_s_does_not_finish(
+    payload_length: int,
+) -> None:
+    canonical_header = encode_header("F32", (3000,), 12000)
+    header = parse_header_bytes("0" * 64, canonical_header, len(canonical_header) + 12000)
+    writer = EncodingWriter(io.BytesIO(), canonical_header, header, 4, block_size=BLOCK)
+    writer.write(bytes(payload_length))
+    with pytest.raises(ValueError, match=f"{payload_length} payload bytes, expected 12000"):
+        writer.finish("0" * 64)
+
+
+class _CutFile(io.BytesIO):
+    """A temp file that gives back only its first ``end`` bytes, as one cut short does."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__()
+        self.end = end
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(0, self.end - self.tell())
+        return super().read(left if size is None or size < 0 else min(size, left))
+
+
+def test_replaying_a_cut_temp_file_is_an_error_and_not_an_endless_replay() -> None:
+    noise = np.random.default_rng(5).integers(0, 256, 3 * BLOCK, dtype=np.uint8)
+    data = encode_header("U8", noise.shape, noise.nbytes) + noise.tobytes()
+    header = parse_header_bytes("0" * 64, data, len(data))
+    out = _CutFile(header.data_offset + BLOCK)  # the second block's bytes are gone
+    writer = EncodingWriter(out, data[: header.data_offset], header, 1, block_size=BLOCK)
+    writer.write(noise[: 2 * BLOCK])  # the input ends after two of its three blocks
+    with pytest.raises(ValueError, match="the temp file ends early"):
+        # Bounded: without the check, a cut file replays empty chunks forever.
+        for _chunk in itertools.islice(writer.replay(), 10):
+            pass
+    assert writer.canonical  # noise: the replay read the canonical form

@@ -146,6 +146,17 @@ def test_malformed_indexes_are_refused(pack, change, message: str) -> None:
         PackIndex(path)
 
 
+def test_an_index_over_the_size_limit_is_refused(pack, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = pack
+    size = path.with_suffix(".idx").stat().st_size
+    # The real limit is 1 GiB: this index is one byte over a limit just below its size.
+    monkeypatch.setattr(pack_module, "MAX_INDEX_BYTES", size - 1)
+    with pytest.raises(
+        PackError, match=f"pack {path.name} is corrupt: index of {size} bytes is over the limit"
+    ):
+        PackIndex(path)
+
+
 def test_a_pack_renamed_away_from_its_checksum_is_refused(pack) -> None:
     path, _ = pack
     other = path.with_name("pack-" + "0" * 64 + ".pack")
@@ -220,3 +231,21 @@ def test_objects_added_later_wait_in_a_bounded_number_of_batches(
     assert max(waiting) == 2
     assert len(writer) == 10
     writer.abort()
+
+
+def test_add_later_raises_an_error_the_appending_thread_met_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pack_module, "_WRITE_FROM", 1)  # one object a batch, appended at once
+    writer = PackWriter(tmp_path / "tmp")
+
+    def full() -> bytes:
+        raise OSError(28, "No space left on device")
+
+    writer.add_later(_oid(b"full"), full, 1)
+    # The appending thread runs its tasks in order: once this one has run, so has the batch.
+    pack_module._appender.submit(lambda: None).result()
+    with pytest.raises(OSError, match="No space left"):
+        writer.add_later(_oid(b"next"), lambda: b"next", 1)
+    writer.abort()
+    assert os.listdir(tmp_path / "tmp") == []
