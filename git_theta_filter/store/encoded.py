@@ -728,6 +728,11 @@ class EncodingWriter:
             depth = base.depth + 1
         if base is not None and not base.depth < depth <= MAX_DEPTH:
             raise ValueError(f"a delta of depth {depth} cannot have a base of depth {base.depth}")
+        if base is not None and base.header.nbytes != header.nbytes:
+            # XOR needs the base's bytes for every block; a reader refuses such a delta too.
+            raise ValueError(
+                f"base {base.oid} has {base.header.nbytes} payload bytes, not {header.nbytes}"
+            )
         self._out = out
         self._base = base
         self._encoded = EncodedHeader(
@@ -862,15 +867,22 @@ class EncodingWriter:
             self._out.seek(encoded.size)
             base = self._base
             for index in range(self._written // encoded.block_size):
-                (length,) = _BLOCK_LENGTH.unpack(self._out.read(_BLOCK_LENGTH.size))
+                (length,) = _BLOCK_LENGTH.unpack(self._read_back(_BLOCK_LENGTH.size))
                 base_planes = None
                 if base is not None:
                     base_planes = partial(base.planes, index, encoded.width, encoded.block_size)
                 planes = decode_block(
-                    self._out.read(length), encoded.width, encoded.block_span(index), base_planes
+                    self._read_back(length), encoded.width, encoded.block_span(index), base_planes
                 )
                 yield join_planes(planes)
         yield self._buffer
+
+    def _read_back(self, size: int) -> bytes:
+        data = self._out.read(size)
+        if len(data) != size:
+            # As in the canonical replay: a cut temp file is named, not left to the block parser.
+            raise ValueError("the temp file ends early")
+        return data
 
     def abort(self) -> None:
         for _block, future in self._pending:

@@ -444,6 +444,14 @@ def test_a_base_of_another_payload_length_is_refused(objects: Objects) -> None:
         objects.read(oid)
 
 
+def test_a_delta_is_not_written_against_a_base_of_another_payload_length(
+    objects: Objects,
+) -> None:
+    base = objects.put(objects.canonical(_weights(7, (2000,)), "F32")[1], "F32")
+    with pytest.raises(ValueError, match=f"base {base} has 8000 payload bytes, not 12000"):
+        objects.put(objects.canonical(_weights(7), "F32")[1], "F32", base=base)
+
+
 def test_a_base_deeper_than_its_delta_is_refused(objects: Objects) -> None:
     first, first_data = objects.canonical(_weights(8), "F32")
     objects.put(first_data, "F32")
@@ -644,3 +652,27 @@ def test_replaying_a_cut_temp_file_is_an_error_and_not_an_endless_replay() -> No
         for _chunk in itertools.islice(writer.replay(), 10):
             pass
     assert writer.canonical  # noise: the replay read the canonical form
+
+
+def test_replaying_a_cut_encoded_temp_file_is_the_same_named_error() -> None:
+    # Zeros compress, so the writer keeps the encoded form. Wherever the temp file
+    # is cut (in a block's length or in its frame), the replay says so by name.
+    zeros = np.zeros(3 * BLOCK, dtype=np.uint8)
+    data = encode_header("U8", zeros.shape, zeros.nbytes) + zeros.tobytes()
+    header = parse_header_bytes("0" * 64, data, len(data))
+
+    def writer_of_two_blocks() -> tuple[_CutFile, EncodingWriter]:
+        out = _CutFile(end=1 << 30)
+        writer = EncodingWriter(out, data[: header.data_offset], header, 1, block_size=BLOCK)
+        writer.write(zeros[: 2 * BLOCK])
+        return out, writer
+
+    out, writer = writer_of_two_blocks()
+    assert b"".join(writer.replay()) == zeros[: 2 * BLOCK].tobytes()
+    assert writer.canonical is False
+    for end in range(len(out.getvalue())):
+        out, writer = writer_of_two_blocks()
+        chunks = writer.replay()
+        out.end = end
+        with pytest.raises(ValueError, match="the temp file ends early"):
+            list(chunks)
