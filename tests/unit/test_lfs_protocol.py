@@ -24,7 +24,11 @@ from git_theta_filter.store.lfs_protocol import (
     printable,
     redact_url,
 )
-from git_theta_filter.store.lfs_ssh import ssh_command_line
+from git_theta_filter.store.lfs_ssh import (
+    SshAuthenticationError,
+    SshAuthenticator,
+    ssh_command_line,
+)
 
 OID = "021a25ab31053d7b9c1e6dee318ba60b8327d365d7e78aabef799b2967683b32"
 OTHER = "177b7a6f858af2b6bb0a8c4767a0ddae8396c0046d466db83a920afb925563be"
@@ -235,6 +239,42 @@ def test_lfs_ssh_command_line_keeps_hosts_and_paths_from_becoming_options_or_com
     assert shell[:3] == ["sh", "-c", 'ssh -i key "$@"']
     with pytest.raises(ValueError, match="may not start with '-'"):
         ssh_command_line(SshTarget("-oProxyCommand=x", "r"), "upload")
+
+
+@pytest.mark.parametrize(
+    ("target", "how", "reason"),
+    [
+        # A shell command stands in for ssh; ": " swallows the arguments appended to it.
+        (
+            SshTarget("git@h.example", "r.git"),
+            {"ssh_command": "echo 'Permission denied (publickey).' >&2; exit 255; :"},
+            r"on git@h\.example failed: Permission denied \(publickey\)\.",
+        ),
+        (SshTarget("h", "r.git"), {"ssh_command": "exit 3; :"}, "failed: exit code 3"),
+        (SshTarget("h", "r.git"), {"ssh_command": "ssh -o 'unclosed"}, "cannot run ssh"),
+        (SshTarget("-oProxyCommand=x", "r.git"), {}, "cannot run ssh: .* may not start with '-'"),
+        (
+            SshTarget("h", "r.git"),
+            {"ssh_program": "/nonexistent/ssh"},
+            "cannot run git-lfs-authenticate over ssh",
+        ),
+    ],
+)
+def test_lfs_ssh_authentication_that_fails_is_named_by_the_endpoint(target, how, reason):
+    authenticator = SshAuthenticator(target, URL, env={"PATH": "/usr/bin:/bin"}, **how)
+    with pytest.raises(SshAuthenticationError, match=reason) as caught:
+        authenticator.authenticate("download")
+    assert str(caught.value).startswith(f"object store {URL}: unavailable")
+
+
+def test_lfs_ssh_authentication_parses_what_git_lfs_authenticate_prints():
+    printed = '{"href": "https://lfs.example.com/org/repo", "header": {"Authorization": "x"}}'
+    authenticator = SshAuthenticator(
+        SshTarget("h", "r.git"), URL, ssh_command=f"echo '{printed}'; :", env={}
+    )
+    answer = authenticator.authenticate("upload")
+    assert answer.href == "https://lfs.example.com/org/repo"
+    assert answer.headers == {"Authorization": "x"}
 
 
 def test_lfs_credential_description_and_a_credential_that_never_prints():
