@@ -11,7 +11,12 @@ import torch
 from helpers import loose_object
 
 from git_theta_filter.dtypes import TORCH_DTYPE_NAMES
-from git_theta_filter.elements import CHUNK_ELEMENTS, TensorExtentError, element_type
+from git_theta_filter.elements import (
+    CHUNK_ELEMENTS,
+    TensorExtentError,
+    element_type,
+    iter_chunk_pairs,
+)
 from git_theta_filter.manifest import TensorEntry
 from git_theta_filter.metrics import (
     AmbiguousMetricError,
@@ -222,6 +227,13 @@ def test_stats_cache_that_cannot_be_written_falls_back_to_memory(
     cache.put_tensor(entry, 1, 4.0, 2.0, 2.0, 0, 0)
     assert cache.get_tensor(entry) == (1, 4.0, 2.0, 2.0, 0, 0)
     assert "statistics cache unavailable" in capsys.readouterr().err
+
+
+def test_chunk_pairs_of_two_shapes_are_refused_even_where_numpy_would_broadcast() -> None:
+    # (3,) broadcasts against (2, 3): without the check, a delta would pair the
+    # old row with each new row and report a change that is not there.
+    with pytest.raises(ValueError, match=r"shapes differ: \(2, 3\) and \(3,\)"):
+        list(iter_chunk_pairs(np.zeros((2, 3)), np.zeros(3)))
 
 
 def test_stats_complex_and_quantized_types_have_no_numbers(stats: Statistician) -> None:
