@@ -19,7 +19,7 @@ from git_theta_filter.errors import ThetaError
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
 from git_theta_filter.store.encoded import DeltaBaseMissingError, is_encoded
-from git_theta_filter.store.local import LocalStore, StoreSettings
+from git_theta_filter.store.local import LocalStore, ObjectMissingError, StoreSettings
 from git_theta_filter.store.pack import CorruptPackEntryError, PackIndex, PackTruncatedError
 from git_theta_filter.store.repack import repack, with_delta_bases
 
@@ -218,6 +218,17 @@ def test_a_corrupt_pack_entry_is_a_named_error(store: LocalStore) -> None:
     assert pack.name in str(caught.value)
     with pytest.raises(SmudgeVerificationError):  # smudge hashes the whole file instead
         smudged(store, manifest)
+
+
+def test_verify_packed_of_an_id_the_pack_does_not_hold_is_a_missing_object_error(
+    store: LocalStore,
+) -> None:
+    do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(3)}))
+    [pack] = store.packs()
+    absent = "f" * 64
+    with pytest.raises(ObjectMissingError) as caught:
+        store.verify_packed(pack, absent)
+    assert caught.value.oid == absent and absent in str(caught.value)
 
 
 def test_a_truncated_pack_is_a_named_error_and_its_objects_are_not_served(
