@@ -255,6 +255,22 @@ def test_a_corrupt_pack_entry_is_a_named_error(store: LocalStore) -> None:
         smudged(store, manifest)
 
 
+def test_a_pack_entry_whose_headers_are_damaged_is_a_named_error(store: LocalStore) -> None:
+    """Damage that stops the entry from opening at all, not only from decoding: fsck
+    must still learn which pack holds it, to move that pack aside."""
+    do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(3)}))
+    ((pack, index),) = store.packs().items()
+    oid, offset, _length = next(index.entries())
+    data = bytearray(pack.read_bytes())
+    data[offset : offset + 8] = bytes(8)  # the entry's first bytes: a zero-length header
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    with pytest.raises(CorruptPackEntryError) as caught:
+        store.verify_packed(pack, oid)
+    assert caught.value.oid == oid and caught.value.pack == pack
+    assert pack.name in str(caught.value)
+
+
 def test_verify_packed_of_an_id_the_pack_does_not_hold_is_a_missing_object_error(
     store: LocalStore,
 ) -> None:
