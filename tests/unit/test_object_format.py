@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_missing_object_error_names_oid_path_and_fix(store: LocalStore) -> None:
     ids=["open_readable", "check_readable", "open_all_readable"],
 )
 def test_the_readers_that_check_delta_bases_name_a_missing_object_and_its_path(
-    store: LocalStore, read
+    store: LocalStore, read: Callable[[LocalStore], object]
 ) -> None:
     # Smudge checks every object with these before it writes a byte: a missing one must be
     # the error that tells the user to fetch, not a crash on the absent object.
