@@ -18,8 +18,10 @@ from git_theta_filter.clean import clean
 from git_theta_filter.errors import ThetaError
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
-from git_theta_filter.store.encoded import DeltaBaseMissingError, is_encoded
-from git_theta_filter.store.local import LocalStore, StoreSettings
+from git_theta_filter.store import writing
+from git_theta_filter.store.encoded import DeltaBaseMissingError, ObjectReader, is_encoded
+from git_theta_filter.store.integrity import ObjectCorruptError
+from git_theta_filter.store.local import LocalStore, ObjectMissingError, StoreSettings
 from git_theta_filter.store.pack import CorruptPackEntryError, PackIndex, PackTruncatedError
 from git_theta_filter.store.repack import repack, with_delta_bases
 
@@ -181,6 +183,39 @@ def test_a_version_equal_to_its_damaged_skip_delta_base_repairs_it(tmp_path: Pat
     assert smudged(store, again) == first
 
 
+class _MisdecodingReader(ObjectReader):
+    """Gives every chunk back with its last byte changed."""
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = super().read(size)
+        return chunk[:-1] + bytes([chunk[-1] ^ 1]) if chunk else chunk
+
+
+def test_a_delta_on_itself_that_decodes_to_other_bytes_is_refused_and_not_linked(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payload compared with a damaged copy of its own object becomes a delta against
+    that copy, which the writer decodes into a full object before linking it over the
+    copy. If the decode gives other bytes than were written (the base changed meanwhile;
+    here a reader that misdecodes), the object would not hash to its id: it is refused,
+    and the damaged copy stays for fsck to find."""
+    payload = weights(8, BIG).tobytes()
+    oid = store.write_bytes(payload, "F32", (BIG,))
+    _flip_a_raw_plane_byte(store, oid)
+    damaged = store.object_path(oid).read_bytes()
+    with store.expecting([oid]):
+        writer = store.writer("F32", (BIG,), len(payload))
+        writer.write(payload)
+        # Only the decode into the full object reads through this: the comparison's
+        # reader was made with the writer.
+        monkeypatch.setattr(writing, "ObjectReader", _MisdecodingReader)
+        with pytest.raises(ObjectCorruptError) as caught:
+            writer.commit()
+    assert caught.value.oid == oid
+    assert store.object_path(oid).read_bytes() == damaged
+    assert files_under(store.tmp_dir) == []
+
+
 def _two_versions(store: LocalStore) -> tuple[Manifest, Manifest, str, str]:
     first, second = versions(2)
     old = do_clean(store, first)
@@ -218,6 +253,33 @@ def test_a_corrupt_pack_entry_is_a_named_error(store: LocalStore) -> None:
     assert pack.name in str(caught.value)
     with pytest.raises(SmudgeVerificationError):  # smudge hashes the whole file instead
         smudged(store, manifest)
+
+
+def test_a_pack_entry_whose_headers_are_damaged_is_a_named_error(store: LocalStore) -> None:
+    """Damage that stops the entry from opening at all, not only from decoding: fsck
+    must still learn which pack holds it, to move that pack aside."""
+    do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(3)}))
+    ((pack, index),) = store.packs().items()
+    oid, offset, _length = next(index.entries())
+    data = bytearray(pack.read_bytes())
+    data[offset : offset + 8] = bytes(8)  # the entry's first bytes: a zero-length header
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    with pytest.raises(CorruptPackEntryError) as caught:
+        store.verify_packed(pack, oid)
+    assert caught.value.oid == oid and caught.value.pack == pack
+    assert pack.name in str(caught.value)
+
+
+def test_verify_packed_of_an_id_the_pack_does_not_hold_is_a_missing_object_error(
+    store: LocalStore,
+) -> None:
+    do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(3)}))
+    [pack] = store.packs()
+    absent = "f" * 64
+    with pytest.raises(ObjectMissingError) as caught:
+        store.verify_packed(pack, absent)
+    assert caught.value.oid == absent and absent in str(caught.value)
 
 
 def test_a_truncated_pack_is_a_named_error_and_its_objects_are_not_served(

@@ -1,9 +1,11 @@
-"""The local store's write rules (store/local.py): objects placed read-only, and a disk
-that refuses a write named as such."""
+"""The local store's write rules (store/local.py, store/writing.py): objects placed
+read-only, a disk that refuses a write named as such, and a writer that refuses a payload
+of another size than it was made for."""
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import pytest
 
 from git_theta_filter.errors import ThetaError
 from git_theta_filter.store.local import LocalStore, StoreWriteError, on_refused_write
+from git_theta_filter.store.object_format import ObjectFormatError
+from git_theta_filter.store.writing import ExpectedObject
 
 
 @pytest.fixture
@@ -52,6 +56,45 @@ def test_on_refused_write_maps_every_errno_only_writing_causes(code: int) -> Non
         on_refused_write(lambda exc: ThetaError(f"refused: {exc.errno}")),
     ):
         raise OSError(code, "refused")
+
+
+@pytest.mark.parametrize(
+    ("sized", "written"),
+    [(8, 3), (8, 9), (2 << 20, 1 << 20)],
+    ids=["small-short", "small-long", "large-short"],
+)
+def test_a_writer_given_other_than_its_size_stores_nothing_and_says_so(
+    store: LocalStore, sized: int, written: int
+) -> None:
+    writer = store.writer("U8", (sized,), sized)
+    writer.write(bytes(written))
+    with pytest.raises(ThetaError, match=f"object payload was {written} bytes, expected {sized}"):
+        writer.commit()
+    # The header was made for `sized` bytes: an object of any other length would be
+    # refused by every reader, so none is stored.
+    assert list(store.iter_oids()) == []
+    assert list(store.tmp_dir.glob("*")) == []
+
+
+@pytest.mark.parametrize("size", [8, 2 << 20], ids=["loose-canonical", "encoded"])
+def test_a_range_of_an_expected_object_that_runs_past_its_end_is_a_format_error(
+    store: LocalStore, size: int
+) -> None:
+    payload = (bytes(range(256)) * (size // 256 + 1))[:size]  # the large one compresses
+    oid = store.write_bytes(payload)
+    stored = store.open_stored(oid)
+    assert stored is not None
+    expected = ExpectedObject(stored)
+    try:
+        chunks = expected.iter_range(size - 4, 8)
+        assert bytes(next(chunks)) == payload[-4:]
+        with pytest.raises(ObjectFormatError, match="payload ends early") as caught:
+            # A bounded read: a range that ran on past the end would yield empty chunks
+            # forever instead of failing.
+            list(itertools.islice(chunks, 2))
+    finally:
+        expected.close()
+    assert caught.value.oid == oid
 
 
 def test_write_async_hashes_after_returning_and_in_order(store: LocalStore) -> None:

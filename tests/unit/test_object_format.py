@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,38 @@ def test_missing_object_error_names_oid_path_and_fix(store: LocalStore) -> None:
     assert str(info.value) == f"models/a.pth: tensor object {OID} is missing from the local store"
     assert info.value.hint.startswith("run `git theta fetch`")
     assert store.has(OID) is False and store.size(OID) is None
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda store: store.open_readable(OID, "models/a.pth"),
+        lambda store: store.check_readable(OID, "models/a.pth"),
+        lambda store: list(store.open_all_readable([OID], "models/a.pth")),
+    ],
+    ids=["open_readable", "check_readable", "open_all_readable"],
+)
+def test_the_readers_that_check_delta_bases_name_a_missing_object_and_its_path(
+    store: LocalStore, read: Callable[[LocalStore], object]
+) -> None:
+    # Smudge checks every object with these before it writes a byte: a missing one must be
+    # the error that tells the user to fetch, not a crash on the absent object.
+    with pytest.raises(ObjectMissingError) as info:
+        read(store)
+    assert (info.value.oid, info.value.path) == (OID, "models/a.pth")
+    assert str(info.value) == f"models/a.pth: tensor object {OID} is missing from the local store"
+
+
+def test_quarantine_of_an_object_that_is_not_here_is_a_missing_object_error(
+    store: LocalStore,
+) -> None:
+    kept = store.write_bytes(b"payload", "U8", (7,))
+    with pytest.raises(ObjectMissingError) as info:
+        store.quarantine(OID)
+    assert info.value.oid == OID
+    # Nothing was moved out of the way: the store's other objects stay where they are.
+    assert list(store.iter_oids()) == [kept]
+    assert list((store.theta_dir / "bad").iterdir()) == []
 
 
 @pytest.mark.parametrize("oid", ["../../../etc/passwd", "F" * 64, "f" * 63, "f" * 65, "g" * 64, ""])
