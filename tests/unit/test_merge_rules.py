@@ -216,6 +216,20 @@ def test_combine_integers_round_half_to_even_and_refuse_inexact_ones(store: Loca
         combine_objects(store, stored(store, huge, "I64"), stored(store, huge + 1, "I64"), 0.5)
 
 
+def test_combine_refuses_objects_of_two_shapes_or_a_type_without_arithmetic(
+    store: LocalStore,
+) -> None:
+    # (2, 3) and (3, 2) have the same bytes: without the check they would be
+    # averaged element by element into a tensor of the first one's shape.
+    wide, tall = torch.zeros(2, 3), torch.ones(3, 2)
+    wide_oid, tall_oid = stored(store, wide, "F32"), stored(store, tall, "F32")
+    with pytest.raises(ValueError, match=f"{wide_oid} and {tall_oid} differ in dtype or shape"):
+        combine_objects(store, wide_oid, tall_oid, 0.5)
+    fp8 = stored(store, torch.zeros(4, dtype=torch.float8_e4m3fn), "F8_E4M3")
+    with pytest.raises(ValueError, match="F8_E4M3 values cannot be combined"):
+        combine_objects(store, fp8, fp8, 0.5)
+
+
 def test_combine_zero_size_and_zero_dim(store: LocalStore) -> None:
     empty = torch.zeros(0, 3)
     file, header = store.open_object(
