@@ -106,6 +106,16 @@ def test_directory_store_refuses_a_source_that_does_not_hash_to_its_oid(local, r
     assert object_files(remote.root) == []
 
 
+def test_directory_store_that_was_never_pushed_to_is_missing_the_object(local, remote, tmp_path):
+    # The shared directory is there but holds no objects directory yet: the object is
+    # missing (a fetch then tries other stores), not the store unavailable.
+    (oid,) = make_objects(local, 1)
+    assert not remote.root.exists()
+    with pytest.raises(RemoteObjectMissingError, match=oid) as caught:
+        fetch_bytes(remote, oid, tmp_path / "copy")
+    assert type(caught.value) is RemoteObjectMissingError
+
+
 def test_directory_store_whose_anchor_is_missing_is_unavailable(local, tmp_path):
     (oid,) = make_objects(local, 1)
     store = DirectoryStore(tmp_path / "not-mounted" / "objects")
