@@ -149,6 +149,15 @@ def test_a_noexec_runtime_directory_makes_no_bridge(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_runtime_directory_too_long_for_a_socket_makes_no_bridge(tmp_path):
+    """bind() would fail, or on some systems cut the address: the client serves git itself."""
+    deep = tmp_path / ("d" * 100) / ("e" * 100)
+    deep.mkdir(parents=True)
+    with pytest.raises(filter_prompt.PromptBridgeUnavailableError, match="too long for a socket"):
+        filter_prompt.PromptBridge.open(str(deep), {})
+    assert not list(deep.iterdir())
+
+
 def test_a_client_that_cannot_bridge_serves_git_itself(monkeypatch):
     """relay_to_server gives up (None) before it connects when prompts cannot be bridged."""
     from git_theta_filter import filter_client
