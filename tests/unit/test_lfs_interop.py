@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from git_theta_filter.lfs_interop import does_lfs_hook_work, lfs_endpoint
+from git_theta_filter.gitrepo import GitRepo
+from git_theta_filter.lfs_interop import does_lfs_hook_work, lfs_endpoint, run_lfs_hook
 
 
 @pytest.mark.parametrize(
@@ -47,3 +48,15 @@ def test_lfs_hook_work_is_spotted_in_a_chained_hook(
     hook.write_text(text)
     assert does_lfs_hook_work(hook, "pre-push") is does_it
     assert not does_lfs_hook_work(tmp_path / "absent", "pre-push")
+
+
+def test_only_git_lfs_hooks_are_run_as_git_lfs_commands(git_env, tmp_path, monkeypatch) -> None:
+    # The name becomes an argument of `git lfs`: a name that is no hook of git-lfs's,
+    # an option above all, never reaches it.
+    for name, value in git_env.env.items():
+        monkeypatch.setenv(name, value)
+    git_env.run("git", "init", "-q", str(tmp_path / "repo"))
+    repo = GitRepo.discover(tmp_path / "repo")
+    for name in ("--version", "env"):
+        with pytest.raises(ValueError, match=f"not a git-lfs hook: {name!r}"):
+            run_lfs_hook(repo, name, [], b"")
