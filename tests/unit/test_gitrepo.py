@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from git_theta_filter.gitrepo import (
+    BadStoreSettingError,
     GitRepo,
     NotARepositoryError,
     NoWorkTreeError,
@@ -85,3 +86,24 @@ def test_commands_that_write_the_work_tree_refuse_a_bare_repository(
 )
 def test_is_git_object_id_takes_full_sha1_and_sha256_ids_only(text: str, is_id: bool) -> None:
     assert is_git_object_id(text) is is_id
+
+
+def test_store_settings_are_read_from_git_config_and_a_value_past_use_is_refused(
+    git_env, repo: Path
+) -> None:
+    settings = GitRepo.discover(repo).store_settings()
+    assert (settings.compression, settings.max_delta_depth) == (True, 10)
+    git_env.git(repo, "config", "theta.compression", "off")
+    git_env.git(repo, "config", "theta.maxDeltaDepth", "255")
+    settings = GitRepo.discover(repo).store_settings()
+    assert (settings.compression, settings.max_delta_depth) == (False, 255)
+    for key, value in (
+        ("theta.compression", "maybe"),
+        ("theta.maxDeltaDepth", "256"),  # past the depth a stored object can say
+        ("theta.maxDeltaDepth", "-1"),
+        ("theta.maxDeltaDepth", "ten"),
+    ):
+        git_env.git(repo, "config", key, value)
+        with pytest.raises(BadStoreSettingError, match=f"{value!r}"):
+            GitRepo.discover(repo).store_settings()
+        git_env.git(repo, "config", "--unset", key)
