@@ -212,6 +212,29 @@ def test_broken_safetensors_is_stored_opaque(
     assert do_smudge(store, out) == raw
 
 
+def test_a_header_length_over_the_limit_is_named_and_the_file_gets_its_opaque_manifest(
+    store: LocalStore,
+) -> None:
+    """A length followed by "{" is tried as safetensors whatever its size, so the warning
+    says what is wrong; the manifest is the opaque one of these bytes, as it was when such
+    a file was not tried at all."""
+    data = struct.pack("<Q", MAX_HEADER_BYTES + 1) + b'{"a": 1}'
+    out, warnings = do_clean(store, data, "w.safetensors")
+    assert warnings == [
+        f"w.safetensors: safetensors header of {MAX_HEADER_BYTES + 1} bytes is over the limit; "
+        "stored as one opaque object"
+    ]
+    opaque = Manifest(
+        "opaque",
+        len(data),
+        sha256_bytes(data),
+        store.write_bytes(b""),
+        splices=[Splice(0, len(data), store.write_bytes(data))],
+    )
+    assert out == opaque.render()
+    assert do_smudge(store, out) == data
+
+
 def test_a_header_over_the_limit_is_refused_before_it_is_parsed() -> None:
     # Valid JSON ({} and spaces): only its length is wrong.
     header = b"{}" + b" " * (MAX_HEADER_BYTES - 1)
