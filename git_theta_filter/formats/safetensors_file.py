@@ -33,10 +33,14 @@ MAX_HEADER_BYTES = 100 << 20  # the reference reader's limit
 
 
 def looks_like_safetensors(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is tried as safetensors: a header length of
+    at least 2 (``{}``), then ``{``. A length over :data:`MAX_HEADER_BYTES` is tried too,
+    so that :func:`parse_safetensors` refuses it by name; the file is stored opaque either way.
+    """
     if len(head) < 10:
         return False
     (length,) = struct.unpack_from("<Q", head)
-    return 2 <= length <= MAX_HEADER_BYTES and head[8:9] == b"{"
+    return length >= 2 and head[8:9] == b"{"
 
 
 def _bounded_int(digits: str) -> int:

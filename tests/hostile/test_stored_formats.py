@@ -19,6 +19,7 @@ import io
 import json
 import struct
 import tracemalloc
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +29,10 @@ import torch
 from attacks import RawEntry, raw_zip, torch_entries, torch_zip_bytes
 
 from git_theta_filter.clean import clean
+from git_theta_filter.formats.base import NotThisFormat
 from git_theta_filter.formats.safetensors_writer import SafetensorsHeaderError
 from git_theta_filter.formats.torch_zip_writer import ArchiveLayoutError
+from git_theta_filter.formats.zip_directory import read_zip_directory
 from git_theta_filter.manifest import Manifest, Splice, TensorEntry
 from git_theta_filter.merge import Strategy, merge_manifests
 from git_theta_filter.pickle_check import _check_one
@@ -139,6 +142,31 @@ def overlapping_records(data: bytes) -> bytes:
     return bytes(out)
 
 
+def data_pkl_second(archive: bytes) -> bytes:
+    """The same records, with data.pkl after ``.format_version``."""
+    entries = [RawEntry(name.encode(), data) for name, data in torch_entries(archive)]
+    entries[0], entries[1] = entries[1], entries[0]
+    return raw_zip(entries)
+
+
+def data_pkl_of_two_sizes(data: bytes) -> bytes:
+    """data.pkl, stored, is one byte longer uncompressed than compressed in its central entry."""
+    out = bytearray(data)
+    central = data.index(b"PK\x01\x02")
+    (compressed,) = struct.unpack_from("<I", data, central + 20)
+    struct.pack_into("<I", out, central + 24, compressed + 1)
+    return bytes(out)
+
+
+def last_record_into_the_central_directory(data: bytes) -> bytes:
+    """The last record's sizes, both of them, reach 100 bytes past the central directory's start."""
+    out = bytearray(data)
+    last = data.rindex(b"PK\x01\x02")
+    (size,) = struct.unpack_from("<I", data, last + 20)
+    struct.pack_into("<II", out, last + 20, size + 100, size + 100)
+    return bytes(out)
+
+
 TORCH_ZIP_CASES = {
     "newer-zip-version": (lambda: newer_zip_version(checkpoint()), "zip file version 25.5"),
     "deflated-data-pkl": (deflated_data_pkl, "compressed"),
@@ -153,6 +181,18 @@ TORCH_ZIP_CASES = {
     "overlapping-records": (
         lambda: overlapping_records(checkpoint()),
         "overlaps the record before it",
+    ),
+    "data-pkl-not-first": (
+        lambda: data_pkl_second(checkpoint()),
+        "the first record is not data.pkl",
+    ),
+    "stored-record-of-two-sizes": (
+        lambda: data_pkl_of_two_sizes(checkpoint()),
+        "record 'archive/data.pkl': a stored record of two sizes",
+    ),
+    "record-running-into-the-central-directory": (
+        lambda: last_record_into_the_central_directory(checkpoint()),
+        "record 'archive/.data/serialization_id' runs into the central directory",
     ),
 }
 
@@ -180,6 +220,14 @@ def test_fsck_check_pickles_reports_a_crafted_torch_zip_skeleton_unchecked(
     assert report.unchecked.startswith(f"{PATH}: cannot read data.pkl: ")
     if case != "overlapping-records":  # data.pkl itself is intact there
         assert reason in report.unchecked
+
+
+def test_an_archive_of_no_records_is_refused_for_lacking_data_pkl() -> None:
+    buffer = io.BytesIO()
+    zipfile.ZipFile(buffer, "w").close()  # the end record alone
+    empty = buffer.getvalue()
+    with pytest.raises(NotThisFormat, match="the first record is not data.pkl"):
+        read_zip_directory(empty, [], len(empty))
 
 
 def test_readers_of_a_crafted_torch_zip_allocate_no_more_than_its_skeleton(

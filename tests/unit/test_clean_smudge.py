@@ -20,7 +20,9 @@ from safetensors.torch import save as safetensors_save
 from git_theta_filter import smudge
 from git_theta_filter.clean import clean, collector_paused
 from git_theta_filter.formats import layout
+from git_theta_filter.formats.base import NotThisFormat
 from git_theta_filter.formats.layout import write_spliced
+from git_theta_filter.formats.safetensors_file import MAX_HEADER_BYTES, parse_safetensors_header
 from git_theta_filter.manifest import Manifest, ManifestError, Splice
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
 from git_theta_filter.store.local import LocalStore, ObjectMissingError
@@ -188,6 +190,11 @@ def test_safetensors_round_trip(store: LocalStore) -> None:
             "dtype 'Q9' is not supported",
         ),
         ({"__metadata__": {"k": 1}}, b"", "__metadata__ must map strings to strings"),
+        (
+            {"": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            "a tensor with an empty name",
+        ),
     ],
 )
 def test_broken_safetensors_is_stored_opaque(
@@ -203,6 +210,38 @@ def test_broken_safetensors_is_stored_opaque(
         and "stored as one opaque object" in warnings[0]
     )
     assert do_smudge(store, out) == raw
+
+
+def test_a_header_length_over_the_limit_is_named_and_the_file_gets_its_opaque_manifest(
+    store: LocalStore,
+) -> None:
+    """A length followed by "{" is tried as safetensors whatever its size, so the warning
+    says what is wrong; the manifest is the opaque one of these bytes, as it was when such
+    a file was not tried at all."""
+    data = struct.pack("<Q", MAX_HEADER_BYTES + 1) + b'{"a": 1}'
+    out, warnings = do_clean(store, data, "w.safetensors")
+    assert warnings == [
+        f"w.safetensors: safetensors header of {MAX_HEADER_BYTES + 1} bytes is over the limit; "
+        "stored as one opaque object"
+    ]
+    opaque = Manifest(
+        "opaque",
+        len(data),
+        sha256_bytes(data),
+        store.write_bytes(b""),
+        splices=[Splice(0, len(data), store.write_bytes(data))],
+    )
+    assert out == opaque.render()
+    assert do_smudge(store, out) == data
+
+
+def test_a_header_over_the_limit_is_refused_before_it_is_parsed() -> None:
+    # Valid JSON ({} and spaces): only its length is wrong.
+    header = b"{}" + b" " * (MAX_HEADER_BYTES - 1)
+    with pytest.raises(
+        NotThisFormat, match=f"safetensors header of {MAX_HEADER_BYTES + 1} bytes is over"
+    ):
+        parse_safetensors_header(header)
 
 
 def test_duplicate_safetensors_keys_are_stored_opaque(store: LocalStore) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import io
 import os
 import pickle
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 from helpers import data_pkl, mlp_checkpoint
 
+from git_theta_filter.formats import pickle_scan
 from git_theta_filter.formats.pickle_scan import (
     MAX_METRIC_SEQUENCE,
     PickleScanError,
@@ -178,6 +180,122 @@ def test_a_tensor_reaching_past_its_storage_is_refused() -> None:
 def test_malformed_pickles_raise_pickle_scan_error(data: bytes, message: str) -> None:
     with pytest.raises(PickleScanError, match=message):
         scan_pickle(data)
+
+
+# -- data.pkl records the scanner refuses -------------------------------------------------
+
+
+class Call:
+    """Pickles as the call ``function(*args)``, which a crafted data.pkl may name."""
+
+    def __init__(self, function, *args) -> None:
+        self.function = function
+        self.args = args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+class Storage:
+    """Pickles as the persistent id ``pid``, which is how torch.save names a storage."""
+
+    def __init__(self, *pid) -> None:
+        self.pid = pid
+
+
+class StoragePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return obj.pid if isinstance(obj, Storage) else None
+
+
+def crafted(obj: object) -> bytes:
+    """Only written: these bytes are handed to the scanner, never loaded."""
+    buffer = io.BytesIO()
+    StoragePickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def floats(numel: int, key: str = "0") -> Storage:
+    return Storage("storage", torch.FloatStorage, key, "cpu", numel)
+
+
+def rebuilt(storage: object, offset: object, size: object, stride: object) -> Call:
+    return Call(torch._utils._rebuild_tensor_v2, storage, offset, size, stride)
+
+
+def rebuilt_v3(storage: object, dtype: object) -> Call:
+    """A tensor of 4 elements as torch writes one with a dtype of its own (v3)."""
+    return Call(torch._utils._rebuild_tensor_v3, storage, 0, (4,), (1,), False, None, dtype)
+
+
+REFUSED_RECORDS = {
+    "a-tensor-of-a-string-not-a-storage": (
+        rebuilt("0", 0, (4,), (1,)),
+        "tensor rebuilt from something that is not a storage",
+    ),
+    "a-v3-tensor-whose-dtype-is-a-string": (
+        rebuilt_v3(floats(4), "F32"),
+        "bad _rebuild_tensor_v3 arguments",
+    ),
+    "a-size-that-is-an-int": (
+        rebuilt(floats(4), 0, 4, (1,)),
+        "tensor with a bad size or stride",
+    ),
+    "a-negative-stride": (
+        rebuilt(floats(4), 0, (4,), (-1,)),
+        "tensor with a bad offset, size or stride",
+    ),
+    "a-stride-of-another-rank": (
+        rebuilt(floats(4), 0, (2, 2), (1,)),
+        "tensor with a bad offset, size or stride",
+    ),
+    "a-storage-type-that-is-a-string": (
+        Storage("storage", "FloatStorage", "0", "cpu", 4),
+        "storage '0' has an unknown type",
+    ),
+    "a-storage-of-minus-one-element": (floats(-1), "storage with a bad key or size"),
+    "a-storage-key-that-is-an-int": (
+        Storage("storage", torch.FloatStorage, 0, "cpu", 4),
+        "storage with a bad key or size",
+    ),
+    "one-storage-named-with-two-sizes": (
+        {"a": rebuilt(floats(4), 0, (4,), (1,)), "b": rebuilt(floats(8), 0, (8,), (1,))},
+        "storage '0' is named with two sizes",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_RECORDS))
+def test_a_crafted_tensor_or_storage_record_is_refused_by_name(case: str) -> None:
+    obj, message = REFUSED_RECORDS[case]
+    with pytest.raises(PickleScanError, match=message):
+        scan_pickle(crafted(obj))
+
+
+def test_the_crafted_records_are_read_when_they_are_well_formed() -> None:
+    """The builders above make records the scanner reads: each refusal is the one flaw."""
+    scan = scan_pickle(
+        crafted(
+            {
+                "v2": rebuilt(floats(4), 0, (2, 2), (2, 1)),
+                "v3": rebuilt_v3(floats(4), torch.float32),
+            }
+        )
+    )
+    tensors = tensors_of(scan)
+    assert (tensors["v2"].shape, tensors["v3"].dtype) == ((2, 2), "F32")
+    assert tensors["v2"].storage is tensors["v3"].storage
+
+
+def test_a_graph_of_more_objects_than_the_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reaching the real limit, 5 million, takes a 10 MB pickle and seconds of walking;
+    # the walk counts objects the same way against 10.
+    monkeypatch.setattr(pickle_scan, "MAX_NODES", 10)
+    scan_pickle(pickle.dumps([0.5] * 9, protocol=2))  # the list and its 9 items
+    with pytest.raises(PickleScanError, match="more than 10 objects"):
+        scan_pickle(pickle.dumps([0.5] * 10, protocol=2))
 
 
 # -- code that would run on load --------------------------------------------------------
