@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import enter_git_env
 
 from git_theta_filter.gitrepo import GitRepo
 from git_theta_filter.lfs_interop import does_lfs_hook_work, lfs_endpoint, run_lfs_hook
@@ -53,8 +54,7 @@ def test_lfs_hook_work_is_spotted_in_a_chained_hook(
 def test_only_git_lfs_hooks_are_run_as_git_lfs_commands(git_env, tmp_path, monkeypatch) -> None:
     # The name becomes an argument of `git lfs`: a name that is no hook of git-lfs's,
     # an option above all, never reaches it.
-    for name, value in git_env.env.items():
-        monkeypatch.setenv(name, value)
+    enter_git_env(monkeypatch, git_env.env)
     git_env.run("git", "init", "-q", str(tmp_path / "repo"))
     repo = GitRepo.discover(tmp_path / "repo")
     for name in ("--version", "env"):
