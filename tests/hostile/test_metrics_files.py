@@ -21,11 +21,14 @@ import pytest
 from helpers import enter_git_env, isolated_git_env
 from safetensors.numpy import save_file
 
+from git_theta_filter.formats.pickle_scan import MAX_METRIC_SEQUENCE
 from git_theta_filter.metrics_files import (
     MAX_INTEGER_DIGITS,
     MAX_METRICS,
+    MAX_METRICS_FILE,
     MAX_NAME,
     MAX_NESTING,
+    MAX_YAML_SCALARS,
     MetricsFileError,
     parse_metrics_file,
 )
@@ -226,3 +229,42 @@ def test_more_metrics_than_the_budget_are_refused():
     data = json.dumps({f"m{i}": i for i in range(MAX_METRICS + 1)}).encode()
     with pytest.raises(MetricsFileError, match=f"more than {MAX_METRICS} metrics"):
         parse_metrics_file("m.json", data)
+
+
+def test_a_metrics_file_over_its_size_limit_is_refused_before_parsing():
+    data = json.dumps({"loss": 0.5, "pad": "x" * MAX_METRICS_FILE}).encode()
+    with pytest.raises(
+        MetricsFileError, match=f"metrics file m.json: larger than {MAX_METRICS_FILE} bytes"
+    ):
+        parse_metrics_file("m.json", data)
+
+
+def test_nesting_past_the_limit_is_refused_well_before_pythons_recursion_limit():
+    # 40 levels: deeper than MAX_NESTING, far from the ~1000 that a RecursionError needs.
+    data = b"[" * 40 + b"1" + b"]" * 40
+    with pytest.raises(MetricsFileError, match=f"m.json: nested deeper than {MAX_NESTING}"):
+        parse_metrics_file("m.json", data)
+
+
+def test_a_metric_name_built_from_short_keys_is_held_to_the_name_limit():
+    # Each key is within MAX_NAME; the dotted name joining them is not.
+    key = "k" * (MAX_NAME // 2)
+    data = json.dumps({key: {key: {key: 1}}}).encode()
+    with pytest.raises(MetricsFileError, match=f"m.json: a metric name is longer than {MAX_NAME}"):
+        parse_metrics_file("m.json", data)
+
+
+def test_yaml_with_more_scalars_than_its_budget_is_refused_before_loading():
+    # Strings are no metrics, so only the event count can refuse this file.
+    data = b"[" + b",".join([b"a"] * (MAX_YAML_SCALARS + 1)) + b"]"
+    with pytest.raises(MetricsFileError, match=f"m.yaml: more than {MAX_YAML_SCALARS} YAML"):
+        parse_metrics_file("m.yaml", data)
+
+
+def test_deep_yaml_is_refused_even_where_flattening_would_never_descend():
+    # A list longer than MAX_METRIC_SEQUENCE holds ids, not metrics, and is skipped
+    # whole; the nesting inside it must still be refused before PyYAML builds it.
+    deep = b"[" * (MAX_NESTING + 8) + b"1" + b"]" * (MAX_NESTING + 8)
+    data = b"[" + b",".join([deep] + [b"0"] * MAX_METRIC_SEQUENCE) + b"]"
+    with pytest.raises(MetricsFileError, match=f"m.yaml: nested deeper than {MAX_NESTING}"):
+        parse_metrics_file("m.yaml", data)

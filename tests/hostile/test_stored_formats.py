@@ -30,8 +30,11 @@ from attacks import RawEntry, raw_zip, torch_entries, torch_zip_bytes
 
 from git_theta_filter.clean import clean
 from git_theta_filter.formats.base import NotThisFormat
-from git_theta_filter.formats.safetensors_writer import SafetensorsHeaderError
-from git_theta_filter.formats.torch_zip_writer import ArchiveLayoutError
+from git_theta_filter.formats.safetensors_writer import (
+    SafetensorsHeaderError,
+    read_stored_safetensors,
+)
+from git_theta_filter.formats.torch_zip_writer import ArchiveLayoutError, read_stored_torch_zip
 from git_theta_filter.formats.zip_directory import read_zip_directory
 from git_theta_filter.manifest import Manifest, Splice, TensorEntry
 from git_theta_filter.merge import Strategy, merge_manifests
@@ -342,3 +345,19 @@ def test_clean_stores_a_crafted_safetensors_file_opaque_with_the_same_reason(
     manifest = Manifest.parse(clean(io.BytesIO(data), store, PATH, warn=warnings.append))
     assert manifest.format == "opaque"
     assert len(warnings) == 1 and reason in warnings[0], warnings
+
+
+def test_each_format_reader_refuses_a_manifest_of_the_other_format_by_name(
+    store: LocalStore,
+) -> None:
+    # A merge of a file whose format changed between branches reads each side as the
+    # format it claims; the other format's skeleton must be named, not half parsed.
+    torch_zip = Manifest.parse(stored(store, checkpoint(), PAYLOAD.numpy().tobytes(), "torch-zip"))
+    data = safetensors_bytes({"t": THEIRS})
+    safetensors = Manifest.parse(stored(store, data, THEIRS, "safetensors"))
+    with pytest.raises(SafetensorsHeaderError, match="it is torch-zip, not safetensors") as caught:
+        read_stored_safetensors(torch_zip, store, PATH)
+    assert str(caught.value).startswith(f"{PATH}: ")
+    with pytest.raises(ArchiveLayoutError, match="it is safetensors, not a torch zip") as caught:
+        read_stored_torch_zip(safetensors, store, PATH)
+    assert str(caught.value).startswith(f"{PATH}: ")

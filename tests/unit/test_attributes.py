@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from helpers import enter_git_env, within
 
 from git_theta_filter.attributes import (
     LFS_ATTRIBUTES,
     THETA_ATTRIBUTES,
     BadPatternError,
+    FilterAttribute,
     check_pattern,
     filter_lines,
+    filters_at,
     remove_filter_line,
     set_filter_line,
 )
+from git_theta_filter.errors import ThetaError
+from git_theta_filter.gitrepo import GitError
 
 LFS_TEXT = (
     "# models\n"
@@ -60,3 +67,31 @@ def test_filter_lines_skips_comments_and_lines_without_a_filter() -> None:
 def test_check_pattern_refuses_what_a_line_cannot_hold(pattern: str) -> None:
     with pytest.raises(BadPatternError):
         check_pattern(pattern)
+
+
+@pytest.fixture
+def worktree(git_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    enter_git_env(monkeypatch, git_env.env)
+    path = tmp_path / "work"
+    git_env.run("git", "init", "-q", str(path))
+    return path
+
+
+def test_filters_at_raises_when_git_check_attr_fails(worktree: Path) -> None:
+    # git refuses a path outside the work tree and exits with nothing on stdout,
+    # which must not read as "no path has a filter".
+    with pytest.raises(GitError, match="git check-attr.*outside repository"):
+        filters_at(worktree, ["../elsewhere.pth"])
+
+
+def test_filter_attribute_raises_when_git_check_attr_exits_before_answering(
+    worktree: Path,
+) -> None:
+    attribute = FilterAttribute(worktree)
+    try:
+        # git reads the path, then exits on it: the answer never comes, and waiting
+        # for one must not spin for ever.
+        with pytest.raises(ThetaError, match="stopped while reading ../elsewhere.pth"):
+            within(10, lambda: attribute("../elsewhere.pth"))
+    finally:
+        attribute.close()

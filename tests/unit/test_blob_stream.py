@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from git_theta_filter.blob_stream import BlobMissingError, BlobStreamer
+from git_theta_filter.blob_stream import BlobMissingError, BlobStream, BlobStreamer
+from git_theta_filter.errors import ThetaError
 
 
 @pytest.fixture
@@ -74,3 +76,10 @@ def test_a_missing_blob_or_another_kind_of_object_names_the_path(git_dir: Path) 
         with pytest.raises(BlobMissingError):
             streamer.open(tree)  # a tree, not a blob: skipped, and the stream stays in step
         assert read_all(streamer.open(content)) == b"x"
+
+
+def test_a_blob_cut_short_by_git_is_an_error_not_a_shorter_blob() -> None:
+    # git promised 10 bytes and sent 3 before its output ended.
+    stream = BlobStream(io.BytesIO(b"abc"), 10)
+    with pytest.raises(ThetaError, match="ended in the middle of a blob"):
+        read_all(stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import json
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import loose_object, mlp_checkpoint, sha256_bytes
+from helpers import loose_object, mlp_checkpoint, sha256_bytes, within
 from safetensors.torch import save as safetensors_save
 
 from git_theta_filter import smudge
@@ -626,3 +627,59 @@ def test_runs_of_small_objects_broken_by_other_objects_rebuild_the_file(
     for splice in splices[2::5]:
         loose_object(store, splice.oid)
     assert do_smudge(store, manifest_bytes) == data
+
+
+def test_a_file_over_the_skeleton_limit_is_stored_opaque_and_restored(
+    store: LocalStore, checkpoint_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint's zip headers and data.pkl are some hundreds of bytes of skeleton.
+    monkeypatch.setattr(layout, "MAX_SKELETON_BYTES", 100)
+    out, warnings = do_clean(store, checkpoint_bytes)
+    assert Manifest.parse(out).format == "opaque"
+    assert warnings == [
+        "model.pth: more than 100 bytes of non-tensor data; stored as one opaque object"
+    ]
+    assert do_smudge(store, out) == checkpoint_bytes
+
+
+def test_a_manifest_whose_size_disagrees_with_its_skeleton_object_is_refused(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
+    # One byte more in `size` makes the skeleton one byte longer than the object holds.
+    manifest = Manifest.parse(do_clean(store, checkpoint_bytes)[0])
+    crafted = dataclasses.replace(manifest, size=manifest.size + 1).render()
+    with pytest.raises(ObjectFormatError, match="the manifest says") as info:
+        prepare_smudge(crafted, store, "model.pth")
+    assert info.value.oid == manifest.skeleton
+
+
+def test_a_looked_up_object_shorter_than_its_splice_says_is_refused(
+    store: LocalStore, checkpoint_bytes: bytes
+) -> None:
+    # Not among the opened objects, so write_spliced looks it up itself.
+    splice = Manifest.parse(do_clean(store, checkpoint_bytes)[0]).splices[0]
+    wrong = Splice(0, splice.length - 4, splice.oid)
+    with pytest.raises(ObjectFormatError, match="the manifest says") as info:
+        write_spliced(b"", [wrong], store, lambda chunk: None)
+    assert info.value.oid == splice.oid
+
+
+def test_an_object_file_cut_short_while_it_is_read_fails_the_write_naming_it(
+    store: LocalStore, checkpoint_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its size is checked on opening; another process (a gc, a damaged disk) may still
+    # shorten it afterwards. The write must stop there, not wait for bytes for ever.
+    splices = Manifest.parse(do_clean(store, checkpoint_bytes)[0]).splices
+    splice = max(splices, key=lambda s: s.length)
+    path = loose_object(store, splice.oid)
+    open_object = store.open_object
+
+    def open_then_cut(oid: str, *args: object, **kwargs: object) -> object:
+        file, header = open_object(oid, *args, **kwargs)
+        os.truncate(path, header.data_offset + 8)
+        return file, header
+
+    monkeypatch.setattr(store, "open_object", open_then_cut)
+    with pytest.raises(ObjectFormatError, match="payload ends early") as info:
+        within(10, lambda: write_spliced(b"", [splice], store, lambda chunk: None))
+    assert info.value.oid == splice.oid

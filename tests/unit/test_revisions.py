@@ -1,12 +1,20 @@
-"""revisions.py: git's range grammar and pathspecs, on strings and paths alone."""
+"""revisions.py: git's range grammar, pathspecs, and telling revisions from paths."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pygit2
 import pytest
 
-from git_theta_filter.revisions import PathNotTrackedError, Pathspec, range_sides
+from git_theta_filter.revisions import (
+    AmbiguousArgumentError,
+    BadRevisionError,
+    PathNotTrackedError,
+    Pathspec,
+    range_sides,
+    split_arguments,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,3 +61,27 @@ def test_check_tracked_names_the_argument_that_matches_no_model(tmp_path: Path) 
     with pytest.raises(PathNotTrackedError, match="missing/"):
         spec.check_tracked(["a.pth", "b.pth"])
     Pathspec(["*.pth"], tmp_path, tmp_path).check_tracked(["a.pth"])
+
+
+@pytest.fixture
+def no_commits(tmp_path: Path) -> pygit2.Repository:
+    """A repository where no argument names a revision."""
+    return pygit2.init_repository(tmp_path / "repo")
+
+
+def test_before_a_separator_only_revisions_may_stand(
+    no_commits: pygit2.Repository, tmp_path: Path
+) -> None:
+    # With `--`, what precedes it must be a revision, even when a file has that name.
+    (tmp_path / "model.pth").write_bytes(b"")
+    with pytest.raises(BadRevisionError, match="bad revision 'model.pth'"):
+        split_arguments(no_commits, ["model.pth"], [], tmp_path)
+
+
+def test_without_a_separator_an_argument_that_is_neither_revision_nor_file_is_ambiguous(
+    no_commits: pygit2.Repository, tmp_path: Path
+) -> None:
+    with pytest.raises(AmbiguousArgumentError, match="ambiguous argument 'typo.pth'"):
+        split_arguments(no_commits, ["typo.pth"], None, tmp_path)
+    (tmp_path / "model.pth").write_bytes(b"")
+    assert split_arguments(no_commits, ["model.pth"], None, tmp_path) == ([], ["model.pth"])
