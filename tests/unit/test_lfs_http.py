@@ -1,10 +1,12 @@
-"""The LFS store's HTTP (store/lfs_http.py) against a scripted server: what it does with each
-answer an LFS server, or a host an action names, may send, and with a local copy that
-changed under an upload."""
+"""The LFS store (store/lfs.py) and its HTTP (store/lfs_http.py) against a scripted server:
+what they do with each answer an LFS server, or a host an action names, may send, and with
+a local copy that changed under an upload."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from git_theta_filter.store.base import StoreUnavailableError
+from git_theta_filter.store.base import (
+    RemoteObjectMissingError,
+    StoreError,
+    StoreUnavailableError,
+)
+from git_theta_filter.store.lfs import LfsObjectTooLargeError, LfsRequestError, LfsStore
 from git_theta_filter.store.lfs_endpoint import endpoint_from_lfs_url
 from git_theta_filter.store.lfs_http import (
     ActionRefused,
@@ -26,6 +33,7 @@ from git_theta_filter.store.lfs_http import (
 )
 from git_theta_filter.store.lfs_protocol import Credential
 from git_theta_filter.store.object_format import ObjectFormatError
+from git_theta_filter.store.sink import ObjectSink
 
 
 @dataclass
@@ -267,3 +275,136 @@ def test_credentials_refused_on_one_thread_are_not_asked_for_again_by_another(se
     thread.join(10)
     assert failures == [second.value]
     assert credentials.calls == ["fill", "reject"]
+
+
+# -- the store: what it asks, and what it makes of the answers -----------------------------------
+
+CONTENT = b"payload"
+OID = hashlib.sha256(CONTENT).hexdigest()
+
+
+def lfs_store(base: str, **settings) -> LfsStore:
+    endpoint = endpoint_from_lfs_url(f"{base}/org/repo.git/info/lfs")
+    assert endpoint is not None
+    return LfsStore(endpoint, settings=LfsSettings(**settings), sleep=Sleeps())
+
+
+def batch_answer(base: str, *actions: str) -> Answer:
+    """A batch answer for OID with ``actions``, each at ``<base>/<action>?sig=secret`` with its
+    own authorization, as a server hands out pre-signed URLs."""
+    hrefs = {
+        action: {"href": f"{base}/{action}?sig=secret", "header": {"Authorization": "Token t"}}
+        for action in actions
+    }
+    entry = {"oid": OID, "size": len(CONTENT), "actions": hrefs}
+    return Answer(200, json.dumps({"transfer": "basic", "objects": [entry]}).encode())
+
+
+def download(store: LfsStore) -> bytes:
+    store.prepare("download", {OID: (len(CONTENT),)})
+    out = io.BytesIO()
+    store.get(OID, ObjectSink(out, store.url, OID, 1 << 20))
+    return out.getvalue()
+
+
+def upload(store: LfsStore, tmp_path: Path) -> bool:
+    source = tmp_path / "object"
+    source.write_bytes(CONTENT)
+    store.prepare("upload", {OID: (len(CONTENT),)})
+    return store.put(OID, source)
+
+
+def test_the_lfs_store_refuses_to_announce_an_invalid_oid() -> None:
+    store = lfs_store("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="invalid object id '../objects'"):
+        store.prepare("download", {"../objects": (1,)})
+
+
+def test_the_lfs_store_asks_for_no_object_of_unknown_size(serve) -> None:
+    script, base = serve()
+    store = lfs_store(base)
+    with pytest.raises(StoreError) as raised:
+        store.get(OID, ObjectSink(io.BytesIO(), store.url, OID, 1 << 20))
+    assert str(raised.value) == (
+        f"object {OID} in lfs+{base}/org/repo.git/info/lfs: "
+        "its size is unknown, and the LFS API needs it"
+    )
+    assert script.requests == []
+
+
+def test_a_download_refused_again_after_a_new_batch_answer_fails(serve) -> None:
+    script, base = serve()
+    script.answers += [batch_answer(base, "download"), Answer(403)] * 2
+    with pytest.raises(LfsAuthenticationError, match=f"object {OID} .*refused, twice"):
+        download(lfs_store(base))
+    assert len(script.requests) == 4
+
+
+def test_a_download_that_keeps_breaking_off_is_unavailable_after_maxretries(serve) -> None:
+    script, base = serve()
+    script.answers += [batch_answer(base, "download"), Answer(200, b"pay"), Answer(200, b"pay")]
+    with pytest.raises(StoreUnavailableError) as raised:
+        download(lfs_store(base, max_retries=1))
+    assert str(raised.value).endswith(
+        "unavailable (the download broke off: it ended after 3 of 7 bytes)"
+    )
+    assert OID in str(raised.value) and len(script.requests) == 3
+
+
+def test_a_download_answered_404_is_a_missing_object(serve) -> None:
+    script, base = serve()
+    script.answers += [batch_answer(base, "download"), Answer(404)]
+    with pytest.raises(RemoteObjectMissingError, match=OID):
+        download(lfs_store(base))
+
+
+def test_a_download_answered_with_an_error_names_its_href_without_the_query(serve) -> None:
+    script, base = serve()
+    script.answers += [batch_answer(base, "download"), Answer(400, b'{"message": "bad range"}')]
+    with pytest.raises(LfsRequestError) as raised:
+        download(lfs_store(base))
+    assert str(raised.value).endswith(
+        f"unavailable (the download from {base}/download failed with HTTP 400: bad range)"
+    )
+    assert OID in str(raised.value) and "secret" not in str(raised.value)
+
+
+def test_an_object_over_the_size_limit_is_refused_before_any_request(serve, tmp_path) -> None:
+    script, base = serve()
+    with pytest.raises(LfsObjectTooLargeError, match=f"object {OID} .*is 7 bytes, over"):
+        upload(lfs_store(base, max_object_size=6), tmp_path)
+    assert script.requests == []
+
+
+def test_an_upload_refused_again_after_a_new_batch_answer_fails(serve, tmp_path) -> None:
+    script, base = serve()
+    script.answers += [batch_answer(base, "upload"), Answer(403)] * 2
+    with pytest.raises(LfsAuthenticationError, match=f"object {OID} .*upload was refused twice"):
+        upload(lfs_store(base), tmp_path)
+    assert len(script.requests) == 4
+
+
+def test_an_upload_answered_with_an_error_names_its_href_without_the_query(serve, tmp_path) -> None:
+    script, base = serve()
+    script.answers += [batch_answer(base, "upload"), Answer(400, b'{"message": "no space"}')]
+    with pytest.raises(LfsRequestError) as raised:
+        upload(lfs_store(base), tmp_path)
+    assert str(raised.value).endswith(
+        f"unavailable (the upload to {base}/upload failed with HTTP 400: no space)"
+    )
+    assert OID in str(raised.value) and "secret" not in str(raised.value)
+
+
+def test_an_upload_the_server_fails_to_verify_is_an_error(serve, tmp_path) -> None:
+    script, base = serve()
+    script.answers += [
+        batch_answer(base, "upload", "verify"),
+        Answer(200),
+        Answer(400, b'{"message": "size differs"}'),
+    ]
+    with pytest.raises(LfsRequestError) as raised:
+        upload(lfs_store(base), tmp_path)
+    assert str(raised.value).endswith(
+        "unavailable (the server's check of the uploaded object failed with HTTP 400: size differs)"
+    )
+    assert OID in str(raised.value)
