@@ -13,6 +13,7 @@ from git_theta_filter.lfs_pointer import (
     LfsObjectMissingError,
     LfsPointer,
     LfsStorage,
+    check_object,
     parse_lfs_pointer,
 )
 
@@ -72,6 +73,15 @@ def test_lfs_storage_refuses_an_object_that_does_not_match_its_pointer(tmp_path:
     path.write_bytes(content[:-1])
     with pytest.raises(LfsObjectCorruptError, match="10999 bytes, the pointer says 11000"):
         storage.copy_verified(pointer, "model.pth", lambda chunk: None)
+
+
+def test_check_object_names_a_size_mismatch_even_when_the_hash_matches() -> None:
+    with pytest.raises(LfsObjectCorruptError) as raised:
+        check_object(LfsPointer(OID, 5), "model.pth", 6, OID)
+    assert str(raised.value) == (
+        f"model.pth: the git-lfs object sha256:{OID} in .git/lfs/objects is corrupt "
+        "(6 bytes, the pointer says 5)"
+    )
 
 
 def test_lfs_storage_names_a_missing_object_and_the_fix(tmp_path: Path) -> None:

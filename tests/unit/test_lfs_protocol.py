@@ -4,10 +4,16 @@ inputs: what a server or a URL may send us, and what is refused."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from git_theta_filter.git_credential import credential_description
+from git_theta_filter.git_credential import (
+    CredentialError,
+    GitCredentials,
+    credential_description,
+)
 from git_theta_filter.store.lfs_endpoint import (
     SshTarget,
     endpoint_from_lfs_url,
@@ -287,3 +293,50 @@ def test_lfs_credential_description_and_a_credential_that_never_prints():
         credential_description("https://h.example/org%0Ahost=evil.example/repo")
     credential = Credential((("username", "me"), ("password", "s3cret")))
     assert "s3cret" not in repr(credential) and "s3cret" not in str(credential)
+
+
+@pytest.mark.parametrize(
+    "url, named",
+    [
+        ("ftp://me:s3cret@h.example/org/repo", "ftp://h.example/org/repo"),
+        ("https:///org/repo", "https:///org/repo"),
+    ],
+    ids=["not http", "no host"],
+)
+def test_lfs_credentials_are_only_asked_for_an_http_url_with_a_host(url, named):
+    with pytest.raises(ValueError) as raised:
+        credential_description(url)
+    assert str(raised.value) == f"credentials are only asked for http(s) URLs, not {named}"
+
+
+def git_credentials(home: Path, helper: str | None = None) -> GitCredentials:
+    """``git credential`` with no configuration but ``helper``, and no terminal to ask on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and "ASKPASS" not in k}
+    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0")
+    if helper is not None:
+        env.update(
+            GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="credential.helper", GIT_CONFIG_VALUE_0=helper
+        )
+    return GitCredentials(home, env)
+
+
+def test_lfs_credentials_that_git_cannot_supply_are_refused_with_gits_reason(tmp_path):
+    with pytest.raises(CredentialError) as raised:
+        git_credentials(tmp_path).fill("https://me:s3cret@h.example/org/repo.git/info/lfs")
+    message = str(raised.value)
+    assert message.startswith(
+        "object store https://h.example/org/repo.git/info/lfs: unavailable (no credentials: "
+        "`git credential fill` failed: fatal: could not read Password for "
+    )
+    assert "terminal prompts disabled" in message and "s3cret" not in message
+
+
+def test_lfs_credentials_from_a_helper_that_gives_an_empty_password_are_refused(tmp_path):
+    # git passes an empty password on as an answer; it would be sent as one.
+    helper = "!f() { echo username=me; echo password=; }; f"
+    with pytest.raises(CredentialError) as raised:
+        git_credentials(tmp_path, helper).fill("https://h.example/org/repo.git/info/lfs")
+    assert str(raised.value) == (
+        "object store https://h.example/org/repo.git/info/lfs: unavailable "
+        "(no credentials: `git credential fill` gave no password)"
+    )

@@ -22,8 +22,34 @@ from git_theta_filter.pktline import (
 )
 
 
+class _EndsLoudly(io.BytesIO):
+    """A stream that fails a test reading past its end again and again: a reader that
+    missed the end of the stream would otherwise spin there forever."""
+
+    _READS_PAST_END = 16
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._past_end = 0
+
+    def _count(self, wanted: int, got: int) -> None:
+        if wanted and not got:
+            self._past_end += 1
+            assert self._past_end <= self._READS_PAST_END, "read on and on past the end"
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._count(size != 0, len(data))
+        return data
+
+    def readinto(self, buffer) -> int:
+        got = super().readinto(buffer)
+        self._count(len(memoryview(buffer)), got)
+        return got
+
+
 def reader_for(data: bytes) -> PktLineReader:
-    return PktLineReader(io.BytesIO(data))
+    return PktLineReader(_EndsLoudly(data))
 
 
 def read_content(reader: PktLineReader, chunk: int = 1000) -> bytes:

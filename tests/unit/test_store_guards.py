@@ -9,9 +9,12 @@ import io
 from pathlib import Path
 
 import pytest
+from botocore.stub import Stubber
 from helpers import fetch_bytes
 
+from git_theta_filter.store.base import StoreUnavailableError
 from git_theta_filter.store.directory import DirectoryStore
+from git_theta_filter.store.object_format import ObjectFormatError
 from git_theta_filter.store.remote import UnsupportedStoreURLError, open_store
 from git_theta_filter.store.s3 import S3Store
 from git_theta_filter.store.sink import ObjectSink
@@ -115,3 +118,53 @@ def test_s3_store_refuses_a_url_without_a_bucket_or_with_a_query_or_fragment(url
 def test_s3_store_takes_a_bucket_and_prefix() -> None:
     store = S3Store.from_url("s3://bucket/pre/fix", endpoint_url=None, workers=1)
     assert (store.bucket, store.prefix) == ("bucket", "pre/fix")
+
+
+def stubbed(store: S3Store) -> Stubber:
+    """The store's client answering from a script instead of the network (a call the script
+    does not expect fails the test), its bucket found."""
+    stubber = Stubber(store._client)
+    stubber.add_response("head_bucket", {}, {"Bucket": "bucket"})
+    return stubber
+
+
+def test_s3_store_refuses_an_oid_that_is_not_64_hex_digits_before_any_object_request(
+    tmp_path: Path,
+) -> None:
+    store = S3Store.from_url("s3://bucket/prefix", endpoint_url=None, workers=1)
+    source = tmp_path / "source"
+    source.write_bytes(b"payload")
+    with stubbed(store):
+        for oid in bad_oids(tmp_path / "secret"):
+            with pytest.raises(ValueError, match="invalid object id"):
+                store.has(oid)
+            with pytest.raises(ValueError, match="invalid object id"):
+                store.get(oid, ObjectSink(io.BytesIO(), store.url, oid, 1 << 20))
+            with pytest.raises(ValueError, match="invalid object id"):
+                store.put(oid, source)
+
+
+def test_s3_store_names_a_local_copy_the_service_refused_as_damaged(tmp_path: Path) -> None:
+    # moto does not check the sha256 an upload carries; a real service answers BadDigest.
+    store = S3Store.from_url("s3://bucket/prefix", endpoint_url=None, workers=1)
+    source = tmp_path / "source"
+    source.write_bytes(b"payload")
+    oid = hashlib.sha256(b"payload").hexdigest()
+    with stubbed(store) as stubber:
+        stubber.add_client_error("put_object", "BadDigest", http_status_code=400)
+        with pytest.raises(ObjectFormatError) as raised:
+            store.put(oid, source)
+    assert str(raised.value) == (
+        f"object {oid} is corrupt: the local copy does not hash to its id; the store refused it"
+    )
+
+
+def test_s3_store_takes_a_missing_object_as_absent_and_a_refusal_as_unavailable() -> None:
+    store = S3Store.from_url("s3://bucket/prefix", endpoint_url=None, workers=1)
+    oid = hashlib.sha256(b"payload").hexdigest()
+    with stubbed(store) as stubber:
+        stubber.add_client_error("head_object", "404", http_status_code=404)
+        assert not store.has(oid)
+        stubber.add_client_error("head_object", "403", "Forbidden", http_status_code=403)
+        with pytest.raises(StoreUnavailableError, match=f"object {oid} in s3://bucket/prefix"):
+            store.has(oid)

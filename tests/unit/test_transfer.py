@@ -170,6 +170,19 @@ def test_upload_skips_what_the_store_has_and_download_what_the_local_store_has(
     assert list(other.tmp_dir.glob("*")) == []
 
 
+def test_upload_reports_an_object_the_local_store_lacks_and_sends_the_others(local, remote):
+    oids = make_objects(local, 2)
+    missing = hashlib.sha256(b"never stored").hexdigest()
+    with pytest.raises(TransferFailedError) as failure:
+        upload(local, remote, [*oids, missing], workers=2, progress=QuietProgress)
+    assert str(failure.value) == (
+        f"could not upload 1 of 3 tensor objects: tensor object {missing} "
+        "is missing from the local store"
+    )
+    assert failure.value.url == remote.url and list(failure.value.failures) == [missing]
+    assert_store_valid(remote.root, set(oids))
+
+
 def test_download_refuses_a_corrupt_object_and_keeps_the_good_ones(local, remote, tmp_path):
     oids = make_objects(local, 3)
     upload(local, remote, oids, workers=2, progress=QuietProgress)
