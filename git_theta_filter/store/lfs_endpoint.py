@@ -110,14 +110,26 @@ def _with_info_lfs(url: str) -> str:
 
 def endpoint_from_lfs_url(url: str, *, user_configured: bool = True) -> LfsEndpoint | None:
     """The endpoint an explicit LFS URL names (``lfs.url``; ``lfs+`` already removed), or None
-    when it is not an http(s) or ssh URL."""
+    when it is not an http(s) URL with a host, nor an ssh URL."""
     if url.startswith(("http://", "https://")):
+        if not _names_a_host(url):
+            return None
         bare, username, password = _without_userinfo(url.rstrip("/"))
         return LfsEndpoint(bare, username, password, user_configured=user_configured)
     endpoint = _ssh_from_url(url)
     if endpoint is None:
         return None
     return LfsEndpoint(endpoint.url, ssh=endpoint.ssh, user_configured=user_configured)
+
+
+def _names_a_host(url: str) -> bool:
+    """Whether an http(s) URL has a host and, if it gives one, a valid port: requests
+    would otherwise fail on its first request with an error that names no setting."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port out of range or not a number, an unclosed "["
+        return False
 
 
 def _ssh_from_url(url: str) -> LfsEndpoint | None:

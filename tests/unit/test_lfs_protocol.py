@@ -14,6 +14,7 @@ from git_theta_filter.git_credential import (
     GitCredentials,
     credential_description,
 )
+from git_theta_filter.store.base import UnsupportedStoreURLError
 from git_theta_filter.store.lfs_endpoint import (
     SshTarget,
     endpoint_from_lfs_url,
@@ -35,6 +36,7 @@ from git_theta_filter.store.lfs_ssh import (
     SshAuthenticator,
     ssh_command_line,
 )
+from git_theta_filter.store.remote import open_store
 
 OID = "021a25ab31053d7b9c1e6dee318ba60b8327d365d7e78aabef799b2967683b32"
 OTHER = "177b7a6f858af2b6bb0a8c4767a0ddae8396c0046d466db83a920afb925563be"
@@ -226,6 +228,24 @@ def test_lfs_endpoint_takes_credentials_out_of_the_url():
     assert (endpoint.username, endpoint.password) == ("me", "s3cret")
     assert "s3cret" not in repr(endpoint) + endpoint.store_url
     assert endpoint_from_lfs_url("ftp://lfs.example.com/x") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://",
+        "https:///org/repo",
+        "http://:80/x",
+        "https://h.example:99999/x",
+        "https://[::1/x",
+    ],
+)
+def test_lfs_endpoint_of_a_url_without_a_usable_host_is_none_and_no_store(url):
+    # Such a URL, in a committed .thetaconfig say, failed on the first request with
+    # requests' InvalidURL, which is no named error of ours.
+    assert endpoint_from_lfs_url(url) is None
+    with pytest.raises(UnsupportedStoreURLError, match="has an unsupported URL"):
+        open_store(f"lfs+{url}", base=Path("/nonexistent"))
 
 
 def test_lfs_ssh_command_line_keeps_hosts_and_paths_from_becoming_options_or_commands():
