@@ -883,10 +883,10 @@ class LocalStore:
         packed object takes its whole pack along (packs are never rewritten);
         the pack's other objects are then fetched again like it.
         """
-        bad_dir = self.theta_dir / "bad"
-        bad_dir.mkdir(parents=True, exist_ok=True)
         loose = self.object_path(oid)
         if loose.exists() or loose.is_symlink():
+            bad_dir = self.theta_dir / "bad"
+            bad_dir.mkdir(parents=True, exist_ok=True)
             target = bad_dir / oid
             os.replace(loose, target)
             return target
