@@ -237,6 +237,11 @@ def test_theta_log_plot_draws_one_line_per_branch_and_per_file(
     target = tmp_path / "branches.png"
     result = experiments.theta("log", "--all", "--plot", str(target), "--", "model.pth")
     assert result.returncode == 0 and target.read_bytes().startswith(b"\x89PNG")
+    # Another suffix is refused before any work, rather than left to matplotlib's guess.
+    other = tmp_path / "branches.pdf"
+    result = experiments.theta("log", "--plot", str(other), "--", "model.pth")
+    assert result.returncode != 0 and not other.exists()
+    assert "the file name must end in .png or .svg" in result.stderr
 
 
 def test_theta_log_max_count_reads_only_the_commits_it_shows(

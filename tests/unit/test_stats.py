@@ -27,7 +27,7 @@ from git_theta_filter.metrics import (
     parse_metrics_file,
     resolve_metric,
 )
-from git_theta_filter.stats import Statistician
+from git_theta_filter.stats import Statistician, tensor_stats_of
 from git_theta_filter.stats_cache import CACHE_FILE, StatsCache, layout_key
 from git_theta_filter.store.local import LocalStore, ObjectMissingError
 
@@ -244,6 +244,13 @@ def test_stats_complex_and_quantized_types_have_no_numbers(stats: Statistician) 
     changed[2] += 1j
     delta = stats.delta_stats(entry, store_tensor(stats.store, "c", changed))
     assert delta.changed_count == 1 and delta.delta_norm is None
+
+
+def test_stats_of_elements_without_a_numeric_reading_are_refused_when_asked_directly() -> None:
+    # The Statistician answers None for these types; a direct call must not read
+    # complex bits as numbers.
+    with pytest.raises(ValueError, match="C64 has no numeric statistics"):
+        tensor_stats_of(np.zeros(4, dtype=np.complex64).view("V8"), element_type("C64"))
 
 
 # -- metrics ---------------------------------------------------------------------------------------
