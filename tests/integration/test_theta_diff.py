@@ -153,6 +153,23 @@ def test_theta_diff_working_tree_and_index(own_history: History) -> None:
     assert file["status"] == "removed" and {t["status"] for t in file["tensors"]} == {"removed"}
 
 
+def test_theta_diff_of_a_work_tree_the_filter_cannot_clean_is_an_error(
+    own_history: History,
+) -> None:
+    # Without the check, a failed `git add -u` left the scratch index as it was, and
+    # the changed file was reported as unchanged.
+    history = own_history
+    history.run("git", "config", "filter.theta.process", "false")
+    history.run("git", "config", "filter.theta.required", "true")
+    model = model_at(3)
+    with torch.no_grad():
+        model[2].weight *= 2
+    torch.save({"model": model.state_dict(), "epoch": 4}, history.repo / "model.pth")
+    result = history.theta("diff")
+    assert result.returncode != 0 and result.stdout == ""
+    assert "`git add -u`" in result.stderr and "model.pth" in result.stderr
+
+
 def test_theta_diff_added_removed_retyped_and_every_dtype(own_history: History) -> None:
     history = own_history
     torch.manual_seed(1)
