@@ -26,7 +26,7 @@ from git_theta_filter.filter_session import start_filter
 from git_theta_filter.gitrepo import GitRepo
 from git_theta_filter.manifest import Manifest
 from git_theta_filter.smudge import WorkTreeWriteError, write_atomically
-from git_theta_filter.store.local import LocalStore, ObjectMissingError
+from git_theta_filter.store.local import LocalStore, ObjectMissingError, StoreWriteError
 
 
 def model_bytes(seed: int) -> bytes:
@@ -212,6 +212,31 @@ def test_other_bytes_under_an_unchanged_large_file_get_their_own_manifest(
     assert not list(handler.store.tmp_dir.iterdir())
     rebuilt = rebuild(smudge_or_fetch(expected, handler.store, "big.safetensors", None))
     assert rebuilt == other
+
+
+def test_other_bytes_under_an_unchanged_large_file_on_a_full_disk_fail_by_name(
+    large_cleaned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept copy of the bytes could not be written: a miss must fail, never clean the
+    part that was kept (that would stage another model under the path)."""
+    from git_theta_filter.store import fileio
+
+    repo, _path, _manifest = large_cleaned
+    real_write_all = fileio.write_all
+    calls = []
+
+    def full_at_first_write(file, data) -> None:
+        calls.append(len(data))
+        if len(calls) == 1:  # the kept copy's first chunk; it then stops copying
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(file, data)
+
+    monkeypatch.setattr(fileio, "write_all", full_at_first_write)
+    handler = ThetaFilter(repo)
+    with pytest.raises(StoreWriteError, match="big.safetensors: cannot write .*No space left"):
+        handler.clean("big.safetensors", io.BytesIO(large_safetensors_bytes(1)))
+    assert len(calls) == 1
+    assert not list(handler.store.tmp_dir.iterdir())
 
 
 def test_a_large_file_whose_objects_are_gone_is_cleaned_again(large_cleaned) -> None:
