@@ -329,3 +329,12 @@ def test_install_writes_the_script_path_when_a_shim_is_also_on_path(git_env, tmp
     shim.chmod(0o755)
     driver = _installed_merge_driver(git_env, script, f"{bin_dir}:{shims}:/usr/bin:/bin")
     assert driver == f"{script.resolve()} merge %O %A %B %P"
+
+
+def test_metrics_add_refuses_a_file_outside_the_repository(git_env, repo: Path) -> None:
+    # .thetaconfig names files inside the repository; a path above it would be written
+    # there and then refused by every reader.
+    result = git_env.theta(repo, "metrics", "add", "../results.json", check=False)
+    assert result.returncode != 0
+    assert f"../results.json: outside the repository at {repo}" in result.stderr.decode()
+    assert not (repo / ".thetaconfig").exists()
