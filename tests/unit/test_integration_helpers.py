@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import enter_git_env
 
 from git_theta_filter.integrations._committer import format_message, scalar_metrics
 
@@ -79,3 +80,26 @@ def test_transformers_mirror_makes_the_target_hold_exactly_the_new_folder(tmp_pa
     assert (target / "model.safetensors").read_text() == "c-8/model.safetensors"
     assert not (target / "sub").exists() and not (target / "scaler.pt").exists()
     assert (target / "model.safetensors.metrics.json").exists()  # rewritten by the commit
+
+
+def test_transformers_callback_names_a_checkpoint_folder_the_trainer_did_not_write(
+    git_env, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hyperparameter search saves elsewhere: the callback says so rather than
+    # committing an empty folder (a commit that removes every model file).
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from git_theta_filter.integrations.transformers import (
+        CheckpointFolderMissingError,
+        ThetaCallback,
+    )
+
+    enter_git_env(monkeypatch, git_env.env)
+    callback = ThetaCallback(repo=repo)
+    args = SimpleNamespace(output_dir=str(tmp_path / "out"))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=7, log_history=[])
+    with pytest.raises(CheckpointFolderMissingError) as caught:
+        callback.on_save(args, state, SimpleNamespace())
+    assert caught.value.folder == tmp_path / "out" / "checkpoint-7"
+    assert callback.commits == []
