@@ -15,6 +15,7 @@ interfere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -196,8 +197,11 @@ class FilterAttribute:
             )
             self._finalizer = weakref.finalize(self, _end, self._process)
         assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(os.fsencode(path) + b"\0")
-        self._process.stdin.flush()
+        try:
+            self._process.stdin.write(os.fsencode(path) + b"\0")
+            self._process.stdin.flush()
+        except BrokenPipeError:  # git has exited: the same failure as an answer cut short
+            raise ThetaError(f"`git check-attr` stopped while reading {path}") from None
         answer = b""
         # <path> NUL filter NUL <value> NUL
         while answer.count(b"\0") < 3:
@@ -214,7 +218,9 @@ class FilterAttribute:
 
 def _end(process: subprocess.Popen) -> None:
     if process.stdin is not None:
-        process.stdin.close()
+        # What a question left in the buffer cannot reach a git that has exited.
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
     if process.stdout is not None:
         process.stdout.close()
     process.wait()

@@ -95,3 +95,20 @@ def test_filter_attribute_raises_when_git_check_attr_exits_before_answering(
             within(10, lambda: attribute("../elsewhere.pth"))
     finally:
         attribute.close()
+
+
+def test_filter_attribute_raises_the_same_error_when_git_has_already_exited(
+    worktree: Path,
+) -> None:
+    # The next question after git exited meets a pipe with no reader: named as well,
+    # not a bare BrokenPipeError.
+    attribute = FilterAttribute(worktree)
+    try:
+        attribute("model.pth")
+        assert attribute._process is not None
+        attribute._process.kill()
+        attribute._process.wait()
+        with pytest.raises(ThetaError, match="stopped while reading other.pth"):
+            attribute("other.pth")
+    finally:
+        attribute.close()
