@@ -463,6 +463,43 @@ def test_clean_stores_a_crafted_safetensors_file_opaque_with_the_same_reason(
     assert len(warnings) == 1 and reason in warnings[0], warnings
 
 
+def a_tensor_left_in_the_skeleton(store: LocalStore) -> Manifest:
+    """Only "t" is spliced out, so "u"'s bytes follow the header in the skeleton, where a
+    reader taking the whole skeleton for the header would parse them as JSON."""
+    data = safetensors_bytes({"t": THEIRS, "u": bytes(8)})
+    return Manifest.parse(stored(store, data, THEIRS, "safetensors"))
+
+
+def a_tensor_the_header_lacks(store: LocalStore) -> Manifest:
+    """Tensor "u" shares "t"'s object, so the manifest is valid; the header names only "t"."""
+    data = safetensors_bytes({"t": THEIRS})
+    manifest = Manifest.parse(stored(store, data, THEIRS, "safetensors"))
+    manifest.tensors.append(manifest.tensors[0]._replace(name="u"))
+    return recommitted(manifest)
+
+
+HEADER_FIT_CASES = {
+    "a-tensor-left-in-the-skeleton": (
+        a_tensor_left_in_the_skeleton,
+        "the skeleton is not exactly a header",
+    ),
+    "a-tensor-the-header-lacks": (
+        a_tensor_the_header_lacks,
+        "the header names other tensors than the manifest",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_FIT_CASES))
+def test_reading_a_stored_safetensors_file_refuses_a_skeleton_that_is_not_its_manifests_header(
+    store: LocalStore, case: str
+) -> None:
+    make, reason = HEADER_FIT_CASES[case]
+    with pytest.raises(SafetensorsHeaderError) as caught:
+        read_stored_safetensors(make(store), store, PATH)
+    assert str(caught.value) == f"{PATH}: cannot rewrite the safetensors file: {reason}"
+
+
 def test_each_format_reader_refuses_a_manifest_of_the_other_format_by_name(
     store: LocalStore,
 ) -> None:
