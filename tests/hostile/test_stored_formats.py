@@ -67,6 +67,12 @@ def stored(store: LocalStore, data: bytes, payload: bytes, format: str, sha256: 
     return manifest.render()
 
 
+def recommitted(manifest: Manifest) -> Manifest:
+    """``manifest``, changed by a test, as a commit would hold it: rendered and parsed back,
+    so it has passed every check a manifest gets before a reader sees it."""
+    return Manifest.parse(manifest.render())
+
+
 def merge_with_theirs(store: LocalStore, theirs: bytes, format: str) -> object:
     """Merge a good ``base``/``ours`` with a crafted ``theirs`` that changed tensor ``t``."""
     good = torch.arange(4, dtype=torch.float32)
@@ -109,15 +115,17 @@ def newer_zip_version(data: bytes) -> bytes:
     return bytes(out)
 
 
+def deflated(name: bytes, data: bytes) -> RawEntry:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = compressor.compress(data) + compressor.flush()
+    return RawEntry(name, packed, method=8, crc=zlib.crc32(data), uncompressed_size=len(data))
+
+
 def deflated_data_pkl(inflated: int = 64 << 20) -> bytes:
     """data.pkl deflated from ``inflated`` bytes (its pickle, then zeros) to a few KB."""
     entries = [RawEntry(name.encode(), data) for name, data in torch_entries(checkpoint())]
     pickle = entries[0].data + bytes(inflated - len(entries[0].data))
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    packed = compressor.compress(pickle) + compressor.flush()
-    entries[0] = RawEntry(
-        entries[0].name, packed, method=8, crc=zlib.crc32(pickle), uncompressed_size=len(pickle)
-    )
+    entries[0] = deflated(entries[0].name, pickle)
     return raw_zip(entries)
 
 
@@ -263,6 +271,114 @@ def test_clean_stores_a_zip_that_needs_a_newer_zip_version_opaque(
     assert len(warnings) == 1 and "zip file version 25.5" in warnings[0]
 
 
+# -- a stored torch zip against its manifest -----------------------------------------------------
+
+PAYLOAD_BYTES = PAYLOAD.numpy().tobytes()
+
+
+def plain_archive(store: LocalStore) -> Manifest:
+    return Manifest.parse(stored(store, checkpoint(), PAYLOAD_BYTES, "torch-zip"))
+
+
+def a_record_deflated(store: LocalStore) -> Manifest:
+    """``.format_version`` deflated; data.pkl and the storage record stay stored."""
+    entries = [RawEntry(name.encode(), data) for name, data in torch_entries(checkpoint())]
+    assert entries[1].name == b"archive/.format_version"
+    entries[1] = deflated(entries[1].name, entries[1].data)
+    return Manifest.parse(stored(store, raw_zip(entries), PAYLOAD_BYTES, "torch-zip"))
+
+
+def a_tensor_renamed(store: LocalStore) -> Manifest:
+    manifest = plain_archive(store)
+    manifest.tensors = [manifest.tensors[0]._replace(name="u")]
+    return recommitted(manifest)
+
+
+def a_splice_short_of_its_storage(store: LocalStore) -> Manifest:
+    """The storage record's last 4 bytes stay in the skeleton."""
+    return Manifest.parse(stored(store, checkpoint(), PAYLOAD_BYTES[:-4], "torch-zip"))
+
+
+ARCHIVE_CASES = {
+    "a-record-deflated": (a_record_deflated, "record 'archive/.format_version' is compressed"),
+    "a-tensor-data-pkl-does-not-name": (
+        a_tensor_renamed,
+        "data.pkl names other tensors than the manifest",
+    ),
+    "a-splice-short-of-its-storage": (
+        a_splice_short_of_its_storage,
+        "storage 0 is not one of the manifest's splices",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARCHIVE_CASES))
+def test_reading_a_stored_torch_zip_refuses_records_that_do_not_fit_its_manifest(
+    store: LocalStore, case: str
+) -> None:
+    make, reason = ARCHIVE_CASES[case]
+    with pytest.raises(ArchiveLayoutError) as caught:
+        read_stored_torch_zip(make(store), store, PATH)
+    assert str(caught.value) == f"{PATH}: cannot rewrite the torch zip: {reason}"
+
+
+def an_unsigned_data_descriptor(store: LocalStore) -> Manifest:
+    """The data descriptor after the storage's payload (torch sets flag bit 3) lost its
+    signature, so the CRC-32 the writer would patch is not where it looks."""
+    data = bytearray(checkpoint())
+    after = data.index(PAYLOAD_BYTES) + len(PAYLOAD_BYTES)
+    assert data[after : after + 4] == b"PK\x07\x08"
+    data[after : after + 4] = b"PK\x00\x00"
+    return Manifest.parse(stored(store, bytes(data), PAYLOAD_BYTES, "torch-zip"))
+
+
+def a_serialization_id_spliced_out(store: LocalStore) -> Manifest:
+    """The serialization id's 40 digits are a splice too, as if they were a tensor's
+    payload: the writer must not take other skeleton bytes for them."""
+    data = checkpoint()
+    name, digits = torch_entries(data)[-1]
+    assert name == "archive/.data/serialization_id"
+    payload_at, id_at = data.index(PAYLOAD_BYTES), data.index(digits)
+    manifest = plain_archive(store)
+    manifest.skeleton = store.write_bytes(
+        data[:payload_at] + data[payload_at + len(PAYLOAD_BYTES) : id_at] + data[id_at + 40 :]
+    )
+    manifest.splices.append(Splice(id_at, 40, store.write_bytes(digits)))
+    return recommitted(manifest)
+
+
+# What the merge driver writes into storage 0, and why the rewrite must be refused.
+REWRITE_CASES = {
+    "an-object-of-another-length": (
+        plain_archive,
+        bytes(8),
+        r"storage 0 is 16 bytes, object [0-9a-f]{64} holds 8$",
+    ),
+    "a-data-descriptor-without-its-signature": (
+        an_unsigned_data_descriptor,
+        bytes(16),
+        r"record 'archive/data/0' has no signed data descriptor$",
+    ),
+    "a-serialization-id-inside-a-splice": (
+        a_serialization_id_spliced_out,
+        bytes(16),
+        r"offset \d+ lies inside a tensor payload$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REWRITE_CASES))
+def test_rewriting_a_stored_torch_zip_refuses_to_patch_bytes_that_are_not_what_it_expects(
+    store: LocalStore, case: str
+) -> None:
+    make, payload, reason = REWRITE_CASES[case]
+    archive = read_stored_torch_zip(make(store), store, PATH)
+    oid = store.write_bytes(payload, "F32", (len(payload) // 4,))
+    with pytest.raises(ArchiveLayoutError, match=reason) as caught:
+        archive.with_payloads({"0": oid}, store)
+    assert str(caught.value).startswith(f"{PATH}: cannot rewrite the torch zip: ")
+
+
 # -- safetensors skeletons -----------------------------------------------------------------------
 
 
@@ -345,6 +461,43 @@ def test_clean_stores_a_crafted_safetensors_file_opaque_with_the_same_reason(
     manifest = Manifest.parse(clean(io.BytesIO(data), store, PATH, warn=warnings.append))
     assert manifest.format == "opaque"
     assert len(warnings) == 1 and reason in warnings[0], warnings
+
+
+def a_tensor_left_in_the_skeleton(store: LocalStore) -> Manifest:
+    """Only "t" is spliced out, so "u"'s bytes follow the header in the skeleton, where a
+    reader taking the whole skeleton for the header would parse them as JSON."""
+    data = safetensors_bytes({"t": THEIRS, "u": bytes(8)})
+    return Manifest.parse(stored(store, data, THEIRS, "safetensors"))
+
+
+def a_tensor_the_header_lacks(store: LocalStore) -> Manifest:
+    """Tensor "u" shares "t"'s object, so the manifest is valid; the header names only "t"."""
+    data = safetensors_bytes({"t": THEIRS})
+    manifest = Manifest.parse(stored(store, data, THEIRS, "safetensors"))
+    manifest.tensors.append(manifest.tensors[0]._replace(name="u"))
+    return recommitted(manifest)
+
+
+HEADER_FIT_CASES = {
+    "a-tensor-left-in-the-skeleton": (
+        a_tensor_left_in_the_skeleton,
+        "the skeleton is not exactly a header",
+    ),
+    "a-tensor-the-header-lacks": (
+        a_tensor_the_header_lacks,
+        "the header names other tensors than the manifest",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_FIT_CASES))
+def test_reading_a_stored_safetensors_file_refuses_a_skeleton_that_is_not_its_manifests_header(
+    store: LocalStore, case: str
+) -> None:
+    make, reason = HEADER_FIT_CASES[case]
+    with pytest.raises(SafetensorsHeaderError) as caught:
+        read_stored_safetensors(make(store), store, PATH)
+    assert str(caught.value) == f"{PATH}: cannot rewrite the safetensors file: {reason}"
 
 
 def test_each_format_reader_refuses_a_manifest_of_the_other_format_by_name(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from attacks import RawEntry, raw_zip, torch_entries
 from helpers import loose_object, mlp_checkpoint, sha256_bytes, within
 from safetensors.torch import save as safetensors_save
 
@@ -281,6 +282,60 @@ def test_opaque_round_trip(store: LocalStore, data: bytes) -> None:
     assert do_smudge(store, out, "f.bin") == data
     if data:
         assert [(s.offset, s.length) for s in manifest.splices] == [(0, len(data))]
+
+
+def data_pkl_second(entries: list[RawEntry]) -> bytes:
+    return raw_zip([entries[1], entries[0], *entries[2:]])
+
+
+def a_zip64_size_without_its_extra_field(entries: list[RawEntry]) -> bytes:
+    """``.format_version``'s local header says its size is in a zip64 extra field it lacks
+    (the record has no data descriptor, so that header is the only size clean reads)."""
+    data = bytearray(raw_zip(entries))
+    # raw_zip's local headers are 30 bytes and the name, with no extra field.
+    second = 30 + len(entries[0].name) + len(entries[0].data)
+    struct.pack_into("<I", data, second + 18, 0xFFFFFFFF)  # its compressed size
+    return bytes(data)
+
+
+def a_torchscript_record(entries: list[RawEntry]) -> bytes:
+    return raw_zip([entries[0], RawEntry(b"archive/constants.pkl", b"\x80\x02)."), *entries[1:]])
+
+
+def a_storage_without_its_record(entries: list[RawEntry]) -> bytes:
+    return raw_zip([entry for entry in entries if entry.name != b"archive/data/0"])
+
+
+# Each breaks one rule of a torch zip that zipfile itself does not check.
+BROKEN_TORCH_ZIPS = {
+    "data-pkl-second": (data_pkl_second, "the first zip record is not data.pkl"),
+    "a-zip64-size-without-its-extra-field": (
+        a_zip64_size_without_its_extra_field,
+        "zip entry 'archive/.format_version' lacks its zip64 sizes",
+    ),
+    "a-torchscript-record": (a_torchscript_record, "a TorchScript archive"),
+    "a-storage-without-its-record": (
+        a_storage_without_its_record,
+        "storage '0' of tensor 't' has no data record",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_TORCH_ZIPS))
+def test_a_zip_that_breaks_a_torch_zip_rule_is_stored_opaque_naming_the_rule(
+    store: LocalStore, case: str
+) -> None:
+    breaks, reason = BROKEN_TORCH_ZIPS[case]
+    checkpoint = torch_bytes({"t": torch.arange(4.0)})
+    entries = [RawEntry(name.encode(), data) for name, data in torch_entries(checkpoint)]
+    # The records written again as they are (no descriptors, no padding) make a torch zip:
+    # the one rule broken is what makes the file opaque.
+    assert Manifest.parse(do_clean(store, raw_zip(entries))[0]).format == "torch-zip"
+    data = breaks(entries)
+    out, warnings = do_clean(store, data)
+    assert Manifest.parse(out).format == "opaque"
+    assert len(warnings) == 1 and reason in warnings[0], warnings
+    assert do_smudge(store, out) == data
 
 
 @pytest.mark.parametrize("change", ["name", "size"])
