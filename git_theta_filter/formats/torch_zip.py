@@ -89,8 +89,8 @@ class _TorchZipParser:
                 raise NotThisFormat(
                     f"unexpected bytes at offset {source.position} (not a torch zip record)"
                 )
-        if self.scan is None:
-            raise NotThisFormat("no data.pkl record")
+        # A record was read, and the first one must be data.pkl, which is scanned as it is read.
+        assert self.scan is not None
         # The central directory and end records: small, all skeleton.
         source.copy_rest(self.ctx.layout.add_skeleton)
         self._check_central_directory()
