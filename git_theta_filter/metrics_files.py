@@ -128,9 +128,8 @@ def _flatten_into(out: dict[str, Metric], data: Any, prefix: str, depth: int) ->
     if depth >= MAX_NESTING:
         raise _OverBudget(f"nested deeper than {MAX_NESTING} levels")
     for key, value in items:
+        # A key over the limit makes a name over it: refused as the call below begins.
         name = str(key)
-        if len(name) > MAX_NAME:
-            raise _OverBudget(f"a metric name is longer than {MAX_NAME} characters")
         _flatten_into(out, value, f"{prefix}.{name}" if prefix else name, depth + 1)
 
 

@@ -31,7 +31,7 @@ from ..locks import writer_lock
 from ..progress import Progress
 from ..units import human_bytes
 from .base import ObjectStore, StoreError, StoreUnavailableError
-from .local import LocalStore, ObjectMissingError
+from .local import LocalStore
 from .sink import ObjectSink
 
 __all__ = [
@@ -172,8 +172,6 @@ def upload(
     sizes = {oid: all_sizes[oid] for oid in todo}
 
     def send(oid: str) -> int | None:
-        if not local.has(oid):
-            raise ObjectMissingError(oid)
         # Remote stores hold canonical bytes (docs/store.md), whatever the local encoding.
         with local.canonical_file(oid) as canonical:
             return sizes[oid] if remote.put(oid, canonical) else None
