@@ -23,7 +23,7 @@ from git_theta_filter import smudge
 from git_theta_filter.clean import clean, collector_paused
 from git_theta_filter.formats import layout
 from git_theta_filter.formats.base import NotThisFormat
-from git_theta_filter.formats.layout import write_spliced
+from git_theta_filter.formats.layout import payload_crc32, write_spliced
 from git_theta_filter.formats.safetensors_file import MAX_HEADER_BYTES, parse_safetensors_header
 from git_theta_filter.manifest import Manifest, ManifestError, Splice
 from git_theta_filter.smudge import SmudgeVerificationError, prepare_smudge
@@ -737,4 +737,25 @@ def test_an_object_file_cut_short_while_it_is_read_fails_the_write_naming_it(
     monkeypatch.setattr(store, "open_object", open_then_cut)
     with pytest.raises(ObjectFormatError, match="payload ends early") as info:
         within(10, lambda: write_spliced(b"", [splice], store, lambda chunk: None))
+    assert info.value.oid == splice.oid
+
+
+def test_an_object_file_cut_short_while_its_crc_is_taken_fails_naming_it(
+    store: LocalStore, checkpoint_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same for the CRC the torch zip writer takes of a payload (a merge): verified on
+    # opening, then shortened by another process.
+    splices = Manifest.parse(do_clean(store, checkpoint_bytes)[0]).splices
+    splice = max(splices, key=lambda s: s.length)
+    path = loose_object(store, splice.oid)
+    open_verified = store.open_verified
+
+    def open_then_cut(oid: str) -> object:
+        file, header = open_verified(oid)
+        os.truncate(path, header.data_offset + 8)
+        return file, header
+
+    monkeypatch.setattr(store, "open_verified", open_then_cut)
+    with pytest.raises(ObjectFormatError, match="payload ends early") as info:
+        within(10, lambda: payload_crc32(store, splice.oid))
     assert info.value.oid == splice.oid
