@@ -306,6 +306,12 @@ def a_storage_without_its_record(entries: list[RawEntry]) -> bytes:
     return raw_zip([entry for entry in entries if entry.name != b"archive/data/0"])
 
 
+def bytes_before_the_central_directory(entries: list[RawEntry]) -> bytes:
+    data = raw_zip(entries)
+    central = data.index(b"PK\x01\x02")
+    return data[:central] + b"JUNK" + data[central:]
+
+
 # Each breaks one rule of a torch zip that zipfile itself does not check.
 BROKEN_TORCH_ZIPS = {
     "data-pkl-second": (data_pkl_second, "the first zip record is not data.pkl"),
@@ -317,6 +323,10 @@ BROKEN_TORCH_ZIPS = {
     "a-storage-without-its-record": (
         a_storage_without_its_record,
         "storage '0' of tensor 't' has no data record",
+    ),
+    "bytes-before-the-central-directory": (
+        bytes_before_the_central_directory,
+        "unexpected bytes at offset",
     ),
 }
 
@@ -335,6 +345,16 @@ def test_a_zip_that_breaks_a_torch_zip_rule_is_stored_opaque_naming_the_rule(
     out, warnings = do_clean(store, data)
     assert Manifest.parse(out).format == "opaque"
     assert len(warnings) == 1 and reason in warnings[0], warnings
+    assert do_smudge(store, out) == data
+
+
+def test_a_file_of_neither_format_is_stored_opaque_saying_so(store: LocalStore) -> None:
+    # Not tried as safetensors: what is taken for its header length is not followed by "{".
+    data = b"epoch,loss\n1,0.5\n2,0.25\n"
+    out, warnings = do_clean(store, data)
+    assert Manifest.parse(out).format == "opaque"
+    assert len(warnings) == 1, warnings
+    assert "neither a torch zip archive nor a safetensors file" in warnings[0]
     assert do_smudge(store, out) == data
 
 
