@@ -11,6 +11,7 @@ import random
 import struct
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -739,43 +740,37 @@ def test_a_looked_up_object_shorter_than_its_splice_says_is_refused(
     assert info.value.oid == splice.oid
 
 
-def test_an_object_file_cut_short_while_it_is_read_fails_the_write_naming_it(
-    store: LocalStore, checkpoint_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("opener", "reads"),
+    [
+        # The spliced write of a smudge, and the CRC the torch zip writer takes of a
+        # payload (a merge).
+        ("open_object", lambda store, splice: write_spliced(b"", [splice], store, lambda _: None)),
+        ("open_verified", lambda store, splice: payload_crc32(store, splice.oid)),
+    ],
+    ids=["write_spliced", "payload_crc32"],
+)
+def test_an_object_file_cut_short_while_it_is_read_fails_naming_it(
+    store: LocalStore,
+    checkpoint_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    opener: str,
+    reads: Callable[[LocalStore, Splice], object],
 ) -> None:
-    # Its size is checked on opening; another process (a gc, a damaged disk) may still
-    # shorten it afterwards. The write must stop there, not wait for bytes for ever.
+    # Its size (and, verified, its hash) is checked on opening; another process (a gc,
+    # a damaged disk) may still shorten it afterwards. The read must stop there, not
+    # wait for bytes for ever.
     splices = Manifest.parse(do_clean(store, checkpoint_bytes)[0]).splices
     splice = max(splices, key=lambda s: s.length)
     path = loose_object(store, splice.oid)
-    open_object = store.open_object
+    open_whole = getattr(store, opener)
 
     def open_then_cut(oid: str, *args: object, **kwargs: object) -> object:
-        file, header = open_object(oid, *args, **kwargs)
+        file, header = open_whole(oid, *args, **kwargs)
         os.truncate(path, header.data_offset + 8)
         return file, header
 
-    monkeypatch.setattr(store, "open_object", open_then_cut)
+    monkeypatch.setattr(store, opener, open_then_cut)
     with pytest.raises(ObjectFormatError, match="payload ends early") as info:
-        within(10, lambda: write_spliced(b"", [splice], store, lambda chunk: None))
-    assert info.value.oid == splice.oid
-
-
-def test_an_object_file_cut_short_while_its_crc_is_taken_fails_naming_it(
-    store: LocalStore, checkpoint_bytes: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The same for the CRC the torch zip writer takes of a payload (a merge): verified on
-    # opening, then shortened by another process.
-    splices = Manifest.parse(do_clean(store, checkpoint_bytes)[0]).splices
-    splice = max(splices, key=lambda s: s.length)
-    path = loose_object(store, splice.oid)
-    open_verified = store.open_verified
-
-    def open_then_cut(oid: str) -> object:
-        file, header = open_verified(oid)
-        os.truncate(path, header.data_offset + 8)
-        return file, header
-
-    monkeypatch.setattr(store, "open_verified", open_then_cut)
-    with pytest.raises(ObjectFormatError, match="payload ends early") as info:
-        within(10, lambda: payload_crc32(store, splice.oid))
+        within(10, lambda: reads(store, splice))
     assert info.value.oid == splice.oid
