@@ -256,6 +256,16 @@ def encoded(objects: Objects) -> tuple[str, bytes]:
     return oid, data
 
 
+@pytest.fixture
+def delta(objects: Objects) -> tuple[str, str, bytes]:
+    """A stored delta of 3000 F32: its oid, its base's oid and its base's canonical bytes."""
+    base, base_data = objects.canonical(_weights(7), "F32")
+    objects.put(base_data, "F32")
+    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
+    objects.put(data, "F32", base=base)
+    return oid, base, base_data
+
+
 @pytest.mark.parametrize(
     "offset, value, message",
     [
@@ -386,11 +396,8 @@ def test_a_malformed_block_is_a_named_error(objects: Objects, encoded) -> None:
         objects.read(oid)
 
 
-def test_a_malformed_block_of_a_delta_s_base_is_named_by_the_base(objects: Objects) -> None:
-    base, base_data = objects.canonical(_weights(7), "F32")
-    objects.put(base_data, "F32")
-    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
-    objects.put(data, "F32", base=base)
+def test_a_malformed_block_of_a_delta_s_base_is_named_by_the_base(objects: Objects, delta) -> None:
+    oid, base, base_data = delta
     _corrupt(objects, base, _block_0(base, base_data), b"\x09")
     with pytest.raises(ObjectFormatError, match=f"{base} is corrupt: block 0: unknown plane mode"):
         objects.read(oid)
@@ -410,32 +417,23 @@ def test_bytes_after_the_last_block_are_refused(objects: Objects, encoded) -> No
         objects.read(oid)
 
 
-def test_a_missing_delta_base_is_a_named_error(objects: Objects) -> None:
-    base, base_data = objects.canonical(_weights(7), "F32")
-    objects.put(base_data, "F32")
-    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
-    objects.put(data, "F32", base=base)
+def test_a_missing_delta_base_is_a_named_error(objects: Objects, delta) -> None:
+    oid, base, _ = delta
     (objects.directory / base).unlink()
     with pytest.raises(DeltaBaseMissingError, match=f"delta base {base} is missing") as caught:
         objects.read(oid)
     assert caught.value.base == base and "git theta fetch" in caught.value.hint
 
 
-def test_a_delta_naming_itself_as_its_base_is_refused(objects: Objects) -> None:
-    base, base_data = objects.canonical(_weights(7), "F32")
-    objects.put(base_data, "F32")
-    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
-    objects.put(data, "F32", base=base)
+def test_a_delta_naming_itself_as_its_base_is_refused(objects: Objects, delta) -> None:
+    oid, _, _ = delta
     _corrupt(objects, oid, 56, bytes.fromhex(oid))
     with pytest.raises(ObjectFormatError, match=f"{oid} is corrupt: is its own delta base"):
         objects.read(oid)
 
 
-def test_a_base_of_another_payload_length_is_refused(objects: Objects) -> None:
-    base, base_data = objects.canonical(_weights(7), "F32")
-    objects.put(base_data, "F32")
-    oid, data = objects.canonical(_weights(7) * 1.001, "F32")
-    objects.put(data, "F32", base=base)
+def test_a_base_of_another_payload_length_is_refused(objects: Objects, delta) -> None:
+    oid, base, _ = delta
     # The base's id now names an object of 8,000 payload bytes, not 12,000.
     objects.write(base, objects.canonical(_weights(7, (2000,)), "F32")[1])
     with pytest.raises(
