@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from helpers import sha256_file, store_oids
 from remote_scenarios import MODEL, History, commit_versions, init_clone, run_round_trip
 
 from git_theta_filter.gitrepo import GitRepo
-from git_theta_filter.remote_helper import RemoteHelper, _porcelain_statuses
+from git_theta_filter.remote_helper import HelperProtocolError, RemoteHelper, _porcelain_statuses
 
 
 def test_round_trip_through_theta_urls(git_env, tmp_path):
@@ -99,6 +100,22 @@ def test_helper_session_capabilities_options_and_list(git_env, tmp_path, monkeyp
         == f"fetch\npush\noption\n\nok\nunsupported\n@refs/heads/main HEAD\n{head} "
         "refs/heads/main\n\n"
     )
+
+
+def test_helper_session_refuses_a_command_it_does_not_know(git_env, tmp_path, monkeypatch):
+    # A newer git's command is not guessed at: the session ends, naming it.
+    source = tmp_path / "source"
+    git_env.run("git", "init", "-q", str(source))
+    for key, value in git_env.env.items():
+        monkeypatch.setenv(key, value)
+    answers = io.BytesIO()
+    commands = io.BytesIO(b"capabilities\nstateless-connect git-upload-pack\nlist\n\n")
+    helper = RemoteHelper(
+        GitRepo.discover(source), "origin", str(tmp_path / "x.git"), commands, answers
+    )
+    with pytest.raises(HelperProtocolError, match="unexpected command 'stateless-connect"):
+        helper.serve()
+    assert answers.getvalue() == b"fetch\npush\noption\n\n"
 
 
 def test_porcelain_statuses_are_read_per_destination():
