@@ -167,7 +167,8 @@ def test_theta_diff_of_a_work_tree_the_filter_cannot_clean_is_an_error(
     torch.save({"model": model.state_dict(), "epoch": 4}, history.repo / "model.pth")
     result = history.theta("diff")
     assert result.returncode != 0 and result.stdout == ""
-    assert "`git add -u`" in result.stderr and "model.pth" in result.stderr
+    # git's last line, which the error quotes, depends on when the filter died.
+    assert result.stderr.startswith("git-theta: error: `git add -u`: ")
 
 
 def test_theta_diff_added_removed_retyped_and_every_dtype(own_history: History) -> None:
