@@ -26,6 +26,7 @@ from helpers import (
 
 import git_theta_filter
 from git_theta_filter.cli import COMMANDS, main
+from git_theta_filter.installation import install
 
 SIZES = (16, 32, 32, 8)  # 6 tensors
 
@@ -329,3 +330,21 @@ def test_install_writes_the_script_path_when_a_shim_is_also_on_path(git_env, tmp
     shim.chmod(0o755)
     driver = _installed_merge_driver(git_env, script, f"{bin_dir}:{shims}:/usr/bin:/bin")
     assert driver == f"{script.resolve()} merge %O %A %B %P"
+
+
+@pytest.mark.parametrize(
+    ("scope", "message"),
+    [("local", "--local needs a repository"), ("worktree", "unknown config scope 'worktree'")],
+)
+def test_install_refuses_a_scope_it_cannot_write_before_writing_any(
+    git_env, tmp_path, monkeypatch, scope: str, message: str
+) -> None:
+    # Outside any repository, with the test's HOME: a refusal that came too late would
+    # show in the global config.
+    for key, value in git_env.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    before = (git_env.home / ".gitconfig").read_text()
+    with pytest.raises(ValueError, match=message):
+        install(scope, None)
+    assert (git_env.home / ".gitconfig").read_text() == before
