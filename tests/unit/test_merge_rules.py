@@ -23,6 +23,7 @@ from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
 from git_theta_filter.manifest import Manifest, TensorEntry
 from git_theta_filter.merge import (
     InvalidStrategyError,
+    MergeError,
     MergeResult,
     Outcome,
     Strategy,
@@ -462,3 +463,19 @@ def test_merge_of_a_view_whose_storage_changed_size_into_the_other_side_s_frame_
     assert [t.outcome for t in result.tensors] == [Outcome.THEIRS]
     assert result.manifest is None
     assert result.problem == "the storage of 'v' is laid out differently on the two sides"
+
+
+def test_merge_with_a_side_whose_tensor_lines_disagree_with_its_data_pkl_is_refused(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    # Theirs is a crafted manifest: its line for v says [2] where its data.pkl says [4].
+    # The merged file built on theirs' data.pkl cannot hold the [2] tensor the lines
+    # promise, and no manifest may claim it does.
+    base = cleaned_state(store, tmp_path, {"v": torch.arange(4.0), "w": torch.zeros(1)})
+    ours = cleaned_state(store, tmp_path, {"v": torch.arange(4.0), "w": torch.ones(1)})
+    theirs = base.replace(b"tensor v F32 [4] ", b"tensor v F32 [2] ")
+    assert theirs != base
+    with pytest.raises(MergeError) as error:
+        merge_manifests(base, ours, theirs, store, Strategy("conflict"), "model.pth")
+    assert error.value.path == "model.pth"
+    assert "the merged file does not hold the merged tensors" in error.value.reason
