@@ -327,6 +327,7 @@ def test_api_a_metrics_file_rewritten_within_the_second_of_its_last_add_is_stage
     assert git(api_repo, "status", "--porcelain") == ""
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # torch deprecates it
 def test_api_load_state_dict_refuses_a_quantized_tensor_naming_the_file_and_tensor(
     api_repo: Path,
 ) -> None:
