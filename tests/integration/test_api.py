@@ -325,3 +325,43 @@ def test_api_a_metrics_file_rewritten_within_the_second_of_its_last_add_is_stage
         pytest.skip("the machine was too slow to rewrite the file within one second")
     assert "0.2222" in git(api_repo, "show", "HEAD:model.pth.metrics.json")
     assert git(api_repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # torch deprecates it
+def test_api_load_state_dict_refuses_a_quantized_tensor_naming_the_file_and_tensor(
+    api_repo: Path,
+) -> None:
+    # Its object holds the integers only: the scale and zero point are in the pickle. The
+    # manifest names the integers by where the pickle keeps them.
+    quantized = torch.quantize_per_tensor(torch.arange(4.0), 0.5, 0, torch.qint8)
+    repo = gtf.open(api_repo)
+    repo.commit_checkpoint({"w": torch.ones(2), "q": quantized}, "model.pth", message="q")
+    with pytest.raises(gtf.UnsupportedDTypeError) as error:
+        repo.load_state_dict("model.pth")
+    assert str(error.value) == (
+        "model.pth: tensor 'q.args.0' is QI8, which cannot be loaded without torch.load"
+    )
+
+
+def test_api_load_state_dict_of_a_file_that_is_no_model_names_the_revision_and_path(
+    api_repo: Path,
+) -> None:
+    # A file theta does not track, committed as it is: there is a blob, but no manifest.
+    (api_repo / "notes.txt").write_text("not a model\n")
+    git(api_repo, "add", "notes.txt")
+    git(api_repo, "commit", "-qm", "notes")
+    with pytest.raises(gtf.ModelNotFoundError) as error:
+        gtf.open(api_repo).load_state_dict("notes.txt", rev="HEAD")
+    assert str(error.value) == "HEAD: no model file notes.txt"
+
+
+def test_api_restore_of_a_directory_names_the_revision_and_path(api_repo: Path) -> None:
+    # The tree has an entry at the path, but a directory: there is nothing to write there.
+    (api_repo / "runs").mkdir()
+    (api_repo / "runs" / "notes.txt").write_text("a run\n")
+    git(api_repo, "add", "runs")
+    git(api_repo, "commit", "-qm", "runs")
+    with pytest.raises(gtf.ModelNotFoundError) as error:
+        gtf.open(api_repo).restore("runs", rev="HEAD")
+    assert str(error.value) == "HEAD: no model file runs"
+    assert (api_repo / "runs" / "notes.txt").read_text() == "a run\n"

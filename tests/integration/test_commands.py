@@ -26,6 +26,7 @@ from helpers import (
 
 import git_theta_filter
 from git_theta_filter.cli import COMMANDS, main
+from git_theta_filter.installation import install
 
 SIZES = (16, 32, 32, 8)  # 6 tensors
 
@@ -338,3 +339,21 @@ def test_metrics_add_refuses_a_file_outside_the_repository(git_env, repo: Path) 
     assert result.returncode != 0
     assert f"../results.json: outside the repository at {repo}" in result.stderr.decode()
     assert not (repo / ".thetaconfig").exists()
+
+
+@pytest.mark.parametrize(
+    ("scope", "message"),
+    [("local", "--local needs a repository"), ("worktree", "unknown config scope 'worktree'")],
+)
+def test_install_refuses_a_scope_it_cannot_write_before_writing_any(
+    git_env, tmp_path, monkeypatch, scope: str, message: str
+) -> None:
+    # Outside any repository, with the test's HOME: a refusal that came too late would
+    # show in the global config.
+    for key, value in git_env.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    before = (git_env.home / ".gitconfig").read_text()
+    with pytest.raises(ValueError, match=message):
+        install(scope, None)
+    assert (git_env.home / ".gitconfig").read_text() == before

@@ -8,6 +8,7 @@ import stat
 from importlib import resources
 from pathlib import Path
 
+import pytest
 from helpers import (
     commit_all,
     mlp_checkpoint,
@@ -17,6 +18,8 @@ from helpers import (
     sha256_file,
     store_oids,
 )
+
+from git_theta_filter.hooks import run_hook_script
 
 OUR_HOOK = (resources.files("git_theta_filter") / "hook_scripts" / "pre-push").read_text()
 
@@ -246,3 +249,11 @@ def test_hooks_tracked_hooks_path_is_never_rewritten_without_force(git_env, tmp_
     out = git_env.theta(repo, "install", "--local", "--force").stdout.decode()
     assert "kept your pre-push hook as pre-push.pre-theta; it runs after ours" in out
     assert_our_hook(shared)
+
+
+@pytest.mark.parametrize("name", ["pre-commit", "../cli/__init__.py"])
+def test_hooks_run_only_our_packaged_scripts_by_name(name: str) -> None:
+    # The name picks a file among the package's resources: any other would run a file
+    # of the package (or beside it) as a shell script.
+    with pytest.raises(ValueError, match=f"not a hook of ours: {name!r}"):
+        run_hook_script(name, [])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 from adoption_history import EPOCHS, Adopted, adopted_history, git_dir_bytes, sha256
 from helpers import object_path
 
+from git_theta_filter.errors import ThetaError
+from git_theta_filter.gitrepo import GitRepo
 from git_theta_filter.lfs_pointer import parse_lfs_pointer
 from git_theta_filter.manifest import Manifest
+from git_theta_filter.migrate import _BlobWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -285,3 +289,17 @@ def test_migrate_rewrites_refs_only(raw: Adopted) -> None:
     code, _out, err = raw.theta("migrate", "import", "--include=*.pth", "HEAD~1", check=False)
     assert code == 128
     assert "'HEAD~1' is not a branch or tag" in err
+
+
+def test_export_fails_when_git_cannot_write_a_blob_instead_of_recording_none(
+    git_env, tmp_path: Path
+) -> None:
+    # A file where the blob's loose-object directory belongs makes `git hash-object -w`
+    # die mid-stream; an empty answer must not become the blob id of a rewritten commit.
+    path = tmp_path / "plain"
+    git_env.run("git", "init", "-q", str(path))
+    blob_id = hashlib.sha1(b"blob 5\0hello").hexdigest()
+    (path / ".git" / "objects" / blob_id[:2]).write_bytes(b"")
+    with _BlobWriter(GitRepo.discover(path)) as writer:
+        with pytest.raises(ThetaError, match="`git hash-object` failed to write a blob"):
+            writer.write(lambda write: write(memoryview(b"hello")))

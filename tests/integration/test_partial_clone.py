@@ -8,8 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pygit2
 import pytest
 from helpers import isolated_git_env, mlp_checkpoint, save, store_oids
+
+from git_theta_filter.promisor import GitObjectsUnavailableError, fetch_missing
 
 VERSIONS = 6
 
@@ -111,3 +114,16 @@ def test_partial_clone_without_its_promisor_fails_loudly(shared, tmp_path) -> No
         assert "check that 'origin' can be reached, then run the command again" in stderr
     # gc took no unreadable blob for "not a model file": it deleted nothing.
     assert store_oids(clone) == kept
+
+
+def test_a_missing_git_object_outside_a_partial_clone_is_named_as_damage(tmp_path) -> None:
+    # No promisor remote to ask: the object is lost, and the hint leads to git fsck.
+    git = pygit2.init_repository(str(tmp_path / "plain"))
+    lost = pygit2.Oid(hex="1" * 40)
+    with pytest.raises(GitObjectsUnavailableError) as error:
+        fetch_missing(git, [lost])
+    assert str(error.value) == (
+        f"git object {lost} is not in this clone: "
+        "the repository lacks it and is not a partial clone"
+    )
+    assert "git fsck" in error.value.hint

@@ -224,6 +224,27 @@ def test_object_absent_from_the_store_gives_the_missing_object_error(git_env, tm
     assert f"tensor object {victim.name} is in no remote's store (tried 'origin')" in stderr
 
 
+def test_theta_fetch_fails_naming_an_object_that_no_remote_s_store_has(git_env, tmp_path):
+    # Without a remote named, every remote's store is tried: one that still lacks an
+    # object after that must fail the fetch, not leave the checkout to find out.
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a = init_clone(git_env, tmp_path / "A", str(bare))
+    commit_versions(git_env, a, range(1), History())
+    git_env.git(a, "push", "-q", "origin", "main")
+    victim = next(iter(store_files(bare / "theta" / "objects").values()))
+    victim.unlink()
+    b = tmp_path / "B"
+    git_env.run("git", "clone", "-q", str(bare), str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
+
+    result = git_env.theta(b, "fetch", check=False)
+    assert result.returncode == 1
+    assert (
+        f"tensor object {victim.name} is in no remote's store (tried 'origin')"
+        in result.stderr.decode()
+    )
+
+
 def test_two_clones_pushing_the_same_objects_at_once(git_env, tmp_path):
     bare = tmp_path / "models.git"
     git_env.run("git", "init", "-q", "--bare", str(bare))

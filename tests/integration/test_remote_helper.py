@@ -8,7 +8,7 @@ import pytest
 from helpers import sha256_file, store_oids
 from remote_scenarios import MODEL, History, commit_versions, init_clone, run_round_trip
 
-from git_theta_filter.gitrepo import GitRepo
+from git_theta_filter.gitrepo import GitError, GitRepo
 from git_theta_filter.remote_helper import HelperProtocolError, RemoteHelper, _porcelain_statuses
 
 
@@ -116,6 +116,24 @@ def test_helper_session_refuses_a_command_it_does_not_know(git_env, tmp_path, mo
     with pytest.raises(HelperProtocolError, match="unexpected command 'stateless-connect"):
         helper.serve()
     assert answers.getvalue() == b"fetch\npush\noption\n\n"
+
+
+def test_helper_fetch_of_a_commit_the_remote_lacks_fails_naming_the_url(
+    git_env, tmp_path, monkeypatch
+):
+    # Git asks for commits by id: one that the remote no longer has must fail the fetch
+    # there, not be passed on as fetched.
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    local = tmp_path / "local"
+    git_env.run("git", "init", "-q", str(local))
+    for key, value in git_env.env.items():
+        monkeypatch.setenv(key, value)
+
+    commands = io.BytesIO(f"fetch {'1' * 40} refs/heads/main\n\n".encode())
+    helper = RemoteHelper(GitRepo.discover(local), "origin", str(bare), commands, io.BytesIO())
+    with pytest.raises(GitError, match=f"could not fetch from {bare}$"):
+        helper.serve()
 
 
 def test_porcelain_statuses_are_read_per_destination():

@@ -382,6 +382,19 @@ def test_theta_diff_bad_input_exits_128(
     assert len(result.stderr.splitlines()) == 1 and message in result.stderr
 
 
+def test_theta_diff_symmetric_range_of_unrelated_histories_names_the_range(
+    own_history: History,
+) -> None:
+    # A root commit of its own shares no merge base with HEAD: `A...B` has no old side.
+    tree = own_history.run("git", "rev-parse", "HEAD^{tree}").stdout.decode().strip()
+    unrelated = (
+        own_history.run("git", "commit-tree", tree, "-m", "unrelated").stdout.decode().strip()
+    )
+    result = own_history.theta("diff", f"HEAD...{unrelated}")
+    assert result.returncode == 128 and result.stdout == ""
+    assert f"bad revision 'HEAD...{unrelated}'" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, most",
     [

@@ -23,6 +23,7 @@ from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
 from git_theta_filter.manifest import Manifest, TensorEntry
 from git_theta_filter.merge import (
     InvalidStrategyError,
+    MergeError,
     MergeResult,
     Outcome,
     Strategy,
@@ -323,13 +324,16 @@ def merge_states(
     """merge_manifests over three torch.save'd states (base, ours, theirs), cleaned into
     ``store``.
     """
-    manifests = []
-    for state in states:
-        path = tmp_path / "model.pth"
-        torch.save(state, path)
-        with open(path, "rb", buffering=0) as file:
-            manifests.append(clean(file, store, "model.pth"))
+    manifests = [cleaned_state(store, tmp_path, state) for state in states]
     return merge_manifests(*manifests, store, Strategy.parse(strategy), "model.pth")
+
+
+def cleaned_state(store: LocalStore, tmp_path: Path, state: dict[str, object]) -> bytes:
+    """The manifest of ``state`` torch.save'd and cleaned into ``store``."""
+    path = tmp_path / "model.pth"
+    torch.save(state, path)
+    with open(path, "rb", buffering=0) as file:
+        return clean(file, store, "model.pth")
 
 
 @pytest.mark.parametrize("strategy", ["average", "weighted:0.25"])
@@ -428,3 +432,50 @@ def test_merge_of_tensors_whose_storage_holds_another_type_is_a_conflict(
         "a": "changed on both sides; their storage is U8, not F32",
         "b": "changed on both sides; their storage is U8, not I32",
     }
+
+
+def test_merge_with_a_side_that_is_not_a_manifest_is_a_problem_naming_that_side(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    # A file committed before it was tracked reaches the driver as its raw bytes: that is
+    # a file no merge can hold, not a broken manifest.
+    base, ours = (cleaned_state(store, tmp_path, {"v": torch.ones(2) * k}) for k in (1, 2))
+    result = merge_manifests(base, ours, b"PK\x03\x04raw bytes", store, Strategy("ours"), "m.pth")
+    assert result.manifest is None and result.tensors == []
+    assert result.problem == (
+        "theirs is not a git-theta manifest (a file committed before it was tracked?)"
+    )
+
+
+def test_merge_of_a_view_whose_storage_changed_size_into_the_other_side_s_frame_is_a_problem(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    # Theirs keeps v's place in its storage but shrinks the storage; ours changes only the
+    # epoch, so both frames changed and ours' data.pkl, which expects the 20-element
+    # storage, is kept. Splicing theirs' 10 elements into it would misplace them.
+    storage = torch.randn(20, generator=torch.Generator().manual_seed(5))
+    states = [
+        {"v": storage[2:8], "epoch": 1},
+        {"v": storage[2:8], "epoch": 2},
+        {"v": (storage[:10] + 1)[2:8], "epoch": 1},
+    ]
+    result = merge_states(store, tmp_path, states, "conflict")
+    assert [t.outcome for t in result.tensors] == [Outcome.THEIRS]
+    assert result.manifest is None
+    assert result.problem == "the storage of 'v' is laid out differently on the two sides"
+
+
+def test_merge_with_a_side_whose_tensor_lines_disagree_with_its_data_pkl_is_refused(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    # Theirs is a crafted manifest: its line for v says [2] where its data.pkl says [4].
+    # The merged file built on theirs' data.pkl cannot hold the [2] tensor the lines
+    # promise, and no manifest may claim it does.
+    base = cleaned_state(store, tmp_path, {"v": torch.arange(4.0), "w": torch.zeros(1)})
+    ours = cleaned_state(store, tmp_path, {"v": torch.arange(4.0), "w": torch.ones(1)})
+    theirs = base.replace(b"tensor v F32 [4] ", b"tensor v F32 [2] ")
+    assert theirs != base
+    with pytest.raises(MergeError) as error:
+        merge_manifests(base, ours, theirs, store, Strategy("conflict"), "model.pth")
+    assert error.value.path == "model.pth"
+    assert "the merged file does not hold the merged tensors" in error.value.reason
