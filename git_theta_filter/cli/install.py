@@ -62,7 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_uninstall)
 
 
-def _repo_or_none() -> GitRepo | None:
+def _repo_or_none(scope: str) -> GitRepo | None:
+    """The repository here; outside one, None, except for ``--local``, which needs it
+    (then the error names the directory, as any command run outside a repository)."""
+    if scope == "local":
+        return GitRepo.discover()
     try:
         return GitRepo.discover()
     except NotARepositoryError:
@@ -70,13 +74,13 @@ def _repo_or_none() -> GitRepo | None:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    repo = _repo_or_none()
+    repo = _repo_or_none(args.scope)
     for line in install(args.scope, repo, with_hooks=not args.skip_hooks, force_hooks=args.force):
         print(line)
     return 0
 
 
 def run_uninstall(args: argparse.Namespace) -> int:
-    for line in uninstall(args.scope, _repo_or_none()):
+    for line in uninstall(args.scope, _repo_or_none(args.scope)):
         print(line)
     return 0

@@ -357,3 +357,15 @@ def test_install_refuses_a_scope_it_cannot_write_before_writing_any(
     with pytest.raises(ValueError, match=message):
         install(scope, None)
     assert (git_env.home / ".gitconfig").read_text() == before
+
+
+@pytest.mark.parametrize("command", ["install", "uninstall"])
+def test_install_local_outside_a_repository_says_so_as_any_command_does(
+    git_env, tmp_path, command: str
+) -> None:
+    # Not "ValueError: --local needs a repository": the user's mistake, named like one.
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    result = git_env.run("git", "theta", command, "--local", cwd=outside, check=False)
+    assert result.returncode == 128
+    assert result.stderr.decode() == f"git-theta: error: not a git repository: {outside}\n"
