@@ -560,3 +560,13 @@ def test_theta_diff_include_and_exclude_choose_the_tensors_and_the_summary(
     assert "model.2.bias" not in text and "θ changed 1/2" in text
     nothing = history.theta_json("diff", "--include", "no.such.*", first, last)["files"]
     assert nothing[0]["tensors"] == [] and nothing[0]["summary"]["theta_tensors"] == 0
+
+
+def test_theta_diff_top_refuses_a_negative_count(capsys: pytest.CaptureFixture) -> None:
+    from git_theta_filter.cli.diff import build_parser
+
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["--top", "-1"])
+    assert caught.value.code == 2
+    assert "argument --top: -1 is negative" in capsys.readouterr().err
+    assert build_parser().parse_args(["--top", "0"]).top == 0
