@@ -39,12 +39,26 @@ def main() -> None:
         status = relay_to_server()
         if status is not None:
             os._exit(status)
+    answered = _answer_git()
     _load_site()
     if use_server:
         _start_server()
-    from git_theta_filter.cli import main as cli_main
+    from git_theta_filter.cli._errors import run_reporting
+    from git_theta_filter.cli.filter_process import run
 
-    sys.exit(cli_main(["filter-process"]))
+    sys.exit(run_reporting(lambda: run(None, answered)))
+
+
+def _answer_git():
+    """Git's handshake, answered before ``site``, numpy and the store are loaded (git
+    waits for it, and it needs none of them); or the error that stopped it, which is
+    reported as any other once the command is loaded."""
+    from git_theta_filter.filter_handshake import answer_git
+
+    try:
+        return answer_git()
+    except Exception as exc:
+        return exc
 
 
 def _load_site() -> None:

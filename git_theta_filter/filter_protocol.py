@@ -2,10 +2,8 @@
 
 Git's contract (gitattributes(5), "Long Running Filter Process"), all in pkt-lines:
 
-* Handshake. Git sends ``git-filter-client``, ``version=2``, flush; the filter
-  answers ``git-filter-server``, ``version=2``, flush. Git sends its
-  capabilities (``capability=clean``, ``capability=smudge``, ...), flush; the
-  filter answers with the subset it supports, flush.
+* Handshake: versions, then capabilities (``filter_handshake.py``, which is
+  light enough to answer git before the filter has loaded anything else).
 * Each request: ``command=clean|smudge``, ``pathname=<path>`` and possibly
   more ``key=value`` lines, flush, the content packets, flush. The filter
   reads the whole request before answering. A smudge for a checkout of a
@@ -26,16 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from .errors import ThetaError
+from .filter_handshake import CAPABILITIES, ProtocolError, answer_handshake
 from .pktline import PktLineError, PktLineReader, PktLineWriter
 
 __all__ = ["FilterHandler", "SmudgeOutput", "ProtocolError", "serve", "CAPABILITIES"]
-
-CAPABILITIES = ("clean", "smudge")
-
-
-class ProtocolError(ThetaError):
-    """Git sent something the protocol does not allow."""
 
 
 class SmudgeOutput(Protocol):
@@ -56,35 +48,20 @@ Report = Callable[[BaseException, str], None]
 T = TypeVar("T")
 
 
-def _read_handshake_list(reader: PktLineReader) -> list[str]:
-    # Between requests, end of input is git closing the pipe when done; here it
-    # means git went away before saying what it wants.
-    try:
-        return reader.read_text_list()
-    except EOFError:
-        raise ProtocolError("the input ended during the handshake") from None
-
-
-def _handshake(reader: PktLineReader, writer: PktLineWriter) -> set[str]:
-    welcome = _read_handshake_list(reader)
-    if not welcome or welcome[0] != "git-filter-client" or "version=2" not in welcome[1:]:
-        raise ProtocolError(f"unexpected handshake {welcome!r}")
-    writer.write_text_list(["git-filter-server", "version=2"])
-    offered = {
-        line.removeprefix("capability=")
-        for line in _read_handshake_list(reader)
-        if line.startswith("capability=")
-    }
-    supported = [c for c in CAPABILITIES if c in offered]
-    writer.write_text_list([f"capability={c}" for c in supported])
-    return set(supported)
-
-
 def serve(
-    reader: PktLineReader, writer: PktLineWriter, handler: FilterHandler, report: Report
+    reader: PktLineReader,
+    writer: PktLineWriter,
+    handler: FilterHandler,
+    report: Report,
+    capabilities: set[str] | None = None,
 ) -> None:
-    """Handshake, then answer requests until Git closes the pipe."""
-    capabilities = _handshake(reader, writer)
+    """Handshake, then answer requests until Git closes the pipe.
+
+    ``capabilities`` are those of a handshake already answered on these pipes
+    (:func:`filter_handshake.answer_git`); without them, it is answered here.
+    """
+    if capabilities is None:
+        capabilities = answer_handshake(reader, writer)
     while True:
         try:
             header_lines = reader.read_text_list()

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import io
+import os
+import select
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -349,7 +352,7 @@ _HEAVY_BEFORE_HANDSHAKE = (
 )  # fmt: skip
 _PROTOCOL_MODULES = {
     "git_theta_filter", "git_theta_filter.version", "git_theta_filter.errors",
-    "git_theta_filter.pktline",
+    "git_theta_filter.pktline", "git_theta_filter.filter_handshake",
     "git_theta_filter.filter_protocol", "git_theta_filter.cli", "git_theta_filter.cli._errors",
     "git_theta_filter.cli.filter_process", "git_theta_filter.terminal",
     "git_theta_filter.filter_session",
@@ -395,6 +398,91 @@ def test_filter_process_answers_the_handshake_before_importing_anything_heavy(
     ours = {m for m in added if m.startswith("git_theta_filter")}
     assert ours <= _PROTOCOL_MODULES, sorted(ours - _PROTOCOL_MODULES)
     assert not (repo / ".git" / "theta" / "gc.lock").exists()  # no lock before a request
+
+
+CLIENT = Path(__file__).resolve().parents[2] / "git_theta_filter" / "filter_client.py"
+
+
+def _client_holding_site(tmp_path: Path, git_env, repo: Path) -> tuple[subprocess.Popen, Path]:
+    """The filter's client serving git in its own process, as git starts it, with a
+    ``sitecustomize`` that holds ``site``'s loading until the returned file exists."""
+    held = tmp_path / "site-held"
+    held.mkdir()
+    release = tmp_path / "release-site"
+    (held / "sitecustomize.py").write_text(
+        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\n"
+    )
+    env = {**git_env.env, "GIT_THETA_FILTER_SERVER": "0", "PYTHONPATH": str(held)}
+    client = subprocess.Popen(
+        [sys.executable, "-S", str(CLIENT)],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return client, release
+
+
+def _read_within(stream, size: int, seconds: float) -> bytes:
+    """Up to ``size`` bytes of ``stream``, or what came before ``seconds`` passed."""
+    got = b""
+    deadline = time.monotonic() + seconds
+    while len(got) < size and (left := deadline - time.monotonic()) > 0:
+        if not select.select([stream], [], [], left)[0]:
+            break
+        chunk = os.read(stream.fileno(), size - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_the_filter_s_own_process_answers_the_handshake_before_loading_site(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
+    """git waits for the handshake: served in its own process, the filter answers it
+    before ``site`` (the sandbox's .pth files, numpy, the store) is loaded."""
+    client, release = _client_holding_site(tmp_path, git_env, repo)
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(HANDSHAKE + CAPABILITIES)
+        client.stdin.flush()
+        expected = b"".join(
+            encode_text(line) for line in ["git-filter-server", "version=2"]
+        ) + FLUSH + b"".join(
+            encode_text(line) for line in ["capability=clean", "capability=smudge"]
+        ) + FLUSH  # fmt: skip
+        assert _read_within(client.stdout, len(expected), 20) == expected
+        release.touch()
+        # Served after site is loaded: a clean of a file that is no model.
+        client.stdin.write(request("clean", "notes.bin", b"not a model"))
+        client.stdin.close()
+        reader = PktLineReader(client.stdout)
+        status, content, trailer = read_response(reader)
+        assert status == ["status=success"] and trailer == []
+        assert content is not None and content.startswith(b"git-theta-manifest")
+        assert client.wait(timeout=60) == 0
+    finally:
+        release.touch()
+        if client.poll() is None:
+            client.kill()
+        client.wait()
+
+
+def test_the_filter_s_own_process_reports_a_bad_handshake_once_site_is_loaded(
+    git_env, repo: Path, tmp_path: Path
+) -> None:
+    client, release = _client_holding_site(tmp_path, git_env, repo)
+    release.touch()
+    out, err = client.communicate(
+        encode_text("git-filter-client") + encode_text("version=1") + FLUSH, timeout=60
+    )
+    assert client.returncode == 1
+    assert out == b""
+    assert err.decode().strip() == (
+        "git-theta: error: unexpected handshake ['git-filter-client', 'version=1']"
+    )
 
 
 def test_filter_process_outside_a_repository_fails_each_request_not_the_handshake(
