@@ -209,7 +209,9 @@ def test_corrupt_object_in_the_store_is_refused_on_download(git_env, tmp_path):
     assert checkout.returncode != 0 and victim.name in checkout.stderr.decode()
 
 
-def test_object_absent_from_the_store_gives_the_missing_object_error(git_env, tmp_path):
+def push_then_lose_an_object(git_env, tmp_path) -> tuple[Path, Path]:
+    """A bare repository that A pushed one version to, with one object of its store then
+    deleted: the bare repository, and the path of the object that is gone."""
     bare = tmp_path / "models.git"
     git_env.run("git", "init", "-q", "--bare", str(bare))
     a = init_clone(git_env, tmp_path / "A", str(bare))
@@ -217,6 +219,11 @@ def test_object_absent_from_the_store_gives_the_missing_object_error(git_env, tm
     git_env.git(a, "push", "-q", "origin", "main")
     victim = next(iter(store_files(bare / "theta" / "objects").values()))
     victim.unlink()
+    return bare, victim
+
+
+def test_object_absent_from_the_store_gives_the_missing_object_error(git_env, tmp_path):
+    bare, victim = push_then_lose_an_object(git_env, tmp_path)
 
     result = git_env.run("git", "clone", "-q", str(bare), str(tmp_path / "B"), check=False)
     stderr = result.stderr.decode()
@@ -227,13 +234,7 @@ def test_object_absent_from_the_store_gives_the_missing_object_error(git_env, tm
 def test_theta_fetch_fails_naming_an_object_that_no_remote_s_store_has(git_env, tmp_path):
     # Without a remote named, every remote's store is tried: one that still lacks an
     # object after that must fail the fetch, not leave the checkout to find out.
-    bare = tmp_path / "models.git"
-    git_env.run("git", "init", "-q", "--bare", str(bare))
-    a = init_clone(git_env, tmp_path / "A", str(bare))
-    commit_versions(git_env, a, range(1), History())
-    git_env.git(a, "push", "-q", "origin", "main")
-    victim = next(iter(store_files(bare / "theta" / "objects").values()))
-    victim.unlink()
+    bare, victim = push_then_lose_an_object(git_env, tmp_path)
     b = tmp_path / "B"
     git_env.run("git", "clone", "-q", str(bare), str(b), env={"GIT_THETA_SKIP_SMUDGE": "1"})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -239,14 +240,27 @@ def test_a_missing_delta_base_fails_smudge_before_output_and_fsck_finds_it(
         store.verify(delta)
 
 
-def test_a_corrupt_pack_entry_is_a_named_error(store: LocalStore) -> None:
-    manifest = do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(20)}))
+def _damage_the_first_pack_entry(
+    store: LocalStore, count: int, damage: Callable[[bytearray, int, int], None]
+) -> tuple[Manifest, Path, str]:
+    """Clean ``count`` small tensors into one pack, then let ``damage`` change the pack's
+    bytes given its first entry's offset and length: the manifest, the pack and that
+    entry's id."""
+    manifest = do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(count)}))
     ((pack, index),) = store.packs().items()
     oid, offset, length = next(index.entries())
     data = bytearray(pack.read_bytes())
-    data[offset + length - 3] ^= 0xFF  # inside the entry's last plane
+    damage(data, offset, length)
     pack.chmod(0o644)
     pack.write_bytes(bytes(data))
+    return manifest, pack, oid
+
+
+def test_a_corrupt_pack_entry_is_a_named_error(store: LocalStore) -> None:
+    def flip_a_byte(data: bytearray, offset: int, length: int) -> None:
+        data[offset + length - 3] ^= 0xFF  # inside the entry's last plane
+
+    manifest, pack, oid = _damage_the_first_pack_entry(store, 20, flip_a_byte)
     with pytest.raises(CorruptPackEntryError) as caught:
         store.verify_packed(pack, oid)
     assert caught.value.oid == oid and caught.value.pack == pack
@@ -258,13 +272,11 @@ def test_a_corrupt_pack_entry_is_a_named_error(store: LocalStore) -> None:
 def test_a_pack_entry_whose_headers_are_damaged_is_a_named_error(store: LocalStore) -> None:
     """Damage that stops the entry from opening at all, not only from decoding: fsck
     must still learn which pack holds it, to move that pack aside."""
-    do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(3)}))
-    ((pack, index),) = store.packs().items()
-    oid, offset, _length = next(index.entries())
-    data = bytearray(pack.read_bytes())
-    data[offset : offset + 8] = bytes(8)  # the entry's first bytes: a zero-length header
-    pack.chmod(0o644)
-    pack.write_bytes(bytes(data))
+
+    def zero_the_header(data: bytearray, offset: int, _length: int) -> None:
+        data[offset : offset + 8] = bytes(8)  # the entry's first bytes: a zero-length header
+
+    _manifest, pack, oid = _damage_the_first_pack_entry(store, 3, zero_the_header)
     with pytest.raises(CorruptPackEntryError) as caught:
         store.verify_packed(pack, oid)
     assert caught.value.oid == oid and caught.value.pack == pack

@@ -12,7 +12,7 @@ import pytest
 from botocore.stub import Stubber
 from helpers import fetch_bytes
 
-from git_theta_filter.store.base import StoreUnavailableError
+from git_theta_filter.store.base import ObjectStore, StoreUnavailableError
 from git_theta_filter.store.directory import DirectoryStore
 from git_theta_filter.store.object_format import ObjectFormatError
 from git_theta_filter.store.remote import UnsupportedStoreURLError, open_store
@@ -46,13 +46,8 @@ def bad_oids(outside: Path) -> list[str]:
     ]
 
 
-def test_directory_store_refuses_an_oid_that_is_not_64_hex_digits_and_touches_nothing(
-    layout: tuple[DirectoryStore, Path, Path],
-) -> None:
-    store, outside, top = layout
-    source = top / "source"
-    source.write_bytes(b"payload")
-    before = tree(top)
+def assert_every_bad_oid_is_refused(store: ObjectStore, outside: Path, source: Path) -> None:
+    """has, get and put each refuse every id of ``bad_oids(outside)`` as invalid."""
     for oid in bad_oids(outside):
         with pytest.raises(ValueError, match="invalid object id"):
             store.has(oid)
@@ -60,6 +55,16 @@ def test_directory_store_refuses_an_oid_that_is_not_64_hex_digits_and_touches_no
             store.get(oid, ObjectSink(io.BytesIO(), store.url, oid, 1 << 20))
         with pytest.raises(ValueError, match="invalid object id"):
             store.put(oid, source)
+
+
+def test_directory_store_refuses_an_oid_that_is_not_64_hex_digits_and_touches_nothing(
+    layout: tuple[DirectoryStore, Path, Path],
+) -> None:
+    store, outside, top = layout
+    source = top / "source"
+    source.write_bytes(b"payload")
+    before = tree(top)
+    assert_every_bad_oid_is_refused(store, outside, source)
     assert tree(top) == before
     assert outside.read_bytes() == b"not an object"
 
@@ -135,13 +140,7 @@ def test_s3_store_refuses_an_oid_that_is_not_64_hex_digits_before_any_object_req
     source = tmp_path / "source"
     source.write_bytes(b"payload")
     with stubbed(store):
-        for oid in bad_oids(tmp_path / "secret"):
-            with pytest.raises(ValueError, match="invalid object id"):
-                store.has(oid)
-            with pytest.raises(ValueError, match="invalid object id"):
-                store.get(oid, ObjectSink(io.BytesIO(), store.url, oid, 1 << 20))
-            with pytest.raises(ValueError, match="invalid object id"):
-                store.put(oid, source)
+        assert_every_bad_oid_is_refused(store, tmp_path / "secret", source)
 
 
 def test_s3_store_names_a_local_copy_the_service_refused_as_damaged(tmp_path: Path) -> None:
