@@ -76,19 +76,20 @@ class ThetaFilter:
             self._before_work()
             self._before_work = None
 
-    def _start_work_beside(self) -> Callable[[], None]:
-        """Run ``before_work`` on a thread of its own, beside a large clean (the filter's
-        hooks check runs two git processes, 25 ms); the function returned waits for it
-        and raises its error, as :meth:`_start_work` would have. The store's settings
-        (another git process, read when the first object is written: for a fine-tune,
-        at the end) are read there too."""
+    def _start_work_beside(self, read_settings: bool = True) -> Callable[[], None]:
+        """Run ``before_work`` on a thread of its own, beside a large clean or a smudge
+        (the filter's hooks check runs two git processes, 25 ms); the function returned
+        waits for it and raises its error, as :meth:`_start_work` would have. With
+        ``read_settings``, the store's settings (another git process, read when the
+        first object is written: for a fine-tune, at the end) are read there too."""
         work = self._before_work
         store = self.store
         failed: list[BaseException] = []
 
         def run() -> None:
-            with contextlib.suppress(Exception):  # the clean reads them again, and raises
-                _ = store.settings
+            if read_settings:
+                with contextlib.suppress(Exception):  # the clean reads them again, and raises
+                    _ = store.settings
             if work is None:
                 return
             try:
@@ -217,17 +218,26 @@ class ThetaFilter:
         self, pathname: str, content: Readable, treeish: str | None = None
     ) -> SmudgePlan:
         """``treeish`` is the commit git checks out, when it says (git 2.27+): the remotes
-        that have it are asked first for missing objects."""
-        self._start_work()
-        # Imported here: `git add` and `git commit` (clean only) never load the smudge side.
-        from .smudge import SmudgePlan, read_smudge_input
+        that have it are asked first for missing objects. The hooks check (before_work)
+        runs beside the manifest's parse and checks, which do not need it."""
+        finish_work = self._start_work_beside(read_settings=False)
+        try:
+            # Imported here: `git add` and `git commit` (clean only) never load the smudge side.
+            from .smudge import SmudgePlan, read_smudge_input
 
-        data = read_smudge_input(content, pathname)
-        if self.skip_smudge:
-            return SmudgePlan(pathname, self.store, None, passthrough=data)
-        if self.fetcher is not None:
-            self.fetcher.reading(treeish)
-        return smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
+            data = read_smudge_input(content, pathname)
+            if self.skip_smudge:
+                plan = SmudgePlan(pathname, self.store, None, passthrough=data)
+            else:
+                if self.fetcher is not None:
+                    self.fetcher.reading(treeish)
+                plan = smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                finish_work()  # waited for; the smudge's own error is the one raised
+            raise
+        finish_work()
+        return plan
 
 
 class _HeadKept:

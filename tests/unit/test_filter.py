@@ -155,6 +155,33 @@ def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
     assert settings_read_on == [False]
 
 
+def test_a_smudge_runs_before_work_beside_it_and_raises_its_error_after(
+    theta_repo: GitRepo,
+) -> None:
+    """The hooks check's git processes run while the manifest is parsed and its objects
+    checked; its failure still fails the smudge, the next one asks again, and the
+    store's settings (for writing only) are not read for it."""
+    data = model_bytes(2)
+    manifest = ThetaFilter(theta_repo).clean("model.safetensors", io.BytesIO(data))
+    calls: list[bool] = []
+
+    def before_work() -> None:
+        calls.append(threading.current_thread() is threading.main_thread())
+        if len(calls) == 1:
+            raise OSError("hooks directory not writable")
+
+    handler = ThetaFilter(theta_repo, before_work=before_work)
+    settings_read: list[bool] = []
+    handler.store._settings_source = lambda: settings_read.append(True)  # type: ignore[assignment,return-value]
+    with pytest.raises(OSError, match="not writable"):
+        handler.prepare_smudge("model.safetensors", io.BytesIO(manifest))
+    assert rebuild(handler.prepare_smudge("model.safetensors", io.BytesIO(manifest))) == data
+    assert calls == [False, False]  # on a thread of its own, asked again
+    assert rebuild(handler.prepare_smudge("model.safetensors", io.BytesIO(manifest))) == data
+    assert calls == [False, False]  # once it succeeded, never again
+    assert settings_read == []
+
+
 def test_a_file_large_in_the_work_tree_is_not_read_ahead_for_the_cache(
     theta_repo: GitRepo,
 ) -> None:
