@@ -46,14 +46,41 @@ def is_git_object_id(text: str) -> bool:
     return _GIT_OBJECT_ID.fullmatch(text) is not None
 
 
+# When a clean or smudge filter fails, git's last line depends on when the filter
+# process exited: it may be "fatal: the remote end hung up unexpectedly", which names
+# nothing. These lines say what failed, best first: our filter's own error (the file,
+# and the command that fixes it), then git's line naming the file whose filter failed,
+# then git's line naming the filter command.
+_OUR_ERROR = "git-theta: error: "
+_FILTER_FAILED = (
+    re.compile(r"(?:fatal|error): .+: (?:clean|smudge) filter '.*' failed"),
+    re.compile(r"error: external filter '.*' failed.*"),
+)
+
+
+def _failure_line(stderr: str) -> str:
+    """The line of a failed git command's stderr that its error quotes: the last one,
+    unless a filter failed (see :data:`_FILTER_FAILED`)."""
+    if not stderr.strip():
+        return "failed"
+    lines = [line.strip() for line in stderr.splitlines()]
+    ours = [line for line in lines if line.startswith(_OUR_ERROR)]
+    if ours:
+        return ours[-1].removeprefix(_OUR_ERROR)
+    for pattern in _FILTER_FAILED:
+        named = [line for line in lines if pattern.fullmatch(line)]
+        if named:
+            return named[-1]
+    return stderr.strip().splitlines()[-1]
+
+
 class GitError(ThetaError):
     """A git command failed."""
 
     exit_code = 128
 
     def __init__(self, args: Sequence[str], stderr: str) -> None:
-        detail = stderr.strip().splitlines()[-1] if stderr.strip() else "failed"
-        super().__init__(f"`git {' '.join(args)}`: {detail}")
+        super().__init__(f"`git {' '.join(args)}`: {_failure_line(stderr)}")
         self.stderr = stderr
 
 

@@ -42,7 +42,14 @@ from .encoded import ObjectReader, SmallObjectOutlook, StoredObject, encode_whol
 from .integrity import VERIFIED, ObjectCorruptError, file_sha256
 from .loose_listing import LooseListing
 from .object_format import ObjectFormatError, ObjectHeader, encode_header, is_valid_oid
-from .pack import CorruptPackEntryError, PackError, PackIndex, PackWriter, pack_paths
+from .pack import (
+    CorruptPackEntryError,
+    ObjectNotInPackError,
+    PackError,
+    PackIndex,
+    PackWriter,
+    pack_paths,
+)
 from .writing import (
     COPY_CHUNK,
     ExpectedObject,
@@ -830,11 +837,15 @@ class LocalStore:
         return True
 
     def verify_packed(self, pack: Path, oid: str) -> None:
-        """Decode ``oid``'s entry in ``pack`` completely and check its sha256."""
+        """Decode ``oid``'s entry in ``pack`` completely and check its sha256.
+
+        Raises :class:`~.pack.ObjectNotInPackError` when the pack's index does not list
+        ``oid``, whether or not the store holds it elsewhere.
+        """
         index = self._packs[pack][0] if pack in self._packs else PackIndex(pack)
         entry = index.find(oid)
         if entry is None:
-            raise ObjectMissingError(oid)
+            raise ObjectNotInPackError(oid, pack)
         fd = os.open(pack, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             stored = StoredObject(oid, fd, entry[0], entry[1], self.open_stored, owns_fd=True)

@@ -42,6 +42,7 @@ __all__ = [
     "PackError",
     "PackTruncatedError",
     "CorruptPackEntryError",
+    "ObjectNotInPackError",
     "PackIndex",
     "PackWriter",
     "pack_paths",
@@ -88,6 +89,24 @@ class CorruptPackEntryError(ObjectFormatError):
     def __init__(self, oid: str, pack: Path, reason: str) -> None:
         super().__init__(oid, f"{reason} (in {pack.name})")
         self.pack = pack
+
+
+class ObjectNotInPackError(ThetaError):
+    """A pack asked for an entry its index does not list.
+
+    Not a missing object: the object may be loose or in another pack. ``reason`` is
+    what ``git theta fsck`` reports when a pack's index lists an entry it cannot find.
+    """
+
+    def __init__(self, oid: str, pack: Path) -> None:
+        super().__init__(
+            f"pack {pack.name} does not hold object {oid}",
+            hint="the object may be stored loose or in another pack: run `git theta fsck` to "
+            "check every stored copy, then `git theta fetch` to restore any that is missing",
+        )
+        self.oid = oid
+        self.pack = pack
+        self.reason = f"not in the index of {pack.name}"
 
 
 def pack_paths(packs_dir: Path) -> list[Path]:

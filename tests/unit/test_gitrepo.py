@@ -1,4 +1,6 @@
-"""The repository as the commands see it (gitrepo.py): discover and require_worktree."""
+"""The repository as the commands see it (gitrepo.py): discover, require_worktree, and
+the line of git's stderr that a GitError quotes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import pytest
 
 from git_theta_filter.gitrepo import (
     BadStoreSettingError,
+    GitError,
     GitRepo,
     NotARepositoryError,
     NoWorkTreeError,
@@ -107,3 +110,60 @@ def test_store_settings_are_read_from_git_config_and_a_value_past_use_is_refused
         with pytest.raises(BadStoreSettingError, match=f"{value!r}"):
             GitRepo.discover(repo).store_settings()
         git_env.git(repo, "config", "--unset", key)
+
+
+# What `git add -u` printed when the clean filter failed (git 2.39), in the orders a
+# filter's line and git's own can reach stderr: which of git's lines comes last depends
+# on when the filter process exited.
+THETA_ERROR = (
+    "model.pth: cannot write objects to /repo/.git/theta: No space left on device; free some "
+    "disk space (`git theta gc` deletes objects nothing needs), then run the command again"
+)
+OUR_LINE = f"git-theta: error: {THETA_ERROR}"
+HUNG_UP = "fatal: the remote end hung up unexpectedly"
+FILTER_FAILED = "error: external filter 'git-theta-filter' failed"
+CLEAN_FAILED = "fatal: model.pth: clean filter 'theta' failed"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [OUR_LINE, HUNG_UP],
+        [HUNG_UP, OUR_LINE],
+        [OUR_LINE, FILTER_FAILED, CLEAN_FAILED],
+        [FILTER_FAILED, CLEAN_FAILED, OUR_LINE],
+    ],
+)
+def test_a_git_error_from_a_failed_filter_quotes_the_filters_own_error(lines: list[str]) -> None:
+    assert str(GitError(["add", "-u"], "\n".join(lines) + "\n")) == f"`git add -u`: {THETA_ERROR}"
+
+
+@pytest.mark.parametrize(
+    ("lines", "quoted"),
+    [
+        # Another filter, which says nothing: git's line naming the file, then the filter.
+        (["error: initialization for subprocess 'false' failed", CLEAN_FAILED], CLEAN_FAILED),
+        ([CLEAN_FAILED, HUNG_UP], CLEAN_FAILED),
+        ([FILTER_FAILED, CLEAN_FAILED], CLEAN_FAILED),
+        ([FILTER_FAILED, HUNG_UP], FILTER_FAILED),
+        ([HUNG_UP, FILTER_FAILED], FILTER_FAILED),
+    ],
+)
+def test_a_git_error_from_a_failed_filter_quotes_gits_line_naming_it(
+    lines: list[str], quoted: str
+) -> None:
+    assert str(GitError(["add", "-u"], "\n".join(lines) + "\n")) == f"`git add -u`: {quoted}"
+
+
+@pytest.mark.parametrize(
+    ("stderr", "quoted"),
+    [
+        ("fatal: no\n", "fatal: no"),
+        ("warning: one\nerror: two\nfatal: three\n\n", "fatal: three"),
+        (f"{HUNG_UP}\n", HUNG_UP),  # nothing names a filter: the last line, as ever
+        ("", "failed"),
+        ("  \n", "failed"),
+    ],
+)
+def test_any_other_git_error_quotes_gits_last_line(stderr: str, quoted: str) -> None:
+    assert str(GitError(["fetch", "origin"], stderr)) == f"`git fetch origin`: {quoted}"

@@ -23,7 +23,12 @@ from git_theta_filter.store import writing
 from git_theta_filter.store.encoded import DeltaBaseMissingError, ObjectReader, is_encoded
 from git_theta_filter.store.integrity import ObjectCorruptError
 from git_theta_filter.store.local import LocalStore, ObjectMissingError, StoreSettings
-from git_theta_filter.store.pack import CorruptPackEntryError, PackIndex, PackTruncatedError
+from git_theta_filter.store.pack import (
+    CorruptPackEntryError,
+    ObjectNotInPackError,
+    PackIndex,
+    PackTruncatedError,
+)
 from git_theta_filter.store.repack import repack, with_delta_bases
 
 BIG = 600 * 1024  # F32 elements: 2.4 MB, over the pack limit
@@ -283,15 +288,23 @@ def test_a_pack_entry_whose_headers_are_damaged_is_a_named_error(store: LocalSto
     assert pack.name in str(caught.value)
 
 
-def test_verify_packed_of_an_id_the_pack_does_not_hold_is_a_missing_object_error(
+def test_verify_packed_of_an_object_stored_loose_but_not_in_that_pack_names_the_pack(
     store: LocalStore,
 ) -> None:
-    do_clean(store, safetensors_save({f"t{i}": weights(i, 300) for i in range(3)}))
+    """The caller asked about one pack's entry: the answer is that the pack does not hold
+    the object, not that the store lacks it (it is right there, loose)."""
+    data = safetensors_save({"big": weights(1, BIG), "small": weights(2, 100)})
+    manifest = do_clean(store, data)
+    loose = next(t.oid for t in manifest.tensors if t.name == "big")
     [pack] = store.packs()
-    absent = "f" * 64
-    with pytest.raises(ObjectMissingError) as caught:
-        store.verify_packed(pack, absent)
-    assert caught.value.oid == absent and absent in str(caught.value)
+    assert PackIndex(pack).find(loose) is None
+    store.verify(loose)  # stored, and good
+    with pytest.raises(ObjectNotInPackError) as caught:
+        store.verify_packed(pack, loose)
+    assert not isinstance(caught.value, ObjectMissingError)
+    assert (caught.value.oid, caught.value.pack) == (loose, pack)
+    assert str(caught.value) == f"pack {pack.name} does not hold object {loose}"
+    assert "`git theta fsck`" in (caught.value.hint or "")
 
 
 def test_a_truncated_pack_is_a_named_error_and_its_objects_are_not_served(
