@@ -31,7 +31,7 @@ from .base import CleanContext, NotThisFormat, ParsedFile
 from .pickle_scan import PickleScan, StorageRef, TensorRef, scan_pickle
 from .zip_directory import read_zip_directory
 
-__all__ = ["ZIP_MAGIC", "parse_torch_zip"]
+__all__ = ["ZIP_MAGIC", "parse_torch_zip", "tensor_entry"]
 
 ZIP_MAGIC = b"PK\x03\x04"
 _CENTRAL_MAGIC = b"PK\x01\x02"
@@ -235,13 +235,7 @@ class _TorchZipParser:
                 raise NotThisFormat(
                     f"storage {storage.key!r} of tensor {name!r} has no data record"
                 )
-            if isinstance(ref, StorageRef):
-                itemsize = dtype_by_name(ref.dtype).itemsize
-                entries.append(TensorEntry(name, ref.dtype, (ref.nbytes // itemsize,), oid))
-            elif ref.is_whole_storage:
-                entries.append(TensorEntry(name, ref.dtype, ref.shape, oid))
-            else:
-                entries.append(TensorEntry(name, ref.dtype, ref.shape, oid, ref.offset, ref.stride))
+            entries.append(tensor_entry(name, ref, oid))
         return entries
 
     def _check_central_directory(self) -> None:
@@ -251,6 +245,19 @@ class _TorchZipParser:
         directory = read_zip_directory(layout.skeleton, layout.splices, layout.size)
         if list(map(_PLACE, self.records)) != list(map(_PLACE, directory.records)):
             raise NotThisFormat("the zip central directory does not match the records")
+
+
+def tensor_entry(name: str, ref: TensorRef | StorageRef, oid: str) -> TensorEntry:
+    """The manifest's line for tensor ``name`` as data.pkl describes it (``ref``), its
+    storage being object ``oid``: clean writes it, and the merge driver checks a stored
+    torch zip's lines against it (``torch_zip_writer.py``).
+    """
+    if isinstance(ref, StorageRef):
+        itemsize = dtype_by_name(ref.dtype).itemsize
+        return TensorEntry(name, ref.dtype, (ref.nbytes // itemsize,), oid)
+    if ref.is_whole_storage:
+        return TensorEntry(name, ref.dtype, ref.shape, oid)
+    return TensorEntry(name, ref.dtype, ref.shape, oid, ref.offset, ref.stride)
 
 
 def _scan(record: bytes) -> PickleScan:

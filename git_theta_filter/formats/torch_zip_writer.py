@@ -30,11 +30,12 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import ThetaError
-from ..manifest import Manifest, Splice
+from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
 from .base import NotThisFormat
 from .layout import SplicedFile, payload_crc32, read_skeleton
-from .pickle_scan import PickleScanError, StorageRef, scan_pickle
+from .pickle_scan import PickleScanError, StorageRef, TensorRef, scan_pickle
+from .torch_zip import tensor_entry
 from .zip_directory import ZipRecord, read_data_pkl_record, read_zip_directory
 
 __all__ = [
@@ -211,14 +212,21 @@ def read_stored_torch_zip(manifest: Manifest, store: LocalStore, path: str) -> S
         data_pkl=data_pkl,
         storage_of_tensor=storage_of_tensor,
     )
-    _check_against_manifest(archive)
+    _check_against_manifest(archive, scan.tensors)
     return archive
 
 
-def _check_against_manifest(archive: StoredTorchZip) -> None:
-    """data.pkl's tensors are the manifest's, and each storage's record is one of its splices."""
-    named = {tensor.name for tensor in archive.manifest.tensors}
-    if set(archive.storage_of_tensor) != named:
+def _check_against_manifest(
+    archive: StoredTorchZip, refs: list[tuple[str, TensorRef | StorageRef]]
+) -> None:
+    """data.pkl's tensors are the manifest's, each storage's record is one of its splices,
+    and each tensor has the dtype, shape and view its line gives (as clean writes the line).
+
+    A manifest from another branch may have been written by anyone: the merged file keeps
+    this data.pkl, so lines that disagree with it would promise tensors the file lacks.
+    """
+    named = {tensor.name: tensor for tensor in archive.manifest.tensors}
+    if set(archive.storage_of_tensor) != set(named):
         raise ArchiveLayoutError(archive.path, "data.pkl names other tensors than the manifest")
     for key in set(archive.storage_of_tensor.values()):
         record = archive.storage_record(key)
@@ -227,3 +235,19 @@ def _check_against_manifest(archive: StoredTorchZip) -> None:
             raise ArchiveLayoutError(
                 archive.path, f"storage {key} is not one of the manifest's splices"
             )
+    for name, ref in refs:
+        line = named[name]
+        described = tensor_entry(name, ref, line.oid)  # its dtype, shape and view, not its oid
+        if described != line:
+            raise ArchiveLayoutError(
+                archive.path,
+                f"data.pkl has tensor {name!r} as {_layout(described)}, "
+                f"the manifest as {_layout(line)}",
+            )
+
+
+def _layout(entry: TensorEntry) -> str:
+    """A tensor line's dtype, shape and view (``F32 [2] offset=2 stride=[1]``), as the
+    manifest writes them."""
+    fields = entry.render().split(" ")  # tensor, name, dtype, shape, oid[, offset, stride]
+    return " ".join(fields[2:4] + fields[5:])

@@ -299,6 +299,30 @@ def a_splice_short_of_its_storage(store: LocalStore) -> Manifest:
     return Manifest.parse(stored(store, checkpoint(), PAYLOAD_BYTES[:-4], "torch-zip"))
 
 
+def cleaned(store: LocalStore, tensor: torch.Tensor) -> Manifest:
+    """``{"t": tensor}`` torch.save'd and cleaned: its manifest as clean writes it."""
+    return Manifest.parse(clean(io.BytesIO(checkpoint(tensor)), store, PATH))
+
+
+def a_tensor_line_changed(
+    tensor: torch.Tensor, **changes: object
+) -> Callable[[LocalStore], Manifest]:
+    """A crafted manifest: the line of ``tensor``, cleaned, with ``changes`` made to it,
+    so it no longer says what data.pkl says of the tensor."""
+
+    def make(store: LocalStore) -> Manifest:
+        manifest = cleaned(store, tensor)
+        (line,) = manifest.tensors
+        manifest.tensors = [line._replace(**changes)]
+        assert manifest.tensors != [line]
+        return recommitted(manifest)
+
+    return make
+
+
+# A view of elements 2..5 of a 12-element storage: its line is "F32 [4] offset=2 stride=[1]".
+VIEW = torch.arange(12, dtype=torch.float32)[2:6]
+
 ARCHIVE_CASES = {
     "a-record-deflated": (a_record_deflated, "record 'archive/.format_version' is compressed"),
     "a-tensor-data-pkl-does-not-name": (
@@ -308,6 +332,28 @@ ARCHIVE_CASES = {
     "a-splice-short-of-its-storage": (
         a_splice_short_of_its_storage,
         "storage 0 is not one of the manifest's splices",
+    ),
+    "a-tensor-line-of-another-dtype": (
+        a_tensor_line_changed(PAYLOAD, dtype="I32"),
+        "data.pkl has tensor 't' as F32 [4], the manifest as I32 [4]",
+    ),
+    "a-tensor-line-of-another-shape": (
+        a_tensor_line_changed(PAYLOAD, shape=(2, 2)),
+        "data.pkl has tensor 't' as F32 [4], the manifest as F32 [2,2]",
+    ),
+    "a-view-line-of-another-offset": (
+        a_tensor_line_changed(VIEW, offset=0),
+        "data.pkl has tensor 't' as F32 [4] offset=2 stride=[1], "
+        "the manifest as F32 [4] offset=0 stride=[1]",
+    ),
+    "a-view-line-of-another-stride": (
+        a_tensor_line_changed(VIEW, stride=(2,)),
+        "data.pkl has tensor 't' as F32 [4] offset=2 stride=[1], "
+        "the manifest as F32 [4] offset=2 stride=[2]",
+    ),
+    "a-whole-tensor-line-given-a-view": (
+        a_tensor_line_changed(PAYLOAD, offset=0, stride=(1,)),
+        "data.pkl has tensor 't' as F32 [4], the manifest as F32 [4] offset=0 stride=[1]",
     ),
 }
 

@@ -19,11 +19,10 @@ from helpers import tensor_bytes
 
 from git_theta_filter.clean import clean
 from git_theta_filter.elements import open_elements
-from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
+from git_theta_filter.formats.torch_zip_writer import ArchiveLayoutError, read_stored_torch_zip
 from git_theta_filter.manifest import Manifest, TensorEntry
 from git_theta_filter.merge import (
     InvalidStrategyError,
-    MergeError,
     MergeResult,
     Outcome,
     Strategy,
@@ -465,17 +464,48 @@ def test_merge_of_a_view_whose_storage_changed_size_into_the_other_side_s_frame_
     assert result.problem == "the storage of 'v' is laid out differently on the two sides"
 
 
+# A 4-element view at element 2 of a 12-element storage: "F32 [4] <oid> offset=2 stride=[1]".
+_VIEW = torch.arange(12.0)[2:6]
+
+
+@pytest.mark.parametrize(
+    ("v", "line", "crafted", "reason"),
+    [
+        (torch.arange(4.0), b"v F32 [4] ", b"v I32 [4] ", "as F32 [4], the manifest as I32 [4]"),
+        (torch.arange(4.0), b"v F32 [4] ", b"v F32 [2] ", "as F32 [4], the manifest as F32 [2]"),
+        (
+            _VIEW,
+            b" offset=2 stride=[1]\n",
+            b" offset=0 stride=[1]\n",
+            "as F32 [4] offset=2 stride=[1], the manifest as F32 [4] offset=0 stride=[1]",
+        ),
+        (
+            _VIEW,
+            b" offset=2 stride=[1]\n",
+            b" offset=2 stride=[2]\n",
+            "as F32 [4] offset=2 stride=[1], the manifest as F32 [4] offset=2 stride=[2]",
+        ),
+    ],
+    ids=["dtype", "shape", "offset", "stride"],
+)
 def test_merge_with_a_side_whose_tensor_lines_disagree_with_its_data_pkl_is_refused(
-    store: LocalStore, tmp_path: Path
+    store: LocalStore,
+    tmp_path: Path,
+    v: torch.Tensor,
+    line: bytes,
+    crafted: bytes,
+    reason: str,
 ) -> None:
-    # Theirs is a crafted manifest: its line for v says [2] where its data.pkl says [4].
-    # The merged file built on theirs' data.pkl cannot hold the [2] tensor the lines
-    # promise, and no manifest may claim it does.
-    base = cleaned_state(store, tmp_path, {"v": torch.arange(4.0), "w": torch.zeros(1)})
-    ours = cleaned_state(store, tmp_path, {"v": torch.arange(4.0), "w": torch.ones(1)})
-    theirs = base.replace(b"tensor v F32 [4] ", b"tensor v F32 [2] ")
-    assert theirs != base
-    with pytest.raises(MergeError) as error:
+    # Theirs is a crafted manifest: its line for v says other than its data.pkl does. The
+    # merged file built on theirs' data.pkl could not hold the tensor the line promises:
+    # theirs is refused as it is read, naming the file and the tensor, not reported as a
+    # bug of the driver when the merged file does not read back as the merged lines.
+    base = cleaned_state(store, tmp_path, {"v": v, "w": torch.zeros(1)})
+    ours = cleaned_state(store, tmp_path, {"v": v, "w": torch.ones(1)})
+    theirs = base.replace(line, crafted)
+    assert theirs != base and Manifest.parse(theirs)  # still a valid, canonical manifest
+    with pytest.raises(ArchiveLayoutError) as error:
         merge_manifests(base, ours, theirs, store, Strategy("conflict"), "model.pth")
-    assert error.value.path == "model.pth"
-    assert "the merged file does not hold the merged tensors" in error.value.reason
+    assert str(error.value) == (
+        f"model.pth: cannot rewrite the torch zip: data.pkl has tensor 'v' {reason}"
+    )
