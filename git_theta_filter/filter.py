@@ -31,7 +31,7 @@ from .store.codec import preload_numpy
 from .store.local import LocalStore, ObjectMissingError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from .formats.source import Readable
 
@@ -76,12 +76,14 @@ class ThetaFilter:
             self._before_work()
             self._before_work = None
 
-    def _start_work_beside(self, read_settings: bool = True) -> Callable[[], None]:
-        """Run ``before_work`` on a thread of its own, beside a large clean or a smudge
-        (the filter's hooks check runs two git processes, 25 ms); the function returned
-        waits for it and raises its error, as :meth:`_start_work` would have. With
-        ``read_settings``, the store's settings (another git process, read when the
-        first object is written: for a fine-tune, at the end) are read there too."""
+    @contextlib.contextmanager
+    def _work_beside(self, read_settings: bool = True) -> Iterator[None]:
+        """Run ``before_work`` on a thread of its own for the block, beside a large clean
+        or a smudge (the filter's hooks check runs two git processes, 25 ms), and raise
+        its error after the block, as :meth:`_start_work` would have before it; an error
+        of the block is the one raised. With ``read_settings``, the store's settings
+        (another git process, read when the first object is written: for a fine-tune,
+        at the end) are read there too."""
         work = self._before_work
         store = self.store
         failed: list[BaseException] = []
@@ -99,15 +101,14 @@ class ThetaFilter:
 
         thread = threading.Thread(target=run, name="theta-before-work", daemon=True)
         thread.start()
-
-        def finish() -> None:
-            thread.join()
-            if failed:
-                raise failed[0]
-            if work is not None:
+        try:
+            yield
+        finally:
+            thread.join()  # waited for even when the block failed
+            if work is not None and not failed:
                 self._before_work = None
-
-        return finish
+        if failed:
+            raise failed[0]
 
     def clean(self, pathname: str, content: Readable) -> bytes:
         """The manifest of ``content``; a file of up to :data:`CACHED_UP_TO` bytes is
@@ -189,12 +190,9 @@ class ThetaFilter:
             return self._clean_and_remember(pathname, kept)
 
     def _clean(self, pathname: str, content: Readable, large: bool = False) -> bytes:
-        if large:
-            finish_work = self._start_work_beside()
-        else:
+        if not large:
             self._start_work()
-            finish_work = None
-        try:
+        with self._work_beside() if large else contextlib.nullcontext():
             # Imported here: a clean the cache answers needs no format parser.
             from .clean import clean, collector_paused, expecting_previous
 
@@ -204,15 +202,7 @@ class ThetaFilter:
                 collector_paused(),
                 expecting_previous(self.store, staged_manifest(self.repo, pathname)),
             ):
-                manifest = clean(content, self.store, pathname)
-        except BaseException:
-            if finish_work is not None:
-                with contextlib.suppress(Exception):
-                    finish_work()  # waited for; the clean's own error is the one raised
-            raise
-        if finish_work is not None:
-            finish_work()
-        return manifest
+                return clean(content, self.store, pathname)
 
     def prepare_smudge(
         self, pathname: str, content: Readable, treeish: str | None = None
@@ -220,24 +210,16 @@ class ThetaFilter:
         """``treeish`` is the commit git checks out, when it says (git 2.27+): the remotes
         that have it are asked first for missing objects. The hooks check (before_work)
         runs beside the manifest's parse and checks, which do not need it."""
-        finish_work = self._start_work_beside(read_settings=False)
-        try:
+        with self._work_beside(read_settings=False):
             # Imported here: `git add` and `git commit` (clean only) never load the smudge side.
             from .smudge import SmudgePlan, read_smudge_input
 
             data = read_smudge_input(content, pathname)
             if self.skip_smudge:
-                plan = SmudgePlan(pathname, self.store, None, passthrough=data)
-            else:
-                if self.fetcher is not None:
-                    self.fetcher.reading(treeish)
-                plan = smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                finish_work()  # waited for; the smudge's own error is the one raised
-            raise
-        finish_work()
-        return plan
+                return SmudgePlan(pathname, self.store, None, passthrough=data)
+            if self.fetcher is not None:
+                self.fetcher.reading(treeish)
+            return smudge_or_fetch(data, self.store, pathname, self.fetcher, repo=self.repo)
 
 
 class _HeadKept:

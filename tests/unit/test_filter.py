@@ -121,13 +121,9 @@ def test_filter_runs_before_work_once_before_a_clean_the_cache_does_not_answer(
     assert calls == [0, 1]  # a clean the cache answers does no work
 
 
-def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
-    theta_repo: GitRepo,
-) -> None:
-    """The hooks check's git processes run while a large file streams in; its failure
-    still fails the request, and the next one asks again."""
-    from git_theta_filter.clean_cache import CACHED_UP_TO
-
+def _hooks_check_failing_once() -> tuple[list[bool], Callable[[], None]]:
+    """A ``before_work`` that fails the first time, and the list of calls to it: whether
+    each ran on the main thread."""
     calls: list[bool] = []
 
     def before_work() -> None:
@@ -135,6 +131,17 @@ def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
         if len(calls) == 1:
             raise OSError("hooks directory not writable")
 
+    return calls, before_work
+
+
+def test_a_large_clean_runs_before_work_beside_it_and_raises_its_error_after(
+    theta_repo: GitRepo,
+) -> None:
+    """The hooks check's git processes run while a large file streams in; its failure
+    still fails the request, and the next one asks again."""
+    from git_theta_filter.clean_cache import CACHED_UP_TO
+
+    calls, before_work = _hooks_check_failing_once()
     handler = ThetaFilter(theta_repo, before_work=before_work)
     read_settings = handler.store._settings_source
     assert read_settings is not None
@@ -163,13 +170,7 @@ def test_a_smudge_runs_before_work_beside_it_and_raises_its_error_after(
     store's settings (for writing only) are not read for it."""
     data = model_bytes(2)
     manifest = ThetaFilter(theta_repo).clean("model.safetensors", io.BytesIO(data))
-    calls: list[bool] = []
-
-    def before_work() -> None:
-        calls.append(threading.current_thread() is threading.main_thread())
-        if len(calls) == 1:
-            raise OSError("hooks directory not writable")
-
+    calls, before_work = _hooks_check_failing_once()
     handler = ThetaFilter(theta_repo, before_work=before_work)
     settings_read: list[bool] = []
     handler.store._settings_source = lambda: settings_read.append(True)  # type: ignore[assignment,return-value]
