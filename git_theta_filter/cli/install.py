@@ -65,11 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _repo_or_none(scope: str) -> GitRepo | None:
     """The repository here; outside one, None, except for ``--local``, which needs it
     (then the error names the directory, as any command run outside a repository)."""
-    if scope == "local":
-        return GitRepo.discover()
     try:
         return GitRepo.discover()
     except NotARepositoryError:
+        if scope == "local":
+            raise
         return None
 
 
