@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..errors import ThetaError
 from ..manifest import TensorEntry
 from ..store.local import LocalStore
-from ..store.object_format import object_dtype_for
+from ..store.object_format import object_type_for
 from ..store.writing import PACK_BELOW
 from .layout import LayoutBuilder
 from .source import Source, TruncatedError
@@ -56,9 +56,7 @@ class CleanContext:
         ``names`` are the tensors whose data it is: the store compares it with (and
         deltas it against) their previous version first.
         """
-        object_dtype = object_dtype_for(dtype)
-        if object_dtype != dtype:
-            shape = (nbytes,)
+        object_dtype, shape = object_type_for(dtype, shape, nbytes)
         if nbytes < PACK_BELOW and (payload := self.source.take(nbytes)) is not None:
             oid = self.store.write_small(object_dtype, shape, payload)
             if oid is not None:

@@ -31,7 +31,7 @@ from .base import CleanContext, NotThisFormat, ParsedFile
 from .pickle_scan import PickleScan, StorageRef, TensorRef, scan_pickle
 from .zip_directory import read_zip_directory
 
-__all__ = ["ZIP_MAGIC", "parse_torch_zip", "tensor_entry"]
+__all__ = ["ZIP_MAGIC", "parse_torch_zip", "storage_object_type", "tensor_entry"]
 
 ZIP_MAGIC = b"PK\x03\x04"
 _CENTRAL_MAGIC = b"PK\x01\x02"
@@ -139,7 +139,9 @@ class _TorchZipParser:
             and (has_descriptor or csize == storage.nbytes)
         ):
             size = storage.nbytes
-            dtype, shape = self._object_type(storage)
+            dtype, shape = storage_object_type(
+                storage, self._views_by_storage.get(storage.key, []), self.little_endian
+            )
             self.storage_oids[storage.key] = self.ctx.store_payload(
                 dtype, shape, size, self._names_by_storage.get(storage.key, [])
             )
@@ -207,24 +209,6 @@ class _TorchZipParser:
                 return
         raise NotThisFormat(f"zip entry {name!r}: no matching data descriptor after its data")
 
-    def _object_type(self, storage: StorageRef) -> tuple[str, tuple[int, ...]]:
-        """The dtype and shape the storage's object is written with."""
-        if not self.little_endian:
-            return "U8", (storage.nbytes,)
-        users = self._views_by_storage.get(storage.key, [])
-        if len(users) == 1 and users[0].is_whole_storage:  # most storages: one plain tensor
-            return users[0].dtype, users[0].shape
-        kinds = {(t.dtype, t.shape) for t in users}
-        if len(kinds) == 1 and all(t.is_whole_storage for t in users):
-            return users[0].dtype, users[0].shape
-        dtypes = {t.dtype for t in users} or {storage.dtype}
-        if len(dtypes) == 1:
-            dtype = dtypes.pop()
-            itemsize = dtype_by_name(dtype).itemsize
-            if storage.nbytes % itemsize == 0:
-                return dtype, (storage.nbytes // itemsize,)
-        return "U8", (storage.nbytes,)
-
     def _tensor_entries(self) -> list[TensorEntry]:
         assert self.scan is not None
         entries = []
@@ -245,6 +229,33 @@ class _TorchZipParser:
         directory = read_zip_directory(layout.skeleton, layout.splices, layout.size)
         if list(map(_PLACE, self.records)) != list(map(_PLACE, directory.records)):
             raise NotThisFormat("the zip central directory does not match the records")
+
+
+def storage_object_type(
+    storage: StorageRef, views: list[TensorRef], little_endian: bool
+) -> tuple[str, tuple[int, ...]]:
+    """The dtype and shape clean writes storage ``storage``'s object with, ``views`` being
+    the tensors data.pkl makes of it and ``little_endian`` the byte order recorded before
+    its record (the merge driver checks a stored torch zip's objects against it).
+
+    A storage one plain tensor (or several of one type) covers whole takes its type; one
+    viewed in a single dtype is a flat array of it; anything else, and every storage of a
+    big-endian archive, is bytes.
+    """
+    if not little_endian:
+        return "U8", (storage.nbytes,)
+    if len(views) == 1 and views[0].is_whole_storage:  # most storages: one plain tensor
+        return views[0].dtype, views[0].shape
+    kinds = {(t.dtype, t.shape) for t in views}
+    if len(kinds) == 1 and all(t.is_whole_storage for t in views):
+        return views[0].dtype, views[0].shape
+    dtypes = {t.dtype for t in views} or {storage.dtype}
+    if len(dtypes) == 1:
+        dtype = dtypes.pop()
+        itemsize = dtype_by_name(dtype).itemsize
+        if storage.nbytes % itemsize == 0:
+            return dtype, (storage.nbytes // itemsize,)
+    return "U8", (storage.nbytes,)
 
 
 def tensor_entry(name: str, ref: TensorRef | StorageRef, oid: str) -> TensorEntry:

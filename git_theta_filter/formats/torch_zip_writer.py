@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
+from ..store.object_format import object_type_for
 from .base import NotThisFormat
 from .layout import SplicedFile, payload_crc32, read_skeleton
-from .pickle_scan import PickleScanError, StorageRef, TensorRef, scan_pickle
-from .torch_zip import tensor_entry
+from .pickle_scan import PickleScan, PickleScanError, StorageRef, TensorRef, scan_pickle
+from .torch_zip import storage_object_type, tensor_entry
 from .zip_directory import ZipRecord, read_data_pkl_record, read_zip_directory
 
 __all__ = [
@@ -101,6 +102,15 @@ class StoredTorchZip:
     def storage_splice(self, key: str) -> Splice:
         """The splice that holds storage ``key``'s payload."""
         return self.manifest.splices[self._splice_at[self.storage_record(key).data_offset]]
+
+    def relative_name(self, record: ZipRecord) -> str | None:
+        """The record's name within the archive's prefix (None for a name outside it)."""
+        return record.name[len(self.prefix) :] if record.name.startswith(self.prefix) else None
+
+    def record_bytes(self, record: ZipRecord) -> bytes:
+        """A record that lies in the skeleton (not a storage payload), whole."""
+        at = self._to_skeleton(record.data_offset)
+        return self.skeleton[at : at + record.size]
 
     def _record(self, name: str) -> ZipRecord:
         for record in self.records:
@@ -213,6 +223,7 @@ def read_stored_torch_zip(manifest: Manifest, store: LocalStore, path: str) -> S
         storage_of_tensor=storage_of_tensor,
     )
     _check_against_manifest(archive, scan.tensors)
+    _check_object_types(archive, scan, store)
     return archive
 
 
@@ -243,6 +254,43 @@ def _check_against_manifest(
                 archive.path,
                 f"data.pkl has tensor {name!r} as {_layout(described)}, "
                 f"the manifest as {_layout(line)}",
+            )
+
+
+def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalStore) -> None:
+    """Each tensor storage's object has the dtype and shape clean gives it.
+
+    The merged file is cleaned again, and its manifest must name the objects the merge
+    chose: an object typed otherwise (the same bytes as U8, say) would come back as
+    another id, so a manifest written by someone else is held to clean's rule here.
+    """
+    views: dict[str, list[TensorRef]] = {}
+    for _, ref in scan.tensors:
+        if isinstance(ref, TensorRef):
+            views.setdefault(ref.storage.key, []).append(ref)
+    used = set(archive.storage_of_tensor.values())
+    little_endian = True  # as clean reads the archive: in file order, little until told
+    for record in archive.records:
+        relative = archive.relative_name(record)
+        if relative == "byteorder":
+            little_endian = archive.record_bytes(record) != b"big"
+            continue
+        key = relative[len("data/") :] if relative and relative.startswith("data/") else None
+        if key not in used:
+            continue
+        used.discard(key)
+        storage = scan.storages[key]
+        wanted = object_type_for(
+            *storage_object_type(storage, views.get(key, []), little_endian), storage.nbytes
+        )
+        oid = archive.storage_splice(key).oid
+        file, header = store.open_object(oid, archive.path)
+        file.close()
+        if (header.dtype, header.shape) != wanted:
+            raise ArchiveLayoutError(
+                archive.path,
+                f"storage {key} is object {oid} of {header.dtype} {list(header.shape)}, "
+                f"data.pkl makes it {wanted[0]} {list(wanted[1])}",
             )
 
 

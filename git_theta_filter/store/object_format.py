@@ -32,7 +32,7 @@ __all__ = [
     "ObjectHeader",
     "encode_header",
     "read_header",
-    "object_dtype_for",
+    "object_type_for",
     "is_valid_oid",
 ]
 
@@ -70,9 +70,12 @@ class ObjectHeader:
     nbytes: int
 
 
-def object_dtype_for(dtype: str) -> str:
-    """The dtype written into the object: the real one, or U8 where safetensors has none."""
-    return dtype if dtype_by_name(dtype).in_safetensors else "U8"
+def object_type_for(dtype: str, shape: tuple[int, ...], nbytes: int) -> tuple[str, tuple[int, ...]]:
+    """The dtype and shape written into the object for a payload of ``nbytes`` read as
+    ``dtype`` ``shape``: those, or U8 bytes where safetensors has no such dtype."""
+    if dtype_by_name(dtype).in_safetensors:
+        return dtype, shape
+    return "U8", (nbytes,)
 
 
 def encode_header(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:

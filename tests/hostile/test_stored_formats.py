@@ -425,6 +425,90 @@ def test_rewriting_a_stored_torch_zip_refuses_to_patch_bytes_that_are_not_what_i
     assert str(caught.value).startswith(f"{PATH}: cannot rewrite the torch zip: ")
 
 
+# -- a stored torch zip's objects against clean's rule for their type ---------------------------
+
+
+def with_byteorder(data: bytes, byteorder: bytes, after_storage: bool = False) -> bytes:
+    """``data``'s records with ``byteorder`` as its byte order, moved after the storage
+    record when ``after_storage``."""
+    entries = [RawEntry(name.encode(), data) for name, data in torch_entries(data)]
+    (at,) = [i for i, entry in enumerate(entries) if entry.name == b"archive/byteorder"]
+    entries[at].data = byteorder
+    if after_storage:
+        entries.insert(
+            entries.index(next(e for e in entries if b"data/0" in e.name)), entries.pop(at)
+        )
+    return raw_zip(entries)
+
+
+def retyped(store: LocalStore, data: bytes, dtype: str, shape: tuple[int, ...]) -> Manifest:
+    """``data`` cleaned, its storage's object then swapped for the same bytes typed ``dtype``
+    ``shape``. The tensor line still says what data.pkl says; only the object differs."""
+    manifest = Manifest.parse(clean(io.BytesIO(data), store, PATH))
+    (splice,) = manifest.splices
+    (line,) = manifest.tensors
+    payload = data[splice.offset : splice.end]
+    oid = store.write_bytes(payload, dtype, shape)
+    assert oid != splice.oid
+    manifest.splices = [splice._replace(oid=oid)]
+    manifest.tensors = [line._replace(oid=oid)]
+    return recommitted(manifest)
+
+
+OBJECT_TYPE_CASES = {
+    "bytes-for-a-float-storage": (checkpoint(), "U8", (16,), "F32 [4]"),
+    "floats-of-another-shape": (checkpoint(), "F32", (2, 2), "F32 [4]"),
+    "floats-for-a-big-endian-storage": (
+        with_byteorder(checkpoint(), b"big"),
+        "F32",
+        (4,),
+        "U8 [16]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OBJECT_TYPE_CASES))
+def test_reading_a_stored_torch_zip_refuses_an_object_clean_would_not_have_typed_so(
+    store: LocalStore, case: str
+) -> None:
+    """The merged file is cleaned again and must name the merge's objects: an object of
+    the right bytes but another type comes back as another id, which the merge driver
+    reported as its own bug."""
+    data, dtype, shape, wanted = OBJECT_TYPE_CASES[case]
+    manifest = retyped(store, data, dtype, shape)
+    with pytest.raises(ArchiveLayoutError) as caught:
+        read_stored_torch_zip(manifest, store, PATH)
+    oid = manifest.splices[0].oid
+    shown = f"{dtype} {list(shape)}"
+    assert str(caught.value) == (
+        f"{PATH}: cannot rewrite the torch zip: storage 0 is object {oid} of {shown}, "
+        f"data.pkl makes it {wanted}"
+    )
+
+
+def test_a_stored_torch_zip_types_each_storage_by_the_byte_order_recorded_before_it(
+    store: LocalStore,
+) -> None:
+    """Clean reads records in file order: a ``big`` byte order recorded after the storage
+    leaves it typed as its tensor, and the reader must agree."""
+    data = with_byteorder(checkpoint(), b"big", after_storage=True)
+    manifest = Manifest.parse(clean(io.BytesIO(data), store, PATH))
+    assert manifest.format == "torch-zip"
+    archive = read_stored_torch_zip(manifest, store, PATH)
+    assert archive.storage_of_tensor == {"t": "0"}
+
+
+def test_merge_driver_refuses_a_side_whose_storage_object_is_typed_otherwise_by_name(
+    store: LocalStore,
+) -> None:
+    """Their data.pkl differs from the base's (the tensor now requires grad), so theirs is
+    the merged file's frame, and their storage's object is the right bytes as U8."""
+    theirs = retyped(store, checkpoint(PAYLOAD.clone().requires_grad_()), "U8", (16,))
+    with pytest.raises(ArchiveLayoutError, match="data.pkl makes it F32 \\[4\\]") as caught:
+        merge_with_theirs(store, theirs.render(), "torch-zip")
+    assert str(caught.value).startswith(f"{PATH}: cannot rewrite the torch zip: storage 0 ")
+
+
 # -- safetensors skeletons -----------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from git_theta_filter.store.object_format import (
     MAX_OBJECT_HEADER,
     ObjectFormatError,
     encode_header,
-    object_dtype_for,
+    object_type_for,
     parse_header_bytes,
     read_header,
 )
@@ -307,10 +307,10 @@ def test_read_header_reads_exactly_a_header_within_the_limit() -> None:
 
 
 def test_types_without_a_safetensors_dtype_are_stored_as_bytes() -> None:
-    assert object_dtype_for("F32") == "F32"
-    assert object_dtype_for("BF16") == "BF16"
-    assert object_dtype_for("C128") == "U8"
-    assert object_dtype_for("QI8") == "U8"
+    assert object_type_for("F32", (2, 3), 24) == ("F32", (2, 3))
+    assert object_type_for("BF16", (4,), 8) == ("BF16", (4,))
+    assert object_type_for("C128", (2,), 32) == ("U8", (32,))
+    assert object_type_for("QI8", (3,), 3) == ("U8", (3,))
     with pytest.raises(ValueError, match="C128 cannot be an object dtype"):
         encode_header("C128", (1,), 16)
     with pytest.raises(ValueError, match="does not occupy"):
