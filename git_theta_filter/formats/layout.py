@@ -43,6 +43,7 @@ __all__ = [
     "SplicedReader",
     "SplicedFile",
     "payload_crc32",
+    "misfit_object",
     "MAX_SKELETON_BYTES",
     "SkeletonTooLargeError",
 ]
@@ -473,3 +474,20 @@ def payload_crc32(store: LocalStore, oid: str) -> int:
             crc = zlib.crc32(chunk, crc)
             left -= len(chunk)
     return crc
+
+
+def misfit_object(
+    store: LocalStore, oid: str, wanted: tuple[str, tuple[int, ...]], path: str
+) -> str | None:
+    """What object ``oid`` is (``object <oid> of U8 [16]``) when clean would not have
+    written it as ``wanted``, its dtype and shape; None when it would have.
+
+    A stored file is cleaned again after the merge driver rewrites it, and the new
+    manifest must name the merge's objects: an object of the right bytes but another
+    type would come back as another id.
+    """
+    file, header = store.open_object(oid, path)
+    file.close()
+    if (header.dtype, header.shape) == wanted:
+        return None
+    return f"object {oid} of {header.dtype} {list(header.shape)}"

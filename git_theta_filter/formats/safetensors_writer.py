@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from ..errors import ThetaError
 from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
+from ..store.object_format import object_type_for
 from .base import NotThisFormat
-from .layout import SplicedFile, read_skeleton
+from .layout import SplicedFile, misfit_object, read_skeleton
 from .safetensors_file import parse_safetensors_header
 
 __all__ = [
@@ -95,6 +96,14 @@ def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) ->
         if index is None:
             raise SafetensorsHeaderError(
                 path, f"tensor {entry.name!r} is not the manifest's tensor of that name"
+            )
+        wanted = object_type_for(entry.dtype, entry.shape, entry.end - entry.begin)
+        misfit = misfit_object(store, manifest.splices[index].oid, wanted, path)
+        if misfit is not None:
+            raise SafetensorsHeaderError(
+                path,
+                f"tensor {entry.name!r} is {misfit}, the header makes it "
+                f"{wanted[0]} {list(wanted[1])}",
             )
         splice_of_tensor[entry.name] = index
     if set(splice_of_tensor) != set(tensors):

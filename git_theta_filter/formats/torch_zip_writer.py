@@ -34,7 +34,7 @@ from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
 from ..store.object_format import object_type_for
 from .base import NotThisFormat
-from .layout import SplicedFile, payload_crc32, read_skeleton
+from .layout import SplicedFile, misfit_object, payload_crc32, read_skeleton
 from .pickle_scan import PickleScan, PickleScanError, StorageRef, TensorRef, scan_pickle
 from .torch_zip import storage_object_type, tensor_entry
 from .zip_directory import ZipRecord, read_data_pkl_record, read_zip_directory
@@ -260,9 +260,8 @@ def _check_against_manifest(
 def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalStore) -> None:
     """Each tensor storage's object has the dtype and shape clean gives it.
 
-    The merged file is cleaned again, and its manifest must name the objects the merge
-    chose: an object typed otherwise (the same bytes as U8, say) would come back as
-    another id, so a manifest written by someone else is held to clean's rule here.
+    A manifest written by someone else is held to clean's rule here (see
+    :func:`~.layout.misfit_object`).
     """
     views: dict[str, list[TensorRef]] = {}
     for _, ref in scan.tensors:
@@ -283,14 +282,11 @@ def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalS
         wanted = object_type_for(
             *storage_object_type(storage, views.get(key, []), little_endian), storage.nbytes
         )
-        oid = archive.storage_splice(key).oid
-        file, header = store.open_object(oid, archive.path)
-        file.close()
-        if (header.dtype, header.shape) != wanted:
+        misfit = misfit_object(store, archive.storage_splice(key).oid, wanted, archive.path)
+        if misfit is not None:
             raise ArchiveLayoutError(
                 archive.path,
-                f"storage {key} is object {oid} of {header.dtype} {list(header.shape)}, "
-                f"data.pkl makes it {wanted[0]} {list(wanted[1])}",
+                f"storage {key} is {misfit}, data.pkl makes it {wanted[0]} {list(wanted[1])}",
             )
 
 

@@ -630,6 +630,21 @@ def test_reading_a_stored_safetensors_file_refuses_a_skeleton_that_is_not_its_ma
     assert str(caught.value) == f"{PATH}: cannot rewrite the safetensors file: {reason}"
 
 
+@pytest.mark.parametrize("dtype, shape", [("U8", (16,)), ("F32", (2, 2)), ("I32", (4,))])
+def test_merge_driver_refuses_a_safetensors_side_whose_object_is_typed_otherwise_by_name(
+    store: LocalStore, dtype: str, shape: tuple[int, ...]
+) -> None:
+    """Their tensor line and header agree (F32 [4]) and the object holds the right bytes,
+    typed otherwise: the file cleaned again would name another object."""
+    theirs = retyped(store, safetensors_bytes({"t": THEIRS}), dtype, shape)
+    with pytest.raises(SafetensorsHeaderError) as caught:
+        merge_with_theirs(store, theirs.render(), "safetensors")
+    assert str(caught.value) == (
+        f"{PATH}: cannot rewrite the safetensors file: tensor 't' is object "
+        f"{theirs.splices[0].oid} of {dtype} {list(shape)}, the header makes it F32 [4]"
+    )
+
+
 def test_each_format_reader_refuses_a_manifest_of_the_other_format_by_name(
     store: LocalStore,
 ) -> None:
