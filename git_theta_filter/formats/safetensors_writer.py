@@ -90,7 +90,10 @@ def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) ->
     for entry in header.entries:
         tensor = tensors.get(entry.name)
         index = None
-        if tensor is not None and (tensor.dtype, tensor.shape) == (entry.dtype, entry.shape):
+        # As clean writes the line: the header's dtype and shape, never a view.
+        if tensor is not None and tensor == TensorEntry(
+            entry.name, entry.dtype, entry.shape, tensor.oid
+        ):
             where = (len(skeleton) + entry.begin, entry.end - entry.begin, tensor.oid)
             index = splices.get(where)
         if index is None:

@@ -608,7 +608,20 @@ def a_tensor_the_header_lacks(store: LocalStore) -> Manifest:
     return recommitted(manifest)
 
 
+def a_tensor_line_given_a_view(store: LocalStore) -> Manifest:
+    """A safetensors tensor is always whole: clean never writes a view on its line."""
+    manifest = Manifest.parse(
+        stored(store, safetensors_bytes({"t": THEIRS}), THEIRS, "safetensors")
+    )
+    manifest.tensors = [manifest.tensors[0]._replace(offset=0, stride=(1,))]
+    return recommitted(manifest)
+
+
 HEADER_FIT_CASES = {
+    "a-tensor-line-given-a-view": (
+        a_tensor_line_given_a_view,
+        "tensor 't' is not the manifest's tensor of that name",
+    ),
     "a-tensor-left-in-the-skeleton": (
         a_tensor_left_in_the_skeleton,
         "the skeleton is not exactly a header",
