@@ -37,11 +37,12 @@ def pack(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     return path, objects
 
 
-def test_pack_round_trips_every_entry_and_is_named_by_its_sha256(pack) -> None:
+def test_pack_round_trips_every_entry_and_is_named_by_its_index(pack) -> None:
     path, objects = pack
     data = path.read_bytes()
     assert data[:8] == b"\x89thp\x01\x00\x00\x00"
-    assert path.name == f"pack-{hashlib.sha256(data).hexdigest()}.pack"
+    records = path.with_suffix(".idx").read_bytes()[:-64]
+    assert path.name == f"pack-{hashlib.sha256(records).hexdigest()}.pack"
     index = PackIndex(path)
     assert index.count == len(objects)
     for oid, content in objects.items():
@@ -62,7 +63,8 @@ def test_index_layout_matches_the_spec(pack) -> None:
     assert index[:8] == b"\x89thi\x01\x00\x00\x00"
     assert struct.unpack_from("<I", index, 8)[0] == len(objects)
     assert len(index) == 12 + 48 * len(objects) + 64
-    assert index[-64:-32] == hashlib.sha256(path.read_bytes()).digest()
+    assert index[-64:-32] == hashlib.sha256(index[:-64]).digest()
+    assert path.name == f"pack-{index[-64:-32].hex()}.pack"
     assert index[-32:] == hashlib.sha256(index[:-32]).digest()
 
 
@@ -157,7 +159,7 @@ def test_an_index_over_the_size_limit_is_refused(pack, monkeypatch: pytest.Monke
         PackIndex(path)
 
 
-def test_a_pack_renamed_away_from_its_checksum_is_refused(pack) -> None:
+def test_a_pack_renamed_away_from_the_name_its_index_gives_is_refused(pack) -> None:
     path, _ = pack
     other = path.with_name("pack-" + "0" * 64 + ".pack")
     os.rename(path, other)
