@@ -21,6 +21,7 @@ a reader that finds an index finds a complete pack.
 from __future__ import annotations
 
 import bisect
+import filecmp
 import hashlib
 import os
 import re
@@ -327,18 +328,14 @@ class PackWriter:
                 for oid, (offset, length) in sorted(self._entries.items())
             )
             self._write_out()
-            index = _INDEX_HEADER.pack(INDEX_MAGIC, VERSION, len(self._entries)) + records
-            # Named by its index, not by a hash of its bytes: each entry is verified by
-            # its oid when read, and hashing every byte again cost a clean of 6,000
-            # small tensors 20 ms (docs/store.md, "Packs").
-            name = hashlib.sha256(index).digest()
-            index += name
-            index += hashlib.sha256(index).digest()
             if self._fsync:
                 os.fsync(self.fd)
             packs_dir.mkdir(parents=True, exist_ok=True)
+            index = _INDEX_HEADER.pack(INDEX_MAGIC, VERSION, len(self._entries)) + records
+            name = self._link_pack(packs_dir, hashlib.sha256(index).digest())
+            index += name
+            index += hashlib.sha256(index).digest()
             final = packs_dir / f"pack-{name.hex()}.pack"
-            _link_read_only(self._path, final)
             index_tmp = self._path.with_suffix(".idx")
             with open(index_tmp, "wb") as file:
                 file.write(index)
@@ -349,6 +346,25 @@ class PackWriter:
             return final
         finally:
             self.abort()
+
+    def _link_pack(self, packs_dir: Path, name: bytes) -> bytes:
+        """Link the pack into ``packs_dir`` as ``pack-<name>.pack``, ``name`` being the
+        sha256 of its index's header and records; the name it got.
+
+        Named by its index, not by a hash of its bytes: each entry is verified by its
+        oid when read, and hashing every byte again cost a clean of 6,000 small tensors
+        20 ms. A pack of that name with other bytes (the same objects at the same
+        places, one of them damaged, say) must not stand in for this one, which gc
+        would then delete with the copies it replaced: this one is then named by the
+        sha256 of its bytes, as packs were before (docs/store.md, "Packs").
+        """
+        final = packs_dir / f"pack-{name.hex()}.pack"
+        if _link_read_only(self._path, final) or filecmp.cmp(self._path, final, shallow=False):
+            return name
+        with open(self._path, "rb") as file:
+            name = hashlib.file_digest(file, "sha256").digest()
+        _link_read_only(self._path, packs_dir / f"pack-{name.hex()}.pack")
+        return name
 
     def abort(self) -> None:
         """Remove the temp files (a finished pack stays linked in place)."""
@@ -361,10 +377,12 @@ class PackWriter:
         self._path.with_suffix(".idx").unlink(missing_ok=True)
 
 
-def _link_read_only(source: Path, target: Path) -> None:
-    """Link ``source`` to ``target``, never replacing an existing file (identical by name)."""
+def _link_read_only(source: Path, target: Path) -> bool:
+    """Link ``source`` to ``target``, never replacing an existing file; False if one was
+    there."""
     os.chmod(source, 0o444)
     try:
         os.link(source, target)
     except FileExistsError:
-        pass
+        return False
+    return True

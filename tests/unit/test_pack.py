@@ -251,3 +251,35 @@ def test_add_later_raises_an_error_the_appending_thread_met_before_it(
         writer.add_later(_oid(b"next"), lambda: b"next", 1)
     writer.abort()
     assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_pack_is_not_linked_beside_one_of_its_records_with_other_bytes(tmp_path: Path) -> None:
+    """Packs are named by their index's records. A pack of the same records holding other
+    bytes (one entry damaged) must not stand in for a new one: gc would then remove the
+    good copies the new pack replaced, keeping only the damaged one. The new pack is
+    named by the sha256 of its bytes instead; an identical one is simply shared."""
+    objects = {_oid(bytes([i]) * 64): bytes([i]) * 64 for i in range(8)}
+
+    def written() -> Path:
+        writer = PackWriter(tmp_path / "tmp")
+        for oid, data in objects.items():
+            writer.add(oid, data)
+        path = writer.finish(tmp_path / "packs")
+        assert path is not None
+        return path
+
+    first = written()
+    assert written() == first and pack_paths(first.parent) == [first]
+    damaged = bytearray(first.read_bytes())
+    damaged[-1] ^= 0xFF  # the last entry's last byte
+    first.chmod(0o644)
+    first.write_bytes(bytes(damaged))
+    second = written()
+    assert second != first
+    assert second.name == f"pack-{hashlib.sha256(second.read_bytes()).hexdigest()}.pack"
+    index = PackIndex(second)
+    data = second.read_bytes()
+    for oid, content in objects.items():
+        offset, length = index.find(oid)
+        assert data[offset : offset + length] == content
+    assert sorted(pack_paths(first.parent)) == sorted([first, second])
