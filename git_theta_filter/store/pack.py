@@ -9,8 +9,9 @@ Specified in ``docs/store.md`` ("Packs")::
         <count> × (oid: 32 bytes, offset: u64, length: u64), sorted by oid,
         h, and the sha256 of everything before it
 
-h, the pack's name, is the sha256 of the index's bytes before it: which
-objects the pack holds, and where.
+h, the pack's name, is the sha256 of the index's bytes before it (which
+objects the pack holds, and where), or, when a pack of other bytes already has
+that name, the sha256 of the pack's bytes.
 
 An entry is a whole stored object (canonical or encoded, see ``encoded.py``);
 it describes itself, so it is verified like a loose object when it is read. A
