@@ -34,7 +34,14 @@ from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
 from ..store.object_format import object_type_for
 from .base import NotThisFormat
-from .layout import SplicedFile, misfit_object, payload_crc32, read_skeleton
+from .layout import (
+    ObjectType,
+    SplicedFile,
+    misfit,
+    object_types,
+    payload_crc32,
+    read_skeleton,
+)
 from .pickle_scan import PickleScan, PickleScanError, StorageRef, TensorRef, scan_pickle
 from .torch_zip import storage_object_type, tensor_entry
 from .zip_directory import ZipRecord, read_data_pkl_record, read_zip_directory
@@ -89,12 +96,17 @@ class StoredTorchZip:
     _splice_at: dict[int, int] = field(init=False)  # data offset -> index in manifest.splices
     _splice_starts: list[int] = field(init=False)
     _spliced_before: list[int] = field(init=False)  # [i]: payload bytes in the first i splices
+    _first_by_name: dict[str, ZipRecord] = field(init=False)  # the first record of each name
 
     def __post_init__(self) -> None:
         splices = self.manifest.splices
         self._splice_at = {splice.offset: index for index, splice in enumerate(splices)}
         self._splice_starts = [splice.offset for splice in splices]
         self._spliced_before = [0, *itertools.accumulate(splice.length for splice in splices)]
+        # A lookup per storage: thousands of them in a file of small tensors.
+        self._first_by_name = {}
+        for record in self.records:
+            self._first_by_name.setdefault(record.name, record)
 
     def storage_record(self, key: str) -> ZipRecord:
         return self._record(f"{self.prefix}data/{key}")
@@ -113,10 +125,10 @@ class StoredTorchZip:
         return self.skeleton[at : at + record.size]
 
     def _record(self, name: str) -> ZipRecord:
-        for record in self.records:
-            if record.name == name:
-                return record
-        raise ArchiveLayoutError(self.path, f"no record {name!r}")
+        record = self._first_by_name.get(name)
+        if record is None:
+            raise ArchiveLayoutError(self.path, f"no record {name!r}")
+        return record
 
     def with_payloads(self, payloads: dict[str, str], store: LocalStore) -> SplicedFile:
         """This archive with storage ``key``'s payload replaced by object ``payloads[key]``.
@@ -261,13 +273,14 @@ def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalS
     """Each tensor storage's object has the dtype and shape clean gives it.
 
     A manifest written by someone else is held to clean's rule here (see
-    :func:`~.layout.misfit_object`).
+    :func:`~.layout.misfit`).
     """
     views: dict[str, list[TensorRef]] = {}
     for _, ref in scan.tensors:
         if isinstance(ref, TensorRef):
             views.setdefault(ref.storage.key, []).append(ref)
     used = set(archive.storage_of_tensor.values())
+    wanted: dict[str, ObjectType] = {}  # storage key -> its object's type, in file order
     little_endian = True  # as clean reads the archive: in file order, little until told
     for record in archive.records:
         relative = archive.relative_name(record)
@@ -275,18 +288,20 @@ def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalS
             little_endian = archive.record_bytes(record) != b"big"
             continue
         key = relative[len("data/") :] if relative and relative.startswith("data/") else None
-        if key not in used:
-            continue
-        used.discard(key)
-        storage = scan.storages[key]
-        wanted = object_type_for(
-            *storage_object_type(storage, views.get(key, []), little_endian), storage.nbytes
-        )
-        misfit = misfit_object(store, archive.storage_splice(key).oid, wanted, archive.path)
-        if misfit is not None:
+        if key in used and key not in wanted:
+            storage = scan.storages[key]
+            wanted[key] = object_type_for(
+                *storage_object_type(storage, views.get(key, []), little_endian), storage.nbytes
+            )
+    oids = {key: archive.storage_splice(key).oid for key in wanted}
+    found = object_types(store, oids.values(), archive.path)
+    for key, oid in oids.items():
+        described = misfit(oid, found[oid], wanted[key])
+        if described is not None:
             raise ArchiveLayoutError(
                 archive.path,
-                f"storage {key} is {misfit}, data.pkl makes it {wanted[0]} {list(wanted[1])}",
+                f"storage {key} is {described}, "
+                f"data.pkl makes it {wanted[key][0]} {list(wanted[key][1])}",
             )
 
 
