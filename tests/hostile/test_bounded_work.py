@@ -30,6 +30,7 @@ from git_theta_filter.clean import clean
 from git_theta_filter.formats.base import NotThisFormat
 from git_theta_filter.formats.pickle_scan import MAX_DEPTH, PickleScanError, scan_pickle
 from git_theta_filter.formats.safetensors_file import parse_safetensors_header
+from git_theta_filter.formats.torch_zip_writer import read_stored_torch_zip
 from git_theta_filter.manifest import WORK_FLOOR, WORK_RATIO, Manifest, ManifestError
 from git_theta_filter.smudge import prepare_smudge
 from git_theta_filter.store.lfs_protocol import (
@@ -395,3 +396,24 @@ def test_an_lfs_answer_integer_is_bounded_whatever_pythons_digit_limit(
     ):
         with pytest.raises(LfsProtocolError, match="an integer of more than 20 digits"):
             parse(batch_answer(b"9" * 200_000))
+
+
+def test_reading_a_stored_torch_zip_takes_time_linear_in_its_storages(tmp_path: Path) -> None:
+    """The merge driver reads each side's stored archive; every storage's record was found
+    by a scan of all the records, so a crafted archive of n records cost n² (a side of
+    6,000 tensors took 541 ms, 168 ms since). Four times the storages take about four
+    times the CPU time: quadratic would be 16."""
+    store = LocalStore(tmp_path / "theta")
+    manifests = {}
+    for count in (2_000, 8_000):
+        data = saved({f"t{i}": torch.zeros(1) for i in range(count)})
+        manifests[count] = Manifest.parse(clean(io.BytesIO(data), store, "model.pth"))
+
+    def seconds(count: int) -> float:
+        return min(
+            cpu_seconds(lambda: read_stored_torch_zip(manifests[count], store, "model.pth"))
+            for _ in range(3)
+        )
+
+    small, large = seconds(2_000), seconds(8_000)
+    assert large / max(small, 1e-3) < 8, (small, large)
