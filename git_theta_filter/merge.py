@@ -440,31 +440,23 @@ class _FileMerge:
                     "but merge to different values"
                 )
             decided_by[key] = name
-        # Every side's storage objects were typed when read: one open each is spared.
-        known = {oid: kind for read in archives.values() for oid, kind in read.object_types.items()}
         for key, oid in payloads.items():
-            frame_oid = archive.storage_splice(key).oid
-            if oid != frame_oid and self._type(oid, known) != self._type(frame_oid, known):
-                raise _Unmergeable(
-                    f"the storage of {decided_by[key]!r} is laid out differently on the two sides"
-                )
+            self._check_frame_object(oid, archive.storage_splice(key).oid, decided_by[key])
         expected = [
             entry._replace(oid=payloads[archive.storage_of_tensor[entry.name]])
             for entry in archive.manifest.tensors
         ]
         return archive.with_payloads(payloads, self.store), expected, side
 
-    def _type(
-        self, oid: str, known: dict[str, tuple[str, tuple[int, ...]]]
-    ) -> tuple[str, tuple[int, ...]]:
-        """The object's dtype and shape: a new storage object must be typed as the frame's
-        object for it, so the file has its layout. A combined object is not among the
-        ``known`` ones of the sides."""
-        kind = known.get(oid)
-        if kind is None:
-            header = self._header(oid)
-            kind = (header.dtype, header.shape)
-        return kind
+    def _check_frame_object(self, oid: str, frame_oid: str, name: str) -> None:
+        """A storage's new object must be typed as the frame's object for it,
+        so the file has its layout.
+        """
+        if oid == frame_oid:
+            return
+        new, frame = self._header(oid), self._header(frame_oid)
+        if (new.dtype, new.shape) != (frame.dtype, frame.shape):
+            raise _Unmergeable(f"the storage of {name!r} is laid out differently on the two sides")
 
     def _build_safetensors(self) -> tuple[SplicedFile, list[TensorEntry], str]:
         stored = {

@@ -97,8 +97,6 @@ class StoredTorchZip:
     _splice_starts: list[int] = field(init=False)
     _spliced_before: list[int] = field(init=False)  # [i]: payload bytes in the first i splices
     _first_by_name: dict[str, ZipRecord] = field(init=False)  # the first record of each name
-    # The dtype and shape of each tensor storage's object, by oid, as read when checked.
-    object_types: dict[str, ObjectType] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         splices = self.manifest.splices
@@ -296,7 +294,7 @@ def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalS
                 *storage_object_type(storage, views.get(key, []), little_endian), storage.nbytes
             )
     oids = {key: archive.storage_splice(key).oid for key in wanted}
-    found = archive.object_types = object_types(store, oids.values(), archive.path)
+    found = object_types(store, oids.values(), archive.path)
     for key, oid in oids.items():
         described = misfit(oid, found[oid], wanted[key])
         if described is not None:
