@@ -21,7 +21,7 @@ import io
 import itertools
 import os
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -44,8 +44,7 @@ __all__ = [
     "SplicedFile",
     "payload_crc32",
     "ObjectType",
-    "misfit",
-    "object_types",
+    "first_misfit",
     "MAX_SKELETON_BYTES",
     "SkeletonTooLargeError",
 ]
@@ -481,26 +480,30 @@ def payload_crc32(store: LocalStore, oid: str) -> int:
 ObjectType = tuple[str, tuple[int, ...]]  # an object's dtype and shape
 
 
-def object_types(store: LocalStore, oids: Iterable[str], path: str) -> dict[str, ObjectType]:
-    """Each object's dtype and shape, from its header: opened in one pass, as a smudge
-    opens the objects of thousands of small tensors (one open each cost a merge of
-    6,000 tensors half a second per side)."""
-    types = {}
-    with store.bulk_lookups():
-        for stored in store.open_all_readable(oids, path):
-            types[stored.oid] = (stored.header.dtype, stored.header.shape)
-            stored.close()
-    return types
-
-
-def misfit(oid: str, found: ObjectType, wanted: ObjectType) -> str | None:
-    """What object ``oid`` is (``object <oid> of U8 [16]``) when clean would not have
-    written it as it is, ``found``, but as ``wanted``; None when it would have.
+def first_misfit(
+    store: LocalStore, wanted: Mapping[str, tuple[str, ObjectType]], path: str
+) -> tuple[str, str, str] | None:
+    """Of ``wanted`` (a storage's or tensor's name -> its object's id and the dtype and
+    shape clean writes that object with), the first whose object is typed otherwise:
+    its name, what the object is (``object <oid> of U8 [16]``) and what it should be
+    (``F32 [4]``); None when every object fits.
 
     A stored file is cleaned again after the merge driver rewrites it, and the new
     manifest must name the merge's objects: an object of the right bytes but another
-    type would come back as another id.
+    type would come back as another id. The objects' headers are read in one pass, as
+    a smudge opens those of thousands of small tensors (one open each cost a merge of
+    6,000 tensors half a second per side).
     """
-    if found == wanted:
-        return None
-    return f"object {oid} of {found[0]} {list(found[1])}"
+    found: dict[str, ObjectType] = {}
+    with store.bulk_lookups():
+        for stored in store.open_all_readable((oid for oid, _ in wanted.values()), path):
+            found[stored.oid] = (stored.header.dtype, stored.header.shape)
+            stored.close()
+    for name, (oid, kind) in wanted.items():
+        if found[oid] != kind:
+            return name, f"object {oid} of {_type_text(found[oid])}", _type_text(kind)
+    return None
+
+
+def _type_text(kind: ObjectType) -> str:
+    return f"{kind[0]} {list(kind[1])}"

@@ -19,7 +19,7 @@ from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
 from ..store.object_format import object_type_for
 from .base import NotThisFormat
-from .layout import ObjectType, SplicedFile, misfit, object_types, read_skeleton
+from .layout import ObjectType, SplicedFile, first_misfit, read_skeleton
 from .safetensors_file import parse_safetensors_header
 
 __all__ = [
@@ -87,7 +87,7 @@ def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) ->
     splices = {(s.offset, s.length, s.oid): index for index, s in enumerate(manifest.splices)}
     tensors = {tensor.name: tensor for tensor in manifest.tensors}
     splice_of_tensor = {}
-    wanted: dict[str, ObjectType] = {}  # tensor -> its object's type
+    wanted: dict[str, tuple[str, ObjectType]] = {}  # tensor -> its object's id and type
     for entry in header.entries:
         tensor = tensors.get(entry.name)
         index = None
@@ -101,20 +101,17 @@ def read_stored_safetensors(manifest: Manifest, store: LocalStore, path: str) ->
             raise SafetensorsHeaderError(
                 path, f"tensor {entry.name!r} is not the manifest's tensor of that name"
             )
-        wanted[entry.name] = object_type_for(entry.dtype, entry.shape, entry.end - entry.begin)
+        kind = object_type_for(entry.dtype, entry.shape, entry.end - entry.begin)
+        wanted[entry.name] = (manifest.splices[index].oid, kind)
         splice_of_tensor[entry.name] = index
     if set(splice_of_tensor) != set(tensors):
         raise SafetensorsHeaderError(path, "the header names other tensors than the manifest")
-    oids = {name: manifest.splices[index].oid for name, index in splice_of_tensor.items()}
-    found = object_types(store, oids.values(), path)
-    for name, oid in oids.items():
-        described = misfit(oid, found[oid], wanted[name])
-        if described is not None:
-            raise SafetensorsHeaderError(
-                path,
-                f"tensor {name!r} is {described}, the header makes it "
-                f"{wanted[name][0]} {list(wanted[name][1])}",
-            )
+    misfit = first_misfit(store, wanted, path)
+    if misfit is not None:
+        name, found, should_be = misfit
+        raise SafetensorsHeaderError(
+            path, f"tensor {name!r} is {found}, the header makes it {should_be}"
+        )
     return StoredSafetensors(path, manifest, skeleton, header.metadata, splice_of_tensor)
 
 

@@ -31,7 +31,13 @@ from .base import CleanContext, NotThisFormat, ParsedFile
 from .pickle_scan import PickleScan, StorageRef, TensorRef, scan_pickle
 from .zip_directory import read_zip_directory
 
-__all__ = ["ZIP_MAGIC", "parse_torch_zip", "storage_object_type", "tensor_entry"]
+__all__ = [
+    "ZIP_MAGIC",
+    "parse_torch_zip",
+    "storage_object_type",
+    "tensor_entry",
+    "views_by_storage",
+]
 
 ZIP_MAGIC = b"PK\x03\x04"
 _CENTRAL_MAGIC = b"PK\x01\x02"
@@ -73,8 +79,6 @@ class _TorchZipParser:
         self.little_endian = True
         self.storage_oids: dict[str, str] = {}
         self._names_by_storage: dict[str, list[str]] = {}  # storage key -> its tensors' names
-        # storage key -> the tensors viewing it; one pass, so that typing every storage
-        # costs linear time in a checkpoint of thousands of tensors
         self._views_by_storage: dict[str, list[TensorRef]] = {}
 
     def parse(self) -> ParsedFile:
@@ -156,8 +160,7 @@ class _TorchZipParser:
             for tensor_name, ref in self.scan.tensors:
                 storage_ref = ref.storage if isinstance(ref, TensorRef) else ref
                 self._names_by_storage.setdefault(storage_ref.key, []).append(tensor_name)
-                if isinstance(ref, TensorRef):
-                    self._views_by_storage.setdefault(storage_ref.key, []).append(ref)
+            self._views_by_storage = views_by_storage(self.scan)
         elif relative == "byteorder":
             self.little_endian = bytes(ctx.layout.skeleton[-size:]) != b"big"
         if has_descriptor:
@@ -229,6 +232,17 @@ class _TorchZipParser:
         directory = read_zip_directory(layout.skeleton, layout.splices, layout.size)
         if list(map(_PLACE, self.records)) != list(map(_PLACE, directory.records)):
             raise NotThisFormat("the zip central directory does not match the records")
+
+
+def views_by_storage(scan: PickleScan) -> dict[str, list[TensorRef]]:
+    """Storage key -> the tensors data.pkl makes of it (not those that are the storage
+    itself): what :func:`storage_object_type` types a storage by. Gathered in one pass, so
+    that typing every storage costs linear time in a checkpoint of thousands of tensors."""
+    views: dict[str, list[TensorRef]] = {}
+    for _, ref in scan.tensors:
+        if isinstance(ref, TensorRef):
+            views.setdefault(ref.storage.key, []).append(ref)
+    return views
 
 
 def storage_object_type(

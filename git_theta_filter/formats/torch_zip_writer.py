@@ -34,16 +34,9 @@ from ..manifest import Manifest, Splice, TensorEntry
 from ..store.local import LocalStore
 from ..store.object_format import object_type_for
 from .base import NotThisFormat
-from .layout import (
-    ObjectType,
-    SplicedFile,
-    misfit,
-    object_types,
-    payload_crc32,
-    read_skeleton,
-)
+from .layout import ObjectType, SplicedFile, first_misfit, payload_crc32, read_skeleton
 from .pickle_scan import PickleScan, PickleScanError, StorageRef, TensorRef, scan_pickle
-from .torch_zip import storage_object_type, tensor_entry
+from .torch_zip import storage_object_type, tensor_entry, views_by_storage
 from .zip_directory import ZipRecord, read_data_pkl_record, read_zip_directory
 
 __all__ = [
@@ -273,14 +266,11 @@ def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalS
     """Each tensor storage's object has the dtype and shape clean gives it.
 
     A manifest written by someone else is held to clean's rule here (see
-    :func:`~.layout.misfit`).
+    :func:`~.layout.first_misfit`).
     """
-    views: dict[str, list[TensorRef]] = {}
-    for _, ref in scan.tensors:
-        if isinstance(ref, TensorRef):
-            views.setdefault(ref.storage.key, []).append(ref)
+    views = views_by_storage(scan)
     used = set(archive.storage_of_tensor.values())
-    wanted: dict[str, ObjectType] = {}  # storage key -> its object's type, in file order
+    wanted: dict[str, tuple[str, ObjectType]] = {}  # storage key -> (oid, type), file order
     little_endian = True  # as clean reads the archive: in file order, little until told
     for record in archive.records:
         relative = archive.relative_name(record)
@@ -290,19 +280,17 @@ def _check_object_types(archive: StoredTorchZip, scan: PickleScan, store: LocalS
         key = relative[len("data/") :] if relative and relative.startswith("data/") else None
         if key in used and key not in wanted:
             storage = scan.storages[key]
-            wanted[key] = object_type_for(
-                *storage_object_type(storage, views.get(key, []), little_endian), storage.nbytes
+            kind = storage_object_type(storage, views.get(key, []), little_endian)
+            wanted[key] = (
+                archive.storage_splice(key).oid,
+                object_type_for(*kind, storage.nbytes),
             )
-    oids = {key: archive.storage_splice(key).oid for key in wanted}
-    found = object_types(store, oids.values(), archive.path)
-    for key, oid in oids.items():
-        described = misfit(oid, found[oid], wanted[key])
-        if described is not None:
-            raise ArchiveLayoutError(
-                archive.path,
-                f"storage {key} is {described}, "
-                f"data.pkl makes it {wanted[key][0]} {list(wanted[key][1])}",
-            )
+    misfit = first_misfit(store, wanted, archive.path)
+    if misfit is not None:
+        key, found, should_be = misfit
+        raise ArchiveLayoutError(
+            archive.path, f"storage {key} is {found}, data.pkl makes it {should_be}"
+        )
 
 
 def _layout(entry: TensorEntry) -> str:
