@@ -431,3 +431,26 @@ def data_pkl(obj: object) -> bytes:
     with zipfile.ZipFile(buffer) as archive:
         (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         return archive.read(name)
+
+
+def flip_a_raw_plane_byte(store: LocalStore, oid: str, block: int = 0) -> None:
+    """Damage a loose encoded object's stored records of one block so that it still
+    decodes, to other bytes: a byte of its first raw plane flipped."""
+    found = store.open_stored(oid)
+    assert found is not None and found.encoded is not None
+    with found:
+        start, _length = found._block_extent(block)
+        width = found.encoded.width
+    path = store.object_path(oid)
+    data = bytearray(path.read_bytes())
+    position = start
+    for _plane in range(width):
+        mode, length = struct.unpack_from("<BI", data, position)
+        if mode == 0:  # raw
+            data[position + 5] ^= 1
+            break
+        position += 5 + length
+    else:
+        raise AssertionError(f"no raw plane in block {block}")
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))

@@ -29,10 +29,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..threads import LazyThreadPool
 from .codec import (
+    MODE_SAME,
+    MODE_XOR_ZSTD,
     RAW_ABOVE,
     SMALL_RAW_ABOVE,
     WIDTHS,
@@ -70,6 +72,11 @@ __all__ = [
     "is_small",
     "is_encoded",
     "width_for",
+    "version_for",
+    "block_digest",
+    "block_hasher",
+    "VERSION_PLAIN",
+    "VERSION_DIGESTED",
 ]
 
 # Objects smaller than this (canonical bytes) go into packs and are encoded in memory,
@@ -77,7 +84,14 @@ __all__ = [
 # encoding must save more to pay: SMALL_RAW_ABOVE instead of RAW_ABOVE.
 PACK_BELOW = 1 << 20
 MAGIC = b"\x89thz"
-VERSION = 1
+# Version 2 adds a table of two BLAKE3 digests per block: of its payload bytes, and
+# of its stored plane records. They let a clean tell that a payload repeats its
+# previous version, and that the stored copy still holds it, without decoding that
+# version. Written for large objects; a small one stays version 1 (see version_for).
+VERSION_PLAIN = 1
+VERSION_DIGESTED = 2
+DIGEST_SIZE = 32
+_TABLE_ENTRY = 2 * DIGEST_SIZE  # the payload's digest, then the records'
 KIND_FULL = 1
 KIND_DELTA = 2
 BLOCK_SIZE = 1 << 20
@@ -120,6 +134,32 @@ class DeltaBaseMissingError(ObjectFormatError):
         self.base = base
 
 
+def version_for(canonical_size: int) -> int:
+    """The encoded format version this encoder writes for an object of ``canonical_size``
+    bytes: with block digests when it is large. A small object is compared with its
+    previous version by decoding it whole, which costs less than its digest would."""
+    return VERSION_PLAIN if is_small(canonical_size) else VERSION_DIGESTED
+
+
+def block_digest(block: bytes | bytearray | memoryview) -> bytes:
+    """The BLAKE3 digest of one block of payload bytes, as a version 2 object records it."""
+    import blake3
+
+    return blake3.blake3(block).digest()
+
+
+def block_hasher() -> Hasher:
+    """A running BLAKE3 hash, for a block that arrives in pieces."""
+    import blake3
+
+    return blake3.blake3()
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...
+    def digest(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class EncodedHeader:
     """The fixed fields of an encoded object, and the canonical header it carries."""
@@ -132,10 +172,22 @@ class EncodedHeader:
     payload_length: int
     oid: str
     base: str | None
+    version: int
+
+    @property
+    def has_digests(self) -> bool:
+        return self.version == VERSION_DIGESTED
+
+    @property
+    def digests_offset(self) -> int:
+        """Where the block digests start (version 2): right after the canonical header."""
+        return _FIXED.size + len(self.canonical_header)
 
     @property
     def size(self) -> int:
-        return _FIXED.size + len(self.canonical_header)
+        """Bytes before the first block: the headers, and the digests in version 2."""
+        table = self.block_count * _TABLE_ENTRY if self.has_digests else 0
+        return self.digests_offset + table
 
     @property
     def block_count(self) -> int:
@@ -149,7 +201,7 @@ class EncodedHeader:
         base = bytes.fromhex(self.base) if self.base else _NO_BASE
         fixed = _FIXED.pack(
             MAGIC,
-            VERSION,
+            self.version,
             self.kind,
             self.width,
             self.depth,
@@ -159,7 +211,8 @@ class EncodedHeader:
             bytes.fromhex(self.oid),
             base,
         )
-        return fixed + self.canonical_header
+        # The digests are zero until the encoder has them (EncodingWriter.finish).
+        return fixed + self.canonical_header + bytes(self.size - self.digests_offset)
 
     @classmethod
     def parse(cls, oid: str, data: bytes, region_size: int) -> EncodedHeader:
@@ -170,7 +223,7 @@ class EncodedHeader:
          raw_base) = _FIXED.unpack_from(data)  # fmt: skip
         if magic != MAGIC:
             raise ObjectFormatError(oid, "not an encoded object")
-        if version != VERSION:
+        if version not in (VERSION_PLAIN, VERSION_DIGESTED):
             raise ObjectFormatError(oid, f"encoded object version {version} is not supported")
         if raw_oid.hex() != oid:
             raise ObjectFormatError(oid, f"encoded object names {raw_oid.hex()}")
@@ -201,6 +254,7 @@ class EncodedHeader:
             payload_length,
             oid,
             raw_base.hex() if kind == KIND_DELTA else None,
+            version,
         )
         # Every block costs at least its length field and one plane record.
         if header.size + header.block_count * (_BLOCK_LENGTH.size + 5) > region_size:
@@ -215,11 +269,14 @@ _FIRST_READ = 512
 
 
 def _header_bytes_needed(prefix: bytes) -> int:
-    """How many bytes from the start hold the headers (and block 0's length field),
-    as far as ``prefix`` tells; the parsers check them."""
+    """How many bytes from the start hold the headers (and, in version 1, block 0's
+    length field: in version 2 the digests come first), as far as ``prefix`` tells;
+    the parsers check them."""
     if is_encoded(prefix) and len(prefix) >= _FIXED.size:
-        canonical_header_length = _FIXED.unpack_from(prefix)[6]
-        return _FIXED.size + canonical_header_length + _BLOCK_LENGTH.size
+        fields = _FIXED.unpack_from(prefix)
+        version, canonical_header_length = fields[1], fields[6]
+        first_length = _BLOCK_LENGTH.size if version == VERSION_PLAIN else 0
+        return _FIXED.size + canonical_header_length + first_length
     if not is_encoded(prefix) and len(prefix) >= 8:
         (json_length,) = struct.unpack_from("<Q", prefix)
         return 8 + json_length
@@ -270,6 +327,7 @@ class StoredObject:
             prefix = self._pread(0, min(limit, needed))
         self.encoded: EncodedHeader | None = None
         self._first_block_length: bytes | None = None
+        self._digests: bytes | None = None  # version 2: read on first use
         if is_encoded(prefix):
             self.encoded = EncodedHeader.parse(oid, prefix, length)
             # Block 0's length field, when it came with the headers: not read again.
@@ -377,6 +435,72 @@ class StoredObject:
                 offsets.append(end)
             start, end = offsets[index], offsets[index + 1]
         return start + _BLOCK_LENGTH.size, end - start - _BLOCK_LENGTH.size
+
+    def _digest_table(self) -> bytes:
+        """A version 2 object's table of digests, read once."""
+        encoded = self.encoded
+        assert encoded is not None and encoded.has_digests
+        with self._lock:
+            if self._digests is None:
+                self._digests = self._pread(
+                    encoded.digests_offset, encoded.block_count * _TABLE_ENTRY
+                )
+            return self._digests
+
+    def payload_digest(self, index: int) -> bytes:
+        """The digest a version 2 object records of block ``index``'s payload bytes."""
+        start = index * _TABLE_ENTRY
+        return self._digest_table()[start : start + DIGEST_SIZE]
+
+    def digested_chain(self) -> bool:
+        """Whether this object and every object down its chain are encoded objects of
+        version 2 in the same blocks and planes: then :meth:`payload_digest` and
+        :meth:`records_intact` tell what a block decodes to without decoding it. A
+        base that cannot be opened makes it False; decoding names the error."""
+        member = self
+        geometry = None
+        while True:
+            encoded = member.encoded
+            if encoded is None or not encoded.has_digests:
+                return False
+            if geometry is not None and (encoded.width, encoded.block_size) != geometry:
+                return False
+            geometry = (encoded.width, encoded.block_size)
+            if encoded.base is None:
+                return True
+            try:
+                member = member.base()
+            except (OSError, ObjectFormatError):
+                return False
+
+    def records_intact(self, index: int, down_chain: bool = True) -> bool:
+        """Whether block ``index``'s stored plane records hash to the digest recorded
+        when they were written, and, ``down_chain``, so do those of the blocks down the
+        chain that its planes are decoded from: then the block still decodes to the
+        payload it was written from. Down the chain, only for a :meth:`digested_chain`."""
+        encoded = self.encoded
+        assert encoded is not None and encoded.has_digests
+        start, length = self._block_extent(index)
+        records = self._pread(start, length)
+        entry = index * _TABLE_ENTRY + DIGEST_SIZE
+        if block_digest(records) != self._digest_table()[entry : entry + DIGEST_SIZE]:
+            return False
+        if encoded.base is None or not down_chain:
+            return True
+        plane_size = encoded.block_span(index) // encoded.width
+        try:
+            modes = plane_records(
+                lambda offset, size: records[offset : offset + size],
+                length,
+                encoded.width,
+                plane_size,
+                wanted=(),
+            )
+        except BlockFormatError:
+            return False
+        if not any(mode in (MODE_XOR_ZSTD, MODE_SAME) for mode, _ in modes):
+            return True
+        return self.base().records_intact(index)
 
     def base(self) -> StoredObject:
         """The delta's base, opened and checked the first time a block needs it."""
@@ -568,8 +692,24 @@ class ObjectReader(io.RawIOBase):
         for stale in [i for i in self._ahead if i < index]:
             self._ahead.pop(stale).cancel()
         block = memoryview(pending.result() if pending else self.stored.decoded_block(index))
+        if self._hash is not None:
+            self._check_block_digest(index, block)
         self._block = (index, block)
         return block
+
+    def _check_block_digest(self, index: int, block: memoryview) -> None:
+        """A verifying read checks the digests a version 2 object records for each block
+        too: a clean trusts them to tell an unchanged payload (docs/store.md, rule 7)."""
+        encoded = self.stored.encoded
+        if encoded is None or not encoded.has_digests:
+            return
+        if block_digest(block) != self.stored.payload_digest(index):
+            raise ObjectFormatError(self.stored.oid, f"block {index} does not match its digest")
+        # The object's own records: its bases are verified as objects of their own.
+        if not self.stored.records_intact(index, down_chain=False):
+            raise ObjectFormatError(
+                self.stored.oid, f"block {index}'s records do not match their digest"
+            )
 
     def payload_blocks(self) -> Iterator[memoryview]:
         """The whole payload, one decoded block at a time, without copying it out.
@@ -696,8 +836,14 @@ def encode_whole(
         outlook.tried(header.dtype, compressed)
     if not compressed:
         return canonical_header + payload
-    encoded = EncodedHeader(KIND_FULL, 1, 0, BLOCK_SIZE, canonical_header, header.nbytes, oid, None)
-    return encoded.to_bytes() + _BLOCK_LENGTH.pack(len(stored)) + stored
+    version = version_for(len(canonical_header) + header.nbytes)
+    encoded = EncodedHeader(
+        KIND_FULL, 1, 0, BLOCK_SIZE, canonical_header, header.nbytes, oid, None, version
+    )
+    fixed = encoded.to_bytes()
+    if encoded.has_digests:
+        fixed = fixed[: encoded.digests_offset] + block_digest(payload) + block_digest(stored)
+    return fixed + _BLOCK_LENGTH.pack(len(stored)) + stored
 
 
 class EncodingWriter:
@@ -744,12 +890,14 @@ class EncodingWriter:
             header.nbytes,
             "0" * 64,
             base.oid if base else None,
+            version_for(len(canonical_header) + header.nbytes),
         )
         # A small object is one plane against no base (encoding_width gives it 1).
         self._small = (
             is_small(len(canonical_header) + header.nbytes) and width == 1 and base is None
         )
         self._pending: deque[tuple[bytes | bytearray, Future]] = deque()
+        self._digests: list[bytes] = []  # of the blocks emitted, for version 2
         self._buffer = bytearray()
         self._blocks = 0
         self._canonical: bool | None = None  # decided by the first block
@@ -797,20 +945,27 @@ class EncodingWriter:
         while self._pending and (len(self._pending) > 2 * WORKERS or self._pending[0][1].done()):
             self._drain_one()
 
-    def _encode(self, index: int, block: bytes | bytearray) -> bytes:
+    def _encode(self, index: int, block: bytes | bytearray) -> tuple[bytes, bytes]:
+        """The block's entry in the table of digests (empty in version 1) and its
+        stored form."""
         encoded = self._encoded
         base = None
         if self._base is not None:
             base = self._base.planes(index, encoded.width, encoded.block_size)
-        return encode_block(block, encoded.width, base, small=self._small)
+        stored = encode_block(block, encoded.width, base, small=self._small)
+        if not encoded.has_digests:
+            return b"", stored
+        return block_digest(block) + block_digest(stored), stored
 
     def _drain_one(self) -> None:
         block, future = self._pending.popleft()
         self._emit(block, future.result())
 
-    def _emit(self, block: bytes | bytearray, stored: bytes) -> None:
+    def _emit(self, block: bytes | bytearray, encoded_block: tuple[bytes, bytes]) -> None:
         """Write one encoded block, in order; the first decides whether the object is
         stored canonical."""
+        digest, stored = encoded_block
+        self._digests.append(digest)
         if self._canonical is None:
             # The encoded form also carries the fixed header: for a small object it decides.
             overhead = _FIXED.size + _BLOCK_LENGTH.size
@@ -847,6 +1002,9 @@ class EncodingWriter:
         if not self._canonical:
             self._out.seek(OID_OFFSET)
             self._out.write(bytes.fromhex(oid))
+            if self._encoded.has_digests:
+                self._out.seek(self._encoded.digests_offset)
+                self._out.write(b"".join(self._digests))
             self._out.seek(0, io.SEEK_END)
 
     def replay(self) -> Iterator[bytes | bytearray | memoryview]:

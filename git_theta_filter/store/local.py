@@ -168,7 +168,7 @@ class LocalStore:
         self._expected_by_name: dict[str, tuple[str, bytes]] = {}
         self._claimed: set[str] = set()
         # Each large expected object's successor among the large ones, in file order, and
-        # the one whose first block is being decoded ahead (_decode_ahead).
+        # the one prepared ahead (_prepare_ahead).
         self._expected_next: dict[str, str] = {}
         self._prefetched: ExpectedObject | None = None
         # Packs in place: index and an open file each, loaded on the first lookup.
@@ -429,7 +429,7 @@ class LocalStore:
         tensor named in ``names``, else the next unclaimed one (see :meth:`expecting`)."""
         expected = self._find_expected(header, names)
         if expected is not None:
-            self._decode_ahead(expected.oid)
+            self._prepare_ahead(expected.oid)
         return expected
 
     def _find_expected(self, header: bytes, names: Sequence[str]) -> ExpectedObject | None:
@@ -446,11 +446,12 @@ class LocalStore:
                 return expected
         return None
 
-    def _decode_ahead(self, oid: str) -> None:
-        """Open the large object after ``oid`` (itself large) in file order and start
-        decoding its first block: the next large tensor most often takes it, and its
-        comparison waits for that block before this thread reads on. Small objects are
-        compared on this thread, all at once, and are never decoded ahead."""
+    def _prepare_ahead(self, oid: str) -> None:
+        """Open the large object after ``oid`` (itself large) in file order and start the
+        work its first comparison waits for (:meth:`ExpectedObject.prepare`): the next
+        large tensor most often takes it, and without digests its comparison waits for
+        its first block's decoding before this thread reads on. Small objects are
+        compared on this thread, all at once, and are never prepared ahead."""
         following = self._expected_next.get(oid)
         if following is None or following in self._claimed:
             return
@@ -462,7 +463,7 @@ class LocalStore:
         expected = self._open_expected(following)
         if expected is None:
             return
-        expected.decode_first_block()
+        expected.prepare()
         self._prefetched = expected
 
     def _open_expected(self, oid: str) -> ExpectedObject | None:

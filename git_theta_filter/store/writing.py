@@ -12,11 +12,14 @@ thread while the payload is written. How it is stored (``docs/store.md``):
 
 When the store expects an object with the same header (the previous version
 of the same tensor, see :meth:`LocalStore.expecting`), the payload is first
-compared with it: while they agree nothing is hashed or written. At the first
-difference, the new object becomes a delta one deeper than the expected
-object (or a full object, past the depth limit), written against the object
-of its chain that :func:`delta_base_depth` names, and the agreeing prefix is
-replayed from the expected object into the encoder.
+compared with it: while they agree nothing is hashed or written. An expected
+object that records its blocks' digests (version 2) is compared by hashing the
+payload's blocks, which costs a fifth of decoding the object; any other is
+decoded and compared byte for byte. At the first difference, the new object
+becomes a delta one deeper than the expected object (or a full object, past
+the depth limit), written against the object of its chain that
+:func:`delta_base_depth` names, and the agreeing prefix is replayed from the
+expected object into the encoder.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import io
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ThetaError
@@ -41,6 +45,8 @@ from .encoded import (
     ObjectReader,
     StoredObject,
     _workers,
+    block_digest,
+    block_hasher,
     is_small,
     width_for,
 )
@@ -56,6 +62,7 @@ __all__ = [
     "ObjectWriter",
     "UnsizedObjectWriter",
     "ExpectedObject",
+    "Difference",
     "UnbufferedOutput",
     "encoding_width",
     "PACK_BELOW",
@@ -74,6 +81,9 @@ _HASH_IN_PARALLEL_FROM = 1 << 16
 # at most this many ahead of the one whose result is taken.
 _compare_pool = _workers
 _COMPARED_AHEAD = WORKERS
+# Comparisons by digest run here, one after another: a block's digest takes its
+# pieces in order, and one core hashes several GB/s.
+_digest_thread = LazyThreadPool(1, "theta-compare-digest")
 
 
 # Headers are immutable: the thousands of small tensors of a clean share the few they have.
@@ -130,6 +140,16 @@ class UnbufferedOutput(io.RawIOBase):
         return self._file.truncate(size)
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A comparison's finding: the payload differs from the expected object at or after
+    ``offset``, and ``data`` (a copy) is what arrived from ``offset`` to the end of the
+    bytes compared."""
+
+    offset: int
+    data: bytes | bytearray
+
+
 class ExpectedObject:
     """An existing object being compared, chunk by chunk, with a payload that streams in."""
 
@@ -142,7 +162,19 @@ class ExpectedObject:
         self._buffer = bytearray()
         self._blocks: dict[int, Future] | None = None  # decoded blocks, for compare_async
         self._block_size = COPY_CHUNK
-        self._decodes: list[Future] = []
+        # The work still queued or running on the workers, which reads ``stored``.
+        self._on_workers: list[Future] = []
+        self._by_digest = stored.digested_chain()
+        # Only the digest thread touches these: the block being hashed, the bytes of it
+        # that arrived so far (the caller reuses its buffers once a comparison is done),
+        # and whether a difference was found.
+        self._hasher = block_hasher() if self._by_digest else None
+        self._kept = bytearray()
+        self._kept_from = 0  # the payload offset of the first byte kept
+        self._differed = False
+        # Whether each block's stored records are intact, checked on the workers ahead
+        # of the payload (the check reads the store only), by block index.
+        self._intact: dict[int, Future] = {}
 
     def matches(self, data: bytes | bytearray | memoryview) -> bool:
         incoming = memoryview(data).cast("B")
@@ -158,15 +190,20 @@ class ExpectedObject:
         return filled == len(incoming) and self._buffer.startswith(incoming)
 
     def compare_async(self, offset: int, data: memoryview, ahead: bool = True) -> Future:
-        """Compare ``data`` with the payload bytes from ``offset`` on a codec worker. The
-        future's result is None if they are equal, else a copy of ``data``: either way,
-        ``data`` is not read once it is done.
+        """Compare ``data`` with the payload bytes from ``offset``, the bytes that follow
+        those of the previous call, off this thread. The future's result is None if no
+        difference was found, else a :class:`Difference`: either way, ``data`` is not
+        read once it is done.
 
-        The blocks it needs are decoded on the workers too, each once however many
-        comparisons need it, and with ``ahead`` the next block is decoded ahead.
-        Decodes are queued before the comparisons that wait for them, so a worker
-        waits only for work already running or done.
+        With digests, the comparison takes place when a block's last byte has come:
+        until then a result of None only means "none yet", and the block's bytes are
+        kept. Without, the blocks it needs are decoded on the workers, each once
+        however many comparisons need it, and with ``ahead`` the next block is
+        decoded ahead. Decodes are queued before the comparisons that wait for them,
+        so a worker waits only for work already running or done.
         """
+        if self._by_digest:
+            return _digest_thread.submit(self._compare_digests, offset, data)
         decoded = self._decoded_blocks()
         size = self._block_size
         first = offset // size
@@ -186,18 +223,87 @@ class ExpectedObject:
             self._blocks = {}
         return self._blocks
 
-    def decode_first_block(self) -> None:
-        """Start decoding the first block on a worker, before any comparison asks for it."""
-        self._block(0)
+    def prepare(self) -> None:
+        """Start the work that its first comparison will wait for on a worker: decoding
+        its first block, or, by digest, checking that block's stored records."""
+        if self._by_digest:
+            self._check_records(0)
+        else:
+            self._block(0)
+
+    def _check_records(self, index: int) -> Future | None:
+        """The check of block ``index``'s records (:meth:`StoredObject.records_intact`),
+        started on a worker if it was not; None past the last block."""
+        future = self._intact.get(index)
+        if future is None and index * self._digest_block_size() < self.stored.header.nbytes:
+            future = self._intact[index] = _compare_pool.submit(self.stored.records_intact, index)
+            self._keep_track(future)
+        return future
+
+    def _digest_block_size(self) -> int:
+        assert self.stored.encoded is not None
+        return self.stored.encoded.block_size
+
+    def compare_rest(self) -> Future:
+        """After the last :meth:`compare_async` of a payload that ended early: the
+        comparison of the bytes kept of its last block, which no digest can tell."""
+        return _digest_thread.submit(self._compare_kept)
+
+    def _compare_digests(self, offset: int, data: memoryview) -> Difference | None:
+        if self._differed:
+            return Difference(offset, bytes(data))  # the writer takes every byte now
+        assert self._hasher is not None
+        block_size = self._digest_block_size()
+        nbytes = self.stored.header.nbytes
+        position, view = offset, data
+        while view:
+            index, begin = divmod(position, block_size)
+            span = min(block_size, nbytes - index * block_size)
+            self._check_records(index + 1)  # ahead, while this block's bytes come
+            piece, view = view[: span - begin], view[span - begin :]
+            position += len(piece)
+            if begin == 0 and len(piece) == span:  # a whole block at once: nothing to keep
+                if not self._holds(index, block_digest(piece)):
+                    return self._differs(index * block_size, bytes(piece) + bytes(view))
+                continue
+            self._hasher.update(piece)
+            self._kept += piece
+            self._kept_from = index * block_size
+            if begin + len(piece) == span:  # the block's last piece
+                same = self._holds(index, self._hasher.digest())
+                kept, self._kept, self._hasher = self._kept, bytearray(), block_hasher()
+                if not same:
+                    kept += view
+                    return self._differs(index * block_size, kept)
+        return None
+
+    def _holds(self, index: int, digest: bytes) -> bool:
+        """Whether block ``index`` of the expected object decodes to the payload bytes of
+        this digest: the digest it records, and its stored records as written. A copy
+        damaged since is so a difference: the payload is stored again, and replaces it."""
+        intact = self._check_records(index)
+        assert intact is not None
+        self._intact.pop(index - 1, None)
+        return digest == self.stored.payload_digest(index) and bool(intact.result())
+
+    def _compare_kept(self) -> Difference | None:
+        if self._differed or not self._kept:
+            return None
+        start = self._kept_from
+        if self.stored.read_payload(start, len(self._kept)) == self._kept:
+            return None
+        return self._differs(start, bytes(self._kept))
+
+    def _differs(self, offset: int, data: bytes | bytearray) -> Difference:
+        self._differed = True
+        return Difference(offset, data)
 
     def _block(self, index: int) -> Future:
         decoded = self._decoded_blocks()
         future = decoded.get(index)
         if future is None:
             future = decoded[index] = _compare_pool.submit(self._decode, index)
-            # Only the decodes still running, for close(): a done one would keep its block.
-            self._decodes = [running for running in self._decodes if not running.done()]
-            self._decodes.append(future)
+            self._keep_track(future)
         return future
 
     def _decode(self, index: int) -> bytes | bytearray:
@@ -211,16 +317,16 @@ class ExpectedObject:
 
     def _compare(
         self, offset: int, data: memoryview, blocks: list[tuple[int, Future]]
-    ) -> bytes | None:
+    ) -> Difference | None:
         position = 0
         for index, decoded in blocks:
             block = decoded.result()
             begin = offset + position - index * self._block_size
             take = min(len(block) - begin, len(data) - position)
             if take <= 0 or not block.startswith(data[position : position + take], begin):
-                return bytes(data)
+                return Difference(offset, bytes(data))
             position += take
-        return None if position == len(data) else bytes(data)
+        return None if position == len(data) else Difference(offset, bytes(data))
 
     def iter_prefix(self, size: int) -> Iterator[memoryview]:
         """The first ``size`` payload bytes, in chunks of one reused buffer."""
@@ -238,13 +344,19 @@ class ExpectedObject:
             yield buffer[:count]
             left -= count
 
+    def _keep_track(self, future: Future) -> None:
+        """Hold ``future`` for close(), and drop those done: a done decode would keep
+        its block."""
+        self._on_workers = [running for running in self._on_workers if not running.done()]
+        self._on_workers.append(future)
+
     def close(self) -> None:
         # The workers read the stored object: let them finish before its file is closed.
-        for future in self._decodes:
+        for future in self._on_workers:
             if not future.cancel():
                 with contextlib.suppress(Exception):
                     future.result()
-        self._decodes.clear()
+        self._on_workers.clear()
         self._reader.close()
 
 
@@ -376,25 +488,30 @@ class ObjectWriter:
 
     def _settle_comparisons(self, keep: int) -> None:
         """Take the results of the comparisons queued, all but the last ``keep``: at the
-        first that differs, diverge and store the payload from there."""
+        first that differs, diverge and store the payload from where it differs."""
         while self._same is not None and len(self._comparing) > keep:
-            offset, length, queued = self._comparing[0]
-            differing = queued.result()
-            if differing is None:
-                self._comparing.popleft()
+            queued = self._comparing[0][2]
+            difference = queued.result()
+            self._comparing.popleft()
+            if difference is None:
                 self._agreed = True
                 continue
             same = self._same
-            self._diverge(offset)
-            # Every comparison queued since: a copy of its bytes, or, where they agreed,
-            # the same bytes from the expected object.
+            self._diverge(difference.offset)
+            self._take(difference.data)
+            # Every comparison queued since: the bytes that arrived, or, where they
+            # agreed, the same bytes from the expected object.
             while self._comparing:
                 offset, length, queued = self._comparing.popleft()
-                differing = queued.result()
-                chunks = [differing] if differing is not None else same.iter_range(offset, length)
+                later = queued.result()
+                chunks = [later.data] if later is not None else same.iter_range(offset, length)
                 for chunk in chunks:
-                    self._hash.update(chunk)
-                    self._store_bytes(chunk)
+                    self._take(chunk)
+
+    def _take(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Hash and store payload bytes after the comparison is over."""
+        self._hash.update(chunk)
+        self._store_bytes(chunk)
 
     def _diverge(self, agreed: int) -> None:
         """Stop comparing: the new object becomes a delta one deeper than the expected
@@ -410,8 +527,7 @@ class ObjectWriter:
             self._delta_base = same.stored.down_chain_to(delta_base_depth(depth))
         self._start(self._delta_base, depth)
         for chunk in same.iter_prefix(agreed):
-            self._hash.update(chunk)
-            self._store_bytes(chunk)
+            self._take(chunk)
 
     def commit(self) -> str:
         if self._written != self._expected:
@@ -490,6 +606,9 @@ class ObjectWriter:
         partial = UnsizedObjectWriter(self._store)
         try:
             self._settle_comparisons(0)
+            if self._same is not None and not self._small:
+                self._comparing.append((self._written, 0, self._same.compare_rest()))
+                self._settle_comparisons(0)
             if self._same is not None:
                 for chunk in self._same.iter_prefix(self._written):
                     partial.write(chunk)

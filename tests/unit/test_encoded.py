@@ -269,7 +269,7 @@ def delta(objects: Objects) -> tuple[str, str, bytes]:
 @pytest.mark.parametrize(
     "offset, value, message",
     [
-        (4, b"\x02", "version 2 is not supported"),
+        (4, b"\x03", "version 3 is not supported"),
         (5, b"\x07", "unknown encoding kind 7"),
         (6, b"\x03", "plane width 3"),
         (7, b"\x01", "base and depth disagree"),

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import canonical_bytes, sha256_bytes
+from helpers import canonical_bytes, flip_a_raw_plane_byte, sha256_bytes
 from safetensors.numpy import save as safetensors_save
 
 from git_theta_filter.clean import clean
@@ -151,25 +150,6 @@ def test_each_version_is_a_skip_delta_up_to_the_depth_limit(tmp_path: Path) -> N
         store.verify(oid)
 
 
-def _flip_a_raw_plane_byte(store: LocalStore, oid: str) -> None:
-    """Damage a loose encoded object so that it still decodes, to other bytes."""
-    path = store.object_path(oid)
-    data = bytearray(path.read_bytes())
-    with store.open_stored(oid) as stored:
-        assert stored.encoded is not None
-        position = stored.encoded.size + 4  # block 0's plane records
-        for _plane in range(stored.encoded.width):
-            mode, length = struct.unpack_from("<BI", data, position)
-            if mode == 0:  # raw
-                data[position + 5] ^= 1
-                break
-            position += 5 + length
-        else:
-            raise AssertionError("no raw plane in block 0")
-    path.chmod(0o644)
-    path.write_bytes(bytes(data))
-
-
 def test_a_version_equal_to_its_damaged_skip_delta_base_repairs_it(tmp_path: Path) -> None:
     """Version 2 deltas against version 0 (depth 2 against 0): when it has version 0's
     payload, the delta would be its own base. It is stored full instead, over the
@@ -180,7 +160,7 @@ def test_a_version_equal_to_its_damaged_skip_delta_base_repairs_it(tmp_path: Pat
     with store.expecting([splice.oid for splice in manifests[0].splices]):
         manifests.append(do_clean(store, second))
     (w,) = [t.oid for t in manifests[0].tensors if t.name == "w"]
-    _flip_a_raw_plane_byte(store, w)
+    flip_a_raw_plane_byte(store, w)
     with store.expecting([splice.oid for splice in manifests[1].splices]):
         again = do_clean(store, first)
     assert again.render() == manifests[0].render()
@@ -207,7 +187,7 @@ def test_a_delta_on_itself_that_decodes_to_other_bytes_is_refused_and_not_linked
     and the damaged copy stays for fsck to find."""
     payload = weights(8, BIG).tobytes()
     oid = store.write_bytes(payload, "F32", (BIG,))
-    _flip_a_raw_plane_byte(store, oid)
+    flip_a_raw_plane_byte(store, oid)
     damaged = store.object_path(oid).read_bytes()
     with store.expecting([oid]):
         writer = store.writer("F32", (BIG,), len(payload))

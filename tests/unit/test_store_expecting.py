@@ -40,6 +40,15 @@ def store(tmp_path: Path) -> LocalStore:
 
 
 @pytest.fixture
+def plain_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large objects are written in version 1, without block digests, as before them:
+    such an expected object is compared by decoding it."""
+    from git_theta_filter.store import encoded
+
+    monkeypatch.setattr(encoded, "version_for", lambda canonical_size: encoded.VERSION_PLAIN)
+
+
+@pytest.fixture
 def versions() -> list[dict]:
     """A base state, then: one tensor changed in its last byte only, one changed throughout,
     one shape changed.
@@ -133,11 +142,11 @@ def test_a_difference_found_behind_later_comparisons_keeps_every_byte(
 
 
 def test_comparing_decodes_each_block_once_and_a_changed_tensor_only_its_first(
-    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch, plain_objects: None
 ) -> None:
-    """An unchanged payload decodes each block of its previous version once, however
-    its chunks fall; one that changed from its first bytes decodes only its first block
-    before it is stored (a delta's encoding reads its base on its own)."""
+    """Without digests, an unchanged payload decodes each block of its previous version
+    once, however its chunks fall; one that changed from its first bytes decodes only
+    its first block before it is stored (a delta's encoding reads its base on its own)."""
     from git_theta_filter.store.writing import ExpectedObject
 
     decoded: list[int] = []
@@ -276,15 +285,15 @@ def large_tensors(names: str, seed: int) -> dict:
 
 
 def test_the_next_large_tensor_s_first_block_is_decoded_ahead_and_only_once(
-    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch, plain_objects: None
 ) -> None:
-    """Taking a large tensor's previous version starts decoding the first block of the
-    next large one in file order; the comparison of that tensor then uses the block
-    decoded ahead instead of decoding it again."""
+    """Without digests, taking a large tensor's previous version starts decoding the
+    first block of the next large one in file order; the comparison of that tensor then
+    uses the block decoded ahead instead of decoding it again."""
     from git_theta_filter.store.writing import ExpectedObject
 
     decoded: list[tuple[str, int]] = []
-    decode, decode_first_block = ExpectedObject._decode, ExpectedObject.decode_first_block
+    decode, prepare = ExpectedObject._decode, ExpectedObject.prepare
     started_ahead: list[str] = []
 
     def counting(self, index: int):
@@ -293,10 +302,10 @@ def test_the_next_large_tensor_s_first_block_is_decoded_ahead_and_only_once(
 
     def recording(self) -> None:
         started_ahead.append(self.oid)
-        decode_first_block(self)
+        prepare(self)
 
     monkeypatch.setattr(ExpectedObject, "_decode", counting)
-    monkeypatch.setattr(ExpectedObject, "decode_first_block", recording)
+    monkeypatch.setattr(ExpectedObject, "prepare", recording)
     state = {**large_tensors("ab", seed=4), "bias": torch.ones(3), **large_tensors("c", seed=5)}
     previous = clean_manifest(store, torch_bytes(state))
     a, b, c = (next(t.oid for t in previous.tensors if t.name == n) for n in "abc")
