@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import flip_a_raw_plane_byte
+from helpers import flip_a_raw_plane_byte, within
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from git_theta_filter.errors import ThetaError
 from git_theta_filter.store import encoded as encoded_module
 from git_theta_filter.store.encoded import (
     BLOCK_SIZE,
@@ -290,3 +291,27 @@ def test_a_delta_whose_base_was_damaged_is_written_again(store: LocalStore) -> N
         assert write(store, bytes(second), [BLOCK_SIZE]) == delta
     store.verify(delta)
     assert read_back(store, delta) == bytes(second)
+
+
+def test_a_payload_longer_than_its_previous_version_is_refused_by_its_length(
+    store: LocalStore,
+) -> None:
+    """A writer handed more bytes than its size (a caller's bug), here past the end of an
+    object of whole blocks: the comparison takes them for a difference, and the commit
+    names the length."""
+    elements = 2 * BLOCK_SIZE // 4
+    shape, nbytes = (elements,), 4 * elements
+    payload = np.random.default_rng(11).standard_normal(elements, dtype=np.float32).tobytes()
+    writer = store.writer("F32", shape, nbytes)
+    writer.write(payload)
+    previous = writer.commit()
+
+    def overlong() -> None:
+        with store.expecting([previous]):
+            writer = store.writer("F32", shape, nbytes)
+            writer.write(payload[: BLOCK_SIZE // 2])
+            writer.write(payload[BLOCK_SIZE // 2 :] + bytes(BLOCK_SIZE))
+            with pytest.raises(ThetaError, match=f"expected {nbytes}"):
+                writer.commit()
+
+    within(20.0, overlong)
