@@ -898,6 +898,14 @@ class EncodingWriter:
         )
         self._pending: deque[tuple[bytes | bytearray, Future]] = deque()
         self._digests: list[bytes] = []  # of the blocks emitted, for version 2
+        # A base whose records tell whether each block is as written (rule 7): a block
+        # of it that is not is left out of this delta's (see _encode).
+        self._base_checked = (
+            base is not None
+            and base.digested_chain()
+            and base.encoded is not None
+            and (base.encoded.width, base.encoded.block_size) == (width, block_size)
+        )
         self._buffer = bytearray()
         self._blocks = 0
         self._canonical: bool | None = None  # decided by the first block
@@ -950,7 +958,10 @@ class EncodingWriter:
         stored form."""
         encoded = self._encoded
         base = None
-        if self._base is not None:
+        # A base block damaged since it was written is not XORed with: the delta would
+        # decode right only while the base stayed damaged, and wrong once fsck and fetch
+        # restored it. The block is stored from its own bytes instead.
+        if self._base is not None and (not self._base_checked or self._base.records_intact(index)):
             base = self._base.planes(index, encoded.width, encoded.block_size)
         stored = encode_block(block, encoded.width, base, small=self._small)
         if not encoded.has_digests:
