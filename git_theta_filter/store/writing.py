@@ -151,7 +151,9 @@ class Difference:
 
 
 class ExpectedObject:
-    """An existing object being compared, chunk by chunk, with a payload that streams in."""
+    """An existing object being compared, chunk by chunk, with a payload that streams in:
+    by its blocks' digests when it and its chain record them (docs/store.md, "Encoded
+    objects", rule 7), else by decoding it."""
 
     def __init__(self, stored: StoredObject) -> None:
         self.stored = stored
