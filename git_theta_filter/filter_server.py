@@ -63,6 +63,8 @@ _WARM_MODULES = (
     "concurrent.futures.thread",
     "zstandard",
     "numpy",
+    # The block digests of large objects (store/encoded.py); it starts no thread.
+    "blake3",
 )
 _ONE_BLAS_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
