@@ -148,6 +148,12 @@ def block_digest(block: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(block).digest()
 
 
+def _table_entry(block: bytes | bytearray | memoryview, stored: bytes) -> bytes:
+    """A block's entry in a version 2 object's table: the digests of its payload bytes
+    and of ``stored``, its plane records."""
+    return block_digest(block) + block_digest(stored)
+
+
 def block_hasher() -> Hasher:
     """A running BLAKE3 hash, for a block that arrives in pieces."""
     import blake3
@@ -842,7 +848,7 @@ def encode_whole(
     )
     fixed = encoded.to_bytes()
     if encoded.has_digests:
-        fixed = fixed[: encoded.digests_offset] + block_digest(payload) + block_digest(stored)
+        fixed = fixed[: encoded.digests_offset] + _table_entry(payload, stored)
     return fixed + _BLOCK_LENGTH.pack(len(stored)) + stored
 
 
@@ -966,7 +972,7 @@ class EncodingWriter:
         stored = encode_block(block, encoded.width, base, small=self._small)
         if not encoded.has_digests:
             return b"", stored
-        return block_digest(block) + block_digest(stored), stored
+        return _table_entry(block, stored), stored
 
     def _drain_one(self) -> None:
         block, future = self._pending.popleft()

@@ -167,6 +167,9 @@ class ExpectedObject:
         # The work still queued or running on the workers, which reads ``stored``.
         self._on_workers: list[Future] = []
         self._by_digest = stored.digested_chain()
+        if self._by_digest:
+            assert stored.encoded is not None
+            self._block_size = stored.encoded.block_size  # a digest's unit
         # Only the digest thread touches these: the block being hashed, the bytes of it
         # that arrived so far (the caller reuses its buffers once a comparison is done),
         # and whether a difference was found.
@@ -237,14 +240,10 @@ class ExpectedObject:
         """The check of block ``index``'s records (:meth:`StoredObject.records_intact`),
         started on a worker if it was not; None past the last block."""
         future = self._intact.get(index)
-        if future is None and index * self._digest_block_size() < self.stored.header.nbytes:
+        if future is None and index * self._block_size < self.stored.header.nbytes:
             future = self._intact[index] = _compare_pool.submit(self.stored.records_intact, index)
             self._keep_track(future)
         return future
-
-    def _digest_block_size(self) -> int:
-        assert self.stored.encoded is not None
-        return self.stored.encoded.block_size
 
     def compare_rest(self) -> Future:
         """After the last :meth:`compare_async` of a payload that ended early: the
@@ -255,7 +254,7 @@ class ExpectedObject:
         if self._differed:
             return Difference(offset, bytes(data))  # the writer takes every byte now
         assert self._hasher is not None
-        block_size = self._digest_block_size()
+        block_size = self._block_size
         nbytes = self.stored.header.nbytes
         if offset + len(data) > nbytes:
             # More bytes than the object holds: no block of it can tell them, and the
