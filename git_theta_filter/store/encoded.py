@@ -63,6 +63,7 @@ __all__ = [
     "KIND_DELTA",
     "EncodedHeader",
     "DeltaBaseMissingError",
+    "BlockRecordsDamagedError",
     "StoredObject",
     "ObjectReader",
     "EncodingWriter",
@@ -132,6 +133,15 @@ class DeltaBaseMissingError(ObjectFormatError):
             "`git theta fetch` to restore it"
         )
         self.base = base
+
+
+class BlockRecordsDamagedError(ObjectFormatError):
+    """A block's stored plane records no longer hash to the digest recorded when they
+    were written (version 2): they decode, if at all, to other bytes than were stored."""
+
+    def __init__(self, oid: str, index: int) -> None:
+        super().__init__(oid, f"block {index}'s records do not match their digest")
+        self.index = index
 
 
 def version_for(canonical_size: int) -> int:
@@ -415,10 +425,16 @@ class StoredObject:
         return data
 
     # -- blocks ----------------------------------------------------------------
-    def _block_bytes(self, index: int) -> bytes:
-        """The stored bytes of block ``index``."""
+    def _block_records(self, index: int, checked: bool = False) -> bytes:
+        """The stored plane records of block ``index``, in one read; ``checked``: first
+        hashed against the digest a version 2 object records of them."""
         start, length = self._block_extent(index)
-        return self._pread(start, length)
+        records = self._pread(start, length)
+        if checked:
+            entry = index * _TABLE_ENTRY + DIGEST_SIZE
+            if block_digest(records) != self._digest_table()[entry : entry + DIGEST_SIZE]:
+                raise BlockRecordsDamagedError(self.oid, index)
+        return records
 
     def _block_extent(self, index: int) -> tuple[int, int]:
         """Where block ``index``'s plane records start, and their length, found by walking
@@ -486,10 +502,9 @@ class StoredObject:
         payload it was written from. Down the chain, only for a :meth:`digested_chain`."""
         encoded = self.encoded
         assert encoded is not None and encoded.has_digests
-        start, length = self._block_extent(index)
-        records = self._pread(start, length)
-        entry = index * _TABLE_ENTRY + DIGEST_SIZE
-        if block_digest(records) != self._digest_table()[entry : entry + DIGEST_SIZE]:
+        try:
+            records = self._block_records(index, checked=True)
+        except BlockRecordsDamagedError:
             return False
         if encoded.base is None or not down_chain:
             return True
@@ -497,7 +512,7 @@ class StoredObject:
         try:
             modes = plane_records(
                 lambda offset, size: records[offset : offset + size],
-                length,
+                len(records),
                 encoded.width,
                 plane_size,
                 wanted=(),
@@ -575,30 +590,51 @@ class StoredObject:
             self._fd = -1
 
     def planes(
-        self, index: int, width: int, block_size: int, wanted: frozenset[int] | None = None
+        self,
+        index: int,
+        width: int,
+        block_size: int,
+        wanted: frozenset[int] | None = None,
+        checked: bool = False,
     ) -> np.ndarray:
         """The payload block ``index`` of ``block_size`` bytes, split into ``width`` planes;
-        only the rows in ``wanted`` (default: all) are sure to be filled."""
+        only the rows in ``wanted`` (default: all) are sure to be filled.
+
+        ``checked`` (a :meth:`digested_chain` only): the block's records, and those down
+        the chain that its planes are decoded from, are read whole and hashed against
+        their recorded digests first; :class:`BlockRecordsDamagedError` if any fails.
+        """
         encoded = self.encoded
         if encoded is not None and (encoded.width, encoded.block_size) == (width, block_size):
             if not 0 <= index < encoded.block_count:
                 raise ObjectFormatError(self.oid, f"no block {index}")
             try:
-                start, length = self._block_extent(index)
                 plane_size = encoded.block_span(index) // width
-                # Only the wanted planes' bytes are read: down a chain of deltas, the planes
-                # every version stores raw (the low bytes of floats) are not read at all.
-                records = plane_records(
-                    lambda offset, size: self._pread(start + offset, size),
-                    length,
-                    width,
-                    plane_size,
-                    wanted,
-                )
+                if checked:
+                    stored = memoryview(self._block_records(index, checked=True))
+                    records = plane_records(
+                        lambda offset, size: stored[offset : offset + size],
+                        len(stored),
+                        width,
+                        plane_size,
+                        wanted,
+                    )
+                else:
+                    # Only the wanted planes' bytes are read: down a chain of deltas, the
+                    # planes every version stores raw (the low bytes of floats) are not
+                    # read at all.
+                    start, length = self._block_extent(index)
+                    records = plane_records(
+                        lambda offset, size: self._pread(start + offset, size),
+                        length,
+                        width,
+                        plane_size,
+                        wanted,
+                    )
                 return decode_records(
                     records,
                     plane_size,
-                    lambda needed: self.base().planes(index, width, block_size, needed),
+                    lambda needed: self.base().planes(index, width, block_size, needed, checked),
                     wanted,
                 )
             except BlockFormatError as exc:
@@ -626,17 +662,19 @@ class StoredObject:
         return b"".join(parts)
 
     def decoded_block(
-        self, index: int, out: bytearray | None = None
+        self, index: int, out: bytearray | None = None, checked: bool = False
     ) -> bytes | bytearray | memoryview:
         """Payload block ``index`` in this object's own block size; with ``out`` (of the
-        block's size), the bytes are in ``out`` (returned) whenever planes are joined."""
+        block's size), the bytes are in ``out`` (returned) whenever planes are joined.
+        ``checked`` (version 2): the block's own records are hashed against their digest
+        first (:class:`BlockRecordsDamagedError`); its bases' are not."""
         encoded = self.encoded
         assert encoded is not None
         if not 0 <= index < encoded.block_count:
             raise ObjectFormatError(self.oid, f"no block {index}")
         try:
             return decode_block_bytes(
-                self._block_bytes(index),
+                self._block_records(index, checked),
                 encoded.width,
                 encoded.block_span(index),
                 partial(self._base_planes, index),
@@ -694,28 +732,26 @@ class ObjectReader(io.RawIOBase):
         # this thread decodes (or waits for) this one.
         for ahead in range(index + 1, min(index + 1 + WORKERS, encoded.block_count)):
             if ahead not in self._ahead:
-                self._ahead[ahead] = _workers.submit(self.stored.decoded_block, ahead)
+                self._ahead[ahead] = _workers.submit(self._decoded_block, ahead)
         for stale in [i for i in self._ahead if i < index]:
             self._ahead.pop(stale).cancel()
-        block = memoryview(pending.result() if pending else self.stored.decoded_block(index))
-        if self._hash is not None:
-            self._check_block_digest(index, block)
+        block = memoryview(pending.result() if pending else self._decoded_block(index))
         self._block = (index, block)
         return block
 
-    def _check_block_digest(self, index: int, block: memoryview) -> None:
-        """A verifying read checks the digests a version 2 object records for each block
-        too: a clean trusts them to tell an unchanged payload (docs/store.md, rule 7)."""
+    def _decoded_block(self, index: int) -> bytes | bytearray | memoryview:
+        """Block ``index`` decoded, on whichever thread asks. A verifying read checks the
+        digests a version 2 object records of each block too, its records' before they
+        are decoded and its payload's after: a clean trusts them to tell an unchanged
+        payload (docs/store.md, rule 7). Only the object's own records: its bases are
+        verified as objects of their own."""
         encoded = self.stored.encoded
-        if encoded is None or not encoded.has_digests:
-            return
-        if block_digest(block) != self.stored.payload_digest(index):
+        assert encoded is not None
+        checked = self._hash is not None and encoded.has_digests
+        block = self.stored.decoded_block(index, checked=checked)
+        if checked and block_digest(block) != self.stored.payload_digest(index):
             raise ObjectFormatError(self.stored.oid, f"block {index} does not match its digest")
-        # The object's own records: its bases are verified as objects of their own.
-        if not self.stored.records_intact(index, down_chain=False):
-            raise ObjectFormatError(
-                self.stored.oid, f"block {index}'s records do not match their digest"
-            )
+        return block
 
     def payload_blocks(self) -> Iterator[memoryview]:
         """The whole payload, one decoded block at a time, without copying it out.
@@ -964,11 +1000,16 @@ class EncodingWriter:
         stored form."""
         encoded = self._encoded
         base = None
-        # A base block damaged since it was written is not XORed with: the delta would
-        # decode right only while the base stayed damaged, and wrong once fsck and fetch
-        # restored it. The block is stored from its own bytes instead.
-        if self._base is not None and (not self._base_checked or self._base.records_intact(index)):
-            base = self._base.planes(index, encoded.width, encoded.block_size)
+        if self._base is not None:
+            try:
+                base = self._base.planes(
+                    index, encoded.width, encoded.block_size, checked=self._base_checked
+                )
+            except BlockRecordsDamagedError:
+                # A base block damaged since it was written is not XORed with: the delta
+                # would decode right only while the base stayed damaged, and wrong once
+                # fsck and fetch restored it. The block is stored from its own bytes.
+                base = None
         stored = encode_block(block, encoded.width, base, small=self._small)
         if not encoded.has_digests:
             return b"", stored

@@ -76,9 +76,9 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     original = StoredObject.decoded_block
 
-    def counting(self, index, out=None):
+    def counting(self, index, out=None, checked=False):
         seen.append(self.oid)
-        return original(self, index, out)
+        return original(self, index, out, checked)
 
     monkeypatch.setattr(StoredObject, "decoded_block", counting)
     return seen
@@ -302,6 +302,37 @@ def test_a_delta_whose_base_was_damaged_is_written_again_without_the_damaged_blo
     store.verify(base)
     store.verify(delta)
     assert read_back(store, delta) == bytes(second)
+
+
+def test_a_delta_takes_nothing_from_a_block_damaged_further_down_its_base_chain(
+    store: LocalStore,
+) -> None:
+    """The delta base's own records are intact, but a plane it decodes from its own base
+    was damaged: the new delta's block is stored from its own bytes, so it still reads
+    back once the damaged object is restored. (Skip deltas: versions at depths 1 and 2
+    are written against the full one, the version at depth 3 against depth 2's.)"""
+    versions = [weights(12)]
+    for position in (10, 22, 34):  # plane 2 of an element: plane 0 is taken as it was
+        changed = bytearray(versions[-1])
+        changed[position] ^= 0x40
+        versions.append(bytes(changed))
+    oids = [write(store, versions[0], [BLOCK_SIZE])]
+    for version in versions[1:3]:
+        with store.expecting([oids[-1]]):
+            oids.append(write(store, version, [BLOCK_SIZE]))
+    bottom, base = oids[0], oids[2]
+    good_bottom = store.object_path(bottom).read_bytes()
+    flip_a_raw_plane_byte(store, bottom, 0)
+    with stored(store, base) as object_:
+        assert object_.base_oid == bottom
+        assert object_.records_intact(0, down_chain=False) and not object_.records_intact(0)
+    with store.expecting([base]):
+        top = write(store, versions[3], [BLOCK_SIZE])
+    with stored(store, top) as object_:
+        assert object_.base_oid == base
+    store.object_path(bottom).write_bytes(good_bottom)
+    store.verify(top)
+    assert read_back(store, top) == versions[3]
 
 
 def test_a_payload_longer_than_its_previous_version_is_refused_by_its_length(
