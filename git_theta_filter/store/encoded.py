@@ -27,7 +27,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -68,6 +68,7 @@ __all__ = [
     "ObjectReader",
     "EncodingWriter",
     "encode_whole",
+    "write_digested",
     "SmallObjectOutlook",
     "PACK_BELOW",
     "is_small",
@@ -886,6 +887,33 @@ def encode_whole(
     if encoded.has_digests:
         fixed = fixed[: encoded.digests_offset] + _table_entry(payload, stored)
     return fixed + _BLOCK_LENGTH.pack(len(stored)) + stored
+
+
+def write_digested(stored: StoredObject, out: io.RawIOBase | io.BufferedIOBase) -> None:
+    """Write ``stored``, a version 1 encoded object, to ``out`` as version 2: the same
+    blocks, after the table of their digests (docs/store.md, rule 7).
+
+    The payload digests are taken from the blocks as a verifying read decodes them,
+    so a copy that decodes to other bytes than its id raises before the table is
+    written (:class:`~.integrity.ObjectCorruptError`): digests taken from a damaged
+    copy would vouch for its damage. ``stored`` is closed at the end.
+    """
+    encoded = stored.encoded
+    if encoded is None or encoded.has_digests:
+        raise ValueError(f"object {stored.oid} is not an encoded object of version 1")
+    digested = replace(encoded, version=VERSION_DIGESTED)
+    out.write(digested.to_bytes())
+    table = []
+    with ObjectReader(stored) as reader:  # the sha256 is checked when the last byte is read
+        for index in range(digested.block_count):
+            block = reader.read(digested.block_span(index))
+            records = stored._block_records(index)
+            table.append(_table_entry(block, records))
+            out.write(_BLOCK_LENGTH.pack(len(records)))
+            out.write(records)
+    out.seek(digested.digests_offset)
+    out.write(b"".join(table))
+    out.seek(0, io.SEEK_END)
 
 
 class EncodingWriter:

@@ -7,6 +7,7 @@ decoding the expected object; and a damaged or mislabelled stored copy is writte
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,11 @@ from git_theta_filter.store.encoded import (
     VERSION_PLAIN,
     EncodingWriter,
     StoredObject,
+    write_digested,
 )
 from git_theta_filter.store.local import LocalStore
 from git_theta_filter.store.object_format import ObjectFormatError, encode_header
+from git_theta_filter.store.repack import repack
 from git_theta_filter.store.writing import UnbufferedOutput
 
 ELEMENTS = (2 * BLOCK_SIZE + BLOCK_SIZE // 2) // 4  # F32: two and a half blocks
@@ -226,6 +229,80 @@ def test_a_delta_on_a_version_1_base_is_compared_by_decoding(
     with store.expecting([second]):
         assert write(store, bytes(second_payload), [BLOCK_SIZE]) == second
     assert second in decodes
+
+
+def version_1_chain(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
+    """Three versions written as a store did before digests: a full object and two
+    deltas on it (skip deltas: both on the full one), in version 1."""
+    versions = [weights(13)]
+    for position in (10, 22):
+        changed = bytearray(versions[-1])
+        changed[position] ^= 0x40
+        versions.append(bytes(changed))
+    oids: list[str] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(encoded_module, "version_for", lambda size: VERSION_PLAIN)
+        for version in versions:
+            with store.expecting(oids[-1:]):
+                oids.append(write(store, version, [BLOCK_SIZE]))
+    return list(zip(oids, versions, strict=True))
+
+
+def test_repack_gives_large_objects_of_version_1_their_digests(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch, decodes: list[str]
+) -> None:
+    """The same blocks after a table of digests, checked before they replace the old
+    file: the chain is then compared by digest, as if it had been written so."""
+    chain = version_1_chain(store, monkeypatch)
+    records = {}
+    for oid, _payload in chain:
+        with stored(store, oid) as object_:
+            assert object_.encoded is not None and object_.encoded.version == VERSION_PLAIN
+            records[oid] = [object_._block_records(i) for i in range(object_.encoded.block_count)]
+    assert repack(store, dry_run=True).digested == 3
+    assert all(stored(store, oid).encoded.version == VERSION_PLAIN for oid, _ in chain)  # type: ignore[union-attr]
+    assert repack(store).digested == 3
+    for oid, payload in chain:
+        with stored(store, oid) as object_:
+            assert object_.encoded is not None and object_.encoded.version == VERSION_DIGESTED
+            assert object_.digested_chain()
+            count = object_.encoded.block_count
+            assert [object_._block_records(i) for i in range(count)] == records[oid]
+        store.verify(oid)
+        assert read_back(store, oid) == payload
+    assert repack(store).digested == 0
+    top, payload = chain[-1]
+    decodes.clear()
+    with store.expecting([top]):
+        assert write(store, payload, [BLOCK_SIZE]) == top
+    assert decodes == []
+
+
+def test_repack_leaves_a_damaged_object_of_version_1_as_it_was_and_names_it(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digests taken from a damaged copy would vouch for its damage: the rewrite is
+    checked against the id first, and refused."""
+    chain = version_1_chain(store, monkeypatch)
+    victim = chain[0][0]
+    flip_a_raw_plane_byte(store, victim, 1)
+    damaged = store.object_path(victim).read_bytes()
+    with pytest.raises(ObjectFormatError, match=victim):
+        repack(store)
+    assert store.object_path(victim).read_bytes() == damaged
+
+
+def test_digests_are_not_given_to_a_delta_that_decodes_to_other_bytes(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delta of version 1 on a damaged base (as a packed one is given its digests, with
+    no later check of the copy): refused by its id before any digest is written."""
+    chain = version_1_chain(store, monkeypatch)
+    flip_a_raw_plane_byte(store, chain[0][0], 1)
+    delta = chain[2][0]
+    out = io.BytesIO()
+    with pytest.raises(ObjectFormatError, match=delta):
+        write_digested(stored(store, delta), out)
 
 
 def test_a_delta_on_a_base_in_other_blocks_is_compared_by_decoding(
