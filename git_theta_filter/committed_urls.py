@@ -23,11 +23,12 @@ another project's store, or a push at any directory the user can write.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .gitrepo import GitRepo
 from .store.lfs_endpoint import LfsEndpoint, endpoint_from_remote_url
@@ -66,9 +67,11 @@ def _is_directory(url: str) -> bool:
 
 
 def _normalized(url: str) -> tuple[str, str, str]:
-    """(scheme, host and port, path) with case-insensitive parts lowered."""
+    """(scheme, host and port, path) with case-insensitive parts lowered, and the path
+    decoded and without ``.`` or ``..`` (which requests and servers resolve)."""
     parts = urlsplit(url.removeprefix("lfs+"))
-    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+    path = posixpath.normpath(unquote(parts.path)) if parts.path else ""
+    return parts.scheme.lower(), parts.netloc.lower(), path.rstrip("/")
 
 
 def _allows(value: str, place: CommittedPlace) -> bool:

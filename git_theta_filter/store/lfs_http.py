@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import requests
 import requests.adapters
 import requests.auth
+import urllib3.exceptions
 
 from .base import StoreUnavailableError
 from .lfs_endpoint import LfsEndpoint
@@ -60,6 +61,7 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 JSON_HEADERS = {"Accept": MEDIA_TYPE, "Content-Type": MEDIA_TYPE}
 _USER_AGENT = "git-theta-filter (git-lfs batch API)"
 _BACKOFF_START = 0.25
+_MAX_REDIRECTS = 5
 # Error bodies and other small answers are read up to this much, no more.
 ERROR_BODY_LIMIT = 64 << 10
 
@@ -120,6 +122,28 @@ class _SizedAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["blocksize"] = COPY_CHUNK
         super().init_poolmanager(*args, **kwargs)
+
+
+class _Session(requests.Session):
+    """A thread's session. Its redirects send no credential to a host the server picks:
+    requests drops Authorization on such a hop but would add that host's ``~/.netrc``
+    entry, and keep the user's ``http.extraHeader`` values (tokens, often)."""
+
+    # The names of the user's extra headers on the request being sent, set for each.
+    user_headers: tuple[str, ...] = ()
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        previous = response.request.url
+        assert previous is not None and prepared_request.url is not None
+        try:
+            strip = self.should_strip_auth(previous, prepared_request.url)
+        except ValueError:  # a port out of range: requests refuses to send it next
+            strip = True
+        if strip:
+            for name in ("Authorization", *self.user_headers):
+                prepared_request.headers.pop(name, None)
 
 
 class _Credentials(requests.auth.AuthBase):
@@ -233,15 +257,15 @@ class LfsHttp:
         for session in sessions:
             session.close()
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._threads, "session", None)
+    def _session(self) -> _Session:
+        session: _Session | None = getattr(self._threads, "session", None)
         if session is None:
-            session = requests.Session()
+            session = _Session()
             adapter = _SizedAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             session.headers["User-Agent"] = _USER_AGENT
-            session.max_redirects = 5
+            session.max_redirects = _MAX_REDIRECTS
             self._threads.session = session
             with self._lock:
                 self._sessions.append(session)
@@ -279,8 +303,10 @@ class LfsHttp:
         while True:
             sent = self._current_credential() if authenticate else None
             data = body() if callable(body) else body
+            session = self._session()
+            session.user_headers = tuple(name for name, _ in options.extra_headers)
             try:
-                response = self._session().request(
+                response = session.request(
                     method,
                     url,
                     headers={**dict(options.extra_headers), **headers},
@@ -302,6 +328,21 @@ class LfsHttp:
                 self._sleep(self.backoff(attempt))
                 attempt += 1
                 continue
+            except requests.TooManyRedirects:
+                raise StoreUnavailableError(
+                    self.url,
+                    f"{what} to {redact_url(url)}: more than {_MAX_REDIRECTS} redirects",
+                    oid=oid,
+                ) from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError):
+                # A server's href, or a redirect, to a URL requests cannot send (file://,
+                # a port out of range, an empty label in the host).
+                raise StoreUnavailableError(
+                    self.url,
+                    f"{what} to {redact_url(url)}: the URL, or one it redirects to, "
+                    "is no http(s) URL that can be sent to",
+                    oid=oid,
+                ) from None
             finally:
                 if isinstance(data, HashingReader):
                     data.close()

@@ -68,6 +68,7 @@ _MAX_INTEGER_DIGITS = 20
 _MAX_EXPIRES_IN = 2147483647
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _BAD_HEADER_VALUE = re.compile(r"[\x00\r\n]")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e][\t\x20-\x7e]*)?\Z")
 _MESSAGE_LIMIT = 300
 
 Operation = Literal["upload", "download"]
@@ -247,6 +248,11 @@ def _parse_headers(url: str, raw: object, what: str) -> dict[str, str]:
         if _BAD_HEADER_VALUE.search(value):
             # A line break in a value would smuggle another header into the request.
             raise LfsProtocolError(url, f"{what}: header {name!r} has a line break")
+        if not _HEADER_VALUE.match(value):
+            # requests refuses leading white space, http.client anything beyond Latin-1.
+            raise LfsProtocolError(
+                url, f"{what}: header {name!r} is not printable ASCII without leading space"
+            )
         headers[name] = value
     return headers
 
@@ -369,13 +375,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if value.isascii() and value.isdigit():
+        # float() of any number of digits never fails (int() of 5,000 did, and float()
+        # of a 400-digit int); capped at expires_in's bound, it stays finite.
+        return min(float(value), _MAX_EXPIRES_IN)
     import email.utils  # only for an HTTP date, which few servers send
 
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a huge year
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)

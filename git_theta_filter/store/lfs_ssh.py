@@ -17,6 +17,7 @@ reused until five seconds before they expire.
 from __future__ import annotations
 
 import os
+import selectors
 import shlex
 import subprocess
 import threading
@@ -26,13 +27,23 @@ from pathlib import PurePath
 
 from .base import StoreUnavailableError
 from .lfs_endpoint import SshTarget
-from .lfs_protocol import Operation, SshAuthentication, parse_ssh_authenticate, printable
+from .lfs_protocol import (
+    MAX_RESPONSE_BYTES,
+    LfsProtocolError,
+    Operation,
+    SshAuthentication,
+    parse_ssh_authenticate,
+    printable,
+)
 
 __all__ = ["SshAuthenticator", "SshAuthenticationError", "ssh_command_line"]
 
 # Reuse an answer only while it has longer than this to live.
 EXPIRY_MARGIN = 5.0
 _TIMEOUT = 60
+_READ_SIZE = 64 << 10
+# What is kept of ssh's stderr: the end, where its last line is.
+_STDERR_KEPT = 4096
 
 
 class SshAuthenticationError(StoreUnavailableError):
@@ -101,11 +112,11 @@ class SshAuthenticator:
             cached = self._answers.get(operation)
             if cached is not None and not cached.expires_within(EXPIRY_MARGIN):
                 return cached
-            answer = self._run(operation)
+            answer = self._ask(operation)
             self._answers[operation] = answer
             return answer
 
-    def _run(self, operation: Operation) -> SshAuthentication:
+    def _ask(self, operation: Operation) -> SshAuthentication:
         try:
             argv = ssh_command_line(
                 self.target,
@@ -118,23 +129,51 @@ class SshAuthenticator:
             raise SshAuthenticationError(self._url, f"cannot run ssh: {exc}") from None
         started = time.time()
         try:
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=self._env,
-                timeout=_TIMEOUT,
-                check=False,
-            )
+            returncode, stdout, stderr = _run(argv, self._env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SshAuthenticationError(
                 self._url, f"cannot run git-lfs-authenticate over ssh: {printable(str(exc))}"
             ) from None
-        if result.returncode != 0:
-            lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-            said = printable(lines[-1]) if lines else f"exit code {result.returncode}"
+        if len(stdout) > MAX_RESPONSE_BYTES:
+            raise LfsProtocolError(self._url, f"more than {MAX_RESPONSE_BYTES} bytes")
+        if returncode != 0:
+            lines = stderr.decode("utf-8", "replace").strip().splitlines()
+            said = printable(lines[-1]) if lines else f"exit code {returncode}"
             raise SshAuthenticationError(
                 self._url,
                 f"git-lfs-authenticate on {self.target.user_and_host} failed: {said}",
             )
-        return parse_ssh_authenticate(self._url, result.stdout, received_at=started)
+        return parse_ssh_authenticate(self._url, stdout, received_at=started)
+
+
+def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, bytes, bytes]:
+    """Run ssh: its exit code, its output up to one byte past an answer's limit (ssh is
+    killed there) and the end of its stderr. The server writes both; neither may cost
+    more memory than that, nor the run more than :data:`_TIMEOUT` seconds."""
+    deadline = time.monotonic() + _TIMEOUT
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert process.stdout is not None and process.stderr is not None
+    stdout, stderr = bytearray(), bytearray()
+    with process, selectors.DefaultSelector() as selector:
+        try:
+            selector.register(process.stdout, selectors.EVENT_READ, stdout)
+            selector.register(process.stderr, selectors.EVENT_READ, stderr)
+            while selector.get_map() and len(stdout) <= MAX_RESPONSE_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(argv, _TIMEOUT)
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, _READ_SIZE)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    key.data.extend(chunk)
+                del stderr[:-_STDERR_KEPT]  # its last line is all that is shown
+            if len(stdout) > MAX_RESPONSE_BYTES:
+                process.kill()
+            returncode = process.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            process.kill()  # else leaving the block would wait for it
+            raise
+    return returncode, bytes(stdout), bytes(stderr)

@@ -25,7 +25,9 @@ def path_from_url(url: str, base: Path) -> Path | None:
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             return None
-        return Path(unquote(parts.path))
+        # Lexically normalized as a relative path is below: ``..`` cannot climb out of
+        # the directory the path seems to name (committed_urls.admit compares it).
+        return Path(os.path.abspath(unquote(parts.path)))
     if "://" in url:
         return None
     colon, slash = url.find(":"), url.find("/")

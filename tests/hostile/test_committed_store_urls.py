@@ -224,3 +224,29 @@ def test_clone_names_the_refused_store_in_one_line_and_never_reads_it(git_env, t
     assert not (clone / ".git" / "theta" / "packs").exists() or not any(
         (clone / ".git" / "theta" / "packs").iterdir()
     )
+
+
+@pytest.mark.parametrize("climb", ["..", "%2e%2e"])
+def test_store_a_committed_url_climbing_out_of_an_allowed_place_is_not_allowed(
+    work, tmp_path, capsys, climb
+):
+    """``theta.allowUrl`` allows a place and everything below it; a committed URL whose
+    ``..`` leads out of it was let through before (a file:// directory, an LFS path)."""
+    team = tmp_path / "team-objects"
+    private = tmp_path / "another-project" / "objects"
+    for path in (team, private):
+        path.mkdir(parents=True)
+    git(work, "config", "--add", "theta.allowUrl", str(team))
+    git(work, "config", "--add", "theta.allowUrl", "https://lfs.team.example/team")
+    repo = GitRepo.discover(work)
+
+    commit_config(
+        work, ".thetaconfig", theta__url=f"{team.as_uri()}/{climb}/another-project/objects"
+    )
+    assert locate_store(repo, "origin", REMOTE).url == DERIVED
+    assert f"asks to use {private} as object store" in capsys.readouterr().err
+
+    climbing = f"https://lfs.team.example/team/{climb}/other/models.git/info/lfs"
+    commit_config(work, ".thetaconfig", theta__url=f"lfs+{climbing}")
+    assert locate_store(repo, "origin", REMOTE).url == DERIVED
+    assert "lfs.team.example" in capsys.readouterr().err

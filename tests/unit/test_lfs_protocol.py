@@ -104,6 +104,8 @@ def test_lfs_protocol_parses_actions_errors_and_expiry():
         (answer(download_entry(href="https://h.example/a\r\nX: y")), "spaces or line breaks"),
         (answer(download_entry(header={"X-A": "1\r\nCookie: x"})), "has a line break"),
         (answer(download_entry(header={"Bad Name": "1"})), "is not valid"),
+        (answer(download_entry(header={"X-A": " 1"})), "without leading space"),
+        (answer(download_entry(header={"X-A": "\u20ac"})), "not printable ASCII"),
         (answer(download_entry(expires_in="soon")), "expires_in is not a whole number"),
         (answer(download_entry(expires_at="tomorrow")), "is not RFC 3339"),
         (answer({"oid": OID, "size": 10, "error": {"code": "x"}}), "no numeric code"),
