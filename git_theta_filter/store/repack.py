@@ -4,8 +4,9 @@
 lock held (``locks.py``), so no writer adds objects meanwhile. The new pack
 is linked into place before anything it replaces is removed, so a reader
 always finds every object somewhere. Canonical objects are encoded on the
-way (docs/store.md); encoded ones, deltas among them, are copied as they are,
-after checking that their headers are sound.
+way (docs/store.md); encoded ones, deltas among them, are copied as they are.
+Every object is checked to hash to its id before it is copied: the copy a
+lookup finds replaces every other, which repack then deletes.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def repack(
 
 
 def _add(store: LocalStore, writer: PackWriter, oid: str) -> None:
+    # The copy a lookup finds is the one copied, and every other is then deleted: a
+    # damaged one (loose, say, beside a good packed one) would replace them all. It
+    # raises instead, before anything is removed; fsck moves it aside.
+    store.ensure_verified(oid)
     stored = store.open_stored(oid)
     if stored is None:
         return
