@@ -191,11 +191,16 @@ def _ids_named_by(git: pygit2.Repository, oid: str) -> set[str]:
     can read it needs its objects: every object id in it is kept, rather than
     none. An id that names no stored object keeps nothing.
     """
-    kind, size = git.odb.read_header(pygit2.Oid(hex=oid))
+    git_oid = pygit2.Oid(hex=oid)
+    try:
+        kind, size = git.odb.read_header(git_oid)
+    except KeyError:  # left out by a partial clone since the walk: fetched, as history reads it
+        fetch_missing(git, [git_oid])
+        kind, size = git.odb.read_header(git_oid)
     if kind != pygit2.enums.ObjectType.BLOB or size > MAX_MANIFEST_BYTES or size < len(MAGIC):
         return set()
     # The header says it is a blob; pygit2's stubs type any object looked up as Object.
-    data = git[oid].data  # type: ignore[attr-defined]
+    data = git[git_oid].data  # type: ignore[attr-defined]
     if not data.startswith(MAGIC):
         return set()
     try:
