@@ -1,8 +1,8 @@
 """``git theta gc``: delete local objects that no manifest needs.
 
 An object is kept when a manifest that ``git gc`` would keep names it: git
-itself lists what it keeps (``rev-list --objects --all --reflog
---indexed-objects``: every ref, including refs to trees and blobs and tags of
+itself lists what it keeps (``--no-replace-objects rev-list --objects --all
+--reflog --indexed-objects``: every ref, including refs to trees and blobs and tags of
 them, the stash and notes; every reflog; every worktree's HEAD and index, a
 locked worktree whose directory is gone included). Every worktree's
 per-worktree refs (refs/bisect/*, refs/worktree/*, which git 2.39's gc keeps
@@ -133,13 +133,17 @@ def _exists(git: pygit2.Repository, hex_id: str) -> bool:
 def _objects_git_keeps(repo: GitRepo, git: pygit2.Repository) -> tuple[list[str], list[str]]:
     """(present, missing) ids of every object ``git gc`` keeps reachable, as git lists them.
 
-    ``git rev-list --objects --all --reflog --indexed-objects`` is the walk
-    git's own prune marks with: every ref (refs/stash, refs/notes/*, tags of
+    ``git --no-replace-objects rev-list --objects --all --reflog --indexed-objects``
+    is the walk git's own prune marks with: every ref (refs/stash, refs/notes/*, tags of
     trees and blobs included), every worktree's HEAD, reflogs and index, a
     locked worktree whose directory is gone included. Every worktree's
     per-worktree refs and operation heads are added to it.
     """
     listing = repo.git(
+        # Replace refs make a walk read the replacement in an object's place; git's own
+        # prune walks without them and keeps the original too (a clone, which fetches
+        # no refs/replace/*, checks it out). The replacements are refs, walked as such.
+        "--no-replace-objects",
         "rev-list",
         "--objects",
         "--all",

@@ -323,3 +323,33 @@ def test_gc_keeps_the_objects_of_a_manifest_this_version_cannot_read(git_env, re
     store = LocalStore(repo / ".git" / "theta")
     lost = sorted(oid for oid in named.object_ids() if not store.has(oid))
     assert not lost, f"gc deleted objects a kept manifest names: {lost}"
+
+
+def test_gc_keeps_the_objects_of_a_commit_that_a_replace_ref_hides(git_env, repo):
+    """`git replace` makes git's walks read another commit in a commit's place, but git
+    gc walks without replacements (prune disables them) and keeps the original and its
+    tree: a clone, which fetches no refs/replace/*, checks that tree out."""
+    rng = np.random.default_rng(5)
+    blobs = []
+    for message in ("first", "second"):
+        (repo / MODEL).write_bytes(save({"w": rng.standard_normal(4096).astype(np.float32)}))
+        git_env.git(repo, "add", MODEL)
+        git_env.git(repo, "commit", "-qm", message)
+        blobs.append(git_env.git(repo, "rev-parse", f"HEAD:{MODEL}").strip())
+    # The second commit replaced by one with the first commit's tree.
+    first_tree = git_env.git(repo, "rev-parse", "HEAD~1^{tree}").strip()
+    stand_in = git_env.git(repo, "commit-tree", first_tree, "-p", "HEAD~1", "-m", "stand-in")
+    git_env.git(repo, "replace", "HEAD", stand_in.strip())
+    git_env.git(repo, "reset", "-q", "--hard")  # the index now holds the first version
+    git_env.git(repo, "reflog", "expire", "--expire=now", "--all")
+    git = pygit2.Repository(str(repo / ".git"))
+    second = read_manifest_blob(git, blobs[1])
+    assert second is not None
+
+    git_env.theta(repo, "gc", "--prune=now")
+
+    store = LocalStore(repo / ".git" / "theta")
+    lost = sorted(oid for oid in second.object_ids() if not store.has(oid))
+    assert not lost, f"gc deleted objects of the replaced commit's tree: {lost}"
+    git_env.git(repo, "gc", "-q", "--prune=now")
+    assert blobs[1] in git.odb, "git gc kept the replaced commit's tree"
