@@ -1,13 +1,15 @@
 """``git theta gc``: delete local objects that no manifest needs.
 
 An object is kept when a manifest that ``git gc`` would keep names it: git
-itself lists what it keeps (``rev-list --objects --all --reflog
---indexed-objects``: every ref, including refs to trees and blobs and tags of
+itself lists what it keeps (``--no-replace-objects rev-list --objects --all
+--reflog --indexed-objects``: every ref, including refs to trees and blobs and tags of
 them, the stash and notes; every reflog; every worktree's HEAD and index, a
 locked worktree whose directory is gone included). Every worktree's
 per-worktree refs (refs/bisect/*, refs/worktree/*, which git 2.39's gc keeps
 for the current worktree only) and the commits MERGE_HEAD, CHERRY_PICK_HEAD,
-REVERT_HEAD and the like name are added. Objects newer than the grace period
+REVERT_HEAD and the like name are added. A blob that starts like a manifest
+but that this version cannot parse (a newer version's) keeps every object id
+it holds. Objects newer than the grace period
 (``--prune=<date>``, default ``2.weeks.ago`` as in ``git gc``) are kept too;
 an add that finds an object already stored freshens its mtime
 (``LocalStore.freshen``), as git freshens an object it would have written.
@@ -18,6 +20,7 @@ gc holds the exclusive side of ``locks.py``'s lock, so it never runs while an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +28,8 @@ import pygit2
 
 from .errors import ThetaError
 from .gitrepo import GitRepo, is_git_object_id
-from .history import ManifestRef, read_manifest_blob
 from .locks import exclusive_gc_lock
+from .manifest import MAGIC, MAX_MANIFEST_BYTES, Manifest, ManifestError
 from .promisor import GitObjectsUnavailableError, fetch_missing
 from .store.repack import repack, with_delta_bases
 
@@ -79,6 +82,8 @@ _OPERATION_HEADS = (
 _PER_WORKTREE_REFS = ("refs/bisect", "refs/worktree", "refs/rewritten")
 # Rounds of fetching what a partial clone left out, before giving up.
 _FETCH_ROUNDS = 4
+# An object id standing alone (not part of a longer run of hex digits).
+_OBJECT_ID = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
 
 def _git_dirs(repo: GitRepo) -> list[Path]:
@@ -128,13 +133,17 @@ def _exists(git: pygit2.Repository, hex_id: str) -> bool:
 def _objects_git_keeps(repo: GitRepo, git: pygit2.Repository) -> tuple[list[str], list[str]]:
     """(present, missing) ids of every object ``git gc`` keeps reachable, as git lists them.
 
-    ``git rev-list --objects --all --reflog --indexed-objects`` is the walk
-    git's own prune marks with: every ref (refs/stash, refs/notes/*, tags of
+    ``git --no-replace-objects rev-list --objects --all --reflog --indexed-objects``
+    is the walk git's own prune marks with: every ref (refs/stash, refs/notes/*, tags of
     trees and blobs included), every worktree's HEAD, reflogs and index, a
     locked worktree whose directory is gone included. Every worktree's
     per-worktree refs and operation heads are added to it.
     """
     listing = repo.git(
+        # Replace refs make a walk read the replacement in an object's place; git's own
+        # prune walks without them and keeps the original too (a clone, which fetches
+        # no refs/replace/*, checks it out). The replacements are refs, walked as such.
+        "--no-replace-objects",
         "rev-list",
         "--objects",
         "--all",
@@ -153,8 +162,8 @@ def _objects_git_keeps(repo: GitRepo, git: pygit2.Repository) -> tuple[list[str]
     return present, missing
 
 
-def _manifests_git_keeps(repo: GitRepo, git: pygit2.Repository) -> list[ManifestRef]:
-    """Every manifest among the objects git gc keeps.
+def _ids_git_keeps(repo: GitRepo, git: pygit2.Repository) -> set[str]:
+    """Every tensor object that a manifest among the objects git gc keeps names.
 
     In a partial clone, what the walk could not reach (trees and blobs left
     out) is fetched and the walk run again; a repository that lacks a
@@ -172,12 +181,36 @@ def _manifests_git_keeps(repo: GitRepo, git: pygit2.Repository) -> list[Manifest
             "history reaches it but it could not be fetched",
             hint="run `git fsck`; gc deleted nothing",
         )
-    found = []
+    needed: set[str] = set()
     for oid in dict.fromkeys(present):
-        manifest = read_manifest_blob(git, oid)
-        if manifest is not None:
-            found.append(ManifestRef("", oid, manifest))
-    return found
+        needed |= _ids_named_by(git, oid)
+    return needed
+
+
+def _ids_named_by(git: pygit2.Repository, oid: str) -> set[str]:
+    """The tensor objects a git object names: a manifest's, or none.
+
+    A blob that starts like a manifest but does not parse (one of a newer
+    version, written by a newer git-theta) is no less kept by git, and whoever
+    can read it needs its objects: every object id in it is kept, rather than
+    none. An id that names no stored object keeps nothing.
+    """
+    git_oid = pygit2.Oid(hex=oid)
+    try:
+        kind, size = git.odb.read_header(git_oid)
+    except KeyError:  # left out by a partial clone since the walk: fetched, as history reads it
+        fetch_missing(git, [git_oid])
+        kind, size = git.odb.read_header(git_oid)
+    if kind != pygit2.enums.ObjectType.BLOB or size > MAX_MANIFEST_BYTES or size < len(MAGIC):
+        return set()
+    # The header says it is a blob; pygit2's stubs type any object looked up as Object.
+    data = git[git_oid].data  # type: ignore[attr-defined]
+    if not data.startswith(MAGIC):
+        return set()
+    try:
+        return Manifest.parse(data).object_ids()
+    except ManifestError:
+        return {found.decode("ascii") for found in _OBJECT_ID.findall(data)}
 
 
 @dataclass
@@ -196,9 +229,7 @@ def collect_garbage(repo: GitRepo, prune_before: float, dry_run: bool) -> GcRepo
         # The common dir is the main worktree's repository, wherever gc runs:
         # opened from a linked worktree, its HEAD and index would be left out.
         git = pygit2.Repository(str(repo.common_dir))
-        needed: set[str] = set()
-        for ref in _manifests_git_keeps(repo, git):
-            needed |= ref.manifest.object_ids()
+        needed = _ids_git_keeps(repo, git)
         recent: set[str] = set()
         loose = list(store.iter_loose_oids())
         for oid in loose:

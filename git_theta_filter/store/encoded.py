@@ -276,6 +276,9 @@ class EncodedHeader:
         # Every block costs at least its length field and one plane record.
         if header.size + header.block_count * (_BLOCK_LENGTH.size + 5) > region_size:
             raise ObjectFormatError(oid, "encoded object is shorter than its blocks")
+        # Reading the last block checks that nothing follows it; with no block, here.
+        if not header.block_count and header.size != region_size:
+            raise ObjectFormatError(oid, "bytes after the last block")
         return header
 
 

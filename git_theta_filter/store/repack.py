@@ -4,10 +4,12 @@
 lock held (``locks.py``), so no writer adds objects meanwhile. The new pack
 is linked into place before anything it replaces is removed, so a reader
 always finds every object somewhere. Canonical objects are encoded on the
-way (docs/store.md); encoded ones, deltas among them, are copied as they are,
-after checking that their headers are sound. Large loose objects are rewritten
-in place of their file when their form is older than the encoder's: canonical
-ones are encoded, and encoded ones of version 1 get the digests of version 2.
+way (docs/store.md); encoded ones, deltas among them, are copied as they are.
+Every object is checked to hash to its id before it is copied: the copy a
+lookup finds replaces every other, which repack then deletes. Large loose
+objects are rewritten in place of their file when their form is older than
+the encoder's: canonical ones are encoded, and encoded ones of version 1 get
+the digests of version 2.
 """
 
 from __future__ import annotations
@@ -160,6 +162,10 @@ def repack(
 
 def _add(store: LocalStore, writer: PackWriter, oid: str) -> bool:
     """Add ``oid`` to ``writer``; whether it was given digests on the way."""
+    # The copy a lookup finds is the one copied, and every other is then deleted: a
+    # damaged one (loose, say, beside a good packed one) would replace them all. It
+    # raises instead, before anything is removed; fsck moves it aside.
+    store.ensure_verified(oid)
     stored = store.open_stored(oid)
     if stored is None:
         return False

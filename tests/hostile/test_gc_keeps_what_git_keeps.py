@@ -288,3 +288,68 @@ def test_gc_grace_period_counts_from_an_add_that_found_the_object_stored(empty_r
     report = collect_garbage(empty_repo, time.time() - 86400, dry_run=False)
     assert report.deleted == [old]
     assert store.has(oid)
+
+
+def test_gc_keeps_the_objects_of_a_manifest_this_version_cannot_read(git_env, repo):
+    """A manifest that git keeps but this git-theta cannot parse (a newer version's,
+    written by a teammate's newer git-theta) still names objects someone needs: gc
+    keeps every object id it holds instead of taking it for no manifest."""
+    (repo / MODEL).write_bytes(save({"w": np.arange(4096, dtype=np.float32)}))
+    git_env.git(repo, "add", MODEL)
+    git_env.git(repo, "commit", "-qm", "model")
+    current = git_env.git(repo, "cat-file", "blob", f"HEAD:{MODEL}").encode()
+    first, rest = current.split(b"\n", 1)
+    assert first == b"git-theta-manifest 1"
+    newer = b"git-theta-manifest 2\n" + rest
+    blob = (
+        git_env.run("git", "hash-object", "-w", "--stdin", cwd=repo, input=newer)
+        .stdout.decode()
+        .strip()
+    )
+    # The newer manifest replaces the model in the index and in a new, only, history.
+    git_env.git(repo, "update-index", "--cacheinfo", f"100644,{blob},{MODEL}")
+    tree = git_env.git(repo, "write-tree").strip()
+    commit = git_env.git(repo, "commit-tree", tree, "-m", "newer").strip()
+    git_env.git(repo, "update-ref", "refs/heads/main", commit)
+    git_env.git(repo, "reflog", "expire", "--expire=now", "--all")
+    named = read_manifest_blob(
+        pygit2.Repository(str(repo / ".git")),
+        git_env.git(repo, "hash-object", "--stdin", input=current).strip(),
+    )
+    assert named is not None
+
+    git_env.theta(repo, "gc", "--prune=now")
+
+    store = LocalStore(repo / ".git" / "theta")
+    lost = sorted(oid for oid in named.object_ids() if not store.has(oid))
+    assert not lost, f"gc deleted objects a kept manifest names: {lost}"
+
+
+def test_gc_keeps_the_objects_of_a_commit_that_a_replace_ref_hides(git_env, repo):
+    """`git replace` makes git's walks read another commit in a commit's place, but git
+    gc walks without replacements (prune disables them) and keeps the original and its
+    tree: a clone, which fetches no refs/replace/*, checks that tree out."""
+    rng = np.random.default_rng(5)
+    blobs = []
+    for message in ("first", "second"):
+        (repo / MODEL).write_bytes(save({"w": rng.standard_normal(4096).astype(np.float32)}))
+        git_env.git(repo, "add", MODEL)
+        git_env.git(repo, "commit", "-qm", message)
+        blobs.append(git_env.git(repo, "rev-parse", f"HEAD:{MODEL}").strip())
+    # The second commit replaced by one with the first commit's tree.
+    first_tree = git_env.git(repo, "rev-parse", "HEAD~1^{tree}").strip()
+    stand_in = git_env.git(repo, "commit-tree", first_tree, "-p", "HEAD~1", "-m", "stand-in")
+    git_env.git(repo, "replace", "HEAD", stand_in.strip())
+    git_env.git(repo, "reset", "-q", "--hard")  # the index now holds the first version
+    git_env.git(repo, "reflog", "expire", "--expire=now", "--all")
+    git = pygit2.Repository(str(repo / ".git"))
+    second = read_manifest_blob(git, blobs[1])
+    assert second is not None
+
+    git_env.theta(repo, "gc", "--prune=now")
+
+    store = LocalStore(repo / ".git" / "theta")
+    lost = sorted(oid for oid in second.object_ids() if not store.has(oid))
+    assert not lost, f"gc deleted objects of the replaced commit's tree: {lost}"
+    git_env.git(repo, "gc", "-q", "--prune=now")
+    assert blobs[1] in git.odb, "git gc kept the replaced commit's tree"

@@ -417,6 +417,19 @@ def test_bytes_after_the_last_block_are_refused(objects: Objects, encoded) -> No
         objects.read(oid)
 
 
+def test_bytes_after_an_empty_payloads_headers_are_refused(objects: Objects) -> None:
+    """An object of no payload has no blocks: nothing may follow its headers either
+    (docs/store.md, "Encoded objects": the blocks, "and nothing after them")."""
+    canonical = encode_header("U8", (0,), 0)
+    oid = hashlib.sha256(canonical).hexdigest()
+    header = EncodedHeader(1, 1, 0, BLOCK_SIZE, canonical, 0, oid, None, 1)
+    objects.write(oid, header.to_bytes())
+    assert objects.read(oid) == canonical
+    objects.write(oid, header.to_bytes() + b"extra")
+    with pytest.raises(ObjectFormatError, match="bytes after the last block"):
+        objects.read(oid)
+
+
 def test_a_missing_delta_base_is_a_named_error(objects: Objects, delta) -> None:
     oid, base, _ = delta
     (objects.directory / base).unlink()
