@@ -102,6 +102,8 @@ class StoreLocation:
     committed: bool = False
     # An s3:// store's endpoint, when one other than boto3's own choice is to be used.
     s3_endpoint: str | _Refused | None = None
+    # Another repository's own store (its theta dir): the remote is a local path.
+    repository: Path | None = None
 
 
 def _thetaconfig(repo: GitRepo, revision: str | None) -> CommittedConfig | None:
@@ -140,7 +142,8 @@ def locate_store(
     url = remote_url or _remote_url(repo, remote)
     git_dir = local_repository_path(repo, url)
     if git_dir is not None:
-        return StoreLocation(str(git_dir / "theta" / "objects"), anchor=git_dir)
+        theta_dir = git_dir / "theta"
+        return StoreLocation(str(theta_dir / "objects"), anchor=git_dir, repository=theta_dir)
     committed = _committed_store(repo, url, revision)
     if committed is not None:
         return committed
@@ -228,6 +231,10 @@ def resolve_store(
         lfs = location.lfs or explicit_endpoint(location.url)
         if lfs is not None:
             return open_lfs_store(repo, lfs)
+    if location.repository is not None:
+        from .store.repository import RepositoryStore
+
+        return RepositoryStore(location.repository, url=location.url, anchor=location.anchor)
     endpoint = location.s3_endpoint
     return open_store(
         location.url,

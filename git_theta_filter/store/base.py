@@ -85,6 +85,11 @@ class ObjectStore(ABC):
     preferred_workers: int | None = None
     # The largest object the store accepts, in bytes (theta.lfs.maxObjectSize); None: no limit.
     max_object_size: int | None = None
+    # What mends an object of this store that does not hash to its id.
+    corrupt_hint: str = (
+        "replace it from a clone with a good copy: delete it from the store, "
+        "then `git theta push --all` there"
+    )
 
     def prepare(
         self, operation: Literal["upload", "download"], sizes: Mapping[str, Sequence[int]]

@@ -48,6 +48,7 @@ from .pack import (
     PackError,
     PackIndex,
     PackWriter,
+    open_pack_file,
     pack_paths,
 )
 from .writing import (
@@ -301,7 +302,7 @@ class LocalStore:
         for path in sorted(present - set(self._packs) - set(self._broken_packs)):
             try:
                 index = PackIndex(path)
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = open_pack_file(path)
             except PackError as exc:
                 self._broken_packs[path] = exc
                 continue

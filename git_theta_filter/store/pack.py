@@ -22,10 +22,12 @@ a reader that finds an index finds a complete pack.
 from __future__ import annotations
 
 import bisect
+import errno
 import filecmp
 import hashlib
 import os
 import re
+import stat
 import struct
 import tempfile
 from collections import deque
@@ -50,6 +52,7 @@ __all__ = [
     "ObjectNotInPackError",
     "PackIndex",
     "PackWriter",
+    "open_pack_file",
     "pack_paths",
 ]
 
@@ -114,6 +117,26 @@ class ObjectNotInPackError(ThetaError):
         self.reason = f"not in the index of {pack.name}"
 
 
+def open_pack_file(pack: Path, path: Path | None = None) -> int:
+    """A blocking read-only descriptor of ``path`` (default: ``pack``), a file of the pack
+    ``pack``. A symbolic link is never followed and anything but a regular file (a FIFO
+    that would block, a device that never ends) is refused, as for loose objects: a
+    store may be another repository's (``store/repository.py``)."""
+    path = path or pack
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PackError(pack, f"{path.name} is a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PackError(pack, f"{path.name} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def pack_paths(packs_dir: Path) -> list[Path]:
     """The ``.pack`` files whose index is in place, in name order."""
     try:
@@ -128,8 +151,7 @@ class PackIndex:
 
     def __init__(self, pack: Path) -> None:
         self.pack = pack
-        index_path = pack.with_suffix(".idx")
-        with open(index_path, "rb") as file:
+        with open(open_pack_file(pack, pack.with_suffix(".idx")), "rb") as file:
             size = os.fstat(file.fileno()).st_size
             if size > MAX_INDEX_BYTES:
                 raise PackError(pack, f"index of {size} bytes is over the limit")

@@ -52,13 +52,9 @@ DOWNLOAD_PREFIX = "download-"
 class DownloadVerificationError(StoreError):
     """A downloaded object whose bytes do not hash to its id."""
 
-    def __init__(self, url: str, oid: str, got: str) -> None:
+    def __init__(self, url: str, oid: str, got: str, hint: str) -> None:
         super().__init__(
-            url,
-            f"is corrupt: its content hashes to {got}; refused",
-            oid=oid,
-            hint="replace it from a clone with a good copy: delete it from the store, "
-            "then `git theta push --all` there",
+            url, f"is corrupt: its content hashes to {got}; refused", oid=oid, hint=hint
         )
         self.got = got
 
@@ -251,7 +247,7 @@ def _fetch_verified(local: LocalStore, remote: ObjectStore, oid: str, payload: i
             remote.get(oid, sink)
         got = sink.hexdigest()
         if got != oid:
-            raise DownloadVerificationError(remote.url, oid, got)
+            raise DownloadVerificationError(remote.url, oid, got, remote.corrupt_hint)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import torch
-from helpers import assert_status_clean, sha256_file
+from helpers import assert_status_clean, commit_all, local_store, save, sha256_file
 from remote_scenarios import (
     MODEL,
     History,
+    assert_checkouts_byte_exact,
     assert_valid_objects,
     checkpoint,
     commit_versions,
@@ -18,6 +21,7 @@ from remote_scenarios import (
 )
 
 from git_theta_filter.manifest import Manifest
+from git_theta_filter.store.encoded import is_encoded
 
 
 def store_files(root: Path) -> dict[str, Path]:
@@ -290,3 +294,58 @@ def test_fetch_from_a_remote_without_a_store_fails_even_when_nothing_is_missing(
     result = git_env.run("git-theta", "fetch", "nosuchremote", cwd=repo, check=False)
     assert result.returncode == 1
     assert "no object store for remote 'nosuchremote'" in result.stderr.decode()
+
+
+def large_checkpoint(version: int) -> dict[str, torch.Tensor]:
+    """Small tensors, which go into packs, and a 2 MiB one, stored encoded and, from the
+    second version on, as a delta: every form a repository's own store holds."""
+    state = checkpoint(version)
+    generator = torch.Generator().manual_seed(7)
+    big = torch.randn(512 * 1024, generator=generator)
+    big[: 1000 * version] += 1.0
+    state["big"] = big
+    return state
+
+
+def commit_large_versions(git_env, repo: Path, history: History) -> None:
+    for version in range(3):
+        digest = save(large_checkpoint(version), repo / MODEL)
+        past = time.time() - 1000 + 10 * version
+        os.utime(repo / MODEL, (past, past))
+        history.files[commit_all(git_env, repo, MODEL, ".gitattributes", message=f"v{version}")] = (
+            digest
+        )
+
+
+def test_clone_of_a_repository_whose_store_has_packs_and_deltas(git_env, tmp_path):
+    """`git clone /path/to/work-tree`: its store is read as that repository keeps it."""
+    source = init_clone(git_env, tmp_path / "A", "unused")
+    history = History()
+    commit_large_versions(git_env, source, history)
+    store = local_store(source)
+    assert store.packs(), "small objects are packed"
+    loose = {oid: store.object_path(oid) for oid in store.iter_loose_oids()}
+    big = {oid for oid, path in loose.items() if path.stat().st_size > 1 << 20}
+    assert big and all(is_encoded(loose[oid].read_bytes()[:4]) for oid in big)
+
+    clone = tmp_path / "B"
+    git_env.run("git", "clone", "-q", str(source), str(clone))
+    assert_checkouts_byte_exact(git_env, clone, history)
+    git_env.theta(clone, "fsck", "--all")
+
+
+def test_a_bare_repository_serves_clones_after_its_store_is_repacked(git_env, tmp_path):
+    """A server's store once gc has packed and encoded what pushes left canonical."""
+    bare = tmp_path / "models.git"
+    git_env.run("git", "init", "-q", "--bare", str(bare))
+    a = init_clone(git_env, tmp_path / "A", str(bare))
+    history = History()
+    commit_large_versions(git_env, a, history)
+    git_env.git(a, "push", "-q", "origin", "main")
+    report = git_env.theta(bare, "repack").stdout.decode()
+    assert "packed" in report and "compressed 3 large loose objects" in report
+    assert local_store(bare).packs()
+
+    b = tmp_path / "B"
+    git_env.run("git", "clone", "-q", str(bare), str(b))
+    assert_checkouts_byte_exact(git_env, b, history)
