@@ -29,7 +29,7 @@ from .store.lfs_protocol import Credential, printable, redact_url
 
 __all__ = ["CredentialError", "GitCredentials", "credential_description"]
 
-_FORBIDDEN = ("\n", "\0")
+_FORBIDDEN = ("\n", "\r", "\0")
 
 
 class CredentialError(StoreUnavailableError):
@@ -56,7 +56,8 @@ def credential_description(url: str) -> list[tuple[str, str]]:
     if parts.username:
         attributes.append(("username", unquote(parts.username)))
     for _, value in attributes:
-        # git refuses these too; a newline would let a URL inject attributes (CVE-2020-5260).
+        # git refuses these too; a newline would let a URL inject attributes (CVE-2020-5260),
+        # and a carriage return too, to a helper that reads lines as text (CVE-2024-52006).
         if any(bad in value for bad in _FORBIDDEN):
             raise ValueError(f"{redact_url(url)} has a line break in it")
     return attributes

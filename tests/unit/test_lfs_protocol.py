@@ -311,8 +311,9 @@ def test_lfs_credential_description_and_a_credential_that_never_prints():
         ("host", "h.example:8443"),
         ("path", "org/repo.git/info/lfs"),
     ]
-    with pytest.raises(ValueError, match="line break"):
-        credential_description("https://h.example/org%0Ahost=evil.example/repo")
+    for line_break in ("%0A", "%0D", "%00"):
+        with pytest.raises(ValueError, match="line break"):
+            credential_description(f"https://h.example/org{line_break}host=evil.example/repo")
     credential = Credential((("username", "me"), ("password", "s3cret")))
     assert "s3cret" not in repr(credential) and "s3cret" not in str(credential)
 
