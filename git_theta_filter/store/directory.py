@@ -7,8 +7,9 @@ replaces a file, so two clones pushing the same object at once both succeed
 and the object is written whole exactly once. A killed put leaves at most a
 ``.<oid>-*.tmp`` file, which is never taken for an object.
 
-A get never follows a symbolic link below the root, nor opens anything but
-a regular file (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``): a FIFO that
+Neither a get nor a put follows a symbolic link below the root (a put opens
+the object's directory as a get does, and writes relative to it), and a get
+opens nothing but a regular file (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``): a FIFO that
 would block, a device that never ends, or a link to a file elsewhere is
 refused by name. The bytes go into an ``ObjectSink``, which cuts off a file
 longer than the object.
@@ -20,12 +21,13 @@ network disk must fail, not quietly fill the mount point.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +40,7 @@ __all__ = ["DirectoryStore", "StoreFileRefusedError"]
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class StoreFileRefusedError(StoreError):
@@ -131,32 +134,64 @@ class DirectoryStore(ObjectStore):
 
     def put(self, oid: str, source: Path) -> bool:
         self._check_reachable(oid)
-        final = self._object_path(oid)
-        if final.is_file():
-            return False
         with open(source, "rb") as reader:
+            parent = self._directory_for_put(oid)
             try:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                fd, temp_name = tempfile.mkstemp(
-                    dir=final.parent, prefix=f".{oid[:16]}-", suffix=".tmp"
-                )
-            except OSError as exc:
-                raise StoreUnavailableError(self.url, exc.strerror or str(exc), oid=oid) from None
-            temp = Path(temp_name)
-            try:
-                digest = _copy_hashing(reader, fd)
-                if digest != oid:
-                    # Never plant a corrupt object where everyone would fetch it.
-                    raise ObjectFormatError(oid, f"the local copy hashes to {digest}; not uploaded")
-                os.chmod(temp, 0o444)
-                os.link(temp, final)
-                return True
-            except FileExistsError:
-                return False
-            except OSError as exc:
-                raise StoreUnavailableError(self.url, exc.strerror or str(exc), oid=oid) from None
+                try:
+                    os.stat(oid, dir_fd=parent, follow_symlinks=False)
+                    return False  # there already (if damaged or a link, a get names it)
+                except FileNotFoundError:
+                    pass
+                temp_name = f".{oid[:16]}-{secrets.token_hex(8)}.tmp"
+                try:
+                    fd = os.open(temp_name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+                except OSError as exc:
+                    raise StoreUnavailableError(
+                        self.url, exc.strerror or str(exc), oid=oid
+                    ) from None
+                try:
+                    digest = _copy_hashing(reader, fd)
+                    if digest != oid:
+                        # Never plant a corrupt object where everyone would fetch it.
+                        raise ObjectFormatError(
+                            oid, f"the local copy hashes to {digest}; not uploaded"
+                        )
+                    os.chmod(temp_name, 0o444, dir_fd=parent)
+                    os.link(temp_name, oid, src_dir_fd=parent, dst_dir_fd=parent)
+                    return True
+                except FileExistsError:
+                    return False
+                except OSError as exc:
+                    raise StoreUnavailableError(
+                        self.url, exc.strerror or str(exc), oid=oid
+                    ) from None
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp_name, dir_fd=parent)
             finally:
-                temp.unlink(missing_ok=True)
+                os.close(parent)
+
+    def _directory_for_put(self, oid: str) -> int:
+        """A descriptor of the object's directory ``aa/bb``, made if missing, reached
+        as a get reaches it: through no symbolic link below the root (one planted in a
+        shared store would send the object file anywhere the pusher can write)."""
+        self._object_path(oid)  # a valid id, or ValueError: it names the file below
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            parent = os.open(self.root, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW)
+        except OSError as exc:
+            raise StoreUnavailableError(self.url, exc.strerror or str(exc), oid=oid) from None
+        try:
+            for name in (oid[0:2], oid[2:4]):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=parent)
+                child = self._open_below(parent, name, _DIRECTORY_FLAGS, oid)
+                os.close(parent)
+                parent = child
+        except BaseException:
+            os.close(parent)
+            raise
+        return parent
 
     def list(self) -> Iterator[str]:
         self._check_reachable()
