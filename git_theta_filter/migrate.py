@@ -41,6 +41,7 @@ from .attributes import (
     paths_matching,
     remove_filter_line,
     set_filter_line,
+    worktree_attributes_text,
 )
 from .blob_stream import BlobStreamer
 from .errors import ThetaError
@@ -477,8 +478,7 @@ def default_patterns(repo: GitRepo, filters: Iterable[str]) -> list[str]:
     """The patterns the work tree's .gitattributes routes through ``filters``."""
     if repo.worktree is None:
         return []
-    path = repo.worktree / ".gitattributes"
-    text = path.read_text() if path.exists() else ""
+    text = worktree_attributes_text(repo.worktree) or ""
     wanted = set(filters)
     return list(dict.fromkeys(line.pattern for line in filter_lines(text) if line.filter in wanted))
 
