@@ -192,3 +192,26 @@ def test_a_coloured_table_escapes_names_so_that_its_colours_are_the_only_ones():
     assert printable(HIDDEN) in text
     assert escape_output(text, keep_colour=True) == text  # only our own codes remain
     assert "\x1b[8m" not in text.replace("\\x1b[8m", "")
+
+
+# matplotlib reads text between two $ as mathtext: these metric names (under the
+# 256-character limit) sent its parser into a RecursionError and a ValueError.
+MATHTEXT_NAMES = ("$" + "{" * 120 + "x" + "}" * 120 + "$", "$" + "x^" * 120 + "x$")
+
+
+def test_theta_log_plots_metric_names_as_text_never_as_mathtext(tmp_path):
+    pytest.importorskip("matplotlib")
+    git_env = isolated_git_env(tmp_path / "home")
+    repo = tmp_path / "repo"
+    git_env.run("git", "init", "-q", str(repo))
+    git_env.theta(repo, "track", "*.safetensors")
+    for epoch in (1, 2):
+        save_file({"w": np.full((4,), epoch, dtype=np.float32)}, str(repo / "m$x.safetensors"))
+        metrics = {name: epoch / 10 for name in MATHTEXT_NAMES}
+        (repo / "m$x.safetensors.metrics.json").write_text(json.dumps(metrics))
+        git_env.git(repo, "add", ".")
+        git_env.git(repo, "commit", "-q", "-m", f"epoch {epoch}")
+    target = tmp_path / "history.png"
+    result = git_env.run("git", "theta-log", "--plot", str(target), cwd=repo, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert target.read_bytes().startswith(b"\x89PNG")
