@@ -20,12 +20,18 @@ DEFAULT_TRANSFERS = 8
 
 
 def path_from_url(url: str, base: Path) -> Path | None:
-    """The local path a store or git URL names, or None when it is not local."""
+    """The local path a store or git URL names, or None when it is not local.
+
+    Absolute, with ``.`` and ``..`` resolved (as a path names them, not through
+    symbolic links) whichever way it is spelled: a place a committed file names
+    is compared with what the user allowed by this path, and opened by it
+    (``file:///allowed/../elsewhere`` was compared as written).
+    """
     if url.startswith("file://"):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             return None
-        return Path(unquote(parts.path))
+        return Path(os.path.abspath(unquote(parts.path)))
     if "://" in url:
         return None
     colon, slash = url.find(":"), url.find("/")

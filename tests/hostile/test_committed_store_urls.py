@@ -89,6 +89,25 @@ def test_store_a_committed_directory_outside_the_repository_is_opened_only_once_
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("dots", ["..", "%2e%2e"])
+def test_store_a_committed_file_url_never_climbs_out_of_an_allowed_directory(
+    work, tmp_path, capsys, dots
+):
+    """Allowed by its path once ``..`` is resolved, as it is opened: it was compared with
+    the allowed directory as written, so ``<allowed>/../<anywhere>`` was let through."""
+    team = tmp_path / "team-objects"
+    private = tmp_path / "another-project" / "objects"
+    team.mkdir()
+    private.mkdir(parents=True)
+    git(work, "config", "--add", "theta.allowUrl", str(team))
+    url = f"{team.as_uri()}/{dots}/another-project/objects"
+    commit_config(work, ".thetaconfig", theta__url=url)
+    repo = GitRepo.discover(work)
+    assert locate_store(repo, "origin", REMOTE).url == DERIVED
+    notice_then_allow(work, capsys, f"{private} as object store")
+    assert locate_store(repo, "origin", REMOTE).url == url
+
+
 @pytest.mark.parametrize(
     ("name", "key", "value"),
     [
