@@ -27,7 +27,8 @@ from typing import Any
 
 from ..dtypes import TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, dtype_by_name
 from ..errors import ThetaError
-from ..manifest import MAX_DIMS
+from ..manifest import MAX_DIMS, MAX_SIZE
+from ..units import bounded_integer_digits
 from .pickle_common import UNREAD, load_common
 
 __all__ = [
@@ -178,6 +179,9 @@ def _tensor(storage: StorageRef, dtype: str, offset: Any, size: Any, stride: Any
     ints = (offset, *size, *stride)
     if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride):
         raise PickleScanError("tensor with a bad offset, size or stride")
+    # Before they are multiplied: two integers of 100 MiB each (LONG4) multiply in hours.
+    if any(v > MAX_SIZE for v in ints):
+        raise PickleScanError("tensor with an offset, size or stride over 2**60")
     tensor = TensorRef(storage, dtype, offset, tuple(size), tuple(stride))
     if not tensor.is_whole_storage:
         itemsize = dtype_by_name(dtype).itemsize
@@ -387,7 +391,9 @@ def scan_pickle(data: bytes) -> PickleScan:
 
 def _unpickle(data: bytes, hooks: _Hooks) -> Any:
     try:
-        return _StructureUnpickler(data, hooks).load()
+        # The text opcodes INT, LONG, GET and PUT convert decimal digits: n² time each.
+        with bounded_integer_digits():
+            return _StructureUnpickler(data, hooks).load()
     except PickleScanError:
         raise
     except RecursionError:
