@@ -28,7 +28,7 @@ from typing import Any
 from ..dtypes import TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, dtype_by_name
 from ..errors import ThetaError
 from ..manifest import MAX_DIMS, MAX_SIZE
-from ..units import bounded_integer_digits
+from ..units import MAX_INTEGER_DIGITS, bounded_integer_digits
 from .pickle_common import UNREAD, load_common
 
 __all__ = [
@@ -285,7 +285,12 @@ class PickleScan:
 
 def _key_text(key: Any) -> str | None:
     if isinstance(key, (str, int)) and not isinstance(key, bool):
-        return str(key)
+        try:
+            return str(key)
+        except ValueError:  # an integer over the digits scan_pickle allows: n² time
+            raise PickleScanError(
+                f"a key that is an integer of more than {MAX_INTEGER_DIGITS} digits"
+            ) from None
     return None
 
 
@@ -385,7 +390,8 @@ def scan_pickle(data: bytes) -> PickleScan:
         hooks = _Hooks()  # nothing the fast loop recorded counts
         root = _unpickle(data, hooks)
     scan = PickleScan(storages=hooks.storages, foreign_globals=hooks.foreign_globals)
-    _walk(root, scan)
+    with bounded_integer_digits():  # a key that is an integer is named by its digits
+        _walk(root, scan)
     return scan
 
 

@@ -92,3 +92,15 @@ def test_a_tensor_of_huge_sizes_and_strides_is_refused_before_they_are_multiplie
     data = pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + _unicode("w") + tensor + b"s."
     with pytest.raises(PickleScanError, match="over 2\\*\\*60"):
         scan_pickle(data)
+
+
+@pytest.mark.parametrize("limit", ["default", "off"])
+def test_a_key_that_is_a_huge_integer_is_refused_by_name(limit, no_digit_limit):
+    """Its name would be its decimal digits: a ValueError escaped the scanner under Python's
+    digit limit (clean, the merge driver and fsck crashed), n² time without it."""
+    if limit == "default":
+        sys.set_int_max_str_digits(4300)
+    key = _long4((1 << (1 << 20)) - 1)  # 315,653 digits
+    data = pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + key + pickle.BININT1 + b"\x01" + b"s."
+    with pytest.raises(PickleScanError, match="digits"):
+        scan_pickle(data)
