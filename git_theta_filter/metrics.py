@@ -23,7 +23,8 @@ unreadable is a warning, and its metrics are skipped.
 
 Keys are flattened with dots (``{"eval": {"acc": 0.9}}`` → ``eval.acc``);
 list items are numbered, except in lists longer than the manifest's limit
-(those are ids, not metrics). Only numbers and booleans are metrics. When two
+(those are ids, not metrics). Only numbers and booleans are metrics, and no
+integer beyond ±2**63 (as clean records a checkpoint's scalars). When two
 sources give the same name, the later one in the order above wins.
 
 A name given by a user may be any dotted suffix of a full name (``acc`` for

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ThetaError
-from .formats.pickle_scan import MAX_METRIC_SEQUENCE
+from .formats.pickle_scan import MAX_METRIC_INTEGER, MAX_METRIC_SEQUENCE
 from .units import MAX_INTEGER_DIGITS, bounded_integer_digits
 
 __all__ = [
@@ -111,7 +111,9 @@ def _flatten_into(out: dict[str, Metric], data: Any, prefix: str, depth: int) ->
     if len(prefix) > MAX_NAME:
         raise _OverBudget(f"a metric name is longer than {MAX_NAME} characters")
     if isinstance(data, (bool, int, float)):
-        if prefix:
+        # As clean records a checkpoint's scalars: a larger integer is no metric, and a
+        # difference of two of 4300 digits could not be printed (Python's digit limit).
+        if prefix and not (type(data) is int and abs(data) > MAX_METRIC_INTEGER):
             if len(out) >= MAX_METRICS:
                 raise _OverBudget(f"more than {MAX_METRICS} metrics")
             out[prefix] = data

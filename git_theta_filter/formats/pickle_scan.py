@@ -43,6 +43,8 @@ __all__ = [
 
 # A list of more scalars than this is an id list (e.g. optimizer param ids), not metrics.
 MAX_METRIC_SEQUENCE = 8
+# An integer of larger magnitude is no metric (a seed, a hash) and is not recorded.
+MAX_METRIC_INTEGER = 2**63
 # Bounds the walk over a hostile object graph built from a small pickle.
 MAX_NODES = 5_000_000
 # The recorded names go into the manifest, which holds at most 32 MiB.
@@ -368,7 +370,7 @@ def _walk(root: Any, scan: PickleScan) -> None:
         if isinstance(node, (TensorRef, StorageRef)):
             scan.tensors.append((unique(path), node))
         elif isinstance(node, bool) or (isinstance(node, (int, float)) and not in_long_sequence):
-            if path is not None and not (isinstance(node, int) and abs(node) > 2**63):
+            if path is not None and not (isinstance(node, int) and abs(node) > MAX_METRIC_INTEGER):
                 scan.scalars[unique(path)] = node
         elif isinstance(node, (dict, list, tuple, ForeignObject)):
             if id(node) in seen:
