@@ -34,7 +34,9 @@ def linked_attributes(git_env, tmp_path):
     return clone, outside
 
 
-@pytest.mark.parametrize("command", [["track", "*.ckpt"], ["untrack", "*.ckpt"]])
+@pytest.mark.parametrize(
+    "command", [["track", "*.ckpt"], ["untrack", "*.ckpt"]], ids=["track", "untrack"]
+)
 def test_track_never_writes_through_a_committed_gitattributes_link(
     git_env, linked_attributes, command
 ):

@@ -44,7 +44,9 @@ def no_digit_limit():
     sys.set_int_max_str_digits(before)
 
 
-@pytest.mark.parametrize("opcode", [pickle.INT, pickle.LONG, pickle.GET, pickle.PUT])
+@pytest.mark.parametrize(
+    "opcode", [pickle.INT, pickle.LONG, pickle.GET, pickle.PUT], ids=["INT", "LONG", "GET", "PUT"]
+)
 def test_a_decimal_in_a_pickle_is_bounded_whatever_pythons_digit_limit(no_digit_limit, opcode):
     with pytest.raises(PickleScanError, match="digits"):
         scan_pickle(_text_opcode(opcode))
