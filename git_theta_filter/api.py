@@ -23,13 +23,14 @@ tree, or absolute. The full reference is docs/api.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,10 +256,9 @@ class Repository:
         if metrics is not None:
             owner = self._relative(metrics_for) if metrics_for is not None else None
             owner = owner or (models or relatives)[0]
-            metrics_path = worktree / (owner + CONVENTION_SUFFIX)
-            metrics_path.write_text(
-                json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
-            )
+            text = json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
+            with _replacing(worktree / (owner + CONVENTION_SUFFIX)) as temporary:
+                temporary.write_text(text)
             others.append(owner + CONVENTION_SUFFIX)
         with writer_lock(self._repo.theta_dir):
             for relative in models:
@@ -457,17 +457,31 @@ def _plain_number(value: Any) -> Any:
     raise TypeError(f"metric value {value!r} is not a number")
 
 
-def _save(checkpoint: Any, target: Path) -> None:
-    """Write the checkpoint to ``target`` atomically.
+@contextlib.contextmanager
+def _replacing(target: Path) -> Iterator[Path]:
+    """A path of ``target``'s name in a temporary directory beside it, renamed over
+    ``target`` once written.
 
-    It is saved under its own name in a temporary directory beside it, then
-    renamed: torch.save writes the file name's stem into the archive, so the
-    bytes are those of saving to ``target`` directly.
+    So a file is replaced whole, and a symbolic link a commit put there (to a
+    file outside the repository) is replaced, never written through.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".theta-save-", dir=target.parent))
     try:
         temporary = scratch / target.name
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _save(checkpoint: Any, target: Path) -> None:
+    """Write the checkpoint to ``target`` atomically.
+
+    It is saved under its own name (torch.save writes the file name's stem into
+    the archive), so the bytes are those of saving to ``target`` directly.
+    """
+    with _replacing(target) as temporary:
         if target.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -476,9 +490,6 @@ def _save(checkpoint: Any, target: Path) -> None:
             import torch
 
             torch.save(checkpoint, temporary)
-        os.replace(temporary, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _settled_stat(path: Path) -> os.stat_result:

@@ -11,11 +11,17 @@ a temporary attributes file with an attribute of a random name, and
 match as in the top-level ``.gitattributes`` (``*.pth`` anywhere,
 ``models/*.pth`` from the top), and no attribute the repository sets can
 interfere.
+
+The work tree's ``.gitattributes`` is whatever a commit put there, a symbolic
+link included (to a file outside the repository, a FIFO, ``/dev/zero``). git
+ignores one that is a link; we neither read nor write through it
+(:func:`read_worktree_attributes`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 import subprocess
@@ -27,11 +33,17 @@ from pathlib import Path
 
 from .errors import ThetaError
 from .gitrepo import GitError, GitRepo, git_process, git_stream
+from .repo_files import UnsafeRepositoryFileError, read_worktree_file
 
 __all__ = [
     "THETA_ATTRIBUTES",
     "LFS_ATTRIBUTES",
+    "ATTRIBUTES_FILE",
+    "MAX_ATTRIBUTES_FILE",
     "BadPatternError",
+    "AttributesFileRefusedError",
+    "read_worktree_attributes",
+    "worktree_attributes_text",
     "FilterLine",
     "check_pattern",
     "filter_lines",
@@ -45,6 +57,9 @@ __all__ = [
 
 THETA_ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
 LFS_ATTRIBUTES = "filter=lfs diff=lfs merge=lfs -text"
+ATTRIBUTES_FILE = ".gitattributes"
+# git's own limit (ATTR_MAX_FILE_SIZE): it ignores a larger attributes file.
+MAX_ATTRIBUTES_FILE = 100 << 20
 
 
 class BadPatternError(ThetaError):
@@ -63,6 +78,40 @@ def check_pattern(pattern: str) -> None:
         raise BadPatternError(pattern, "it has white space; write [[:space:]] instead")
     if pattern.startswith(("#", "!")):
         raise BadPatternError(pattern, "a line starting with '#' or '!' is no pattern")
+
+
+class AttributesFileRefusedError(ThetaError):
+    """The work tree's ``.gitattributes`` is a symbolic link, not a regular file, or too large:
+    git ignores it, and we neither read it nor write through it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{ATTRIBUTES_FILE}: {reason}; git ignores it, and git-theta does not read it "
+            "or write through it",
+            hint=f"make {ATTRIBUTES_FILE} a regular file: `rm {ATTRIBUTES_FILE}`, then write "
+            "the lines it should hold (`git theta track <pattern>` writes ours)",
+        )
+        self.reason = reason
+
+
+def read_worktree_attributes(worktree: Path) -> bytes | None:
+    """The work tree's top-level ``.gitattributes``; None when there is none.
+
+    Read without following a symbolic link anywhere, nor blocking on a FIFO or
+    reading a device (:func:`repo_files.read_worktree_file`):
+    :class:`AttributesFileRefusedError` instead.
+    """
+    try:
+        return read_worktree_file(worktree, ATTRIBUTES_FILE, MAX_ATTRIBUTES_FILE)
+    except UnsafeRepositoryFileError as exc:
+        raise AttributesFileRefusedError(exc.reason) from None
+
+
+def worktree_attributes_text(worktree: Path) -> str | None:
+    """:func:`read_worktree_attributes`, decoded as ``Path.read_text`` decodes (the
+    locale's encoding, universal newlines), as our edits of the file have always read it."""
+    data = read_worktree_attributes(worktree)
+    return None if data is None else io.TextIOWrapper(io.BytesIO(data)).read()
 
 
 @dataclass(frozen=True)

@@ -98,13 +98,23 @@ def index_manifests(repo: GitRepo, git: pygit2.Repository | None = None) -> list
 def tree_blobs(
     git: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
 ) -> Iterator[tuple[str, pygit2.Oid]]:
-    """``(path, blob id)`` of every file below ``tree``, fetching absent subtrees."""
-    for entry in tree:
-        path = f"{prefix}{entry.name}"
-        if entry.type == pygit2.enums.ObjectType.TREE:
-            yield from tree_blobs(git, lookup_tree(git, entry.id), path + "/")
-        elif entry.type == pygit2.enums.ObjectType.BLOB:
-            yield path, entry.id
+    """``(path, blob id)`` of every file below ``tree``, fetching absent subtrees.
+
+    Depth first, in tree order, with a stack rather than recursion: git commits
+    and checks out paths nested far deeper than Python's recursion limit.
+    """
+    stack = [(iter(tree), prefix)]
+    while stack:
+        entries, prefix = stack[-1]
+        for entry in entries:
+            path = f"{prefix}{entry.name}"
+            if entry.type == pygit2.enums.ObjectType.TREE:
+                stack.append((iter(lookup_tree(git, entry.id)), path + "/"))
+                break
+            if entry.type == pygit2.enums.ObjectType.BLOB:
+                yield path, entry.id
+        else:
+            stack.pop()
 
 
 def tree_manifests(
@@ -140,18 +150,26 @@ def reachable_manifests(
     seen_trees: set[pygit2.Oid] = set()
     blobs: dict[pygit2.Oid, str] = {}  # blob id -> the first path it was met at
 
-    def visit(tree: pygit2.Tree, prefix: str) -> None:
-        if tree.id in seen_trees:
-            return
-        seen_trees.add(tree.id)
-        for entry in tree:
-            if entry.type == pygit2.enums.ObjectType.TREE:
-                visit(lookup_tree(git, entry.id), f"{prefix}{entry.name}/")
-            elif entry.type == pygit2.enums.ObjectType.BLOB:
-                blobs.setdefault(entry.id, f"{prefix}{entry.name}")
+    def visit(tree: pygit2.Tree) -> None:
+        """Depth first, with a stack as in :func:`tree_blobs`."""
+        stack = [(iter(tree), "")]
+        while stack:
+            entries, prefix = stack[-1]
+            for entry in entries:
+                if entry.type == pygit2.enums.ObjectType.TREE:
+                    if entry.id not in seen_trees:
+                        seen_trees.add(entry.id)
+                        stack.append((iter(lookup_tree(git, entry.id)), f"{prefix}{entry.name}/"))
+                        break
+                elif entry.type == pygit2.enums.ObjectType.BLOB:
+                    blobs.setdefault(entry.id, f"{prefix}{entry.name}")
+            else:
+                stack.pop()
 
     for tree_id in root_trees:
-        visit(lookup_tree(git, tree_id), "")
+        if tree_id not in seen_trees:
+            seen_trees.add(tree_id)
+            visit(lookup_tree(git, tree_id))
     fetch_missing(git, blobs)
     found: dict[str, ManifestRef] = {}
     for blob_id, path in blobs.items():

@@ -15,7 +15,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from .attributes import THETA_ATTRIBUTES, check_pattern, filter_lines, set_filter_line
+from .attributes import (
+    THETA_ATTRIBUTES,
+    check_pattern,
+    filter_lines,
+    set_filter_line,
+    worktree_attributes_text,
+)
 from .errors import ThetaError
 from .gitrepo import GitRepo, filter_command, run_git
 from .hooks import install_hooks, uninstall_hooks
@@ -129,11 +135,15 @@ def _line_pattern(line: str) -> str | None:
     return None
 
 
+def _attributes_text(repo: GitRepo) -> str | None:
+    """The work tree's .gitattributes; refused when a commit made it a symbolic link, which
+    would take our edits to the file it names, outside the repository."""
+    return worktree_attributes_text(repo.require_worktree("git theta track"))
+
+
 def tracked_patterns(repo: GitRepo) -> list[str]:
-    path = _attributes_file(repo)
-    if not path.exists():
-        return []
-    return [p for line in path.read_text().splitlines() if (p := _line_pattern(line))]
+    text = _attributes_text(repo) or ""
+    return [p for line in text.splitlines() if (p := _line_pattern(line))]
 
 
 def track(
@@ -156,7 +166,7 @@ def track(
     for pattern in patterns:
         check_pattern(pattern)
     path = _attributes_file(repo)
-    text = path.read_text() if path.exists() else ""
+    text = _attributes_text(repo) or ""
     check_other_filters(repo, text, patterns, {"lfs"} if replace_lfs else set())
     if renormalize:
         check_work_tree_files(repo, patterns)
@@ -186,10 +196,11 @@ def track(
 
 def untrack(repo: GitRepo, patterns: list[str]) -> list[str]:
     path = _attributes_file(repo)
-    if not path.exists():
+    text = _attributes_text(repo)
+    if text is None:
         return [f"{p!r} was not tracked" for p in patterns]
     kept, changes = [], []
-    for line in path.read_text().splitlines(keepends=True):
+    for line in text.splitlines(keepends=True):
         pattern = _line_pattern(line)
         if pattern in patterns:
             changes.append(f"untracked {pattern!r}")

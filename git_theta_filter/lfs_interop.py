@@ -10,7 +10,8 @@ unless the hook we replaced already does it.
 
 A repository uses Git LFS when ``filter.lfs.*`` is configured (``git lfs
 install`` writes it), or when its top-level ``.gitattributes`` or
-``info/attributes`` routes files through ``filter=lfs``.
+``info/attributes`` routes files through ``filter=lfs``. A ``.gitattributes``
+that a commit made a symbolic link is not read (git ignores it too).
 
 ``theta::<url>`` remotes: git-lfs derives a remote's LFS endpoint from its URL
 and cannot read ``theta::``. :func:`lfs_endpoint` gives the endpoint git-lfs
@@ -70,16 +71,21 @@ def lfs_in_use(repo: GitRepo) -> bool:
     """Whether git-lfs's hooks have work to do here (see the module docstring)."""
     if lfs_configured(repo):
         return True
-    candidates = [repo.common_dir / "info" / "attributes"]
-    if repo.worktree is not None:
-        candidates.append(repo.worktree / ".gitattributes")
-    for path in candidates:
-        try:
-            if _LFS_ATTRIBUTE.search(path.read_bytes()):
-                return True
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            continue
-    return False
+    try:
+        if _LFS_ATTRIBUTE.search((repo.common_dir / "info" / "attributes").read_bytes()):
+            return True
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        pass
+    if repo.worktree is None:
+        return False
+    # Imported here, as in lfs_endpoint: most hooks checks end above.
+    from .attributes import AttributesFileRefusedError, read_worktree_attributes
+
+    try:
+        committed = read_worktree_attributes(repo.worktree)
+    except AttributesFileRefusedError:
+        return False  # a symbolic link git ignores, or a file it would ignore
+    return committed is not None and _LFS_ATTRIBUTE.search(committed) is not None
 
 
 def git_lfs_available() -> bool:

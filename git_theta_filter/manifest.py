@@ -23,6 +23,7 @@ __all__ = [
     "MAGIC",
     "VERSION",
     "MAX_MANIFEST_BYTES",
+    "MAX_SIZE",
     "MAX_DIMS",
     "WORK_RATIO",
     "WORK_FLOOR",
@@ -43,7 +44,7 @@ MAX_MANIFEST_BYTES = 32 << 20
 FORMATS = ("torch-zip", "safetensors", "opaque")
 # Sizes and counts above this cannot describe a real file; refusing them early
 # keeps arithmetic on hostile input far from overflow.
-_MAX_SIZE = 1 << 60
+MAX_SIZE = 1 << 60
 MAX_DIMS = 64
 # What a manifest may make a reader do is bounded by the bytes its objects hold
 # (docs/manifest.md, "Work"): the file it rebuilds, and the tensor bytes that
@@ -129,7 +130,7 @@ def _parse_int(text: str, what: str, line_number: int) -> int:
     if not _INT_RE.match(text):
         raise ManifestError(f"bad {what} {text!r}", line_number=line_number)
     value = int(text)
-    if value > _MAX_SIZE:
+    if value > MAX_SIZE:
         raise ManifestError(f"{what} {value} is too large", line_number=line_number)
     return value
 
@@ -400,7 +401,7 @@ class Manifest:
         if dtype not in DTYPES:
             raise ManifestError(f"tensor {name!r}: unknown dtype {dtype!r}", line_number=number)
         shape = tuple(map(int, dims.split(","))) if dims else ()
-        if len(shape) > MAX_DIMS or (shape and max(shape) > _MAX_SIZE):
+        if len(shape) > MAX_DIMS or (shape and max(shape) > MAX_SIZE):
             self._add_tensor(rest.split(" "), number)  # for its error
             return
         self.tensors.append(TensorEntry(name, dtype, shape, oid))
@@ -434,7 +435,7 @@ class Manifest:
         match = _PLAIN_SPLICE.match(rest)
         if match is not None:
             offset, length = int(match[1]), int(match[2])
-            if offset > _MAX_SIZE or length > _MAX_SIZE:
+            if offset > MAX_SIZE or length > MAX_SIZE:
                 match = None  # the check field by field names it
         if match is not None:
             splice = Splice(offset, length, match[3])

@@ -30,17 +30,15 @@ probe each limit are refused within the same.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import ThetaError
-from .formats.pickle_scan import MAX_METRIC_SEQUENCE
+from .formats.pickle_scan import MAX_METRIC_INTEGER, MAX_METRIC_SEQUENCE
+from .units import MAX_INTEGER_DIGITS, bounded_integer_digits
 
 __all__ = [
     "Metric",
@@ -58,7 +56,6 @@ __all__ = [
 
 Metric = int | float | bool
 MAX_METRICS_FILE = 1 << 20
-MAX_INTEGER_DIGITS = 4300
 MAX_NESTING = 32
 MAX_METRICS = 10_000
 MAX_NAME = 256
@@ -114,7 +111,9 @@ def _flatten_into(out: dict[str, Metric], data: Any, prefix: str, depth: int) ->
     if len(prefix) > MAX_NAME:
         raise _OverBudget(f"a metric name is longer than {MAX_NAME} characters")
     if isinstance(data, (bool, int, float)):
-        if prefix:
+        # As clean records a checkpoint's scalars: a larger integer is no metric, and a
+        # difference of two of 4300 digits could not be printed (Python's digit limit).
+        if prefix and not (type(data) is int and abs(data) > MAX_METRIC_INTEGER):
             if len(out) >= MAX_METRICS:
                 raise _OverBudget(f"more than {MAX_METRICS} metrics")
             out[prefix] = data
@@ -133,24 +132,6 @@ def _flatten_into(out: dict[str, Metric], data: Any, prefix: str, depth: int) ->
         _flatten_into(out, value, f"{prefix}.{name}" if prefix else name, depth + 1)
 
 
-@contextlib.contextmanager
-def _bounded_integers() -> Iterator[None]:
-    """Python's default limit on integer digits, whatever the interpreter's is now.
-
-    The setting is process-wide; another thread converting a longer integer
-    meanwhile would be refused too, which no caller of ours ever does.
-    """
-    before = sys.get_int_max_str_digits()
-    if before and before <= MAX_INTEGER_DIGITS:
-        yield
-        return
-    sys.set_int_max_str_digits(MAX_INTEGER_DIGITS)
-    try:
-        yield
-    finally:
-        sys.set_int_max_str_digits(before)
-
-
 def parse_metrics_file(path: str, data: bytes) -> dict[str, Metric]:
     """The flattened metrics in a file, read by its extension (JSON when unknown)."""
     suffix = Path(path).suffix.lower()
@@ -158,7 +139,7 @@ def parse_metrics_file(path: str, data: bytes) -> dict[str, Metric]:
     if len(data) > MAX_METRICS_FILE:
         raise MetricsFileError(path, f"larger than {MAX_METRICS_FILE} bytes")
     try:
-        with _bounded_integers():
+        with bounded_integer_digits():
             if kind == "TOML":
                 text = data.decode("utf-8")
                 _check_toml_keys(text)

@@ -41,6 +41,7 @@ from .attributes import (
     paths_matching,
     remove_filter_line,
     set_filter_line,
+    worktree_attributes_text,
 )
 from .blob_stream import BlobStreamer
 from .errors import ThetaError
@@ -188,18 +189,27 @@ def resolve_refs(repo: GitRepo, refs: list[str], everything: bool) -> list[str]:
 def _tree_files(
     git: pygit2.Repository,
     tree: pygit2.Tree,
-    prefix: str,
     seen: set[tuple[pygit2.Oid, str]],
     out: dict[str, set[str]],
 ) -> None:
-    if (tree.id, prefix) in seen:
-        return
-    seen.add((tree.id, prefix))
-    for entry in tree:
-        if entry.type == pygit2.enums.ObjectType.TREE:
-            _tree_files(git, git[entry.id].peel(pygit2.Tree), f"{prefix}{entry.name}/", seen, out)
-        elif entry.filemode in (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE):
-            out.setdefault(f"{prefix}{entry.name}", set()).add(str(entry.id))
+    """Every regular file below a root tree, each tree visited once per path it is at.
+
+    A stack, not recursion: git commits paths nested deeper than Python's recursion limit.
+    """
+    stack = [(tree, "")]
+    while stack:
+        tree, prefix = stack.pop()
+        if (tree.id, prefix) in seen:
+            continue
+        seen.add((tree.id, prefix))
+        for entry in tree:
+            if entry.type == pygit2.enums.ObjectType.TREE:
+                stack.append((git[entry.id].peel(pygit2.Tree), f"{prefix}{entry.name}/"))
+            elif entry.filemode in (
+                pygit2.enums.FileMode.BLOB,
+                pygit2.enums.FileMode.BLOB_EXECUTABLE,
+            ):
+                out.setdefault(f"{prefix}{entry.name}", set()).add(str(entry.id))
 
 
 def scan_history(
@@ -218,7 +228,7 @@ def scan_history(
         walker.push(git.revparse_single(ref).peel(pygit2.Commit).id)
     for commit in walker:
         scan.commits += 1
-        _tree_files(git, commit.tree, "", seen, files)
+        _tree_files(git, commit.tree, seen, files)
     scan.paths = paths_matching(repo, patterns, sorted(files))
     for path in sorted(scan.paths):
         for blob_id in files[path]:
@@ -477,8 +487,7 @@ def default_patterns(repo: GitRepo, filters: Iterable[str]) -> list[str]:
     """The patterns the work tree's .gitattributes routes through ``filters``."""
     if repo.worktree is None:
         return []
-    path = repo.worktree / ".gitattributes"
-    text = path.read_text() if path.exists() else ""
+    text = worktree_attributes_text(repo.worktree) or ""
     wanted = set(filters)
     return list(dict.fromkeys(line.pattern for line in filter_lines(text) if line.filter in wanted))
 

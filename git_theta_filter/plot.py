@@ -102,6 +102,13 @@ def plot_panels(entries: list[LogEntry], metrics: list[str]) -> tuple[list[str],
     return [commit[:7] for commit in commits], panels
 
 
+def _literal(name: str) -> str:
+    """``name`` as matplotlib draws it, character for character. Between two ``$`` it would
+    read mathtext: a committed metric name or path drawn other than it is, or one whose
+    parse fails (``"$" + "{" * 120``: RecursionError), failing the plot."""
+    return name.replace("$", r"\$")
+
+
 def plot_history(entries: list[LogEntry], metrics: list[str], path: str) -> None:
     """Draw :func:`plot_panels` to ``path`` (.png or .svg)."""
     pyplot = _pyplot()
@@ -113,9 +120,9 @@ def plot_history(entries: list[LogEntry], metrics: list[str], path: str) -> None
     for axis, panel in zip(axes[:, 0], panels, strict=True):
         for name, points in panel.lines.items():
             xs, ys = zip(*points, strict=True)
-            axis.plot(xs, ys, marker="o", markersize=3, label=name)
+            axis.plot(xs, ys, marker="o", markersize=3, label=_literal(name))
         # The name above the panel, where a long dotted name has room; plain tick numbers.
-        axis.set_title(panel.name, fontsize=9, loc="left")
+        axis.set_title(_literal(panel.name), fontsize=9, loc="left")
         axis.ticklabel_format(axis="y", style="plain", useOffset=False)
         axis.tick_params(axis="y", labelsize=8)
         axis.grid(True, alpha=0.3)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pygit2
 
 from .gitrepo import GitError, GitRepo, git_process
-from .history import lookup_tree
+from .history import tree_blobs
 from .manifest import Manifest
 from .promisor import fetch_missing
 from .raw_versions import VersionReader
@@ -83,16 +83,6 @@ class Snapshot:
         return read_index_file(self._git, path)
 
 
-def _tree_entries(
-    git: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, pygit2.Oid]
-) -> None:
-    for entry in tree:
-        if entry.type == pygit2.enums.ObjectType.TREE:
-            _tree_entries(git, lookup_tree(git, entry.id), f"{prefix}{entry.name}/", out)
-        elif entry.type == pygit2.enums.ObjectType.BLOB:
-            out[f"{prefix}{entry.name}"] = entry.id
-
-
 def commit_label(revision: str, commit: pygit2.Commit) -> str:
     """How a diff names a commit: the revision as typed, with its short id unless it is an id.
 
@@ -105,8 +95,7 @@ def commit_label(revision: str, commit: pygit2.Commit) -> str:
 
 
 def tree_snapshot(git: pygit2.Repository, commit: pygit2.Commit, label: str) -> Snapshot:
-    entries: dict[str, pygit2.Oid] = {}
-    _tree_entries(git, commit.tree, "", entries)
+    entries = dict(tree_blobs(git, commit.tree))
     return Snapshot(commit_label(label, commit), git, entries, commit=commit)
 
 

@@ -54,7 +54,8 @@ def sparkline(values: Sequence[float | None]) -> str:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return ""
-    low, high = min(finite), max(finite)
+    # Halved before subtracting: the span of -1.7e308 and 1.7e308 overflows a float.
+    low, high = min(finite) / 2, max(finite) / 2
     bars = []
     for value in values:
         if value is None or not math.isfinite(value):
@@ -62,7 +63,7 @@ def sparkline(values: Sequence[float | None]) -> str:
         elif high == low:
             bars.append(_BARS[len(_BARS) // 2])
         else:
-            bars.append(_BARS[round((value - low) / (high - low) * (len(_BARS) - 1))])
+            bars.append(_BARS[round((value / 2 - low) / (high - low) * (len(_BARS) - 1))])
     return "".join(bars)
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from ..dtypes import TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, dtype_by_name
 from ..errors import ThetaError
-from ..manifest import MAX_DIMS
+from ..manifest import MAX_DIMS, MAX_SIZE
+from ..units import MAX_INTEGER_DIGITS, bounded_integer_digits
 from .pickle_common import UNREAD, load_common
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
 
 # A list of more scalars than this is an id list (e.g. optimizer param ids), not metrics.
 MAX_METRIC_SEQUENCE = 8
+# An integer of larger magnitude is no metric (a seed, a hash) and is not recorded.
+MAX_METRIC_INTEGER = 2**63
 # Bounds the walk over a hostile object graph built from a small pickle.
 MAX_NODES = 5_000_000
 # The recorded names go into the manifest, which holds at most 32 MiB.
@@ -178,6 +181,9 @@ def _tensor(storage: StorageRef, dtype: str, offset: Any, size: Any, stride: Any
     ints = (offset, *size, *stride)
     if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride):
         raise PickleScanError("tensor with a bad offset, size or stride")
+    # Before they are multiplied: two integers of 100 MiB each (LONG4) multiply in hours.
+    if any(v > MAX_SIZE for v in ints):
+        raise PickleScanError("tensor with an offset, size or stride over 2**60")
     tensor = TensorRef(storage, dtype, offset, tuple(size), tuple(stride))
     if not tensor.is_whole_storage:
         itemsize = dtype_by_name(dtype).itemsize
@@ -281,7 +287,12 @@ class PickleScan:
 
 def _key_text(key: Any) -> str | None:
     if isinstance(key, (str, int)) and not isinstance(key, bool):
-        return str(key)
+        try:
+            return str(key)
+        except ValueError:  # an integer over the digits scan_pickle allows: n² time
+            raise PickleScanError(
+                f"a key that is an integer of more than {MAX_INTEGER_DIGITS} digits"
+            ) from None
     return None
 
 
@@ -359,7 +370,7 @@ def _walk(root: Any, scan: PickleScan) -> None:
         if isinstance(node, (TensorRef, StorageRef)):
             scan.tensors.append((unique(path), node))
         elif isinstance(node, bool) or (isinstance(node, (int, float)) and not in_long_sequence):
-            if path is not None and not (isinstance(node, int) and abs(node) > 2**63):
+            if path is not None and not (isinstance(node, int) and abs(node) > MAX_METRIC_INTEGER):
                 scan.scalars[unique(path)] = node
         elif isinstance(node, (dict, list, tuple, ForeignObject)):
             if id(node) in seen:
@@ -381,13 +392,16 @@ def scan_pickle(data: bytes) -> PickleScan:
         hooks = _Hooks()  # nothing the fast loop recorded counts
         root = _unpickle(data, hooks)
     scan = PickleScan(storages=hooks.storages, foreign_globals=hooks.foreign_globals)
-    _walk(root, scan)
+    with bounded_integer_digits():  # a key that is an integer is named by its digits
+        _walk(root, scan)
     return scan
 
 
 def _unpickle(data: bytes, hooks: _Hooks) -> Any:
     try:
-        return _StructureUnpickler(data, hooks).load()
+        # The text opcodes INT, LONG, GET and PUT convert decimal digits: n² time each.
+        with bounded_integer_digits():
+            return _StructureUnpickler(data, hooks).load()
     except PickleScanError:
         raise
     except RecursionError:

@@ -20,13 +20,17 @@ DEFAULT_TRANSFERS = 8
 
 
 def path_from_url(url: str, base: Path) -> Path | None:
-    """The local path a store or git URL names, or None when it is not local."""
+    """The local path a store or git URL names, or None when it is not local.
+
+    Absolute, with ``.`` and ``..`` resolved (as a path names them, not through
+    symbolic links) whichever way it is spelled: a place a committed file names
+    is compared with what the user allowed by this path, and opened by it
+    (``file:///allowed/../elsewhere`` was compared as written).
+    """
     if url.startswith("file://"):
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             return None
-        # Lexically normalized as a relative path is below: ``..`` cannot climb out of
-        # the directory the path seems to name (committed_urls.admit compares it).
         return Path(os.path.abspath(unquote(parts.path)))
     if "://" in url:
         return None

@@ -12,6 +12,8 @@ warnings and errors; the filter's and the merge driver's messages.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +194,60 @@ def test_a_coloured_table_escapes_names_so_that_its_colours_are_the_only_ones():
     assert printable(HIDDEN) in text
     assert escape_output(text, keep_colour=True) == text  # only our own codes remain
     assert "\x1b[8m" not in text.replace("\\x1b[8m", "")
+
+
+# matplotlib reads text between two $ as mathtext: these metric names (under the
+# 256-character limit) sent its parser into a RecursionError and a ValueError.
+MATHTEXT_NAMES = ("$" + "{" * 120 + "x" + "}" * 120 + "$", "$" + "x^" * 120 + "x$")
+
+
+def test_theta_log_plots_metric_names_as_text_never_as_mathtext(tmp_path):
+    pytest.importorskip("matplotlib")
+    git_env = isolated_git_env(tmp_path / "home")
+    repo = tmp_path / "repo"
+    git_env.run("git", "init", "-q", str(repo))
+    git_env.theta(repo, "track", "*.safetensors")
+    for epoch in (1, 2):
+        save_file({"w": np.full((4,), epoch, dtype=np.float32)}, str(repo / "m$x.safetensors"))
+        metrics = {name: epoch / 10 for name in MATHTEXT_NAMES}
+        (repo / "m$x.safetensors.metrics.json").write_text(json.dumps(metrics))
+        git_env.git(repo, "add", ".")
+        git_env.git(repo, "commit", "-q", "-m", f"epoch {epoch}")
+    target = tmp_path / "history.png"
+    result = git_env.run("git", "theta-log", "--plot", str(target), cwd=repo, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert target.read_bytes().startswith(b"\x89PNG")
+
+
+def test_huge_metric_values_neither_fail_theta_diff_nor_the_sparklines(tmp_path):
+    """An integer of 4300 digits, which a metrics file may hold, is no metric: the difference
+    of two (4301 digits) failed theta-diff under Python's digit limit, and their floats
+    the plot. The span of 1.7e308 and -1.7e308 overflowed the terminal's sparklines."""
+    git_env = isolated_git_env(tmp_path / "home")
+    repo = tmp_path / "repo"
+    git_env.run("git", "init", "-q", str(repo))
+    git_env.theta(repo, "track", "*.safetensors")
+    huge = int("9" * 4300)
+    for epoch, (ids, loss) in enumerate([(-huge, 1.7e308), (huge, -1.7e308)]):
+        save_file({"w": np.full((4,), epoch, dtype=np.float32)}, str(repo / "m.safetensors"))
+        metrics = {"ids": ids, "loss": loss}
+        (repo / "m.safetensors.metrics.json").write_text(json.dumps(metrics))
+        git_env.git(repo, "add", ".")
+        git_env.git(repo, "commit", "-q", "-m", f"epoch {epoch}")
+    for json_flag in ([], ["--json"]):
+        diff = git_env.run("git", "theta-diff", *json_flag, "HEAD~1", "HEAD", cwd=repo)
+        assert b"loss" in diff.stdout and b"ids" not in diff.stdout
+    leader, follower = os.openpty()  # sparklines are drawn on a terminal only
+    try:
+        shown = subprocess.run(
+            ["git", "theta-log", "--metric", "loss"],
+            cwd=repo,
+            env=git_env.env,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert shown.returncode == 0, shown.stderr.decode()

@@ -1,0 +1,116 @@
+"""Class 3 of docs/security.md: files in the work tree that a commit made symbolic links.
+
+A collaborator can commit ``.gitattributes`` or ``<model>.metrics.json`` as a
+symbolic link to anywhere (``../../.bashrc``, a FIFO, ``/dev/zero``); a
+checkout makes the link. git itself ignores a ``.gitattributes`` that is a
+link. Ours may neither read through such a link (a FIFO blocks, a device
+never ends) nor write through it (the file it names is outside the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from helpers import enter_git_env
+
+OUTSIDE_TEXT = "the user's own file, outside the repository\n"
+
+
+@pytest.fixture
+def linked_attributes(git_env, tmp_path):
+    """A clone whose committed .gitattributes is a link to a file outside it."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text(OUTSIDE_TEXT)
+    origin = tmp_path / "origin"
+    git_env.run("git", "init", "-q", str(origin))
+    (origin / ".gitattributes").symlink_to(outside)
+    git_env.git(origin, "add", ".gitattributes")
+    git_env.git(origin, "commit", "-q", "-m", "attributes are a link")
+    clone = tmp_path / "clone"
+    git_env.run("git", "clone", "-q", str(origin), str(clone))
+    assert (clone / ".gitattributes").is_symlink()
+    return clone, outside
+
+
+@pytest.mark.parametrize(
+    "command", [["track", "*.ckpt"], ["untrack", "*.ckpt"]], ids=["track", "untrack"]
+)
+def test_track_never_writes_through_a_committed_gitattributes_link(
+    git_env, linked_attributes, command
+):
+    clone, outside = linked_attributes
+    result = git_env.theta(clone, *command, check=False, timeout=60)
+    assert result.returncode != 0
+    assert ".gitattributes: is a symbolic link" in result.stderr.decode()
+    assert outside.read_text() == OUTSIDE_TEXT
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO; whatever still waits to read it when the test ends is let go."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    yield path
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # ENXIO: no reader waits
+        pass
+
+
+def test_a_gitattributes_link_to_a_fifo_is_never_read(git_env, linked_attributes, fifo):
+    """git ignores the link; the hooks' check whether the repository uses Git LFS (at a
+    clean, in pre-push, in the post-* scripts), track's listing and migrate never open it."""
+    clone, _ = linked_attributes
+    (clone / ".gitattributes").unlink()
+    (clone / ".gitattributes").symlink_to(fifo)
+    # The filter's route comes from elsewhere: the user's info/attributes.
+    (clone / ".git" / "info" / "attributes").write_text("*.pt filter=theta -text\n")
+    (clone / "model.pt").write_bytes(b"not a checkpoint")
+    git_env.git(clone, "add", "model.pt", timeout=60)
+    git_env.theta(clone, "hook", "pre-push", "origin", "unused", timeout=60)
+    git_env.theta(clone, "hook", "post-checkout", "0" * 40, "0" * 40, "1", timeout=60)
+    # Commands that take their patterns from the file refuse it, by name.
+    for command in (["track"], ["migrate", "info", "--no-estimate"]):
+        refused = git_env.theta(clone, *command, check=False, timeout=60)
+        assert ".gitattributes: is a symbolic link" in refused.stderr.decode(), command
+
+
+def test_commit_checkpoint_never_writes_metrics_through_a_committed_link(
+    git_env, repo, tmp_path, monkeypatch
+):
+    import torch
+
+    import git_theta_filter as gtf
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text(OUTSIDE_TEXT)
+    (repo / "model.pt.metrics.json").symlink_to(outside)
+    git_env.git(repo, "add", "model.pt.metrics.json")
+    git_env.git(repo, "commit", "-q", "-m", "metrics are a link")
+    enter_git_env(monkeypatch, git_env.env)
+
+    gtf.open(repo).commit_checkpoint(
+        {"w": torch.zeros(2)}, "model.pt", message="epoch 1", metrics={"loss": 0.5}
+    )
+    assert outside.read_text() == OUTSIDE_TEXT
+    metrics = repo / "model.pt.metrics.json"
+    assert not metrics.is_symlink() and json.loads(metrics.read_text()) == {"loss": 0.5}
+    assert git_env.git(repo, "ls-files", "-s", "model.pt.metrics.json").startswith("100644")
+
+
+def test_one_metrics_file_declared_many_times_is_read_once(tmp_path):
+    from git_theta_filter.metrics import collect_metrics
+
+    reads: list[str] = []
+
+    def read(path: str) -> bytes | None:
+        reads.append(path)
+        return json.dumps({"acc": len(reads)}).encode() if path != "b.json" else b'{"b": 1}'
+
+    declared = ["a.json", "b.json"] * 50_000 + ["a.json"]
+    metrics = collect_metrics("model.pt", {}, read, declared, lambda message: pytest.fail(message))
+    # Each file once, in the order of its last declaration: the later one still wins.
+    assert reads == ["model.pt.metrics.json", "b.json", "a.json"]
+    assert metrics == {"acc": 3, "b": 1}
