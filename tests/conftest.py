@@ -142,6 +142,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def no_digit_limit():
+    """Python's limit on integer digits off (PYTHONINTMAXSTRDIGITS=0), as a user may set it."""
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    yield
+    sys.set_int_max_str_digits(before)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real HTTP S3 endpoint (moto's server) on 127.0.0.1, shared by the whole run."""

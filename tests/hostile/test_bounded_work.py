@@ -16,7 +16,6 @@ import gc
 import io
 import json
 import struct
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -340,15 +339,6 @@ def test_a_hostile_safetensors_header_is_stored_opaque_promptly(name: str, tmp_p
     manifest, warnings, _ = within(600, lambda: clean_bytes(data, tmp_path))
     assert manifest.format == "opaque"
     assert len(warnings) == 1 and reason in warnings[0], warnings
-
-
-@pytest.fixture
-def no_digit_limit():
-    """Python's limit on integer digits off (PYTHONINTMAXSTRDIGITS=0), as a user may set it."""
-    before = sys.get_int_max_str_digits()
-    sys.set_int_max_str_digits(0)
-    yield
-    sys.set_int_max_str_digits(before)
 
 
 def test_a_safetensors_header_integer_is_bounded_whatever_pythons_digit_limit(

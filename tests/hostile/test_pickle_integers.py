@@ -35,15 +35,6 @@ def _text_opcode(opcode: bytes) -> bytes:
     return pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + _unicode("x") + value + b"s."
 
 
-@pytest.fixture
-def no_digit_limit():
-    """The interpreter's own limit on integer digits off, as PYTHONINTMAXSTRDIGITS=0 sets it."""
-    before = sys.get_int_max_str_digits()
-    sys.set_int_max_str_digits(0)
-    yield
-    sys.set_int_max_str_digits(before)
-
-
 @pytest.mark.parametrize(
     "opcode", [pickle.INT, pickle.LONG, pickle.GET, pickle.PUT], ids=["INT", "LONG", "GET", "PUT"]
 )
