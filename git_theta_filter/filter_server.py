@@ -56,6 +56,8 @@ _WARM_MODULES = (
     "git_theta_filter.clean",
     "git_theta_filter.smudge",
     "git_theta_filter.hooks",
+    # The hooks check reads the work tree's .gitattributes with it (lfs_interop.lfs_in_use).
+    "git_theta_filter.attributes",
     "git_theta_filter.locks",
     "git_theta_filter.formats.torch_zip",
     "git_theta_filter.formats.safetensors_file",

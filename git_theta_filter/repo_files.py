@@ -17,6 +17,8 @@ commit (docs/security.md, class 3), so every read here:
   never more than ``limit + 1`` bytes are read.
 
 An absent file is ``None``; a refused one raises :class:`UnsafeRepositoryFileError`.
+pygit2 is imported only by the readers of trees and the index: a filter's start
+reads the work tree's ``.gitattributes`` here, and git waits for it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import errno
 import os
 import stat
 from pathlib import Path
-
-import pygit2
+from typing import TYPE_CHECKING
 
 from .errors import ThetaError
-from .history import lookup_tree
-from .promisor import fetch_missing
+
+if TYPE_CHECKING:
+    import pygit2
 
 __all__ = [
     "MAX_COMMITTED_FILE",
@@ -43,7 +45,6 @@ __all__ = [
 ]
 
 MAX_COMMITTED_FILE = 1 << 20
-_REGULAR_MODES = (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE)
 
 
 class UnsafeRepositoryFileError(ThetaError):
@@ -87,9 +88,13 @@ def read_blob_file(
     limit: int = MAX_COMMITTED_FILE,
 ) -> bytes:
     """The content of a tree or index entry, if it is a regular file of at most ``limit`` bytes."""
+    import pygit2
+
+    from .promisor import fetch_missing
+
     if mode == pygit2.enums.FileMode.LINK:
         raise UnsafeRepositoryFileError(path, "is a symbolic link")
-    if mode not in _REGULAR_MODES:
+    if mode not in (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE):
         raise UnsafeRepositoryFileError(path, "is not a regular file")
     try:
         kind, size = git.odb.read_header(blob_id)
@@ -108,6 +113,10 @@ def read_tree_file(
     git: pygit2.Repository, tree: pygit2.Tree, path: str, limit: int = MAX_COMMITTED_FILE
 ) -> bytes | None:
     """``path`` in ``tree``: None when absent; refused through a symlink or submodule."""
+    import pygit2
+
+    from .history import lookup_tree
+
     parts = repository_path_parts(path)
     for name in parts[:-1]:
         try:

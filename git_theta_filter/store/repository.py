@@ -46,17 +46,19 @@ class RepositoryObjectError(StoreError):
     """An object of another repository's store that cannot be read as it is stored."""
 
     def __init__(self, url: str, oid: str, reason: str, repository: Path) -> None:
-        super().__init__(url, f"cannot be read: {reason}", oid=oid, hint=fsck_hint(repository))
+        super().__init__(url, f"cannot be read: {reason}", oid=oid, hint=_fsck_hint(repository))
 
 
 class RepositoryPackError(StoreError):
     """A pack of another repository's store that is not as docs/store.md specifies."""
 
     def __init__(self, url: str, error: PackError, repository: Path) -> None:
-        super().__init__(url, f"pack {error.pack.name}: {error.reason}", hint=fsck_hint(repository))
+        super().__init__(
+            url, f"pack {error.pack.name}: {error.reason}", hint=_fsck_hint(repository)
+        )
 
 
-def fsck_hint(repository: Path) -> str:
+def _fsck_hint(repository: Path) -> str:
     """What mends a damaged object of ``repository``'s store: its own fsck, then fetch."""
     return (
         f"run `git theta fsck` in {repository}, which moves the damaged copy aside, "
@@ -70,8 +72,10 @@ class RepositoryStore(DirectoryStore):
     def __init__(self, theta_dir: Path, url: str | None = None, anchor: Path | None = None):
         theta_dir = Path(theta_dir)
         super().__init__(theta_dir / "objects", url=url, anchor=anchor or theta_dir.parent)
-        self.repository = theta_dir.parent
-        self.corrupt_hint = fsck_hint(self.repository)
+        git_dir = theta_dir.parent
+        # Where its commands run: the work tree of a repository that has one.
+        self.repository = git_dir.parent if git_dir.name == ".git" else git_dir
+        self.corrupt_hint = _fsck_hint(self.repository)
         self._packs_dir = theta_dir / "packs"
         self._packs: list[tuple[PackIndex, int]] | None = None
         self._lock = threading.Lock()

@@ -97,7 +97,7 @@ def test_a_damaged_object_names_the_other_repository_and_its_fsck(
     (error,) = raised.value.failures.values()
     assert error.oid == full and "is corrupt" in str(error)  # type: ignore[attr-defined]
     assert error.hint == (
-        f"run `git theta fsck` in {source.theta_dir.parent}, which moves the damaged copy "
+        f"run `git theta fsck` in {source.theta_dir.parent.parent}, which moves the damaged copy "
         "aside, then `git theta fetch` there"
     )
     assert not local.has(full)
