@@ -23,6 +23,7 @@ another project's store, or a push at any directory the user can write.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import shlex
 import sys
@@ -81,9 +82,13 @@ def _allows(value: str, place: CommittedPlace) -> bool:
     if _is_directory(place.url):
         if not _is_directory(value):
             return False
-        allowed = PurePosixPath(urlsplit(value).path if value.startswith("file://") else value)
-        wanted = PurePosixPath(place.url)
-        return allowed.is_absolute() and (wanted == allowed or allowed in wanted.parents)
+        allowed = urlsplit(value).path if value.startswith("file://") else value
+        if not PurePosixPath(allowed).is_absolute():
+            return False
+        # Compared where each really is: a symbolic link below the allowed directory (on a
+        # shared disk, whoever can write there can make one) leads anywhere.
+        wanted = PurePosixPath(os.path.realpath(place.url))
+        return _within(wanted, PurePosixPath(os.path.realpath(allowed)))
     if _is_directory(value):
         return False
     scheme, netloc, path = _normalized(value)
@@ -91,6 +96,10 @@ def _allows(value: str, place: CommittedPlace) -> bool:
     return (scheme, netloc) == (want_scheme, want_netloc) and (
         want_path == path or want_path.startswith(path + "/")
     )
+
+
+def _within(path: PurePosixPath, directory: PurePosixPath) -> bool:
+    return path == directory or directory in path.parents
 
 
 def _on_the_remotes_host(endpoint: LfsEndpoint, remote_url: str | None) -> bool:

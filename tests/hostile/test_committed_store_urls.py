@@ -250,3 +250,23 @@ def test_store_a_committed_url_climbing_out_of_an_allowed_place_is_not_allowed(
     commit_config(work, ".thetaconfig", theta__url=f"lfs+{climbing}")
     assert locate_store(repo, "origin", REMOTE).url == DERIVED
     assert "lfs.team.example" in capsys.readouterr().err
+
+
+def test_store_a_committed_directory_through_a_link_inside_an_allowed_one_is_not_allowed(
+    work, tmp_path, capsys
+):
+    """On a shared disk whoever can write the allowed directory can make a link in it: a
+    committed store below it through that link is where the link leads, elsewhere.
+    Once the user allows that place itself, it is used."""
+    team = tmp_path / "team-objects"
+    private = tmp_path / "another-project" / "objects"
+    team.mkdir()
+    private.mkdir(parents=True)
+    (team / "shortcut").symlink_to(private, target_is_directory=True)
+    git(work, "config", "--add", "theta.allowUrl", str(team))
+    commit_config(work, ".thetaconfig", theta__url=str(team / "shortcut"))
+    repo = GitRepo.discover(work)
+    assert locate_store(repo, "origin", REMOTE).url == DERIVED
+    assert f"asks to use {team / 'shortcut'} as object store" in capsys.readouterr().err
+    git(work, "config", "--add", "theta.allowUrl", str(private))
+    assert locate_store(repo, "origin", REMOTE).url == str(team / "shortcut")
