@@ -139,10 +139,10 @@ def write_spliced(
 
 
 # Small objects are read and decoded on worker threads, in runs of about this many
-# bytes of the file, while this thread writes the runs before: a checkout of 6,000 tensors
+# bytes read or made, while this thread writes the runs before: a checkout of 6,000 tensors
 # of 16 KB spent half its main thread on one read, one zstd decode and one copy each.
-# The file's bytes, not the stored ones: a megabyte of zeros is stored in tens of
-# bytes, and runs counted by those joined a whole file of them into one buffer.
+# The file's bytes count too: a megabyte of zeros is stored in tens of bytes, and
+# runs counted by stored bytes alone joined a whole file of them into one buffer.
 _SMALL_BATCH = 1 << 20
 _SMALL_OBJECT = 1 << 20  # stored size up to which an object is read whole
 _BATCHES_AHEAD = 4
@@ -194,8 +194,10 @@ class _SmallRuns:
                     run = _Run(index, index, file_start, file_start - payload_before, [], [])
                 run.splices.append(splice)
                 run.objects.append(stored)
-                # What the run's buffer holds: this payload and the skeleton bytes before it.
-                size += splice.end - (splices[index - 1].end if index else 0)
+                # The larger of what is read (the stored object) and what the run's buffer
+                # holds (this payload and the skeleton bytes before it).
+                made = splice.end - (splices[index - 1].end if index else 0)
+                size += max(stored.size, made)
             payload_before += splice.length
         if run is not None:
             run.end = len(splices)
