@@ -67,6 +67,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoWorkTreeError",
     "UnsupportedDTypeError",
+    "UnsafeWorkTreePathError",
     "ThetaWarning",
 ]
 
@@ -92,6 +93,21 @@ class UnsupportedDTypeError(ThetaError):
         self.path = path
         self.tensor = tensor
         self.dtype = dtype
+
+
+class UnsafeWorkTreePathError(ThetaError):
+    """A path to write or commit that leaves the work tree, enters .git, or goes through a
+    symbolic link (which a commit may have placed where a folder was expected).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"{path}: {reason}; not written",
+            hint="name a path inside the work tree whose folders are directories "
+            "(`git ls-files -s` shows a committed link as mode 120000)",
+        )
+        self.path = path
+        self.reason = reason
 
 
 class ThetaWarning(UserWarning):
@@ -174,6 +190,32 @@ class Repository:
             given = given.resolve().relative_to(self._repo.require_worktree().resolve())
         return given.as_posix()
 
+    def _worktree_target(self, path: str | os.PathLike[str], link: bool = True) -> str:
+        """``path`` as :meth:`_relative` gives it, checked for a write or a commit: inside
+        the work tree, outside .git, through no symbolic link (nor one at ``path`` itself,
+        unless ``link``, for a caller that replaces the file rather than writing into it).
+
+        A commit can make any folder a link to anywhere; what is written or cleaned
+        through it is outside the repository. Raises :class:`UnsafeWorkTreePathError`.
+        """
+        worktree = self._repo.require_worktree()
+        try:
+            relative = self._relative(path)
+        except ValueError:
+            raise UnsafeWorkTreePathError(str(path), "is outside the work tree") from None
+        parts = relative.split("/")
+        if any(part in ("", ".", "..") for part in parts) or relative.startswith("/"):
+            raise UnsafeWorkTreePathError(relative, "leaves the work tree")
+        if any(part.lower() == ".git" for part in parts):
+            raise UnsafeWorkTreePathError(relative, "is inside .git")
+        for depth in range(1, len(parts) + 1):
+            if (depth < len(parts) or not link) and worktree.joinpath(*parts[:depth]).is_symlink():
+                reason = f"goes through the symbolic link {'/'.join(parts[:depth])}"
+                raise UnsafeWorkTreePathError(
+                    relative, reason if depth < len(parts) else "is a symbolic link"
+                )
+        return relative
+
     def tracked_paths(self, paths: Sequence[str | os.PathLike[str]]) -> set[str]:
         """Those of ``paths`` (as repository-relative paths) that .gitattributes routes
         through the theta filter.
@@ -224,7 +266,7 @@ class Repository:
         ``<path>.metrics.json`` in the same commit, where ``git theta-log``
         reads them.
         """
-        relative = self._relative(path)
+        relative = self._worktree_target(path)
         self._check_tracked(relative)
         _save(checkpoint, self._repo.require_worktree() / relative)
         return self.commit_files([relative], message, metrics)
@@ -248,13 +290,15 @@ class Repository:
         made and HEAD's id is returned.
         """
         worktree = self._repo.require_worktree()
-        relatives = [self._relative(path) for path in paths]
+        relatives = [self._worktree_target(path) for path in paths]
         tracked = self.tracked_paths(relatives)
         # A deleted file is staged as deleted by `git add`, tracked or not.
         models = [p for p in relatives if p in tracked and (worktree / p).exists()]
+        for relative in models:
+            self._worktree_target(relative, link=False)  # cleaning reads through a link
         others = [path for path in relatives if path not in models]
         if metrics is not None:
-            owner = self._relative(metrics_for) if metrics_for is not None else None
+            owner = self._worktree_target(metrics_for) if metrics_for is not None else None
             owner = owner or (models or relatives)[0]
             text = json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
             with _replacing(worktree / (owner + CONVENTION_SUFFIX)) as temporary:
@@ -280,7 +324,7 @@ class Repository:
 
         ``<path>.metrics.json`` is restored too when ``rev`` has one.
         """
-        relative = self._relative(path)
+        relative = self._worktree_target(path)
         commit = resolve_commit(self._git, rev)
         blob = _blob_at(commit, relative, rev)
         target = self._repo.require_worktree() / relative
