@@ -187,7 +187,9 @@ class Repository:
         """``path`` as git names it: relative to the top of the work tree, with ``/``."""
         given = Path(path)
         if given.is_absolute():
-            given = given.resolve().relative_to(self._repo.require_worktree().resolve())
+            # Its folder resolved, not the file: a link there is named, not what it names.
+            folder = given.parent.resolve()
+            given = (folder / given.name).relative_to(self._repo.require_worktree().resolve())
         return given.as_posix()
 
     def _worktree_target(self, path: str | os.PathLike[str], link: bool = True) -> str:

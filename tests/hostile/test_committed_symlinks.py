@@ -221,3 +221,24 @@ def test_the_transformers_mirror_replaces_a_committed_link_inside_its_folder(tmp
     _mirror(source, target)
     assert sorted(p.name for p in outside.iterdir()) == ["kept.txt"]
     assert not (target / "sub").is_symlink() and (target / "sub" / "scaler.pt").read_text() == "new"
+
+
+def test_an_absolute_path_to_a_committed_link_is_the_link_not_its_target(
+    git_env, repo, monkeypatch
+):
+    """As a relative path does: the link is replaced, the file it names left as it was."""
+    import torch
+
+    import git_theta_filter as gtf
+
+    enter_git_env(monkeypatch, git_env.env)
+    api = gtf.open(repo)
+    api.commit_checkpoint({"w": torch.zeros(2)}, "other.pt", message="other")
+    before = (repo / "other.pt").read_bytes()
+    (repo / "model.pt").symlink_to("other.pt")
+    git_env.git(repo, "add", "model.pt")
+    git_env.git(repo, "commit", "-q", "-m", "model.pt is a link")
+    api.commit_checkpoint({"w": torch.ones(2)}, repo / "model.pt", message="model")
+    assert (repo / "other.pt").read_bytes() == before
+    assert not (repo / "model.pt").is_symlink()
+    assert git_env.git(repo, "ls-files", "-s", "model.pt").startswith("100644")
