@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,17 @@ _TORCH_DTYPES = {
 }
 
 
+# git keeps one index per work tree, and a commit takes all that is staged: in this process,
+# one thread at a time stages and commits in a git dir (another's file went into its commit).
+_INDEX_LOCKS: dict[Path, threading.Lock] = {}
+_INDEX_LOCKS_GUARD = threading.Lock()
+
+
+def _index_lock(git_dir: Path) -> threading.Lock:
+    with _INDEX_LOCKS_GUARD:
+        return _INDEX_LOCKS.setdefault(git_dir.resolve(), threading.Lock())
+
+
 def open(path: str | os.PathLike[str] = ".") -> Repository:  # noqa: A001 - the API's entry point, gtf.open
     """The repository that contains ``path``; checks that the theta filter is configured."""
     repo = GitRepo.discover(path)
@@ -246,8 +258,9 @@ class Repository:
         """
         from .installation import track
 
-        track(self._repo, list(patterns))
-        self._repo.git("add", operands=[".gitattributes"])
+        with _index_lock(self._repo.git_dir):
+            track(self._repo, list(patterns))
+            self._repo.git("add", operands=[".gitattributes"])
 
     def commit_checkpoint(
         self,
@@ -291,34 +304,37 @@ class Repository:
         file) in the same commit. When nothing differs from HEAD, no commit is
         made and HEAD's id is returned.
         """
-        worktree = self._repo.require_worktree()
-        relatives = [self._worktree_target(path) for path in paths]
-        tracked = self.tracked_paths(relatives)
-        # A deleted file is staged as deleted by `git add`, tracked or not.
-        models = [p for p in relatives if p in tracked and (worktree / p).exists()]
-        for relative in models:
-            self._worktree_target(relative, link=False)  # cleaning reads through a link
-        others = [path for path in relatives if path not in models]
-        if metrics is not None:
-            owner = self._worktree_target(metrics_for) if metrics_for is not None else None
-            owner = owner or (models or relatives)[0]
-            text = json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
-            with _replacing(worktree / (owner + CONVENTION_SUFFIX)) as temporary:
-                temporary.write_text(text)
-            others.append(owner + CONVENTION_SUFFIX)
-        with writer_lock(self._repo.theta_dir):
+        with _index_lock(self._repo.git_dir):
+            worktree = self._repo.require_worktree()
+            relatives = [self._worktree_target(path) for path in paths]
+            tracked = self.tracked_paths(relatives)
+            # A deleted file is staged as deleted by `git add`, tracked or not.
+            models = [p for p in relatives if p in tracked and (worktree / p).exists()]
             for relative in models:
-                target = worktree / relative
-                clean_into_index(self._git, self._store, relative, target, _settled_stat(target))
-        if others:
-            self._repo.git("add", operands=others)
-        # Nothing new (a training loop saving the same state twice): no empty commit.
-        unchanged = not self._git.head_is_unborn and not self._repo.git(
-            "diff", "--cached", "--name-only", "-z"
-        )
-        if not unchanged:
-            self._repo.git("commit", "-q", f"--message={message}")
-        return self._repo.git("rev-parse", "HEAD").strip()
+                self._worktree_target(relative, link=False)  # cleaning reads through a link
+            others = [path for path in relatives if path not in models]
+            if metrics is not None:
+                owner = self._worktree_target(metrics_for) if metrics_for is not None else None
+                owner = owner or (models or relatives)[0]
+                text = json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
+                with _replacing(worktree / (owner + CONVENTION_SUFFIX)) as temporary:
+                    temporary.write_text(text)
+                others.append(owner + CONVENTION_SUFFIX)
+            with writer_lock(self._repo.theta_dir):
+                for relative in models:
+                    target = worktree / relative
+                    clean_into_index(
+                        self._git, self._store, relative, target, _settled_stat(target)
+                    )
+            if others:
+                self._repo.git("add", operands=others)
+            # Nothing new (a training loop saving the same state twice): no empty commit.
+            unchanged = not self._git.head_is_unborn and not self._repo.git(
+                "diff", "--cached", "--name-only", "-z"
+            )
+            if not unchanged:
+                self._repo.git("commit", "-q", f"--message={message}")
+            return self._repo.git("rev-parse", "HEAD").strip()
 
     def restore(self, path: str | os.PathLike[str], rev: str) -> None:
         """Write ``path`` as it was at ``rev``, byte for byte, and stage it
@@ -326,24 +342,25 @@ class Repository:
 
         ``<path>.metrics.json`` is restored too when ``rev`` has one.
         """
-        relative = self._worktree_target(path)
-        commit = resolve_commit(self._git, rev)
-        blob = _blob_at(commit, relative, rev)
-        target = self._repo.require_worktree() / relative
-        content = read_blob(self._git, blob.id)
-        fetcher = OnDemandFetcher(self._repo, str(commit.id))
-        plan = smudge_or_fetch(content, self._store, relative, fetcher, repo=self._repo)
-        with writer_lock(self._repo.theta_dir):
-            write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
-            write_index_entry(self._git, relative, blob.id, _settled_stat(target))
-        if relative + CONVENTION_SUFFIX in commit.tree:
-            self._repo.git(
-                "restore",
-                f"--source={commit.id}",
-                "--staged",
-                "--worktree",
-                operands=[relative + CONVENTION_SUFFIX],
-            )
+        with _index_lock(self._repo.git_dir):
+            relative = self._worktree_target(path)
+            commit = resolve_commit(self._git, rev)
+            blob = _blob_at(commit, relative, rev)
+            target = self._repo.require_worktree() / relative
+            content = read_blob(self._git, blob.id)
+            fetcher = OnDemandFetcher(self._repo, str(commit.id))
+            plan = smudge_or_fetch(content, self._store, relative, fetcher, repo=self._repo)
+            with writer_lock(self._repo.theta_dir):
+                write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
+                write_index_entry(self._git, relative, blob.id, _settled_stat(target))
+            if relative + CONVENTION_SUFFIX in commit.tree:
+                self._repo.git(
+                    "restore",
+                    f"--source={commit.id}",
+                    "--staged",
+                    "--worktree",
+                    operands=[relative + CONVENTION_SUFFIX],
+                )
 
     # -- reading ----------------------------------------------------------------
     def load_state_dict(
