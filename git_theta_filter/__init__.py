@@ -30,6 +30,7 @@ _API_NAMES = frozenset(
         "ModelNotFoundError",
         "NoWorkTreeError",
         "UnsupportedDTypeError",
+        "UnsafeWorkTreePathError",
         "ThetaWarning",
     }
 )

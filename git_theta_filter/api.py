@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoWorkTreeError",
     "UnsupportedDTypeError",
+    "UnsafeWorkTreePathError",
     "ThetaWarning",
 ]
 
@@ -92,6 +94,21 @@ class UnsupportedDTypeError(ThetaError):
         self.path = path
         self.tensor = tensor
         self.dtype = dtype
+
+
+class UnsafeWorkTreePathError(ThetaError):
+    """A path to write or commit that leaves the work tree, enters .git, or goes through a
+    symbolic link (which a commit may have placed where a folder was expected).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"{path}: {reason}; not written",
+            hint="name a path inside the work tree whose folders are directories "
+            "(`git ls-files -s` shows a committed link as mode 120000)",
+        )
+        self.path = path
+        self.reason = reason
 
 
 class ThetaWarning(UserWarning):
@@ -143,6 +160,17 @@ _TORCH_DTYPES = {
 }
 
 
+# git keeps one index per work tree, and a commit takes all that is staged: in this process,
+# one thread at a time stages and commits in a git dir (another's file went into its commit).
+_INDEX_LOCKS: dict[Path, threading.Lock] = {}
+_INDEX_LOCKS_GUARD = threading.Lock()
+
+
+def _index_lock(git_dir: Path) -> threading.Lock:
+    with _INDEX_LOCKS_GUARD:
+        return _INDEX_LOCKS.setdefault(git_dir.resolve(), threading.Lock())
+
+
 def open(path: str | os.PathLike[str] = ".") -> Repository:  # noqa: A001 - the API's entry point, gtf.open
     """The repository that contains ``path``; checks that the theta filter is configured."""
     repo = GitRepo.discover(path)
@@ -171,8 +199,36 @@ class Repository:
         """``path`` as git names it: relative to the top of the work tree, with ``/``."""
         given = Path(path)
         if given.is_absolute():
-            given = given.resolve().relative_to(self._repo.require_worktree().resolve())
+            # Its folder resolved, not the file: a link there is named, not what it names.
+            folder = given.parent.resolve()
+            given = (folder / given.name).relative_to(self._repo.require_worktree().resolve())
         return given.as_posix()
+
+    def _worktree_target(self, path: str | os.PathLike[str], link: bool = True) -> str:
+        """``path`` as :meth:`_relative` gives it, checked for a write or a commit: inside
+        the work tree, outside .git, through no symbolic link (nor one at ``path`` itself,
+        unless ``link``, for a caller that replaces the file rather than writing into it).
+
+        A commit can make any folder a link to anywhere; what is written or cleaned
+        through it is outside the repository. Raises :class:`UnsafeWorkTreePathError`.
+        """
+        worktree = self._repo.require_worktree()
+        try:
+            relative = self._relative(path)
+        except ValueError:
+            raise UnsafeWorkTreePathError(str(path), "is outside the work tree") from None
+        parts = relative.split("/")
+        if any(part in ("", ".", "..") for part in parts) or relative.startswith("/"):
+            raise UnsafeWorkTreePathError(relative, "leaves the work tree")
+        if any(part.lower() == ".git" for part in parts):
+            raise UnsafeWorkTreePathError(relative, "is inside .git")
+        for depth in range(1, len(parts) + 1):
+            if (depth < len(parts) or not link) and worktree.joinpath(*parts[:depth]).is_symlink():
+                reason = f"goes through the symbolic link {'/'.join(parts[:depth])}"
+                raise UnsafeWorkTreePathError(
+                    relative, reason if depth < len(parts) else "is a symbolic link"
+                )
+        return relative
 
     def tracked_paths(self, paths: Sequence[str | os.PathLike[str]]) -> set[str]:
         """Those of ``paths`` (as repository-relative paths) that .gitattributes routes
@@ -202,8 +258,9 @@ class Repository:
         """
         from .installation import track
 
-        track(self._repo, list(patterns))
-        self._repo.git("add", operands=[".gitattributes"])
+        with _index_lock(self._repo.git_dir):
+            track(self._repo, list(patterns))
+            self._repo.git("add", operands=[".gitattributes"])
 
     def commit_checkpoint(
         self,
@@ -224,7 +281,7 @@ class Repository:
         ``<path>.metrics.json`` in the same commit, where ``git theta-log``
         reads them.
         """
-        relative = self._relative(path)
+        relative = self._worktree_target(path)
         self._check_tracked(relative)
         _save(checkpoint, self._repo.require_worktree() / relative)
         return self.commit_files([relative], message, metrics)
@@ -247,32 +304,37 @@ class Repository:
         file) in the same commit. When nothing differs from HEAD, no commit is
         made and HEAD's id is returned.
         """
-        worktree = self._repo.require_worktree()
-        relatives = [self._relative(path) for path in paths]
-        tracked = self.tracked_paths(relatives)
-        # A deleted file is staged as deleted by `git add`, tracked or not.
-        models = [p for p in relatives if p in tracked and (worktree / p).exists()]
-        others = [path for path in relatives if path not in models]
-        if metrics is not None:
-            owner = self._relative(metrics_for) if metrics_for is not None else None
-            owner = owner or (models or relatives)[0]
-            text = json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
-            with _replacing(worktree / (owner + CONVENTION_SUFFIX)) as temporary:
-                temporary.write_text(text)
-            others.append(owner + CONVENTION_SUFFIX)
-        with writer_lock(self._repo.theta_dir):
+        with _index_lock(self._repo.git_dir):
+            worktree = self._repo.require_worktree()
+            relatives = [self._worktree_target(path) for path in paths]
+            tracked = self.tracked_paths(relatives)
+            # A deleted file is staged as deleted by `git add`, tracked or not.
+            models = [p for p in relatives if p in tracked and (worktree / p).exists()]
             for relative in models:
-                target = worktree / relative
-                clean_into_index(self._git, self._store, relative, target, _settled_stat(target))
-        if others:
-            self._repo.git("add", operands=others)
-        # Nothing new (a training loop saving the same state twice): no empty commit.
-        unchanged = not self._git.head_is_unborn and not self._repo.git(
-            "diff", "--cached", "--name-only", "-z"
-        )
-        if not unchanged:
-            self._repo.git("commit", "-q", f"--message={message}")
-        return self._repo.git("rev-parse", "HEAD").strip()
+                self._worktree_target(relative, link=False)  # cleaning reads through a link
+            others = [path for path in relatives if path not in models]
+            if metrics is not None:
+                owner = self._worktree_target(metrics_for) if metrics_for is not None else None
+                owner = owner or (models or relatives)[0]
+                text = json.dumps(metrics, indent=2, sort_keys=True, default=_plain_number) + "\n"
+                with _replacing(worktree / (owner + CONVENTION_SUFFIX)) as temporary:
+                    temporary.write_text(text)
+                others.append(owner + CONVENTION_SUFFIX)
+            with writer_lock(self._repo.theta_dir):
+                for relative in models:
+                    target = worktree / relative
+                    clean_into_index(
+                        self._git, self._store, relative, target, _settled_stat(target)
+                    )
+            if others:
+                self._repo.git("add", operands=others)
+            # Nothing new (a training loop saving the same state twice): no empty commit.
+            unchanged = not self._git.head_is_unborn and not self._repo.git(
+                "diff", "--cached", "--name-only", "-z"
+            )
+            if not unchanged:
+                self._repo.git("commit", "-q", f"--message={message}")
+            return self._repo.git("rev-parse", "HEAD").strip()
 
     def restore(self, path: str | os.PathLike[str], rev: str) -> None:
         """Write ``path`` as it was at ``rev``, byte for byte, and stage it
@@ -280,24 +342,25 @@ class Repository:
 
         ``<path>.metrics.json`` is restored too when ``rev`` has one.
         """
-        relative = self._relative(path)
-        commit = resolve_commit(self._git, rev)
-        blob = _blob_at(commit, relative, rev)
-        target = self._repo.require_worktree() / relative
-        content = read_blob(self._git, blob.id)
-        fetcher = OnDemandFetcher(self._repo, str(commit.id))
-        plan = smudge_or_fetch(content, self._store, relative, fetcher, repo=self._repo)
-        with writer_lock(self._repo.theta_dir):
-            write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
-            write_index_entry(self._git, relative, blob.id, _settled_stat(target))
-        if relative + CONVENTION_SUFFIX in commit.tree:
-            self._repo.git(
-                "restore",
-                f"--source={commit.id}",
-                "--staged",
-                "--worktree",
-                operands=[relative + CONVENTION_SUFFIX],
-            )
+        with _index_lock(self._repo.git_dir):
+            relative = self._worktree_target(path)
+            commit = resolve_commit(self._git, rev)
+            blob = _blob_at(commit, relative, rev)
+            target = self._repo.require_worktree() / relative
+            content = read_blob(self._git, blob.id)
+            fetcher = OnDemandFetcher(self._repo, str(commit.id))
+            plan = smudge_or_fetch(content, self._store, relative, fetcher, repo=self._repo)
+            with writer_lock(self._repo.theta_dir):
+                write_atomically(plan, target, retry=f"Repository.restore({relative!r}, {rev!r})")
+                write_index_entry(self._git, relative, blob.id, _settled_stat(target))
+            if relative + CONVENTION_SUFFIX in commit.tree:
+                self._repo.git(
+                    "restore",
+                    f"--source={commit.id}",
+                    "--staged",
+                    "--worktree",
+                    operands=[relative + CONVENTION_SUFFIX],
+                )
 
     # -- reading ----------------------------------------------------------------
     def load_state_dict(

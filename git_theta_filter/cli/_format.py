@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ __all__ = [
     "Colour",
     "Styled",
     "table_lines",
+    "markdown_code",
     "markdown_table",
 ]
 
@@ -81,6 +83,22 @@ class Colour:
         if not self.enabled or not text:
             return text
         return f"\x1b[{self._CODES[colour]}m{text}\x1b[0m"
+
+
+def markdown_code(name: str) -> str:
+    """``name`` (from a commit) as a Markdown code span: its control characters and
+    newlines escaped, fenced by one backtick more than its longest run of them.
+
+    In a code span a link, an image, HTML, an entity or a mention is text; a
+    shorter fence would end at a backtick in the name, and what follows would be
+    Markdown again.
+    """
+    text = printable(name)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    # A space each side is dropped from the span when both are there; needed beside a backtick.
+    if text.startswith(("`", " ")) or text.endswith(("`", " ")):
+        text = f" {text} "
+    return f"{fence}{text}{fence}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -1,15 +1,72 @@
-"""Shared output helpers: tables and JSON on stdout."""
+"""Shared output helpers: tables and JSON on stdout, and files named with -o or --plot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import stat
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+from ..errors import ThetaError
 from ..terminal import printable
 
-__all__ = ["print_table", "print_json"]
+__all__ = ["print_table", "print_json", "OutputFileRefusedError", "replacing_output"]
+
+
+class OutputFileRefusedError(ThetaError):
+    """A file to write output to that is not a regular file, or is reached through a
+    symbolic link in the work tree (which a commit may have placed there)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"{path}: {reason}; not written",
+            hint="name a regular file, or a new one, whose folders in the work tree are "
+            "directories",
+        )
+        self.path = path
+        self.reason = reason
+
+
+@contextlib.contextmanager
+def replacing_output(target: Path, worktree: Path | None) -> Iterator[Path]:
+    """A path of ``target``'s name in a new temporary folder beside it, renamed over
+    ``target`` once written whole.
+
+    Refused (:class:`OutputFileRefusedError`) when ``target`` exists and is not a
+    regular file (a FIFO would block, a device or folder be replaced), or when a
+    folder on its way inside ``worktree`` is a symbolic link: a commit can make
+    ``plots/`` a link to anywhere, and the output would land there.
+    """
+    try:
+        mode: int | None = target.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise OutputFileRefusedError(target, "is a symbolic link")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputFileRefusedError(target, "is not a regular file")
+    if worktree is not None:
+        try:
+            parts = Path(os.path.abspath(target)).relative_to(worktree).parts
+        except ValueError:
+            parts = ()  # outside the work tree: no commit placed its folders
+        for depth in range(1, len(parts)):
+            if worktree.joinpath(*parts[:depth]).is_symlink():
+                link = "/".join(parts[:depth])
+                raise OutputFileRefusedError(target, f"goes through the symbolic link {link}")
+    scratch = Path(tempfile.mkdtemp(prefix=".theta-output-", dir=target.parent))
+    try:
+        temporary = scratch / target.name
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_table(

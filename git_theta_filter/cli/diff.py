@@ -21,7 +21,15 @@ from ..stats import Statistician
 from ..tensor_diff import MetricChange, TensorDiff, TensorFilter, TensorGroup, TensorStatus
 from ..theta_diff import USAGE, FileDiff, ThetaDiff, diff_snapshots, diff_to_json, resolve_sides
 from ..units import human_bytes
-from ._format import Colour, Styled, format_change, format_value, markdown_table, table_lines
+from ._format import (
+    Colour,
+    Styled,
+    format_change,
+    format_value,
+    markdown_code,
+    markdown_table,
+    table_lines,
+)
 from ._output import print_json
 from ._standalone import register_alias, split_at_separator, standalone_main
 
@@ -371,7 +379,10 @@ def _print_markdown(
 ) -> None:
     def print_tensors(tensors: list[TensorDiff]) -> None:
         rows = [[t.status.value, *_tensor_cells(t), _non_finite(t)] for t in tensors]
-        rows = [[f"`{row[1]}`" if i == 1 else cell for i, cell in enumerate(row)] for row in rows]
+        rows = [
+            [markdown_code(row[1]) if i == 1 else cell for i, cell in enumerate(row)]
+            for row in rows
+        ]
         for line in markdown_table(["status", *_TENSOR_HEADER, "NaN/Inf"], rows):
             print(line)
         print()
@@ -379,7 +390,7 @@ def _print_markdown(
     for number, file in enumerate(diff.files):
         if number:
             print()
-        print(f"### `{file.path}` ({diff.old.label} → {diff.new.label})")
+        print(f"### {markdown_code(file.path)} ({diff.old.label} → {diff.new.label})")
         print()
         model, optimizer = _by_group(listed(file))
         if model:
@@ -393,9 +404,8 @@ def _print_markdown(
         print(_summary_line(file))
         if file.metrics:
             print()
-            for line in markdown_table(
-                ["Metric", "old", "new", "change"], _metric_rows(file.metrics)
-            ):
+            rows = [[markdown_code(name), *cells] for name, *cells in _metric_rows(file.metrics)]
+            for line in markdown_table(["Metric", "old", "new", "change"], rows):
                 print(line)
 
 

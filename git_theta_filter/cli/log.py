@@ -27,7 +27,7 @@ from ..theta_log import (
 )
 from ..units import human_bytes, json_number
 from ._format import Colour, Styled, format_value, sparkline, table_lines
-from ._output import print_json
+from ._output import print_json, replacing_output
 from ._standalone import register_alias, split_at_separator, standalone_main
 
 __all__ = ["main", "register", "run_argv", "build_parser"]
@@ -176,7 +176,11 @@ def run_argv(argv: list[str]) -> int:
     if args.plot:
         from ..plot import plot_history
 
-        plot_history(entries, chosen or rank_metric_columns(entries)[:PLOT_METRICS], args.plot)
+        target = Path(args.plot)
+        with replacing_output(target, repo.worktree) as temporary:
+            plot_history(
+                entries, chosen or rank_metric_columns(entries)[:PLOT_METRICS], str(temporary)
+            )
         print(f"git-theta: wrote {args.plot}", file=sys.stderr)
     count = sum(1 for entry in entries if entry.diff.summary.missing_objects)
     if count:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ..errors import ThetaError
 from ..file_at import locate_file, write_file_at
 from ..gitrepo import GitRepo
 from ..installation import require_filter
+from ._output import replacing_output
 
 
 class BinaryToTerminalError(ThetaError):
@@ -60,13 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     target: Path = args.output
     _refuse_unfiltered_work_tree_file(repo, target)
-    temp = target.with_name(f".{target.name}.theta-show-{os.getpid()}")
-    try:
-        with open(temp, "xb") as handle:
-            write_file_at(repo, file, handle.write)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    with replacing_output(target, repo.worktree) as temporary, open(temporary, "xb") as handle:
+        write_file_at(repo, file, handle.write)
     return 0
 
 

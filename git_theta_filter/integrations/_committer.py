@@ -104,13 +104,16 @@ class Committer:
             self._repo = open_repository(self.repo_path)
         return self._repo
 
-    def worktree_path(self, path: str | os.PathLike[str]) -> Path:
-        """``path`` in the work tree: as given when absolute, else from its top."""
-        given = Path(path)
-        return given if given.is_absolute() else self.repo.path / given
+    def worktree_path(self, path: str | os.PathLike[str], link: bool = True) -> Path:
+        """``path`` in the work tree, refused through a symbolic link (and at one, unless
+        ``link``): a framework writes there, and a commit may have put a link in its place.
+        """
+        return self.repo.path / self.relative(path, link)
 
-    def relative(self, path: str | os.PathLike[str]) -> str:
-        return self.worktree_path(path).resolve().relative_to(self.repo.path.resolve()).as_posix()
+    def relative(self, path: str | os.PathLike[str], link: bool = True) -> str:
+        """``path`` from the top of the work tree, checked as :meth:`worktree_path` does."""
+        # The API's own check, shared with the integrations of this package.
+        return self.repo._worktree_target(path, link)
 
     def track(self, paths: Sequence[str]) -> None:
         """Route those of ``paths`` that the filter does not track yet through it, one

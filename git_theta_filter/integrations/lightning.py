@@ -94,9 +94,10 @@ class ThetaCheckpoint(pl.Callback):
         if stage != "fit":
             return
         # Open (and track) now: a missing filter fails before any training, not after it.
-        self._target = str(self._committer.worktree_path(self.path))
+        # save_checkpoint opens the file for writing, which would follow a link there.
+        self._target = str(self._committer.worktree_path(self.path, link=False))
         if trainer.is_global_zero:
-            self._relative = self._committer.relative(self.path)
+            self._relative = self._committer.relative(self.path, link=False)
             self._committer.track([self._relative])
 
     def on_train_batch_end(

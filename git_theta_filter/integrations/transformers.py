@@ -78,7 +78,8 @@ def _mirror(source: Path, target: Path) -> tuple[list[Path], list[Path]]:
     removed = []
     if target.exists():
         for path in sorted(target.rglob("*"), reverse=True):  # files before their folders
-            if path.is_file() and not path.name.endswith(".metrics.json"):
+            # A link (a commit may have made one) is removed, never followed.
+            if path.is_symlink() or (path.is_file() and not path.name.endswith(".metrics.json")):
                 path.unlink()
                 if path.relative_to(target) not in wanted:
                     removed.append(path)
@@ -143,7 +144,8 @@ class ThetaCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"  # type: ignore[arg-type]
         if not folder.is_dir():
             raise CheckpointFolderMissingError(folder)
-        target = self._committer.worktree_path(self.path)
+        # _mirror empties the folder first: through a committed link, a folder outside.
+        target = self._committer.worktree_path(self.path, link=False)
         present, removed = _mirror(folder, target)
         files = [self._committer.relative(path) for path in present]
         self._committer.track([f for f in files if f.endswith(MODEL_SUFFIXES)])

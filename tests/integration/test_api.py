@@ -365,3 +365,32 @@ def test_api_restore_of_a_directory_names_the_revision_and_path(api_repo: Path) 
         gtf.open(api_repo).restore("runs", rev="HEAD")
     assert str(error.value) == "HEAD: no model file runs"
     assert (api_repo / "runs" / "notes.txt").read_text() == "a run\n"
+
+
+def test_api_commits_from_several_threads_each_hold_their_own_file(api_repo: Path) -> None:
+    """A trainer may commit from a checkpointing thread while another commits too: git's
+    index is one per work tree, so the commits are made one at a time, each of its own file."""
+    import threading
+
+    failures: list[BaseException] = []
+
+    def commit(worker: int) -> None:
+        repo = gtf.open(api_repo)  # a Repository each, as separate threads may open
+        try:
+            for step in range(3):
+                state = {"w": torch.full((2,), float(worker * 10 + step))}
+                repo.commit_checkpoint(state, f"m{worker}.pt", message=f"m{worker}.pt {step}")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=commit, args=(worker,)) for worker in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    log = git(api_repo, "log", "--format=%x00%s", "--name-only", "-9").split("\0")[1:]
+    assert len(log) == 9
+    for entry in log:
+        name, _step, *names = entry.split()  # the subject, then the files committed
+        assert names == [name], log
