@@ -144,6 +144,9 @@ class ThetaCheckpoint(pl.Callback):
             return
         self._last_step = trainer.global_step
         assert self._target is not None  # setup() ran for "fit", before any training hook
+        # Checked again before each save: a checkout during training may have put a link
+        # where the file was, and save_checkpoint would write through it.
+        self._committer.worktree_path(self.path, link=False)
         start = time.perf_counter()
         self._saving = True
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import enter_git_env
@@ -165,7 +167,6 @@ def test_the_transformers_callback_never_mirrors_into_a_committed_folder_link(
     """The callback empties its folder before linking the new checkpoint in: through a
     committed link, that deleted the user's files outside the repository."""
     pytest.importorskip("transformers")
-    from types import SimpleNamespace
 
     from git_theta_filter.api import UnsafeWorkTreePathError
     from git_theta_filter.integrations.transformers import ThetaCallback
@@ -201,6 +202,38 @@ def test_the_lightning_callback_never_saves_through_a_committed_link(
     trainer = type("Trainer", (), {"is_global_zero": True})()
     with pytest.raises(UnsafeWorkTreePathError, match="model.ckpt: is a symbolic link"):
         ThetaCheckpoint("model.ckpt", repo=repo).setup(trainer, None, "fit")
+    assert outside.read_text() == OUTSIDE_TEXT
+
+
+def test_the_lightning_callback_never_saves_through_a_link_made_during_training(
+    git_env, repo, tmp_path, monkeypatch
+):
+    """A checkout during training can put a link where the checkpoint file was, after
+    setup() checked it: each save checks again."""
+    pytest.importorskip("lightning")
+    from git_theta_filter.api import UnsafeWorkTreePathError
+    from git_theta_filter.integrations.lightning import ThetaCheckpoint
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text(OUTSIDE_TEXT)
+    enter_git_env(monkeypatch, git_env.env)
+
+    def save_checkpoint(path: str, weights_only: bool = False) -> None:
+        Path(path).write_text("a checkpoint")  # Lightning opens the path for writing
+
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        sanity_checking=False,
+        global_step=1,
+        current_epoch=0,
+        callback_metrics={},
+        save_checkpoint=save_checkpoint,
+    )
+    callback = ThetaCheckpoint("model.ckpt", repo=repo)
+    callback.setup(trainer, None, "fit")
+    (repo / "model.ckpt").symlink_to(outside)
+    with pytest.raises(UnsafeWorkTreePathError, match="model.ckpt: is a symbolic link"):
+        callback.on_train_epoch_end(trainer, None)
     assert outside.read_text() == OUTSIDE_TEXT
 
 
