@@ -27,8 +27,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +45,12 @@ from .locks import writer_lock
 from .manifest import Manifest
 from .metrics import CONVENTION_SUFFIX, Metric, declared_metrics_files, resolve_metric
 from .on_demand import OnDemandFetcher
+from .repo_files import (
+    UnsafeRepositoryFileError,
+    replaced_whole,
+    repository_path_parts,
+    symbolic_link_on_the_way,
+)
 from .revisions import Pathspec, parse_range, resolve_commit
 from .smudge import write_atomically
 from .staging import NotTrackedError, clean_into_index, write_index_entry
@@ -217,17 +221,15 @@ class Repository:
             relative = self._relative(path)
         except ValueError:
             raise UnsafeWorkTreePathError(str(path), "is outside the work tree") from None
-        parts = relative.split("/")
-        if any(part in ("", ".", "..") for part in parts) or relative.startswith("/"):
-            raise UnsafeWorkTreePathError(relative, "leaves the work tree")
-        if any(part.lower() == ".git" for part in parts):
-            raise UnsafeWorkTreePathError(relative, "is inside .git")
-        for depth in range(1, len(parts) + 1):
-            if (depth < len(parts) or not link) and worktree.joinpath(*parts[:depth]).is_symlink():
-                reason = f"goes through the symbolic link {'/'.join(parts[:depth])}"
-                raise UnsafeWorkTreePathError(
-                    relative, reason if depth < len(parts) else "is a symbolic link"
-                )
+        try:
+            parts = repository_path_parts(relative)
+        except UnsafeRepositoryFileError as exc:
+            raise UnsafeWorkTreePathError(relative, exc.reason) from None
+        found = symbolic_link_on_the_way(worktree, parts, last=not link)
+        if found == relative:
+            raise UnsafeWorkTreePathError(relative, "is a symbolic link")
+        if found is not None:
+            raise UnsafeWorkTreePathError(relative, f"goes through the symbolic link {found}")
         return relative
 
     def tracked_paths(self, paths: Sequence[str | os.PathLike[str]]) -> set[str]:
@@ -529,13 +531,8 @@ def _replacing(target: Path) -> Iterator[Path]:
     file outside the repository) is replaced, never written through.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".theta-save-", dir=target.parent))
-    try:
-        temporary = scratch / target.name
+    with replaced_whole(target, ".theta-save-") as temporary:
         yield temporary
-        os.replace(temporary, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _save(checkpoint: Any, target: Path) -> None:

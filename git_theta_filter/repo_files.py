@@ -17,15 +17,21 @@ commit (docs/security.md, class 3), so every read here:
   never more than ``limit + 1`` bytes are read.
 
 An absent file is ``None``; a refused one raises :class:`UnsafeRepositoryFileError`.
+Writers into the work tree use :func:`symbolic_link_on_the_way` to refuse the
+same links, and :func:`replaced_whole` to replace a file in one rename.
 pygit2 is imported only by the readers of trees and the index: a filter's start
 reads the work tree's ``.gitattributes`` here, and git waits for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +48,8 @@ __all__ = [
     "read_tree_file",
     "read_index_file",
     "read_worktree_file",
+    "symbolic_link_on_the_way",
+    "replaced_whole",
 ]
 
 MAX_COMMITTED_FILE = 1 << 20
@@ -197,3 +205,32 @@ def read_worktree_file(worktree: Path, path: str, limit: int = MAX_COMMITTED_FIL
         data = file.read(limit + 1)  # the file may have grown since fstat
     _check_size(path, len(data), limit)
     return data
+
+
+def symbolic_link_on_the_way(worktree: Path, parts: Sequence[str], last: bool = True) -> str | None:
+    """The first of ``parts``' leading paths below ``worktree`` that is a symbolic link
+    (``a``, ``a/b``, …; the whole path itself only with ``last``), or None.
+
+    A commit can make any folder of the work tree a link to anywhere: what is written
+    through it lands outside the repository."""
+    for depth in range(1, len(parts) + (1 if last else 0)):
+        if worktree.joinpath(*parts[:depth]).is_symlink():
+            return "/".join(parts[:depth])
+    return None
+
+
+@contextlib.contextmanager
+def replaced_whole(target: Path, prefix: str) -> Iterator[Path]:
+    """A path of ``target``'s name in a new temporary folder beside it (named ``prefix``
+    and some letters), renamed over ``target`` once the block has written it.
+
+    So ``target`` is replaced whole or not at all, and a symbolic link there is
+    replaced, never written through; the temporary folder is gone either way.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    try:
+        temporary = scratch / target.name
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

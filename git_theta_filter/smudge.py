@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from .formats.layout import read_skeleton, write_spliced
 from .formats.source import Readable
 from .lfs_pointer import LfsObjectMissingError, LfsPointer, LfsStorage, parse_lfs_pointer
 from .manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, looks_like_manifest
+from .repo_files import replaced_whole
 from .store.encoded import StoredObject
 from .store.local import LocalStore, on_refused_write
 from .store.object_format import ObjectFormatError
@@ -309,13 +308,8 @@ def write_atomically(
     """
     with on_refused_write(lambda exc: WorkTreeWriteError(plan.path, exc, retry)):
         target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".theta-write-", dir=target.parent))
-        try:
-            temporary = scratch / target.name
+        with replaced_whole(target, ".theta-write-") as temporary:
             with temporary.open("xb") as file:
                 plan.write(file.write)
             if mode is not None:
                 os.chmod(temporary, mode)
-            os.replace(temporary, target)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)

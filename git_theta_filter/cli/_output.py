@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ThetaError
+from ..repo_files import replaced_whole, symbolic_link_on_the_way
 from ..terminal import printable
 
 __all__ = ["print_table", "print_json", "OutputFileRefusedError", "replacing_output"]
@@ -56,17 +55,11 @@ def replacing_output(target: Path, worktree: Path | None) -> Iterator[Path]:
             parts = Path(os.path.abspath(target)).relative_to(worktree).parts
         except ValueError:
             parts = ()  # outside the work tree: no commit placed its folders
-        for depth in range(1, len(parts)):
-            if worktree.joinpath(*parts[:depth]).is_symlink():
-                link = "/".join(parts[:depth])
-                raise OutputFileRefusedError(target, f"goes through the symbolic link {link}")
-    scratch = Path(tempfile.mkdtemp(prefix=".theta-output-", dir=target.parent))
-    try:
-        temporary = scratch / target.name
+        link = symbolic_link_on_the_way(worktree, parts, last=False)
+        if link is not None:
+            raise OutputFileRefusedError(target, f"goes through the symbolic link {link}")
+    with replaced_whole(target, ".theta-output-") as temporary:
         yield temporary
-        os.replace(temporary, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_table(
