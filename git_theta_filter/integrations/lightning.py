@@ -78,7 +78,7 @@ class ThetaCheckpoint(pl.Callback):
         self.weights_only = weights_only
         self.path = path
         self._committer = Committer(repo, message)
-        self._target: str | None = None  # path, absolute
+        self._set_up = False  # setup() ran for "fit"
         self._relative: str | None = None  # path, from the top of the work tree
         self._last_step: int | None = None  # the global step last committed
         self._pending = False  # a ModelCheckpoint saved; commit at the next safe point
@@ -95,7 +95,8 @@ class ThetaCheckpoint(pl.Callback):
             return
         # Open (and track) now: a missing filter fails before any training, not after it.
         # save_checkpoint opens the file for writing, which would follow a link there.
-        self._target = str(self._committer.worktree_path(self.path, link=False))
+        self._committer.worktree_path(self.path, link=False)
+        self._set_up = True
         if trainer.is_global_zero:
             self._relative = self._committer.relative(self.path, link=False)
             self._committer.track([self._relative])
@@ -143,15 +144,15 @@ class ThetaCheckpoint(pl.Callback):
         if trainer.sanity_checking or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        assert self._target is not None  # setup() ran for "fit", before any training hook
+        assert self._set_up  # setup() ran for "fit", before any training hook
         # Checked again before each save: a checkout during training may have put a link
         # where the file was, and save_checkpoint would write through it.
-        self._committer.worktree_path(self.path, link=False)
+        target = str(self._committer.worktree_path(self.path, link=False))
         start = time.perf_counter()
         self._saving = True
         try:
             # Every rank calls save_checkpoint (a strategy may gather from all of them).
-            trainer.save_checkpoint(self._target, weights_only=self.weights_only)
+            trainer.save_checkpoint(target, weights_only=self.weights_only)
         finally:
             self._saving = False
         if not trainer.is_global_zero:
